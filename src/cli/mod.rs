@@ -1,0 +1,169 @@
+//! The command line: arguments, dispatch, output and exit codes.
+//!
+//! This is the only module that prints and the only user of `anyhow`: the modules below
+//! return typed errors, and here each becomes one line on standard error and an exit code.
+
+mod backup;
+mod completions;
+mod config;
+mod drill;
+mod evidence;
+mod output;
+mod report;
+mod rotate;
+mod run;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use output::OutputFormat;
+
+use crate::telemetry::{self, LogFormat};
+
+/// Parses the command line, runs the command, and says how it ended.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbosity = i8::try_from(i16::from(cli.global.verbose) - i16::from(cli.global.quiet)).unwrap_or(0);
+    telemetry::init(cli.global.log_format, verbosity);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("vigil: error: cannot start the async runtime: {err}");
+            return Exit::Failure.into();
+        }
+    };
+    let exit = runtime.block_on(async {
+        tokio::select! {
+            result = cli.command.run(&cli.global) => result.unwrap_or_else(|err| report(&err)),
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("vigil: interrupted");
+                Exit::Interrupted
+            }
+        }
+    });
+    exit.into()
+}
+
+/// Prints a failed command's error chain on one line and picks its exit code.
+fn report(err: &anyhow::Error) -> Exit {
+    eprintln!("vigil: error: {err:#}");
+    if err.downcast_ref::<NotYetAvailable>().is_some() { Exit::Unavailable } else { Exit::Failure }
+}
+
+/// How vigil ended, as its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done.
+    Success = 0,
+    /// The command ran and failed, or found problems (bad configuration, failed verification).
+    Failure = 1,
+    /// The command line was wrong, or the command is not available yet.
+    Unavailable = 2,
+    /// Stopped by Ctrl-C.
+    Interrupted = 130,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// A command that a later part of the roadmap delivers.
+#[derive(Debug, thiserror::Error)]
+#[error("`vigil {command}` is not available yet; it arrives with {arrives}")]
+pub struct NotYetAvailable {
+    command: &'static str,
+    arrives: &'static str,
+}
+
+/// vigil rotates credentials, backs up databases, drills restores, and proves all of it.
+///
+/// vigil rotates database passwords, API keys and JWT signing keys without locking
+/// applications out; streams encrypted, verified backups; restores them in drills that
+/// measure RPO and RTO; and records every action in a signed, hash-chained evidence ledger.
+///
+/// Configuration is `vigil.toml` (controller settings) plus the schedule files in the
+/// folder it names (default `schedules/` beside it). Start with `vigil config check`.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// The controller configuration file.
+    #[arg(long, global = true, env = "VIGIL_CONFIG", default_value = "vigil.toml", value_name = "PATH")]
+    config: PathBuf,
+    /// How results are printed on standard output.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+    /// How log lines are printed on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// More log detail: -v debug, -vv trace. RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less log detail: -q warnings only, -qq errors only, -qqq none.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(run::RunArgs),
+    Rotate(rotate::RotateArgs),
+    Backup(backup::BackupArgs),
+    Drill(drill::DrillArgs),
+    Report(report::ReportArgs),
+    Evidence(evidence::EvidenceArgs),
+    Config(config::ConfigArgs),
+    Status(status::StatusArgs),
+    Completions(completions::CompletionsArgs),
+}
+
+impl Command {
+    async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
+        match self {
+            Self::Run(args) => args.run(global).await,
+            Self::Rotate(args) => args.run(global).await,
+            Self::Backup(args) => args.run(global).await,
+            Self::Drill(args) => args.run(global).await,
+            Self::Report(args) => args.run(global).await,
+            Self::Evidence(args) => args.run(global).await,
+            Self::Config(args) => args.run(global),
+            Self::Status(args) => args.run(global).await,
+            Self::Completions(args) => args.run(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_explains_itself_with_an_example() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+            assert!(!about.is_empty(), "`vigil {}` has no help text", sub.get_name());
+            let long = sub.get_after_long_help().or(sub.get_after_help()).map(ToString::to_string).unwrap_or_default();
+            assert!(long.contains("vigil "), "`vigil {}` --help shows no example", sub.get_name());
+        }
+    }
+}

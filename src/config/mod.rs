@@ -1,0 +1,376 @@
+//! Configuration: `vigil.toml` (the controller) and `schedules/*.toml` (what to rotate, back
+//! up and drill), read strictly into a validated [`Plan`].
+//!
+//! Parsing refuses unknown fields, and every problem is a [`Diagnostic`] naming file, line,
+//! column and field path. All problems are collected before giving up, so one run of
+//! `vigil config check` shows them all.
+
+mod diagnostic;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use diagnostic::{Diagnostic, Location, Severity};
+
+use crate::schedule::{CronSchedule, Duration};
+use crate::secret::{PasswordPolicy, SecretRef, StoreKind};
+
+/// Reads and validates the configuration at `path` and the schedule files it points to.
+///
+/// On success the plan comes with any warnings; on failure, every diagnostic found (errors
+/// first, warnings after).
+pub fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
+    validate::load(path)
+}
+
+/// A configuration that loaded, and what was noticed on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated plan.
+    pub plan: Plan,
+    /// Problems that do not stop vigil from running but will surprise someone.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Everything vigil is configured to do, with defaults filled in and references checked.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    /// The `vigil.toml` this plan was read from.
+    pub config_file: PathBuf,
+    /// The schedule files read, in the order read.
+    pub schedule_files: Vec<PathBuf>,
+    /// Controller settings.
+    pub controller: Controller,
+    /// Where evidence is kept and how it is signed.
+    pub evidence: Evidence,
+    /// AWS settings, when any AWS service is used.
+    pub aws: Option<Aws>,
+    /// Vault or OpenBao settings, when Vault is used.
+    pub vault: Option<Vault>,
+    /// Databases, by name.
+    pub targets: BTreeMap<String, Target>,
+    /// Credentials to rotate, by name.
+    pub secrets: BTreeMap<String, SecretSpec>,
+    /// Backup sets, by name.
+    pub backups: BTreeMap<String, BackupSet>,
+    /// Restore drills, by name.
+    pub drills: BTreeMap<String, Drill>,
+}
+
+/// The controller's own settings.
+#[derive(Debug, Serialize)]
+pub struct Controller {
+    /// Where vigil keeps its state: the embedded evidence store, keys, scratch files.
+    pub data_dir: PathBuf,
+    /// The folder of schedule files.
+    pub schedules_dir: PathBuf,
+}
+
+/// Where the evidence ledger lives.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "backend")]
+pub enum EvidenceStore {
+    /// An SQLite file: the embedded default.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL database shared by several vigil instances.
+    Postgres {
+        /// The connection URL, without a password.
+        url: String,
+        /// The password, by reference.
+        password: Option<SecretRef>,
+    },
+}
+
+/// Evidence ledger settings.
+#[derive(Debug, Serialize)]
+pub struct Evidence {
+    /// The store.
+    pub store: EvidenceStore,
+    /// The ed25519 signing key file, created on first use when missing.
+    pub signing_key: PathBuf,
+}
+
+/// AWS settings shared by Secrets Manager, S3, RDS and KMS.
+#[derive(Debug, Serialize)]
+pub struct Aws {
+    /// The region.
+    pub region: String,
+    /// A custom endpoint (a VPC endpoint, or a local emulator in tests).
+    pub endpoint_url: Option<String>,
+    /// Static credentials by reference; the SDK's default chain when absent.
+    pub credentials: Option<AwsCredentials>,
+}
+
+/// Static AWS credentials, by reference.
+#[derive(Debug, Serialize)]
+pub struct AwsCredentials {
+    /// The access key id.
+    pub access_key_id: SecretRef,
+    /// The secret access key.
+    pub secret_access_key: SecretRef,
+}
+
+/// Vault or OpenBao settings.
+#[derive(Debug, Serialize)]
+pub struct Vault {
+    /// The server address, `http(s)://host:port`.
+    pub address: String,
+    /// The token, by reference.
+    pub token: SecretRef,
+    /// The KV version 2 mount holding secrets.
+    pub kv_mount: String,
+    /// The Transit mount wrapping backup keys.
+    pub transit_mount: String,
+    /// The Vault Enterprise / OpenBao namespace, if any.
+    pub namespace: Option<String>,
+}
+
+/// A database engine's wire protocol and SQL dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    Mysql,
+}
+
+impl Engine {
+    /// The port the engine listens on unless told otherwise.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Postgres => 5432,
+            Self::Mysql => 3306,
+        }
+    }
+
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+        }
+    }
+}
+
+/// A database vigil rotates credentials on, backs up or restores into.
+#[derive(Debug, Serialize)]
+pub struct Target {
+    /// The engine.
+    pub engine: Engine,
+    /// The RDS instance identifier, for targets of kind `rds`.
+    pub rds_instance: Option<String>,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The database to connect to, when the engine needs one.
+    pub database: Option<String>,
+    /// The administrative credential, by reference.
+    pub admin: SecretRef,
+    /// Where the target is defined.
+    pub defined_at: Location,
+}
+
+/// What sort of credential a secret is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretKind {
+    /// A PostgreSQL role's password.
+    PostgresPassword,
+    /// A MySQL or MariaDB user's password.
+    MysqlPassword,
+    /// An API key issued by an internal service.
+    ApiKey,
+    /// A JWT signing key pair.
+    JwtSigningKey,
+}
+
+impl SecretKind {
+    /// The cadence used when a secret names none: 30 days for passwords, 90 for API keys,
+    /// 7 for JWT signing keys.
+    pub fn default_cadence(self) -> Duration {
+        let days = match self {
+            Self::PostgresPassword | Self::MysqlPassword => 30,
+            Self::ApiKey => 90,
+            Self::JwtSigningKey => 7,
+        };
+        Duration::from_secs(days * 86_400)
+    }
+
+    /// The database engine a password of this kind belongs to.
+    pub fn engine(self) -> Option<Engine> {
+        match self {
+            Self::PostgresPassword => Some(Engine::Postgres),
+            Self::MysqlPassword => Some(Engine::Mysql),
+            Self::ApiKey | Self::JwtSigningKey => None,
+        }
+    }
+
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PostgresPassword => "postgres_password",
+            Self::MysqlPassword => "mysql_password",
+            Self::ApiKey => "api_key",
+            Self::JwtSigningKey => "jwt_signing_key",
+        }
+    }
+}
+
+/// How a credential is replaced without locking its users out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "name")]
+pub enum Strategy {
+    /// One database user whose password changes in place.
+    SingleUser,
+    /// Two database users; the inactive one is changed, then the store's current label flips.
+    AlternatingUsers {
+        /// The second user of the pair.
+        clone_username: String,
+        /// The least time between two flips: at least the clients' secret cache lifetime.
+        min_flip_interval: Duration,
+    },
+    /// The new credential is issued beside the old one, which is retired after `window`.
+    Overlap {
+        /// How long the old and new credentials are both valid.
+        window: Duration,
+    },
+}
+
+impl Strategy {
+    /// The name used in configuration.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::SingleUser => "single_user",
+            Self::AlternatingUsers { .. } => "alternating_users",
+            Self::Overlap { .. } => "overlap",
+        }
+    }
+}
+
+/// A credential vigil rotates.
+#[derive(Debug, Serialize)]
+pub struct SecretSpec {
+    /// What sort of credential.
+    pub kind: SecretKind,
+    /// Which store holds it.
+    pub store: StoreKind,
+    /// Its name or path in the store.
+    pub path: String,
+    /// The database target, for passwords.
+    pub target: Option<String>,
+    /// The database user, for passwords.
+    pub username: Option<String>,
+    /// How it is replaced.
+    pub strategy: Strategy,
+    /// How often it rotates.
+    pub cadence: Duration,
+    /// Whether `cadence` is the kind's default rather than configured.
+    pub cadence_is_default: bool,
+    /// How generated values look.
+    pub policy: PasswordPolicy,
+    /// Where the secret is defined.
+    pub defined_at: Location,
+}
+
+/// Where backups of a set are written.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ObjectStore {
+    /// An S3 bucket.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// A key prefix inside it.
+        prefix: String,
+    },
+    /// A local folder: the embedded default.
+    Local {
+        /// The folder.
+        path: PathBuf,
+    },
+}
+
+/// What wraps each backup's data key.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum KeyService {
+    /// AWS KMS `GenerateDataKey` under this key.
+    AwsKms {
+        /// Key id, ARN or alias.
+        key_id: String,
+    },
+    /// Vault / OpenBao Transit's datakey endpoint under this key.
+    VaultTransit {
+        /// The Transit key name.
+        key: String,
+    },
+    /// A local key-encryption key file.
+    Local {
+        /// The key file.
+        key_file: PathBuf,
+    },
+}
+
+/// How many backups a set keeps. The newest verified backup is always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    /// The newest N backups.
+    pub keep_last: u32,
+    /// The newest backup of each of the last N days.
+    pub daily: u32,
+    /// The newest backup of each of the last N weeks.
+    pub weekly: u32,
+    /// The newest backup of each of the last N months.
+    pub monthly: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { keep_last: 7, daily: 7, weekly: 4, monthly: 12 }
+    }
+}
+
+/// A database backed up on a schedule.
+#[derive(Debug, Serialize)]
+pub struct BackupSet {
+    /// The database target.
+    pub target: String,
+    /// When backups run.
+    pub schedule: CronSchedule,
+    /// Where they are written.
+    pub store: ObjectStore,
+    /// What wraps their keys.
+    pub key_service: KeyService,
+    /// What is kept.
+    pub retention: Retention,
+    /// Where the set is defined.
+    pub defined_at: Location,
+}
+
+/// A restore drill: the latest backup of a set restored into a scratch target and checked.
+#[derive(Debug, Serialize)]
+pub struct Drill {
+    /// The backup set restored.
+    pub backup: String,
+    /// The target restored into; never the backup's own target.
+    pub scratch: String,
+    /// When the drill runs on its own; on demand only when absent.
+    pub schedule: Option<CronSchedule>,
+    /// Recovery point objective: the most data loss accepted.
+    pub rpo: Duration,
+    /// Recovery time objective: the longest restore accepted.
+    pub rto: Duration,
+    /// The human procedure this drill exercises.
+    pub runbook: Option<PathBuf>,
+    /// Where the drill is defined.
+    pub defined_at: Location,
+}

@@ -1,0 +1,192 @@
+//! The files exactly as written: serde shapes with spans, refusing unknown fields.
+//!
+//! Nothing here is checked beyond types; [`super::validate`] turns these into a [`super::Plan`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use crate::schedule::Duration;
+use crate::secret::{CharClass, SecretRef, StoreKind};
+
+/// `vigil.toml`: the controller's own settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ControllerFile {
+    #[serde(default)]
+    pub controller: Option<Spanned<ControllerSection>>,
+    #[serde(default)]
+    pub evidence: Option<Spanned<EvidenceSection>>,
+    #[serde(default)]
+    pub aws: Option<Spanned<AwsSection>>,
+    #[serde(default)]
+    pub vault: Option<Spanned<VaultSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ControllerSection {
+    pub data_dir: Option<PathBuf>,
+    pub schedules: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EvidenceSection {
+    pub url: Option<Spanned<String>>,
+    pub password: Option<Spanned<SecretRef>>,
+    pub signing_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AwsSection {
+    pub region: String,
+    pub endpoint_url: Option<Spanned<String>>,
+    pub access_key_id: Option<Spanned<SecretRef>>,
+    pub secret_access_key: Option<Spanned<SecretRef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VaultSection {
+    pub address: Spanned<String>,
+    pub token: Spanned<SecretRef>,
+    pub kv_mount: Option<String>,
+    pub transit_mount: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// One file under `schedules/`: what to rotate, back up and drill.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScheduleFile {
+    #[serde(default)]
+    pub targets: BTreeMap<Spanned<String>, Spanned<Target>>,
+    #[serde(default)]
+    pub secrets: BTreeMap<Spanned<String>, Spanned<Secret>>,
+    #[serde(default)]
+    pub backups: BTreeMap<Spanned<String>, Spanned<Backup>>,
+    #[serde(default)]
+    pub drills: BTreeMap<Spanned<String>, Spanned<Drill>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum TargetKind {
+    Postgres,
+    Mysql,
+    Rds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Engine {
+    Postgres,
+    Mysql,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Target {
+    pub kind: Spanned<TargetKind>,
+    pub engine: Option<Spanned<Engine>>,
+    pub host: Spanned<String>,
+    pub port: Option<Spanned<u16>>,
+    pub database: Option<String>,
+    pub admin: Spanned<SecretRef>,
+    pub instance_id: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum SecretKind {
+    PostgresPassword,
+    MysqlPassword,
+    ApiKey,
+    JwtSigningKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Strategy {
+    SingleUser,
+    AlternatingUsers,
+    Overlap,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Secret {
+    pub kind: Spanned<SecretKind>,
+    pub store: Spanned<StoreKind>,
+    pub path: Spanned<String>,
+    pub target: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub clone_username: Option<Spanned<String>>,
+    pub strategy: Option<Spanned<Strategy>>,
+    pub cadence: Option<Spanned<Duration>>,
+    pub min_flip_interval: Option<Spanned<Duration>>,
+    pub overlap: Option<Spanned<Duration>>,
+    pub policy: Option<Spanned<Policy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Policy {
+    pub length: Option<Spanned<usize>>,
+    pub classes: Option<Spanned<Vec<CharClass>>>,
+    pub exclude: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum ObjectStoreKind {
+    S3,
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum KeyServiceKind {
+    AwsKms,
+    VaultTransit,
+    Local,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Backup {
+    pub target: Spanned<String>,
+    pub schedule: Spanned<String>,
+    pub store: Spanned<ObjectStoreKind>,
+    pub bucket: Option<Spanned<String>>,
+    pub prefix: Option<String>,
+    pub path: Option<Spanned<PathBuf>>,
+    pub key_service: Spanned<KeyServiceKind>,
+    pub key_id: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<PathBuf>>,
+    pub retention: Option<Spanned<Retention>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Retention {
+    pub keep_last: Option<u32>,
+    pub daily: Option<u32>,
+    pub weekly: Option<u32>,
+    pub monthly: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Drill {
+    pub backup: Spanned<String>,
+    pub scratch: Spanned<String>,
+    pub schedule: Option<Spanned<String>>,
+    pub rpo: Option<Spanned<Duration>>,
+    pub rto: Option<Spanned<Duration>>,
+    pub runbook: Option<Spanned<PathBuf>>,
+}

@@ -1,0 +1,1027 @@
+//! From raw files to a [`Plan`]: defaults, paths, names, cross-references.
+//!
+//! Every check pushes a diagnostic and carries on, so one run reports every problem.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_spanned::Spanned;
+
+use super::diagnostic::{Diagnostic, Location, Source};
+use super::raw;
+use super::{
+    Aws, AwsCredentials, BackupSet, Controller, Drill, Engine, Evidence, EvidenceStore, KeyService, Loaded,
+    ObjectStore, Plan, Retention, SecretKind, SecretSpec, Strategy, Target, Vault,
+};
+use crate::schedule::{CronSchedule, Duration};
+use crate::secret::{CharClass, PasswordPolicy, SecretRef, StoreKind};
+
+/// Where vigil keeps state when `controller.data_dir` is not set.
+const DEFAULT_DATA_DIR: &str = "/var/lib/vigil";
+/// The least time between two flips of an alternating pair, unless configured.
+const DEFAULT_MIN_FLIP_INTERVAL: Duration = Duration::from_secs(3_600);
+/// How long an old API key or JWT key stays valid beside the new one, unless configured.
+const DEFAULT_OVERLAP: Duration = Duration::from_secs(86_400);
+/// Shortest cadence accepted: rotating more often than hourly is a typo, not a policy.
+const MIN_CADENCE: Duration = Duration::from_secs(3_600);
+const DEFAULT_RPO: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_RTO: Duration = Duration::from_secs(3_600);
+
+pub(super) fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut loader = Loader::default();
+    let plan = loader.load(path);
+    match plan {
+        Some(plan) if loader.errors.is_empty() => Ok(Loaded { plan, warnings: loader.warnings }),
+        _ => {
+            let mut all = loader.errors;
+            all.extend(loader.warnings);
+            Err(all)
+        }
+    }
+}
+
+/// One named item from a schedule file, with where it was written.
+struct Def<T> {
+    file: usize,
+    name_span: Range<usize>,
+    span: Range<usize>,
+    value: T,
+}
+
+#[derive(Default)]
+struct Loader {
+    sources: Vec<Source>,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+    /// The `[aws]` and `[vault]` sections, for "this store is not configured" errors.
+    aws_at: Option<Location>,
+    vault_at: Option<Location>,
+    config_file: usize,
+}
+
+impl Loader {
+    fn load(&mut self, config_path: &Path) -> Option<Plan> {
+        let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned());
+        let text = match std::fs::read_to_string(&config_path) {
+            Ok(text) => text,
+            Err(err) => {
+                self.errors.push(
+                    Diagnostic::error(
+                        Location::file(&config_path),
+                        "",
+                        format!("cannot read the configuration file: {err}"),
+                    )
+                    .with_help("pass the file with --config PATH or VIGIL_CONFIG; docs/configuration.md describes it"),
+                );
+                return None;
+            }
+        };
+        let base = config_path.parent().unwrap_or(Path::new("/")).to_owned();
+        self.config_file = self.add_source(config_path.clone(), text);
+        let raw: raw::ControllerFile = self.parse(self.config_file)?;
+
+        // Stores first: later sections check their references against them.
+        let aws = raw.aws.map(|aws| self.aws(aws));
+        let vault = raw.vault.map(|vault| self.vault(vault));
+        let controller = self.controller(raw.controller.as_ref(), &base);
+        let evidence = self.evidence(raw.evidence.as_ref(), &base, &controller.data_dir);
+
+        let schedules_span = raw.controller.as_ref().and_then(|c| c.get_ref().schedules.as_ref()).map(Spanned::span);
+        let files = self.read_schedules(&controller.schedules_dir, schedules_span);
+        let schedule_files = files.iter().map(|(file, _)| self.sources[*file].path.clone()).collect();
+
+        let mut targets = BTreeMap::new();
+        let mut secrets = BTreeMap::new();
+        let mut backups = BTreeMap::new();
+        let mut drills = BTreeMap::new();
+        for (file, parsed) in files {
+            self.collect("targets", file, parsed.targets, &mut targets);
+            self.collect("secrets", file, parsed.secrets, &mut secrets);
+            self.collect("backups", file, parsed.backups, &mut backups);
+            self.collect("drills", file, parsed.drills, &mut drills);
+        }
+
+        let plan_targets: BTreeMap<String, Target> =
+            targets.iter().filter_map(|(name, def)| Some((name.clone(), self.target(name, def)?))).collect();
+        let plan_secrets = secrets
+            .iter()
+            .filter_map(|(name, def)| Some((name.clone(), self.secret(name, def, &targets, &plan_targets)?)))
+            .collect();
+        let plan_backups: BTreeMap<String, BackupSet> =
+            backups.iter().filter_map(|(name, def)| Some((name.clone(), self.backup(name, def, &targets)?))).collect();
+        let plan_drills = drills
+            .iter()
+            .filter_map(|(name, def)| {
+                let drill = self.drill(name, def, &targets, &plan_targets, &backups, &plan_backups)?;
+                Some((name.clone(), drill))
+            })
+            .collect();
+
+        Some(Plan {
+            config_file: config_path,
+            schedule_files,
+            controller,
+            evidence,
+            aws,
+            vault,
+            targets: plan_targets,
+            secrets: plan_secrets,
+            backups: plan_backups,
+            drills: plan_drills,
+        })
+    }
+
+    fn add_source(&mut self, path: PathBuf, text: String) -> usize {
+        self.sources.push(Source { path, text });
+        self.sources.len() - 1
+    }
+
+    fn at(&self, file: usize, span: Range<usize>) -> Location {
+        self.sources[file].locate(&span)
+    }
+
+    fn error(&mut self, file: usize, span: Range<usize>, field: String, message: impl Into<String>) {
+        let location = self.at(file, span);
+        self.errors.push(Diagnostic::error(location, field, message));
+    }
+
+    /// Parses a whole file into `T`, reporting the first syntax or shape error it meets.
+    fn parse<T: DeserializeOwned>(&mut self, file: usize) -> Option<T> {
+        let source = &self.sources[file];
+        let deserializer = match toml::Deserializer::parse(&source.text) {
+            Ok(deserializer) => deserializer,
+            Err(err) => {
+                // `message()`, not `Display`: the latter quotes the source line.
+                let location = err.span().map_or_else(|| source.whole(), |span| source.locate(&span));
+                self.errors.push(Diagnostic::error(location, "", format!("invalid TOML: {}", err.message())));
+                return None;
+            }
+        };
+        match serde_path_to_error::deserialize(deserializer) {
+            Ok(value) => Some(value),
+            Err(err) => {
+                let mut field = err.path().to_string().replace(".$__serde_spanned_private_value", "");
+                if field == "." {
+                    field.clear();
+                }
+                let err = err.into_inner();
+                let message = err.message().to_owned();
+                if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+                    field = if field.is_empty() { missing.to_owned() } else { format!("{field}.{missing}") };
+                }
+                let location = err.span().map_or_else(|| source.whole(), |span| source.locate(&span));
+                self.errors.push(Diagnostic::error(location, field, message));
+                None
+            }
+        }
+    }
+
+    fn controller(&mut self, raw: Option<&Spanned<raw::ControllerSection>>, base: &Path) -> Controller {
+        let raw = raw.map(Spanned::get_ref);
+        let data_dir =
+            raw.and_then(|c| c.data_dir.clone()).map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |dir| base.join(dir));
+        let schedules_dir = raw
+            .and_then(|c| c.schedules.as_ref())
+            .map_or_else(|| base.join("schedules"), |dir| base.join(dir.get_ref()));
+        Controller { data_dir, schedules_dir }
+    }
+
+    fn evidence(&mut self, raw: Option<&Spanned<raw::EvidenceSection>>, base: &Path, data_dir: &Path) -> Evidence {
+        let file = self.config_file;
+        let raw = raw.map(Spanned::get_ref);
+        let signing_key =
+            raw.and_then(|e| e.signing_key.clone()).map_or_else(|| data_dir.join("evidence.key"), |key| base.join(key));
+        let password = raw.and_then(|e| e.password.as_ref());
+        let store = match raw.and_then(|e| e.url.as_ref()) {
+            None => EvidenceStore::Sqlite { path: data_dir.join("evidence.db") },
+            Some(url) => {
+                let text = url.get_ref();
+                if let Some(path) = text.strip_prefix("sqlite://") {
+                    if let Some(password) = password {
+                        self.error(
+                            file,
+                            password.span(),
+                            "evidence.password".into(),
+                            "a password applies to a postgres:// store only",
+                        );
+                    }
+                    EvidenceStore::Sqlite { path: base.join(path) }
+                } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                    if url_has_password(text) {
+                        // The URL is not repeated: it carries a secret.
+                        let location = self.at(file, url.span());
+                        self.errors.push(
+                            Diagnostic::error(location, "evidence.url", "the URL carries a password (not repeated here)")
+                                .with_help("remove it from the URL and write password = { env = \"NAME\" } or { file = \"/path\" }"),
+                        );
+                    }
+                    if let Some(password) = password {
+                        self.check_ref(password, file, "evidence.password".into());
+                    }
+                    EvidenceStore::Postgres {
+                        url: text.clone(),
+                        password: password.map(|p| p.get_ref().clone().rebase(base)),
+                    }
+                } else {
+                    self.error(
+                        file,
+                        url.span(),
+                        "evidence.url".into(),
+                        "unsupported evidence store URL; use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
+                    );
+                    EvidenceStore::Sqlite { path: data_dir.join("evidence.db") }
+                }
+            }
+        };
+        Evidence { store, signing_key }
+    }
+
+    fn aws(&mut self, raw: Spanned<raw::AwsSection>) -> Aws {
+        let file = self.config_file;
+        self.aws_at = Some(self.at(file, raw.span()));
+        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let span = raw.span();
+        let raw = raw.into_inner();
+        if let Some(url) = &raw.endpoint_url {
+            self.check_http_url(file, url, "aws.endpoint_url");
+        }
+        let credentials = match (raw.access_key_id, raw.secret_access_key) {
+            (Some(id), Some(key)) => Some({
+                self.check_ref(&id, file, "aws.access_key_id".into());
+                self.check_ref(&key, file, "aws.secret_access_key".into());
+                AwsCredentials {
+                    access_key_id: id.into_inner().rebase(&base),
+                    secret_access_key: key.into_inner().rebase(&base),
+                }
+            }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                self.error(
+                    file,
+                    span,
+                    "aws".into(),
+                    "give both access_key_id and secret_access_key, or neither to use the SDK's default credential chain",
+                );
+                None
+            }
+        };
+        Aws { region: raw.region, endpoint_url: raw.endpoint_url.map(Spanned::into_inner), credentials }
+    }
+
+    fn vault(&mut self, raw: Spanned<raw::VaultSection>) -> Vault {
+        let file = self.config_file;
+        self.vault_at = Some(self.at(file, raw.span()));
+        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let raw = raw.into_inner();
+        self.check_http_url(file, &raw.address, "vault.address");
+        self.check_ref(&raw.token, file, "vault.token".into());
+        Vault {
+            address: raw.address.into_inner(),
+            token: raw.token.into_inner().rebase(&base),
+            kv_mount: raw.kv_mount.unwrap_or_else(|| "secret".into()),
+            transit_mount: raw.transit_mount.unwrap_or_else(|| "transit".into()),
+            namespace: raw.namespace,
+        }
+    }
+
+    fn check_http_url(&mut self, file: usize, url: &Spanned<String>, field: &str) {
+        let text = url.get_ref();
+        let well_formed =
+            ["http://", "https://"].iter().any(|scheme| text.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()));
+        if !well_formed {
+            self.error(file, url.span(), field.into(), format!("`{text}` is not an http:// or https:// URL"));
+        }
+    }
+
+    /// The schedule files of `dir`, sorted by name so that reports are stable.
+    fn read_schedules(&mut self, dir: &Path, named_at: Option<Range<usize>>) -> Vec<(usize, raw::ScheduleFile)> {
+        let location = match named_at {
+            Some(span) => self.at(self.config_file, span),
+            None => self.sources[self.config_file].whole(),
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(err) => {
+                self.errors.push(
+                    Diagnostic::error(
+                        location,
+                        "controller.schedules",
+                        format!("cannot read the schedules folder {}: {err}", dir.display()),
+                    )
+                    .with_help("set controller.schedules to the folder of schedule files (default: `schedules` beside vigil.toml)"),
+                );
+                return Vec::new();
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            self.warnings.push(Diagnostic::warning(
+                location,
+                "controller.schedules",
+                format!("no *.toml schedule files in {}; vigil has nothing to do", dir.display()),
+            ));
+        }
+        let mut files = Vec::new();
+        for path in paths {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let file = self.add_source(path, text);
+                    if let Some(parsed) = self.parse(file) {
+                        files.push((file, parsed));
+                    }
+                }
+                Err(err) => {
+                    let location = Location::file(&path);
+                    self.errors.push(Diagnostic::error(location, "", format!("cannot read schedule file: {err}")));
+                }
+            }
+        }
+        files
+    }
+
+    /// Moves one section's items into `into`, refusing bad names and duplicates across files.
+    fn collect<T>(
+        &mut self,
+        section: &str,
+        file: usize,
+        items: BTreeMap<Spanned<String>, Spanned<T>>,
+        into: &mut BTreeMap<String, Def<T>>,
+    ) {
+        for (name, value) in items {
+            let name_span = name.span();
+            let name = name.into_inner();
+            if let Err(why) = check_name(&name) {
+                self.error(file, name_span.clone(), format!("{section}.{name}"), why);
+            }
+            if let Some(first) = into.get(&name) {
+                let first_at = self.at(first.file, first.name_span.clone());
+                let location = self.at(file, name_span);
+                self.errors.push(
+                    Diagnostic::error(location, format!("{section}.{name}"), format!("`{name}` is defined twice"))
+                        .with_related(first_at, "first defined here")
+                        .with_help("names are unique across all schedule files; rename one"),
+                );
+                continue;
+            }
+            let span = value.span();
+            into.insert(name, Def { file, name_span, span, value: value.into_inner() });
+        }
+    }
+
+    fn require_store(&mut self, store: StoreKind, location: Location, field: String) {
+        let (configured, section) = match store {
+            StoreKind::AwsSecretsManager => (self.aws_at.is_some(), "[aws]"),
+            StoreKind::VaultKv => (self.vault_at.is_some(), "[vault]"),
+        };
+        if !configured {
+            let config = self.sources[self.config_file].whole();
+            self.errors.push(
+                Diagnostic::error(
+                    location,
+                    field,
+                    format!("uses {store}, but the configuration has no {section} section"),
+                )
+                .with_related(config, format!("add {section} here")),
+            );
+        }
+    }
+
+    /// Checks that a reference can be read: its store is configured, or its variable or file
+    /// exists now (a warning: the daemon's environment may differ from this shell's).
+    fn check_ref(&mut self, reference: &Spanned<SecretRef>, file: usize, field: String) {
+        let location = self.at(file, reference.span());
+        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        match reference.get_ref().clone().rebase(&base) {
+            SecretRef::Store { store, .. } => self.require_store(store, location, field),
+            local => {
+                if let Err(err) = local.resolve_local() {
+                    self.warnings.push(Diagnostic::warning(location, field, err.to_string()));
+                }
+            }
+        }
+    }
+
+    fn target(&mut self, name: &str, def: &Def<raw::Target>) -> Option<Target> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("targets.{name}.{f}");
+        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let kind = *raw.kind.get_ref();
+        let engine = match (kind, &raw.engine) {
+            (raw::TargetKind::Rds, Some(engine)) => Some(*engine.get_ref()),
+            (raw::TargetKind::Rds, None) => {
+                self.error(
+                    file,
+                    raw.kind.span(),
+                    field("engine"),
+                    "an rds target needs engine = \"postgres\" or \"mysql\"",
+                );
+                None
+            }
+            (_, Some(engine)) => {
+                self.error(
+                    file,
+                    engine.span(),
+                    field("engine"),
+                    "engine applies to rds targets only; postgres and mysql targets imply it",
+                );
+                None
+            }
+            (raw::TargetKind::Postgres, None) => Some(raw::Engine::Postgres),
+            (raw::TargetKind::Mysql, None) => Some(raw::Engine::Mysql),
+        };
+        let rds_instance = match (kind, &raw.instance_id) {
+            (raw::TargetKind::Rds, Some(id)) => Some(id.get_ref().clone()),
+            (raw::TargetKind::Rds, None) => {
+                self.error(
+                    file,
+                    raw.kind.span(),
+                    field("instance_id"),
+                    "an rds target needs instance_id, the DB instance identifier",
+                );
+                None
+            }
+            (_, Some(id)) => {
+                self.error(file, id.span(), field("instance_id"), "instance_id applies to rds targets only");
+                None
+            }
+            (_, None) => None,
+        };
+        if raw.host.get_ref().trim().is_empty() {
+            self.error(file, raw.host.span(), field("host"), "host is empty");
+        }
+        if let Some(port) = &raw.port
+            && *port.get_ref() == 0
+        {
+            self.error(file, port.span(), field("port"), "port 0 is not a port; use 1-65535");
+        }
+        self.check_ref(&raw.admin, file, field("admin"));
+        let engine = match engine? {
+            raw::Engine::Postgres => Engine::Postgres,
+            raw::Engine::Mysql => Engine::Mysql,
+        };
+        Some(Target {
+            engine,
+            rds_instance,
+            host: raw.host.get_ref().clone(),
+            port: raw.port.as_ref().map_or(engine.default_port(), |p| *p.get_ref()),
+            database: raw.database.clone(),
+            admin: raw.admin.get_ref().clone().rebase(&base),
+            defined_at: self.at(file, def.name_span.clone()),
+        })
+    }
+
+    fn secret(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Secret>,
+        raw_targets: &BTreeMap<String, Def<raw::Target>>,
+        targets: &BTreeMap<String, Target>,
+    ) -> Option<SecretSpec> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("secrets.{name}.{f}");
+        let errors_before = self.errors.len();
+        let kind = match raw.kind.get_ref() {
+            raw::SecretKind::PostgresPassword => SecretKind::PostgresPassword,
+            raw::SecretKind::MysqlPassword => SecretKind::MysqlPassword,
+            raw::SecretKind::ApiKey => SecretKind::ApiKey,
+            raw::SecretKind::JwtSigningKey => SecretKind::JwtSigningKey,
+        };
+        let store = *raw.store.get_ref();
+        let location = self.at(file, raw.store.span());
+        self.require_store(store, location, field("store"));
+        if raw.path.get_ref().trim().is_empty() {
+            self.error(file, raw.path.span(), field("path"), "path is empty; name the secret in its store");
+        }
+
+        let cadence = raw.cadence.as_ref().map(|c| *c.get_ref());
+        if let Some(c) = &raw.cadence
+            && *c.get_ref() < MIN_CADENCE
+        {
+            self.error(
+                file,
+                c.span(),
+                field("cadence"),
+                format!("cadence {} is shorter than the minimum of 1h", c.get_ref()),
+            );
+        }
+        let cadence_value = cadence.unwrap_or_else(|| kind.default_cadence());
+
+        // Fields that only some kinds and strategies take, refused where they do not apply.
+        let refuse = |loader: &mut Self, span: Option<Range<usize>>, name: &str, why: &str| {
+            if let Some(span) = span {
+                loader.error(file, span, field(name), why.to_owned());
+            }
+        };
+
+        let strategy = match kind.engine() {
+            Some(engine) => {
+                match &raw.target {
+                    None => {
+                        let location = self.at(file, def.span.clone());
+                        self.errors.push(Diagnostic::error(
+                            location,
+                            field("target"),
+                            format!("a {} secret needs `target`, the database whose user it rotates", kind.as_str()),
+                        ));
+                    }
+                    Some(target) => self.check_target_ref(file, target, &field("target"), engine, raw_targets, targets),
+                }
+                if raw.username.is_none() {
+                    let location = self.at(file, def.span.clone());
+                    self.errors.push(Diagnostic::error(
+                        location,
+                        field("username"),
+                        format!("a {} secret needs `username`, the database user", kind.as_str()),
+                    ));
+                }
+                refuse(
+                    self,
+                    raw.overlap.as_ref().map(Spanned::span),
+                    "overlap",
+                    "overlap applies to api_key and jwt_signing_key secrets; database passwords use single_user or alternating_users",
+                );
+                match raw.strategy.as_ref().map(|s| (*s.get_ref(), s.span())) {
+                    None | Some((raw::Strategy::SingleUser, _)) => {
+                        refuse(
+                            self,
+                            raw.clone_username.as_ref().map(Spanned::span),
+                            "clone_username",
+                            "clone_username applies to strategy = \"alternating_users\" only",
+                        );
+                        refuse(
+                            self,
+                            raw.min_flip_interval.as_ref().map(Spanned::span),
+                            "min_flip_interval",
+                            "min_flip_interval applies to strategy = \"alternating_users\" only",
+                        );
+                        Strategy::SingleUser
+                    }
+                    Some((raw::Strategy::AlternatingUsers, _)) => {
+                        let min_flip_interval =
+                            raw.min_flip_interval.as_ref().map_or(DEFAULT_MIN_FLIP_INTERVAL, |m| *m.get_ref());
+                        if min_flip_interval > cadence_value {
+                            let span = raw.min_flip_interval.as_ref().map_or(def.span.clone(), Spanned::span);
+                            self.error(file, span, field("min_flip_interval"), format!("min_flip_interval {min_flip_interval} is longer than the cadence {cadence_value}: every rotation would be refused"));
+                        }
+                        let username = raw.username.as_ref().map(|u| u.get_ref().as_str()).unwrap_or_default();
+                        let clone_username = raw
+                            .clone_username
+                            .as_ref()
+                            .map_or_else(|| format!("{username}_clone"), |c| c.get_ref().clone());
+                        if clone_username == username
+                            && let Some(clone) = &raw.clone_username
+                        {
+                            self.error(
+                                file,
+                                clone.span(),
+                                field("clone_username"),
+                                "clone_username must differ from username: the pair alternates between two users",
+                            );
+                        }
+                        Strategy::AlternatingUsers { clone_username, min_flip_interval }
+                    }
+                    Some((raw::Strategy::Overlap, span)) => {
+                        self.error(file, span, field("strategy"), "database passwords rotate with \"single_user\" or \"alternating_users\"; \"overlap\" is for api_key and jwt_signing_key");
+                        Strategy::SingleUser
+                    }
+                }
+            }
+            None => {
+                let why = format!("{} secrets have no database target", kind.as_str());
+                refuse(self, raw.target.as_ref().map(Spanned::span), "target", &why);
+                refuse(self, raw.username.as_ref().map(Spanned::span), "username", &why);
+                refuse(self, raw.clone_username.as_ref().map(Spanned::span), "clone_username", &why);
+                refuse(self, raw.min_flip_interval.as_ref().map(Spanned::span), "min_flip_interval", &why);
+                refuse(
+                    self,
+                    raw.policy.as_ref().map(Spanned::span),
+                    "policy",
+                    "the issuer or key generator decides what these values look like; policy applies to passwords",
+                );
+                if let Some(strategy) = &raw.strategy
+                    && *strategy.get_ref() != raw::Strategy::Overlap
+                {
+                    self.error(
+                        file,
+                        strategy.span(),
+                        field("strategy"),
+                        format!("{} secrets rotate with strategy = \"overlap\"", kind.as_str()),
+                    );
+                }
+                let window = raw.overlap.as_ref().map_or(DEFAULT_OVERLAP, |o| *o.get_ref());
+                if window >= cadence_value {
+                    let span = raw.overlap.as_ref().map_or(def.span.clone(), Spanned::span);
+                    self.error(file, span, field("overlap"), format!("overlap {window} must be shorter than the cadence {cadence_value}, or old credentials pile up"));
+                }
+                Strategy::Overlap { window }
+            }
+        };
+        let policy =
+            raw.policy.as_ref().map_or_else(PasswordPolicy::default, |p| self.policy(file, p, &field("policy")));
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(SecretSpec {
+            kind,
+            store,
+            path: raw.path.get_ref().clone(),
+            target: raw.target.as_ref().map(|t| t.get_ref().clone()),
+            username: raw.username.as_ref().map(|u| u.get_ref().clone()),
+            strategy,
+            cadence: cadence_value,
+            cadence_is_default: cadence.is_none(),
+            policy,
+            defined_at: self.at(file, def.name_span.clone()),
+        })
+    }
+
+    /// Checks that `reference` names a defined target of `engine`.
+    fn check_target_ref(
+        &mut self,
+        file: usize,
+        reference: &Spanned<String>,
+        field: &str,
+        engine: Engine,
+        raw_targets: &BTreeMap<String, Def<raw::Target>>,
+        targets: &BTreeMap<String, Target>,
+    ) {
+        let name = reference.get_ref();
+        let location = self.at(file, reference.span());
+        let Some(def) = raw_targets.get(name) else {
+            let known = raw_targets.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+            let mut diagnostic = Diagnostic::error(location, field, format!("no target named `{name}`"));
+            diagnostic = if known.is_empty() {
+                diagnostic.with_help("define it under [targets.NAME] in a schedule file")
+            } else {
+                diagnostic.with_help(format!("defined targets: {known}"))
+            };
+            self.errors.push(diagnostic);
+            return;
+        };
+        if let Some(target) = targets.get(name)
+            && target.engine != engine
+        {
+            let target_at = self.at(def.file, def.value.kind.span());
+            self.errors.push(
+                Diagnostic::error(
+                    location,
+                    field,
+                    format!("target `{name}` is a {} database; this needs {}", target.engine.as_str(), engine.as_str()),
+                )
+                .with_related(target_at, format!("`{name}`'s kind is set here")),
+            );
+        }
+    }
+
+    fn policy(&mut self, file: usize, raw: &Spanned<raw::Policy>, field: &str) -> PasswordPolicy {
+        let defaults = PasswordPolicy::default();
+        let raw_policy = raw.get_ref();
+        let length = raw_policy.length.as_ref().map_or(defaults.length, |l| *l.get_ref());
+        if let Some(l) = &raw_policy.length
+            && !(PasswordPolicy::MIN_LENGTH..=PasswordPolicy::MAX_LENGTH).contains(&length)
+        {
+            self.error(
+                file,
+                l.span(),
+                format!("{field}.length"),
+                format!("length {length} is outside {}..={}", PasswordPolicy::MIN_LENGTH, PasswordPolicy::MAX_LENGTH),
+            );
+        }
+        let mut classes = raw_policy.classes.as_ref().map_or(defaults.classes, |c| c.get_ref().clone());
+        classes.sort();
+        classes.dedup();
+        let exclude = raw_policy.exclude.as_ref().map_or_else(String::new, |e| e.get_ref().clone());
+        if let Some(c) = &raw_policy.classes
+            && classes.is_empty()
+        {
+            self.error(
+                file,
+                c.span(),
+                format!("{field}.classes"),
+                "classes is empty; list some of \"lower\", \"upper\", \"digit\", \"symbol\"",
+            );
+        }
+        for class in &classes {
+            if class.chars().chars().all(|ch| exclude.contains(ch)) {
+                let span = raw_policy.exclude.as_ref().map_or(raw.span(), Spanned::span);
+                self.error(
+                    file,
+                    span,
+                    format!("{field}.exclude"),
+                    format!("exclude removes every character of class {}", class_name(*class)),
+                );
+            }
+        }
+        if classes.len() > length {
+            self.error(
+                file,
+                raw.span(),
+                format!("{field}.length"),
+                "length is shorter than the number of classes each password must contain",
+            );
+        }
+        PasswordPolicy { length, classes, exclude }
+    }
+
+    fn backup(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Backup>,
+        raw_targets: &BTreeMap<String, Def<raw::Target>>,
+    ) -> Option<BackupSet> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("backups.{name}.{f}");
+        let errors_before = self.errors.len();
+        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        if !raw_targets.contains_key(raw.target.get_ref()) {
+            self.unknown_target(file, &raw.target, field("target"), raw_targets);
+        }
+        let schedule = self.cron(file, &raw.schedule, field("schedule"));
+        let store = match raw.store.get_ref() {
+            raw::ObjectStoreKind::S3 => {
+                if let Some(path) = &raw.path {
+                    self.error(
+                        file,
+                        path.span(),
+                        field("path"),
+                        "path applies to store = \"local\"; S3 backups use bucket and prefix",
+                    );
+                }
+                if self.aws_at.is_none() {
+                    let location = self.at(file, raw.store.span());
+                    self.require_store(StoreKind::AwsSecretsManager, location, field("store"));
+                }
+                match &raw.bucket {
+                    Some(bucket) => ObjectStore::S3 {
+                        bucket: bucket.get_ref().clone(),
+                        prefix: raw.prefix.clone().unwrap_or_default(),
+                    },
+                    None => {
+                        self.error(file, raw.store.span(), field("bucket"), "an s3 backup set needs `bucket`");
+                        return None;
+                    }
+                }
+            }
+            raw::ObjectStoreKind::Local => {
+                if let Some(bucket) = &raw.bucket {
+                    self.error(file, bucket.span(), field("bucket"), "bucket applies to store = \"s3\"");
+                }
+                match &raw.path {
+                    Some(path) => ObjectStore::Local { path: base.join(path.get_ref()) },
+                    None => {
+                        self.error(
+                            file,
+                            raw.store.span(),
+                            field("path"),
+                            "a local backup set needs `path`, the folder backups are written to",
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let key_id = raw.key_id.as_ref().map(|k| k.get_ref().clone());
+        let key_service = match (raw.key_service.get_ref(), key_id, &raw.key_file) {
+            (raw::KeyServiceKind::AwsKms, Some(key_id), None) => {
+                if self.aws_at.is_none() {
+                    let location = self.at(file, raw.key_service.span());
+                    self.require_store(StoreKind::AwsSecretsManager, location, field("key_service"));
+                }
+                KeyService::AwsKms { key_id }
+            }
+            (raw::KeyServiceKind::VaultTransit, Some(key), None) => {
+                let location = self.at(file, raw.key_service.span());
+                self.require_store(StoreKind::VaultKv, location, field("key_service"));
+                KeyService::VaultTransit { key }
+            }
+            (raw::KeyServiceKind::Local, None, Some(key_file)) => {
+                KeyService::Local { key_file: base.join(key_file.get_ref()) }
+            }
+            (raw::KeyServiceKind::Local, _, _) => {
+                self.error(
+                    file,
+                    raw.key_service.span(),
+                    field("key_file"),
+                    "key_service = \"local\" takes key_file (and no key_id)",
+                );
+                return None;
+            }
+            (_, _, _) => {
+                self.error(
+                    file,
+                    raw.key_service.span(),
+                    field("key_id"),
+                    "key_service = \"aws_kms\" or \"vault_transit\" takes key_id (and no key_file)",
+                );
+                return None;
+            }
+        };
+        let retention = match &raw.retention {
+            None => Retention::default(),
+            Some(r) => {
+                let defaults = Retention::default();
+                let given = r.get_ref();
+                let retention = Retention {
+                    keep_last: given.keep_last.unwrap_or(defaults.keep_last),
+                    daily: given.daily.unwrap_or(defaults.daily),
+                    weekly: given.weekly.unwrap_or(defaults.weekly),
+                    monthly: given.monthly.unwrap_or(defaults.monthly),
+                };
+                if retention.keep_last == 0 {
+                    self.error(
+                        file,
+                        r.span(),
+                        field("retention.keep_last"),
+                        "keep_last must be at least 1: the newest backup is always kept",
+                    );
+                }
+                retention
+            }
+        };
+        let schedule = schedule?;
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(BackupSet {
+            target: raw.target.get_ref().clone(),
+            schedule,
+            store,
+            key_service,
+            retention,
+            defined_at: self.at(file, def.name_span.clone()),
+        })
+    }
+
+    fn drill(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Drill>,
+        raw_targets: &BTreeMap<String, Def<raw::Target>>,
+        targets: &BTreeMap<String, Target>,
+        raw_backups: &BTreeMap<String, Def<raw::Backup>>,
+        backups: &BTreeMap<String, BackupSet>,
+    ) -> Option<Drill> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("drills.{name}.{f}");
+        let errors_before = self.errors.len();
+        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let backup_name = raw.backup.get_ref();
+        let scratch_name = raw.scratch.get_ref();
+        match raw_backups.get(backup_name) {
+            None => {
+                let known = raw_backups.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+                let location = self.at(file, raw.backup.span());
+                let help = if known.is_empty() {
+                    "define it under [backups.NAME] in a schedule file".to_owned()
+                } else {
+                    format!("defined backup sets: {known}")
+                };
+                self.errors.push(
+                    Diagnostic::error(location, field("backup"), format!("no backup set named `{backup_name}`"))
+                        .with_help(help),
+                );
+            }
+            Some(backup_def) => {
+                let backup_target = backup_def.value.target.get_ref();
+                if backup_target == scratch_name {
+                    let location = self.at(file, raw.scratch.span());
+                    let target_at = self.at(backup_def.file, backup_def.value.target.span());
+                    self.errors.push(
+                        Diagnostic::error(location, field("scratch"), format!("`{scratch_name}` is the backup's own target; a drill restores into a scratch database, never the one backed up"))
+                            .with_related(target_at, format!("backup set `{backup_name}` backs up `{backup_target}` here")),
+                    );
+                } else if let Some(backup) = backups.get(backup_name)
+                    && let Some(source) = targets.get(&backup.target)
+                {
+                    if raw_targets.contains_key(scratch_name) {
+                        self.check_target_ref(
+                            file,
+                            &raw.scratch,
+                            &field("scratch"),
+                            source.engine,
+                            raw_targets,
+                            targets,
+                        );
+                    }
+                }
+            }
+        }
+        if !raw_targets.contains_key(scratch_name) {
+            self.unknown_target(file, &raw.scratch, field("scratch"), raw_targets);
+        }
+        let schedule = raw.schedule.as_ref().map(|s| self.cron(file, s, field("schedule")));
+        let runbook = raw.runbook.as_ref().map(|r| {
+            let path = base.join(r.get_ref());
+            if !path.is_file() {
+                self.error(
+                    file,
+                    r.span(),
+                    field("runbook"),
+                    format!("runbook {} does not exist (paths are relative to the schedule file)", path.display()),
+                );
+            }
+            path
+        });
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Drill {
+            backup: backup_name.clone(),
+            scratch: scratch_name.clone(),
+            schedule: schedule.flatten(),
+            rpo: raw.rpo.as_ref().map_or(DEFAULT_RPO, |r| *r.get_ref()),
+            rto: raw.rto.as_ref().map_or(DEFAULT_RTO, |r| *r.get_ref()),
+            runbook,
+            defined_at: self.at(file, def.name_span.clone()),
+        })
+    }
+
+    fn unknown_target(
+        &mut self,
+        file: usize,
+        reference: &Spanned<String>,
+        field: String,
+        raw_targets: &BTreeMap<String, Def<raw::Target>>,
+    ) {
+        let known = raw_targets.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+        let location = self.at(file, reference.span());
+        let help = if known.is_empty() {
+            "define it under [targets.NAME] in a schedule file".to_owned()
+        } else {
+            format!("defined targets: {known}")
+        };
+        self.errors.push(
+            Diagnostic::error(location, field, format!("no target named `{}`", reference.get_ref())).with_help(help),
+        );
+    }
+
+    fn cron(&mut self, file: usize, expression: &Spanned<String>, field: String) -> Option<CronSchedule> {
+        match CronSchedule::parse(expression.get_ref()) {
+            Ok(schedule) => Some(schedule),
+            Err(err) => {
+                self.error(file, expression.span(), field, err.to_string());
+                None
+            }
+        }
+    }
+}
+
+fn class_name(class: CharClass) -> &'static str {
+    match class {
+        CharClass::Lower => "lower",
+        CharClass::Upper => "upper",
+        CharClass::Digit => "digit",
+        CharClass::Symbol => "symbol",
+    }
+}
+
+/// Names become store paths, metric labels and file names: keep them plain.
+fn check_name(name: &str) -> Result<(), String> {
+    let plain = name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_');
+    let starts_well = name.chars().next().is_some_and(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit());
+    if plain && starts_well && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid name; use 1-63 lowercase letters, digits, `-` and `_`, starting with a letter or digit"
+        ))
+    }
+}
+
+/// Whether a URL's authority carries `user:password@`.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_plain() {
+        assert!(check_name("orders-pg_1").is_ok());
+        for bad in ["", "Orders", "-x", "a b", "a.b", &"x".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_in_urls_are_spotted() {
+        assert!(url_has_password("postgres://vigil:pw@db:5432/vigil"));
+        assert!(!url_has_password("postgres://vigil@db:5432/vigil"));
+        assert!(!url_has_password("postgres://db:5432/vigil?user=a"));
+    }
+}

@@ -1,0 +1,13 @@
+//! vigil: a disaster-recovery and secrets-rotation controller.
+//!
+//! vigil rotates database passwords, API keys and JWT signing keys without locking
+//! applications out, backs databases up and proves the backups restore, and records every
+//! action in a signed, hash-chained ledger. `ARCHITECTURE.md` at the repository root maps
+//! the modules below, the data flow between them, and the invariants they keep.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod schedule;
+pub mod secret;
+pub mod telemetry;

@@ -1,0 +1,301 @@
+//! Secret values and the references that say where to find them.
+//!
+//! A secret value lives only in a [`SecretString`]: its `Debug` prints a redaction marker, it
+//! has no `Display`, and its memory is zeroed on drop. Configuration never holds a secret value,
+//! only a [`SecretRef`] naming an environment variable, a file or a path in a secret store.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Which secret store holds a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// AWS Secrets Manager, with its `AWSCURRENT` / `AWSPENDING` / `AWSPREVIOUS` labels.
+    AwsSecretsManager,
+    /// A Vault or OpenBao KV version 2 mount.
+    VaultKv,
+}
+
+impl StoreKind {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AwsSecretsManager => "aws_secrets_manager",
+            Self::VaultKv => "vault_kv",
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a secret value is read from. The reference itself is not secret and may be shown.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "from")]
+pub enum SecretRef {
+    /// An environment variable of the vigil process.
+    Env {
+        /// The variable's name.
+        name: String,
+    },
+    /// A file whose whole content (less one trailing newline) is the value.
+    File {
+        /// The file's path, made absolute against the configuration file's folder.
+        path: PathBuf,
+    },
+    /// A secret in a secret store, optionally one JSON field of it.
+    Store {
+        /// Which store.
+        store: StoreKind,
+        /// The secret's name (AWS) or path under the KV mount (Vault).
+        path: String,
+        /// A field of the secret's JSON value; the whole value when absent.
+        key: Option<String>,
+    },
+}
+
+impl SecretRef {
+    /// Makes a relative file path absolute against `base`, the folder of the file that named it.
+    pub fn rebase(self, base: &Path) -> Self {
+        match self {
+            Self::File { path } if path.is_relative() => Self::File { path: base.join(path) },
+            other => other,
+        }
+    }
+
+    /// Reads the value of an environment or file reference.
+    ///
+    /// Store references need a store client and are resolved by the store itself.
+    pub fn resolve_local(&self) -> Result<SecretString, ResolveError> {
+        match self {
+            Self::Env { name } => match std::env::var(name) {
+                Ok(value) if !value.is_empty() => Ok(SecretString::from(value)),
+                _ => Err(ResolveError::EnvUnset { name: name.clone() }),
+            },
+            Self::File { path } => {
+                let mut value = std::fs::read_to_string(path)
+                    .map_err(|source| ResolveError::FileUnreadable { path: path.clone(), source })?;
+                if value.ends_with('\n') {
+                    value.pop();
+                }
+                if value.is_empty() {
+                    return Err(ResolveError::FileEmpty { path: path.clone() });
+                }
+                Ok(SecretString::from(value))
+            }
+            Self::Store { .. } => Err(ResolveError::NeedsStore { reference: self.to_string() }),
+        }
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Env { name } => write!(f, "env:{name}"),
+            Self::File { path } => write!(f, "file:{}", path.display()),
+            Self::Store { store, path, key: None } => write!(f, "{store}:{path}"),
+            Self::Store { store, path, key: Some(key) } => write!(f, "{store}:{path}#{key}"),
+        }
+    }
+}
+
+/// Why a secret reference could not be read. Never carries the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The environment variable is missing or empty.
+    #[error("environment variable {name} is not set; export it before starting vigil")]
+    EnvUnset {
+        /// The variable's name.
+        name: String,
+    },
+    /// The file could not be read.
+    #[error("cannot read secret file {}: {source}", path.display())]
+    FileUnreadable {
+        /// The file's path.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file exists but holds nothing.
+    #[error("secret file {} is empty", path.display())]
+    FileEmpty {
+        /// The file's path.
+        path: PathBuf,
+    },
+    /// A store reference, which only a store client can resolve.
+    #[error("{reference} is read from its secret store, not locally")]
+    NeedsStore {
+        /// The reference, as shown in configuration.
+        reference: String,
+    },
+}
+
+/// The fields a reference table may have; which combination is valid is checked after parsing.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefTable {
+    env: Option<String>,
+    file: Option<PathBuf>,
+    store: Option<StoreKind>,
+    path: Option<String>,
+    key: Option<String>,
+}
+
+const REF_FORMS: &str = "write { env = \"NAME\" }, { file = \"/path\" } or { store = \"aws_secrets_manager\" | \"vault_kv\", path = \"name\" }";
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RefVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for RefVisitor {
+            type Value = SecretRef;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret reference table")
+            }
+
+            // An inline value is refused without repeating it: it may be the secret itself.
+            fn visit_str<E: serde::de::Error>(self, _value: &str) -> Result<SecretRef, E> {
+                Err(E::custom(format!(
+                    "inline secret values are not allowed (the value is not repeated here); {REF_FORMS}"
+                )))
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<SecretRef, M::Error> {
+                use serde::de::Error;
+                let table = RefTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                match table {
+                    RefTable { env: Some(name), file: None, store: None, path: None, key: None } => {
+                        Ok(SecretRef::Env { name })
+                    }
+                    RefTable { env: None, file: Some(path), store: None, path: None, key: None } => {
+                        Ok(SecretRef::File { path })
+                    }
+                    RefTable { env: None, file: None, store: Some(store), path: Some(path), key } => {
+                        Ok(SecretRef::Store { store, path, key })
+                    }
+                    RefTable { env: None, file: None, store: Some(_), path: None, .. } => {
+                        Err(M::Error::custom("a store reference needs `path`"))
+                    }
+                    _ => Err(M::Error::custom(format!("a secret reference takes exactly one form; {REF_FORMS}"))),
+                }
+            }
+        }
+
+        deserializer.deserialize_any(RefVisitor)
+    }
+}
+
+/// Character classes a generated password may draw from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CharClass {
+    /// `a`–`z`.
+    Lower,
+    /// `A`–`Z`.
+    Upper,
+    /// `0`–`9`.
+    Digit,
+    /// Punctuation that needs no quoting in a URI, `.pgpass`, or a shell: `-_.`.
+    Symbol,
+}
+
+impl CharClass {
+    /// The characters of the class.
+    pub fn chars(self) -> &'static str {
+        match self {
+            Self::Lower => "abcdefghijklmnopqrstuvwxyz",
+            Self::Upper => "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            Self::Digit => "0123456789",
+            Self::Symbol => "-_.",
+        }
+    }
+}
+
+/// How generated passwords look: length, classes each password draws from, characters never used.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PasswordPolicy {
+    /// Characters per password.
+    pub length: usize,
+    /// Every class listed contributes at least one character.
+    pub classes: Vec<CharClass>,
+    /// Characters removed from every class.
+    pub exclude: String,
+}
+
+impl PasswordPolicy {
+    /// Shortest password a policy may ask for: 16 characters of 62 symbols carry 95 bits.
+    pub const MIN_LENGTH: usize = 16;
+    /// Longest password a policy may ask for; MySQL and PostgreSQL both accept it.
+    pub const MAX_LENGTH: usize = 128;
+}
+
+impl Default for PasswordPolicy {
+    /// 32 characters of letters and digits: about 190 bits, safe unquoted in URIs, `.pgpass` and shells.
+    fn default() -> Self {
+        Self { length: 32, classes: vec![CharClass::Lower, CharClass::Upper, CharClass::Digit], exclude: String::new() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_never_formats() {
+        let secret = SecretString::from("hunter2-correct-horse".to_owned());
+        let debug = format!("{secret:?}");
+        let pretty = format!("{secret:#?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!pretty.contains("hunter2"), "{pretty}");
+        assert!(debug.contains("REDACTED"), "{debug}");
+        assert_eq!(secret.expose_secret(), "hunter2-correct-horse");
+    }
+
+    #[test]
+    fn an_inline_value_is_refused_without_repeating_it() {
+        #[derive(Debug, Deserialize)]
+        struct Holder {
+            #[allow(dead_code)]
+            token: SecretRef,
+        }
+        let err = toml::from_str::<Holder>("token = 'hvs.super-secret-token'").unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("super-secret"), "{shown}");
+        assert!(err.message().contains("inline secret values are not allowed"));
+    }
+
+    #[test]
+    fn references_parse_in_each_form() {
+        #[derive(Debug, Deserialize)]
+        struct Holder {
+            r: SecretRef,
+        }
+        let parse = |text: &str| toml::from_str::<Holder>(text).map(|h| h.r);
+        assert_eq!(parse("r = { env = 'A' }").unwrap(), SecretRef::Env { name: "A".into() });
+        assert_eq!(
+            parse("r = { store = 'vault_kv', path = 'a/b', key = 'password' }").unwrap().to_string(),
+            "vault_kv:a/b#password"
+        );
+        assert!(parse("r = { env = 'A', file = 'b' }").is_err());
+        assert!(parse("r = { store = 'vault_kv' }").is_err());
+        assert!(parse("r = { envv = 'A' }").is_err());
+    }
+
+    #[test]
+    fn file_references_resolve_relative_to_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "s3cr3t\n").unwrap();
+        let reference = SecretRef::File { path: "token".into() }.rebase(dir.path());
+        assert_eq!(reference.resolve_local().unwrap().expose_secret(), "s3cr3t");
+        let missing = SecretRef::Env { name: "VIGIL_TEST_SURELY_UNSET".into() };
+        assert!(matches!(missing.resolve_local(), Err(ResolveError::EnvUnset { .. })));
+    }
+}

@@ -1,0 +1,91 @@
+//! A private PostgreSQL 15 cluster with scram-sha-256 password authentication everywhere.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::process::{as_account, await_ready, is_ours, run_checked, spawn};
+use super::readiness::free_port;
+use super::tools::ensure_debian_packages;
+use super::{Context, Database, random_hex};
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub fn marker(db: &Database) -> String {
+    db.data_dir.join("data").display().to_string()
+}
+
+pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
+    ensure_debian_packages(&[
+        ("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
+        ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
+        ("/usr/lib/postgresql/15/bin/pg_isready", "postgresql-client-15"),
+    ])?;
+    let dir = ctx.fresh_private_dir("postgres")?;
+    let run_as = ctx.run_as;
+    let password = random_hex(24)?;
+    let log = ctx.log("postgres");
+    let _ = std::fs::remove_file(&log);
+
+    // The superuser password reaches initdb through a 0600 file, never its command line.
+    let pwfile = dir.join("pwfile");
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&pwfile)?;
+        file.write_all(password.as_bytes())?;
+    }
+    if let Some(account) = run_as {
+        std::os::unix::fs::chown(&pwfile, Some(account.uid), Some(account.gid))?;
+    }
+    let data = dir.join("data");
+    let mut initdb = Command::new(Path::new(BIN).join("initdb"));
+    initdb
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync"])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .current_dir(&dir);
+    as_account(&mut initdb, run_as);
+    let result = run_checked(initdb, "initdb");
+    std::fs::remove_file(&pwfile)?;
+    result?;
+
+    let port = free_port()?;
+    let mut postgres = Command::new(Path::new(BIN).join("postgres"));
+    postgres
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        // A throwaway test cluster: durability settings traded for speed.
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+        .args(["-c", "max_connections=300"])
+        .current_dir(&dir);
+    let pid = spawn(postgres, &log, run_as)?;
+    let db = Database {
+        pid,
+        host: "127.0.0.1".into(),
+        port,
+        user: "postgres".into(),
+        url: format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres"),
+        password,
+        database: "postgres".into(),
+        socket: dir.clone(),
+        data_dir: dir,
+        log: log.clone(),
+    };
+    await_ready("PostgreSQL", pid, &log, Duration::from_secs(60), || healthy(&db))?;
+    eprintln!("started PostgreSQL 15 on 127.0.0.1:{port}");
+    Ok(db)
+}
+
+pub fn healthy(db: &Database) -> bool {
+    is_ours(db.pid, &marker(db))
+        && Command::new(Path::new(BIN).join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &db.port.to_string(), "-t", "2"])
+            .status()
+            .is_ok_and(|s| s.success())
+}
