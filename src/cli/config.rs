@@ -86,20 +86,25 @@ fn check(path: &std::path::Path, output: OutputFormat, clock: &dyn Clock) -> any
             if let Some(plan) = &plan {
                 print!("{}", show_plan(plan, &secrets_due, &backups_due, &drills_due));
                 println!(
-                    "ok: {} targets, {} secrets, {} backup sets, {} drills{}",
-                    plan.targets.len(),
-                    plan.secrets.len(),
-                    plan.backups.len(),
-                    plan.drills.len(),
-                    if warnings > 0 { format!(" ({warnings} warnings)") } else { String::new() }
+                    "ok: {}, {}, {}, {}{}",
+                    count(plan.targets.len(), "target"),
+                    count(plan.secrets.len(), "secret"),
+                    count(plan.backups.len(), "backup set"),
+                    count(plan.drills.len(), "drill"),
+                    if warnings > 0 { format!(" ({})", count(warnings, "warning")) } else { String::new() }
                 );
             }
         }
     }
     if errors > 0 {
-        anyhow::bail!("{} has {errors} error{}", path.display(), if errors == 1 { "" } else { "s" });
+        anyhow::bail!("{} has {}", path.display(), count(errors, "error"));
     }
     Ok(Exit::Success)
+}
+
+/// `3 secrets`, `1 drill`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
 fn rfc3339(at: DateTime<Utc>) -> String {

@@ -27,6 +27,23 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     validate::load(path)
 }
 
+/// `path` made absolute against `base` (the folder of the file that named it), with `.` and
+/// `..` removed so that plans and errors show the path a person would write.
+pub(crate) fn resolve_path(base: &Path, path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut resolved = PathBuf::new();
+    for component in base.join(path).components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            other => resolved.push(other),
+        }
+    }
+    resolved
+}
+
 /// A configuration that loaded, and what was noticed on the way.
 #[derive(Debug)]
 pub struct Loaded {

@@ -64,13 +64,13 @@ pub(super) struct VaultSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct ScheduleFile {
     #[serde(default)]
-    pub targets: BTreeMap<Spanned<String>, Spanned<Target>>,
+    pub targets: BTreeMap<String, Spanned<Target>>,
     #[serde(default)]
-    pub secrets: BTreeMap<Spanned<String>, Spanned<Secret>>,
+    pub secrets: BTreeMap<String, Spanned<Secret>>,
     #[serde(default)]
-    pub backups: BTreeMap<Spanned<String>, Spanned<Backup>>,
+    pub backups: BTreeMap<String, Spanned<Backup>>,
     #[serde(default)]
-    pub drills: BTreeMap<Spanned<String>, Spanned<Drill>>,
+    pub drills: BTreeMap<String, Spanned<Drill>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -13,7 +13,7 @@ use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
 use super::{
     Aws, AwsCredentials, BackupSet, Controller, Drill, Engine, Evidence, EvidenceStore, KeyService, Loaded,
-    ObjectStore, Plan, Retention, SecretKind, SecretSpec, Strategy, Target, Vault,
+    ObjectStore, Plan, Retention, SecretKind, SecretSpec, Strategy, Target, Vault, resolve_path,
 };
 use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{CharClass, PasswordPolicy, SecretRef, StoreKind};
@@ -45,7 +45,7 @@ pub(super) fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
 /// One named item from a schedule file, with where it was written.
 struct Def<T> {
     file: usize,
-    name_span: Range<usize>,
+    /// The item's table: its `[section.name]` header, or the inline table.
     span: Range<usize>,
     value: T,
 }
@@ -180,19 +180,21 @@ impl Loader {
 
     fn controller(&mut self, raw: Option<&Spanned<raw::ControllerSection>>, base: &Path) -> Controller {
         let raw = raw.map(Spanned::get_ref);
-        let data_dir =
-            raw.and_then(|c| c.data_dir.clone()).map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |dir| base.join(dir));
+        let data_dir = raw
+            .and_then(|c| c.data_dir.clone())
+            .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |dir| resolve_path(base, &dir));
         let schedules_dir = raw
             .and_then(|c| c.schedules.as_ref())
-            .map_or_else(|| base.join("schedules"), |dir| base.join(dir.get_ref()));
+            .map_or_else(|| resolve_path(base, Path::new("schedules")), |dir| resolve_path(&base, dir.get_ref()));
         Controller { data_dir, schedules_dir }
     }
 
     fn evidence(&mut self, raw: Option<&Spanned<raw::EvidenceSection>>, base: &Path, data_dir: &Path) -> Evidence {
         let file = self.config_file;
         let raw = raw.map(Spanned::get_ref);
-        let signing_key =
-            raw.and_then(|e| e.signing_key.clone()).map_or_else(|| data_dir.join("evidence.key"), |key| base.join(key));
+        let signing_key = raw
+            .and_then(|e| e.signing_key.clone())
+            .map_or_else(|| data_dir.join("evidence.key"), |key| resolve_path(base, &key));
         let password = raw.and_then(|e| e.password.as_ref());
         let store = match raw.and_then(|e| e.url.as_ref()) {
             None => EvidenceStore::Sqlite { path: data_dir.join("evidence.db") },
@@ -207,7 +209,7 @@ impl Loader {
                             "a password applies to a postgres:// store only",
                         );
                     }
-                    EvidenceStore::Sqlite { path: base.join(path) }
+                    EvidenceStore::Sqlite { path: resolve_path(base, Path::new(path)) }
                 } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
                     if url_has_password(text) {
                         // The URL is not repeated: it carries a secret.
@@ -351,18 +353,17 @@ impl Loader {
         &mut self,
         section: &str,
         file: usize,
-        items: BTreeMap<Spanned<String>, Spanned<T>>,
+        items: BTreeMap<String, Spanned<T>>,
         into: &mut BTreeMap<String, Def<T>>,
     ) {
         for (name, value) in items {
-            let name_span = name.span();
-            let name = name.into_inner();
+            let span = value.span();
             if let Err(why) = check_name(&name) {
-                self.error(file, name_span.clone(), format!("{section}.{name}"), why);
+                self.error(file, span.clone(), format!("{section}.{name}"), why);
             }
             if let Some(first) = into.get(&name) {
-                let first_at = self.at(first.file, first.name_span.clone());
-                let location = self.at(file, name_span);
+                let first_at = self.at(first.file, first.span.clone());
+                let location = self.at(file, span);
                 self.errors.push(
                     Diagnostic::error(location, format!("{section}.{name}"), format!("`{name}` is defined twice"))
                         .with_related(first_at, "first defined here")
@@ -370,8 +371,7 @@ impl Loader {
                 );
                 continue;
             }
-            let span = value.span();
-            into.insert(name, Def { file, name_span, span, value: value.into_inner() });
+            into.insert(name, Def { file, span, value: value.into_inner() });
         }
     }
 
@@ -474,7 +474,7 @@ impl Loader {
             port: raw.port.as_ref().map_or(engine.default_port(), |p| *p.get_ref()),
             database: raw.database.clone(),
             admin: raw.admin.get_ref().clone().rebase(&base),
-            defined_at: self.at(file, def.name_span.clone()),
+            defined_at: self.at(file, def.span.clone()),
         })
     }
 
@@ -503,9 +503,13 @@ impl Loader {
         }
 
         let cadence = raw.cadence.as_ref().map(|c| *c.get_ref());
+        // Checks that compare other durations with the cadence are skipped when the cadence
+        // itself is refused: one mistake, one error.
+        let mut cadence_ok = true;
         if let Some(c) = &raw.cadence
             && *c.get_ref() < MIN_CADENCE
         {
+            cadence_ok = false;
             self.error(
                 file,
                 c.span(),
@@ -568,7 +572,7 @@ impl Loader {
                     Some((raw::Strategy::AlternatingUsers, _)) => {
                         let min_flip_interval =
                             raw.min_flip_interval.as_ref().map_or(DEFAULT_MIN_FLIP_INTERVAL, |m| *m.get_ref());
-                        if min_flip_interval > cadence_value {
+                        if cadence_ok && min_flip_interval > cadence_value {
                             let span = raw.min_flip_interval.as_ref().map_or(def.span.clone(), Spanned::span);
                             self.error(file, span, field("min_flip_interval"), format!("min_flip_interval {min_flip_interval} is longer than the cadence {cadence_value}: every rotation would be refused"));
                         }
@@ -618,7 +622,7 @@ impl Loader {
                     );
                 }
                 let window = raw.overlap.as_ref().map_or(DEFAULT_OVERLAP, |o| *o.get_ref());
-                if window >= cadence_value {
+                if cadence_ok && window >= cadence_value {
                     let span = raw.overlap.as_ref().map_or(def.span.clone(), Spanned::span);
                     self.error(file, span, field("overlap"), format!("overlap {window} must be shorter than the cadence {cadence_value}, or old credentials pile up"));
                 }
@@ -640,7 +644,7 @@ impl Loader {
             cadence: cadence_value,
             cadence_is_default: cadence.is_none(),
             policy,
-            defined_at: self.at(file, def.name_span.clone()),
+            defined_at: self.at(file, def.span.clone()),
         })
     }
 
@@ -777,7 +781,7 @@ impl Loader {
                     self.error(file, bucket.span(), field("bucket"), "bucket applies to store = \"s3\"");
                 }
                 match &raw.path {
-                    Some(path) => ObjectStore::Local { path: base.join(path.get_ref()) },
+                    Some(path) => ObjectStore::Local { path: resolve_path(&base, path.get_ref()) },
                     None => {
                         self.error(
                             file,
@@ -805,7 +809,7 @@ impl Loader {
                 KeyService::VaultTransit { key }
             }
             (raw::KeyServiceKind::Local, None, Some(key_file)) => {
-                KeyService::Local { key_file: base.join(key_file.get_ref()) }
+                KeyService::Local { key_file: resolve_path(&base, key_file.get_ref()) }
             }
             (raw::KeyServiceKind::Local, _, _) => {
                 self.error(
@@ -858,7 +862,7 @@ impl Loader {
             store,
             key_service,
             retention,
-            defined_at: self.at(file, def.name_span.clone()),
+            defined_at: self.at(file, def.span.clone()),
         })
     }
 
@@ -922,7 +926,7 @@ impl Loader {
         }
         let schedule = raw.schedule.as_ref().map(|s| self.cron(file, s, field("schedule")));
         let runbook = raw.runbook.as_ref().map(|r| {
-            let path = base.join(r.get_ref());
+            let path = resolve_path(&base, r.get_ref());
             if !path.is_file() {
                 self.error(
                     file,
@@ -943,7 +947,7 @@ impl Loader {
             rpo: raw.rpo.as_ref().map_or(DEFAULT_RPO, |r| *r.get_ref()),
             rto: raw.rto.as_ref().map_or(DEFAULT_RTO, |r| *r.get_ref()),
             runbook,
-            defined_at: self.at(file, def.name_span.clone()),
+            defined_at: self.at(file, def.span.clone()),
         })
     }
 

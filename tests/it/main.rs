@@ -1,1 +1,9 @@
+//! The one integration test binary: one link of the heavy dependencies for every area.
+//!
+//! Tests that need the local services carry `#[ignore = "needs services: cargo xtask test"]`;
+//! `cargo xtask test` starts the services and runs them included.
 
+mod cli;
+mod config;
+mod services;
+mod support;

@@ -1,0 +1,72 @@
+//! The command line as people meet it: help with examples, plain refusals for what is not
+//! built yet, exit codes, and completions.
+
+use crate::support::{repo_root, vigil};
+
+#[test]
+fn commands_not_built_yet_say_so_and_exit_2() {
+    let root = repo_root();
+    for (args, says) in [
+        (&["rotate", "orders-app"][..], "issue #5"),
+        (&["status"][..], "issue #5"),
+        (&["evidence", "verify"][..], "issue #4"),
+        (&["backup", "run", "orders-nightly"][..], "issue #7"),
+        (&["drill", "run", "orders-restore"][..], "restore drills"),
+        (&["report", "export"][..], "compliance reports"),
+        (&["run"][..], "the daemon"),
+    ] {
+        let run = vigil(&root, args);
+        run.assert_code(2);
+        let stderr = run.stderr();
+        assert_eq!(stderr.lines().count(), 1, "one line, not {stderr:?}");
+        assert!(stderr.contains("is not available yet") && stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_explains_each_command_with_an_example() {
+    let root = repo_root();
+    let top = vigil(&root, &["--help"]);
+    top.assert_code(0);
+    for command in ["run", "rotate", "backup", "drill", "report", "evidence", "config", "status", "completions"] {
+        assert!(top.stdout().contains(command), "--help lacks {command}");
+        let help = vigil(&root, &[command, "--help"]);
+        help.assert_code(0);
+        assert!(help.stdout().contains("vigil "), "`vigil {command} --help` has no example:\n{}", help.stdout());
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_reason() {
+    let run = vigil(&repo_root(), &["rotate"]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("required"), "{}", run.stderr());
+}
+
+#[test]
+fn vigil_config_names_the_configuration() {
+    let root = repo_root();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["config", "check"])
+        .current_dir(&root)
+        .env("VIGIL_CONFIG", root.join("deploy/vigil.toml"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn completions_are_generated_for_bash() {
+    let run = vigil(&repo_root(), &["completions", "bash"]);
+    run.assert_code(0);
+    assert!(run.stdout().contains("_vigil()"), "{}", run.stdout());
+}
+
+#[test]
+fn json_logs_go_to_stderr_and_leave_stdout_parseable() {
+    let root = repo_root();
+    let run =
+        vigil(&root, &["--log-format", "json", "-vv", "--output", "json", "config", "check", "deploy/vigil.toml"]);
+    run.assert_code(0);
+    run.json();
+}

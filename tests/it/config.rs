@@ -1,0 +1,210 @@
+//! `vigil config check`: malformed files are reported with file, line, column and field;
+//! the shipped examples check clean; secrets written where they do not belong are never echoed.
+//!
+//! Each `tests/data/config/*.toml` case is checked beside a valid base configuration. Its
+//! header says what must be reported:
+//!
+//! ```text
+//! # expect: LINE:COLUMN [@FILE] FIELD: MESSAGE-START
+//! # never-shows: TEXT
+//! ```
+//!
+//! `schedule-*` cases are added to the base schedules; `controller-*` cases replace vigil.toml.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::{repo_root, vigil};
+
+struct Case {
+    path: PathBuf,
+    line: usize,
+    column: usize,
+    file: Option<String>,
+    field: String,
+    message: String,
+    never_shows: Vec<String>,
+}
+
+fn parse_case(path: &Path) -> Case {
+    let text = std::fs::read_to_string(path).unwrap();
+    let expect = text
+        .lines()
+        .find_map(|line| line.strip_prefix("# expect: "))
+        .unwrap_or_else(|| panic!("{} has no `# expect:` line", path.display()));
+    let (position, rest) = expect.split_once(' ').unwrap();
+    let (line, column) = position.split_once(':').unwrap();
+    let (file, rest) = match rest.strip_prefix('@') {
+        Some(rest) => {
+            let (file, rest) = rest.split_once(' ').unwrap();
+            (Some(file.to_owned()), rest)
+        }
+        None => (None, rest),
+    };
+    let (field, message) = rest.split_once(": ").unwrap();
+    Case {
+        path: path.to_owned(),
+        line: line.parse().unwrap(),
+        column: column.parse().unwrap(),
+        file,
+        field: field.to_owned(),
+        message: message.to_owned(),
+        never_shows: text.lines().filter_map(|l| l.strip_prefix("# never-shows: ")).map(String::from).collect(),
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let dir = repo_root().join("tests/data/config");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| parse_case(p)).collect()
+}
+
+/// A temp folder holding the base configuration with `case` put in place; returns the folder
+/// and the file name errors in the case are reported against.
+fn lay_out(case: &Case) -> (tempfile::TempDir, String) {
+    let base = repo_root().join("tests/data/config/base");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    std::fs::copy(base.join("schedules/base.toml"), dir.path().join("schedules/base.toml")).unwrap();
+    let name = case.path.file_name().unwrap().to_string_lossy().into_owned();
+    let reported_in = if name.starts_with("controller-") {
+        std::fs::copy(&case.path, dir.path().join("vigil.toml")).unwrap();
+        "vigil.toml".to_owned()
+    } else {
+        std::fs::copy(base.join("vigil.toml"), dir.path().join("vigil.toml")).unwrap();
+        std::fs::copy(&case.path, dir.path().join("schedules").join(&name)).unwrap();
+        name
+    };
+    (dir, case.file.clone().unwrap_or(reported_in))
+}
+
+#[test]
+fn the_base_configuration_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = repo_root().join("tests/data/config/base");
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    std::fs::copy(base.join("vigil.toml"), dir.path().join("vigil.toml")).unwrap();
+    std::fs::copy(base.join("schedules/base.toml"), dir.path().join("schedules/base.toml")).unwrap();
+    vigil(dir.path(), &["config", "check"]).assert_code(0);
+}
+
+#[test]
+fn each_malformed_case_names_its_line_column_and_field() {
+    let cases = cases();
+    assert!(cases.len() >= 12, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let (dir, file) = lay_out(case);
+        let run = vigil(dir.path(), &["--output", "json", "config", "check"]);
+        run.assert_code(1);
+        let report = run.json();
+        assert_eq!(report["ok"], false);
+        let errors: Vec<&serde_json::Value> =
+            report["diagnostics"].as_array().unwrap().iter().filter(|d| d["severity"] == "error").collect();
+        let found = errors.iter().any(|d| {
+            d["file"].as_str().is_some_and(|f| f.ends_with(&format!("/{file}")))
+                && d["line"] == case.line
+                && d["column"] == case.column
+                && d["field"] == case.field.as_str()
+                && d["message"].as_str().is_some_and(|m| m.starts_with(&case.message))
+        });
+        if !found {
+            failures.push(format!(
+                "{}: expected {file}:{}:{} `{}`: {}\n  got {}",
+                case.path.file_name().unwrap().to_string_lossy(),
+                case.line,
+                case.column,
+                case.field,
+                case.message,
+                serde_json::to_string_pretty(&errors).unwrap()
+            ));
+        }
+        let human = vigil(dir.path(), &["config", "check"]);
+        human.assert_code(1);
+        let heading = format!("{file}:{}:{}: error: ", case.line, case.column);
+        if !human.stderr().contains(&heading) {
+            failures.push(format!("{}: human output lacks `{heading}`:\n{}", case.path.display(), human.stderr()));
+        }
+        for secret in &case.never_shows {
+            if run.all_output().contains(secret) || human.all_output().contains(secret) {
+                failures.push(format!("{}: output shows `{secret}`", case.path.display()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn every_problem_is_reported_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    std::fs::copy(repo_root().join("tests/data/config/base/vigil.toml"), dir.path().join("vigil.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("schedules/many.toml"),
+        "[secrets.a]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"a\"\ntarget = \"nope\"\nusername = \"a\"\n\n\
+         [secrets.b]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"b\"\ncadence = \"1m\"\n\n\
+         [backups.c]\ntarget = \"nope\"\nschedule = \"not cron\"\nstore = \"local\"\npath = \"/backups\"\nkey_service = \"local\"\nkey_file = \"k\"\n",
+    )
+    .unwrap();
+    let run = vigil(dir.path(), &["config", "check"]);
+    run.assert_code(1);
+    let stderr = run.stderr();
+    for expected in [
+        "many.toml:5:10: error: secrets.a.target: no target named `nope`",
+        "many.toml:12:11: error: secrets.b.cadence: cadence 1m is shorter than the minimum of 1h",
+        "many.toml:15:10: error: backups.c.target: no target named `nope`",
+        "many.toml:16:12: error: backups.c.schedule:",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+    assert!(stderr.contains("has 4 errors"), "{stderr}");
+}
+
+#[test]
+fn a_missing_configuration_file_says_how_to_name_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = vigil(dir.path(), &["config", "check"]);
+    run.assert_code(1);
+    assert!(run.stderr().contains("vigil.toml: error: cannot read the configuration file"), "{}", run.stderr());
+    assert!(run.stderr().contains("--config PATH or VIGIL_CONFIG"), "{}", run.stderr());
+}
+
+#[test]
+fn the_shipped_example_configuration_checks_clean() {
+    let root = repo_root();
+    let run = vigil(&root, &["--output", "json", "config", "check", "deploy/vigil.toml"]);
+    run.assert_code(0);
+    let report = run.json();
+    let errors = report["diagnostics"].as_array().unwrap().iter().filter(|d| d["severity"] == "error").count();
+    assert_eq!(errors, 0, "{report:#}");
+    let plan = &report["plan"];
+    assert!(plan["schedule_files"].as_array().unwrap().len() >= 2);
+    for kind in ["postgres_password", "mysql_password", "api_key", "jwt_signing_key"] {
+        assert!(
+            plan["secrets"].as_object().unwrap().values().any(|s| s["kind"] == kind),
+            "the examples should show a {kind} secret"
+        );
+    }
+    assert!(!plan["backups"].as_object().unwrap().is_empty());
+    assert!(!plan["drills"].as_object().unwrap().is_empty());
+}
+
+#[test]
+fn the_plan_shows_default_cadences_and_next_due_times() {
+    let root = repo_root();
+    let run = vigil(&root, &["config", "check", "deploy/vigil.toml"]);
+    run.assert_code(0);
+    let stdout = run.stdout();
+    for expected in ["30d (default)", "7d (default)", "no rotation recorded"] {
+        assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
+    }
+    let json = vigil(&root, &["--output", "json", "config", "check", "deploy/vigil.toml"]).json();
+    let drills = json["drills_due"].as_array().unwrap();
+    assert!(drills.iter().all(|d| d["next"].is_string() || d["note"] == "on demand"), "{drills:?}");
+    let jwt = json["plan"]["secrets"].as_object().unwrap().values().find(|s| s["kind"] == "jwt_signing_key").unwrap();
+    assert_eq!(jwt["cadence"], "7d");
+}

@@ -1,0 +1,113 @@
+//! Shared test support: the services file `cargo xtask services up` writes, and a runner for
+//! the real `vigil` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde::Deserialize;
+
+/// The connection settings of the local services, as `cargo xtask services up` records them.
+#[derive(Debug, Deserialize)]
+pub struct Services {
+    pub moto: Moto,
+    pub openbao: OpenBao,
+    pub postgres: Database,
+    pub mariadb: Database,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Moto {
+    pub endpoint_url: String,
+    pub region: String,
+    pub access_key_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OpenBao {
+    pub address: String,
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Database {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl Services {
+    /// Reads `$VIGIL_SERVICES_FILE`, or `target/services/services.json` of this checkout.
+    pub fn load() -> Self {
+        let path = std::env::var_os("VIGIL_SERVICES_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/services/services.json"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
+            panic!("cannot read {}: {err}; start the services with `cargo xtask services up`", path.display())
+        });
+        serde_json::from_str(&text).expect("services file parses")
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The result of one `vigil` run, shown whole when an assertion fails.
+pub struct Run {
+    pub args: Vec<String>,
+    pub output: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+
+    /// Both streams, for "this never appears anywhere" checks.
+    pub fn all_output(&self) -> String {
+        self.stdout() + &self.stderr()
+    }
+
+    #[track_caller]
+    pub fn assert_code(&self, expected: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            expected,
+            "vigil {:?} exited {}, expected {expected}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args,
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    /// Standard output parsed as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.output.stdout)
+            .unwrap_or_else(|err| panic!("vigil {:?} printed no JSON ({err}):\n{}", self.args, self.stdout()))
+    }
+}
+
+/// Runs the real `vigil` binary in `dir` with `args`, with no inherited VIGIL_CONFIG or RUST_LOG.
+pub fn vigil(dir: &Path, args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("VIGIL_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run vigil");
+    Run { args: args.iter().map(ToString::to_string).collect(), output }
+}
