@@ -92,7 +92,9 @@ async fn moto_answers_secrets_manager_calls() {
     assert_eq!(got["VersionStages"], serde_json::json!(["AWSCURRENT"]));
     let missing =
         secrets_manager(&services, "GetSecretValue", serde_json::json!({"SecretId": format!("{name}-absent")})).await;
-    assert_eq!(missing.status(), 400);
+    assert!(missing.status().is_client_error());
+    let error: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(error["__type"], "ResourceNotFoundException");
 }
 
 #[tokio::test]

@@ -103,6 +103,7 @@ pub fn stop(pid: u32, marker: &str, signal: i32, grace: Duration) -> anyhow::Res
     while Instant::now() < deadline {
         if !is_ours(pid, marker) {
             reap(pid_t);
+            await_vanish(pid);
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -115,6 +116,15 @@ pub fn stop(pid: u32, marker: &str, signal: i32, grace: Duration) -> anyhow::Res
         bail!("process {pid} survived SIGKILL");
     }
     Ok(())
+}
+
+/// Waits briefly for an ended process to leave the process table, so that `ps` right after
+/// `down` shows nothing of ours: an orphan's zombie lasts until init reaps it.
+fn await_vanish(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Collects the exit status of a child of ours, so no zombie lingers while xtask runs on.
