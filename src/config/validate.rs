@@ -185,7 +185,7 @@ impl Loader {
             .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |dir| resolve_path(base, &dir));
         let schedules_dir = raw
             .and_then(|c| c.schedules.as_ref())
-            .map_or_else(|| resolve_path(base, Path::new("schedules")), |dir| resolve_path(&base, dir.get_ref()));
+            .map_or_else(|| resolve_path(base, Path::new("schedules")), |dir| resolve_path(base, dir.get_ref()));
         Controller { data_dir, schedules_dir }
     }
 
@@ -907,17 +907,9 @@ impl Loader {
                     );
                 } else if let Some(backup) = backups.get(backup_name)
                     && let Some(source) = targets.get(&backup.target)
+                    && raw_targets.contains_key(scratch_name)
                 {
-                    if raw_targets.contains_key(scratch_name) {
-                        self.check_target_ref(
-                            file,
-                            &raw.scratch,
-                            &field("scratch"),
-                            source.engine,
-                            raw_targets,
-                            targets,
-                        );
-                    }
+                    self.check_target_ref(file, &raw.scratch, &field("scratch"), source.engine, raw_targets, targets);
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! `cargo xtask test`: formatting check, services up, every test (ignored ones included),
+//! `cargo xtask test`: formatting and lint checks, services up, every test (ignored ones included),
 //! services down, and the tests' exit code.
 
 use std::path::Path;
@@ -34,6 +34,12 @@ impl TestArgs {
             Ok(status) if status.success() => {}
             Ok(_) => anyhow::bail!("code is not formatted: run `cargo fmt --all`"),
             Err(err) => anyhow::bail!("cannot run rustfmt ({err}); install it with `rustup component add rustfmt`"),
+        }
+
+        let mut clippy = cargo();
+        clippy.current_dir(root).args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+        if !clippy.status().context("run cargo clippy")?.success() {
+            anyhow::bail!("cargo clippy found problems (above)");
         }
 
         let started = services::up(root);
