@@ -1,6 +1,6 @@
 //! The files exactly as written: serde shapes with spans, refusing unknown fields.
 //!
-//! Nothing here is checked beyond types; [`super::validate`] turns these into a [`super::Plan`].
+//! Nothing here is checked beyond types; `validate` turns these into a [`super::Plan`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,19 +11,20 @@ use serde_spanned::Spanned;
 use crate::schedule::Duration;
 use crate::secret::{CharClass, SecretRef, StoreKind};
 
-/// `vigil.toml`: the controller's own settings.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `vigil.toml`: the controller's own settings, one optional value per section.
+///
+/// Sections are deserialized one by one (see `validate`), so that a mistake in one does not
+/// hide the mistakes in the others.
+#[derive(Debug, Default)]
 pub(super) struct ControllerFile {
-    #[serde(default)]
     pub controller: Option<Spanned<ControllerSection>>,
-    #[serde(default)]
     pub evidence: Option<Spanned<EvidenceSection>>,
-    #[serde(default)]
     pub aws: Option<Spanned<AwsSection>>,
-    #[serde(default)]
     pub vault: Option<Spanned<VaultSection>>,
 }
+
+/// The top-level sections `vigil.toml` may have.
+pub(super) const CONTROLLER_SECTIONS: [&str; 4] = ["controller", "evidence", "aws", "vault"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,19 +60,19 @@ pub(super) struct VaultSection {
     pub namespace: Option<String>,
 }
 
-/// One file under `schedules/`: what to rotate, back up and drill.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One file under `schedules/`: what to rotate, back up and drill, each item by name.
+///
+/// Items are deserialized one by one, so every item's mistakes are reported.
+#[derive(Debug, Default)]
 pub(super) struct ScheduleFile {
-    #[serde(default)]
     pub targets: BTreeMap<String, Spanned<Target>>,
-    #[serde(default)]
     pub secrets: BTreeMap<String, Spanned<Secret>>,
-    #[serde(default)]
     pub backups: BTreeMap<String, Spanned<Backup>>,
-    #[serde(default)]
     pub drills: BTreeMap<String, Spanned<Drill>>,
 }
+
+/// The top-level sections a schedule file may have.
+pub(super) const SCHEDULE_SECTIONS: [&str; 4] = ["targets", "secrets", "backups", "drills"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

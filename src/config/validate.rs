@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
@@ -32,6 +33,10 @@ const DEFAULT_RTO: Duration = Duration::from_secs(3_600);
 pub(super) fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     let mut loader = Loader::default();
     let plan = loader.load(path);
+    // Checks run section by section; people read problems in file order.
+    let order = |d: &Diagnostic| (d.location.file.clone(), d.location.line);
+    loader.errors.sort_by_key(order);
+    loader.warnings.sort_by_key(order);
     match plan {
         Some(plan) if loader.errors.is_empty() => Ok(Loaded { plan, warnings: loader.warnings }),
         _ => {
@@ -59,6 +64,8 @@ struct Loader {
     aws_at: Option<Location>,
     vault_at: Option<Location>,
     config_file: usize,
+    /// `(section, name)` of items that exist but were refused while parsing.
+    refused: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Loader {
@@ -80,7 +87,7 @@ impl Loader {
         };
         let base = config_path.parent().unwrap_or(Path::new("/")).to_owned();
         self.config_file = self.add_source(config_path.clone(), text);
-        let raw: raw::ControllerFile = self.parse(self.config_file)?;
+        let raw = self.controller_file()?;
 
         // Stores first: later sections check their references against them.
         let aws = raw.aws.map(|aws| self.aws(aws));
@@ -147,35 +154,134 @@ impl Loader {
         self.errors.push(Diagnostic::error(location, field, message));
     }
 
-    /// Parses a whole file into `T`, reporting the first syntax or shape error it meets.
-    fn parse<T: DeserializeOwned>(&mut self, file: usize) -> Option<T> {
-        let source = &self.sources[file];
-        let deserializer = match toml::Deserializer::parse(&source.text) {
-            Ok(deserializer) => deserializer,
+    /// Parses a file's TOML syntax into its top-level `(key, value)` pairs, refusing keys not
+    /// in `allowed`. `None` after a syntax error, which stops the file.
+    fn sections<'t>(
+        &mut self,
+        file: usize,
+        text: &'t str,
+        allowed: &[&str],
+    ) -> Option<Vec<(String, Spanned<DeValue<'t>>)>> {
+        let table = match DeTable::parse(text) {
+            Ok(table) => table.into_inner(),
             Err(err) => {
                 // `message()`, not `Display`: the latter quotes the source line.
+                let source = &self.sources[file];
                 let location = err.span().map_or_else(|| source.whole(), |span| source.locate(&span));
                 self.errors.push(Diagnostic::error(location, "", format!("invalid TOML: {}", err.message())));
                 return None;
             }
         };
-        match serde_path_to_error::deserialize(deserializer) {
+        let mut sections = Vec::new();
+        for (key, value) in table {
+            let name = key.get_ref().to_string();
+            if allowed.contains(&name.as_str()) {
+                sections.push((name, value));
+            } else {
+                let expected = allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
+                self.error(
+                    file,
+                    key.span(),
+                    name.clone(),
+                    format!("unknown field `{name}`, expected one of {expected}"),
+                );
+            }
+        }
+        Some(sections)
+    }
+
+    /// Deserializes one value; a problem is reported under `path` plus the path inside it.
+    fn value<T: DeserializeOwned>(&mut self, file: usize, path: &str, value: Spanned<DeValue<'_>>) -> Option<T> {
+        match serde_path_to_error::deserialize(ValueDeserializer::from(value)) {
             Ok(value) => Some(value),
             Err(err) => {
-                let mut field = err.path().to_string().replace(".$__serde_spanned_private_value", "");
-                if field == "." {
-                    field.clear();
-                }
+                let inner_path = err.path().to_string().replace("$__serde_spanned_private_value", "");
+                let mut field: Vec<&str> =
+                    std::iter::once(path).chain(inner_path.split('.')).filter(|part| !part.is_empty()).collect();
                 let err = err.into_inner();
                 let message = err.message().to_owned();
                 if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
-                    field = if field.is_empty() { missing.to_owned() } else { format!("{field}.{missing}") };
+                    field.push(missing);
                 }
+                let source = &self.sources[file];
                 let location = err.span().map_or_else(|| source.whole(), |span| source.locate(&span));
-                self.errors.push(Diagnostic::error(location, field, message));
+                self.errors.push(Diagnostic::error(location, field.join("."), message));
                 None
             }
         }
+    }
+
+    /// Deserializes each `NAME` of a `[section.NAME]` table on its own.
+    fn items<T: DeserializeOwned>(
+        &mut self,
+        file: usize,
+        section: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> BTreeMap<String, Spanned<T>> {
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.error(
+                file,
+                span,
+                section.to_owned(),
+                format!("`{section}` must be a table of named items, e.g. [{section}.NAME]"),
+            );
+            return BTreeMap::new();
+        };
+        let mut items = BTreeMap::new();
+        for (key, item) in table {
+            let name = key.get_ref().to_string();
+            match self.value(file, &format!("{section}.{name}"), item) {
+                Some(parsed) => {
+                    items.insert(name, parsed);
+                }
+                None => {
+                    self.refused.insert((section.to_owned(), name));
+                }
+            }
+        }
+        items
+    }
+
+    /// Reads `vigil.toml` section by section.
+    fn controller_file(&mut self) -> Option<raw::ControllerFile> {
+        let file = self.config_file;
+        let text = self.sources[file].text.clone();
+        let mut raw = raw::ControllerFile::default();
+        for (name, value) in self.sections(file, &text, &raw::CONTROLLER_SECTIONS)? {
+            let location = self.at(file, value.span());
+            match name.as_str() {
+                "controller" => raw.controller = self.value(file, &name, value),
+                "evidence" => raw.evidence = self.value(file, &name, value),
+                "aws" => {
+                    // Present, even if malformed: references to it are not also reported as missing.
+                    self.aws_at = Some(location);
+                    raw.aws = self.value(file, &name, value);
+                }
+                "vault" => {
+                    self.vault_at = Some(location);
+                    raw.vault = self.value(file, &name, value);
+                }
+                _ => unreachable!("sections() admits only CONTROLLER_SECTIONS"),
+            }
+        }
+        Some(raw)
+    }
+
+    /// Reads one schedule file item by item.
+    fn schedule_file(&mut self, file: usize) -> raw::ScheduleFile {
+        let text = self.sources[file].text.clone();
+        let mut parsed = raw::ScheduleFile::default();
+        for (name, value) in self.sections(file, &text, &raw::SCHEDULE_SECTIONS).unwrap_or_default() {
+            match name.as_str() {
+                "targets" => parsed.targets = self.items(file, &name, value),
+                "secrets" => parsed.secrets = self.items(file, &name, value),
+                "backups" => parsed.backups = self.items(file, &name, value),
+                "drills" => parsed.drills = self.items(file, &name, value),
+                _ => unreachable!("sections() admits only SCHEDULE_SECTIONS"),
+            }
+        }
+        parsed
     }
 
     fn controller(&mut self, raw: Option<&Spanned<raw::ControllerSection>>, base: &Path) -> Controller {
@@ -242,7 +348,6 @@ impl Loader {
 
     fn aws(&mut self, raw: Spanned<raw::AwsSection>) -> Aws {
         let file = self.config_file;
-        self.aws_at = Some(self.at(file, raw.span()));
         let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
         let span = raw.span();
         let raw = raw.into_inner();
@@ -274,7 +379,6 @@ impl Loader {
 
     fn vault(&mut self, raw: Spanned<raw::VaultSection>) -> Vault {
         let file = self.config_file;
-        self.vault_at = Some(self.at(file, raw.span()));
         let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
         let raw = raw.into_inner();
         self.check_http_url(file, &raw.address, "vault.address");
@@ -335,9 +439,8 @@ impl Loader {
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     let file = self.add_source(path, text);
-                    if let Some(parsed) = self.parse(file) {
-                        files.push((file, parsed));
-                    }
+                    let parsed = self.schedule_file(file);
+                    files.push((file, parsed));
                 }
                 Err(err) => {
                     let location = Location::file(&path);
@@ -661,14 +764,7 @@ impl Loader {
         let name = reference.get_ref();
         let location = self.at(file, reference.span());
         let Some(def) = raw_targets.get(name) else {
-            let known = raw_targets.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
-            let mut diagnostic = Diagnostic::error(location, field, format!("no target named `{name}`"));
-            diagnostic = if known.is_empty() {
-                diagnostic.with_help("define it under [targets.NAME] in a schedule file")
-            } else {
-                diagnostic.with_help(format!("defined targets: {known}"))
-            };
-            self.errors.push(diagnostic);
+            self.missing_reference(file, reference, field.to_owned(), "targets", raw_targets.keys());
             return;
         };
         if let Some(target) = targets.get(name)
@@ -748,7 +844,7 @@ impl Loader {
         let errors_before = self.errors.len();
         let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
         if !raw_targets.contains_key(raw.target.get_ref()) {
-            self.unknown_target(file, &raw.target, field("target"), raw_targets);
+            self.missing_reference(file, &raw.target, field("target"), "targets", raw_targets.keys());
         }
         let schedule = self.cron(file, &raw.schedule, field("schedule"));
         let store = match raw.store.get_ref() {
@@ -883,19 +979,7 @@ impl Loader {
         let backup_name = raw.backup.get_ref();
         let scratch_name = raw.scratch.get_ref();
         match raw_backups.get(backup_name) {
-            None => {
-                let known = raw_backups.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
-                let location = self.at(file, raw.backup.span());
-                let help = if known.is_empty() {
-                    "define it under [backups.NAME] in a schedule file".to_owned()
-                } else {
-                    format!("defined backup sets: {known}")
-                };
-                self.errors.push(
-                    Diagnostic::error(location, field("backup"), format!("no backup set named `{backup_name}`"))
-                        .with_help(help),
-                );
-            }
+            None => self.missing_reference(file, &raw.backup, field("backup"), "backups", raw_backups.keys()),
             Some(backup_def) => {
                 let backup_target = backup_def.value.target.get_ref();
                 if backup_target == scratch_name {
@@ -914,7 +998,7 @@ impl Loader {
             }
         }
         if !raw_targets.contains_key(scratch_name) {
-            self.unknown_target(file, &raw.scratch, field("scratch"), raw_targets);
+            self.missing_reference(file, &raw.scratch, field("scratch"), "targets", raw_targets.keys());
         }
         let schedule = raw.schedule.as_ref().map(|s| self.cron(file, s, field("schedule")));
         let runbook = raw.runbook.as_ref().map(|r| {
@@ -943,23 +1027,29 @@ impl Loader {
         })
     }
 
-    fn unknown_target(
+    /// Reports that `reference` names no item of `section`, unless an item of that name
+    /// exists but was itself refused: that mistake is already reported.
+    fn missing_reference<'a>(
         &mut self,
         file: usize,
         reference: &Spanned<String>,
         field: String,
-        raw_targets: &BTreeMap<String, Def<raw::Target>>,
+        section: &str,
+        known: impl Iterator<Item = &'a String>,
     ) {
-        let known = raw_targets.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
-        let location = self.at(file, reference.span());
+        let name = reference.get_ref();
+        if self.refused.contains(&(section.to_owned(), name.clone())) {
+            return;
+        }
+        let what = if section == "backups" { "backup set" } else { section.trim_end_matches('s') };
+        let known = known.map(String::as_str).collect::<Vec<_>>().join(", ");
         let help = if known.is_empty() {
-            "define it under [targets.NAME] in a schedule file".to_owned()
+            format!("define it under [{section}.NAME] in a schedule file")
         } else {
-            format!("defined targets: {known}")
+            format!("defined: {known}")
         };
-        self.errors.push(
-            Diagnostic::error(location, field, format!("no target named `{}`", reference.get_ref())).with_help(help),
-        );
+        let location = self.at(file, reference.span());
+        self.errors.push(Diagnostic::error(location, field, format!("no {what} named `{name}`")).with_help(help));
     }
 
     fn cron(&mut self, file: usize, expression: &Spanned<String>, field: String) -> Option<CronSchedule> {

@@ -66,6 +66,9 @@ impl FromStr for Duration {
         if text.is_empty() {
             return Err(DurationError::Empty);
         }
+        if text.contains(char::is_whitespace) {
+            return Err(DurationError::Malformed(text.to_owned()));
+        }
         let mut seconds: u64 = 0;
         let mut digits = String::new();
         for ch in text.chars() {
@@ -147,7 +150,8 @@ mod tests {
         assert_eq!(secs(""), Err(DurationError::Empty));
         assert!(matches!(secs("30"), Err(DurationError::Malformed(_))));
         assert!(matches!(secs("d30"), Err(DurationError::Malformed(_))));
-        assert!(matches!(secs("30 days"), Err(DurationError::UnknownUnit { .. })));
+        assert!(matches!(secs("30 days"), Err(DurationError::Malformed(_))));
+        assert!(matches!(secs("30x"), Err(DurationError::UnknownUnit { .. })));
         assert!(matches!(secs("3y"), Err(DurationError::UnknownUnit { .. })));
         assert!(matches!(secs("0d"), Err(DurationError::Zero(_))));
         assert!(matches!(secs("99999999999999999999w"), Err(DurationError::Overflow(_))));

@@ -138,6 +138,7 @@ fn each_malformed_case_names_its_line_column_and_field() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Shape errors (a bad type, a bad duration) in one item do not hide the problems of others.
 #[test]
 fn every_problem_is_reported_in_one_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,7 +148,10 @@ fn every_problem_is_reported_in_one_run() {
         dir.path().join("schedules/many.toml"),
         "[secrets.a]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"a\"\ntarget = \"nope\"\nusername = \"a\"\n\n\
          [secrets.b]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"b\"\ncadence = \"1m\"\n\n\
-         [backups.c]\ntarget = \"nope\"\nschedule = \"not cron\"\nstore = \"local\"\npath = \"/backups\"\nkey_service = \"local\"\nkey_file = \"k\"\n",
+         [backups.c]\ntarget = \"nope\"\nschedule = \"not cron\"\nstore = \"local\"\npath = \"/backups\"\nkey_service = \"local\"\nkey_file = \"k\"\n\n\
+         [targets.d]\nkind = \"postgres\"\nhost = \"db\"\nport = 70000\nadmin = { env = \"X\" }\n\n\
+         [drills.e]\nbackup = \"c\"\nscratch = \"d\"\nrpo = \"15 minutes\"\n\n\
+         [drills.f]\nbackup = \"c\"\nscratch = \"d\"\n",
     )
     .unwrap();
     let run = vigil(dir.path(), &["config", "check"]);
@@ -158,10 +162,14 @@ fn every_problem_is_reported_in_one_run() {
         "many.toml:12:11: error: secrets.b.cadence: cadence 1m is shorter than the minimum of 1h",
         "many.toml:15:10: error: backups.c.target: no target named `nope`",
         "many.toml:16:12: error: backups.c.schedule:",
+        "many.toml:25:8: error: targets.d.port: invalid value: integer `70000`, expected u16",
+        "many.toml:31:7: error: drills.e.rpo: `15 minutes` is not a duration",
     ] {
         assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
     }
-    assert!(stderr.contains("has 4 errors"), "{stderr}");
+    // drills.f names target d, which exists but was refused: no second error for it.
+    assert!(!stderr.contains("drills.f"), "{stderr}");
+    assert!(stderr.contains("has 6 errors"), "{stderr}");
 }
 
 #[test]

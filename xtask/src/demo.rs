@@ -150,19 +150,23 @@ fn write_demo_config(root: &Path, demo: &Path, state: &State) -> anyhow::Result<
     Ok(())
 }
 
-/// The demo configuration with three typical mistakes: a misspelt field, a reference to a
-/// target that does not exist, and a drill that would restore over the database it backs up.
+/// The demo configuration with three typical mistakes: a reference to a target that does not
+/// exist, a duration written in words, and a drill that would restore over the database it
+/// backs up.
 fn write_broken_config(demo: &Path, broken: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(broken.join("schedules"))?;
     std::fs::copy(demo.join("vigil.toml"), broken.join("vigil.toml"))?;
     std::fs::write(
         broken.join("schedules/mistakes.toml"),
-        "[targets.inventory-pg]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nadmin = { env = \"INVENTORY_ADMIN\" }\n\n\
+        "[targets.inventory-pg]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\n\
+         admin = { store = \"vault_kv\", path = \"vigil/admin/inventory\" }\n\n\
          [secrets.inventory-app]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"prod/inventory/app\"\n\
          target = \"inventory-db\"\nusername = \"inventory\"\n\n\
+         [secrets.inventory-reports]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"prod/inventory/reports\"\n\
+         target = \"inventory-pg\"\nusername = \"reports\"\ncadence = \"30 days\"\n\n\
          [backups.inventory-nightly]\ntarget = \"inventory-pg\"\nschedule = \"0 2 * * *\"\nstore = \"s3\"\nbucket = \"b\"\n\
          key_service = \"aws_kms\"\nkey_id = \"alias/backups\"\n\n\
-         [drills.inventory-restore]\nbackup = \"inventory-nightly\"\nscratch = \"inventory-pg\"\nrpo = \"15 minutes\"\n",
+         [drills.inventory-restore]\nbackup = \"inventory-nightly\"\nscratch = \"inventory-pg\"\n",
     )?;
     Ok(())
 }
