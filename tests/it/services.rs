@@ -126,3 +126,19 @@ async fn openbao_answers_with_the_generated_token_only() {
     assert_eq!(read["data"]["data"]["password"], "v1");
     assert_eq!(read["data"]["metadata"]["version"], 1);
 }
+
+#[test]
+#[ignore = "needs services: cargo xtask test"]
+fn no_service_secret_is_on_any_command_line() {
+    let services = Services::load();
+    let secrets = [&services.postgres.password, &services.mariadb.password, &services.openbao.token];
+    let mut exposed = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if secrets.iter().any(|secret| cmdline.contains(secret.as_str())) {
+            exposed.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    assert!(exposed.is_empty(), "processes with a service secret in argv: {exposed:?}");
+}

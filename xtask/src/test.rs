@@ -44,6 +44,9 @@ impl TestArgs {
 
         let started = services::up(root);
         let outcome = started.and_then(|_| {
+            if interrupted.load(Ordering::SeqCst) {
+                anyhow::bail!("interrupted while the services started");
+            }
             let ctx = services::Context::new(root)?;
             let status = runner(root, &self.runner_args)
                 .env("VIGIL_SERVICES_FILE", ctx.state_file())
