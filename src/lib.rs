@@ -5,9 +5,11 @@
 //! action in a signed, hash-chained ledger. `ARCHITECTURE.md` at the repository root maps
 //! the modules below, the data flow between them, and the invariants they keep.
 
-pub mod cli;
 pub mod clock;
-pub mod config;
 pub mod schedule;
 pub mod secret;
+pub mod config;
+pub mod state;
+pub mod evidence;
 pub mod telemetry;
+pub mod cli;

@@ -1,0 +1,333 @@
+//! The evidence ledger: every action vigil takes, recorded in an append-only, hash-chained
+//! log whose Merkle tree heads are signed as C2SP checkpoints, so that an auditor verifies it
+//! with vigil's public key alone.
+//!
+//! Records are not signed one by one. Each links to its predecessor's hash and is a leaf of an
+//! RFC 9162 Merkle tree; a signed checkpoint (origin, size, root) vouches for every record
+//! before it, as Certificate Transparency's signed tree heads do, so verifying a million
+//! records is hashing, not a million signature checks. `docs/evidence-format.md` specifies the
+//! encoding for independent verifiers.
+
+mod key;
+pub mod merkle;
+pub mod note;
+mod record;
+mod store;
+mod verify;
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+pub use key::{KeyError, LedgerKey};
+pub use note::{Checkpoint, NoteError, NoteVerifier};
+pub use record::{Actor, MAX_DETAILS_BYTES, NewRecord, Outcome, Record, canonical_json};
+pub use store::{RecordFilter, StoredCheckpoint};
+pub use verify::{Problem, Trust, Verification, verify};
+
+use crate::clock::Clock;
+use crate::state::{Db, StateError};
+use merkle::Hash;
+
+/// The kind of the first record, which announces the first signing key.
+pub const GENESIS: &str = "evidence.genesis";
+/// The kind of the record that announces a new signing key.
+pub const KEY_ROLLOVER: &str = "evidence.key_rollover";
+
+/// Why a ledger operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A query failed.
+    #[error("evidence store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    /// The head row does not describe a tree.
+    #[error(
+        "the evidence head row is corrupt ({0}); run `vigil evidence verify` to find out how far the ledger is intact"
+    )]
+    CorruptHead(&'static str),
+    /// The record was refused before it was written.
+    #[error("refused to record {kind}: {why}")]
+    Refused {
+        /// The record's kind.
+        kind: String,
+        /// Why.
+        why: String,
+    },
+    /// The signing key is not the one the ledger's newest checkpoint names.
+    #[error(
+        "the signing key {ours} is not the ledger's current key {theirs}; restore the key file, or finish an interrupted rollover"
+    )]
+    WrongKey {
+        /// Our key.
+        ours: String,
+        /// The key of the newest checkpoint.
+        theirs: String,
+    },
+    /// No record has this sequence number.
+    #[error("there is no record {seq}; the ledger has {size}")]
+    NoSuchRecord {
+        /// The asked-for number.
+        seq: u64,
+        /// Records in the ledger.
+        size: u64,
+    },
+    /// No checkpoint covers the asked-for tree size.
+    #[error("no checkpoint of size {0}; `vigil evidence checkpoint` signs one of the current size")]
+    NoSuchCheckpoint(u64),
+}
+
+/// An inclusion proof of one record against a signed checkpoint.
+#[derive(Debug, serde::Serialize)]
+pub struct InclusionProof {
+    /// The record.
+    pub record: Record,
+    /// Its Merkle leaf hash.
+    #[serde(serialize_with = "hex_hash")]
+    pub leaf_hash: Hash,
+    /// Zero-based leaf index (`seq - 1`).
+    pub index: u64,
+    /// The checkpoint proved against.
+    pub checkpoint: StoredCheckpoint,
+    /// Sibling hashes from the leaf upwards.
+    #[serde(serialize_with = "hex_hashes")]
+    pub proof: Vec<Hash>,
+}
+
+fn hex_hash<S: serde::Serializer>(hash: &Hash, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&hex::encode(hash))
+}
+
+fn hex_hashes<S: serde::Serializer>(hashes: &[Hash], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(hashes.iter().map(hex::encode))
+}
+
+/// The ledger, open for appending and signing.
+pub struct Ledger {
+    db: Db,
+    key: LedgerKey,
+    clock: Arc<dyn Clock>,
+    actor: Actor,
+    /// When this process last signed a checkpoint: appends sign a new one once a minute.
+    last_checkpoint: Mutex<Option<DateTime<Utc>>>,
+}
+
+/// The longest time records are appended without a checkpoint covering them.
+const CHECKPOINT_INTERVAL: chrono::Duration = chrono::Duration::seconds(60);
+
+impl Ledger {
+    /// Opens the ledger in `db`, signing with `key`. An empty ledger gets its genesis record,
+    /// announcing the key, and a first checkpoint.
+    pub async fn open(db: Db, key: LedgerKey, clock: Arc<dyn Clock>) -> Result<Self, EvidenceError> {
+        let ledger = Self { db, key, clock, actor: Actor::current(), last_checkpoint: Mutex::new(None) };
+        if store::head(&ledger.db).await?.frontier.size() == 0 {
+            let verifier = ledger.key.verifier();
+            ledger
+                .append(NewRecord {
+                    kind: GENESIS.into(),
+                    subject: ledger.key.name().into(),
+                    outcome: Outcome::Info,
+                    details: serde_json::json!({
+                        "format": "vigil.evidence.v1",
+                        "vkey": verifier.vkey(),
+                        "fingerprint": verifier.fingerprint(),
+                    }),
+                })
+                .await?;
+            ledger.checkpoint().await?;
+        } else if let Some(newest) = store::checkpoints(&ledger.db).await?.into_iter().max_by_key(|c| c.id) {
+            let ours = ledger.key.verifier();
+            let ours = format!("{}+{:08x}", ours.name(), ours.id());
+            if newest.key != ours {
+                return Err(EvidenceError::WrongKey { ours, theirs: newest.key });
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// The store this ledger writes to.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The signing key's public half.
+    pub fn verifier(&self) -> NoteVerifier {
+        self.key.verifier()
+    }
+
+    /// Appends one record.
+    pub async fn append(&self, record: NewRecord) -> Result<Record, EvidenceError> {
+        let mut written = self.append_batch(vec![record]).await?;
+        Ok(written.pop().expect("one record in, one out"))
+    }
+
+    /// Appends records in one transaction: all are written or none.
+    pub async fn append_batch(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, EvidenceError> {
+        let mut prepared = Vec::with_capacity(records.len());
+        for new in records {
+            let details = canonical_json(&new.details);
+            if details.len() > MAX_DETAILS_BYTES {
+                return Err(EvidenceError::Refused {
+                    kind: new.kind,
+                    why: format!("details are {} bytes; the limit is {MAX_DETAILS_BYTES}", details.len()),
+                });
+            }
+            if new.kind.is_empty() || new.subject.is_empty() {
+                return Err(EvidenceError::Refused {
+                    kind: new.kind,
+                    why: "kind and subject must not be empty".into(),
+                });
+            }
+            prepared.push((new, details));
+        }
+        let time = self.clock.now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut prepared = prepared.into_iter();
+        let (written, _) = store::append(&self.db, prepared.len(), |seq, prev_hash| {
+            let (new, details) = prepared.next().expect("append asks for as many records as it was given");
+            let mut record = Record {
+                seq,
+                time: time.clone(),
+                kind: new.kind,
+                subject: new.subject,
+                actor: self.actor.clone(),
+                outcome: new.outcome.as_str().into(),
+                details,
+                prev_hash,
+                hash: [0; 32],
+            };
+            record.hash = record.compute_hash();
+            record
+        })
+        .await?;
+        if self.checkpoint_due() {
+            self.checkpoint().await?;
+        }
+        Ok(written)
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let last = *self.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+        last.is_none_or(|at| self.clock.now() - at >= CHECKPOINT_INTERVAL)
+    }
+
+    /// Signs and stores a checkpoint of the ledger as it is now.
+    pub async fn checkpoint(&self) -> Result<StoredCheckpoint, EvidenceError> {
+        let head = store::head(&self.db).await?;
+        let checkpoint =
+            Checkpoint { origin: self.key.name().into(), size: head.frontier.size(), root: head.frontier.root() };
+        let note = self.key.sign_note(&checkpoint.body());
+        let now = self.clock.now();
+        let signed_at = now.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let verifier = self.key.verifier();
+        let id = store::insert_checkpoint(
+            &self.db,
+            checkpoint.size,
+            &checkpoint.root,
+            verifier.name(),
+            verifier.id(),
+            &signed_at,
+            &note,
+        )
+        .await?;
+        *self.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+        Ok(StoredCheckpoint {
+            id,
+            size: checkpoint.size,
+            key: format!("{}+{:08x}", verifier.name(), verifier.id()),
+            signed_at,
+            note,
+        })
+    }
+
+    /// Moves signing to `new_key`: a record announces it, a checkpoint signed with the old key
+    /// covers that record (so a verifier trusting the old key learns the new one), and a
+    /// checkpoint signed with the new key follows.
+    pub async fn rollover(
+        &mut self,
+        new_key: LedgerKey,
+    ) -> Result<(StoredCheckpoint, StoredCheckpoint), EvidenceError> {
+        let old = self.key.verifier();
+        let new = new_key.verifier();
+        self.append(NewRecord {
+            kind: KEY_ROLLOVER.into(),
+            subject: self.key.name().into(),
+            outcome: Outcome::Info,
+            details: serde_json::json!({
+                "old_vkey": old.vkey(),
+                "vkey": new.vkey(),
+                "fingerprint": new.fingerprint(),
+            }),
+        })
+        .await?;
+        let by_old = self.checkpoint().await?;
+        self.key = new_key;
+        let by_new = self.checkpoint().await?;
+        Ok((by_old, by_new))
+    }
+
+    /// Records matching `filter`.
+    pub async fn list(&self, filter: &RecordFilter) -> Result<Vec<Record>, EvidenceError> {
+        store::records(&self.db, filter).await
+    }
+
+    /// One record.
+    pub async fn get(&self, seq: u64) -> Result<Record, EvidenceError> {
+        match store::record(&self.db, seq).await? {
+            Some(record) => Ok(record),
+            None => Err(EvidenceError::NoSuchRecord { seq, size: store::head(&self.db).await?.frontier.size() }),
+        }
+    }
+
+    /// The inclusion proof of record `seq` against the newest checkpoint of size `size`, or the
+    /// newest checkpoint that covers it.
+    pub async fn prove(&self, seq: u64, size: Option<u64>) -> Result<InclusionProof, EvidenceError> {
+        let record = self.get(seq).await?;
+        let checkpoints = store::checkpoints(&self.db).await?;
+        let checkpoint = match size {
+            Some(size) => {
+                checkpoints.into_iter().rev().find(|c| c.size == size).ok_or(EvidenceError::NoSuchCheckpoint(size))?
+            }
+            None => {
+                checkpoints.into_iter().rev().find(|c| c.size >= seq).ok_or(EvidenceError::NoSuchCheckpoint(seq))?
+            }
+        };
+        if checkpoint.size < seq {
+            return Err(EvidenceError::Refused {
+                kind: record.kind,
+                why: format!("checkpoint of size {} does not cover record {seq}", checkpoint.size),
+            });
+        }
+        let leaves = self.leaf_hashes(checkpoint.size).await?;
+        let index = seq - 1;
+        let proof = merkle::inclusion_proof(&leaves, usize::try_from(index).expect("fits in memory"));
+        Ok(InclusionProof { leaf_hash: leaves[index as usize], record, index, checkpoint, proof })
+    }
+
+    /// The consistency proof from the tree of `old_size` records to the tree of `new_size`.
+    pub async fn consistency(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, EvidenceError> {
+        let size = store::head(&self.db).await?.frontier.size();
+        if old_size == 0 || old_size > new_size || new_size > size {
+            return Err(EvidenceError::Refused {
+                kind: "consistency".into(),
+                why: format!("need 0 < old size <= new size <= {size}"),
+            });
+        }
+        let leaves = self.leaf_hashes(new_size).await?;
+        Ok(merkle::consistency_proof(&leaves, usize::try_from(old_size).expect("fits in memory")))
+    }
+
+    async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, EvidenceError> {
+        use futures_util::TryStreamExt as _;
+        let wanted = usize::try_from(size).expect("fits in memory");
+        let mut leaves = Vec::with_capacity(wanted);
+        let mut records = store::stream(&self.db, 1);
+        while leaves.len() < wanted
+            && let Some(record) = records.try_next().await?
+        {
+            leaves.push(record.leaf_hash());
+        }
+        Ok(leaves)
+    }
+}

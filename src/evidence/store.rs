@@ -1,0 +1,275 @@
+//! The ledger's SQL: appends under the head row's lock, reads, checkpoints.
+
+use futures_util::stream::{BoxStream, StreamExt as _};
+use sqlx::Row;
+
+use super::EvidenceError;
+use super::merkle::{Frontier, Hash};
+use super::record::{Actor, Record};
+use crate::state::{Db, on_pool};
+
+/// The columns of a record, in the order `decode_record` reads them.
+macro_rules! record_columns {
+    () => {
+        "seq, time, kind, subject, actor_host, actor_pid, actor_version, outcome, details, prev_hash, hash"
+    };
+}
+
+/// The ledger's newest state: how many records, the last one's hash, the Merkle frontier.
+pub(super) struct Head {
+    pub last_hash: Hash,
+    pub frontier: Frontier,
+}
+
+impl Head {
+    fn decode(size: i64, last_hash: Vec<u8>, frontier: Vec<u8>) -> Result<Self, EvidenceError> {
+        let last_hash = last_hash.try_into().map_err(|_| EvidenceError::CorruptHead("last_hash is not 32 bytes"))?;
+        let frontier =
+            Frontier::from_bytes(&frontier).ok_or(EvidenceError::CorruptHead("frontier does not fit its size"))?;
+        if i64::try_from(frontier.size()).ok() != Some(size) {
+            return Err(EvidenceError::CorruptHead("frontier size differs from the head's size"));
+        }
+        Ok(Self { last_hash, frontier })
+    }
+}
+
+/// A checkpoint as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredCheckpoint {
+    /// Its row id, in signing order.
+    pub id: i64,
+    /// Records covered.
+    pub size: u64,
+    /// The key name and id that signed it, `name+hex(id)`.
+    pub key: String,
+    /// When it was signed.
+    pub signed_at: String,
+    /// The signed note.
+    pub note: String,
+}
+
+fn decode_record<'r, R>(row: &'r R) -> Result<Record, sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let hash = |bytes: Vec<u8>, column: &str| {
+        bytes.try_into().map_err(|_| sqlx::Error::Decode(format!("{column} is not 32 bytes").into()))
+    };
+    let int = |value: i64, column: &str| {
+        u64::try_from(value).map_err(|_| sqlx::Error::Decode(format!("{column} is negative").into()))
+    };
+    Ok(Record {
+        seq: int(row.try_get(0)?, "seq")?,
+        time: row.try_get(1)?,
+        kind: row.try_get(2)?,
+        subject: row.try_get(3)?,
+        actor: Actor {
+            host: row.try_get(4)?,
+            pid: u32::try_from(int(row.try_get(5)?, "actor_pid")?)
+                .map_err(|_| sqlx::Error::Decode("actor_pid is too large".into()))?,
+            version: row.try_get(6)?,
+        },
+        outcome: row.try_get(7)?,
+        details: row.try_get(8)?,
+        prev_hash: hash(row.try_get(9)?, "prev_hash")?,
+        hash: hash(row.try_get(10)?, "hash")?,
+    })
+}
+
+fn decode_checkpoint<'r, R>(row: &'r R) -> Result<StoredCheckpoint, sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let size: i64 = row.try_get(1)?;
+    let key_name: String = row.try_get(2)?;
+    let key_id: String = row.try_get(3)?;
+    Ok(StoredCheckpoint {
+        id: row.try_get(0)?,
+        size: u64::try_from(size).map_err(|_| sqlx::Error::Decode("size is negative".into()))?,
+        key: format!("{key_name}+{key_id}"),
+        signed_at: row.try_get(4)?,
+        note: row.try_get(5)?,
+    })
+}
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Appends records built by `build` (given each record's sequence number and the previous
+/// hash) in one transaction, holding the head row's lock so that concurrent appenders, in this
+/// process or another, take turns and the chain never forks.
+pub(super) async fn append(
+    db: &Db,
+    count: usize,
+    mut build: impl FnMut(u64, Hash) -> Record,
+) -> Result<(Vec<Record>, Frontier), EvidenceError> {
+    macro_rules! append_in {
+        ($tx:ident, $read_head:expr) => {{
+            let row = sqlx::query($read_head)
+                .fetch_one(&mut *$tx)
+                .await?;
+            let mut head = Head::decode(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)?;
+            let mut written = Vec::with_capacity(count);
+            for _ in 0..count {
+                let record = build(head.frontier.size() + 1, head.last_hash);
+                sqlx::query(
+                    "INSERT INTO evidence_records (seq, time, kind, subject, actor_host, actor_pid, actor_version, outcome, details, prev_hash, hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(seq_param(record.seq))
+                .bind(&record.time)
+                .bind(&record.kind)
+                .bind(&record.subject)
+                .bind(&record.actor.host)
+                .bind(i64::from(record.actor.pid))
+                .bind(&record.actor.version)
+                .bind(&record.outcome)
+                .bind(&record.details)
+                .bind(record.prev_hash.to_vec())
+                .bind(record.hash.to_vec())
+                .execute(&mut *$tx)
+                .await?;
+                head.frontier.push(record.leaf_hash());
+                head.last_hash = record.hash;
+                written.push(record);
+            }
+            sqlx::query("UPDATE evidence_head SET size = $1, last_hash = $2, frontier = $3 WHERE id = 1")
+                .bind(seq_param(head.frontier.size()))
+                .bind(head.last_hash.to_vec())
+                .bind(head.frontier.to_bytes())
+                .execute(&mut *$tx)
+                .await?;
+            $tx.commit().await?;
+            (written, head.frontier)
+        }};
+    }
+    Ok(match db {
+        Db::Sqlite(pool) => {
+            // BEGIN IMMEDIATE takes the database's write lock before reading the head.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            append_in!(tx, "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1")
+        }
+        Db::Postgres(pool) => {
+            // The row lock on the head serialises appenders across processes.
+            let mut tx = pool.begin().await?;
+            append_in!(tx, "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1 FOR UPDATE")
+        }
+    })
+}
+
+/// The head, read without a lock (one row is read consistently).
+pub(super) async fn head(db: &Db) -> Result<Head, EvidenceError> {
+    const SQL: &str = "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1";
+    on_pool!(db, pool => {
+        let row = sqlx::query(SQL).fetch_one(pool).await?;
+        Head::decode(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)
+    })
+}
+
+/// One record by sequence number.
+pub(super) async fn record(db: &Db, seq: u64) -> Result<Option<Record>, EvidenceError> {
+    const SQL: &str = concat!("SELECT ", record_columns!(), " FROM evidence_records WHERE seq = $1");
+    Ok(on_pool!(db, pool => match sqlx::query(SQL).bind(seq_param(seq)).fetch_optional(pool).await? {
+        Some(row) => Some(decode_record(&row)?),
+        None => None,
+    }))
+}
+
+/// Which records `list` returns.
+#[derive(Debug, Default, Clone)]
+pub struct RecordFilter {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this subject.
+    pub subject: Option<String>,
+    /// Only records appended at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// At most this many, newest last.
+    pub limit: u64,
+}
+
+/// Records matching `filter`, in sequence order (the newest `limit` of them).
+pub(super) async fn records(db: &Db, filter: &RecordFilter) -> Result<Vec<Record>, EvidenceError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM (SELECT ",
+        record_columns!(),
+        " FROM evidence_records \
+         WHERE ($1 IS NULL OR kind = $1) AND ($2 IS NULL OR subject = $2) AND ($3 IS NULL OR time >= $3) \
+         ORDER BY seq DESC LIMIT $4) AS newest ORDER BY seq"
+    );
+    let rows = on_pool!(db, pool => sqlx::query(SQL)
+        .bind(filter.kind.clone())
+        .bind(filter.subject.clone())
+        .bind(filter.since.clone())
+        .bind(seq_param(filter.limit))
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(decode_record)
+        .collect::<Result<Vec<_>, _>>()?);
+    Ok(rows)
+}
+
+/// Every record from `from` on, in sequence order, streamed.
+pub(super) fn stream(db: &Db, from: u64) -> BoxStream<'_, Result<Record, sqlx::Error>> {
+    const SQL: &str = concat!("SELECT ", record_columns!(), " FROM evidence_records WHERE seq >= $1 ORDER BY seq");
+    match db {
+        Db::Sqlite(pool) => sqlx::query(SQL)
+            .bind(seq_param(from))
+            .fetch(pool)
+            .map(|row| row.and_then(|row| decode_record(&row)))
+            .boxed(),
+        Db::Postgres(pool) => sqlx::query(SQL)
+            .bind(seq_param(from))
+            .fetch(pool)
+            .map(|row| row.and_then(|row| decode_record(&row)))
+            .boxed(),
+    }
+}
+
+/// Stores a signed checkpoint.
+pub(super) async fn insert_checkpoint(
+    db: &Db,
+    size: u64,
+    root: &Hash,
+    key_name: &str,
+    key_id: u32,
+    signed_at: &str,
+    note: &str,
+) -> Result<i64, EvidenceError> {
+    const SQL: &str = "INSERT INTO evidence_checkpoints (size, root_hash, key_name, key_id, signed_at, note) \
+                       VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+    let key_id = format!("{key_id:08x}");
+    let id: i64 = on_pool!(db, pool => sqlx::query(SQL)
+        .bind(seq_param(size))
+        .bind(root.to_vec())
+        .bind(key_name)
+        .bind(&key_id)
+        .bind(signed_at)
+        .bind(note)
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?);
+    Ok(id)
+}
+
+/// Every checkpoint, by size then signing order.
+pub(super) async fn checkpoints(db: &Db) -> Result<Vec<StoredCheckpoint>, EvidenceError> {
+    const SQL: &str = "SELECT id, size, key_name, key_id, signed_at, note FROM evidence_checkpoints ORDER BY size, id";
+    Ok(on_pool!(db, pool => sqlx::query(SQL)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(decode_checkpoint)
+        .collect::<Result<Vec<_>, _>>()?))
+}
