@@ -72,6 +72,30 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// Loads the configuration for a command that acts on it: the diagnostics go to stderr and the
+/// command fails with one line pointing at `vigil config check`.
+fn load_plan(global: &GlobalArgs) -> anyhow::Result<crate::config::Plan> {
+    match crate::config::load(&global.config) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            Ok(loaded.plan)
+        }
+        Err(diagnostics) => {
+            for diagnostic in &diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            let errors = diagnostics.iter().filter(|d| d.severity == crate::config::Severity::Error).count();
+            anyhow::bail!(
+                "{} has {errors} configuration error{}; `vigil config check` shows them",
+                global.config.display(),
+                if errors == 1 { "" } else { "s" }
+            )
+        }
+    }
+}
+
 /// A command that a later part of the roadmap delivers.
 #[derive(Debug, thiserror::Error)]
 #[error("`vigil {command}` is not available yet; it arrives with {arrives}")]

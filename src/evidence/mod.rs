@@ -122,7 +122,7 @@ impl Ledger {
     /// announcing the key, and a first checkpoint.
     pub async fn open(db: Db, key: LedgerKey, clock: Arc<dyn Clock>) -> Result<Self, EvidenceError> {
         let ledger = Self { db, key, clock, actor: Actor::current(), last_checkpoint: Mutex::new(None) };
-        if store::head(&ledger.db).await?.frontier.size() == 0 {
+        if size(&ledger.db).await? == 0 {
             let verifier = ledger.key.verifier();
             ledger
                 .append(NewRecord {
@@ -143,6 +143,8 @@ impl Ledger {
             if newest.key != ours {
                 return Err(EvidenceError::WrongKey { ours, theirs: newest.key });
             }
+            let signed_at = DateTime::parse_from_rfc3339(&newest.signed_at).ok().map(|at| at.with_timezone(&Utc));
+            *ledger.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = signed_at;
         }
         Ok(ledger)
     }
@@ -261,73 +263,91 @@ impl Ledger {
             }),
         })
         .await?;
+        self.complete_rollover(new_key).await
+    }
+
+    /// The second half of a rollover, also run to finish one a crash interrupted after the
+    /// announcing record was written: a checkpoint by the current key covering everything so
+    /// far (the announcement included), then the switch and a checkpoint by the new key.
+    pub async fn complete_rollover(
+        &mut self,
+        new_key: LedgerKey,
+    ) -> Result<(StoredCheckpoint, StoredCheckpoint), EvidenceError> {
         let by_old = self.checkpoint().await?;
         self.key = new_key;
         let by_new = self.checkpoint().await?;
         Ok((by_old, by_new))
     }
 
-    /// Records matching `filter`.
-    pub async fn list(&self, filter: &RecordFilter) -> Result<Vec<Record>, EvidenceError> {
-        store::records(&self.db, filter).await
-    }
+}
 
-    /// One record.
-    pub async fn get(&self, seq: u64) -> Result<Record, EvidenceError> {
-        match store::record(&self.db, seq).await? {
-            Some(record) => Ok(record),
-            None => Err(EvidenceError::NoSuchRecord { seq, size: store::head(&self.db).await?.frontier.size() }),
-        }
-    }
+/// Records in the ledger.
+pub async fn size(db: &Db) -> Result<u64, EvidenceError> {
+    Ok(store::head(db).await?.frontier.size())
+}
 
-    /// The inclusion proof of record `seq` against the newest checkpoint of size `size`, or the
-    /// newest checkpoint that covers it.
-    pub async fn prove(&self, seq: u64, size: Option<u64>) -> Result<InclusionProof, EvidenceError> {
-        let record = self.get(seq).await?;
-        let checkpoints = store::checkpoints(&self.db).await?;
-        let checkpoint = match size {
-            Some(size) => {
-                checkpoints.into_iter().rev().find(|c| c.size == size).ok_or(EvidenceError::NoSuchCheckpoint(size))?
-            }
-            None => {
-                checkpoints.into_iter().rev().find(|c| c.size >= seq).ok_or(EvidenceError::NoSuchCheckpoint(seq))?
-            }
-        };
-        if checkpoint.size < seq {
-            return Err(EvidenceError::Refused {
-                kind: record.kind,
-                why: format!("checkpoint of size {} does not cover record {seq}", checkpoint.size),
-            });
-        }
-        let leaves = self.leaf_hashes(checkpoint.size).await?;
-        let index = seq - 1;
-        let proof = merkle::inclusion_proof(&leaves, usize::try_from(index).expect("fits in memory"));
-        Ok(InclusionProof { leaf_hash: leaves[index as usize], record, index, checkpoint, proof })
-    }
+/// Records matching `filter`.
+pub async fn list(db: &Db, filter: &RecordFilter) -> Result<Vec<Record>, EvidenceError> {
+    store::records(db, filter).await
+}
 
-    /// The consistency proof from the tree of `old_size` records to the tree of `new_size`.
-    pub async fn consistency(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, EvidenceError> {
-        let size = store::head(&self.db).await?.frontier.size();
-        if old_size == 0 || old_size > new_size || new_size > size {
-            return Err(EvidenceError::Refused {
-                kind: "consistency".into(),
-                why: format!("need 0 < old size <= new size <= {size}"),
-            });
-        }
-        let leaves = self.leaf_hashes(new_size).await?;
-        Ok(merkle::consistency_proof(&leaves, usize::try_from(old_size).expect("fits in memory")))
+/// One record.
+pub async fn get(db: &Db, seq: u64) -> Result<Record, EvidenceError> {
+    match store::record(db, seq).await? {
+        Some(record) => Ok(record),
+        None => Err(EvidenceError::NoSuchRecord { seq, size: size(db).await? }),
     }
+}
 
-    async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, EvidenceError> {
-        use futures_util::TryStreamExt as _;
-        let wanted = usize::try_from(size).expect("fits in memory");
-        let mut leaves = Vec::with_capacity(wanted);
-        let mut records = store::stream(&self.db, 1);
-        while leaves.len() < wanted
-            && let Some(record) = records.try_next().await?
-        {
-            leaves.push(record.leaf_hash());
-        }
-        Ok(leaves)
+/// Every stored checkpoint, by size.
+pub async fn checkpoints(db: &Db) -> Result<Vec<StoredCheckpoint>, EvidenceError> {
+    store::checkpoints(db).await
+}
+
+/// The inclusion proof of record `seq` against the newest checkpoint of size `size`, or else
+/// the newest checkpoint that covers it.
+pub async fn prove(db: &Db, seq: u64, size: Option<u64>) -> Result<InclusionProof, EvidenceError> {
+    let record = get(db, seq).await?;
+    let checkpoints = store::checkpoints(db).await?;
+    let checkpoint = match size {
+        Some(size) => checkpoints.into_iter().rev().find(|c| c.size == size).ok_or(EvidenceError::NoSuchCheckpoint(size))?,
+        None => checkpoints.into_iter().rev().find(|c| c.size >= seq).ok_or(EvidenceError::NoSuchCheckpoint(seq))?,
+    };
+    if checkpoint.size < seq {
+        return Err(EvidenceError::Refused {
+            kind: record.kind,
+            why: format!("the checkpoint of size {} does not cover record {seq}", checkpoint.size),
+        });
     }
+    let leaves = leaf_hashes(db, checkpoint.size).await?;
+    let index = seq - 1;
+    let at = usize::try_from(index).expect("fits in memory");
+    let proof = merkle::inclusion_proof(&leaves, at);
+    Ok(InclusionProof { leaf_hash: leaves[at], record, index, checkpoint, proof })
+}
+
+/// The consistency proof from the tree of the first `old_size` records to that of `new_size`.
+pub async fn consistency(db: &Db, old_size: u64, new_size: u64) -> Result<Vec<Hash>, EvidenceError> {
+    let total = size(db).await?;
+    if old_size == 0 || old_size > new_size || new_size > total {
+        return Err(EvidenceError::Refused {
+            kind: "consistency".into(),
+            why: format!("need 0 < old size <= new size <= {total}"),
+        });
+    }
+    let leaves = leaf_hashes(db, new_size).await?;
+    Ok(merkle::consistency_proof(&leaves, usize::try_from(old_size).expect("fits in memory")))
+}
+
+async fn leaf_hashes(db: &Db, size: u64) -> Result<Vec<Hash>, EvidenceError> {
+    use futures_util::TryStreamExt as _;
+    let wanted = usize::try_from(size).expect("fits in memory");
+    let mut leaves = Vec::with_capacity(wanted);
+    let mut records = store::stream(db, 1);
+    while leaves.len() < wanted
+        && let Some(record) = records.try_next().await?
+    {
+        leaves.push(record.leaf_hash());
+    }
+    Ok(leaves)
 }
