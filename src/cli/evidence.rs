@@ -180,11 +180,14 @@ impl EvidenceCommand {
             }
             Self::Append { kind, subject, outcome, details } => {
                 if !kind.starts_with("manual.") || kind.len() == "manual.".len() {
-                    bail!("manual records take a kind starting with `manual.`, e.g. manual.restore_test; other kinds are vigil's own");
+                    bail!(
+                        "manual records take a kind starting with `manual.`, e.g. manual.restore_test; other kinds are vigil's own"
+                    );
                 }
                 let mut map = serde_json::Map::new();
                 for detail in details {
-                    let (key, value) = detail.split_once('=').with_context(|| format!("--detail {detail:?} is not KEY=VALUE"))?;
+                    let (key, value) =
+                        detail.split_once('=').with_context(|| format!("--detail {detail:?} is not KEY=VALUE"))?;
                     map.insert(key.to_owned(), serde_json::Value::String(value.to_owned()));
                 }
                 let ledger = open_ledger(plan, db).await?;
@@ -260,7 +263,11 @@ async fn verify(db: &Db, vkey: Option<&str>, vkey_file: Option<&Path>, output: O
         OutputFormat::Human => {
             let pinned = if vkey.is_some() { "pinned" } else { "trusted on first use from the genesis record" };
             println!("records      {}", report.records);
-            println!("checkpoints  {} verified, newest covers {}", report.checkpoints_verified, report.newest_checkpoint.unwrap_or(0));
+            println!(
+                "checkpoints  {} verified, newest covers {}",
+                report.checkpoints_verified,
+                report.newest_checkpoint.unwrap_or(0)
+            );
             println!("unsigned     {} records beyond the newest checkpoint", report.beyond_checkpoint);
             for (i, key) in report.keys.iter().enumerate() {
                 let how = if i == 0 { pinned } else { "announced by a rollover the previous key vouched for" };
@@ -416,6 +423,9 @@ fn show_proof(proof: &InclusionProof) -> String {
     for hash in &proof.proof {
         out.push_str(&format!("  {}\n", hex::encode(hash)));
     }
-    out.push_str(&format!("checkpoint #{} signed {}\n{}", proof.checkpoint.id, proof.checkpoint.signed_at, proof.checkpoint.note));
+    out.push_str(&format!(
+        "checkpoint #{} signed {}\n{}",
+        proof.checkpoint.id, proof.checkpoint.signed_at, proof.checkpoint.note
+    ));
     out
 }

@@ -125,7 +125,7 @@ impl Ledger {
         if size(&ledger.db).await? == 0 {
             let verifier = ledger.key.verifier();
             ledger
-                .append(NewRecord {
+                .write(vec![NewRecord {
                     kind: GENESIS.into(),
                     subject: ledger.key.name().into(),
                     outcome: Outcome::Info,
@@ -134,7 +134,7 @@ impl Ledger {
                         "vkey": verifier.vkey(),
                         "fingerprint": verifier.fingerprint(),
                     }),
-                })
+                }])
                 .await?;
             ledger.checkpoint().await?;
         } else if let Some(newest) = store::checkpoints(&ledger.db).await?.into_iter().max_by_key(|c| c.id) {
@@ -165,8 +165,17 @@ impl Ledger {
         Ok(written.pop().expect("one record in, one out"))
     }
 
-    /// Appends records in one transaction: all are written or none.
+    /// Appends records in one transaction: all are written or none. A checkpoint follows when
+    /// the last one is a minute old.
     pub async fn append_batch(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, EvidenceError> {
+        let written = self.write(records).await?;
+        if self.checkpoint_due() {
+            self.checkpoint().await?;
+        }
+        Ok(written)
+    }
+
+    async fn write(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, EvidenceError> {
         let mut prepared = Vec::with_capacity(records.len());
         for new in records {
             let details = canonical_json(&new.details);
@@ -203,9 +212,6 @@ impl Ledger {
             record
         })
         .await?;
-        if self.checkpoint_due() {
-            self.checkpoint().await?;
-        }
         Ok(written)
     }
 
@@ -278,7 +284,6 @@ impl Ledger {
         let by_new = self.checkpoint().await?;
         Ok((by_old, by_new))
     }
-
 }
 
 /// Records in the ledger.
@@ -310,7 +315,9 @@ pub async fn prove(db: &Db, seq: u64, size: Option<u64>) -> Result<InclusionProo
     let record = get(db, seq).await?;
     let checkpoints = store::checkpoints(db).await?;
     let checkpoint = match size {
-        Some(size) => checkpoints.into_iter().rev().find(|c| c.size == size).ok_or(EvidenceError::NoSuchCheckpoint(size))?,
+        Some(size) => {
+            checkpoints.into_iter().rev().find(|c| c.size == size).ok_or(EvidenceError::NoSuchCheckpoint(size))?
+        }
         None => checkpoints.into_iter().rev().find(|c| c.size >= seq).ok_or(EvidenceError::NoSuchCheckpoint(seq))?,
     };
     if checkpoint.size < seq {

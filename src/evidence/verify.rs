@@ -50,6 +50,11 @@ pub struct Problem {
 
 struct Walk {
     trusted: Vec<NoteVerifier>,
+    /// Keys whose announcement a checkpoint of the current size covered: trusted beside the
+    /// old key for the rest of the checkpoints of that size, and alone after it.
+    promoted: Vec<NoteVerifier>,
+    /// The size of the checkpoint checked last.
+    checkpoint_size: u64,
     keys: Vec<String>,
     origin: Option<String>,
     /// Rollover records seen, not yet covered by a verified checkpoint.
@@ -68,9 +73,15 @@ impl Walk {
 
     /// Checks one checkpoint against the records read so far (exactly `checkpoint.size` of them).
     fn checkpoint(&mut self, stored: &store::StoredCheckpoint) -> Result<(), Problem> {
-        let first_unverified = self.verified_size + 1;
+        if stored.size > self.checkpoint_size && !self.promoted.is_empty() {
+            // The old key's last word was at the previous size: from here on, only the new key.
+            self.trusted = std::mem::take(&mut self.promoted);
+        }
+        self.checkpoint_size = stored.size;
+        let first_unverified = if stored.size == self.verified_size { stored.size } else { self.verified_size + 1 };
         let bad = |what: String| Problem { seq: first_unverified, what };
-        let (body, _) = note::open(&stored.note, &self.trusted).map_err(|err| {
+        let candidates: Vec<NoteVerifier> = self.trusted.iter().chain(&self.promoted).cloned().collect();
+        let (body, _) = note::open(&stored.note, &candidates).map_err(|err| {
             bad(format!(
                 "checkpoint #{} (size {}) is not vouched for: {err}; records {first_unverified}..={} are unproven",
                 stored.id, stored.size, stored.size
@@ -97,7 +108,8 @@ impl Walk {
         let (covered, later): (Vec<_>, Vec<_>) = self.announced.drain(..).partition(|(seq, _)| *seq <= signed.size);
         self.announced = later;
         for (_, verifier) in covered {
-            self.trust(verifier);
+            self.keys.push(format!("{}+{:08x}", verifier.name(), verifier.id()));
+            self.promoted.push(verifier);
         }
         Ok(())
     }
@@ -110,6 +122,8 @@ pub async fn verify(db: &Db, trust: Trust) -> Result<Verification, EvidenceError
     let mut pending = checkpoints.iter().filter(|c| c.size > 0).peekable();
     let mut walk = Walk {
         trusted: Vec::new(),
+        promoted: Vec::new(),
+        checkpoint_size: 0,
         keys: Vec::new(),
         origin: None,
         announced: Vec::new(),

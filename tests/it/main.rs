@@ -5,5 +5,6 @@
 
 mod cli;
 mod config;
+mod evidence;
 mod services;
 mod support;
