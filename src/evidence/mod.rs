@@ -21,7 +21,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use key::{KeyError, LedgerKey};
 pub use note::{Checkpoint, NoteError, NoteVerifier};
-pub use record::{Actor, MAX_DETAILS_BYTES, NewRecord, Outcome, Record, canonical_json};
+pub use record::{Actor, MAX_DETAILS_BYTES, NewRecord, Outcome, Record, RecordRef, canonical_json};
 pub use store::{RecordFilter, StoredCheckpoint};
 pub use verify::{Problem, Trust, Verification, verify};
 
@@ -43,6 +43,12 @@ pub enum EvidenceError {
     /// A query failed.
     #[error("evidence store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// The verification scan of an SQLite ledger failed.
+    #[error("cannot read the SQLite evidence store: {0}")]
+    Scan(#[from] rusqlite::Error),
+    /// The verification scan's thread died.
+    #[error("the evidence scan stopped unexpectedly: {0}")]
+    ScanTask(#[from] tokio::task::JoinError),
     /// The head row does not describe a tree.
     #[error(
         "the evidence head row is corrupt ({0}); run `vigil evidence verify` to find out how far the ledger is intact"

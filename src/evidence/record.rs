@@ -117,21 +117,80 @@ fn hex_hash<S: serde::Serializer>(hash: &Hash, serializer: S) -> Result<S::Ok, S
     serializer.serialize_str(&hex::encode(hash))
 }
 
-impl Record {
-    /// The canonical encoding: the domain line, then each field in order, strings as a 4-byte
-    /// big-endian length and their UTF-8 bytes, numbers big-endian, the previous hash last.
-    pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(DOMAIN.len() + 128 + self.details.len());
+/// A record's fields borrowed from wherever they are stored: what hashing and verification read.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    /// Position in the ledger.
+    pub seq: u64,
+    /// Append time as stored.
+    pub time: &'a str,
+    /// Dotted kind.
+    pub kind: &'a str,
+    /// What it is about.
+    pub subject: &'a str,
+    /// The writing host.
+    pub actor_host: &'a str,
+    /// The writing process.
+    pub actor_pid: u32,
+    /// The writing vigil's version.
+    pub actor_version: &'a str,
+    /// Outcome as stored.
+    pub outcome: &'a str,
+    /// Details as stored.
+    pub details: &'a str,
+    /// The previous record's hash, as stored.
+    pub prev_hash: &'a Hash,
+    /// This record's hash, as stored.
+    pub hash: &'a Hash,
+}
+
+impl RecordRef<'_> {
+    /// Writes the canonical encoding into `out` (cleared first): the domain line, then each
+    /// field in order, strings as a 4-byte big-endian length and their UTF-8 bytes, numbers
+    /// big-endian, the previous hash last.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
         out.extend_from_slice(DOMAIN);
         out.extend_from_slice(&self.seq.to_be_bytes());
-        for text in [&self.time, &self.kind, &self.subject, &self.actor.host] {
-            push_str(&mut out, text);
+        for text in [self.time, self.kind, self.subject, self.actor_host] {
+            push_str(out, text);
         }
-        out.extend_from_slice(&self.actor.pid.to_be_bytes());
-        for text in [&self.actor.version, &self.outcome, &self.details] {
-            push_str(&mut out, text);
+        out.extend_from_slice(&self.actor_pid.to_be_bytes());
+        for text in [self.actor_version, self.outcome, self.details] {
+            push_str(out, text);
         }
-        out.extend_from_slice(&self.prev_hash);
+        out.extend_from_slice(self.prev_hash);
+    }
+
+    /// The record's hash and Merkle leaf hash, encoding once into `buffer`: the verifier's hot path.
+    pub fn hashes(&self, buffer: &mut Vec<u8>) -> (Hash, Hash) {
+        self.encode_into(buffer);
+        (Sha256::digest(&buffer[..]).into(), merkle::leaf_hash(buffer))
+    }
+}
+
+impl Record {
+    /// The borrowed view of this record.
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            seq: self.seq,
+            time: &self.time,
+            kind: &self.kind,
+            subject: &self.subject,
+            actor_host: &self.actor.host,
+            actor_pid: self.actor.pid,
+            actor_version: &self.actor.version,
+            outcome: &self.outcome,
+            details: &self.details,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
+
+    /// The canonical encoding (see [`RecordRef::encode_into`]).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(DOMAIN.len() + 128 + self.details.len());
+        self.as_ref().encode_into(&mut out);
         out
     }
 
@@ -143,12 +202,6 @@ impl Record {
     /// The record's Merkle leaf hash, `SHA-256(0x00 || canonical encoding)`.
     pub fn leaf_hash(&self) -> Hash {
         merkle::leaf_hash(&self.canonical_bytes())
-    }
-
-    /// Both hashes from one encoding: the verifier's hot path.
-    pub fn hashes(&self) -> (Hash, Hash) {
-        let bytes = self.canonical_bytes();
-        (Sha256::digest(&bytes).into(), merkle::leaf_hash(&bytes))
     }
 }
 

@@ -4,8 +4,10 @@ use futures_util::stream::{BoxStream, StreamExt as _};
 use sqlx::Row;
 
 use super::EvidenceError;
+use std::ops::ControlFlow;
+
 use super::merkle::{Frontier, Hash};
-use super::record::{Actor, Record};
+use super::record::{Actor, Record, RecordRef};
 use crate::state::{Db, on_pool};
 
 /// The columns of a record, in the order `decode_record` reads them.
@@ -272,4 +274,98 @@ pub(super) async fn checkpoints(db: &Db) -> Result<Vec<StoredCheckpoint>, Eviden
         .iter()
         .map(decode_checkpoint)
         .collect::<Result<Vec<_>, _>>()?))
+}
+
+/// A stored record as a scan meets it: readable, or not even that (a tampered column type).
+pub(super) enum Scanned<'a> {
+    /// The record's fields.
+    Record(RecordRef<'a>),
+    /// A row whose columns do not decode.
+    Unreadable {
+        /// Its sequence number, as far as it can be read.
+        seq: u64,
+        /// What does not decode.
+        why: String,
+    },
+}
+
+/// Feeds every record, in sequence order, to `step` until it breaks, and returns `state`.
+///
+/// SQLite is read through rusqlite on a blocking thread, borrowing each row's columns in place:
+/// sqlx-sqlite's per-row overhead alone would exceed the verification budget (a million
+/// records in two seconds). PostgreSQL is streamed through sqlx.
+pub(super) async fn scan<S: Send + 'static>(
+    db: &Db,
+    mut state: S,
+    step: fn(&mut S, Scanned<'_>) -> ControlFlow<()>,
+) -> Result<S, EvidenceError> {
+    match db {
+        Db::Sqlite(pool) => {
+            let path = pool.connect_options().get_filename().to_owned();
+            Ok(tokio::task::spawn_blocking(move || -> Result<S, EvidenceError> {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                let mut statement =
+                    conn.prepare(concat!("SELECT ", record_columns!(), " FROM evidence_records ORDER BY seq"))?;
+                let mut rows = statement.query([])?;
+                while let Some(row) = rows.next()? {
+                    let scanned = match sqlite_record(row) {
+                        Ok(record) => Scanned::Record(record),
+                        Err(why) => Scanned::Unreadable { seq: row.get::<_, i64>(0).unwrap_or(-1) as u64, why },
+                    };
+                    if step(&mut state, scanned).is_break() {
+                        break;
+                    }
+                }
+                Ok(state)
+            })
+            .await??)
+        }
+        Db::Postgres(pool) => {
+            let mut rows =
+                sqlx::query(concat!("SELECT ", record_columns!(), " FROM evidence_records ORDER BY seq")).fetch(pool);
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                let flow = match decode_record(&row) {
+                    Ok(record) => step(&mut state, Scanned::Record(record.as_ref())),
+                    Err(err) => {
+                        let seq = row.try_get::<i64, _>(0).unwrap_or(-1) as u64;
+                        step(&mut state, Scanned::Unreadable { seq, why: err.to_string() })
+                    }
+                };
+                if flow.is_break() {
+                    break;
+                }
+            }
+            Ok(state)
+        }
+    }
+}
+
+fn sqlite_record<'r>(row: &'r rusqlite::Row<'_>) -> Result<RecordRef<'r>, String> {
+    let text = |i: usize| -> Result<&'r str, String> {
+        row.get_ref(i).map_err(|e| e.to_string())?.as_str().map_err(|e| format!("column {i}: {e}"))
+    };
+    let hash = |i: usize| -> Result<&'r Hash, String> {
+        let blob = row.get_ref(i).map_err(|e| e.to_string())?.as_blob().map_err(|e| format!("column {i}: {e}"))?;
+        <&Hash>::try_from(blob).map_err(|_| format!("column {i} is {} bytes, not 32", blob.len()))
+    };
+    let int = |i: usize| -> Result<i64, String> {
+        row.get_ref(i).map_err(|e| e.to_string())?.as_i64().map_err(|e| format!("column {i}: {e}"))
+    };
+    Ok(RecordRef {
+        seq: u64::try_from(int(0)?).map_err(|_| "negative seq".to_owned())?,
+        time: text(1)?,
+        kind: text(2)?,
+        subject: text(3)?,
+        actor_host: text(4)?,
+        actor_pid: u32::try_from(int(5)?).map_err(|_| "actor_pid out of range".to_owned())?,
+        actor_version: text(6)?,
+        outcome: text(7)?,
+        details: text(8)?,
+        prev_hash: hash(9)?,
+        hash: hash(10)?,
+    })
 }

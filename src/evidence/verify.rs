@@ -5,11 +5,13 @@
 //! favour of the signed notes, and a new key is trusted only once a checkpoint signed by an
 //! already trusted key covers the record announcing it.
 
-use futures_util::TryStreamExt as _;
+use std::ops::ControlFlow;
+
 use serde::Serialize;
 
 use super::merkle::{Frontier, Hash};
 use super::note::{self, Checkpoint, NoteVerifier};
+use super::store::Scanned;
 use super::{EvidenceError, GENESIS, KEY_ROLLOVER, store};
 use crate::state::Db;
 
@@ -63,6 +65,14 @@ struct Walk {
     last_hash: Hash,
     verified_size: u64,
     checkpoints_verified: usize,
+    /// Whether the genesis record's key is the root of trust.
+    trust_genesis: bool,
+    /// Every checkpoint, by size; `next_checkpoint` is the first not yet checked.
+    checkpoints: Vec<store::StoredCheckpoint>,
+    next_checkpoint: usize,
+    /// Reused for each record's encoding.
+    buffer: Vec<u8>,
+    problem: Option<Problem>,
 }
 
 impl Walk {
@@ -117,9 +127,8 @@ impl Walk {
 
 /// Verifies the whole ledger in `db`, stopping at the first problem.
 pub async fn verify(db: &Db, trust: Trust) -> Result<Verification, EvidenceError> {
-    let checkpoints = store::checkpoints(db).await?;
     // A checkpoint of the empty tree vouches for nothing.
-    let mut pending = checkpoints.iter().filter(|c| c.size > 0).peekable();
+    let checkpoints: Vec<_> = store::checkpoints(db).await?.into_iter().filter(|c| c.size > 0).collect();
     let mut walk = Walk {
         trusted: Vec::new(),
         promoted: Vec::new(),
@@ -131,73 +140,27 @@ pub async fn verify(db: &Db, trust: Trust) -> Result<Verification, EvidenceError
         last_hash: [0; 32],
         verified_size: 0,
         checkpoints_verified: 0,
+        trust_genesis: matches!(trust, Trust::Genesis),
+        checkpoints,
+        next_checkpoint: 0,
+        buffer: Vec::with_capacity(1024),
+        problem: None,
     };
-    if let Trust::Pinned(verifier) = &trust {
-        walk.trust(verifier.as_ref().clone());
+    if let Trust::Pinned(verifier) = trust {
+        walk.trust(*verifier);
     }
-    let finish = |walk: &Walk, problem: Option<Problem>| Verification {
-        records: walk.frontier.size(),
-        checkpoints_verified: walk.checkpoints_verified,
-        newest_checkpoint: (walk.verified_size > 0).then_some(walk.verified_size),
-        beyond_checkpoint: walk.frontier.size() - walk.verified_size,
-        keys: walk.keys.clone(),
-        problem,
-    };
-
-    let mut records = store::stream(db, 1);
-    while let Some(record) = records.try_next().await? {
-        let expected = walk.frontier.size() + 1;
-        if record.seq != expected {
-            let what = format!("record {expected} is missing (the next stored record is {})", record.seq);
-            return Ok(finish(&walk, Some(Problem { seq: expected, what })));
+    let mut walk = store::scan(db, walk, |walk, scanned| match walk.step(scanned) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(problem) => {
+            walk.problem = Some(problem);
+            ControlFlow::Break(())
         }
-        let (hash, leaf) = record.hashes();
-        if hash != record.hash {
-            let what = format!(
-                "record {expected}'s contents do not match its stored hash: it was changed after it was written"
-            );
-            return Ok(finish(&walk, Some(Problem { seq: expected, what })));
-        }
-        if record.prev_hash != walk.last_hash {
-            let what = format!(
-                "record {expected} does not link to record {}: a record was removed, inserted or reordered here",
-                expected - 1
-            );
-            return Ok(finish(&walk, Some(Problem { seq: expected, what })));
-        }
-        if expected == 1 {
-            if record.kind != GENESIS {
-                let what = format!("record 1 is a {} record, not the ledger's genesis", record.kind);
-                return Ok(finish(&walk, Some(Problem { seq: 1, what })));
-            }
-            walk.origin = Some(record.subject.clone());
-            if matches!(trust, Trust::Genesis) {
-                match announced_key(&record.details) {
-                    Some(verifier) => walk.trust(verifier),
-                    None => {
-                        let what = "the genesis record announces no valid key".to_owned();
-                        return Ok(finish(&walk, Some(Problem { seq: 1, what })));
-                    }
-                }
-            }
-        } else if record.kind == KEY_ROLLOVER {
-            match announced_key(&record.details) {
-                Some(verifier) => walk.announced.push((record.seq, verifier)),
-                None => {
-                    let what = format!("key rollover record {expected} announces no valid key");
-                    return Ok(finish(&walk, Some(Problem { seq: expected, what })));
-                }
-            }
-        }
-        walk.last_hash = record.hash;
-        walk.frontier.push(leaf);
-        while let Some(checkpoint) = pending.next_if(|c| c.size == walk.frontier.size()) {
-            if let Err(problem) = walk.checkpoint(checkpoint) {
-                return Ok(finish(&walk, Some(problem)));
-            }
-        }
-    }
-    if let Some(checkpoint) = pending.find(|c| c.size > walk.frontier.size()) {
+    })
+    .await?;
+    if walk.problem.is_none()
+        && let Some(checkpoint) =
+            walk.checkpoints[walk.next_checkpoint..].iter().find(|c| c.size > walk.frontier.size())
+    {
         let seq = walk.frontier.size() + 1;
         let what = format!(
             "checkpoint #{} covers {} records but the ledger has only {}: records {seq}..={} were removed",
@@ -206,9 +169,75 @@ pub async fn verify(db: &Db, trust: Trust) -> Result<Verification, EvidenceError
             walk.frontier.size(),
             checkpoint.size
         );
-        return Ok(finish(&walk, Some(Problem { seq, what })));
+        walk.problem = Some(Problem { seq, what });
     }
-    Ok(finish(&walk, None))
+    Ok(Verification {
+        records: walk.frontier.size(),
+        checkpoints_verified: walk.checkpoints_verified,
+        newest_checkpoint: (walk.verified_size > 0).then_some(walk.verified_size),
+        beyond_checkpoint: walk.frontier.size() - walk.verified_size,
+        keys: walk.keys,
+        problem: walk.problem,
+    })
+}
+
+impl Walk {
+    /// Checks one record, then every checkpoint of the size the ledger has reached with it.
+    fn step(&mut self, scanned: Scanned<'_>) -> Result<(), Problem> {
+        let expected = self.frontier.size() + 1;
+        let record = match scanned {
+            Scanned::Record(record) => record,
+            Scanned::Unreadable { seq, why } => {
+                return Err(Problem {
+                    seq: expected,
+                    what: format!("record {expected} (stored as {seq}) cannot be read: {why}"),
+                });
+            }
+        };
+        let problem = |what: String| Err(Problem { seq: expected, what });
+        if record.seq != expected {
+            return problem(format!("record {expected} is missing (the next stored record is {})", record.seq));
+        }
+        let (hash, leaf) = record.hashes(&mut self.buffer);
+        if &hash != record.hash {
+            return problem(format!(
+                "record {expected}'s contents do not match its stored hash: it was changed after it was written"
+            ));
+        }
+        if record.prev_hash != &self.last_hash {
+            return problem(format!(
+                "record {expected} does not link to record {}: a record was removed, inserted or reordered here",
+                expected - 1
+            ));
+        }
+        if expected == 1 {
+            if record.kind != GENESIS {
+                return problem(format!("record 1 is a {} record, not the ledger's genesis", record.kind));
+            }
+            self.origin = Some(record.subject.to_owned());
+            if self.trust_genesis {
+                match announced_key(record.details) {
+                    Some(verifier) => self.trust(verifier),
+                    None => return problem("the genesis record announces no valid key".to_owned()),
+                }
+            }
+        } else if record.kind == KEY_ROLLOVER {
+            match announced_key(record.details) {
+                Some(verifier) => self.announced.push((record.seq, verifier)),
+                None => return problem(format!("key rollover record {expected} announces no valid key")),
+            }
+        }
+        self.last_hash = hash;
+        self.frontier.push(leaf);
+        while let Some(checkpoint) =
+            self.checkpoints.get(self.next_checkpoint).filter(|c| c.size == self.frontier.size())
+        {
+            let checkpoint = checkpoint.clone();
+            self.next_checkpoint += 1;
+            self.checkpoint(&checkpoint)?;
+        }
+        Ok(())
+    }
 }
 
 fn announced_key(details: &str) -> Option<NoteVerifier> {

@@ -3,7 +3,9 @@
 //! - `services up|down|env|status`: the real services the tests and the demo talk to.
 //! - `test`: the whole suite with the services up, the README's test command.
 //! - `demo`: the whole product as it stands, end to end on the local stack.
+//! - `bench NAME`: a benchmark beside its same-run baseline.
 
+mod bench;
 mod demo;
 mod services;
 mod test;
@@ -30,6 +32,8 @@ enum Command {
     Test(test::TestArgs),
     /// Show the whole product end to end on the local stack.
     Demo(demo::DemoArgs),
+    /// Run a benchmark against its baseline, in release mode.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         Command::Services(args) => args.run(&root),
         Command::Test(args) => args.run(&root),
         Command::Demo(args) => args.run(&root),
+        Command::Bench(args) => args.run(&root),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,43 @@
+//! `cargo xtask bench NAME`: a benchmark built in release mode, run with the services up, each
+//! printing its figures beside a baseline measured in the same run.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::{cargo, services};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[arg(value_enum)]
+    name: Bench,
+    /// Arguments for the benchmark itself, e.g. `-- --verify-records 100000`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    bench_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// Evidence ledger: append throughput on SQLite and PostgreSQL, verification of 1M records.
+    Ledger,
+}
+
+impl BenchArgs {
+    pub fn run(self, root: &Path) -> anyhow::Result<ExitCode> {
+        services::up(root)?;
+        let ctx = services::Context::new(root)?;
+        let name = match self.name {
+            Bench::Ledger => "ledger",
+        };
+        let status = cargo()
+            .current_dir(root)
+            .args(["bench", "--quiet", "--package", "vigil", "--bench", name, "--"])
+            .args(&self.bench_args)
+            .env("VIGIL_SERVICES_FILE", ctx.state_file())
+            .status()
+            .context("run cargo bench")?;
+        Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    }
+}
