@@ -9,7 +9,6 @@ fn commands_not_built_yet_say_so_and_exit_2() {
     for (args, says) in [
         (&["rotate", "orders-app"][..], "issue #5"),
         (&["status"][..], "issue #5"),
-        (&["evidence", "verify"][..], "issue #4"),
         (&["backup", "run", "orders-nightly"][..], "issue #7"),
         (&["drill", "run", "orders-restore"][..], "restore drills"),
         (&["report", "export"][..], "compliance reports"),

@@ -60,12 +60,14 @@ impl DemoArgs {
         print!("{}", String::from_utf8_lossy(&output.stderr));
         println!("   (exit code {})", output.status.code().unwrap_or(-1));
 
-        step("7. Commands still to come say so plainly (exit 2)");
+        evidence(&vigil, &demo, &state)?;
+
+        step("10. Commands still to come say so plainly (exit 2)");
         let output = vigil_command(&vigil, &demo, &state).args(["rotate", "orders-app"]).output()?;
         print!("   {}", String::from_utf8_lossy(&output.stderr));
 
         if self.down {
-            step("8. Services down");
+            step("11. Services down");
             services::down(root)?;
         } else {
             println!(
@@ -74,6 +76,85 @@ impl DemoArgs {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Steps 7 to 9: the evidence ledger, from its first record to a caught forgery.
+fn evidence(vigil: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
+    let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        println!("   $ vigil {}", args.join(" "));
+        let output = vigil_command(vigil, demo, state).args(["-q"]).args(args).output()?;
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            println!("     {line}");
+        }
+        for line in String::from_utf8_lossy(&output.stderr).lines() {
+            println!("     {line}");
+        }
+        Ok(output)
+    };
+    let checked = |output: std::process::Output, what: &str| -> anyhow::Result<String> {
+        if !output.status.success() {
+            bail!("{what} failed");
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+
+    step("7. The evidence ledger: records hash-chained, checkpoints signed (Ed25519, C2SP signed notes)");
+    let vkey = checked(run(&["evidence", "pubkey", "--vkey"])?, "vigil evidence pubkey")?;
+    for (subject, minutes) in [("orders-pg", "11"), ("billing-mariadb", "7")] {
+        let detail = format!("minutes={minutes}");
+        checked(
+            run(&[
+                "evidence",
+                "append",
+                "--kind",
+                "manual.restore_test",
+                "--subject",
+                subject,
+                "--outcome",
+                "succeeded",
+                "--detail",
+                &detail,
+            ])?,
+            "vigil evidence append",
+        )?;
+    }
+    checked(run(&["evidence", "list"])?, "vigil evidence list")?;
+    checked(run(&["evidence", "checkpoint"])?, "vigil evidence checkpoint")?;
+    checked(run(&["evidence", "prove", "2"])?, "vigil evidence prove")?;
+
+    step("8. vigil evidence verify, trusting only the public key printed above");
+    checked(run(&["evidence", "verify", "--vkey", &vkey])?, "vigil evidence verify")?;
+
+    step("9. A copy of the ledger with one record edited: verification names the record");
+    let tampered = demo.join("tampered");
+    if tampered.exists() {
+        std::fs::remove_dir_all(&tampered)?;
+    }
+    std::fs::create_dir_all(tampered.join("schedules"))?;
+    let copy = tampered.join("evidence.db");
+    std::fs::copy(demo.join("data/evidence.db"), &copy)?;
+    std::fs::write(
+        tampered.join("vigil.toml"),
+        format!("[controller]\ndata_dir = \"data\"\n\n[evidence]\nurl = \"sqlite://{}\"\n", copy.display()),
+    )?;
+    std::fs::write(tampered.join("schedules/none.toml"), "")?;
+    // Python's sqlite3 module plays the forger: the restore test "took" 1 minute, not 11.
+    let forged = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE evidence_records SET details = '{\\\"minutes\\\":\\\"1\\\"}' WHERE seq = 2\"); c.commit()")
+        .arg(&copy)
+        .status()?;
+    if !forged.success() {
+        bail!("could not edit the copy with python3's sqlite3 module");
+    }
+    println!("   (record 2's details changed from minutes=11 to minutes=1 in {})", copy.display());
+    let output = vigil_command(vigil, &tampered, state).args(["-q", "evidence", "verify", "--vkey", &vkey]).output()?;
+    print!("{}", String::from_utf8_lossy(&output.stderr));
+    println!("   (exit code {})", output.status.code().unwrap_or(-1));
+    if output.status.success() {
+        bail!("the forged ledger verified: this is a bug");
+    }
+    Ok(())
 }
 
 fn step(title: &str) {
@@ -100,8 +181,11 @@ fn write_demo_config(root: &Path, demo: &Path, state: &State) -> anyhow::Result<
         bail!("services are not all up");
     };
     let schedules = demo.join("schedules");
-    if schedules.exists() {
-        std::fs::remove_dir_all(&schedules)?;
+    // Each demo starts from a fresh ledger and key.
+    for fresh in [&schedules, &demo.join("data")] {
+        if fresh.exists() {
+            std::fs::remove_dir_all(fresh)?;
+        }
     }
     std::fs::create_dir_all(&schedules)?;
     std::fs::write(
