@@ -320,9 +320,7 @@ async fn tampering_is_caught_on_postgres() {
 
 /// Proofs and checkpoints are checked by independent implementations: Go's `sumdb/tlog`
 /// algorithms as ported in `tlog_tiles`, and the C2SP `signed_note` crate.
-#[tokio::test]
-async fn independent_verifiers_accept_proofs_and_checkpoints() {
-    let store = Store::sqlite();
+async fn independent_verifiers(store: Store) {
     let key = LedgerKey::generate("vigil/independent");
     let vkey = key.verifier().vkey();
     let ledger = Ledger::open(store.open().await, key, clock()).await.unwrap();
@@ -356,8 +354,17 @@ async fn independent_verifiers_accept_proofs_and_checkpoints() {
 }
 
 #[tokio::test]
-async fn a_rollover_is_followed_from_the_first_pinned_key_only() {
-    let store = Store::sqlite();
+async fn independent_verifiers_accept_proofs_and_checkpoints_on_sqlite() {
+    independent_verifiers(Store::sqlite()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn independent_verifiers_accept_proofs_and_checkpoints_on_postgres() {
+    independent_verifiers(Store::postgres().await).await;
+}
+
+async fn rollover(store: Store) {
     let first = LedgerKey::generate("vigil/roll");
     let first_verifier = first.verifier();
     let old_path = store.dir.path().join("old-key");
@@ -386,21 +393,28 @@ async fn a_rollover_is_followed_from_the_first_pinned_key_only() {
     let leaves: Vec<_> = records.iter().map(Record::leaf_hash).collect();
     let body = evidence::Checkpoint { origin: "vigil/roll".into(), size: 5, root: merkle::root(&leaves) }.body();
     let forged = old.sign_note(&body);
+    const SQL: &str = "INSERT INTO evidence_checkpoints (size, root_hash, key_name, key_id, signed_at, note) VALUES (5, $1, 'vigil/roll', '0', '', $2)";
     match ledger.db() {
-        Db::Sqlite(pool) => sqlx::query("INSERT INTO evidence_checkpoints (size, root_hash, key_name, key_id, signed_at, note) VALUES (5, x'00', 'vigil/roll', '0', '', $1)")
-            .bind(forged)
-            .execute(pool)
-            .await
-            .unwrap(),
-        Db::Postgres(_) => unreachable!(),
-    };
+        Db::Sqlite(pool) => sqlx::query(SQL).bind(vec![0u8]).bind(forged).execute(pool).await.map(drop),
+        Db::Postgres(pool) => sqlx::query(SQL).bind(vec![0u8]).bind(forged).execute(pool).await.map(drop),
+    }
+    .unwrap();
     let report = evidence::verify(ledger.db(), Trust::Pinned(Box::new(first_verifier))).await.unwrap();
     expect_problem(report.problem, 5, "not vouched for");
 }
 
 #[tokio::test]
-async fn appends_are_checkpointed_at_least_once_a_minute() {
-    let store = Store::sqlite();
+async fn a_rollover_is_followed_from_the_first_pinned_key_only_on_sqlite() {
+    rollover(Store::sqlite()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_rollover_is_followed_from_the_first_pinned_key_only_on_postgres() {
+    rollover(Store::postgres().await).await;
+}
+
+async fn minute_checkpoints(store: Store) {
     let clock = clock();
     let ledger = Ledger::open(store.open().await, LedgerKey::generate("vigil/clock"), clock.clone()).await.unwrap();
     let count = async || evidence::checkpoints(ledger.db()).await.unwrap().len();
@@ -414,6 +428,17 @@ async fn appends_are_checkpointed_at_least_once_a_minute() {
     let newest = evidence::checkpoints(ledger.db()).await.unwrap().pop().unwrap();
     assert_eq!((newest.size, newest.signed_at.as_str()), (3, "2026-11-24T10:01:01.000000Z"));
     assert_eq!(clock.now().to_rfc3339(), "2026-11-24T10:01:01+00:00");
+}
+
+#[tokio::test]
+async fn appends_are_checkpointed_at_least_once_a_minute_on_sqlite() {
+    minute_checkpoints(Store::sqlite()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn appends_are_checkpointed_at_least_once_a_minute_on_postgres() {
+    minute_checkpoints(Store::postgres().await).await;
 }
 
 /// Many tasks appending through one ledger at once never fork the chain.
