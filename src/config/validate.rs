@@ -145,6 +145,11 @@ impl Loader {
         self.sources.len() - 1
     }
 
+    /// The folder of a file: relative paths in it are relative to this.
+    fn folder_of(&self, file: usize) -> PathBuf {
+        self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned()
+    }
+
     fn at(&self, file: usize, span: Range<usize>) -> Location {
         self.sources[file].locate(&span)
     }
@@ -348,7 +353,7 @@ impl Loader {
 
     fn aws(&mut self, raw: Spanned<raw::AwsSection>) -> Aws {
         let file = self.config_file;
-        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let base = self.folder_of(file);
         let span = raw.span();
         let raw = raw.into_inner();
         if let Some(url) = &raw.endpoint_url {
@@ -379,7 +384,7 @@ impl Loader {
 
     fn vault(&mut self, raw: Spanned<raw::VaultSection>) -> Vault {
         let file = self.config_file;
-        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let base = self.folder_of(file);
         let raw = raw.into_inner();
         self.check_http_url(file, &raw.address, "vault.address");
         self.check_ref(&raw.token, file, "vault.token".into());
@@ -500,7 +505,7 @@ impl Loader {
     /// exists now (a warning: the daemon's environment may differ from this shell's).
     fn check_ref(&mut self, reference: &Spanned<SecretRef>, file: usize, field: String) {
         let location = self.at(file, reference.span());
-        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let base = self.folder_of(file);
         match reference.get_ref().clone().rebase(&base) {
             SecretRef::Store { store, .. } => self.require_store(store, location, field),
             local => {
@@ -515,7 +520,7 @@ impl Loader {
         let raw = &def.value;
         let file = def.file;
         let field = |f: &str| format!("targets.{name}.{f}");
-        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let base = self.folder_of(file);
         let kind = *raw.kind.get_ref();
         let engine = match (kind, &raw.engine) {
             (raw::TargetKind::Rds, Some(engine)) => Some(*engine.get_ref()),
@@ -842,7 +847,7 @@ impl Loader {
         let file = def.file;
         let field = |f: &str| format!("backups.{name}.{f}");
         let errors_before = self.errors.len();
-        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let base = self.folder_of(file);
         if !raw_targets.contains_key(raw.target.get_ref()) {
             self.missing_reference(file, &raw.target, field("target"), "targets", raw_targets.keys());
         }
@@ -975,7 +980,7 @@ impl Loader {
         let file = def.file;
         let field = |f: &str| format!("drills.{name}.{f}");
         let errors_before = self.errors.len();
-        let base = self.sources[file].path.parent().unwrap_or(Path::new("/")).to_owned();
+        let base = self.folder_of(file);
         let backup_name = raw.backup.get_ref();
         let scratch_name = raw.scratch.get_ref();
         match raw_backups.get(backup_name) {

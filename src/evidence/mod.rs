@@ -80,6 +80,16 @@ pub enum EvidenceError {
         /// Records in the ledger.
         size: u64,
     },
+    /// Fewer records can be read than a checkpoint covers.
+    #[error(
+        "a proof over {size} records needs them all, but only {readable} can be read; run `vigil evidence verify` to find what is wrong"
+    )]
+    Incomplete {
+        /// Records the proof covers.
+        size: u64,
+        /// Records read.
+        readable: u64,
+    },
     /// No checkpoint covers the asked-for tree size.
     #[error("no checkpoint of size {0}; `vigil evidence checkpoint` signs one of the current size")]
     NoSuchCheckpoint(u64),
@@ -352,15 +362,28 @@ pub async fn consistency(db: &Db, old_size: u64, new_size: u64) -> Result<Vec<Ha
     Ok(merkle::consistency_proof(&leaves, usize::try_from(old_size).expect("fits in memory")))
 }
 
+/// The leaf hashes of the first `size` records, read by the verifier's scan.
 async fn leaf_hashes(db: &Db, size: u64) -> Result<Vec<Hash>, EvidenceError> {
-    use futures_util::TryStreamExt as _;
-    let wanted = usize::try_from(size).expect("fits in memory");
-    let mut leaves = Vec::with_capacity(wanted);
-    let mut records = store::stream(db, 1);
-    while leaves.len() < wanted
-        && let Some(record) = records.try_next().await?
-    {
-        leaves.push(record.leaf_hash());
+    struct Collect {
+        wanted: usize,
+        leaves: Vec<Hash>,
+        buffer: Vec<u8>,
     }
-    Ok(leaves)
+    let wanted = usize::try_from(size).expect("fits in memory");
+    let state = Collect { wanted, leaves: Vec::with_capacity(wanted), buffer: Vec::new() };
+    let collected = store::scan(db, state, |state, scanned| {
+        if state.leaves.len() >= state.wanted {
+            return std::ops::ControlFlow::Break(());
+        }
+        // An unreadable row yields no leaf: the proof then fails to verify, as it should.
+        if let store::Scanned::Record(record) = scanned {
+            state.leaves.push(record.hashes(&mut state.buffer).1);
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .await?;
+    if collected.leaves.len() < wanted {
+        return Err(EvidenceError::Incomplete { size, readable: collected.leaves.len() as u64 });
+    }
+    Ok(collected.leaves)
 }

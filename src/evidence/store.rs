@@ -1,6 +1,6 @@
 //! The ledger's SQL: appends under the head row's lock, reads, checkpoints.
 
-use futures_util::stream::{BoxStream, StreamExt as _};
+use futures_util::stream::StreamExt as _;
 use sqlx::Row;
 
 use super::EvidenceError;
@@ -220,23 +220,6 @@ pub(super) async fn records(db: &Db, filter: &RecordFilter) -> Result<Vec<Record
         .map(decode_record)
         .collect::<Result<Vec<_>, _>>()?);
     Ok(rows)
-}
-
-/// Every record from `from` on, in sequence order, streamed.
-pub(super) fn stream(db: &Db, from: u64) -> BoxStream<'_, Result<Record, sqlx::Error>> {
-    const SQL: &str = concat!("SELECT ", record_columns!(), " FROM evidence_records WHERE seq >= $1 ORDER BY seq");
-    match db {
-        Db::Sqlite(pool) => sqlx::query(SQL)
-            .bind(seq_param(from))
-            .fetch(pool)
-            .map(|row| row.and_then(|row| decode_record(&row)))
-            .boxed(),
-        Db::Postgres(pool) => sqlx::query(SQL)
-            .bind(seq_param(from))
-            .fetch(pool)
-            .map(|row| row.and_then(|row| decode_record(&row)))
-            .boxed(),
-    }
 }
 
 /// Stores a signed checkpoint.
