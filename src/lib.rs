@@ -11,5 +11,6 @@ pub mod secret;
 pub mod config;
 pub mod state;
 pub mod evidence;
+pub mod engines;
 pub mod telemetry;
 pub mod cli;

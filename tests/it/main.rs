@@ -5,6 +5,7 @@
 
 mod cli;
 mod config;
+mod engines;
 mod evidence;
 mod services;
 mod support;

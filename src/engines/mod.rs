@@ -1,0 +1,125 @@
+//! Database engines behind one small trait: log in, change a user's password, count a user's
+//! sessions, and list what a user may do. Rotation drives them and never knows which engine
+//! (or which cloud hosts it) it talks to.
+//!
+//! Engines know nothing of sagas, schedules or evidence, and never put a password in an error,
+//! a log line or a statement a server might log: PostgreSQL gets a SCRAM verifier computed
+//! here, MariaDB a `mysql_native_password` hash.
+
+mod mysql;
+mod postgres;
+
+use futures_util::future::BoxFuture;
+
+pub use mysql::MysqlEngine;
+pub use postgres::{PostgresEngine, scram_sha256_verifier};
+
+use crate::config::Engine;
+use crate::secret::SecretString;
+
+/// Where a database listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The database to connect to, when the engine needs one.
+    pub database: Option<String>,
+}
+
+/// A user name and its password.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The database user.
+    pub username: String,
+    /// The password.
+    pub password: SecretString,
+}
+
+/// Why an engine operation failed. Never carries a password.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The server refused the credential.
+    #[error("{user} cannot log in: {reason}")]
+    Login {
+        /// The user.
+        user: String,
+        /// The server's words.
+        reason: String,
+    },
+    /// The server refused a statement (a missing privilege, an unknown user).
+    #[error("{what}: {reason}")]
+    Refused {
+        /// What was attempted.
+        what: String,
+        /// The server's words.
+        reason: String,
+    },
+    /// The network or the server failed in a way that may pass: retry.
+    #[error("{what} failed for now: {reason}")]
+    Transient {
+        /// What was attempted.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl EngineError {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+
+    /// Sorts an sqlx error into login refusal, statement refusal or transient failure.
+    fn from_sqlx(what: &str, user: &str, err: sqlx::Error) -> Self {
+        let reason = err.to_string();
+        match &err {
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // 28P01/28000: PostgreSQL's invalid password / authorization; 1045: MySQL's access denied.
+                if matches!(code.as_ref(), "28P01" | "28000" | "1045") {
+                    Self::Login { user: user.to_owned(), reason }
+                } else if matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "1040" | "1205" | "1213") {
+                    Self::Transient { what: what.to_owned(), reason }
+                } else {
+                    Self::Refused { what: what.to_owned(), reason }
+                }
+            }
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => {
+                Self::Transient { what: what.to_owned(), reason }
+            }
+            _ => Self::Refused { what: what.to_owned(), reason },
+        }
+    }
+}
+
+/// What rotation needs from a database. Every method is idempotent.
+pub trait DbEngine: Send + Sync {
+    /// Logs in as `credential` and runs each probe query; succeeds only if all do.
+    fn test_login<'a>(
+        &'a self,
+        credential: &'a Credential,
+        probes: &'a [String],
+    ) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Sets `user`'s password, as the administrator.
+    fn set_password<'a>(&'a self, user: &'a str, password: &'a SecretString) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// How many sessions `user` has open now.
+    fn sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<u64, EngineError>>;
+
+    /// What `user` may do (privileges, role memberships, attributes), sorted, with the user's
+    /// own name left out, so that the two users of an alternating pair compare equal when they
+    /// may do the same.
+    fn grants<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<String>, EngineError>>;
+}
+
+/// The engine for `engine` at `endpoint`, administered with `admin`.
+pub fn connect(engine: Engine, endpoint: Endpoint, admin: Credential) -> Box<dyn DbEngine> {
+    match engine {
+        Engine::Postgres => Box::new(PostgresEngine::new(endpoint, admin)),
+        Engine::Mysql => Box::new(MysqlEngine::new(endpoint, admin)),
+    }
+}

@@ -1,0 +1,181 @@
+//! MySQL and MariaDB: passwords set as `mysql_native_password` hashes computed here, so the
+//! plaintext never reaches the server or its logs.
+//!
+//! MariaDB has no dual passwords, so single-user rotation there has a short window in which
+//! clients holding the old password cannot open new connections; alternating users avoid it
+//! (docs/configuration.md). MySQL (caching_sha2_password, `RETAIN CURRENT PASSWORD`) is not
+//! yet driven: there is no MySQL server among the test services to prove it against.
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret as _;
+use sha1::{Digest, Sha1};
+use sqlx::Connection as _;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+
+use super::{Credential, DbEngine, Endpoint, EngineError};
+use crate::secret::SecretString;
+
+/// A MySQL or MariaDB server administered by one user.
+pub struct MysqlEngine {
+    endpoint: Endpoint,
+    admin: Credential,
+}
+
+impl MysqlEngine {
+    /// The engine at `endpoint`, administered with `admin`.
+    pub fn new(endpoint: Endpoint, admin: Credential) -> Self {
+        Self { endpoint, admin }
+    }
+
+    fn options(&self, credential: &Credential) -> MySqlConnectOptions {
+        let mut options = MySqlConnectOptions::new()
+            .host(&self.endpoint.host)
+            .port(self.endpoint.port)
+            .username(&credential.username)
+            .password(credential.password.expose_secret());
+        if let Some(database) = &self.endpoint.database {
+            options = options.database(database);
+        }
+        options
+    }
+
+    async fn admin(&self, what: &str) -> Result<MySqlConnection, EngineError> {
+        MySqlConnection::connect_with(&self.options(&self.admin))
+            .await
+            .map_err(|err| EngineError::from_sqlx(what, &self.admin.username, err))
+    }
+
+    /// The hosts `user` is defined for (`'user'@'host'` accounts).
+    async fn hosts(&self, conn: &mut MySqlConnection, user: &str, what: &str) -> Result<Vec<String>, EngineError> {
+        let hosts: Vec<String> = sqlx::query_scalar("SELECT Host FROM mysql.user WHERE User = ?")
+            .bind(user)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|err| EngineError::from_sqlx(what, user, err))?;
+        if hosts.is_empty() {
+            return Err(EngineError::Refused { what: what.to_owned(), reason: format!("no account named {user}") });
+        }
+        Ok(hosts)
+    }
+}
+
+/// `'text'` with quotes and backslashes escaped: a MySQL string literal.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The `mysql_native_password` hash: `*` and the upper-case hex of SHA1(SHA1(password)).
+pub fn native_password_hash(password: &SecretString) -> String {
+    let inner = Sha1::digest(password.expose_secret().as_bytes());
+    format!("*{}", hex::encode_upper(Sha1::digest(inner)))
+}
+
+impl DbEngine for MysqlEngine {
+    fn test_login<'a>(
+        &'a self,
+        credential: &'a Credential,
+        probes: &'a [String],
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        async move {
+            let user = &credential.username;
+            let mut conn = MySqlConnection::connect_with(&self.options(credential))
+                .await
+                .map_err(|err| EngineError::from_sqlx("log in", user, err))?;
+            let mut result = sqlx::query("SELECT 1").execute(&mut conn).await.map(drop);
+            for probe in probes {
+                if result.is_err() {
+                    break;
+                }
+                result = sqlx::raw_sql(sqlx::AssertSqlSafe(probe.clone())).execute(&mut conn).await.map(drop);
+            }
+            let _ = conn.close().await;
+            result.map_err(|err| EngineError::from_sqlx("run the probe queries", user, err))
+        }
+        .boxed()
+    }
+
+    fn set_password<'a>(&'a self, user: &'a str, password: &'a SecretString) -> BoxFuture<'a, Result<(), EngineError>> {
+        async move {
+            let what = format!("set the password of user {user}");
+            let mut conn = self.admin(&what).await?;
+            let hash = native_password_hash(password);
+            let mut result = Ok(());
+            for host in self.hosts(&mut conn, user, &what).await? {
+                // ALTER USER takes no bind parameters; the hash is `*` and hex only.
+                let statement = format!("ALTER USER {}@{} IDENTIFIED BY PASSWORD '{hash}'", quote(user), quote(&host));
+                result = sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.map(drop);
+                if result.is_err() {
+                    break;
+                }
+            }
+            let _ = conn.close().await;
+            result.map_err(|err| EngineError::from_sqlx(&what, user, err))
+        }
+        .boxed()
+    }
+
+    fn sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<u64, EngineError>> {
+        async move {
+            let what = format!("count the sessions of user {user}");
+            let mut conn = self.admin(&what).await?;
+            let count: Result<i64, _> =
+                sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?")
+                    .bind(user)
+                    .fetch_one(&mut conn)
+                    .await;
+            let _ = conn.close().await;
+            Ok(u64::try_from(count.map_err(|err| EngineError::from_sqlx(&what, user, err))?).unwrap_or(0))
+        }
+        .boxed()
+    }
+
+    fn grants<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<String>, EngineError>> {
+        async move {
+            let what = format!("list the privileges of user {user}");
+            let mut conn = self.admin(&what).await?;
+            let mut grants = Vec::new();
+            for host in self.hosts(&mut conn, user, &what).await? {
+                let grantee = format!("{}@{}", quote(user), quote(&host));
+                let rows: Result<Vec<String>, _> = sqlx::query_scalar(
+                    "SELECT CONCAT(PRIVILEGE_TYPE, ' on *.*') FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ? \
+                     UNION ALL SELECT CONCAT(PRIVILEGE_TYPE, ' on ', TABLE_SCHEMA, '.*') FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = ? \
+                     UNION ALL SELECT CONCAT(PRIVILEGE_TYPE, ' on ', TABLE_SCHEMA, '.', TABLE_NAME) FROM information_schema.TABLE_PRIVILEGES WHERE GRANTEE = ? \
+                     UNION ALL SELECT CONCAT('member of ', Role) FROM mysql.roles_mapping WHERE User = ? AND Host = ?",
+                )
+                .bind(&grantee)
+                .bind(&grantee)
+                .bind(&grantee)
+                .bind(user)
+                .bind(&host)
+                .fetch_all(&mut conn)
+                .await;
+                grants.extend(rows.map_err(|err| EngineError::from_sqlx(&what, user, err))?.into_iter().map(|g| format!("{host}: {g}")));
+            }
+            let _ = conn.close().await;
+            grants.sort();
+            grants.dedup();
+            Ok(grants)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_hashes_match_mysql_s_password_function() {
+        // MySQL/MariaDB: SELECT PASSWORD('password') = '*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19'.
+        assert_eq!(
+            native_password_hash(&SecretString::from("password".to_owned())),
+            "*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19"
+        );
+    }
+
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(quote("a'b\\c"), "'a''b\\\\c'");
+    }
+}
