@@ -12,5 +12,6 @@ pub mod config;
 pub mod state;
 pub mod evidence;
 pub mod engines;
+pub mod stores;
 pub mod telemetry;
 pub mod cli;

@@ -8,4 +8,5 @@ mod config;
 mod engines;
 mod evidence;
 mod services;
+mod stores;
 mod support;

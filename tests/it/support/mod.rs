@@ -20,6 +20,7 @@ pub struct Moto {
     pub endpoint_url: String,
     pub region: String,
     pub access_key_id: String,
+    pub secret_access_key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,4 +111,45 @@ pub fn vigil(dir: &Path, args: &[&str]) -> Run {
         .output()
         .expect("run vigil");
     Run { args: args.iter().map(ToString::to_string).collect(), output }
+}
+
+impl Services {
+    /// `[aws]` settings for moto, credentials by file reference as a deployment would give them.
+    pub fn aws(&self, dir: &Path) -> vigil::config::Aws {
+        vigil::config::Aws {
+            region: self.moto.region.clone(),
+            endpoint_url: Some(self.moto.endpoint_url.clone()),
+            credentials: Some(vigil::config::AwsCredentials {
+                access_key_id: secret_file(dir, "aws-key-id", &self.moto.access_key_id),
+                secret_access_key: secret_file(dir, "aws-secret-key", &self.moto.secret_access_key),
+            }),
+        }
+    }
+
+    /// `[vault]` settings for OpenBao, the token by file reference.
+    pub fn vault(&self, dir: &Path) -> vigil::config::Vault {
+        vigil::config::Vault {
+            address: self.openbao.address.clone(),
+            token: secret_file(dir, "vault-token", &self.openbao.token),
+            kv_mount: "secret".into(),
+            transit_mount: "transit".into(),
+            namespace: None,
+        }
+    }
+}
+
+/// Writes `value` to a 0600 file in `dir` and returns the reference to it.
+pub fn secret_file(dir: &Path, name: &str, value: &str) -> vigil::secret::SecretRef {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, value).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    vigil::secret::SecretRef::File { path }
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
 }

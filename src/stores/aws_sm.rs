@@ -1,0 +1,216 @@
+//! AWS Secrets Manager, with its own staging labels moved exactly as AWS's rotation functions
+//! move them, so that existing AWS consumers (reading `AWSCURRENT`) keep working unchanged.
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret as _;
+
+use super::{Pending, SecretStore, StoreError, Stored};
+use crate::config::Aws;
+use crate::secret::{SecretString, StoreKind};
+
+const CURRENT: &str = "AWSCURRENT";
+const PENDING: &str = "AWSPENDING";
+
+/// A Secrets Manager client.
+pub struct AwsSecretsManager {
+    client: Client,
+}
+
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    what: String,
+    path: &str,
+    err: SdkError<E, R>,
+) -> StoreError {
+    match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            StoreError::Transient { what, reason: format!("{err:?}") }
+        }
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            let reason = format!("{code}: {}", service.err().message().unwrap_or_default());
+            match code {
+                "ResourceNotFoundException" => {
+                    StoreError::NotFound { store: StoreKind::AwsSecretsManager, path: path.to_owned() }
+                }
+                "ThrottlingException" | "InternalServiceError" | "ServiceUnavailableException" => {
+                    StoreError::Transient { what, reason }
+                }
+                _ => StoreError::Refused { what, reason },
+            }
+        }
+        _ => StoreError::Refused { what, reason: format!("{err:?}") },
+    }
+}
+
+impl AwsSecretsManager {
+    /// A client for the configured region and endpoint, with static credentials when given.
+    pub async fn connect(aws: &Aws) -> Result<Self, StoreError> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(aws.region.clone()));
+        if let Some(url) = &aws.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(credentials) = &aws.credentials {
+            let resolve = |r: &crate::secret::SecretRef| {
+                r.resolve_local()
+                    .map_err(|source| StoreError::Credentials { store: StoreKind::AwsSecretsManager, source })
+            };
+            let id = resolve(&credentials.access_key_id)?;
+            let key = resolve(&credentials.secret_access_key)?;
+            loader = loader.credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                id.expose_secret(),
+                key.expose_secret(),
+                None,
+                None,
+                "vigil.toml",
+            ));
+        }
+        Ok(Self { client: Client::new(&loader.load().await) })
+    }
+
+    /// Version ids by the labels they carry.
+    async fn stages(&self, path: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let described = self
+            .client
+            .describe_secret()
+            .secret_id(path)
+            .send()
+            .await
+            .map_err(|err| classify(format!("describe secret {path}"), path, err))?;
+        Ok(described
+            .version_ids_to_stages()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    async fn version_with(&self, path: &str, stage: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.stages(path).await?.into_iter().find(|(_, stages)| stages.iter().any(|s| s == stage)).map(|(id, _)| id))
+    }
+}
+
+impl SecretStore for AwsSecretsManager {
+    fn current<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Stored, StoreError>> {
+        async move {
+            let got = self
+                .client
+                .get_secret_value()
+                .secret_id(path)
+                .version_stage(CURRENT)
+                .send()
+                .await
+                .map_err(|err| classify(format!("read the current value of {path}"), path, err))?;
+            let value = got.secret_string().ok_or_else(|| StoreError::Malformed { path: path.to_owned() })?;
+            Ok(Stored {
+                version: got.version_id().unwrap_or_default().to_owned(),
+                value: SecretString::from(value.to_owned()),
+            })
+        }
+        .boxed()
+    }
+
+    fn pending<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Pending>, StoreError>> {
+        async move {
+            let Some(token) = self.version_with(path, PENDING).await? else { return Ok(None) };
+            let got = self
+                .client
+                .get_secret_value()
+                .secret_id(path)
+                .version_id(&token)
+                .send()
+                .await
+                .map_err(|err| classify(format!("read the pending value of {path}"), path, err))?;
+            let value = got.secret_string().ok_or_else(|| StoreError::Malformed { path: path.to_owned() })?;
+            Ok(Some(Pending { token, value: SecretString::from(value.to_owned()) }))
+        }
+        .boxed()
+    }
+
+    fn put_pending<'a>(
+        &'a self,
+        path: &'a str,
+        token: &'a str,
+        value: &'a SecretString,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if !matches!(serde_json::from_str(value.expose_secret()), Ok(serde_json::Value::Object(_))) {
+                return Err(StoreError::Malformed { path: path.to_owned() });
+            }
+            // The token is the ClientRequestToken: repeating the call is a no-op, and attaching
+            // AWSPENDING here takes it off any older version.
+            self.client
+                .put_secret_value()
+                .secret_id(path)
+                .client_request_token(token)
+                .secret_string(value.expose_secret())
+                .version_stages(PENDING)
+                .send()
+                .await
+                .map_err(|err| classify(format!("stage a pending value of {path}"), path, err))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn promote<'a>(&'a self, path: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let stages = self.stages(path).await?;
+            let Some((_, token_stages)) = stages.iter().find(|(id, _)| id == token) else {
+                return Err(StoreError::Conflict {
+                    path: path.to_owned(),
+                    reason: format!("no version was staged by rotation {token}"),
+                });
+            };
+            let staged = token_stages.iter().any(|s| s == PENDING);
+            let current = token_stages.iter().any(|s| s == CURRENT);
+            if !staged && !current {
+                // The version exists but another rotation's stage replaced it: never promote it.
+                return Err(StoreError::Conflict {
+                    path: path.to_owned(),
+                    reason: format!("rotation {token}'s value is no longer staged"),
+                });
+            }
+            if !current {
+                let current = stages.iter().find(|(_, s)| s.iter().any(|s| s == CURRENT)).map(|(id, _)| id.clone());
+                let mut update = self
+                    .client
+                    .update_secret_version_stage()
+                    .secret_id(path)
+                    .version_stage(CURRENT)
+                    .move_to_version_id(token);
+                if let Some(current) = current {
+                    update = update.remove_from_version_id(current);
+                }
+                update
+                    .send()
+                    .await
+                    .map_err(|err| classify(format!("make rotation {token}'s value current in {path}"), path, err))?;
+            }
+            if staged {
+                self.discard_pending(path, token).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn discard_pending<'a>(&'a self, path: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if self.version_with(path, PENDING).await?.as_deref() != Some(token) {
+                return Ok(());
+            }
+            self.client
+                .update_secret_version_stage()
+                .secret_id(path)
+                .version_stage(PENDING)
+                .remove_from_version_id(token)
+                .send()
+                .await
+                .map_err(|err| classify(format!("remove the pending stage of {path}"), path, err))?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,138 @@
+//! Secret stores behind one small trait: the current value, a pending value written under a
+//! rotation's idempotency token, its promotion to current, and its removal.
+//!
+//! AWS Secrets Manager keeps stages as its own labels (`AWSCURRENT`, `AWSPENDING`,
+//! `AWSPREVIOUS`), moved as AWS's rotation functions move them. Vault/OpenBao KV v2 keeps the
+//! current value as the newest version of the secret, which is what its readers read; the
+//! mapping is in ARCHITECTURE.md. Stores know nothing of sagas, schedules or evidence; every
+//! write takes the rotation id as its idempotency token.
+
+mod aws_sm;
+mod vault_kv;
+
+use futures_util::future::BoxFuture;
+
+pub use aws_sm::AwsSecretsManager;
+pub use vault_kv::VaultKv;
+
+use crate::config::Plan;
+use crate::secret::{ResolveError, SecretString, StoreKind};
+
+/// A secret's value (a JSON object, as text) and the store's id for that version.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The store's version id: AWS's VersionId, Vault's version number.
+    pub version: String,
+    /// The value: a JSON object, e.g. AWS's rotation template for databases.
+    pub value: SecretString,
+}
+
+/// A pending value and the rotation that wrote it.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The rotation id it was written under.
+    pub token: String,
+    /// The value.
+    pub value: SecretString,
+}
+
+/// Why a store operation failed. Never carries a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The secret does not exist.
+    #[error("secret {path} does not exist in {store}")]
+    NotFound {
+        /// The store.
+        store: StoreKind,
+        /// The secret's path.
+        path: String,
+    },
+    /// Another writer got there first (a check-and-set lost, another rotation's pending value).
+    #[error("secret {path}: {reason}")]
+    Conflict {
+        /// The secret's path.
+        path: String,
+        /// What conflicted.
+        reason: String,
+    },
+    /// A failure that may pass: throttling, a 5xx, a connection reset. Retry.
+    #[error("{what} failed for now: {reason}")]
+    Transient {
+        /// What was attempted.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The store refused: permissions, a malformed request.
+    #[error("{what}: {reason}")]
+    Refused {
+        /// What was attempted.
+        what: String,
+        /// What the store said.
+        reason: String,
+    },
+    /// The stored value is not what vigil writes.
+    #[error("secret {path} is not a JSON object; vigil stores each credential as one")]
+    Malformed {
+        /// The secret's path.
+        path: String,
+    },
+    /// The store's own credentials could not be read.
+    #[error("cannot read the credentials for {store}: {source}")]
+    Credentials {
+        /// The store.
+        store: StoreKind,
+        /// Why.
+        source: ResolveError,
+    },
+    /// The store is used but not configured.
+    #[error("{0} is not configured; add its section to vigil.toml")]
+    NotConfigured(StoreKind),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+}
+
+/// A place credentials live. Every method is idempotent.
+pub trait SecretStore: Send + Sync {
+    /// The value labelled current.
+    fn current<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Stored, StoreError>>;
+
+    /// The pending value, if one is staged.
+    fn pending<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Pending>, StoreError>>;
+
+    /// Stages `value` (a JSON object) as pending under `token`, a rotation id (a UUID: AWS wants
+    /// 32 to 64 characters). Writing the same token again is a no-op; a
+    /// pending value of another token is replaced, so no stale stage blocks a new rotation.
+    fn put_pending<'a>(
+        &'a self,
+        path: &'a str,
+        token: &'a str,
+        value: &'a SecretString,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Makes the value staged under `token` current, and the old current previous. Done
+    /// already (the token's value is current) is success.
+    fn promote<'a>(&'a self, path: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Removes the pending stage written under `token`, if it is still there.
+    fn discard_pending<'a>(&'a self, path: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// The store of `kind`, configured by `plan`.
+pub async fn connect(kind: StoreKind, plan: &Plan) -> Result<Box<dyn SecretStore>, StoreError> {
+    Ok(match kind {
+        StoreKind::AwsSecretsManager => {
+            let aws = plan.aws.as_ref().ok_or(StoreError::NotConfigured(kind))?;
+            Box::new(AwsSecretsManager::connect(aws).await?)
+        }
+        StoreKind::VaultKv => {
+            let vault = plan.vault.as_ref().ok_or(StoreError::NotConfigured(kind))?;
+            Box::new(VaultKv::connect(vault)?)
+        }
+    })
+}

@@ -1,0 +1,207 @@
+//! Vault / OpenBao KV version 2.
+//!
+//! The current value is the secret's newest version, which is what KV readers (Vault Agent,
+//! External Secrets, application libraries) read by default; a pending value is therefore
+//! never written as a version of the secret, where every such reader would be served it before
+//! it passed its test. It is staged at the sibling path `<path>/vigil-pending` (with the token
+//! of the rotation that wrote it inside the same write, so the two cannot part), and promoted
+//! by a check-and-set write of a new version. The secret's `custom_metadata` records the
+//! stages: `vigil_current_version`, `vigil_previous_version`, and `vigil_rotation` (the
+//! rotation that made the current version).
+
+use std::collections::HashMap;
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret as _;
+use serde_json::{Map, Value};
+use vaultrs::api::kv2::requests::{SetSecretMetadataRequest, SetSecretRequestOptions};
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use vaultrs::kv2;
+
+use super::{Pending, SecretStore, StoreError, Stored};
+use crate::config::Vault;
+use crate::secret::{SecretString, StoreKind};
+
+const PENDING_CHILD: &str = "vigil-pending";
+
+/// A KV v2 mount on a Vault or OpenBao server.
+pub struct VaultKv {
+    client: VaultClient,
+    mount: String,
+}
+
+fn classify(what: String, path: &str, err: ClientError) -> StoreError {
+    match err {
+        ClientError::APIError { code: 404, .. } => {
+            StoreError::NotFound { store: StoreKind::VaultKv, path: path.to_owned() }
+        }
+        ClientError::APIError { code, errors } => {
+            let reason = format!("HTTP {code}: {}", errors.join("; "));
+            if errors.iter().any(|e| e.contains("check-and-set")) {
+                StoreError::Conflict { path: path.to_owned(), reason }
+            } else if code == 429 || code >= 500 {
+                StoreError::Transient { what, reason }
+            } else {
+                StoreError::Refused { what, reason }
+            }
+        }
+        ClientError::RestClientError { source } => StoreError::Transient { what, reason: source.to_string() },
+        other => StoreError::Refused { what, reason: other.to_string() },
+    }
+}
+
+fn pending_path(path: &str) -> String {
+    format!("{path}/{PENDING_CHILD}")
+}
+
+/// A stored value as the JSON object KV keeps.
+fn object(path: &str, value: &SecretString) -> Result<Map<String, Value>, StoreError> {
+    match serde_json::from_str(value.expose_secret()) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(StoreError::Malformed { path: path.to_owned() }),
+    }
+}
+
+impl VaultKv {
+    /// A client for the configured address, token and KV mount.
+    pub fn connect(vault: &Vault) -> Result<Self, StoreError> {
+        let token = vault
+            .token
+            .resolve_local()
+            .map_err(|source| StoreError::Credentials { store: StoreKind::VaultKv, source })?;
+        let mut settings = VaultClientSettingsBuilder::default();
+        settings.address(&vault.address).token(token.expose_secret());
+        if let Some(namespace) = &vault.namespace {
+            settings.namespace(Some(namespace.clone()));
+        }
+        let settings = settings.build().map_err(|err| StoreError::Refused {
+            what: "configure the Vault client".into(),
+            reason: err.to_string(),
+        })?;
+        let client = VaultClient::new(settings).map_err(|err| classify("create the Vault client".into(), "", err))?;
+        Ok(Self { client, mount: vault.kv_mount.clone() })
+    }
+
+    async fn staged(&self, path: &str) -> Result<Option<Pending>, StoreError> {
+        let staged: Map<String, Value> = match kv2::read(&self.client, &self.mount, &pending_path(path)).await {
+            Ok(staged) => staged,
+            Err(ClientError::APIError { code: 404, .. }) => return Ok(None),
+            Err(err) => return Err(classify(format!("read the pending value of {path}"), path, err)),
+        };
+        let (Some(Value::String(token)), Some(Value::Object(value))) = (staged.get("token"), staged.get("value"))
+        else {
+            return Err(StoreError::Malformed { path: pending_path(path) });
+        };
+        Ok(Some(Pending { token: token.clone(), value: SecretString::from(Value::Object(value.clone()).to_string()) }))
+    }
+
+    async fn custom_metadata(&self, path: &str) -> Result<Option<(u64, HashMap<String, String>)>, StoreError> {
+        match kv2::read_metadata(&self.client, &self.mount, path).await {
+            Ok(meta) => Ok(Some((meta.current_version, meta.custom_metadata.unwrap_or_default()))),
+            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+            Err(err) => Err(classify(format!("read the metadata of {path}"), path, err)),
+        }
+    }
+}
+
+impl SecretStore for VaultKv {
+    fn current<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Stored, StoreError>> {
+        async move {
+            let (version, _) = self
+                .custom_metadata(path)
+                .await?
+                .ok_or_else(|| StoreError::NotFound { store: StoreKind::VaultKv, path: path.to_owned() })?;
+            let value: Map<String, Value> = kv2::read_version(&self.client, &self.mount, path, version)
+                .await
+                .map_err(|err| classify(format!("read the current value of {path}"), path, err))?;
+            Ok(Stored { version: version.to_string(), value: SecretString::from(Value::Object(value).to_string()) })
+        }
+        .boxed()
+    }
+
+    fn pending<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Pending>, StoreError>> {
+        self.staged(path).boxed()
+    }
+
+    fn put_pending<'a>(
+        &'a self,
+        path: &'a str,
+        token: &'a str,
+        value: &'a SecretString,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if self.staged(path).await?.is_some_and(|p| p.token == token) {
+                return Ok(());
+            }
+            let staged = serde_json::json!({ "token": token, "value": Value::Object(object(path, value)?) });
+            kv2::set(&self.client, &self.mount, &pending_path(path), &staged)
+                .await
+                .map_err(|err| classify(format!("stage a pending value of {path}"), path, err))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn promote<'a>(&'a self, path: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let meta = self.custom_metadata(path).await?;
+            let Some(staged) = self.staged(path).await?.filter(|p| p.token == token) else {
+                // Promoted and cleaned up already?
+                if meta
+                    .as_ref()
+                    .is_some_and(|(_, custom)| custom.get("vigil_rotation").map(String::as_str) == Some(token))
+                {
+                    return Ok(());
+                }
+                return Err(StoreError::Conflict {
+                    path: path.to_owned(),
+                    reason: format!("no value was staged by rotation {token}"),
+                });
+            };
+            let value = object(path, &staged.value)?;
+            let (latest, mut custom) = meta.unwrap_or_default();
+            let already_written = if latest > 0 {
+                let current: Map<String, Value> = kv2::read_version(&self.client, &self.mount, path, latest)
+                    .await
+                    .map_err(|err| classify(format!("read the current value of {path}"), path, err))?;
+                current == value
+            } else {
+                false
+            };
+            let version = if already_written {
+                latest
+            } else {
+                // Check-and-set on the version read: a concurrent writer makes this fail, not vanish.
+                let options = SetSecretRequestOptions { cas: u32::try_from(latest).unwrap_or(u32::MAX) };
+                kv2::set_with_options(&self.client, &self.mount, path, &value, options)
+                    .await
+                    .map_err(|err| classify(format!("write the new current value of {path}"), path, err))?
+                    .version
+            };
+            custom.insert("vigil_current_version".into(), version.to_string());
+            custom.insert("vigil_previous_version".into(), latest.to_string());
+            custom.insert("vigil_rotation".into(), token.to_owned());
+            let mut request = SetSecretMetadataRequest::builder();
+            request.custom_metadata(custom);
+            kv2::set_metadata(&self.client, &self.mount, path, Some(&mut request))
+                .await
+                .map_err(|err| classify(format!("record the stages of {path}"), path, err))?;
+            self.discard_pending(path, token).await
+        }
+        .boxed()
+    }
+
+    fn discard_pending<'a>(&'a self, path: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if self.staged(path).await?.is_none_or(|p| p.token != token) {
+                return Ok(());
+            }
+            kv2::delete_metadata(&self.client, &self.mount, &pending_path(path))
+                .await
+                .map_err(|err| classify(format!("remove the pending value of {path}"), path, err))
+        }
+        .boxed()
+    }
+}
