@@ -13,5 +13,7 @@ pub mod state;
 pub mod evidence;
 pub mod engines;
 pub mod stores;
+pub mod saga;
+pub mod rotation;
 pub mod telemetry;
 pub mod cli;

@@ -286,7 +286,7 @@ async fn verify(db: &Db, vkey: Option<&str>, vkey_file: Option<&Path>, output: O
 
 /// Opens the ledger for writing with its signing key: created with the ledger, loaded after,
 /// and a key rollover that a crash interrupted is finished first.
-async fn open_ledger(plan: &Plan, db: &Db) -> anyhow::Result<Ledger> {
+pub(super) async fn open_ledger(plan: &Plan, db: &Db) -> anyhow::Result<Ledger> {
     let path = &plan.evidence.signing_key;
     let next_path = pending_key_path(path);
     let clock = Arc::new(SystemClock);

@@ -1,12 +1,26 @@
 //! `vigil rotate`: rotate credentials now, resume interrupted rotations, check for drift.
 
-use super::{Exit, GlobalArgs, NotYetAvailable};
+use serde::Serialize;
+
+use super::evidence::open_ledger;
+use super::output::{print_json, table};
+use super::{Exit, GlobalArgs, OutputFormat, load_plan};
+use crate::clock::SystemClock;
+use crate::rotation::{RotationReport, Rotator};
+use crate::saga::{Ended, RetryPolicy};
+use crate::state::Db;
 
 /// Rotate a credential now, finish interrupted rotations, or check current credentials.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_long_help = "Examples:\n  vigil rotate orders-app\n  vigil rotate --all-due\n  vigil rotate --resume\n  vigil rotate --check --output json"
-)]
+#[command(after_long_help = "Examples:
+  vigil rotate orders-app
+  vigil rotate --all-due
+  vigil rotate --resume
+  vigil rotate --check --output json
+
+Each rotation runs AWS's four steps (create, set, test, finish) as a saga recorded in the state
+store and the evidence ledger before each step acts; after a crash, --resume finishes or rolls
+back what was in flight. Exits 1 if any rotation did not complete.")]
 pub struct RotateArgs {
     /// The secret to rotate, as named in a schedule file.
     #[arg(required_unless_present_any = ["all_due", "resume", "check"])]
@@ -25,8 +39,98 @@ pub struct RotateArgs {
     force: bool,
 }
 
+#[derive(Serialize)]
+struct Failure {
+    secret: String,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct Results {
+    rotations: Vec<RotationReport>,
+    refused: Vec<Failure>,
+}
+
 impl RotateArgs {
-    pub(super) async fn run(&self, _global: &GlobalArgs) -> anyhow::Result<Exit> {
-        Err(NotYetAvailable { command: "rotate", arrives: "database credential rotation (issue #5)" }.into())
+    pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
+        let plan = load_plan(global)?;
+        let db = Db::open(&plan.evidence.store).await?;
+        let ledger = open_ledger(&plan, &db).await?;
+        let rotator =
+            Rotator { plan: &plan, db: &db, ledger: &ledger, clock: &SystemClock, retry: RetryPolicy::default() };
+        let exit = self.dispatch(&rotator, global.output).await;
+        db.close().await;
+        exit
+    }
+
+    async fn dispatch(&self, rotator: &Rotator<'_>, output: OutputFormat) -> anyhow::Result<Exit> {
+        if self.check {
+            let reports = rotator.check().await?;
+            match output {
+                OutputFormat::Json => print_json(&reports)?,
+                OutputFormat::Human => {
+                    let mut rows = vec![vec!["SECRET".to_owned(), "CURRENT LOGS IN".to_owned(), "PROBLEM".to_owned()]];
+                    for r in &reports {
+                        rows.push(vec![
+                            r.secret.clone(),
+                            if r.ok { "yes" } else { "NO" }.into(),
+                            r.problem.clone().unwrap_or_default(),
+                        ]);
+                    }
+                    print!("{}", table("", &rows));
+                }
+            }
+            let drifted = reports.iter().filter(|r| !r.ok).count();
+            if drifted > 0 {
+                anyhow::bail!(
+                    "{drifted} current credential(s) do not log in: changed out of band? `vigil rotate NAME` sets a fresh one"
+                );
+            }
+            return Ok(Exit::Success);
+        }
+        let mut results = Results { rotations: Vec::new(), refused: Vec::new() };
+        if self.resume {
+            results.rotations = rotator.resume().await?;
+        } else {
+            let names = match &self.name {
+                Some(name) => vec![name.clone()],
+                None => rotator.due().await?,
+            };
+            for name in names {
+                match rotator.rotate(&name, self.force).await {
+                    Ok(report) => results.rotations.push(report),
+                    // One named secret: its refusal is the command's error.
+                    Err(err) if self.name.is_some() => return Err(err.into()),
+                    Err(err) => results.refused.push(Failure { secret: name, error: err.to_string() }),
+                }
+            }
+        }
+        match output {
+            OutputFormat::Json => print_json(&results)?,
+            OutputFormat::Human => {
+                if results.rotations.is_empty() && results.refused.is_empty() {
+                    println!("nothing to do");
+                }
+                for r in &results.rotations {
+                    match &r.ended {
+                        Ended::Done => println!("{}: rotated user {} (rotation {})", r.secret, r.user, r.rotation),
+                        Ended::RolledBack { step, reason } => {
+                            println!("{}: rolled back at {step} (rotation {}): {reason}", r.secret, r.rotation)
+                        }
+                        Ended::Stuck { step, reason } => {
+                            println!("{}: STUCK undoing {step} (rotation {}): {reason}", r.secret, r.rotation)
+                        }
+                    }
+                }
+                for f in &results.refused {
+                    println!("{}: not rotated: {}", f.secret, f.error);
+                }
+            }
+        }
+        let failed = results.rotations.iter().filter(|r| r.ended != Ended::Done).count() + results.refused.len();
+        if failed > 0 {
+            anyhow::bail!("{failed} rotation(s) did not complete; `vigil status` shows what needs attention");
+        }
+        Ok(Exit::Success)
     }
 }

@@ -294,6 +294,8 @@ pub struct SecretSpec {
     pub cadence_is_default: bool,
     /// How generated values look.
     pub policy: PasswordPolicy,
+    /// Queries a new password must run before it becomes current (beyond logging in).
+    pub probes: Vec<String>,
     /// Where the secret is defined.
     pub defined_at: Location,
 }

@@ -132,6 +132,7 @@ pub(super) struct Secret {
     pub min_flip_interval: Option<Spanned<Duration>>,
     pub overlap: Option<Spanned<Duration>>,
     pub policy: Option<Spanned<Policy>>,
+    pub probes: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

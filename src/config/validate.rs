@@ -713,6 +713,7 @@ impl Loader {
                 refuse(self, raw.username.as_ref().map(Spanned::span), "username", &why);
                 refuse(self, raw.clone_username.as_ref().map(Spanned::span), "clone_username", &why);
                 refuse(self, raw.min_flip_interval.as_ref().map(Spanned::span), "min_flip_interval", &why);
+                refuse(self, raw.probes.as_ref().map(Spanned::span), "probes", &why);
                 refuse(
                     self,
                     raw.policy.as_ref().map(Spanned::span),
@@ -752,6 +753,7 @@ impl Loader {
             cadence: cadence_value,
             cadence_is_default: cadence.is_none(),
             policy,
+            probes: raw.probes.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default(),
             defined_at: self.at(file, def.span.clone()),
         })
     }

@@ -12,12 +12,20 @@ struct Migration {
 }
 
 /// Every migration, oldest first. Applied migrations are never edited: changes are new versions.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "evidence ledger",
-    sqlite: include_str!("migrations/0001_evidence.sqlite.sql"),
-    postgres: include_str!("migrations/0001_evidence.postgres.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "evidence ledger",
+        sqlite: include_str!("migrations/0001_evidence.sqlite.sql"),
+        postgres: include_str!("migrations/0001_evidence.postgres.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "sagas and secret status",
+        sqlite: include_str!("migrations/0002_sagas.sqlite.sql"),
+        postgres: include_str!("migrations/0002_sagas.postgres.sql"),
+    },
+];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS vigil_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
 

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod engines;
 mod evidence;
+mod rotation;
 mod services;
 mod stores;
 mod support;

@@ -1,0 +1,179 @@
+//! Database password rotation: AWS's four rotation steps as a saga.
+//!
+//! 1. **create**: a new password, staged as pending in the store under the rotation id;
+//! 2. **set**: the pending password given to the database user;
+//! 3. **test**: a login with it, and the secret's probe queries;
+//! 4. **finish**: the pending value promoted to current.
+//!
+//! Single user changes the one user's password in place; alternating users changes the user the
+//! store does not label current, so the current credential keeps working throughout. The
+//! pending password lives only in the store: the saga row names the user, never the password.
+
+use secrecy::ExposeSecret as _;
+use serde_json::Value;
+
+use crate::config::{SecretSpec, Strategy};
+use crate::engines::{Credential, DbEngine, EngineError};
+use crate::saga::{SagaDef, SagaRow, Step, StepError};
+use crate::secret::SecretString;
+use crate::stores::{SecretStore, StoreError};
+
+/// The steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbStep {
+    /// Stage a new password.
+    Create,
+    /// Give it to the database user.
+    Set,
+    /// Log in with it and run the probes.
+    Test,
+    /// Make it current.
+    Finish,
+}
+
+impl Step for DbStep {
+    const ALL: &'static [Self] = &[Self::Create, Self::Set, Self::Test, Self::Finish];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Set => "set",
+            Self::Test => "test",
+            Self::Finish => "finish",
+        }
+    }
+}
+
+/// One secret's rotation: its settings, its store and its database.
+pub struct DbPasswordRotation<'a> {
+    /// The secret's settings.
+    pub spec: &'a SecretSpec,
+    /// Where it is stored.
+    pub store: &'a dyn SecretStore,
+    /// The database it opens.
+    pub engine: &'a dyn DbEngine,
+}
+
+impl From<StoreError> for StepError {
+    fn from(err: StoreError) -> Self {
+        if err.is_transient() { Self::Transient(err.to_string()) } else { Self::Failed(err.to_string()) }
+    }
+}
+
+impl From<EngineError> for StepError {
+    fn from(err: EngineError) -> Self {
+        if err.is_transient() { Self::Transient(err.to_string()) } else { Self::Failed(err.to_string()) }
+    }
+}
+
+/// A stored credential: the JSON object, and its user and password.
+pub(super) struct Parsed {
+    pub object: serde_json::Map<String, Value>,
+    pub username: String,
+    pub password: SecretString,
+}
+
+/// Reads a stored value in AWS's template form; never shows the value in an error.
+pub(super) fn parse(path: &str, value: &SecretString) -> Result<Parsed, StepError> {
+    let malformed =
+        || StepError::Failed(format!("secret {path} is not a JSON object with string `username` and `password`"));
+    let Ok(Value::Object(object)) = serde_json::from_str::<Value>(value.expose_secret()) else {
+        return Err(malformed());
+    };
+    let (Some(Value::String(username)), Some(Value::String(password))) =
+        (object.get("username"), object.get("password"))
+    else {
+        return Err(malformed());
+    };
+    Ok(Parsed { username: username.clone(), password: SecretString::from(password.clone()), object })
+}
+
+impl DbPasswordRotation<'_> {
+    /// The user this rotation changes, as recorded when it started.
+    fn user(saga: &SagaRow) -> Result<&str, StepError> {
+        saga.data["user"].as_str().ok_or_else(|| StepError::Failed(format!("rotation {} records no user", saga.id)))
+    }
+
+    /// The value this rotation staged, if it is still staged.
+    async fn staged(&self, saga: &SagaRow) -> Result<Option<Parsed>, StepError> {
+        match self.store.pending(&self.spec.path).await? {
+            Some(pending) if pending.token == saga.id => Ok(Some(parse(&self.spec.path, &pending.value)?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn staged_or_fail(&self, saga: &SagaRow) -> Result<Parsed, StepError> {
+        self.staged(saga)
+            .await?
+            .ok_or_else(|| StepError::Failed(format!("the value rotation {} staged is gone from the store", saga.id)))
+    }
+}
+
+impl SagaDef for DbPasswordRotation<'_> {
+    type Step = DbStep;
+    const KIND: &'static str = "rotation.db_password";
+    const EVIDENCE: &'static str = "rotation";
+
+    async fn act(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
+        let user = Self::user(saga)?;
+        match step {
+            DbStep::Create => {
+                if self.staged(saga).await?.is_some() {
+                    return Ok(());
+                }
+                let current = parse(&self.spec.path, &self.store.current(&self.spec.path).await?.value)?;
+                let password = self.spec.policy.generate();
+                let mut object = current.object;
+                object.insert("username".into(), Value::String(user.to_owned()));
+                object.insert("password".into(), Value::String(password.expose_secret().to_owned()));
+                let value = SecretString::from(Value::Object(object).to_string());
+                self.store.put_pending(&self.spec.path, &saga.id, &value).await?;
+                Ok(())
+            }
+            DbStep::Set => {
+                let staged = self.staged_or_fail(saga).await?;
+                self.engine.set_password(user, &staged.password).await?;
+                Ok(())
+            }
+            DbStep::Test => {
+                let staged = self.staged_or_fail(saga).await?;
+                let credential = Credential { username: user.to_owned(), password: staged.password };
+                match self.engine.test_login(&credential, &self.spec.probes).await {
+                    Ok(()) => Ok(()),
+                    Err(err) if err.is_transient() => Err(StepError::Transient(err.to_string())),
+                    Err(err) => Err(StepError::Failed(format!("the new password failed its test: {err}"))),
+                }
+            }
+            DbStep::Finish => {
+                self.store.promote(&self.spec.path, &saga.id).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn undo(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
+        match step {
+            // Nothing to take back: testing changes nothing, and a failed promotion promoted nothing.
+            DbStep::Test | DbStep::Finish => Ok(()),
+            DbStep::Set => {
+                // Alternating: the changed user is not the current one; it is simply left unused.
+                if !matches!(self.spec.strategy, Strategy::SingleUser) {
+                    return Ok(());
+                }
+                // Still staged means not promoted: put the current password back on the user, so
+                // that the credential labelled current logs in again. Not staged means promoted
+                // (or never staged, in which case set never ran): nothing to put back.
+                if self.staged(saga).await?.is_none() {
+                    return Ok(());
+                }
+                let current = parse(&self.spec.path, &self.store.current(&self.spec.path).await?.value)?;
+                self.engine.set_password(&current.username, &current.password).await?;
+                Ok(())
+            }
+            DbStep::Create => {
+                self.store.discard_pending(&self.spec.path, &saga.id).await?;
+                Ok(())
+            }
+        }
+    }
+}

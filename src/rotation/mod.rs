@@ -1,0 +1,366 @@
+//! Credential rotation: which user to change, whether it may happen now, running the saga,
+//! and what it leaves for `vigil status`.
+//!
+//! **Invariant:** the credential the store labels current logs in to its target at every
+//! instant, except for single-user rotation's inherent window between `set` and `finish`
+//! (documented, and avoided by alternating users). Nothing here holds a password longer than
+//! the call that sends it to the store or the database.
+
+mod db_password;
+pub mod status;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use db_password::{DbPasswordRotation, DbStep};
+
+use crate::clock::Clock;
+use crate::config::{Plan, SecretKind, SecretSpec, Strategy, Target};
+use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
+use crate::evidence::{Ledger, NewRecord, Outcome};
+use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError};
+use crate::secret::SecretRef;
+use crate::state::Db;
+use crate::stores::{self, SecretStore, StoreError};
+
+/// Why a rotation did not start, or could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// No secret of that name is configured.
+    #[error("no secret named {0} in the schedules; `vigil config check` lists them")]
+    UnknownSecret(String),
+    /// Not a database password: API keys and JWT keys rotate with a later part of vigil.
+    #[error("{name} is a {kind} secret; only database passwords rotate in this version")]
+    Unsupported {
+        /// The secret.
+        name: String,
+        /// Its kind.
+        kind: &'static str,
+    },
+    /// An alternating pair flipped too recently.
+    #[error(
+        "{name} flipped at {last_flip}, less than min_flip_interval ({interval}) ago; clients that cache the secret may still hold the other user's password. Wait until {allowed}, or pass --force (recorded)"
+    )]
+    TooSoon {
+        /// The secret.
+        name: String,
+        /// When it last flipped.
+        last_flip: String,
+        /// The configured interval.
+        interval: String,
+        /// When a flip is allowed.
+        allowed: String,
+    },
+    /// The two users of an alternating pair may do different things.
+    #[error(
+        "{name}: users {a} and {b} have different privileges ({difference}); flipping would change what the application may do. Grant both the same group role and retry"
+    )]
+    GrantDrift {
+        /// The secret.
+        name: String,
+        /// One user.
+        a: String,
+        /// The other.
+        b: String,
+        /// What differs, briefly.
+        difference: String,
+    },
+    /// The admin credential could not be read.
+    #[error("cannot read the admin credential of target {target}: {why}")]
+    Admin {
+        /// The target.
+        target: String,
+        /// Why.
+        why: String,
+    },
+    /// A store failed before the saga started.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A database failed before the saga started.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The saga machinery failed.
+    #[error(transparent)]
+    Saga(#[from] SagaError),
+}
+
+/// How one rotation went.
+#[derive(Debug, Serialize)]
+pub struct RotationReport {
+    /// The secret.
+    pub secret: String,
+    /// The rotation id (the stores' idempotency token).
+    pub rotation: String,
+    /// The database user it changed.
+    pub user: String,
+    /// How it ended.
+    #[serde(flatten)]
+    pub ended: Ended,
+}
+
+/// What the drift check found for one secret.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// The secret.
+    pub secret: String,
+    /// Whether the current credential logs in (and runs the probes).
+    pub ok: bool,
+    /// Why not, if not.
+    pub problem: Option<String>,
+}
+
+/// Everything a rotation needs, for one run of the command or the daemon.
+pub struct Rotator<'a> {
+    /// The configuration.
+    pub plan: &'a Plan,
+    /// The state store.
+    pub db: &'a Db,
+    /// The evidence ledger.
+    pub ledger: &'a Ledger,
+    /// The time.
+    pub clock: &'a dyn Clock,
+    /// Retries of transient failures within a step.
+    pub retry: RetryPolicy,
+}
+
+/// A secret's store and database, connected.
+struct Connected {
+    store: Box<dyn SecretStore>,
+    engine: Box<dyn DbEngine>,
+}
+
+impl Rotator<'_> {
+    fn spec(&self, name: &str) -> Result<(&SecretSpec, &Target), RotationError> {
+        let spec = self.plan.secrets.get(name).ok_or_else(|| RotationError::UnknownSecret(name.to_owned()))?;
+        match spec.kind {
+            SecretKind::PostgresPassword | SecretKind::MysqlPassword => {}
+            kind => return Err(RotationError::Unsupported { name: name.to_owned(), kind: kind.as_str() }),
+        }
+        let target =
+            spec.target.as_ref().and_then(|t| self.plan.targets.get(t)).expect("validated: passwords name a target");
+        Ok((spec, target))
+    }
+
+    async fn connect(&self, spec: &SecretSpec, target: &Target) -> Result<Connected, RotationError> {
+        let store = stores::connect(spec.store, self.plan).await?;
+        let target_name = spec.target.clone().unwrap_or_default();
+        let admin = self.admin(&target_name, &target.admin).await?;
+        let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
+        Ok(Connected { store, engine: engines::connect(target.engine, endpoint, admin) })
+    }
+
+    /// The admin credential: a JSON object with `username` and `password`, from a store, the
+    /// environment or a file.
+    async fn admin(&self, target: &str, reference: &SecretRef) -> Result<Credential, RotationError> {
+        let value = match reference {
+            SecretRef::Store { store, path, .. } => {
+                stores::connect(*store, self.plan).await?.current(path).await?.value
+            }
+            local => local
+                .resolve_local()
+                .map_err(|err| RotationError::Admin { target: target.to_owned(), why: err.to_string() })?,
+        };
+        let parsed = db_password::parse("the admin credential", &value)
+            .map_err(|err| RotationError::Admin { target: target.to_owned(), why: err.to_string() })?;
+        Ok(Credential { username: parsed.username, password: parsed.password })
+    }
+
+    /// Rotates `name` now. `force` allows an alternating flip sooner than min_flip_interval.
+    pub async fn rotate(&self, name: &str, force: bool) -> Result<RotationReport, RotationError> {
+        let (spec, target) = self.spec(name)?;
+        let connected = self.connect(spec, target).await?;
+        let current =
+            db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value).map_err(|err| {
+                RotationError::Store(StoreError::Refused {
+                    what: format!("read secret {}", spec.path),
+                    reason: err.to_string(),
+                })
+            })?;
+        let username = spec.username.clone().unwrap_or_default();
+        let mut data = serde_json::json!({ "strategy": spec.strategy.as_str(), "target": spec.target });
+        let user = match &spec.strategy {
+            Strategy::AlternatingUsers { clone_username, min_flip_interval } => {
+                let status = status::load(self.db, name).await?;
+                if let Some(last_flip) = &status.last_flip
+                    && let Ok(at) = DateTime::parse_from_rfc3339(last_flip)
+                {
+                    let allowed = at.with_timezone(&Utc) + min_flip_interval.to_chrono();
+                    if self.clock.now() < allowed && !force {
+                        return Err(RotationError::TooSoon {
+                            name: name.to_owned(),
+                            last_flip: last_flip.clone(),
+                            interval: min_flip_interval.to_string(),
+                            allowed: allowed.to_rfc3339(),
+                        });
+                    }
+                    data["forced"] = serde_json::json!(self.clock.now() < allowed);
+                }
+                let (a, b) = (&username, clone_username);
+                let (grants_a, grants_b) = (connected.engine.grants(a).await?, connected.engine.grants(b).await?);
+                if grants_a != grants_b {
+                    let only_a: Vec<_> = grants_a.iter().filter(|g| !grants_b.contains(g)).cloned().collect();
+                    let only_b: Vec<_> = grants_b.iter().filter(|g| !grants_a.contains(g)).cloned().collect();
+                    return Err(RotationError::GrantDrift {
+                        name: name.to_owned(),
+                        a: a.clone(),
+                        b: b.clone(),
+                        difference: format!("only {a}: {only_a:?}; only {b}: {only_b:?}"),
+                    });
+                }
+                let inactive = if current.username == *a { b.clone() } else { a.clone() };
+                // Sessions the inactive user still holds keep working (a new password does not
+                // end them); they are recorded so that a lingering client shows up in evidence.
+                data["inactive_sessions"] = serde_json::json!(connected.engine.sessions(&inactive).await?);
+                inactive
+            }
+            _ => username.clone(),
+        };
+        data["user"] = serde_json::json!(user);
+        let id = new_rotation_id();
+        let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
+        let (_, ended) = self.executor().start(&def, &id, name, data).await?;
+        self.conclude(name, &id, &user, spec, &ended).await?;
+        Ok(RotationReport { secret: name.to_owned(), rotation: id, user, ended })
+    }
+
+    /// Finishes or rolls back every rotation a crash left in flight.
+    pub async fn resume(&self) -> Result<Vec<RotationReport>, RotationError> {
+        let mut reports = Vec::new();
+        for saga in saga::in_flight(self.db).await? {
+            if saga.kind != DbPasswordRotation::KIND_NAME {
+                continue;
+            }
+            let (spec, target) = self.spec(&saga.subject)?;
+            let connected = self.connect(spec, target).await?;
+            let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
+            let user = saga.data["user"].as_str().unwrap_or_default().to_owned();
+            let (id, subject) = (saga.id.clone(), saga.subject.clone());
+            tracing::info!(secret = %subject, rotation = %id, step = %saga.step, "resuming a rotation left in flight");
+            let (_, ended) = self.executor().run(&def, saga).await?;
+            self.conclude(&subject, &id, &user, spec, &ended).await?;
+            reports.push(RotationReport { secret: subject, rotation: id, user, ended });
+        }
+        Ok(reports)
+    }
+
+    /// The database-password secrets whose cadence has run out.
+    pub async fn due(&self) -> Result<Vec<String>, RotationError> {
+        let mut due = Vec::new();
+        for (name, spec) in &self.plan.secrets {
+            if spec.kind.engine().is_none() {
+                continue;
+            }
+            let status = status::load(self.db, name).await?;
+            let last = status
+                .last_rotated
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            if crate::schedule::next_due(last, spec.cadence, self.clock.now()) <= self.clock.now() {
+                due.push(name.clone());
+            }
+        }
+        Ok(due)
+    }
+
+    /// Logs in with each current credential and runs its probes: an out-of-band change shows
+    /// here instead of at the next rotation.
+    pub async fn check(&self) -> Result<Vec<CheckReport>, RotationError> {
+        let mut reports = Vec::new();
+        for (name, spec) in &self.plan.secrets {
+            if spec.kind.engine().is_none() {
+                continue;
+            }
+            let (spec, target) = self.spec(name)?;
+            let problem = match self.check_one(spec, target).await {
+                Ok(()) => None,
+                Err(err) => Some(err.to_string()),
+            };
+            let outcome = if problem.is_none() { Outcome::Succeeded } else { Outcome::Failed };
+            self.ledger
+                .append(NewRecord {
+                    kind: "rotation.check".into(),
+                    subject: name.clone(),
+                    outcome,
+                    details: serde_json::json!({ "problem": problem }),
+                })
+                .await
+                .map_err(SagaError::from)?;
+            reports.push(CheckReport { secret: name.clone(), ok: problem.is_none(), problem });
+        }
+        Ok(reports)
+    }
+
+    async fn check_one(&self, spec: &SecretSpec, target: &Target) -> Result<(), RotationError> {
+        let connected = self.connect(spec, target).await?;
+        let current =
+            db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value).map_err(|err| {
+                RotationError::Store(StoreError::Refused {
+                    what: format!("read secret {}", spec.path),
+                    reason: err.to_string(),
+                })
+            })?;
+        connected
+            .engine
+            .test_login(&Credential { username: current.username, password: current.password }, &spec.probes)
+            .await?;
+        Ok(())
+    }
+
+    fn executor(&self) -> Executor<'_> {
+        Executor { db: self.db, ledger: self.ledger, clock: self.clock, retry: self.retry }
+    }
+
+    async fn conclude(
+        &self,
+        name: &str,
+        id: &str,
+        user: &str,
+        spec: &SecretSpec,
+        ended: &Ended,
+    ) -> Result<(), RotationError> {
+        match ended {
+            Ended::Done => {
+                let flipped = matches!(spec.strategy, Strategy::AlternatingUsers { .. });
+                status::rotated(self.db, name, id, flipped, self.clock).await?;
+            }
+            Ended::RolledBack { step, reason } | Ended::Stuck { step, reason } => {
+                let why = format!("rotation {id} of user {user} failed at {step}: {reason}");
+                status::needs_attention(self.db, name, &why, self.clock).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DbPasswordRotation<'_> {
+    /// The saga kind, for matching stored sagas without a value of the type.
+    const KIND_NAME: &'static str = <DbPasswordRotation<'static> as saga::SagaDef>::KIND;
+}
+
+/// A fresh rotation id: a random (version 4) UUID, which AWS accepts as a ClientRequestToken.
+fn new_rotation_id() -> String {
+    use rand_core::RngCore as _;
+    let mut bytes = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode(bytes);
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+/// Every configured database-password secret with its status, for `vigil status`.
+pub async fn statuses(
+    plan: &Plan,
+    db: &Db,
+) -> Result<BTreeMap<String, (status::StatusRow, Option<saga::SagaRow>)>, SagaError> {
+    let in_flight = saga::in_flight(db).await?;
+    let mut all = BTreeMap::new();
+    for name in plan.secrets.keys() {
+        let row = status::load(db, name).await?;
+        all.insert(name.clone(), (row, in_flight.iter().find(|s| &s.subject == name).cloned()));
+    }
+    Ok(all)
+}

@@ -1,0 +1,308 @@
+//! Linear sagas: a fixed sequence of steps, each with an action and an undo, whose position is
+//! written to the state store (and the evidence ledger) before the step acts.
+//!
+//! A crash at any instant leaves a row saying which step was about to act or be undone; `resume`
+//! repeats that step, which is safe because every action and undo is idempotent (a contract on
+//! [`SagaDef`]). A step that fails for good unwinds the saga: the steps taken so far are undone
+//! in reverse, the failed one included. Transient failures retry within the step, with
+//! exponential backoff and full jitter, up to a bound; then the saga unwinds too.
+
+mod store;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use store::{SagaRow, Status, in_flight, load};
+
+use crate::clock::Clock;
+use crate::evidence::{EvidenceError, Ledger, NewRecord, Outcome};
+use crate::state::{Db, StateError};
+
+/// A step of a saga kind: a fixed, ordered set of named values.
+pub trait Step: Copy + Eq + Debug + Send + Sync + 'static {
+    /// Every step, in the order they act.
+    const ALL: &'static [Self];
+
+    /// The name stored and shown.
+    fn name(self) -> &'static str;
+
+    /// The step of that name.
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|step| step.name() == name)
+    }
+}
+
+/// Why a step did not complete.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StepError {
+    /// May pass: retried within the step.
+    #[error("{0}")]
+    Transient(String),
+    /// Will not pass by retrying: the saga unwinds.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One kind of saga: its steps, what each does, and how each is undone.
+///
+/// Contract: `act` and `undo` are idempotent. Either may run again after a crash at any point,
+/// including after it completed; running it twice must leave the same state as running it once.
+pub trait SagaDef: Send + Sync {
+    /// Its steps.
+    type Step: Step;
+
+    /// The saga kind stored with each saga, e.g. `rotation.db_password`.
+    const KIND: &'static str;
+
+    /// The evidence kind prefix of its records, e.g. `rotation`.
+    const EVIDENCE: &'static str;
+
+    /// Performs `step`.
+    fn act(&self, saga: &SagaRow, step: Self::Step) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    /// Reverses `step` (which may have acted in part, or not at all).
+    fn undo(&self, saga: &SagaRow, step: Self::Step) -> impl Future<Output = Result<(), StepError>> + Send;
+}
+
+/// How transient failures are retried within a step.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per step, the first included.
+    pub attempts: u32,
+    /// The first backoff; each next one doubles, up to `cap`, and a random part of it is waited.
+    pub base: Duration,
+    /// The longest backoff.
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { attempts: 5, base: Duration::from_millis(200), cap: Duration::from_secs(10) }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1`: full jitter over the capped exponential.
+    fn backoff(&self, attempt: u32) -> Duration {
+        use rand_core::RngCore as _;
+        let ceiling = self.base.saturating_mul(1 << attempt.min(16)).min(self.cap);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos(rand_core::OsRng.next_u64() % nanos)
+    }
+}
+
+/// How a saga ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Ended {
+    /// Every step acted.
+    Done,
+    /// A step failed and every step taken was undone.
+    RolledBack {
+        /// The step that failed.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// Undoing failed too: a person must look.
+    Stuck {
+        /// The step whose undo failed.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why the executor itself failed (not a step: those end the saga as [`Ended`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    /// The state store failed: the step was not run.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A query failed: the step was not run.
+    #[error("saga state query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    /// The evidence could not be written: the step was not run.
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
+    /// Another saga is in flight for the same subject.
+    #[error("{subject} already has a {kind} in flight ({id}); `vigil rotate --resume` finishes it")]
+    InFlight {
+        /// The subject.
+        subject: String,
+        /// The kind.
+        kind: String,
+        /// The saga in flight.
+        id: String,
+    },
+    /// The stored step name is not one of this saga kind's.
+    #[error("saga {id} is at unknown step {step:?}; it was written by another vigil version")]
+    UnknownStep {
+        /// The saga.
+        id: String,
+        /// The step.
+        step: String,
+    },
+}
+
+/// Crashes the process at the named point when the `failpoints` feature is on and
+/// `VIGIL_FAILPOINT` names it: how tests prove that a crash anywhere is survivable.
+/// Release builds do not have the feature.
+fn failpoint(kind: &str, when: &str, step: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("VIGIL_FAILPOINT").is_ok_and(|point| point == format!("{kind}:{when}:{step}")) {
+        eprintln!("vigil: failpoint {kind}:{when}:{step}: aborting");
+        std::process::abort();
+    }
+    let _ = (kind, when, step);
+}
+
+/// Runs sagas, recording each step in the state store and the evidence ledger before it acts.
+pub struct Executor<'a> {
+    /// Where saga rows live.
+    pub db: &'a Db,
+    /// Where each step is recorded.
+    pub ledger: &'a Ledger,
+    /// The time recorded in rows.
+    pub clock: &'a dyn Clock,
+    /// How transient failures are retried.
+    pub retry: RetryPolicy,
+}
+
+impl Executor<'_> {
+    /// Starts a saga of `def`'s kind about `subject`, with `data` (never a secret), and runs it.
+    pub async fn start<D: SagaDef>(
+        &self,
+        def: &D,
+        id: &str,
+        subject: &str,
+        data: serde_json::Value,
+    ) -> Result<(SagaRow, Ended), SagaError> {
+        let first = D::Step::ALL[0].name();
+        let saga = store::insert(self.db, id, D::KIND, subject, first, &data, self.clock).await?;
+        self.record(&saga, "saga", "started", Outcome::Started, serde_json::json!({ "saga": D::KIND })).await?;
+        self.run(def, saga).await
+    }
+
+    /// Runs (or resumes) `saga` to its end.
+    pub async fn run<D: SagaDef>(&self, def: &D, mut saga: SagaRow) -> Result<(SagaRow, Ended), SagaError> {
+        let steps = D::Step::ALL;
+        let position = |name: &str| {
+            D::Step::parse(name)
+                .and_then(|s| steps.iter().position(|x| *x == s))
+                .ok_or_else(|| SagaError::UnknownStep { id: saga.id.clone(), step: name.to_owned() })
+        };
+        let mut index = position(&saga.step)?;
+        if saga.status == Status::Running {
+            loop {
+                let step = steps[index];
+                store::set(self.db, &mut saga, step.name(), Status::Running, None, self.clock).await?;
+                self.record(&saga, step.name(), "act", Outcome::Started, serde_json::Value::Null).await?;
+                failpoint(D::KIND, "before", step.name());
+                match self.retrying(|| def.act(&saga, step)).await {
+                    Ok(()) => {
+                        self.record(&saga, step.name(), "act", Outcome::Succeeded, serde_json::Value::Null).await?;
+                        failpoint(D::KIND, "after", step.name());
+                        index += 1;
+                        if index == steps.len() {
+                            store::set(self.db, &mut saga, step.name(), Status::Done, None, self.clock).await?;
+                            self.record(&saga, "saga", "finished", Outcome::Succeeded, serde_json::Value::Null).await?;
+                            self.ledger.checkpoint().await?;
+                            return Ok((saga, Ended::Done));
+                        }
+                    }
+                    Err(err) => {
+                        let reason = err.to_string();
+                        self.record(&saga, step.name(), "act", Outcome::Failed, serde_json::json!({ "error": reason }))
+                            .await?;
+                        store::set(self.db, &mut saga, step.name(), Status::Unwinding, Some(&reason), self.clock)
+                            .await?;
+                        break;
+                    }
+                }
+            }
+        }
+        // Unwinding: undo the recorded step and every one before it, newest first.
+        let failed_step = saga.step.clone();
+        let reason = saga.error.clone().unwrap_or_default();
+        loop {
+            let step = steps[index];
+            store::set(self.db, &mut saga, step.name(), Status::Unwinding, Some(&reason), self.clock).await?;
+            self.record(&saga, step.name(), "undo", Outcome::Started, serde_json::Value::Null).await?;
+            failpoint(D::KIND, "undo", step.name());
+            if let Err(err) = self.retrying(|| def.undo(&saga, step)).await {
+                let why = format!("undoing {} failed: {err}", step.name());
+                self.record(&saga, step.name(), "undo", Outcome::Failed, serde_json::json!({ "error": why })).await?;
+                store::set(self.db, &mut saga, step.name(), Status::Stuck, Some(&why), self.clock).await?;
+                self.ledger.checkpoint().await?;
+                return Ok((saga, Ended::Stuck { step: step.name().into(), reason: why }));
+            }
+            self.record(&saga, step.name(), "undo", Outcome::Succeeded, serde_json::Value::Null).await?;
+            if index == 0 {
+                break;
+            }
+            index -= 1;
+        }
+        store::set(self.db, &mut saga, steps[0].name(), Status::RolledBack, Some(&reason), self.clock).await?;
+        self.record(
+            &saga,
+            "saga",
+            "rolled_back",
+            Outcome::Failed,
+            serde_json::json!({ "step": failed_step, "error": reason }),
+        )
+        .await?;
+        self.ledger.checkpoint().await?;
+        Ok((saga, Ended::RolledBack { step: failed_step, reason }))
+    }
+
+    async fn retrying<F, Fut>(&self, mut attempt: F) -> Result<(), StepError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), StepError>>,
+    {
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Err(StepError::Transient(reason)) => {
+                    tries += 1;
+                    if tries >= self.retry.attempts {
+                        return Err(StepError::Failed(format!("still failing after {tries} attempts: {reason}")));
+                    }
+                    tracing::warn!(attempt = tries, %reason, "transient failure; retrying");
+                    tokio::time::sleep(self.retry.backoff(tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn record(
+        &self,
+        saga: &SagaRow,
+        step: &str,
+        phase: &str,
+        outcome: Outcome,
+        extra: serde_json::Value,
+    ) -> Result<(), SagaError> {
+        let mut details = serde_json::json!({ "saga": saga.id, "step": step, "phase": phase, "data": saga.data });
+        if !extra.is_null() {
+            details["detail"] = extra;
+        }
+        let kind = if step == "saga" {
+            format!("{}.{phase}", saga_prefix(&saga.kind))
+        } else {
+            format!("{}.step", saga_prefix(&saga.kind))
+        };
+        self.ledger.append(NewRecord { kind, subject: saga.subject.clone(), outcome, details }).await?;
+        Ok(())
+    }
+}
+
+/// `rotation` for `rotation.db_password`.
+fn saga_prefix(kind: &str) -> &str {
+    kind.split('.').next().unwrap_or(kind)
+}

@@ -1,0 +1,319 @@
+//! Database password rotation, end to end through the real `vigil` binary, over the matrix
+//! {PostgreSQL, MariaDB} x {single user, alternating users} x {AWS Secrets Manager, Vault}:
+//! the credential the store labels current logs in after every rotation, and every step is in
+//! the verified evidence ledger.
+
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use vigil::config::Engine;
+use vigil::engines::{self, Credential, DbEngine, Endpoint};
+use vigil::stores::{AwsSecretsManager, SecretStore, VaultKv};
+
+use crate::support::{Database, Run, Services, secret_file, unique, vigil};
+
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Aws,
+    Vault,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Strategy {
+    Single,
+    Alternating,
+}
+
+/// One cell of the matrix: its users, its secret, and a configuration naming them.
+struct Cell {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    name: String,
+    path: String,
+    store: Box<dyn SecretStore>,
+    engine: Box<dyn DbEngine>,
+    user: String,
+}
+
+fn db(services: &Services, engine: Engine) -> &Database {
+    match engine {
+        Engine::Postgres => &services.postgres,
+        Engine::Mysql => &services.mariadb,
+    }
+}
+
+async fn admin_sql(engine: Engine, db: &Database, statements: &[String]) {
+    use sqlx::Connection as _;
+    match engine {
+        Engine::Postgres => {
+            let options = sqlx::postgres::PgConnectOptions::new()
+                .host(&db.host)
+                .port(db.port)
+                .username(&db.user)
+                .password(&db.password)
+                .database(&db.database);
+            let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+            for s in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(s.clone())).execute(&mut conn).await.unwrap();
+            }
+        }
+        Engine::Mysql => {
+            let options = sqlx::mysql::MySqlConnectOptions::new()
+                .host(&db.host)
+                .port(db.port)
+                .username(&db.user)
+                .password(&db.password)
+                .database(&db.database);
+            let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
+            for s in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(s.clone())).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+impl Cell {
+    async fn new(services: &Services, engine: Engine, strategy: Strategy, store: Store) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let database = db(services, engine);
+        let user = unique("app").replace('-', "_");
+        let table = unique("orders").replace('-', "_");
+        let clone = format!("{user}_clone");
+        let mut statements = Vec::new();
+        for u in [&user, &clone] {
+            statements.extend(match engine {
+                Engine::Postgres => vec![format!("CREATE ROLE {u} LOGIN")],
+                Engine::Mysql => vec![format!("CREATE USER '{u}'@'%'")],
+            });
+        }
+        statements.extend(match engine {
+            Engine::Postgres => vec![
+                format!("CREATE TABLE {table} (id int)"),
+                format!("GRANT SELECT ON {table} TO {user}"),
+                format!("GRANT SELECT ON {table} TO {clone}"),
+            ],
+            Engine::Mysql => vec![
+                format!("CREATE TABLE mysql.{table} (id int)"),
+                format!("GRANT SELECT ON mysql.{table} TO '{user}'@'%'"),
+                format!("GRANT SELECT ON mysql.{table} TO '{clone}'@'%'"),
+            ],
+        });
+        admin_sql(engine, database, &statements).await;
+        let admin =
+            Credential { username: database.user.clone(), password: SecretString::from(database.password.clone()) };
+        let endpoint =
+            Endpoint { host: database.host.clone(), port: database.port, database: Some(database.database.clone()) };
+        let db_engine = engines::connect(engine, endpoint, admin);
+        let initial = SecretString::from(format!("initial-{}", unique("pw")));
+        db_engine.set_password(&user, &initial).await.unwrap();
+        db_engine.set_password(&clone, &SecretString::from(format!("clone-{}", unique("pw")))).await.unwrap();
+
+        let engine_name = match engine {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+        };
+        let value = serde_json::json!({
+            "engine": engine_name, "host": database.host, "port": database.port,
+            "username": user, "password": secrecy::ExposeSecret::expose_secret(&initial), "dbname": database.database,
+        })
+        .to_string();
+        let path = unique("vigil/app").replace('_', "-");
+        let secret_store: Box<dyn SecretStore> = match store {
+            Store::Aws => {
+                let aws = services.aws(dir.path());
+                let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(aws.region.clone()))
+                    .endpoint_url(aws.endpoint_url.clone().unwrap())
+                    .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                        "testing", "testing", None, None, "test",
+                    ))
+                    .load()
+                    .await;
+                aws_sdk_secretsmanager::Client::new(&config)
+                    .create_secret()
+                    .name(&path)
+                    .secret_string(&value)
+                    .send()
+                    .await
+                    .unwrap();
+                Box::new(AwsSecretsManager::connect(&aws).await.unwrap())
+            }
+            Store::Vault => {
+                let response = reqwest::Client::new()
+                    .post(format!("{}/v1/secret/data/{path}", services.openbao.address))
+                    .header("X-Vault-Token", &services.openbao.token)
+                    .json(&serde_json::json!({ "data": serde_json::from_str::<serde_json::Value>(&value).unwrap() }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                Box::new(VaultKv::connect(&services.vault(dir.path())).unwrap())
+            }
+        };
+
+        let admin_json = serde_json::json!({ "username": database.user, "password": database.password }).to_string();
+        let admin_ref = secret_file(dir.path(), "admin.json", &admin_json);
+        let vigil::secret::SecretRef::File { path: admin_path } = admin_ref else { unreachable!() };
+        let name = unique("app-secret").replace('_', "-");
+        let (kind, probe) = match engine {
+            Engine::Postgres => ("postgres_password", format!("SELECT count(*) FROM {table}")),
+            Engine::Mysql => ("mysql_password", format!("SELECT COUNT(*) FROM mysql.{table}")),
+        };
+        let strategy_name = match strategy {
+            Strategy::Single => "single_user",
+            Strategy::Alternating => "alternating_users",
+        };
+        let store_name = match store {
+            Store::Aws => "aws_secrets_manager",
+            Store::Vault => "vault_kv",
+        };
+        std::fs::create_dir(dir.path().join("schedules")).unwrap();
+        std::fs::write(
+            dir.path().join("schedules/app.toml"),
+            format!(
+                "[targets.db]\nkind = \"{engine_name}\"\nhost = \"{}\"\nport = {}\ndatabase = \"{}\"\nadmin = {{ file = \"{}\" }}\n\n\
+                 [secrets.{name}]\nkind = \"{kind}\"\nstore = \"{store_name}\"\npath = \"{path}\"\ntarget = \"db\"\nusername = \"{user}\"\n\
+                 strategy = \"{strategy_name}\"\nprobes = [\"{probe}\"]\n",
+                database.host,
+                database.port,
+                database.database,
+                admin_path.display()
+            ),
+        )
+        .unwrap();
+        let aws = services.aws(dir.path());
+        let vault = services.vault(dir.path());
+        let file_of = |r: &vigil::secret::SecretRef| match r {
+            vigil::secret::SecretRef::File { path } => path.display().to_string(),
+            _ => unreachable!(),
+        };
+        let credentials = aws.credentials.as_ref().unwrap();
+        let config = dir.path().join("vigil.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[controller]\ndata_dir = \"data\"\n\n[aws]\nregion = \"{}\"\nendpoint_url = \"{}\"\n\
+                 access_key_id = {{ file = \"{}\" }}\nsecret_access_key = {{ file = \"{}\" }}\n\n\
+                 [vault]\naddress = \"{}\"\ntoken = {{ file = \"{}\" }}\n",
+                aws.region,
+                aws.endpoint_url.unwrap(),
+                file_of(&credentials.access_key_id),
+                file_of(&credentials.secret_access_key),
+                vault.address,
+                file_of(&vault.token),
+            ),
+        )
+        .unwrap();
+        Self { dir, config, name, path, store: secret_store, engine: db_engine, user }
+    }
+
+    fn vigil(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        vigil(self.dir.path(), &all)
+    }
+
+    /// The credential the store labels current, as an application reads it.
+    async fn current(&self) -> Credential {
+        let stored = self.store.current(&self.path).await.unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(secrecy::ExposeSecret::expose_secret(&stored.value)).unwrap();
+        Credential {
+            username: value["username"].as_str().unwrap().to_owned(),
+            password: SecretString::from(value["password"].as_str().unwrap().to_owned()),
+        }
+    }
+
+    async fn assert_current_logs_in(&self) -> Credential {
+        let current = self.current().await;
+        self.engine
+            .test_login(&current, &[])
+            .await
+            .unwrap_or_else(|err| panic!("the current credential does not log in: {err}"));
+        current
+    }
+}
+
+fn dir_of(cell: &Cell) -> &Path {
+    cell.dir.path()
+}
+
+async fn rotate_twice(engine: Engine, strategy: Strategy, store: Store) {
+    let services = Services::load();
+    let cell = Cell::new(&services, engine, strategy, store).await;
+    let before = cell.assert_current_logs_in().await;
+
+    let run = cell.vigil(&["--output", "json", "rotate", &cell.name]);
+    run.assert_code(0);
+    let report = run.json();
+    assert_eq!(report["rotations"][0]["outcome"], "done", "{report}");
+    let after = cell.assert_current_logs_in().await;
+    assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "no pending stage left");
+    match strategy {
+        Strategy::Single => {
+            assert_eq!(after.username, cell.user);
+            let err = cell.engine.test_login(&before, &[]).await.unwrap_err();
+            assert!(
+                matches!(err, vigil::engines::EngineError::Login { .. }),
+                "the old password must stop working: {err}"
+            );
+        }
+        Strategy::Alternating => {
+            assert_eq!(
+                after.username,
+                format!("{}_clone", cell.user),
+                "the inactive user was rotated and is now current"
+            );
+            cell.engine
+                .test_login(&before, &[])
+                .await
+                .expect("the previous user keeps working until the next rotation");
+        }
+    }
+
+    // A second rotation: alternating needs --force within min_flip_interval, and says so.
+    if strategy == Strategy::Alternating {
+        let refused = cell.vigil(&["rotate", &cell.name]);
+        refused.assert_code(1);
+        assert!(refused.stderr().contains("min_flip_interval"), "{}", refused.stderr());
+        cell.vigil(&["rotate", &cell.name, "--force"]).assert_code(0);
+        assert_eq!(cell.assert_current_logs_in().await.username, cell.user, "flipped back");
+    } else {
+        cell.vigil(&["rotate", &cell.name]).assert_code(0);
+        cell.assert_current_logs_in().await;
+    }
+
+    let status = cell.vigil(&["--output", "json", "status"]);
+    status.assert_code(0);
+    let row = &status.json()[0];
+    assert!(row["last_rotated"].is_string() && row["needs_attention"].is_null(), "{row}");
+    let verify = cell.vigil(&["--output", "json", "evidence", "verify"]);
+    verify.assert_code(0);
+    let steps =
+        cell.vigil(&["--output", "json", "evidence", "list", "--kind", "rotation.step", "--limit", "1000"]).json();
+    assert_eq!(steps.as_array().unwrap().len(), 2 * 4 * 2, "two rotations, four steps, started and succeeded");
+    let check = cell.vigil(&["--output", "json", "rotate", "--check"]);
+    check.assert_code(0);
+    assert!(!dir_of(&cell).join("data/evidence.db").to_string_lossy().is_empty());
+}
+
+macro_rules! matrix {
+    ($($name:ident: $engine:expr, $strategy:expr, $store:expr;)*) => {$(
+        #[tokio::test]
+        #[ignore = "needs services: cargo xtask test"]
+        async fn $name() {
+            rotate_twice($engine, $strategy, $store).await;
+        }
+    )*};
+}
+
+matrix! {
+    postgres_single_user_aws: Engine::Postgres, Strategy::Single, Store::Aws;
+    postgres_single_user_vault: Engine::Postgres, Strategy::Single, Store::Vault;
+    postgres_alternating_aws: Engine::Postgres, Strategy::Alternating, Store::Aws;
+    postgres_alternating_vault: Engine::Postgres, Strategy::Alternating, Store::Vault;
+    mariadb_single_user_aws: Engine::Mysql, Strategy::Single, Store::Aws;
+    mariadb_single_user_vault: Engine::Mysql, Strategy::Single, Store::Vault;
+    mariadb_alternating_aws: Engine::Mysql, Strategy::Alternating, Store::Aws;
+    mariadb_alternating_vault: Engine::Mysql, Strategy::Alternating, Store::Vault;
+}
