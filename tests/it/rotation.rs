@@ -317,3 +317,143 @@ matrix! {
     mariadb_alternating_aws: Engine::Mysql, Strategy::Alternating, Store::Aws;
     mariadb_alternating_vault: Engine::Mysql, Strategy::Alternating, Store::Vault;
 }
+
+impl Cell {
+    /// Rewrites the secret's probe queries.
+    fn set_probe(&self, probe: &str) {
+        let path = self.dir.path().join("schedules/app.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text.find("probes = ").unwrap();
+        std::fs::write(&path, format!("{}probes = [\"{probe}\"]\n", &text[..start])).unwrap();
+    }
+}
+
+/// A probe the user may not run: the test step fails after set, and the rotation unwinds.
+async fn failed_test_step(engine: Engine, strategy: Strategy, store: Store) {
+    let services = Services::load();
+    let cell = Cell::new(&services, engine, strategy, store).await;
+    let before = cell.assert_current_logs_in().await;
+    cell.set_probe(match engine {
+        Engine::Postgres => "SELECT * FROM pg_authid",
+        Engine::Mysql => "SELECT * FROM mysql.global_priv",
+    });
+    let run = cell.vigil(&["--output", "json", "rotate", &cell.name]);
+    run.assert_code(1);
+    let report = run.json();
+    assert_eq!(report["rotations"][0]["outcome"], "rolled_back", "{report}");
+    assert_eq!(report["rotations"][0]["step"], "test", "{report}");
+    let after = cell.assert_current_logs_in().await;
+    assert_eq!(after.username, before.username, "current did not move");
+    assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "no pending stage left behind");
+    let status = cell.vigil(&["--output", "json", "status"]).json();
+    let attention = status[0]["needs_attention"].as_str().unwrap_or_default();
+    assert!(attention.contains("failed at test"), "{status}");
+    cell.vigil(&["evidence", "verify"]).assert_code(0);
+    let undone = cell.vigil(&["--output", "json", "evidence", "list", "--kind", "rotation.rolled_back"]).json();
+    assert_eq!(undone.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_failed_test_step_restores_the_single_user_and_flags_attention() {
+    failed_test_step(Engine::Postgres, Strategy::Single, Store::Aws).await;
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_failed_test_step_leaves_the_alternate_user_unused() {
+    failed_test_step(Engine::Mysql, Strategy::Alternating, Store::Vault).await;
+}
+
+/// Crash points: before and after each step acts.
+#[cfg(feature = "failpoints")]
+const CRASH_POINTS: [&str; 8] = [
+    "before:create",
+    "after:create",
+    "before:set",
+    "after:set",
+    "before:test",
+    "after:test",
+    "before:finish",
+    "after:finish",
+];
+
+/// For every crash point: the process dies there (as `kill -9` would), and `--resume` brings the
+/// secret to a state where the credential labelled current logs in and nothing is pending.
+#[cfg(feature = "failpoints")]
+async fn crash_everywhere(engine: Engine, strategy: Strategy, store: Store) {
+    let services = Services::load();
+    let cell = Cell::new(&services, engine, strategy, store).await;
+    for point in CRASH_POINTS {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["--config", cell.config.to_str().unwrap(), "-q", "rotate", &cell.name, "--force"])
+            .env("VIGIL_FAILPOINT", format!("rotation.db_password:{point}"))
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.code().is_none(),
+            "{point}: the process should have aborted: {:?}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Alternating users: the current credential logs in even mid-rotation.
+        if strategy == Strategy::Alternating {
+            cell.assert_current_logs_in().await;
+        }
+        let resumed = cell.vigil(&["--output", "json", "rotate", "--resume"]);
+        resumed.assert_code(0);
+        let report = resumed.json();
+        assert_eq!(report["rotations"].as_array().unwrap().len(), 1, "{point}: {report}");
+        assert_eq!(report["rotations"][0]["outcome"], "done", "{point}: {report}");
+        cell.assert_current_logs_in().await;
+        assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "{point}: pending left behind");
+    }
+    cell.vigil(&["evidence", "verify"]).assert_code(0);
+    let status = cell.vigil(&["--output", "json", "status"]).json();
+    assert!(status[0]["in_flight"].is_null() && status[0]["needs_attention"].is_null(), "{status}");
+}
+
+#[cfg(feature = "failpoints")]
+macro_rules! crash_matrix {
+    ($($name:ident: $engine:expr, $strategy:expr, $store:expr;)*) => {$(
+        #[tokio::test]
+        #[ignore = "needs services: cargo xtask test"]
+        async fn $name() {
+            crash_everywhere($engine, $strategy, $store).await;
+        }
+    )*};
+}
+
+#[cfg(feature = "failpoints")]
+crash_matrix! {
+    crash_postgres_single_user_aws: Engine::Postgres, Strategy::Single, Store::Aws;
+    crash_postgres_single_user_vault: Engine::Postgres, Strategy::Single, Store::Vault;
+    crash_postgres_alternating_aws: Engine::Postgres, Strategy::Alternating, Store::Aws;
+    crash_postgres_alternating_vault: Engine::Postgres, Strategy::Alternating, Store::Vault;
+    crash_mariadb_single_user_aws: Engine::Mysql, Strategy::Single, Store::Aws;
+    crash_mariadb_single_user_vault: Engine::Mysql, Strategy::Single, Store::Vault;
+    crash_mariadb_alternating_aws: Engine::Mysql, Strategy::Alternating, Store::Aws;
+    crash_mariadb_alternating_vault: Engine::Mysql, Strategy::Alternating, Store::Vault;
+}
+
+/// A crash while undoing: the resumed rotation keeps unwinding and leaves the current
+/// credential working.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_crash_while_unwinding_is_resumed_as_an_unwind() {
+    let services = Services::load();
+    let cell = Cell::new(&services, Engine::Postgres, Strategy::Single, Store::Vault).await;
+    cell.set_probe("SELECT * FROM pg_authid");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["--config", cell.config.to_str().unwrap(), "-q", "rotate", &cell.name])
+        .env("VIGIL_FAILPOINT", "rotation.db_password:undo:set")
+        .output()
+        .unwrap();
+    assert!(output.status.code().is_none(), "{}", String::from_utf8_lossy(&output.stderr));
+    let resumed = cell.vigil(&["--output", "json", "rotate", "--resume"]);
+    resumed.assert_code(1);
+    assert_eq!(resumed.json()["rotations"][0]["outcome"], "rolled_back");
+    cell.assert_current_logs_in().await;
+    assert!(cell.store.pending(&cell.path).await.unwrap().is_none());
+}

@@ -72,15 +72,26 @@ impl TestArgs {
     }
 }
 
+/// Crash points compiled in, for the crash-safety tests; never in release builds.
+const FEATURES: [&str; 2] = ["--features", "vigil/failpoints"];
+
 /// nextest when installed (one process per test, all of the workspace's tests), else cargo test.
 fn runner(root: &Path, extra: &[String]) -> Command {
     let has_nextest = cargo().args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     let mut command = cargo();
     command.current_dir(root);
     if has_nextest {
-        command.args(["nextest", "run", "--workspace", "--run-ignored", "all", "--no-fail-fast"]).args(extra);
+        command
+            .args(["nextest", "run", "--workspace", "--run-ignored", "all", "--no-fail-fast"])
+            .args(FEATURES)
+            .args(extra);
     } else {
-        command.args(["test", "--workspace", "--no-fail-fast", "--"]).arg("--include-ignored").args(extra);
+        command
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(FEATURES)
+            .arg("--")
+            .arg("--include-ignored")
+            .args(extra);
     }
     command
 }
