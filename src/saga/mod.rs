@@ -160,6 +160,22 @@ fn failpoint(kind: &str, when: &str, step: &str) {
     let _ = (kind, when, step);
 }
 
+/// A transient failure injected into the first `N` attempts of a step when the `failpoints`
+/// feature is on and `VIGIL_FAULT=kind:step:N`: how tests prove that retries and their limit
+/// work against real services.
+fn injected_fault(kind: &str, step: &str, attempt: u32) -> Option<StepError> {
+    #[cfg(feature = "failpoints")]
+    if let Ok(spec) = std::env::var("VIGIL_FAULT")
+        && let Some((point, count)) = spec.rsplit_once(':')
+        && point == format!("{kind}:{step}")
+        && count.parse::<u32>().is_ok_and(|count| attempt < count)
+    {
+        return Some(StepError::Transient(format!("injected transient fault, attempt {}", attempt + 1)));
+    }
+    let _ = (kind, step, attempt);
+    None
+}
+
 /// Runs sagas, recording each step in the state store and the evidence ledger before it acts.
 pub struct Executor<'a> {
     /// Where saga rows live.
@@ -202,7 +218,17 @@ impl Executor<'_> {
                 store::set(self.db, &mut saga, step.name(), Status::Running, None, self.clock).await?;
                 self.record(&saga, step.name(), "act", Outcome::Started, serde_json::Value::Null).await?;
                 failpoint(D::KIND, "before", step.name());
-                match self.retrying(|| def.act(&saga, step)).await {
+                let act = |attempt| {
+                    let fault = injected_fault(D::KIND, step.name(), attempt);
+                    let saga = &saga;
+                    async move {
+                        match fault {
+                            Some(fault) => Err(fault),
+                            None => def.act(saga, step).await,
+                        }
+                    }
+                };
+                match self.retrying(act).await {
                     Ok(()) => {
                         self.record(&saga, step.name(), "act", Outcome::Succeeded, serde_json::Value::Null).await?;
                         failpoint(D::KIND, "after", step.name());
@@ -233,7 +259,7 @@ impl Executor<'_> {
             store::set(self.db, &mut saga, step.name(), Status::Unwinding, Some(&reason), self.clock).await?;
             self.record(&saga, step.name(), "undo", Outcome::Started, serde_json::Value::Null).await?;
             failpoint(D::KIND, "undo", step.name());
-            if let Err(err) = self.retrying(|| def.undo(&saga, step)).await {
+            if let Err(err) = self.retrying(|_| def.undo(&saga, step)).await {
                 let why = format!("undoing {} failed: {err}", step.name());
                 self.record(&saga, step.name(), "undo", Outcome::Failed, serde_json::json!({ "error": why })).await?;
                 store::set(self.db, &mut saga, step.name(), Status::Stuck, Some(&why), self.clock).await?;
@@ -261,12 +287,12 @@ impl Executor<'_> {
 
     async fn retrying<F, Fut>(&self, mut attempt: F) -> Result<(), StepError>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<(), StepError>>,
     {
         let mut tries = 0;
         loop {
-            match attempt().await {
+            match attempt(tries).await {
                 Err(StepError::Transient(reason)) => {
                     tries += 1;
                     if tries >= self.retry.attempts {

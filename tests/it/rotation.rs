@@ -594,3 +594,90 @@ async fn no_password_leaks_anywhere_at_trace() {
         assert!(!cmdlines.iter().any(|c| c.contains(password.as_str())), "a password appears on a command line");
     }
 }
+
+/// Transient failures are retried within the step; the rotation then completes.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn transient_failures_are_retried_within_the_step() {
+    let cell = Cell::new(&Services::load(), Engine::Postgres, Strategy::Alternating, Store::Aws).await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["--config", cell.config.to_str().unwrap(), "--output", "json", "rotate", &cell.name])
+        .env("VIGIL_FAULT", "rotation.db_password:set:2")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let failed =
+        cell.vigil(&["--output", "json", "evidence", "list", "--kind", "rotation.step", "--limit", "100"]).json();
+    assert!(
+        failed.as_array().unwrap().iter().all(|r| r["outcome"] != "failed"),
+        "retries are not failures of the step"
+    );
+    cell.assert_current_logs_in().await;
+}
+
+/// When retries run out, the rotation is abandoned cleanly: the stage removed, the secret
+/// flagged, the current credential working; the next attempt is a new rotation with a new value.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn exhausted_retries_abandon_the_rotation_and_the_next_starts_fresh() {
+    let cell = Cell::new(&Services::load(), Engine::Mysql, Strategy::Single, Store::Vault).await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["--config", cell.config.to_str().unwrap(), "--output", "json", "rotate", &cell.name])
+        .env("VIGIL_FAULT", "rotation.db_password:test:99")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let failed_rotation = report["rotations"][0]["rotation"].as_str().unwrap().to_owned();
+    assert_eq!(report["rotations"][0]["outcome"], "rolled_back");
+    assert!(report["rotations"][0]["reason"].as_str().unwrap().contains("after 5 attempts"), "{report}");
+    assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "the stage is removed");
+    let before = cell.assert_current_logs_in().await;
+    let status = cell.vigil(&["--output", "json", "status"]).json();
+    assert!(status[0]["needs_attention"].as_str().unwrap().contains("after 5 attempts"), "{status}");
+
+    let next = cell.vigil(&["--output", "json", "rotate", &cell.name]);
+    next.assert_code(0);
+    let next = next.json();
+    assert_ne!(next["rotations"][0]["rotation"].as_str().unwrap(), failed_rotation, "a new rotation");
+    let after = cell.assert_current_logs_in().await;
+    assert_ne!(
+        secrecy::ExposeSecret::expose_secret(&after.password),
+        secrecy::ExposeSecret::expose_secret(&before.password)
+    );
+    assert!(cell.vigil(&["--output", "json", "status"]).json()[0]["needs_attention"].is_null(), "cleared by success");
+}
+
+/// `--check` finds a password changed out of band before the next rotation does.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn the_drift_check_reports_an_out_of_band_change() {
+    let cell = Cell::new(&Services::load(), Engine::Postgres, Strategy::Single, Store::Vault).await;
+    cell.vigil(&["rotate", "--check"]).assert_code(0);
+    cell.engine.set_password(&cell.user, &SecretString::from("changed-by-hand-1234".to_owned())).await.unwrap();
+    let check = cell.vigil(&["--output", "json", "rotate", "--check"]);
+    check.assert_code(1);
+    let report = check.json();
+    assert_eq!(report[0]["ok"], false, "{report}");
+    assert!(report[0]["problem"].as_str().unwrap().contains("cannot log in"), "{report}");
+    let recorded = cell.vigil(&["--output", "json", "evidence", "list", "--kind", "rotation.check"]).json();
+    assert_eq!(recorded.as_array().unwrap().last().unwrap()["outcome"], "failed");
+    // A rotation sets a fresh password and the check passes again.
+    cell.vigil(&["rotate", &cell.name]).assert_code(0);
+    cell.vigil(&["rotate", "--check"]).assert_code(0);
+}
+
+/// `--all-due` rotates what never rotated, then finds nothing due.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn all_due_rotates_only_what_is_due() {
+    let cell = Cell::new(&Services::load(), Engine::Mysql, Strategy::Alternating, Store::Aws).await;
+    let first = cell.vigil(&["--output", "json", "rotate", "--all-due"]);
+    first.assert_code(0);
+    assert_eq!(first.json()["rotations"].as_array().unwrap().len(), 1);
+    let second = cell.vigil(&["rotate", "--all-due"]);
+    second.assert_code(0);
+    assert!(second.stdout().contains("nothing to do"), "{}", second.stdout());
+}
