@@ -17,6 +17,7 @@ use crate::state::Db;
   vigil rotate --all-due
   vigil rotate --resume
   vigil rotate --check --output json
+  vigil rotate --check --watch 10m --interval 200ms
 
 Each rotation runs AWS's four steps (create, set, test, finish) as a saga recorded in the state
 store and the evidence ledger before each step acts; after a crash, --resume finishes or rolls
@@ -37,6 +38,24 @@ pub struct RotateArgs {
     /// Rotate even if an alternating pair flipped less than min_flip_interval ago (recorded).
     #[arg(long, requires = "name")]
     force: bool,
+    /// With --check: keep probing like an application for this long (e.g. 30s, 5m), re-reading
+    /// each current credential and logging in every --interval; exits 1 if any login failed.
+    #[arg(long, requires = "check", value_name = "DURATION")]
+    watch: Option<crate::schedule::Duration>,
+    /// With --watch: the time between probes.
+    #[arg(long, requires = "watch", default_value = "50ms", value_parser = parse_interval)]
+    interval: std::time::Duration,
+}
+
+/// Probe intervals go below a second, which configuration durations do not.
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    match text.strip_suffix("ms") {
+        Some(ms) => ms
+            .parse()
+            .map(std::time::Duration::from_millis)
+            .map_err(|_| format!("`{text}` is not a number of milliseconds")),
+        None => text.parse::<crate::schedule::Duration>().map(|d| d.to_std()).map_err(|err| err.to_string()),
+    }
 }
 
 #[derive(Serialize)]
@@ -64,6 +83,29 @@ impl RotateArgs {
     }
 
     async fn dispatch(&self, rotator: &Rotator<'_>, output: OutputFormat) -> anyhow::Result<Exit> {
+        if let Some(duration) = self.watch {
+            let reports = rotator.watch(duration.to_std(), self.interval).await?;
+            match output {
+                OutputFormat::Json => print_json(&reports)?,
+                OutputFormat::Human => {
+                    let mut rows = vec![["SECRET", "LOGINS", "FAILED", "LAST FAILURE"].map(String::from).to_vec()];
+                    for r in &reports {
+                        rows.push(vec![
+                            r.secret.clone(),
+                            r.attempts.to_string(),
+                            r.failures.to_string(),
+                            r.last_failure.clone().unwrap_or_default(),
+                        ]);
+                    }
+                    print!("{}", table("", &rows));
+                }
+            }
+            let failed: u32 = reports.iter().map(|r| r.failures).sum();
+            if failed > 0 {
+                anyhow::bail!("{failed} login(s) with the current credential failed while watching");
+            }
+            return Ok(Exit::Success);
+        }
         if self.check {
             let reports = rotator.check().await?;
             match output {

@@ -111,6 +111,19 @@ pub struct CheckReport {
     pub problem: Option<String>,
 }
 
+/// What an application-like prober saw for one secret.
+#[derive(Debug, Default, Serialize)]
+pub struct WatchReport {
+    /// The secret.
+    pub secret: String,
+    /// Logins attempted with the credential labelled current at that moment.
+    pub attempts: u32,
+    /// Logins that failed.
+    pub failures: u32,
+    /// Why the last failure failed.
+    pub last_failure: Option<String>,
+}
+
 /// Everything a rotation needs, for one run of the command or the daemon.
 pub struct Rotator<'a> {
     /// The configuration.
@@ -289,6 +302,49 @@ impl Rotator<'_> {
                 .await
                 .map_err(SagaError::from)?;
             reports.push(CheckReport { secret: name.clone(), ok: problem.is_none(), problem });
+        }
+        Ok(reports)
+    }
+
+    /// Probes like an application for `duration`: every `interval`, re-reads each current
+    /// credential and logs in with it. Records one summary per secret in the evidence.
+    pub async fn watch(
+        &self,
+        duration: std::time::Duration,
+        interval: std::time::Duration,
+    ) -> Result<Vec<WatchReport>, RotationError> {
+        let mut watched = Vec::new();
+        for (name, spec) in &self.plan.secrets {
+            if spec.kind.engine().is_some() {
+                let (spec, target) = self.spec(name)?;
+                watched.push((
+                    name.clone(),
+                    spec,
+                    target,
+                    WatchReport { secret: name.clone(), ..WatchReport::default() },
+                ));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + duration;
+        while tokio::time::Instant::now() < deadline {
+            for (_, spec, target, report) in &mut watched {
+                report.attempts += 1;
+                if let Err(err) = self.check_one(spec, target).await {
+                    report.failures += 1;
+                    report.last_failure = Some(err.to_string());
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+        let mut reports = Vec::new();
+        for (name, _, _, report) in watched {
+            let outcome = if report.failures == 0 { Outcome::Succeeded } else { Outcome::Failed };
+            let details = serde_json::json!({ "attempts": report.attempts, "failures": report.failures });
+            self.ledger
+                .append(NewRecord { kind: "rotation.watch".into(), subject: name, outcome, details })
+                .await
+                .map_err(SagaError::from)?;
+            reports.push(report);
         }
         Ok(reports)
     }

@@ -61,13 +61,14 @@ impl DemoArgs {
         println!("   (exit code {})", output.status.code().unwrap_or(-1));
 
         evidence(&vigil, &demo, &state)?;
+        rotation(root, &vigil, &demo, &state)?;
 
-        step("10. Commands still to come say so plainly (exit 2)");
-        let output = vigil_command(&vigil, &demo, &state).args(["rotate", "orders-app"]).output()?;
+        step("15. Commands still to come say so plainly (exit 2)");
+        let output = vigil_command(&vigil, &demo, &state).args(["backup", "run", "orders-nightly"]).output()?;
         print!("   {}", String::from_utf8_lossy(&output.stderr));
 
         if self.down {
-            step("11. Services down");
+            step("16. Services down");
             services::down(root)?;
         } else {
             println!(
@@ -156,6 +157,181 @@ fn evidence(vigil: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Steps 10 to 14: database users and secrets as an operator would have them, then rotations
+/// in both stores on both engines while an application-like prober logs in every 50 ms.
+fn rotation(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
+    let (Some(moto), Some(bao), Some(pg), Some(maria)) = (&state.moto, &state.openbao, &state.postgres, &state.mariadb)
+    else {
+        bail!("services are not all up");
+    };
+    step("10. An operator's starting point: database users, and their credentials in the stores");
+    let password = || services::random_hex(16);
+    let (orders_app, orders_reports, billing_app, billing_reports) =
+        (password()?, password()?, password()?, password()?);
+    let pg_sql = format!(
+        "DROP DATABASE IF EXISTS orders; DROP DATABASE IF EXISTS orders_drill;\n\
+         DROP ROLE IF EXISTS orders_app; DROP ROLE IF EXISTS orders_app_clone; DROP ROLE IF EXISTS orders_reports; DROP ROLE IF EXISTS orders_rw;\n\
+         CREATE ROLE orders_rw; CREATE DATABASE orders; CREATE DATABASE orders_drill;\n\
+         CREATE ROLE orders_app LOGIN IN ROLE orders_rw PASSWORD '{orders_app}';\n\
+         CREATE ROLE orders_app_clone LOGIN IN ROLE orders_rw PASSWORD '{orders_app}-clone';\n\
+         CREATE ROLE orders_reports LOGIN PASSWORD '{orders_reports}';\n"
+    );
+    let mut psql = Command::new("psql");
+    psql.args([
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port.to_string(),
+        "-U",
+        &pg.user,
+        "-d",
+        &pg.database,
+    ])
+    .env("PGPASSWORD", &pg.password)
+    .env("PGOPTIONS", "--client-min-messages=warning");
+    feed(psql, &pg_sql, "psql")?;
+    println!(
+        "   PostgreSQL: roles orders_app and orders_app_clone (both in group orders_rw), orders_reports; databases orders, orders_drill"
+    );
+    let maria_sql = format!(
+        "DROP DATABASE IF EXISTS billing; CREATE DATABASE billing;\n\
+         DROP USER IF EXISTS 'billing_app'@'%', 'billing_app_clone'@'%', 'billing_reports'@'%';\n\
+         CREATE USER 'billing_app'@'%' IDENTIFIED BY '{billing_app}';\n\
+         CREATE USER 'billing_app_clone'@'%' IDENTIFIED BY '{billing_app}-clone';\n\
+         CREATE USER 'billing_reports'@'%' IDENTIFIED BY '{billing_reports}';\n\
+         GRANT SELECT, INSERT ON billing.* TO 'billing_app'@'%', 'billing_app_clone'@'%';\n\
+         GRANT SELECT ON billing.* TO 'billing_reports'@'%';\n"
+    );
+    let mut mariadb = Command::new("mariadb");
+    mariadb
+        .args(["--no-defaults", "-h", "127.0.0.1", "-P", &maria.port.to_string(), "-u", &maria.user])
+        .env("MYSQL_PWD", &maria.password);
+    feed(mariadb, &maria_sql, "mariadb")?;
+    println!("   MariaDB: users billing_app and billing_app_clone (same grants), billing_reports; database billing");
+
+    let template = |engine: &str, port: u16, user: &str, password: &str, db: &str| serde_json::json!({ "engine": engine, "host": "127.0.0.1", "port": port, "username": user, "password": password, "dbname": db });
+    let seed = serde_json::json!({
+        "aws": { "endpoint": moto.endpoint_url, "region": moto.region },
+        "vault": { "address": bao.address, "token": bao.token },
+        "aws_secrets": {
+            "prod/orders/app": template("postgres", pg.port, "orders_app", &orders_app, "orders"),
+            "prod/billing/reports": template("mysql", maria.port, "billing_reports", &billing_reports, "billing"),
+        },
+        "vault_secrets": {
+            "prod/orders/reports": template("postgres", pg.port, "orders_reports", &orders_reports, "orders"),
+            "prod/billing/app": template("mysql", maria.port, "billing_app", &billing_app, "billing"),
+            "vigil/admin/orders-pg": { "username": pg.user, "password": pg.password },
+            "vigil/admin/drill-pg": { "username": pg.user, "password": pg.password },
+            "vigil/admin/billing-mariadb": { "username": maria.user, "password": maria.password },
+        },
+    });
+    let mut python = Command::new(root.join("target/services/venv/bin/python"));
+    python
+        .arg("-c")
+        .arg(SEED_SCRIPT)
+        .env("AWS_ACCESS_KEY_ID", &moto.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &moto.secret_access_key);
+    feed(python, &seed.to_string(), "seeding the stores")?;
+    println!("   AWS Secrets Manager (moto): prod/orders/app, prod/billing/reports");
+    println!(
+        "   Vault KV (OpenBao): prod/orders/reports, prod/billing/app, and the targets' admin credentials under vigil/admin/"
+    );
+
+    let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        println!("   $ vigil {}", args.join(" "));
+        let output = vigil_command(vigil, demo, state).args(["-q"]).args(args).output()?;
+        for line in
+            String::from_utf8_lossy(&output.stdout).lines().chain(String::from_utf8_lossy(&output.stderr).lines())
+        {
+            println!("     {line}");
+        }
+        Ok(output)
+    };
+    step("11. vigil status: four database passwords, never rotated, so due now");
+    run(&["status"])?;
+
+    step("12. Rotations in both stores on both engines, while a prober logs in every 50 ms as an application would");
+    let prober = vigil_command(vigil, demo, state)
+        .args(["-q", "rotate", "--check", "--watch", "8s", "--interval", "50ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for args in [
+        &["rotate", "orders-app"][..],
+        &["rotate", "billing-app"][..],
+        &["rotate", "orders-app", "--force"][..],
+        &["rotate", "billing-reports"][..],
+        &["rotate", "orders-reports"][..],
+    ] {
+        if !run(args)?.status.success() {
+            bail!("vigil {} failed", args.join(" "));
+        }
+    }
+    println!("   (orders-app flipped twice: the second time needs --force, as min_flip_interval is 1h)");
+    let probed = prober.wait_with_output()?;
+    println!("   the prober (vigil rotate --check --watch 8s), logging in with whatever each store labelled current:");
+    for line in String::from_utf8_lossy(&probed.stdout).lines() {
+        println!("     {line}");
+    }
+    println!(
+        "   (alternating users never fail; single-user secrets can fail a login inside their ~100 ms window, and a retry succeeds)"
+    );
+
+    step("13. vigil status, and a drift check: every current credential logs in");
+    run(&["status"])?;
+    run(&["rotate", "--check"])?;
+
+    step("14. Every step is in the evidence ledger, and it verifies");
+    run(&["evidence", "list", "--kind", "rotation.finished"])?;
+    run(&["evidence", "verify"])?;
+    Ok(())
+}
+
+/// Writes `input` to a command's standard input (so no secret is on its command line).
+fn feed(mut command: Command, input: &str, what: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {what}"))?;
+    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("{what} failed");
+    }
+    Ok(())
+}
+
+/// Seeds the stores from a JSON document on standard input, replacing what a previous demo left.
+const SEED_SCRIPT: &str = r#"
+import json, sys, urllib.request, boto3
+seed = json.load(sys.stdin)
+sm = boto3.client("secretsmanager", endpoint_url=seed["aws"]["endpoint"], region_name=seed["aws"]["region"])
+for name, value in seed["aws_secrets"].items():
+    try:
+        sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+    except sm.exceptions.ResourceNotFoundException:
+        pass
+    sm.create_secret(Name=name, SecretString=json.dumps(value))
+vault = seed["vault"]
+def call(method, path, body=None):
+    request = urllib.request.Request(vault["address"] + path, method=method, headers={"X-Vault-Token": vault["token"]},
+                                     data=None if body is None else json.dumps(body).encode())
+    try:
+        urllib.request.urlopen(request).read()
+    except urllib.error.HTTPError as err:
+        if err.code != 404:
+            raise
+for path, value in seed["vault_secrets"].items():
+    call("DELETE", "/v1/secret/metadata/" + path + "/vigil-pending")
+    call("DELETE", "/v1/secret/metadata/" + path)
+    call("POST", "/v1/secret/data/" + path, {"data": value})
+"#;
 
 fn step(title: &str) {
     println!("\n== {title}");
