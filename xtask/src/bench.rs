@@ -22,6 +22,8 @@ pub struct BenchArgs {
 enum Bench {
     /// Evidence ledger: append throughput on SQLite and PostgreSQL, verification of 1M records.
     Ledger,
+    /// Database password rotation: 1,000 PostgreSQL secrets, alternating users, AWS Secrets Manager.
+    Rotation,
 }
 
 impl BenchArgs {
@@ -30,6 +32,7 @@ impl BenchArgs {
         let ctx = services::Context::new(root)?;
         let name = match self.name {
             Bench::Ledger => "ledger",
+            Bench::Rotation => "rotation",
         };
         let status = cargo()
             .current_dir(root)
