@@ -1,6 +1,5 @@
 //! `vigil status`: each secret's rotation state.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::output::{print_json, table};
@@ -37,12 +36,7 @@ impl StatusArgs {
         let mut shown = Vec::new();
         for (name, (status, in_flight)) in statuses? {
             let spec = &plan.secrets[&name];
-            let last = status
-                .last_rotated
-                .as_deref()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc));
-            let due = crate::schedule::next_due(last, spec.cadence, now);
+            let due = crate::schedule::next_due(status.last_rotated_at(), spec.cadence, now);
             shown.push(Shown {
                 secret: name,
                 kind: spec.kind.as_str(),

@@ -258,19 +258,16 @@ impl Rotator<'_> {
         Ok(reports)
     }
 
+    /// The configured database-password secrets: what this module rotates.
+    fn password_secrets(&self) -> impl Iterator<Item = (&String, &SecretSpec)> {
+        self.plan.secrets.iter().filter(|(_, spec)| spec.kind.engine().is_some())
+    }
+
     /// The database-password secrets whose cadence has run out.
     pub async fn due(&self) -> Result<Vec<String>, RotationError> {
         let mut due = Vec::new();
-        for (name, spec) in &self.plan.secrets {
-            if spec.kind.engine().is_none() {
-                continue;
-            }
-            let status = status::load(self.db, name).await?;
-            let last = status
-                .last_rotated
-                .as_deref()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc));
+        for (name, spec) in self.password_secrets() {
+            let last = status::load(self.db, name).await?.last_rotated_at();
             if crate::schedule::next_due(last, spec.cadence, self.clock.now()) <= self.clock.now() {
                 due.push(name.clone());
             }
@@ -282,10 +279,7 @@ impl Rotator<'_> {
     /// here instead of at the next rotation.
     pub async fn check(&self) -> Result<Vec<CheckReport>, RotationError> {
         let mut reports = Vec::new();
-        for (name, spec) in &self.plan.secrets {
-            if spec.kind.engine().is_none() {
-                continue;
-            }
+        for (name, _) in self.password_secrets() {
             let (spec, target) = self.spec(name)?;
             let problem = match self.check_one(spec, target).await {
                 Ok(()) => None,
@@ -314,16 +308,9 @@ impl Rotator<'_> {
         interval: std::time::Duration,
     ) -> Result<Vec<WatchReport>, RotationError> {
         let mut watched = Vec::new();
-        for (name, spec) in &self.plan.secrets {
-            if spec.kind.engine().is_some() {
-                let (spec, target) = self.spec(name)?;
-                watched.push((
-                    name.clone(),
-                    spec,
-                    target,
-                    WatchReport { secret: name.clone(), ..WatchReport::default() },
-                ));
-            }
+        for (name, _) in self.password_secrets() {
+            let (spec, target) = self.spec(name)?;
+            watched.push((name.clone(), spec, target, WatchReport { secret: name.clone(), ..WatchReport::default() }));
         }
         let deadline = tokio::time::Instant::now() + duration;
         while tokio::time::Instant::now() < deadline {

@@ -19,6 +19,14 @@ pub struct StatusRow {
     pub needs_attention: Option<String>,
 }
 
+impl StatusRow {
+    /// When it last rotated, as a time.
+    pub fn last_rotated_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let at = chrono::DateTime::parse_from_rfc3339(self.last_rotated.as_deref()?).ok()?;
+        Some(at.with_timezone(&chrono::Utc))
+    }
+}
+
 fn now(clock: &dyn Clock) -> String {
     clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }

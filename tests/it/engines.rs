@@ -6,7 +6,7 @@ use secrecy::SecretString;
 use vigil::config::Engine;
 use vigil::engines::{self, Credential, DbEngine, Endpoint, EngineError};
 
-use crate::support::{Database, Services};
+use crate::support::{Database, Services, admin_sql};
 
 fn secret(text: &str) -> SecretString {
     SecretString::from(text.to_owned())
@@ -21,37 +21,6 @@ fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
-}
-
-/// Runs admin SQL through a fresh connection.
-async fn admin_sql(kind: Engine, db: &Database, statements: &[String]) {
-    use sqlx::Connection as _;
-    match kind {
-        Engine::Postgres => {
-            let options = sqlx::postgres::PgConnectOptions::new()
-                .host(&db.host)
-                .port(db.port)
-                .username(&db.user)
-                .password(&db.password)
-                .database(&db.database);
-            let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
-            for statement in statements {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&mut conn).await.unwrap();
-            }
-        }
-        Engine::Mysql => {
-            let options = sqlx::mysql::MySqlConnectOptions::new()
-                .host(&db.host)
-                .port(db.port)
-                .username(&db.user)
-                .password(&db.password)
-                .database(&db.database);
-            let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
-            for statement in statements {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&mut conn).await.unwrap();
-            }
-        }
-    }
 }
 
 fn create_user(kind: Engine, user: &str, table: &str) -> Vec<String> {

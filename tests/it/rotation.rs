@@ -10,7 +10,7 @@ use vigil::config::Engine;
 use vigil::engines::{self, Credential, DbEngine, Endpoint};
 use vigil::stores::{AwsSecretsManager, SecretStore, VaultKv};
 
-use crate::support::{Database, Run, Services, secret_file, unique, vigil};
+use crate::support::{Database, Run, Services, admin_sql, secret_file, unique, vigil};
 
 #[derive(Debug, Clone, Copy)]
 enum Store {
@@ -39,36 +39,6 @@ fn db(services: &Services, engine: Engine) -> &Database {
     match engine {
         Engine::Postgres => &services.postgres,
         Engine::Mysql => &services.mariadb,
-    }
-}
-
-async fn admin_sql(engine: Engine, db: &Database, statements: &[String]) {
-    use sqlx::Connection as _;
-    match engine {
-        Engine::Postgres => {
-            let options = sqlx::postgres::PgConnectOptions::new()
-                .host(&db.host)
-                .port(db.port)
-                .username(&db.user)
-                .password(&db.password)
-                .database(&db.database);
-            let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
-            for s in statements {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(s.clone())).execute(&mut conn).await.unwrap();
-            }
-        }
-        Engine::Mysql => {
-            let options = sqlx::mysql::MySqlConnectOptions::new()
-                .host(&db.host)
-                .port(db.port)
-                .username(&db.user)
-                .password(&db.password)
-                .database(&db.database);
-            let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
-            for s in statements {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(s.clone())).execute(&mut conn).await.unwrap();
-            }
-        }
     }
 }
 
@@ -121,15 +91,9 @@ impl Cell {
         let secret_store: Box<dyn SecretStore> = match store {
             Store::Aws => {
                 let aws = services.aws(dir.path());
-                let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new(aws.region.clone()))
-                    .endpoint_url(aws.endpoint_url.clone().unwrap())
-                    .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                        "testing", "testing", None, None, "test",
-                    ))
-                    .load()
-                    .await;
-                aws_sdk_secretsmanager::Client::new(&config)
+                services
+                    .secrets_manager()
+                    .await
                     .create_secret()
                     .name(&path)
                     .secret_string(&value)

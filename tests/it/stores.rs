@@ -72,15 +72,7 @@ async fn aws_secrets_manager_moves_its_labels_like_aws_rotation_functions() {
     let store = AwsSecretsManager::connect(&aws).await.unwrap();
     let path = unique("vigil-store");
     // The SDK client the suite reads with, as an application would (AWSCURRENT).
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(aws.region.clone()))
-        .endpoint_url(aws.endpoint_url.clone().unwrap())
-        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
-    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let client = services.secrets_manager().await;
     client.create_secret().name(&path).secret_string(value("initial").expose_secret()).send().await.unwrap();
 
     conformance(&store, &path, async || {

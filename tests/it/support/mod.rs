@@ -153,3 +153,53 @@ pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
 }
+
+/// Runs administrative SQL on a private server as its superuser.
+pub async fn admin_sql(engine: vigil::config::Engine, db: &Database, statements: &[String]) {
+    use sqlx::Connection as _;
+    match engine {
+        vigil::config::Engine::Postgres => {
+            let options = sqlx::postgres::PgConnectOptions::new()
+                .host(&db.host)
+                .port(db.port)
+                .username(&db.user)
+                .password(&db.password)
+                .database(&db.database);
+            let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+            for statement in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&mut conn).await.unwrap();
+            }
+        }
+        vigil::config::Engine::Mysql => {
+            let options = sqlx::mysql::MySqlConnectOptions::new()
+                .host(&db.host)
+                .port(db.port)
+                .username(&db.user)
+                .password(&db.password)
+                .database(&db.database);
+            let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
+            for statement in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+impl Services {
+    /// An AWS SDK client for moto, as an application would hold one.
+    pub async fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(self.moto.region.clone()))
+            .endpoint_url(&self.moto.endpoint_url)
+            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                &self.moto.access_key_id,
+                &self.moto.secret_access_key,
+                None,
+                None,
+                "test",
+            ))
+            .load()
+            .await;
+        aws_sdk_secretsmanager::Client::new(&config)
+    }
+}
