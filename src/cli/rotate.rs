@@ -159,6 +159,9 @@ impl RotateArgs {
                         Ended::RolledBack { step, reason } => {
                             println!("{}: rolled back at {step} (rotation {}): {reason}", r.secret, r.rotation)
                         }
+                        Ended::Waiting { step, until } => {
+                            println!("{}: waiting to {step} until {until} (rotation {})", r.secret, r.rotation)
+                        }
                         Ended::Stuck { step, reason } => {
                             println!("{}: STUCK undoing {step} (rotation {}): {reason}", r.secret, r.rotation)
                         }
@@ -169,7 +172,12 @@ impl RotateArgs {
                 }
             }
         }
-        let failed = results.rotations.iter().filter(|r| r.ended != Ended::Done).count() + results.refused.len();
+        let failed = results
+            .rotations
+            .iter()
+            .filter(|r| matches!(r.ended, Ended::RolledBack { .. } | Ended::Stuck { .. }))
+            .count()
+            + results.refused.len();
         if failed > 0 {
             anyhow::bail!("{failed} rotation(s) did not complete; `vigil status` shows what needs attention");
         }

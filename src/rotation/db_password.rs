@@ -114,7 +114,17 @@ impl SagaDef for DbPasswordRotation<'_> {
     const KIND: &'static str = "rotation.db_password";
     const EVIDENCE: &'static str = "rotation";
 
-    async fn act(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
+    async fn act(&self, saga: &SagaRow, step: DbStep) -> Result<Option<Value>, StepError> {
+        self.act_step(saga, step).await.map(|()| None)
+    }
+
+    async fn undo(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
+        self.undo_step(saga, step).await
+    }
+}
+
+impl DbPasswordRotation<'_> {
+    async fn act_step(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
         let user = Self::user(saga)?;
         match step {
             DbStep::Create => {
@@ -151,7 +161,7 @@ impl SagaDef for DbPasswordRotation<'_> {
         }
     }
 
-    async fn undo(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
+    async fn undo_step(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
         match step {
             // Nothing to take back: testing changes nothing, and a failed promotion promoted nothing.
             DbStep::Test | DbStep::Finish => Ok(()),

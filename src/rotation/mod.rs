@@ -369,6 +369,8 @@ impl Rotator<'_> {
                 let flipped = matches!(spec.strategy, Strategy::AlternatingUsers { .. });
                 status::rotated(self.db, name, id, flipped, self.clock).await?;
             }
+            // Database rotations never wait; a waiting saga is in flight, not finished or failed.
+            Ended::Waiting { .. } => {}
             Ended::RolledBack { step, reason } | Ended::Stuck { step, reason } => {
                 let why = format!("rotation {id} of user {user} failed at {step}: {reason}");
                 status::needs_attention(self.db, name, &why, self.clock).await?;

@@ -60,8 +60,20 @@ pub trait SagaDef: Send + Sync {
     /// The evidence kind prefix of its records, e.g. `rotation`.
     const EVIDENCE: &'static str;
 
-    /// Performs `step`.
-    fn act(&self, saga: &SagaRow, step: Self::Step) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Performs `step`. It may return new saga data (never a secret), recorded before the next
+    /// step's intent, for facts later steps need (a previous key's id, a retire time).
+    fn act(
+        &self,
+        saga: &SagaRow,
+        step: Self::Step,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>, StepError>> + Send;
+
+    /// The earliest time `step` may act, if it must wait (a retire step waits out an overlap
+    /// window). Until then the saga stays at that step, recorded and resumable.
+    fn not_before(&self, saga: &SagaRow, step: Self::Step) -> Option<chrono::DateTime<chrono::Utc>> {
+        let _ = (saga, step);
+        None
+    }
 
     /// Reverses `step` (which may have acted in part, or not at all).
     fn undo(&self, saga: &SagaRow, step: Self::Step) -> impl Future<Output = Result<(), StepError>> + Send;
@@ -106,6 +118,13 @@ pub enum Ended {
         step: String,
         /// Why.
         reason: String,
+    },
+    /// A step is not due yet: the saga waits at it, and a later resume runs it when due.
+    Waiting {
+        /// The step waiting.
+        step: String,
+        /// When it becomes due (RFC 3339).
+        until: String,
     },
     /// Undoing failed too: a person must look.
     Stuck {
@@ -215,6 +234,15 @@ impl Executor<'_> {
         if saga.status == Status::Running {
             loop {
                 let step = steps[index];
+                if let Some(until) = def.not_before(&saga, step)
+                    && self.clock.now() < until
+                {
+                    if saga.step != step.name() {
+                        store::set(self.db, &mut saga, step.name(), Status::Running, None, self.clock).await?;
+                    }
+                    let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    return Ok((saga, Ended::Waiting { step: step.name().into(), until }));
+                }
                 store::set(self.db, &mut saga, step.name(), Status::Running, None, self.clock).await?;
                 self.record(&saga, step.name(), "act", Outcome::Started, serde_json::Value::Null).await?;
                 failpoint(D::KIND, "before", step.name());
@@ -229,7 +257,10 @@ impl Executor<'_> {
                     }
                 };
                 match self.retrying(act).await {
-                    Ok(()) => {
+                    Ok(data) => {
+                        if let Some(data) = data {
+                            store::set_data(self.db, &mut saga, data, self.clock).await?;
+                        }
                         self.record(&saga, step.name(), "act", Outcome::Succeeded, serde_json::Value::Null).await?;
                         failpoint(D::KIND, "after", step.name());
                         index += 1;
@@ -285,10 +316,10 @@ impl Executor<'_> {
         Ok((saga, Ended::RolledBack { step: failed_step, reason }))
     }
 
-    async fn retrying<F, Fut>(&self, mut attempt: F) -> Result<(), StepError>
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, StepError>
     where
         F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<(), StepError>>,
+        Fut: Future<Output = Result<T, StepError>>,
     {
         let mut tries = 0;
         loop {

@@ -139,6 +139,21 @@ pub(super) async fn set(
     Ok(())
 }
 
+/// Replaces `saga`'s data (facts a step found for later steps), durably.
+pub(super) async fn set_data(
+    db: &Db,
+    saga: &mut SagaRow,
+    data: serde_json::Value,
+    clock: &dyn Clock,
+) -> Result<(), SagaError> {
+    const SQL: &str = "UPDATE sagas SET data = $1, updated_at = $2 WHERE id = $3";
+    let at = now(clock);
+    on_pool!(db, pool => sqlx::query(SQL).bind(data.to_string()).bind(&at).bind(&saga.id).execute(pool).await.map(drop))?;
+    saga.data = data;
+    saga.updated_at = at;
+    Ok(())
+}
+
 /// Every saga still running or unwinding.
 pub async fn in_flight(db: &Db) -> Result<Vec<SagaRow>, SagaError> {
     const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at \
