@@ -13,6 +13,7 @@ pub mod state;
 pub mod evidence;
 pub mod engines;
 pub mod stores;
+pub mod issuers;
 pub mod saga;
 pub mod rotation;
 pub mod telemetry;

@@ -296,8 +296,19 @@ pub struct SecretSpec {
     pub policy: PasswordPolicy,
     /// Queries a new password must run before it becomes current (beyond logging in).
     pub probes: Vec<String>,
+    /// The service that issues and revokes API keys (`docs/api-key-issuer.md`).
+    pub issuer: Option<Issuer>,
     /// Where the secret is defined.
     pub defined_at: Location,
+}
+
+/// An API-key issuer: its base URL and management token.
+#[derive(Debug, Serialize)]
+pub struct Issuer {
+    /// The base URL.
+    pub url: String,
+    /// The management token, by reference.
+    pub token: SecretRef,
 }
 
 /// Where backups of a set are written.

@@ -133,6 +133,14 @@ pub(super) struct Secret {
     pub overlap: Option<Spanned<Duration>>,
     pub policy: Option<Spanned<Policy>>,
     pub probes: Option<Spanned<Vec<String>>>,
+    pub issuer: Option<Spanned<Issuer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Issuer {
+    pub url: Spanned<String>,
+    pub token: Spanned<SecretRef>,
 }
 
 #[derive(Debug, Deserialize)]

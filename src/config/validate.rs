@@ -740,6 +740,31 @@ impl Loader {
         };
         let policy =
             raw.policy.as_ref().map_or_else(PasswordPolicy::default, |p| self.policy(file, p, &field("policy")));
+        let issuer = match (kind, &raw.issuer) {
+            (SecretKind::ApiKey, Some(issuer)) => {
+                let issuer = issuer.get_ref();
+                self.check_http_url(file, &issuer.url, &field("issuer.url"));
+                self.check_ref(&issuer.token, file, field("issuer.token"));
+                let base = self.folder_of(file);
+                Some(super::Issuer {
+                    url: issuer.url.get_ref().clone(),
+                    token: issuer.token.get_ref().clone().rebase(&base),
+                })
+            }
+            (SecretKind::ApiKey, None) => {
+                let location = self.at(file, def.span.clone());
+                self.errors.push(
+                    Diagnostic::error(location, field("issuer"), "an api_key secret needs `issuer`, the service that issues and revokes its keys")
+                        .with_help("write issuer = { url = \"https://…\", token = { file = \"/path\" } }; docs/api-key-issuer.md has the contract"),
+                );
+                None
+            }
+            (_, Some(issuer)) => {
+                self.error(file, issuer.span(), field("issuer"), "issuer applies to api_key secrets only");
+                None
+            }
+            (_, None) => None,
+        };
         if self.errors.len() > errors_before {
             return None;
         }
@@ -754,6 +779,7 @@ impl Loader {
             cadence_is_default: cadence.is_none(),
             policy,
             probes: raw.probes.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default(),
+            issuer,
             defined_at: self.at(file, def.span.clone()),
         })
     }

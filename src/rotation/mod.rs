@@ -6,20 +6,24 @@
 //! (documented, and avoided by alternating users). Nothing here holds a password longer than
 //! the call that sends it to the store or the database.
 
+mod api_key;
 mod db_password;
 pub mod status;
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret as _;
 use serde::Serialize;
 
+pub use api_key::{ApiKeyRotation, KeyStep};
 pub use db_password::{DbPasswordRotation, DbStep};
 
 use crate::clock::Clock;
 use crate::config::{Plan, SecretKind, SecretSpec, Strategy, Target};
 use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
 use crate::evidence::{Ledger, NewRecord, Outcome};
+use crate::issuers;
 use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError};
 use crate::secret::SecretRef;
 use crate::state::Db;
@@ -31,8 +35,8 @@ pub enum RotationError {
     /// No secret of that name is configured.
     #[error("no secret named {0} in the schedules; `vigil config check` lists them")]
     UnknownSecret(String),
-    /// Not a database password: API keys and JWT keys rotate with a later part of vigil.
-    #[error("{name} is a {kind} secret; only database passwords rotate in this version")]
+    /// A kind this version does not rotate yet (JWT signing keys).
+    #[error("{name} is a {kind} secret; this version rotates database passwords and API keys")]
     Unsupported {
         /// The secret.
         name: String,
@@ -182,6 +186,10 @@ impl Rotator<'_> {
 
     /// Rotates `name` now. `force` allows an alternating flip sooner than min_flip_interval.
     pub async fn rotate(&self, name: &str, force: bool) -> Result<RotationReport, RotationError> {
+        let spec = self.plan.secrets.get(name).ok_or_else(|| RotationError::UnknownSecret(name.to_owned()))?;
+        if spec.kind == SecretKind::ApiKey {
+            return self.rotate_api_key(name, spec).await;
+        }
         let (spec, target) = self.spec(name)?;
         let connected = self.connect(spec, target).await?;
         let current =
@@ -238,10 +246,85 @@ impl Rotator<'_> {
         Ok(RotationReport { secret: name.to_owned(), rotation: id, user, ended })
     }
 
-    /// Finishes or rolls back every rotation a crash left in flight.
+    async fn issuer(&self, name: &str, spec: &SecretSpec) -> Result<issuers::HttpIssuer, RotationError> {
+        let issuer = spec
+            .issuer
+            .as_ref()
+            .ok_or_else(|| RotationError::Admin { target: name.to_owned(), why: "no issuer configured".into() })?;
+        let token = match &issuer.token {
+            SecretRef::Store { store, path, key } => {
+                let value = stores::connect(*store, self.plan).await?.current(path).await?.value;
+                match key {
+                    Some(key) => {
+                        let parsed: serde_json::Value = serde_json::from_str(value.expose_secret()).unwrap_or_default();
+                        let field = parsed[key.as_str()].as_str().ok_or_else(|| RotationError::Admin {
+                            target: name.to_owned(),
+                            why: format!("the issuer token secret has no string field {key}"),
+                        })?;
+                        crate::secret::SecretString::from(field.to_owned())
+                    }
+                    None => value,
+                }
+            }
+            local => local
+                .resolve_local()
+                .map_err(|err| RotationError::Admin { target: name.to_owned(), why: err.to_string() })?,
+        };
+        Ok(issuers::HttpIssuer::new(&issuer.url, token))
+    }
+
+    async fn rotate_api_key(&self, name: &str, spec: &SecretSpec) -> Result<RotationReport, RotationError> {
+        let store = stores::connect(spec.store, self.plan).await?;
+        let issuer = self.issuer(name, spec).await?;
+        let current = api_key::parse_key(&spec.path, &store.current(&spec.path).await?.value).map_err(|err| {
+            RotationError::Store(StoreError::Refused {
+                what: format!("read secret {}", spec.path),
+                reason: err.to_string(),
+            })
+        })?;
+        let data = serde_json::json!({ "strategy": spec.strategy.as_str(), "previous_id": current.id });
+        let id = new_rotation_id();
+        let def = ApiKeyRotation { name, spec, store: store.as_ref(), issuer: &issuer, clock: self.clock };
+        let (saga, ended) = self.executor().start(&def, &id, name, data).await?;
+        let key = saga.data["key_id"].as_str().unwrap_or_default().to_owned();
+        self.conclude_api_key(name, &id, &key, &ended).await?;
+        Ok(RotationReport { secret: name.to_owned(), rotation: id, user: key, ended })
+    }
+
+    async fn conclude_api_key(&self, name: &str, id: &str, key: &str, ended: &Ended) -> Result<(), RotationError> {
+        match ended {
+            // Waiting at retire: the new key is current; the old one is revoked later.
+            Ended::Done | Ended::Waiting { .. } => status::rotated(self.db, name, id, false, self.clock).await?,
+            Ended::RolledBack { step, reason } | Ended::Stuck { step, reason } => {
+                let why = format!("rotation {id} of key {key} failed at {step}: {reason}");
+                status::needs_attention(self.db, name, &why, self.clock).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes or rolls back every rotation a crash left in flight, and runs retire steps
+    /// that have come due.
     pub async fn resume(&self) -> Result<Vec<RotationReport>, RotationError> {
         let mut reports = Vec::new();
         for saga in saga::in_flight(self.db).await? {
+            if saga.kind == ApiKeyRotation::KIND_NAME {
+                let spec = self
+                    .plan
+                    .secrets
+                    .get(&saga.subject)
+                    .ok_or_else(|| RotationError::UnknownSecret(saga.subject.clone()))?;
+                let store = stores::connect(spec.store, self.plan).await?;
+                let issuer = self.issuer(&saga.subject, spec).await?;
+                let (id, subject) = (saga.id.clone(), saga.subject.clone());
+                let def =
+                    ApiKeyRotation { name: &subject, spec, store: store.as_ref(), issuer: &issuer, clock: self.clock };
+                let (saga, ended) = self.executor().run(&def, saga).await?;
+                let key = saga.data["key_id"].as_str().unwrap_or_default().to_owned();
+                self.conclude_api_key(&subject, &id, &key, &ended).await?;
+                reports.push(RotationReport { secret: subject, rotation: id, user: key, ended });
+                continue;
+            }
             if saga.kind != DbPasswordRotation::KIND_NAME {
                 continue;
             }
@@ -258,15 +341,16 @@ impl Rotator<'_> {
         Ok(reports)
     }
 
-    /// The configured database-password secrets: what this module rotates.
+    /// The configured database-password secrets.
     fn password_secrets(&self) -> impl Iterator<Item = (&String, &SecretSpec)> {
         self.plan.secrets.iter().filter(|(_, spec)| spec.kind.engine().is_some())
     }
 
-    /// The database-password secrets whose cadence has run out.
+    /// The secrets whose cadence has run out, of the kinds this version rotates.
     pub async fn due(&self) -> Result<Vec<String>, RotationError> {
         let mut due = Vec::new();
-        for (name, spec) in self.password_secrets() {
+        let rotatable = self.plan.secrets.iter().filter(|(_, spec)| spec.kind != SecretKind::JwtSigningKey);
+        for (name, spec) in rotatable {
             let last = status::load(self.db, name).await?.last_rotated_at();
             if crate::schedule::next_due(last, spec.cadence, self.clock.now()) <= self.clock.now() {
                 due.push(name.clone());
@@ -383,6 +467,11 @@ impl Rotator<'_> {
 impl DbPasswordRotation<'_> {
     /// The saga kind, for matching stored sagas without a value of the type.
     const KIND_NAME: &'static str = <DbPasswordRotation<'static> as saga::SagaDef>::KIND;
+}
+
+impl ApiKeyRotation<'_> {
+    /// The saga kind, for matching stored sagas without a value of the type.
+    const KIND_NAME: &'static str = <ApiKeyRotation<'static> as saga::SagaDef>::KIND;
 }
 
 /// A fresh rotation id: a random (version 4) UUID, which AWS accepts as a ClientRequestToken.

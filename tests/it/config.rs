@@ -147,7 +147,7 @@ fn every_problem_is_reported_in_one_run() {
     std::fs::write(
         dir.path().join("schedules/many.toml"),
         "[secrets.a]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"a\"\ntarget = \"nope\"\nusername = \"a\"\n\n\
-         [secrets.b]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"b\"\ncadence = \"1m\"\n\n\
+         [secrets.b]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"b\"\ncadence = \"1m\"\nissuer = { url = \"http://i\", token = { env = \"X\" } }\n\n\
          [backups.c]\ntarget = \"nope\"\nschedule = \"not cron\"\nstore = \"local\"\npath = \"/backups\"\nkey_service = \"local\"\nkey_file = \"k\"\n\n\
          [targets.d]\nkind = \"postgres\"\nhost = \"db\"\nport = 70000\nadmin = { env = \"X\" }\n\n\
          [drills.e]\nbackup = \"c\"\nscratch = \"d\"\nrpo = \"15 minutes\"\n\n\
@@ -160,10 +160,10 @@ fn every_problem_is_reported_in_one_run() {
     for expected in [
         "many.toml:5:10: error: secrets.a.target: no target named `nope`",
         "many.toml:12:11: error: secrets.b.cadence: cadence 1m is shorter than the minimum of 1h",
-        "many.toml:15:10: error: backups.c.target: no target named `nope`",
-        "many.toml:16:12: error: backups.c.schedule:",
-        "many.toml:25:8: error: targets.d.port: invalid value: integer `70000`, expected u16",
-        "many.toml:31:7: error: drills.e.rpo: `15 minutes` is not a duration",
+        "many.toml:16:10: error: backups.c.target: no target named `nope`",
+        "many.toml:17:12: error: backups.c.schedule:",
+        "many.toml:26:8: error: targets.d.port: invalid value: integer `70000`, expected u16",
+        "many.toml:32:7: error: drills.e.rpo: `15 minutes` is not a duration",
     ] {
         assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
     }

@@ -3,6 +3,7 @@
 //! Tests that need the local services carry `#[ignore = "needs services: cargo xtask test"]`;
 //! `cargo xtask test` starts the services and runs them included.
 
+mod api_keys;
 mod cli;
 mod config;
 mod engines;

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod issuer;
+
 use serde::Deserialize;
 
 /// The connection settings of the local services, as `cargo xtask services up` records them.

@@ -1,0 +1,106 @@
+//! The HTTP issuer contract (`docs/api-key-issuer.md`).
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret as _;
+
+use super::{IssuedKey, IssuerError, KeyIssuer};
+use crate::secret::SecretString;
+
+/// An issuer at a base URL, managed with an admin token.
+pub struct HttpIssuer {
+    client: reqwest::Client,
+    base: String,
+    admin: SecretString,
+}
+
+impl HttpIssuer {
+    /// The issuer at `base`, managed with `admin`.
+    pub fn new(base: &str, admin: SecretString) -> Self {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap_or_default();
+        Self { client, base: base.trim_end_matches('/').to_owned(), admin }
+    }
+}
+
+/// Sorts a response's status; `None` for success.
+fn status_error(what: &str, status: reqwest::StatusCode) -> Option<IssuerError> {
+    if status.is_success() {
+        None
+    } else if status.as_u16() == 429 || status.is_server_error() {
+        Some(IssuerError::Transient { what: what.to_owned(), reason: format!("HTTP {status}") })
+    } else {
+        Some(IssuerError::Refused { what: what.to_owned(), status: status.as_u16() })
+    }
+}
+
+fn network(what: &str, err: reqwest::Error) -> IssuerError {
+    // Without the URL, and reqwest never shows headers: no key reaches the message.
+    IssuerError::Transient { what: what.to_owned(), reason: err.without_url().to_string() }
+}
+
+impl KeyIssuer for HttpIssuer {
+    fn issue<'a>(&'a self, name: &'a str, idempotency_key: &'a str) -> BoxFuture<'a, Result<IssuedKey, IssuerError>> {
+        async move {
+            let what = format!("issue a key for {name}");
+            let response = self
+                .client
+                .post(format!("{}/keys", self.base))
+                .bearer_auth(self.admin.expose_secret())
+                .json(&serde_json::json!({ "name": name, "idempotency_key": idempotency_key }))
+                .send()
+                .await
+                .map_err(|err| network(&what, err))?;
+            if let Some(err) = status_error(&what, response.status()) {
+                return Err(err);
+            }
+            let body: serde_json::Value = response.json().await.map_err(|err| network(&what, err))?;
+            match (body["id"].as_str(), body["secret"].as_str()) {
+                (Some(id), Some(secret)) => {
+                    Ok(IssuedKey { id: id.to_owned(), secret: SecretString::from(secret.to_owned()) })
+                }
+                _ => Err(IssuerError::Refused { what, status: 200 }),
+            }
+        }
+        .boxed()
+    }
+
+    fn authenticate<'a>(&'a self, secret: &'a SecretString) -> BoxFuture<'a, Result<String, IssuerError>> {
+        async move {
+            let what = "authenticate with a key";
+            let response = self
+                .client
+                .get(format!("{}/whoami", self.base))
+                .bearer_auth(secret.expose_secret())
+                .send()
+                .await
+                .map_err(|err| network(what, err))?;
+            if matches!(response.status().as_u16(), 401 | 403) {
+                return Err(IssuerError::Rejected);
+            }
+            if let Some(err) = status_error(what, response.status()) {
+                return Err(err);
+            }
+            let body: serde_json::Value = response.json().await.map_err(|err| network(what, err))?;
+            body["id"].as_str().map(str::to_owned).ok_or(IssuerError::Refused { what: what.to_owned(), status: 200 })
+        }
+        .boxed()
+    }
+
+    fn revoke<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), IssuerError>> {
+        async move {
+            let what = format!("revoke key {id}");
+            let response = self
+                .client
+                .delete(format!("{}/keys/{id}", self.base))
+                .bearer_auth(self.admin.expose_secret())
+                .send()
+                .await
+                .map_err(|err| network(&what, err))?;
+            if response.status().as_u16() == 404 {
+                return Ok(());
+            }
+            status_error(&what, response.status()).map_or(Ok(()), Err)
+        }
+        .boxed()
+    }
+}
