@@ -192,13 +192,8 @@ impl Rotator<'_> {
         }
         let (spec, target) = self.spec(name)?;
         let connected = self.connect(spec, target).await?;
-        let current =
-            db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value).map_err(|err| {
-                RotationError::Store(StoreError::Refused {
-                    what: format!("read secret {}", spec.path),
-                    reason: err.to_string(),
-                })
-            })?;
+        let current = db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value)
+            .map_err(|err| unreadable(&spec.path, &err))?;
         let username = spec.username.clone().unwrap_or_default();
         let mut data = serde_json::json!({ "strategy": spec.strategy.as_str(), "target": spec.target });
         let user = match &spec.strategy {
@@ -276,12 +271,8 @@ impl Rotator<'_> {
     async fn rotate_api_key(&self, name: &str, spec: &SecretSpec) -> Result<RotationReport, RotationError> {
         let store = stores::connect(spec.store, self.plan).await?;
         let issuer = self.issuer(name, spec).await?;
-        let current = api_key::parse_key(&spec.path, &store.current(&spec.path).await?.value).map_err(|err| {
-            RotationError::Store(StoreError::Refused {
-                what: format!("read secret {}", spec.path),
-                reason: err.to_string(),
-            })
-        })?;
+        let current = api_key::parse_key(&spec.path, &store.current(&spec.path).await?.value)
+            .map_err(|err| unreadable(&spec.path, &err))?;
         let data = serde_json::json!({ "strategy": spec.strategy.as_str(), "previous_id": current.id });
         let id = new_rotation_id();
         let def = ApiKeyRotation { name, spec, store: store.as_ref(), issuer: &issuer, clock: self.clock };
@@ -422,13 +413,8 @@ impl Rotator<'_> {
 
     async fn check_one(&self, spec: &SecretSpec, target: &Target) -> Result<(), RotationError> {
         let connected = self.connect(spec, target).await?;
-        let current =
-            db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value).map_err(|err| {
-                RotationError::Store(StoreError::Refused {
-                    what: format!("read secret {}", spec.path),
-                    reason: err.to_string(),
-                })
-            })?;
+        let current = db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value)
+            .map_err(|err| unreadable(&spec.path, &err))?;
         connected
             .engine
             .test_login(&Credential { username: current.username, password: current.password }, &spec.probes)
@@ -472,6 +458,11 @@ impl DbPasswordRotation<'_> {
 impl ApiKeyRotation<'_> {
     /// The saga kind, for matching stored sagas without a value of the type.
     const KIND_NAME: &'static str = <ApiKeyRotation<'static> as saga::SagaDef>::KIND;
+}
+
+/// A stored value that is not a credential vigil can rotate.
+fn unreadable(path: &str, err: &saga::StepError) -> RotationError {
+    RotationError::Store(StoreError::Refused { what: format!("read secret {path}"), reason: err.to_string() })
 }
 
 /// A fresh rotation id: a random (version 4) UUID, which AWS accepts as a ClientRequestToken.
