@@ -25,7 +25,7 @@ use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
 use crate::evidence::{Ledger, NewRecord, Outcome};
 use crate::issuers;
 use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError};
-use crate::secret::SecretRef;
+use crate::secret::{SecretRef, SecretString};
 use crate::state::Db;
 use crate::stores::{self, SecretStore, StoreError};
 
@@ -71,8 +71,8 @@ pub enum RotationError {
         /// What differs, briefly.
         difference: String,
     },
-    /// The admin credential could not be read.
-    #[error("cannot read the admin credential of target {target}: {why}")]
+    /// An admin credential or issuer token could not be read.
+    #[error("cannot read the credential vigil manages {target} with: {why}")]
     Admin {
         /// The target.
         target: String,
@@ -168,17 +168,27 @@ impl Rotator<'_> {
         Ok(Connected { store, engine: engines::connect(target.engine, endpoint, admin) })
     }
 
-    /// The admin credential: a JSON object with `username` and `password`, from a store, the
-    /// environment or a file.
-    async fn admin(&self, target: &str, reference: &SecretRef) -> Result<Credential, RotationError> {
-        let value = match reference {
-            SecretRef::Store { store, path, .. } => {
-                stores::connect(*store, self.plan).await?.current(path).await?.value
+    /// The value `reference` names: from its store (one JSON field of it when `key` is given),
+    /// the environment or a file. `whose` names what it is for, in errors.
+    async fn resolve(&self, whose: &str, reference: &SecretRef) -> Result<SecretString, RotationError> {
+        let unreadable = |why: String| RotationError::Admin { target: whose.to_owned(), why };
+        match reference {
+            SecretRef::Store { store, path, key } => {
+                let value = stores::connect(*store, self.plan).await?.current(path).await?.value;
+                let Some(key) = key else { return Ok(value) };
+                let parsed: serde_json::Value = serde_json::from_str(value.expose_secret()).unwrap_or_default();
+                let field = parsed[key.as_str()]
+                    .as_str()
+                    .ok_or_else(|| unreadable(format!("secret {path} has no string field {key}")))?;
+                Ok(SecretString::from(field.to_owned()))
             }
-            local => local
-                .resolve_local()
-                .map_err(|err| RotationError::Admin { target: target.to_owned(), why: err.to_string() })?,
-        };
+            local => local.resolve_local().map_err(|err| unreadable(err.to_string())),
+        }
+    }
+
+    /// The admin credential: a JSON object with `username` and `password`.
+    async fn admin(&self, target: &str, reference: &SecretRef) -> Result<Credential, RotationError> {
+        let value = self.resolve(target, reference).await?;
         let parsed = db_password::parse("the admin credential", &value)
             .map_err(|err| RotationError::Admin { target: target.to_owned(), why: err.to_string() })?;
         Ok(Credential { username: parsed.username, password: parsed.password })
@@ -246,26 +256,7 @@ impl Rotator<'_> {
             .issuer
             .as_ref()
             .ok_or_else(|| RotationError::Admin { target: name.to_owned(), why: "no issuer configured".into() })?;
-        let token = match &issuer.token {
-            SecretRef::Store { store, path, key } => {
-                let value = stores::connect(*store, self.plan).await?.current(path).await?.value;
-                match key {
-                    Some(key) => {
-                        let parsed: serde_json::Value = serde_json::from_str(value.expose_secret()).unwrap_or_default();
-                        let field = parsed[key.as_str()].as_str().ok_or_else(|| RotationError::Admin {
-                            target: name.to_owned(),
-                            why: format!("the issuer token secret has no string field {key}"),
-                        })?;
-                        crate::secret::SecretString::from(field.to_owned())
-                    }
-                    None => value,
-                }
-            }
-            local => local
-                .resolve_local()
-                .map_err(|err| RotationError::Admin { target: name.to_owned(), why: err.to_string() })?,
-        };
-        Ok(issuers::HttpIssuer::new(&issuer.url, token))
+        Ok(issuers::HttpIssuer::new(&issuer.url, self.resolve(name, &issuer.token).await?))
     }
 
     async fn rotate_api_key(&self, name: &str, spec: &SecretSpec) -> Result<RotationReport, RotationError> {
