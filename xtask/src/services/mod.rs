@@ -203,6 +203,15 @@ pub fn up(root: &Path) -> anyhow::Result<State> {
     let mut ctx = Context::new(root)?;
     let mut state = ctx.load()?;
     let tools = tools::python_tools(&ctx)?;
+    let healthy = [
+        ("moto", state.moto.as_ref().is_some_and(moto::healthy)),
+        ("OpenBao", state.openbao.as_ref().is_some_and(openbao::healthy)),
+        ("PostgreSQL", state.postgres.as_ref().is_some_and(postgres::healthy)),
+        ("MariaDB", state.mariadb.as_ref().is_some_and(mariadb::healthy)),
+    ];
+    for (name, _) in healthy.iter().filter(|(_, healthy)| *healthy) {
+        eprintln!("reusing {name}, already running and healthy");
+    }
     let result = (|| -> anyhow::Result<()> {
         if !state.moto.as_ref().is_some_and(moto::healthy) {
             stop_recorded(state.moto.take().map(|m| (m.pid, m.marker(), libc::SIGTERM)));
