@@ -203,6 +203,7 @@ pub fn up(root: &Path) -> anyhow::Result<State> {
     let mut ctx = Context::new(root)?;
     let mut state = ctx.load()?;
     let tools = tools::python_tools(&ctx)?;
+    // Checked once: each check runs a client or an HTTP request.
     let healthy = [
         ("moto", state.moto.as_ref().is_some_and(moto::healthy)),
         ("OpenBao", state.openbao.as_ref().is_some_and(openbao::healthy)),
@@ -213,22 +214,22 @@ pub fn up(root: &Path) -> anyhow::Result<State> {
         eprintln!("reusing {name}, already running and healthy");
     }
     let result = (|| -> anyhow::Result<()> {
-        if !state.moto.as_ref().is_some_and(moto::healthy) {
+        if !healthy[0].1 {
             stop_recorded(state.moto.take().map(|m| (m.pid, m.marker(), libc::SIGTERM)));
             state.moto = Some(moto::start(&ctx, &tools)?);
             ctx.save(&state)?;
         }
-        if !state.openbao.as_ref().is_some_and(openbao::healthy) {
+        if !healthy[1].1 {
             stop_recorded(state.openbao.take().map(|b| (b.pid, b.marker(), libc::SIGTERM)));
             state.openbao = Some(openbao::start(&ctx, &tools)?);
             ctx.save(&state)?;
         }
-        if !state.postgres.as_ref().is_some_and(postgres::healthy) {
+        if !healthy[2].1 {
             stop_recorded(state.postgres.take().map(|d| (d.pid, postgres::marker(&d), libc::SIGINT)));
             state.postgres = Some(postgres::start(&mut ctx)?);
             ctx.save(&state)?;
         }
-        if !state.mariadb.as_ref().is_some_and(mariadb::healthy) {
+        if !healthy[3].1 {
             stop_recorded(state.mariadb.take().map(|d| (d.pid, mariadb::marker(&d), libc::SIGTERM)));
             state.mariadb = Some(mariadb::start(&mut ctx)?);
             ctx.save(&state)?;
