@@ -95,6 +95,24 @@ impl EngineError {
     }
 }
 
+/// Runs `SELECT 1` and then each probe on `conn`, stopping at the first failure, and closes
+/// the connection: the test of a credential, the same on every engine.
+async fn run_probes<C>(mut conn: C, user: &str, probes: &[String]) -> Result<(), EngineError>
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
+    let mut result = sqlx::raw_sql("SELECT 1").execute(&mut conn).await.map(drop);
+    for probe in probes {
+        if result.is_err() {
+            break;
+        }
+        result = sqlx::raw_sql(sqlx::AssertSqlSafe(probe.clone())).execute(&mut conn).await.map(drop);
+    }
+    let _ = conn.close().await;
+    result.map_err(|err| EngineError::from_sqlx("run the probe queries", user, err))
+}
+
 /// What rotation needs from a database. Every method is idempotent.
 pub trait DbEngine: Send + Sync {
     /// Logs in as `credential` and runs each probe query; succeeds only if all do.

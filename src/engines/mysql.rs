@@ -79,18 +79,10 @@ impl DbEngine for MysqlEngine {
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         async move {
             let user = &credential.username;
-            let mut conn = MySqlConnection::connect_with(&self.options(credential))
+            let conn = MySqlConnection::connect_with(&self.options(credential))
                 .await
                 .map_err(|err| EngineError::from_sqlx("log in", user, err))?;
-            let mut result = sqlx::query("SELECT 1").execute(&mut conn).await.map(drop);
-            for probe in probes {
-                if result.is_err() {
-                    break;
-                }
-                result = sqlx::raw_sql(sqlx::AssertSqlSafe(probe.clone())).execute(&mut conn).await.map(drop);
-            }
-            let _ = conn.close().await;
-            result.map_err(|err| EngineError::from_sqlx("run the probe queries", user, err))
+            super::run_probes(conn, user, probes).await
         }
         .boxed()
     }
