@@ -189,7 +189,7 @@ async fn main() {
     // flipped to its clone, so vigil rotates the other user back.
     let db = Db::open(&plan.evidence.store).await.unwrap();
     let ledger = Ledger::open(db.clone(), LedgerKey::generate("vigil/bench"), Arc::new(SystemClock)).await.unwrap();
-    let rotator = Rotator { plan: &plan, db: &db, ledger: &ledger, clock: &SystemClock, retry: RetryPolicy::default() };
+    let rotator = Rotator::new(&plan, &db, &ledger, &SystemClock, RetryPolicy::default());
     let start = Instant::now();
     let results: Vec<(Duration, bool)> = futures_util::stream::iter(0..args.secrets)
         .map(|i| {

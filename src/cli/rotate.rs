@@ -75,8 +75,7 @@ impl RotateArgs {
         let plan = load_plan(global)?;
         let db = Db::open(&plan.evidence.store).await?;
         let ledger = open_ledger(&plan, &db).await?;
-        let rotator =
-            Rotator { plan: &plan, db: &db, ledger: &ledger, clock: &SystemClock, retry: RetryPolicy::default() };
+        let rotator = Rotator::new(&plan, &db, &ledger, &SystemClock, RetryPolicy::default());
         let exit = self.dispatch(&rotator, global.output).await;
         db.close().await;
         exit

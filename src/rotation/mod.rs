@@ -11,6 +11,7 @@ mod db_password;
 pub mod status;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret as _;
@@ -25,7 +26,7 @@ use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
 use crate::evidence::{Ledger, NewRecord, Outcome};
 use crate::issuers;
 use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError};
-use crate::secret::{SecretRef, SecretString};
+use crate::secret::{SecretRef, SecretString, StoreKind};
 use crate::state::Db;
 use crate::stores::{self, SecretStore, StoreError};
 
@@ -140,15 +141,34 @@ pub struct Rotator<'a> {
     pub clock: &'a dyn Clock,
     /// Retries of transient failures within a step.
     pub retry: RetryPolicy,
+    /// Store clients, connected on first use and kept: a client builds its HTTP and TLS
+    /// stack, which `--check --watch` would otherwise do every interval for every secret.
+    stores: tokio::sync::Mutex<std::collections::HashMap<StoreKind, Arc<dyn SecretStore>>>,
 }
 
 /// A secret's store and database, connected.
 struct Connected {
-    store: Box<dyn SecretStore>,
+    store: Arc<dyn SecretStore>,
     engine: Box<dyn DbEngine>,
 }
 
-impl Rotator<'_> {
+impl<'a> Rotator<'a> {
+    /// A rotator over `plan`, recording in `db` and `ledger`.
+    pub fn new(plan: &'a Plan, db: &'a Db, ledger: &'a Ledger, clock: &'a dyn Clock, retry: RetryPolicy) -> Self {
+        Self { plan, db, ledger, clock, retry, stores: tokio::sync::Mutex::default() }
+    }
+
+    /// The client for `kind`, connected once per rotator.
+    async fn store(&self, kind: StoreKind) -> Result<Arc<dyn SecretStore>, RotationError> {
+        let mut stores = self.stores.lock().await;
+        if let Some(store) = stores.get(&kind) {
+            return Ok(store.clone());
+        }
+        let store: Arc<dyn SecretStore> = Arc::from(stores::connect(kind, self.plan).await?);
+        stores.insert(kind, store.clone());
+        Ok(store)
+    }
+
     fn spec(&self, name: &str) -> Result<(&SecretSpec, &Target), RotationError> {
         let spec = self.plan.secrets.get(name).ok_or_else(|| RotationError::UnknownSecret(name.to_owned()))?;
         match spec.kind {
@@ -161,7 +181,7 @@ impl Rotator<'_> {
     }
 
     async fn connect(&self, spec: &SecretSpec, target: &Target) -> Result<Connected, RotationError> {
-        let store = stores::connect(spec.store, self.plan).await?;
+        let store = self.store(spec.store).await?;
         let target_name = spec.target.clone().unwrap_or_default();
         let admin = self.admin(&target_name, &target.admin).await?;
         let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
@@ -174,7 +194,7 @@ impl Rotator<'_> {
         let unreadable = |why: String| RotationError::Admin { target: whose.to_owned(), why };
         match reference {
             SecretRef::Store { store, path, key } => {
-                let value = stores::connect(*store, self.plan).await?.current(path).await?.value;
+                let value = self.store(*store).await?.current(path).await?.value;
                 let Some(key) = key else { return Ok(value) };
                 let parsed: serde_json::Value = serde_json::from_str(value.expose_secret()).unwrap_or_default();
                 let field = parsed[key.as_str()]
@@ -260,7 +280,7 @@ impl Rotator<'_> {
     }
 
     async fn rotate_api_key(&self, name: &str, spec: &SecretSpec) -> Result<RotationReport, RotationError> {
-        let store = stores::connect(spec.store, self.plan).await?;
+        let store = self.store(spec.store).await?;
         let issuer = self.issuer(name, spec).await?;
         let current = api_key::parse_key(&spec.path, &store.current(&spec.path).await?.value)
             .map_err(|err| unreadable(&spec.path, &err))?;
@@ -296,7 +316,7 @@ impl Rotator<'_> {
                     .secrets
                     .get(&saga.subject)
                     .ok_or_else(|| RotationError::UnknownSecret(saga.subject.clone()))?;
-                let store = stores::connect(spec.store, self.plan).await?;
+                let store = self.store(spec.store).await?;
                 let issuer = self.issuer(&saga.subject, spec).await?;
                 let (id, subject) = (saga.id.clone(), saga.subject.clone());
                 let def =

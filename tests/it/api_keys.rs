@@ -106,8 +106,7 @@ async fn overlap_then_retire(store: Store) {
 
     {
         let ledger = Ledger::open(db.clone(), LedgerKey::load(&key_path).unwrap(), clock.clone()).await.unwrap();
-        let rotator =
-            Rotator { plan: &plan, db: &db, ledger: &ledger, clock: clock.as_ref(), retry: RetryPolicy::default() };
+        let rotator = Rotator::new(&plan, &db, &ledger, clock.as_ref(), RetryPolicy::default());
         let report = rotator.rotate(&cell.name, false).await.unwrap();
         assert_eq!(report.ended, Ended::Waiting { step: "retire".into(), until: "2026-11-25T10:00:00Z".into() });
     }
@@ -121,8 +120,7 @@ async fn overlap_then_retire(store: Store) {
     clock.advance(chrono::Duration::hours(23));
     {
         let ledger = Ledger::open(db.clone(), LedgerKey::load(&key_path).unwrap(), clock.clone()).await.unwrap();
-        let rotator =
-            Rotator { plan: &plan, db: &db, ledger: &ledger, clock: clock.as_ref(), retry: RetryPolicy::default() };
+        let rotator = Rotator::new(&plan, &db, &ledger, clock.as_ref(), RetryPolicy::default());
         let resumed = rotator.resume().await.unwrap();
         assert_eq!(resumed.len(), 1);
         assert!(matches!(resumed[0].ended, Ended::Waiting { .. }), "{:?}", resumed[0].ended);
@@ -131,8 +129,7 @@ async fn overlap_then_retire(store: Store) {
 
     clock.advance(chrono::Duration::hours(2));
     let ledger = Ledger::open(db.clone(), LedgerKey::load(&key_path).unwrap(), clock.clone()).await.unwrap();
-    let rotator =
-        Rotator { plan: &plan, db: &db, ledger: &ledger, clock: clock.as_ref(), retry: RetryPolicy::default() };
+    let rotator = Rotator::new(&plan, &db, &ledger, clock.as_ref(), RetryPolicy::default());
     let resumed = rotator.resume().await.unwrap();
     assert_eq!(resumed[0].ended, Ended::Done);
     assert!(!issuer.accepts(&old), "the old key is revoked after the overlap");
