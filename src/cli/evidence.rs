@@ -321,7 +321,7 @@ pub(super) async fn open_ledger(plan: &Plan, db: &Db) -> anyhow::Result<Ledger> 
         return Ok(Ledger::open(db.clone(), key, clock).await?);
     }
     let old = key.verifier();
-    let newest = evidence::checkpoints(db).await?.into_iter().max_by_key(|c| c.id);
+    let newest = evidence::newest_checkpoint(db).await?;
     let next_id = format!("{}+{:08x}", next.verifier().name(), next.verifier().id());
     let ledger = if newest.is_some_and(|c| c.key == next_id) {
         Ledger::open(db.clone(), next, clock).await?

@@ -153,7 +153,7 @@ impl Ledger {
                 }])
                 .await?;
             ledger.checkpoint().await?;
-        } else if let Some(newest) = store::checkpoints(&ledger.db).await?.into_iter().max_by_key(|c| c.id) {
+        } else if let Some(newest) = store::newest_checkpoint(&ledger.db).await? {
             let ours = ledger.key.verifier();
             let ours = format!("{}+{:08x}", ours.name(), ours.id());
             if newest.key != ours {
@@ -318,6 +318,11 @@ pub async fn get(db: &Db, seq: u64) -> Result<Record, EvidenceError> {
         Some(record) => Ok(record),
         None => Err(EvidenceError::NoSuchRecord { seq, size: size(db).await? }),
     }
+}
+
+/// The checkpoint signed last, if any.
+pub async fn newest_checkpoint(db: &Db) -> Result<Option<StoredCheckpoint>, EvidenceError> {
+    store::newest_checkpoint(db).await
 }
 
 /// Every stored checkpoint, by size.

@@ -352,3 +352,13 @@ fn sqlite_record<'r>(row: &'r rusqlite::Row<'_>) -> Result<RecordRef<'r>, String
         hash: hash(10)?,
     })
 }
+
+/// The checkpoint signed last, if any.
+pub(super) async fn newest_checkpoint(db: &Db) -> Result<Option<StoredCheckpoint>, EvidenceError> {
+    const SQL: &str =
+        "SELECT id, size, key_name, key_id, signed_at, note FROM evidence_checkpoints ORDER BY id DESC LIMIT 1";
+    Ok(on_pool!(db, pool => match sqlx::query(SQL).fetch_optional(pool).await? {
+        Some(row) => Some(decode_checkpoint(&row)?),
+        None => None,
+    }))
+}
