@@ -19,8 +19,19 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        Utc::now() + test_offset()
     }
+}
+
+/// In `failpoints` builds (tests only, never release), `VIGIL_CLOCK_OFFSET=SECONDS` runs the
+/// binary's clock ahead, so that a crash test can cross an overlap window without sleeping
+/// through it.
+fn test_offset() -> chrono::Duration {
+    #[cfg(feature = "failpoints")]
+    if let Some(seconds) = std::env::var("VIGIL_CLOCK_OFFSET").ok().and_then(|s| s.parse::<i64>().ok()) {
+        return chrono::Duration::seconds(seconds);
+    }
+    chrono::Duration::zero()
 }
 
 /// A clock that stands still until it is moved: for tests and for replaying a schedule.

@@ -14,6 +14,8 @@ pub mod evidence;
 pub mod engines;
 pub mod stores;
 pub mod issuers;
+pub mod aws;
+pub mod jwks;
 pub mod saga;
 pub mod rotation;
 pub mod telemetry;

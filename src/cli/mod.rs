@@ -8,6 +8,7 @@ mod completions;
 mod config;
 mod drill;
 mod evidence;
+mod jwks;
 mod output;
 mod report;
 mod rotate;
@@ -149,6 +150,7 @@ enum Command {
     Drill(drill::DrillArgs),
     Report(report::ReportArgs),
     Evidence(evidence::EvidenceArgs),
+    Jwks(jwks::JwksArgs),
     Config(config::ConfigArgs),
     Status(status::StatusArgs),
     Completions(completions::CompletionsArgs),
@@ -163,6 +165,7 @@ impl Command {
             Self::Drill(args) => args.run(global).await,
             Self::Report(args) => args.run(global).await,
             Self::Evidence(args) => args.run(global).await,
+            Self::Jwks(args) => args.run(global).await,
             Self::Config(args) => args.run(global),
             Self::Status(args) => args.run(global).await,
             Self::Completions(args) => args.run(),

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 pub use diagnostic::{Diagnostic, Location, Severity};
 
+use crate::jwks::Algorithm;
 use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{PasswordPolicy, SecretRef, StoreKind};
 
@@ -298,6 +299,8 @@ pub struct SecretSpec {
     pub probes: Vec<String>,
     /// The service that issues and revokes API keys (`docs/api-key-issuer.md`).
     pub issuer: Option<Issuer>,
+    /// How a JWT signing key is generated and published.
+    pub jwt: Option<JwtSpec>,
     /// Where the secret is defined.
     pub defined_at: Location,
 }
@@ -309,6 +312,64 @@ pub struct Issuer {
     pub url: String,
     /// The management token, by reference.
     pub token: SecretRef,
+}
+
+/// A JWT signing key's algorithm, where its JWKS is published, and the times that decide how
+/// long each key is published before it signs and after it stops.
+#[derive(Debug, Serialize)]
+pub struct JwtSpec {
+    /// The one algorithm its keys sign with.
+    pub algorithm: Algorithm,
+    /// Where the JWKS is published.
+    pub jwks: JwksTarget,
+    /// How long verifiers cache the JWKS: a new key is published this long before it signs,
+    /// and the document's `Cache-Control` max-age.
+    pub jwks_cache: Duration,
+    /// The longest lifetime of a token signed with the key.
+    pub max_token_lifetime: Duration,
+    /// The clock skew verifiers allow.
+    pub clock_skew: Duration,
+}
+
+impl JwtSpec {
+    /// How long a key stays published after it stops signing: until the last token it signed
+    /// has expired on every verifier's clock.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.max_token_lifetime.as_secs().saturating_add(self.clock_skew.as_secs()))
+    }
+}
+
+/// Where a JWKS document is published.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "publish")]
+pub enum JwksTarget {
+    /// An S3 object, written with `Cache-Control` and `Content-Type` headers.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+    },
+    /// A Vault KV v2 path, with `cache-control` in its custom metadata.
+    VaultKv {
+        /// The path in the KV mount.
+        path: String,
+    },
+    /// A local file a web server serves.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for JwksTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+            Self::VaultKv { path } => write!(f, "vault_kv:{path}"),
+            Self::File { path } => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 /// Where backups of a set are written.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+use crate::jwks::Algorithm;
 use crate::schedule::Duration;
 use crate::secret::{CharClass, SecretRef, StoreKind};
 
@@ -134,6 +135,28 @@ pub(super) struct Secret {
     pub policy: Option<Spanned<Policy>>,
     pub probes: Option<Spanned<Vec<String>>>,
     pub issuer: Option<Spanned<Issuer>>,
+    pub algorithm: Option<Spanned<Algorithm>>,
+    pub jwks: Option<Spanned<Jwks>>,
+    pub jwks_cache: Option<Spanned<Duration>>,
+    pub max_token_lifetime: Option<Spanned<Duration>>,
+    pub clock_skew: Option<Spanned<Duration>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum JwksPublish {
+    S3,
+    VaultKv,
+    File,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Jwks {
+    pub publish: Spanned<JwksPublish>,
+    pub bucket: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,9 +13,10 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
 use super::{
-    Aws, AwsCredentials, BackupSet, Controller, Drill, Engine, Evidence, EvidenceStore, KeyService, Loaded,
-    ObjectStore, Plan, Retention, SecretKind, SecretSpec, Strategy, Target, Vault, resolve_path,
+    Aws, AwsCredentials, BackupSet, Controller, Drill, Engine, Evidence, EvidenceStore, JwksTarget, JwtSpec,
+    KeyService, Loaded, ObjectStore, Plan, Retention, SecretKind, SecretSpec, Strategy, Target, Vault, resolve_path,
 };
+use crate::jwks::Algorithm;
 use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{CharClass, PasswordPolicy, SecretRef, StoreKind};
 
@@ -25,6 +26,13 @@ const DEFAULT_DATA_DIR: &str = "/var/lib/vigil";
 const DEFAULT_MIN_FLIP_INTERVAL: Duration = Duration::from_secs(3_600);
 /// How long an old API key or JWT key stays valid beside the new one, unless configured.
 const DEFAULT_OVERLAP: Duration = Duration::from_secs(86_400);
+/// How long verifiers cache a JWKS, unless configured: a new key is published this long
+/// before it signs.
+const DEFAULT_JWKS_CACHE: u64 = 3_600;
+/// The longest token lifetime, unless configured.
+const DEFAULT_MAX_TOKEN_LIFETIME: u64 = 3_600;
+/// The clock skew verifiers allow, unless configured.
+const DEFAULT_CLOCK_SKEW: u64 = 300;
 /// Shortest cadence accepted: rotating more often than hourly is a typo, not a policy.
 const MIN_CADENCE: Duration = Duration::from_secs(3_600);
 const DEFAULT_RPO: Duration = Duration::from_secs(15 * 60);
@@ -634,6 +642,22 @@ impl Loader {
             }
         };
 
+        let jwt = if kind == SecretKind::JwtSigningKey {
+            self.jwt(name, def, cadence_ok.then_some(cadence_value))
+        } else {
+            let why = "applies to jwt_signing_key secrets only";
+            for (name, span) in [
+                ("algorithm", raw.algorithm.as_ref().map(Spanned::span)),
+                ("jwks", raw.jwks.as_ref().map(Spanned::span)),
+                ("jwks_cache", raw.jwks_cache.as_ref().map(Spanned::span)),
+                ("max_token_lifetime", raw.max_token_lifetime.as_ref().map(Spanned::span)),
+                ("clock_skew", raw.clock_skew.as_ref().map(Spanned::span)),
+            ] {
+                refuse(self, span, name, &format!("{name} {why}"));
+            }
+            None
+        };
+
         let strategy = match kind.engine() {
             Some(engine) => {
                 match &raw.target {
@@ -730,11 +754,16 @@ impl Loader {
                         format!("{} secrets rotate with strategy = \"overlap\"", kind.as_str()),
                     );
                 }
-                let window = raw.overlap.as_ref().map_or(DEFAULT_OVERLAP, |o| *o.get_ref());
-                if cadence_ok && window >= cadence_value {
-                    let span = raw.overlap.as_ref().map_or(def.span.clone(), Spanned::span);
-                    self.error(file, span, field("overlap"), format!("overlap {window} must be shorter than the cadence {cadence_value}, or old credentials pile up"));
-                }
+                let window = if let Some(jwt) = &jwt {
+                    jwt.retention()
+                } else {
+                    let window = raw.overlap.as_ref().map_or(DEFAULT_OVERLAP, |o| *o.get_ref());
+                    if cadence_ok && window >= cadence_value {
+                        let span = raw.overlap.as_ref().map_or(def.span.clone(), Spanned::span);
+                        self.error(file, span, field("overlap"), format!("overlap {window} must be shorter than the cadence {cadence_value}, or old credentials pile up"));
+                    }
+                    window
+                };
                 Strategy::Overlap { window }
             }
         };
@@ -780,7 +809,99 @@ impl Loader {
             policy,
             probes: raw.probes.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default(),
             issuer,
+            jwt,
             defined_at: self.at(file, def.span.clone()),
+        })
+    }
+
+    /// A JWT signing key's settings: where its JWKS is published, and times that fit the
+    /// cadence (`cadence` is `None` when it was refused already).
+    fn jwt(&mut self, name: &str, def: &Def<raw::Secret>, cadence: Option<Duration>) -> Option<JwtSpec> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("secrets.{name}.{f}");
+        if let Some(overlap) = &raw.overlap {
+            self.errors.push(
+                Diagnostic::error(self.at(file, overlap.span()), field("overlap"), "a JWT key's overlap follows from its times: it is published jwks_cache before it signs, and stays published max_token_lifetime + clock_skew after it stops")
+                    .with_help("remove overlap; set jwks_cache, max_token_lifetime and clock_skew if the defaults (1h, 1h, 5m) do not fit"),
+            );
+        }
+        let duration = |d: &Option<Spanned<Duration>>, default: u64| {
+            d.as_ref().map_or(Duration::from_secs(default), |d| *d.get_ref())
+        };
+        let jwks_cache = duration(&raw.jwks_cache, DEFAULT_JWKS_CACHE);
+        let max_token_lifetime = duration(&raw.max_token_lifetime, DEFAULT_MAX_TOKEN_LIFETIME);
+        let clock_skew = duration(&raw.clock_skew, DEFAULT_CLOCK_SKEW);
+        let total = Duration::from_secs(jwks_cache.as_secs() + max_token_lifetime.as_secs() + clock_skew.as_secs());
+        if let Some(cadence) = cadence
+            && total >= cadence
+        {
+            let span =
+                raw.max_token_lifetime.as_ref().or(raw.jwks_cache.as_ref()).map_or(def.span.clone(), Spanned::span);
+            self.error(file, span, field("max_token_lifetime"), format!("jwks_cache + max_token_lifetime + clock_skew ({total}) must be shorter than the cadence {cadence}: a rotation must finish before the next is due"));
+        }
+        let Some(jwks) = &raw.jwks else {
+            self.errors.push(
+                Diagnostic::error(self.at(file, def.span.clone()), field("jwks"), "a jwt_signing_key secret needs `jwks`, where verifiers fetch its public keys")
+                    .with_help("write jwks = { publish = \"s3\", bucket = \"…\", key = \"….json\" }, { publish = \"vault_kv\", path = \"…\" } or { publish = \"file\", path = \"/srv/….json\" }"),
+            );
+            return None;
+        };
+        let jwks_field = |f: &str| format!("secrets.{name}.jwks.{f}");
+        let raw_jwks = jwks.get_ref();
+        let kind = *raw_jwks.publish.get_ref();
+        let need = |loader: &mut Self, value: &Option<Spanned<String>>, name: &str, publish: &str| match value {
+            Some(v) if !v.get_ref().trim().is_empty() => Some(v.get_ref().clone()),
+            Some(v) => {
+                loader.error(file, v.span(), jwks_field(name), format!("{name} is empty"));
+                None
+            }
+            None => {
+                loader.error(file, jwks.span(), jwks_field(name), format!("publish = \"{publish}\" needs `{name}`"));
+                None
+            }
+        };
+        let refuse = |loader: &mut Self, value: &Option<Spanned<String>>, name: &str, publish: &str| {
+            if let Some(v) = value {
+                loader.error(
+                    file,
+                    v.span(),
+                    jwks_field(name),
+                    format!("{name} does not apply to publish = \"{publish}\""),
+                );
+            }
+        };
+        let target = match kind {
+            raw::JwksPublish::S3 => {
+                refuse(self, &raw_jwks.path, "path", "s3");
+                self.require_store(
+                    StoreKind::AwsSecretsManager,
+                    self.at(file, raw_jwks.publish.span()),
+                    jwks_field("publish"),
+                );
+                let bucket = need(self, &raw_jwks.bucket, "bucket", "s3");
+                let key = need(self, &raw_jwks.key, "key", "s3");
+                JwksTarget::S3 { bucket: bucket?, key: key? }
+            }
+            raw::JwksPublish::VaultKv => {
+                refuse(self, &raw_jwks.bucket, "bucket", "vault_kv");
+                refuse(self, &raw_jwks.key, "key", "vault_kv");
+                self.require_store(StoreKind::VaultKv, self.at(file, raw_jwks.publish.span()), jwks_field("publish"));
+                JwksTarget::VaultKv { path: need(self, &raw_jwks.path, "path", "vault_kv")? }
+            }
+            raw::JwksPublish::File => {
+                refuse(self, &raw_jwks.bucket, "bucket", "file");
+                refuse(self, &raw_jwks.key, "key", "file");
+                let path = need(self, &raw_jwks.path, "path", "file")?;
+                JwksTarget::File { path: resolve_path(&self.folder_of(file), Path::new(&path)) }
+            }
+        };
+        Some(JwtSpec {
+            algorithm: raw.algorithm.as_ref().map_or(Algorithm::Es256, |a| *a.get_ref()),
+            jwks: target,
+            jwks_cache,
+            max_token_lifetime,
+            clock_skew,
         })
     }
 

@@ -8,6 +8,7 @@
 
 mod api_key;
 mod db_password;
+mod jwt_key;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -19,13 +20,15 @@ use serde::Serialize;
 
 pub use api_key::{ApiKeyRotation, KeyStep};
 pub use db_password::{DbPasswordRotation, DbStep};
+pub use jwt_key::{JwtKeyRotation, JwtStep};
 
 use crate::clock::Clock;
 use crate::config::{Plan, SecretKind, SecretSpec, Strategy, Target};
 use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
 use crate::evidence::{Ledger, NewRecord, Outcome};
 use crate::issuers;
-use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError};
+use crate::jwks::{self, SigningKey};
+use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError, SagaRow};
 use crate::secret::{SecretRef, SecretString, StoreKind};
 use crate::state::Db;
 use crate::stores::{self, SecretStore, StoreError};
@@ -36,14 +39,6 @@ pub enum RotationError {
     /// No secret of that name is configured.
     #[error("no secret named {0} in the schedules; `vigil config check` lists them")]
     UnknownSecret(String),
-    /// A kind this version does not rotate yet (JWT signing keys).
-    #[error("{name} is a {kind} secret; this version rotates database passwords and API keys")]
-    Unsupported {
-        /// The secret.
-        name: String,
-        /// Its kind.
-        kind: &'static str,
-    },
     /// An alternating pair flipped too recently.
     #[error(
         "{name} flipped at {last_flip}, less than min_flip_interval ({interval}) ago; clients that cache the secret may still hold the other user's password. Wait until {allowed}, or pass --force (recorded)"
@@ -83,6 +78,9 @@ pub enum RotationError {
     /// A store failed before the saga started.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The JWKS publisher could not be reached before the saga started.
+    #[error(transparent)]
+    Publish(#[from] jwks::PublishError),
     /// A database failed before the saga started.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -169,12 +167,13 @@ impl<'a> Rotator<'a> {
         Ok(store)
     }
 
-    fn spec(&self, name: &str) -> Result<(&SecretSpec, &Target), RotationError> {
-        let spec = self.plan.secrets.get(name).ok_or_else(|| RotationError::UnknownSecret(name.to_owned()))?;
-        match spec.kind {
-            SecretKind::PostgresPassword | SecretKind::MysqlPassword => {}
-            kind => return Err(RotationError::Unsupported { name: name.to_owned(), kind: kind.as_str() }),
-        }
+    fn secret(&self, name: &str) -> Result<&'a SecretSpec, RotationError> {
+        self.plan.secrets.get(name).ok_or_else(|| RotationError::UnknownSecret(name.to_owned()))
+    }
+
+    /// A database password's settings and target.
+    fn spec(&self, name: &str) -> Result<(&'a SecretSpec, &'a Target), RotationError> {
+        let spec = self.secret(name)?;
         let target =
             spec.target.as_ref().and_then(|t| self.plan.targets.get(t)).expect("validated: passwords name a target");
         Ok((spec, target))
@@ -216,9 +215,11 @@ impl<'a> Rotator<'a> {
 
     /// Rotates `name` now. `force` allows an alternating flip sooner than min_flip_interval.
     pub async fn rotate(&self, name: &str, force: bool) -> Result<RotationReport, RotationError> {
-        let spec = self.plan.secrets.get(name).ok_or_else(|| RotationError::UnknownSecret(name.to_owned()))?;
-        if spec.kind == SecretKind::ApiKey {
-            return self.rotate_api_key(name, spec).await;
+        let spec = self.secret(name)?;
+        match spec.kind {
+            SecretKind::ApiKey => return self.rotate_api_key(name, None).await,
+            SecretKind::JwtSigningKey => return self.rotate_jwt(name, None).await,
+            SecretKind::PostgresPassword | SecretKind::MysqlPassword => {}
         }
         let (spec, target) = self.spec(name)?;
         let connected = self.connect(spec, target).await?;
@@ -279,23 +280,76 @@ impl<'a> Rotator<'a> {
         Ok(issuers::HttpIssuer::new(&issuer.url, self.resolve(name, &issuer.token).await?))
     }
 
-    async fn rotate_api_key(&self, name: &str, spec: &SecretSpec) -> Result<RotationReport, RotationError> {
+    /// Starts an API-key rotation of `name`, or resumes `saga`.
+    async fn rotate_api_key(&self, name: &str, saga: Option<SagaRow>) -> Result<RotationReport, RotationError> {
+        let spec = self.secret(name)?;
         let store = self.store(spec.store).await?;
         let issuer = self.issuer(name, spec).await?;
-        let current = api_key::parse_key(&spec.path, &store.current(&spec.path).await?.value)
-            .map_err(|err| unreadable(&spec.path, &err))?;
-        let data = serde_json::json!({ "strategy": spec.strategy.as_str(), "previous_id": current.id });
-        let id = new_rotation_id();
         let def = ApiKeyRotation { name, spec, store: store.as_ref(), issuer: &issuer, clock: self.clock };
-        let (saga, ended) = self.executor().start(&def, &id, name, data).await?;
+        let start = async || {
+            let current = api_key::parse_key(&spec.path, &store.current(&spec.path).await?.value)
+                .map_err(|err| unreadable(&spec.path, &err))?;
+            Ok(serde_json::json!({ "strategy": spec.strategy.as_str(), "previous_id": current.id }))
+        };
+        let (saga, ended) = self.launch(&def, name, saga, start).await?;
         let key = saga.data["key_id"].as_str().unwrap_or_default().to_owned();
-        self.conclude_api_key(name, &id, &key, &ended).await?;
-        Ok(RotationReport { secret: name.to_owned(), rotation: id, user: key, ended })
+        self.conclude_overlap(name, &saga.id, &key, None, &ended).await?;
+        Ok(RotationReport { secret: name.to_owned(), rotation: saga.id, user: key, ended })
     }
 
-    async fn conclude_api_key(&self, name: &str, id: &str, key: &str, ended: &Ended) -> Result<(), RotationError> {
+    /// Starts a JWT signing-key rotation of `name`, or resumes `saga`.
+    async fn rotate_jwt(&self, name: &str, saga: Option<SagaRow>) -> Result<RotationReport, RotationError> {
+        let spec = self.secret(name)?;
+        let store = self.store(spec.store).await?;
+        let jwt = spec.jwt.as_ref().expect("validated: JWT secrets have JWT settings");
+        let publisher = jwks::connect(&jwt.jwks, self.plan).await?;
+        let def = JwtKeyRotation { spec, jwt, store: store.as_ref(), publisher: publisher.as_ref(), clock: self.clock };
+        let start = async || {
+            let current = SigningKey::from_stored(&store.current(&spec.path).await?.value)
+                .map_err(|err| unreadable(&spec.path, &err.into()))?;
+            Ok(serde_json::json!({
+                "strategy": spec.strategy.as_str(),
+                "algorithm": jwt.algorithm.as_str(),
+                "current_kid": current.as_ref().map(|k| k.kid.clone()),
+                "current_jwk": current.map(|k| k.public),
+            }))
+        };
+        let (saga, ended) = self.launch(&def, name, saga, start).await?;
+        let kid = saga.data["next_kid"].as_str().unwrap_or_default().to_owned();
+        self.conclude_overlap(name, &saga.id, &kid, Some(saga::Step::name(JwtStep::Promote)), &ended).await?;
+        Ok(RotationReport { secret: name.to_owned(), rotation: saga.id, user: kid, ended })
+    }
+
+    /// Resumes `saga`, or starts a new saga of `def`'s kind with the data `start` reads.
+    async fn launch<D: saga::SagaDef>(
+        &self,
+        def: &D,
+        name: &str,
+        saga: Option<SagaRow>,
+        start: impl AsyncFnOnce() -> Result<serde_json::Value, RotationError>,
+    ) -> Result<(SagaRow, Ended), RotationError> {
+        Ok(match saga {
+            Some(saga) => {
+                tracing::info!(secret = %name, rotation = %saga.id, step = %saga.step, "resuming a rotation left in flight");
+                self.executor().run(def, saga).await?
+            }
+            None => self.executor().start(def, &new_rotation_id(), name, start().await?).await?,
+        })
+    }
+
+    /// Records how an overlap rotation (API key or JWT key) ended. Waiting at `not_current_at`
+    /// means the new credential is not current yet; waiting elsewhere, that it is, and the old
+    /// one is retired later.
+    async fn conclude_overlap(
+        &self,
+        name: &str,
+        id: &str,
+        key: &str,
+        not_current_at: Option<&str>,
+        ended: &Ended,
+    ) -> Result<(), RotationError> {
         match ended {
-            // Waiting at retire: the new key is current; the old one is revoked later.
+            Ended::Waiting { step, .. } if Some(step.as_str()) == not_current_at => {}
             Ended::Done | Ended::Waiting { .. } => status::rotated(self.db, name, id, false, self.clock).await?,
             Ended::RolledBack { step, reason } | Ended::Stuck { step, reason } => {
                 let why = format!("rotation {id} of key {key} failed at {step}: {reason}");
@@ -305,42 +359,32 @@ impl<'a> Rotator<'a> {
         Ok(())
     }
 
-    /// Finishes or rolls back every rotation a crash left in flight, and runs retire steps
-    /// that have come due.
+    /// Finishes or rolls back every rotation a crash left in flight, and runs the waiting steps
+    /// (promotions, retirements) that have come due.
     pub async fn resume(&self) -> Result<Vec<RotationReport>, RotationError> {
         let mut reports = Vec::new();
         for saga in saga::in_flight(self.db).await? {
-            if saga.kind == ApiKeyRotation::KIND_NAME {
-                let spec = self
-                    .plan
-                    .secrets
-                    .get(&saga.subject)
-                    .ok_or_else(|| RotationError::UnknownSecret(saga.subject.clone()))?;
-                let store = self.store(spec.store).await?;
-                let issuer = self.issuer(&saga.subject, spec).await?;
-                let (id, subject) = (saga.id.clone(), saga.subject.clone());
-                let def =
-                    ApiKeyRotation { name: &subject, spec, store: store.as_ref(), issuer: &issuer, clock: self.clock };
-                let (saga, ended) = self.executor().run(&def, saga).await?;
-                let key = saga.data["key_id"].as_str().unwrap_or_default().to_owned();
-                self.conclude_api_key(&subject, &id, &key, &ended).await?;
-                reports.push(RotationReport { secret: subject, rotation: id, user: key, ended });
-                continue;
-            }
-            if saga.kind != DbPasswordRotation::KIND_NAME {
-                continue;
-            }
-            let (spec, target) = self.spec(&saga.subject)?;
-            let connected = self.connect(spec, target).await?;
-            let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
-            let user = saga.data["user"].as_str().unwrap_or_default().to_owned();
-            let (id, subject) = (saga.id.clone(), saga.subject.clone());
-            tracing::info!(secret = %subject, rotation = %id, step = %saga.step, "resuming a rotation left in flight");
-            let (_, ended) = self.executor().run(&def, saga).await?;
-            self.conclude(&subject, &id, &user, spec, &ended).await?;
-            reports.push(RotationReport { secret: subject, rotation: id, user, ended });
+            let subject = saga.subject.clone();
+            let report = match saga.kind.as_str() {
+                kind if kind == ApiKeyRotation::KIND_NAME => self.rotate_api_key(&subject, Some(saga)).await?,
+                kind if kind == JwtKeyRotation::KIND_NAME => self.rotate_jwt(&subject, Some(saga)).await?,
+                kind if kind == DbPasswordRotation::KIND_NAME => self.resume_db(saga).await?,
+                _ => continue,
+            };
+            reports.push(report);
         }
         Ok(reports)
+    }
+
+    async fn resume_db(&self, saga: SagaRow) -> Result<RotationReport, RotationError> {
+        let (spec, target) = self.spec(&saga.subject)?;
+        let connected = self.connect(spec, target).await?;
+        let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
+        let user = saga.data["user"].as_str().unwrap_or_default().to_owned();
+        let subject = saga.subject.clone();
+        let (saga, ended) = self.launch(&def, &subject, Some(saga), async || unreachable!("resuming")).await?;
+        self.conclude(&subject, &saga.id, &user, spec, &ended).await?;
+        Ok(RotationReport { secret: subject, rotation: saga.id, user, ended })
     }
 
     /// The configured database-password secrets.
@@ -348,11 +392,10 @@ impl<'a> Rotator<'a> {
         self.plan.secrets.iter().filter(|(_, spec)| spec.kind.engine().is_some())
     }
 
-    /// The secrets whose cadence has run out, of the kinds this version rotates.
+    /// The secrets whose cadence has run out.
     pub async fn due(&self) -> Result<Vec<String>, RotationError> {
         let mut due = Vec::new();
-        let rotatable = self.plan.secrets.iter().filter(|(_, spec)| spec.kind != SecretKind::JwtSigningKey);
-        for (name, spec) in rotatable {
+        for (name, spec) in &self.plan.secrets {
             let last = status::load(self.db, name).await?.last_rotated_at();
             if crate::schedule::next_due(last, spec.cadence, self.clock.now()) <= self.clock.now() {
                 due.push(name.clone());
@@ -469,6 +512,11 @@ impl DbPasswordRotation<'_> {
 impl ApiKeyRotation<'_> {
     /// The saga kind, for matching stored sagas without a value of the type.
     const KIND_NAME: &'static str = <ApiKeyRotation<'static> as saga::SagaDef>::KIND;
+}
+
+impl JwtKeyRotation<'_> {
+    /// The saga kind, for matching stored sagas without a value of the type.
+    const KIND_NAME: &'static str = <JwtKeyRotation<'static> as saga::SagaDef>::KIND;
 }
 
 /// A stored value that is not a credential vigil can rotate.

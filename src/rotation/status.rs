@@ -31,7 +31,9 @@ fn now(clock: &dyn Clock) -> String {
     clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Records a completed rotation and clears any attention flag.
+/// Records a completed rotation and clears any attention flag. Recording the same rotation
+/// again (an overlap rotation is complete when its new credential becomes current, and again
+/// when it retires the old one) keeps the first time, from which the next is due.
 pub async fn rotated(
     db: &Db,
     subject: &str,
@@ -40,7 +42,8 @@ pub async fn rotated(
     clock: &dyn Clock,
 ) -> Result<(), SagaError> {
     const SQL: &str = "INSERT INTO secret_status (subject, last_rotated, last_rotation, last_flip, needs_attention, updated_at) \
-        VALUES ($1, $2, $3, $4, NULL, $2) ON CONFLICT (subject) DO UPDATE SET last_rotated = $2, last_rotation = $3, \
+        VALUES ($1, $2, $3, $4, NULL, $2) ON CONFLICT (subject) DO UPDATE SET last_rotated = CASE WHEN secret_status.last_rotation = $3 \
+        THEN secret_status.last_rotated ELSE $2 END, last_rotation = $3, \
         last_flip = COALESCE($4, secret_status.last_flip), needs_attention = NULL, updated_at = $2";
     let at = now(clock);
     let flip = flipped.then(|| at.clone());

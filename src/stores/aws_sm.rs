@@ -48,27 +48,10 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
 impl AwsSecretsManager {
     /// A client for the configured region and endpoint, with static credentials when given.
     pub async fn connect(aws: &Aws) -> Result<Self, StoreError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(aws.region.clone()));
-        if let Some(url) = &aws.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some(credentials) = &aws.credentials {
-            let resolve = |r: &crate::secret::SecretRef| {
-                r.resolve_local()
-                    .map_err(|source| StoreError::Credentials { store: StoreKind::AwsSecretsManager, source })
-            };
-            let id = resolve(&credentials.access_key_id)?;
-            let key = resolve(&credentials.secret_access_key)?;
-            loader = loader.credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                id.expose_secret(),
-                key.expose_secret(),
-                None,
-                None,
-                "vigil.toml",
-            ));
-        }
-        Ok(Self { client: Client::new(&loader.load().await) })
+        let sdk = crate::aws::sdk_config(aws)
+            .await
+            .map_err(|source| StoreError::Credentials { store: StoreKind::AwsSecretsManager, source })?;
+        Ok(Self { client: Client::new(&sdk) })
     }
 
     /// Version ids by the labels they carry.

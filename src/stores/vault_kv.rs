@@ -97,6 +97,36 @@ impl VaultKv {
         Ok(Some(Pending { token: token.clone(), value: SecretString::from(Value::Object(value.clone()).to_string()) }))
     }
 
+    /// Writes a public document (a JWKS, never a credential) as the newest version of `path`,
+    /// with `metadata` (such as the `cache-control` a proxy in front of Vault should serve) in
+    /// its custom metadata. An unchanged document is not written again.
+    pub async fn write_document(
+        &self,
+        path: &str,
+        document: &Value,
+        metadata: HashMap<String, String>,
+    ) -> Result<(), StoreError> {
+        if self.read_document(path).await?.as_ref() != Some(document) {
+            kv2::set(&self.client, &self.mount, path, document)
+                .await
+                .map_err(|err| classify(format!("write {path}"), path, err))?;
+        }
+        let mut request = SetSecretMetadataRequest::builder();
+        request.custom_metadata(metadata);
+        kv2::set_metadata(&self.client, &self.mount, path, Some(&mut request))
+            .await
+            .map_err(|err| classify(format!("set the metadata of {path}"), path, err))
+    }
+
+    /// The newest version of the public document at `path`, if there is one.
+    pub async fn read_document(&self, path: &str) -> Result<Option<Value>, StoreError> {
+        match kv2::read::<Value>(&self.client, &self.mount, path).await {
+            Ok(document) => Ok(Some(document)),
+            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+            Err(err) => Err(classify(format!("read {path}"), path, err)),
+        }
+    }
+
     async fn custom_metadata(&self, path: &str) -> Result<Option<(u64, HashMap<String, String>)>, StoreError> {
         match kv2::read_metadata(&self.client, &self.mount, path).await {
             Ok(meta) => Ok(Some((meta.current_version, meta.custom_metadata.unwrap_or_default()))),

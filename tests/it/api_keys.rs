@@ -10,16 +10,10 @@ use vigil::evidence::{Ledger, LedgerKey};
 use vigil::rotation::Rotator;
 use vigil::saga::{Ended, RetryPolicy};
 use vigil::state::Db;
-use vigil::stores::{AwsSecretsManager, SecretStore, VaultKv};
+use vigil::stores::SecretStore;
 
 use crate::support::issuer::Issuer;
-use crate::support::{Services, unique, vigil};
-
-#[derive(Clone, Copy)]
-enum Store {
-    Aws,
-    Vault,
-}
+use crate::support::{Services, Store, unique, vigil};
 
 struct KeyCell {
     dir: tempfile::TempDir,
@@ -32,26 +26,8 @@ async fn cell(services: &Services, issuer: &Issuer, store: Store) -> KeyCell {
     let dir = tempfile::tempdir().unwrap();
     let (id, secret) = issuer.issue_first();
     let path = unique("vigil/key");
-    let value = serde_json::json!({ "id": id, "key": secret }).to_string();
-    let (store_name, secret_store): (&str, Box<dyn SecretStore>) = match store {
-        Store::Aws => {
-            services.secrets_manager().await.create_secret().name(&path).secret_string(&value).send().await.unwrap();
-            ("aws_secrets_manager", Box::new(AwsSecretsManager::connect(&services.aws(dir.path())).await.unwrap()))
-        }
-        Store::Vault => {
-            let response = reqwest::Client::new()
-                .post(format!("{}/v1/secret/data/{path}", services.openbao.address))
-                .header("X-Vault-Token", &services.openbao.token)
-                .json(&serde_json::json!({ "data": { "id": id, "key": secret } }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            ("vault_kv", Box::new(VaultKv::connect(&services.vault(dir.path())).unwrap()))
-        }
-    };
-    let aws = services.aws(dir.path());
-    let vault = services.vault(dir.path());
+    let value = serde_json::json!({ "id": id, "key": secret });
+    let secret_store = services.seed(store, dir.path(), &path, &value).await;
     let file = |r: &vigil::secret::SecretRef| match r {
         vigil::secret::SecretRef::File { path } => path.display().to_string(),
         _ => unreachable!(),
@@ -62,28 +38,15 @@ async fn cell(services: &Services, issuer: &Issuer, store: Store) -> KeyCell {
     std::fs::write(
         dir.path().join("schedules/keys.toml"),
         format!(
-            "[secrets.{name}]\nkind = \"api_key\"\nstore = \"{store_name}\"\npath = \"{path}\"\noverlap = \"24h\"\n\
+            "[secrets.{name}]\nkind = \"api_key\"\nstore = \"{}\"\npath = \"{path}\"\noverlap = \"24h\"\n\
              issuer = {{ url = \"{}\", token = {{ file = \"{}\" }} }}\n",
+            store.config_name(),
             issuer.url,
             file(&admin_token)
         ),
     )
     .unwrap();
-    let credentials = aws.credentials.as_ref().unwrap();
-    std::fs::write(
-        dir.path().join("vigil.toml"),
-        format!(
-            "[controller]\ndata_dir = \"data\"\n\n[aws]\nregion = \"{}\"\nendpoint_url = \"{}\"\naccess_key_id = {{ file = \"{}\" }}\n\
-             secret_access_key = {{ file = \"{}\" }}\n\n[vault]\naddress = \"{}\"\ntoken = {{ file = \"{}\" }}\n",
-            aws.region,
-            aws.endpoint_url.clone().unwrap(),
-            file(&credentials.access_key_id),
-            file(&credentials.secret_access_key),
-            vault.address,
-            file(&vault.token)
-        ),
-    )
-    .unwrap();
+    services.write_controller_config(dir.path());
     KeyCell { dir, name, path, store: secret_store }
 }
 

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod engines;
 mod evidence;
+mod jwt;
 mod rotation;
 mod services;
 mod stores;

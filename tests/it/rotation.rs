@@ -8,15 +8,9 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use vigil::config::Engine;
 use vigil::engines::{self, Credential, DbEngine, Endpoint};
-use vigil::stores::{AwsSecretsManager, SecretStore, VaultKv};
+use vigil::stores::SecretStore;
 
-use crate::support::{Database, Run, Services, admin_sql, secret_file, unique, vigil};
-
-#[derive(Debug, Clone, Copy)]
-enum Store {
-    Aws,
-    Vault,
-}
+use crate::support::{Database, Run, Services, Store, admin_sql, secret_file, unique, vigil};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Strategy {
@@ -85,35 +79,9 @@ impl Cell {
         let value = serde_json::json!({
             "engine": engine_name, "host": database.host, "port": database.port,
             "username": user, "password": secrecy::ExposeSecret::expose_secret(&initial), "dbname": database.database,
-        })
-        .to_string();
+        });
         let path = unique("vigil/app").replace('_', "-");
-        let secret_store: Box<dyn SecretStore> = match store {
-            Store::Aws => {
-                let aws = services.aws(dir.path());
-                services
-                    .secrets_manager()
-                    .await
-                    .create_secret()
-                    .name(&path)
-                    .secret_string(&value)
-                    .send()
-                    .await
-                    .unwrap();
-                Box::new(AwsSecretsManager::connect(&aws).await.unwrap())
-            }
-            Store::Vault => {
-                let response = reqwest::Client::new()
-                    .post(format!("{}/v1/secret/data/{path}", services.openbao.address))
-                    .header("X-Vault-Token", &services.openbao.token)
-                    .json(&serde_json::json!({ "data": serde_json::from_str::<serde_json::Value>(&value).unwrap() }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
-                Box::new(VaultKv::connect(&services.vault(dir.path())).unwrap())
-            }
-        };
+        let secret_store = services.seed(store, dir.path(), &path, &value).await;
 
         let admin_json = serde_json::json!({ "username": database.user, "password": database.password }).to_string();
         let admin_ref = secret_file(dir.path(), "admin.json", &admin_json);
@@ -127,10 +95,7 @@ impl Cell {
             Strategy::Single => "single_user",
             Strategy::Alternating => "alternating_users",
         };
-        let store_name = match store {
-            Store::Aws => "aws_secrets_manager",
-            Store::Vault => "vault_kv",
-        };
+        let store_name = store.config_name();
         std::fs::create_dir(dir.path().join("schedules")).unwrap();
         std::fs::write(
             dir.path().join("schedules/app.toml"),
@@ -145,29 +110,7 @@ impl Cell {
             ),
         )
         .unwrap();
-        let aws = services.aws(dir.path());
-        let vault = services.vault(dir.path());
-        let file_of = |r: &vigil::secret::SecretRef| match r {
-            vigil::secret::SecretRef::File { path } => path.display().to_string(),
-            _ => unreachable!(),
-        };
-        let credentials = aws.credentials.as_ref().unwrap();
-        let config = dir.path().join("vigil.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[controller]\ndata_dir = \"data\"\n\n[aws]\nregion = \"{}\"\nendpoint_url = \"{}\"\n\
-                 access_key_id = {{ file = \"{}\" }}\nsecret_access_key = {{ file = \"{}\" }}\n\n\
-                 [vault]\naddress = \"{}\"\ntoken = {{ file = \"{}\" }}\n",
-                aws.region,
-                aws.endpoint_url.unwrap(),
-                file_of(&credentials.access_key_id),
-                file_of(&credentials.secret_access_key),
-                vault.address,
-                file_of(&vault.token),
-            ),
-        )
-        .unwrap();
+        let config = services.write_controller_config(dir.path());
         Self { dir, config, name, path, store: secret_store, engine: db_engine, user }
     }
 

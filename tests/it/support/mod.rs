@@ -205,3 +205,83 @@ impl Services {
         aws_sdk_secretsmanager::Client::new(&config)
     }
 }
+
+/// Which secret store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// AWS Secrets Manager (moto).
+    Aws,
+    /// Vault KV v2 (OpenBao).
+    Vault,
+}
+
+impl Store {
+    /// The name in configuration.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            Self::Aws => "aws_secrets_manager",
+            Self::Vault => "vault_kv",
+        }
+    }
+}
+
+impl Services {
+    /// Creates the secret `path` holding `value` in `store`, as the platform team's own tooling
+    /// would, and returns vigil's client for that store.
+    pub async fn seed(
+        &self,
+        store: Store,
+        dir: &Path,
+        path: &str,
+        value: &serde_json::Value,
+    ) -> Box<dyn vigil::stores::SecretStore> {
+        match store {
+            Store::Aws => {
+                let client = self.secrets_manager().await;
+                client.create_secret().name(path).secret_string(value.to_string()).send().await.unwrap();
+                Box::new(vigil::stores::AwsSecretsManager::connect(&self.aws(dir)).await.unwrap())
+            }
+            Store::Vault => {
+                let response = reqwest::Client::new()
+                    .post(format!("{}/v1/secret/data/{path}", self.openbao.address))
+                    .header("X-Vault-Token", &self.openbao.token)
+                    .json(&serde_json::json!({ "data": value }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                Box::new(vigil::stores::VaultKv::connect(&self.vault(dir)).unwrap())
+            }
+        }
+    }
+
+    /// Writes `dir/vigil.toml` with `[aws]` (moto) and `[vault]` (OpenBao), credentials by
+    /// file reference, state under `dir/data` and schedules under `dir/schedules`; returns its
+    /// path.
+    pub fn write_controller_config(&self, dir: &Path) -> PathBuf {
+        let aws = self.aws(dir);
+        let vault = self.vault(dir);
+        let file_of = |r: &vigil::secret::SecretRef| match r {
+            vigil::secret::SecretRef::File { path } => path.display().to_string(),
+            _ => unreachable!("test credentials are files"),
+        };
+        let credentials = aws.credentials.as_ref().unwrap();
+        let config = dir.join("vigil.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[controller]\ndata_dir = \"data\"\n\n[aws]\nregion = \"{}\"\nendpoint_url = \"{}\"\n\
+                 access_key_id = {{ file = \"{}\" }}\nsecret_access_key = {{ file = \"{}\" }}\n\n\
+                 [vault]\naddress = \"{}\"\ntoken = {{ file = \"{}\" }}\n",
+                aws.region,
+                aws.endpoint_url.unwrap(),
+                file_of(&credentials.access_key_id),
+                file_of(&credentials.secret_access_key),
+                vault.address,
+                file_of(&vault.token),
+            ),
+        )
+        .unwrap();
+        config
+    }
+}

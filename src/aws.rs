@@ -1,0 +1,38 @@
+//! The one AWS SDK configuration that every AWS client (Secrets Manager, S3, and later RDS and
+//! KMS) is built from: region, endpoint and credentials from `[aws]`.
+
+use aws_config::SdkConfig;
+use secrecy::ExposeSecret as _;
+
+use crate::config::Aws;
+use crate::secret::ResolveError;
+
+/// The SDK configuration for `aws`: static credentials when configured, the SDK's default
+/// chain (environment, profile, instance role) otherwise.
+pub async fn sdk_config(aws: &Aws) -> Result<SdkConfig, ResolveError> {
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(aws.region.clone()));
+    if let Some(url) = &aws.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let Some(credentials) = &aws.credentials {
+        let id = credentials.access_key_id.resolve_local()?;
+        let key = credentials.secret_access_key.resolve_local()?;
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            id.expose_secret(),
+            key.expose_secret(),
+            None,
+            None,
+            "vigil.toml",
+        ));
+    }
+    Ok(loader.load().await)
+}
+
+/// An S3 client for `aws`. A custom endpoint (a VPC endpoint, or moto in tests) is addressed
+/// path-style, since its buckets have no DNS names of their own.
+pub async fn s3_client(aws: &Aws) -> Result<aws_sdk_s3::Client, ResolveError> {
+    let sdk = sdk_config(aws).await?;
+    let config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(aws.endpoint_url.is_some()).build();
+    Ok(aws_sdk_s3::Client::from_conf(config))
+}
