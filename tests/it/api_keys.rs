@@ -98,6 +98,12 @@ async fn overlap_then_retire(store: Store) {
     assert!(!issuer.accepts(&old), "the old key is revoked after the overlap");
     assert!(issuer.accepts(&new));
     assert!(rotator.resume().await.unwrap().is_empty(), "nothing left in flight");
+    let status = vigil::rotation::status::load(&db, &cell.name).await.unwrap();
+    assert_eq!(
+        status.last_rotated_at(),
+        Some(DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().to_utc()),
+        "the cadence runs from when the new key became current, not from the retirement"
+    );
 
     let report = vigil::evidence::verify(&db, vigil::evidence::Trust::Genesis).await.unwrap();
     assert!(report.problem.is_none(), "{:?}", report.problem);
