@@ -19,9 +19,13 @@ use crate::state::Db;
   vigil rotate --check --output json
   vigil rotate --check --watch 10m --interval 200ms
 
-Each rotation runs AWS's four steps (create, set, test, finish) as a saga recorded in the state
-store and the evidence ledger before each step acts; after a crash, --resume finishes or rolls
-back what was in flight. Exits 1 if any rotation did not complete.")]
+Each rotation is a saga recorded in the state store and the evidence ledger before each step
+acts: database passwords run AWS's four steps (create, set, test, finish); API keys create,
+test, finish, then retire the old key after the overlap; JWT keys generate, publish, promote
+once verifiers have the new key, then retire the old one once its tokens have expired. A
+rotation waiting for such a time exits 0 and says until when; --resume runs the steps that are
+due, and finishes or rolls back what a crash left in flight. Exits 1 if any rotation did not
+complete.")]
 pub struct RotateArgs {
     /// The secret to rotate, as named in a schedule file.
     #[arg(required_unless_present_any = ["all_due", "resume", "check"])]
@@ -29,7 +33,8 @@ pub struct RotateArgs {
     /// Rotate every secret whose cadence has run out.
     #[arg(long, conflicts_with = "name")]
     all_due: bool,
-    /// Finish or roll back every rotation left part-way by a crash.
+    /// Run waiting steps that are due (retiring old keys, promoting published JWT keys), and
+    /// finish or roll back every rotation left part-way by a crash.
     #[arg(long, conflicts_with_all = ["name", "all_due"])]
     resume: bool,
     /// Log in with each current credential and report any changed out of band.
@@ -153,13 +158,18 @@ impl RotateArgs {
                     println!("nothing to do");
                 }
                 for r in &results.rotations {
+                    let is_password = rotator.plan.secrets.get(&r.secret).is_some_and(|s| s.kind.engine().is_some());
+                    let credential = if is_password { format!("user {}", r.user) } else { format!("key {}", r.user) };
                     match &r.ended {
-                        Ended::Done => println!("{}: rotated user {} (rotation {})", r.secret, r.user, r.rotation),
+                        Ended::Done => println!("{}: rotated {credential} (rotation {})", r.secret, r.rotation),
                         Ended::RolledBack { step, reason } => {
                             println!("{}: rolled back at {step} (rotation {}): {reason}", r.secret, r.rotation)
                         }
                         Ended::Waiting { step, until } => {
-                            println!("{}: waiting to {step} until {until} (rotation {})", r.secret, r.rotation)
+                            println!(
+                                "{}: new {credential}, waiting to {step} until {until} (rotation {})",
+                                r.secret, r.rotation
+                            )
                         }
                         Ended::Stuck { step, reason } => {
                             println!("{}: STUCK undoing {step} (rotation {}): {reason}", r.secret, r.rotation)

@@ -96,7 +96,7 @@ pub struct RotationReport {
     pub secret: String,
     /// The rotation id (the stores' idempotency token).
     pub rotation: String,
-    /// The database user it changed.
+    /// What it changed: the database user, or the new key's id (API key id, JWT `kid`).
     pub user: String,
     /// How it ended.
     #[serde(flatten)]

@@ -11,6 +11,8 @@ use anyhow::{Context as _, bail};
 use crate::cargo;
 use crate::services::{self, State};
 
+mod keys;
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Stop the services when the demo ends (by default they stay up for exploring).
@@ -33,10 +35,11 @@ impl DemoArgs {
 
         step("3. A configuration for the local stack: target/demo/vigil.toml + the example schedules/");
         let demo = root.join("target/demo");
-        write_demo_config(root, &demo, &state)?;
+        let issuer = keys::DemoIssuer::start(root, &demo)?;
+        write_demo_config(root, &demo, &state, &issuer.url)?;
         println!("   wrote {} and {}", demo.join("vigil.toml").display(), demo.join("schedules").display());
         println!(
-            "   (the schedules are ./schedules/*.toml with their database targets pointed at the private servers)"
+            "   (the schedules are ./schedules/*.toml, pointed at the private servers and a demo API-key issuer, with\n    the overlap and JWKS waits cut to seconds)"
         );
 
         step("4. vigil config check: the resolved plan, with each secret's cadence and next due time");
@@ -62,13 +65,15 @@ impl DemoArgs {
 
         evidence(&vigil, &demo, &state)?;
         rotation(root, &vigil, &demo, &state)?;
+        keys::rotate(root, &vigil, &demo, &state, &issuer)?;
+        drop(issuer);
 
-        step("15. Commands still to come say so plainly (exit 2)");
+        step("17. Commands still to come say so plainly (exit 2)");
         let output = vigil_command(&vigil, &demo, &state).args(["backup", "run", "orders-nightly"]).output()?;
         print!("   {}", String::from_utf8_lossy(&output.stderr));
 
         if self.down {
-            step("16. Services down");
+            step("18. Services down");
             services::down(root)?;
         } else {
             println!(
@@ -229,29 +234,14 @@ fn rotation(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Re
             "vigil/admin/billing-mariadb": { "username": maria.user, "password": maria.password },
         },
     });
-    let mut python = Command::new(root.join("target/services/venv/bin/python"));
-    python
-        .arg("-c")
-        .arg(SEED_SCRIPT)
-        .env("AWS_ACCESS_KEY_ID", &moto.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &moto.secret_access_key);
-    feed(python, &seed.to_string(), "seeding the stores")?;
+    seed_stores(root, state, &seed)?;
     println!("   AWS Secrets Manager (moto): prod/orders/app, prod/billing/reports");
     println!(
         "   Vault KV (OpenBao): prod/orders/reports, prod/billing/app, and the targets' admin credentials under vigil/admin/"
     );
 
-    let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
-        println!("   $ vigil {}", args.join(" "));
-        let output = vigil_command(vigil, demo, state).args(["-q"]).args(args).output()?;
-        for line in
-            String::from_utf8_lossy(&output.stdout).lines().chain(String::from_utf8_lossy(&output.stderr).lines())
-        {
-            println!("     {line}");
-        }
-        Ok(output)
-    };
-    step("11. vigil status: four database passwords, never rotated, so due now");
+    let run = |args: &[&str]| show(vigil, demo, state, args);
+    step("11. vigil status: six secrets (four database passwords, an API key, a JWT key), never rotated, so due now");
     run(&["status"])?;
 
     step("12. Rotations in both stores on both engines, while a prober logs in every 50 ms as an application would");
@@ -292,6 +282,37 @@ fn rotation(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Re
     Ok(())
 }
 
+/// Runs `vigil -q ARGS` in the demo folder, echoing the command and what it printed.
+fn show(vigil: &Path, demo: &Path, state: &State, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    println!("   $ vigil {}", args.join(" "));
+    let output = vigil_command(vigil, demo, state).args(["-q"]).args(args).output()?;
+    for line in String::from_utf8_lossy(&output.stdout).lines().chain(String::from_utf8_lossy(&output.stderr).lines()) {
+        println!("     {line}");
+    }
+    Ok(output)
+}
+
+/// Seeds the stores (and S3 buckets) from `seed`, the JSON document `SEED_SCRIPT` reads.
+fn seed_stores(root: &Path, state: &State, seed: &serde_json::Value) -> anyhow::Result<()> {
+    let moto = state.moto.as_ref().context("moto is not up")?;
+    let mut python = Command::new(root.join("target/services/venv/bin/python"));
+    python
+        .arg("-c")
+        .arg(SEED_SCRIPT)
+        .env("AWS_ACCESS_KEY_ID", &moto.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &moto.secret_access_key);
+    feed(python, &seed.to_string(), "seeding the stores")
+}
+
+/// Writes one line to a child's standard input and closes it (so no secret is on its command
+/// line).
+fn feed_line(child: &mut std::process::Child, line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    writeln!(stdin, "{line}")?;
+    Ok(())
+}
+
 /// Writes `input` to a command's standard input (so no secret is on its command line).
 fn feed(mut command: Command, input: &str, what: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
@@ -307,12 +328,21 @@ fn feed(mut command: Command, input: &str, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seeds the stores from a JSON document on standard input, replacing what a previous demo left.
+/// Seeds the stores from a JSON document on standard input, replacing what a previous demo left;
+/// creates the S3 buckets it lists, emptied.
 const SEED_SCRIPT: &str = r#"
 import json, sys, urllib.request, boto3
 seed = json.load(sys.stdin)
 sm = boto3.client("secretsmanager", endpoint_url=seed["aws"]["endpoint"], region_name=seed["aws"]["region"])
-for name, value in seed["aws_secrets"].items():
+s3 = boto3.client("s3", endpoint_url=seed["aws"]["endpoint"], region_name=seed["aws"]["region"])
+for bucket in seed.get("buckets", []):
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=item["Key"])
+for name, value in seed.get("aws_secrets", {}).items():
     try:
         sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
     except sm.exceptions.ResourceNotFoundException:
@@ -327,7 +357,7 @@ def call(method, path, body=None):
     except urllib.error.HTTPError as err:
         if err.code != 404:
             raise
-for path, value in seed["vault_secrets"].items():
+for path, value in seed.get("vault_secrets", {}).items():
     call("DELETE", "/v1/secret/metadata/" + path + "/vigil-pending")
     call("DELETE", "/v1/secret/metadata/" + path)
     call("POST", "/v1/secret/data/" + path, {"data": value})
@@ -351,7 +381,7 @@ fn vigil_command(vigil: &Path, dir: &Path, state: &State) -> Command {
     command
 }
 
-fn write_demo_config(root: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
+fn write_demo_config(root: &Path, demo: &Path, state: &State, issuer_url: &str) -> anyhow::Result<()> {
     let (Some(moto), Some(bao), Some(pg), Some(maria)) = (&state.moto, &state.openbao, &state.postgres, &state.mariadb)
     else {
         bail!("services are not all up");
@@ -395,6 +425,9 @@ fn write_demo_config(root: &Path, demo: &Path, state: &State) -> anyhow::Result<
                 target.insert("host", toml_edit::value("127.0.0.1"));
                 target.insert("port", toml_edit::value(i64::from(port)));
             }
+        }
+        if let Some(secrets) = doc.get_mut("secrets").and_then(|t| t.as_table_like_mut()) {
+            keys::shorten_waits(secrets, issuer_url);
         }
         if let Some(drills) = doc.get_mut("drills").and_then(|t| t.as_table_like_mut()) {
             for (_, drill) in drills.iter_mut() {
