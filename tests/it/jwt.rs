@@ -312,10 +312,8 @@ jwt_matrix! {
 /// each wait: every restart resumes where it stopped, never promotes or retires early, and
 /// never loses a step; no private key reaches its output at TRACE.
 #[cfg(feature = "failpoints")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs services: cargo xtask test"]
-async fn a_killed_jwt_rotation_resumes_without_losing_or_hurrying_a_step() {
-    let cell = JwtCell::new("ES256", Store::Vault, Publish::File).await;
+async fn killed_at_every_step(store: Store, publish: Publish) {
+    let cell = JwtCell::new("ES256", store, publish).await;
     let config = cell.config.to_str().unwrap().to_owned();
     let run = |args: &[&str], failpoint: Option<&str>, offset: i64| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"));
@@ -379,6 +377,20 @@ async fn a_killed_jwt_rotation_resumes_without_losing_or_hurrying_a_step() {
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the runs logged at TRACE");
     assert!(!logs.contains("PRIVATE KEY") && !logs.contains(&body[..40]), "a private key reached a log");
     cell.vigil(&["evidence", "verify"]).assert_code(0);
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_killed_jwt_rotation_in_vault_resumes_without_losing_or_hurrying_a_step() {
+    killed_at_every_step(Store::Vault, Publish::File).await;
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_killed_jwt_rotation_in_aws_resumes_without_losing_or_hurrying_a_step() {
+    killed_at_every_step(Store::Aws, Publish::S3).await;
 }
 
 /// Configuration mistakes specific to JWT keys name the field and say what to do.
