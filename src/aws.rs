@@ -36,3 +36,51 @@ pub async fn s3_client(aws: &Aws) -> Result<aws_sdk_s3::Client, ResolveError> {
     let config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(aws.endpoint_url.is_some()).build();
     Ok(aws_sdk_s3::Client::from_conf(config))
 }
+
+/// An AWS SDK call's failure, sorted once for every AWS provider. Carries the service's error
+/// code and message, never a request or response body.
+pub(crate) enum SdkFailure {
+    /// Unreachable, timed out, throttled or a 5xx: retrying may succeed.
+    Transient(String),
+    /// The named resource does not exist.
+    NotFound(String),
+    /// Refused (permissions, a malformed request) or otherwise failed.
+    Refused(String),
+}
+
+/// Error codes that mean "try again later", across Secrets Manager, S3, RDS and KMS.
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "InternalServiceError",
+    "ServiceUnavailableException",
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+];
+
+/// Sorts `err`.
+pub(crate) fn sdk_failure<E, R>(err: &aws_sdk_s3::error::SdkError<E, R>) -> SdkFailure
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_s3::error::SdkError;
+    match err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            SdkFailure::Transient(format!("{err:?}"))
+        }
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            let reason = format!("{code}: {}", service.err().message().unwrap_or_default());
+            if TRANSIENT_CODES.contains(&code) {
+                SdkFailure::Transient(reason)
+            } else if matches!(code, "ResourceNotFoundException" | "NoSuchKey") {
+                SdkFailure::NotFound(reason)
+            } else {
+                SdkFailure::Refused(reason)
+            }
+        }
+        _ => SdkFailure::Refused(format!("{err:?}")),
+    }
+}

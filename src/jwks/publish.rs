@@ -10,6 +10,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
+use crate::aws::SdkFailure;
 use crate::config::{JwksTarget, Plan};
 use crate::saga::StepError;
 use crate::stores::{StoreError, VaultKv};
@@ -101,22 +102,10 @@ impl S3Object {
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug,
         R: std::fmt::Debug,
     {
-        use aws_sdk_s3::error::SdkError;
         let what = format!("{what} s3://{}/{}", self.bucket, self.key);
-        match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-                PublishError::Transient { what, reason: format!("{err:?}") }
-            }
-            SdkError::ServiceError(service) => {
-                let code = service.err().code().unwrap_or_default();
-                let reason = format!("{code}: {}", service.err().message().unwrap_or_default());
-                if matches!(code, "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout") {
-                    PublishError::Transient { what, reason }
-                } else {
-                    PublishError::Refused { what, reason }
-                }
-            }
-            _ => PublishError::Refused { what, reason: format!("{err:?}") },
+        match crate::aws::sdk_failure(&err) {
+            SdkFailure::Transient(reason) => PublishError::Transient { what, reason },
+            SdkFailure::NotFound(reason) | SdkFailure::Refused(reason) => PublishError::Refused { what, reason },
         }
     }
 }

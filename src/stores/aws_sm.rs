@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret as _;
 
 use super::{Pending, SecretStore, StoreError, Stored};
+use crate::aws::SdkFailure;
 use crate::config::Aws;
 use crate::secret::{SecretString, StoreKind};
 
@@ -24,24 +25,10 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     path: &str,
     err: SdkError<E, R>,
 ) -> StoreError {
-    match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            StoreError::Transient { what, reason: format!("{err:?}") }
-        }
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or_default();
-            let reason = format!("{code}: {}", service.err().message().unwrap_or_default());
-            match code {
-                "ResourceNotFoundException" => {
-                    StoreError::NotFound { store: StoreKind::AwsSecretsManager, path: path.to_owned() }
-                }
-                "ThrottlingException" | "InternalServiceError" | "ServiceUnavailableException" => {
-                    StoreError::Transient { what, reason }
-                }
-                _ => StoreError::Refused { what, reason },
-            }
-        }
-        _ => StoreError::Refused { what, reason: format!("{err:?}") },
+    match crate::aws::sdk_failure(&err) {
+        SdkFailure::Transient(reason) => StoreError::Transient { what, reason },
+        SdkFailure::NotFound(_) => StoreError::NotFound { store: StoreKind::AwsSecretsManager, path: path.to_owned() },
+        SdkFailure::Refused(reason) => StoreError::Refused { what, reason },
     }
 }
 

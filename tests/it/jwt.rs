@@ -113,28 +113,8 @@ impl JwtCell {
                 serde_json::from_slice(&got.body.collect().await.unwrap().into_bytes()).unwrap()
             }
             Publish::Vault => {
-                let url = format!("{}/v1/secret/data/public/{}/jwks", self.services.openbao.address, self.name);
-                let client = reqwest::Client::new();
-                let got: Value = client
-                    .get(url)
-                    .header("X-Vault-Token", &self.services.openbao.token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let meta_url =
-                    format!("{}/v1/secret/metadata/public/{}/jwks", self.services.openbao.address, self.name);
-                let meta: Value = client
-                    .get(meta_url)
-                    .header("X-Vault-Token", &self.services.openbao.token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let got = self.services.vault_get(&format!("secret/data/public/{}/jwks", self.name)).await;
+                let meta = self.services.vault_get(&format!("secret/metadata/public/{}/jwks", self.name)).await;
                 assert_eq!(meta["data"]["custom_metadata"]["cache-control"], "public, max-age=3600");
                 got["data"]["data"].clone()
             }
@@ -278,13 +258,7 @@ async fn lifecycle(algorithm: &str, store: Store, publish: Publish) {
     assert!(!text.contains("PRIVATE KEY") && !text.contains(&body[..40]), "a private key reached the evidence");
 
     // `vigil jwks show` prints what verifiers fetch.
-    let dir = cell.dir.path().to_owned();
-    let (config, name) = (cell.config.clone(), cell.name.clone());
-    let shown = tokio::task::spawn_blocking(move || {
-        vigil(&dir, &["--config", config.to_str().unwrap(), "--output", "json", "jwks", "show", &name])
-    })
-    .await
-    .unwrap();
+    let shown = tokio::task::block_in_place(|| cell.vigil(&["--output", "json", "jwks", "show", &cell.name]));
     shown.assert_code(0);
     assert_eq!(shown.json(), published);
 }

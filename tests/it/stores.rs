@@ -119,15 +119,7 @@ async fn vault_kv_keeps_current_as_the_newest_version() {
     })
     .await;
 
-    let meta: serde_json::Value = http
-        .get(format!("{}/v1/secret/metadata/{path}", services.openbao.address))
-        .header("X-Vault-Token", &root_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta = services.vault_get(&format!("secret/metadata/{path}")).await;
     let custom = &meta["data"]["custom_metadata"];
     assert_eq!(custom["vigil_rotation"], token("4"));
     assert_eq!(custom["vigil_current_version"], meta["data"]["current_version"].to_string());

@@ -285,3 +285,19 @@ impl Services {
         config
     }
 }
+
+impl Services {
+    /// GETs `api_path` (e.g. `secret/metadata/a/b`) from OpenBao with the root token, as an
+    /// operator's tooling would read it.
+    pub async fn vault_get(&self, api_path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}/v1/{api_path}", self.openbao.address))
+            .header("X-Vault-Token", &self.openbao.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
