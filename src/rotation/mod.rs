@@ -382,7 +382,8 @@ impl<'a> Rotator<'a> {
         let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
         let user = saga.data["user"].as_str().unwrap_or_default().to_owned();
         let subject = saga.subject.clone();
-        let (saga, ended) = self.launch(&def, &subject, Some(saga), async || unreachable!("resuming")).await?;
+        tracing::info!(secret = %subject, rotation = %saga.id, step = %saga.step, "resuming a rotation left in flight");
+        let (saga, ended) = self.executor().run(&def, saga).await?;
         self.conclude(&subject, &saga.id, &user, spec, &ended).await?;
         Ok(RotationReport { secret: subject, rotation: saga.id, user, ended })
     }
@@ -393,9 +394,11 @@ impl<'a> Rotator<'a> {
     }
 
     /// The secrets whose cadence has run out.
+    /// A secret with a rotation in flight is not due: `resume` carries that rotation on.
     pub async fn due(&self) -> Result<Vec<String>, RotationError> {
+        let in_flight: Vec<String> = saga::in_flight(self.db).await?.into_iter().map(|s| s.subject).collect();
         let mut due = Vec::new();
-        for (name, spec) in &self.plan.secrets {
+        for (name, spec) in self.plan.secrets.iter().filter(|(name, _)| !in_flight.contains(name)) {
             let last = status::load(self.db, name).await?.last_rotated_at();
             if crate::schedule::next_due(last, spec.cadence, self.clock.now()) <= self.clock.now() {
                 due.push(name.clone());

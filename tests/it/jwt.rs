@@ -150,20 +150,29 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// The ledger, opened afresh as a restarted process would.
+    async fn ledger(&self) -> Ledger {
+        Ledger::open(self.db.clone(), LedgerKey::load(&self.key_path).unwrap(), self.clock.clone()).await.unwrap()
+    }
+
     /// Resumes what is in flight with a fresh ledger and rotator, as a restarted process would.
     async fn resume(&self) -> Ended {
-        let ledger =
-            Ledger::open(self.db.clone(), LedgerKey::load(&self.key_path).unwrap(), self.clock.clone()).await.unwrap();
+        let ledger = self.ledger().await;
         let rotator = Rotator::new(self.plan, self.db, &ledger, self.clock.as_ref(), RetryPolicy::default());
         let mut resumed = rotator.resume().await.unwrap();
         assert_eq!(resumed.len(), 1, "one rotation in flight");
         resumed.remove(0).ended
     }
 
+    /// The secrets `--all-due` would rotate now.
+    async fn due(&self) -> Vec<String> {
+        let ledger = self.ledger().await;
+        Rotator::new(self.plan, self.db, &ledger, self.clock.as_ref(), RetryPolicy::default()).due().await.unwrap()
+    }
+
     /// Starts a rotation of `name`, with a fresh ledger and rotator.
     async fn rotate(&self, name: &str) -> Ended {
-        let ledger =
-            Ledger::open(self.db.clone(), LedgerKey::load(&self.key_path).unwrap(), self.clock.clone()).await.unwrap();
+        let ledger = self.ledger().await;
         let rotator = Rotator::new(self.plan, self.db, &ledger, self.clock.as_ref(), RetryPolicy::default());
         rotator.rotate(name, false).await.unwrap().ended
     }
@@ -186,8 +195,10 @@ async fn lifecycle(algorithm: &str, store: Store, publish: Publish) {
 
     // The first key: published an hour before it is stored as current, so no verifier ever
     // sees a token from a key it has not fetched.
+    assert_eq!(session.due().await, vec![cell.name.clone()], "never rotated: due");
     let ended = session.rotate(&cell.name).await;
     assert!(waiting("promote")(&ended), "{ended:?}");
+    assert!(session.due().await.is_empty(), "a rotation in flight is resumed, not started again");
     assert_eq!(cell.current().await, json!({}), "the first key does not sign before verifiers have it");
     let first_kid = JwtCell::kids(&cell.published().await);
     assert_eq!(first_kid.len(), 1);
