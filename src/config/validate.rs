@@ -24,7 +24,7 @@ use crate::secret::{CharClass, PasswordPolicy, SecretRef, StoreKind};
 const DEFAULT_DATA_DIR: &str = "/var/lib/vigil";
 /// The least time between two flips of an alternating pair, unless configured.
 const DEFAULT_MIN_FLIP_INTERVAL: Duration = Duration::from_secs(3_600);
-/// How long an old API key or JWT key stays valid beside the new one, unless configured.
+/// How long an old API key stays valid beside the new one, unless configured.
 const DEFAULT_OVERLAP: Duration = Duration::from_secs(86_400);
 /// How long verifiers cache a JWKS, unless configured: a new key is published this long
 /// before it signs.
