@@ -84,7 +84,7 @@ impl JwtKeyRotation<'_> {
     /// Whether the store's current key is this rotation's new key.
     async fn promoted(&self, saga: &SagaRow) -> Result<bool, StepError> {
         let current = SigningKey::from_stored(&self.store.current(&self.spec.path).await?.value)?;
-        Ok(current.is_some_and(|key| Some(key.kid.as_str()) == saga.data["next_kid"].as_str()))
+        Ok(current.is_some_and(|key| Some(key.kid.as_str()) == saga.data["next_jwk"]["kid"].as_str()))
     }
 }
 
@@ -125,7 +125,6 @@ impl SagaDef for JwtKeyRotation<'_> {
                         self.staged(saga).await?.ok_or_else(|| StepError::Failed("the staged key is gone".into()))?
                     }
                 };
-                data["next_kid"] = Value::String(key.kid.clone());
                 data["next_jwk"] = key.public;
             }
             JwtStep::Publish => {
@@ -155,7 +154,7 @@ impl SagaDef for JwtKeyRotation<'_> {
                 }
                 // Nothing to take back if the document never listed the new key (the publish
                 // failed before writing); an unreadable document is rewritten to be sure.
-                let next = &saga.data["next_kid"];
+                let next = &saga.data["next_jwk"]["kid"];
                 if let Ok(published) = self.publisher.fetch().await {
                     let keys = published.as_ref().and_then(|d| d["keys"].as_array());
                     if !keys.is_some_and(|keys| keys.iter().any(|k| &k["kid"] == next)) {

@@ -310,12 +310,11 @@ impl<'a> Rotator<'a> {
             Ok(serde_json::json!({
                 "strategy": spec.strategy.as_str(),
                 "algorithm": jwt.algorithm.as_str(),
-                "current_kid": current.as_ref().map(|k| k.kid.clone()),
                 "current_jwk": current.map(|k| k.public),
             }))
         };
         let (saga, ended) = self.launch(&def, name, saga, start).await?;
-        let kid = saga.data["next_kid"].as_str().unwrap_or_default().to_owned();
+        let kid = saga.data["next_jwk"]["kid"].as_str().unwrap_or_default().to_owned();
         self.conclude_overlap(name, &saga.id, &kid, Some(saga::Step::name(JwtStep::Promote)), &ended).await?;
         Ok(RotationReport { secret: name.to_owned(), rotation: saga.id, user: kid, ended })
     }
