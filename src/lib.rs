@@ -18,5 +18,6 @@ pub mod aws;
 pub mod jwks;
 pub mod saga;
 pub mod rotation;
+pub mod backup;
 pub mod telemetry;
 pub mod cli;

@@ -1,12 +1,32 @@
 //! `vigil backup`: encrypted, verified backups.
 
-use super::{Exit, GlobalArgs, NotYetAvailable};
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::evidence::open_ledger;
+use super::output::{print_json, table};
+use super::{Exit, GlobalArgs, OutputFormat, load_plan};
+use crate::backup::{BackupReport, Backups};
+use crate::clock::SystemClock;
+use crate::saga::{Ended, RetryPolicy};
+use crate::state::Db;
 
 /// Take, verify, fetch, list and prune encrypted backups.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_long_help = "Examples:\n  vigil backup run orders-nightly\n  vigil backup verify 01JD3Z...\n  vigil backup fetch 01JD3Z... -o orders.dump\n  vigil backup prune --dry-run"
-)]
+#[command(after_long_help = "Examples:
+  vigil backup run orders-nightly
+  vigil backup list --set orders-nightly --output json
+  vigil backup verify 20261124T020000Z-0a1b2c3d
+  vigil backup fetch 20261124T020000Z-0a1b2c3d -o orders.dump
+  vigil backup fetch 20261124T020000Z-0a1b2c3d | pg_restore -d orders_restored
+  vigil backup prune --dry-run
+
+A dump backup streams pg_dump (custom format) or mariadb-dump through zstd and AES-256-GCM into
+the set's store, under a fresh data key wrapped by the set's key service, then reads it back:
+every segment authenticated, both SHA-256s compared with the manifest, and pg_restore --list
+run on the dump. Only then is it verified. An rds target is backed up by DB snapshot instead.
+Every backup, verification and prune is recorded in the evidence ledger.")]
 pub struct BackupArgs {
     #[command(subcommand)]
     command: BackupCommand,
@@ -19,22 +39,28 @@ enum BackupCommand {
         /// The backup set, as named in a schedule file.
         name: String,
     },
-    /// Re-read a backup and check every segment and checksum.
+    /// Finish or roll back backups a crash left in flight.
+    Resume,
+    /// Re-read a backup and check every segment and checksum; exits 1 if any check fails.
     Verify {
         /// The backup id.
         id: String,
     },
-    /// Write a backup's decrypted dump to a file or standard output.
+    /// Write a backup's decrypted dump to a file or standard output, checked as it streams.
     Fetch {
         /// The backup id.
         id: String,
-        /// Where to write: a file, or `-` for standard output.
-        #[arg(short, long, default_value = "-")]
+        /// Where to write: a file (written whole or not at all), or `-` for standard output.
+        #[arg(short, long, default_value = "-", value_name = "FILE")]
         output_file: String,
     },
-    /// List backups.
-    List,
-    /// Delete backups beyond each set's retention.
+    /// List backups, newest first.
+    List {
+        /// Only this backup set.
+        #[arg(long)]
+        set: Option<String>,
+    },
+    /// Delete verified backups beyond each set's retention; the newest is always kept.
     Prune {
         /// Show what would be deleted, and delete nothing.
         #[arg(long)]
@@ -43,7 +69,177 @@ enum BackupCommand {
 }
 
 impl BackupArgs {
-    pub(super) async fn run(&self, _global: &GlobalArgs) -> anyhow::Result<Exit> {
-        Err(NotYetAvailable { command: "backup", arrives: "encrypted streaming backups (issue #7)" }.into())
+    pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
+        let plan = load_plan(global)?;
+        let db = Db::open(&plan.evidence.store).await?;
+        let ledger = open_ledger(&plan, &db).await?;
+        let mut backups = Backups::new(&plan, &db, &ledger, &SystemClock, RetryPolicy::default());
+        if global.output == OutputFormat::Human && std::io::stderr().is_terminal() && global.quiet == 0 {
+            backups.progress = Some(progress());
+        }
+        let exit = self.dispatch(&backups, global.output).await;
+        db.close().await;
+        exit
     }
+
+    async fn dispatch(&self, backups: &Backups<'_>, output: OutputFormat) -> anyhow::Result<Exit> {
+        match &self.command {
+            BackupCommand::Run { name } => {
+                let report = backups.run(name).await?;
+                show_reports(std::slice::from_ref(&report), output)?;
+                finished(&[report])
+            }
+            BackupCommand::Resume => {
+                let reports = backups.resume().await?;
+                show_reports(&reports, output)?;
+                finished(&reports)
+            }
+            BackupCommand::Verify { id } => {
+                let report = backups.verify(id).await?;
+                match output {
+                    OutputFormat::Json => print_json(&report)?,
+                    OutputFormat::Human => println!(
+                        "backup {id} verified: {} bytes stored, {} bytes of dump, SHA-256 {}; {}",
+                        report.stream.ciphertext_bytes,
+                        report.stream.plaintext_bytes,
+                        report.stream.plaintext_sha256,
+                        report.restore_check
+                    ),
+                }
+                Ok(Exit::Success)
+            }
+            BackupCommand::Fetch { id, output_file } => fetch(backups, id, output_file).await,
+            BackupCommand::List { set } => {
+                let entries = backups.list(set.as_deref()).await?;
+                match output {
+                    OutputFormat::Json => print_json(&entries)?,
+                    OutputFormat::Human => {
+                        let mut rows =
+                            vec![["ID", "SET", "STATUS", "STARTED", "SIZE", "WHERE"].map(String::from).to_vec()];
+                        for e in &entries {
+                            rows.push(vec![
+                                e.id.clone(),
+                                e.set.clone(),
+                                e.status.as_str().into(),
+                                e.started_at.clone(),
+                                e.bytes.map(human_bytes).unwrap_or_default(),
+                                e.location.clone(),
+                            ]);
+                        }
+                        print!("{}", table("", &rows));
+                    }
+                }
+                Ok(Exit::Success)
+            }
+            BackupCommand::Prune { dry_run } => {
+                let reports = backups.prune(*dry_run).await?;
+                match output {
+                    OutputFormat::Json => print_json(&reports)?,
+                    OutputFormat::Human => {
+                        let verb = if *dry_run { "would delete" } else { "deleted" };
+                        for r in &reports {
+                            println!("{}: keeps {}, {verb} {}", r.set, r.kept.len(), r.deleted.len());
+                            for id in &r.deleted {
+                                println!("  {verb} {id}");
+                            }
+                        }
+                    }
+                }
+                Ok(Exit::Success)
+            }
+        }
+    }
+}
+
+/// Writes the dump to standard output, or to a file through a `.partial` sibling renamed over
+/// it only once every check passed.
+async fn fetch(backups: &Backups<'_>, id: &str, output_file: &str) -> anyhow::Result<Exit> {
+    if output_file == "-" {
+        if std::io::stdout().is_terminal() {
+            anyhow::bail!("refusing to write a binary dump to a terminal; pass -o FILE or pipe it (| pg_restore ...)");
+        }
+        let facts = backups.fetch(id, Box::new(std::io::stdout())).await?;
+        tracing::info!(bytes = facts.plaintext_bytes, "fetched and checked");
+        return Ok(Exit::Success);
+    }
+    let path = PathBuf::from(output_file);
+    let mut partial = path.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let file = std::fs::File::create(&partial)
+        .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", partial.display()))?;
+    match backups.fetch(id, Box::new(std::io::BufWriter::with_capacity(1 << 20, file))).await {
+        Ok(facts) => {
+            std::fs::rename(&partial, &path)?;
+            eprintln!("wrote {} ({}), SHA-256 {}", path.display(), human_bytes(facts.plaintext_bytes), facts.plaintext_sha256);
+            Ok(Exit::Success)
+        }
+        Err(err) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(err.into())
+        }
+    }
+}
+
+fn show_reports(reports: &[BackupReport], output: OutputFormat) -> anyhow::Result<()> {
+    match output {
+        OutputFormat::Json => print_json(&reports),
+        OutputFormat::Human => {
+            for r in reports {
+                match &r.ended {
+                    Ended::Done => println!(
+                        "{}: backup {} {} at {}{}",
+                        r.set,
+                        r.backup_id,
+                        if r.method == "dump" { "written and verified" } else { "snapshot available" },
+                        r.location,
+                        r.bytes.map(|b| format!(" ({})", human_bytes(b))).unwrap_or_default()
+                    ),
+                    Ended::Waiting { step, until } => println!("{}: backup {} waits at {step} until {until}", r.set, r.backup_id),
+                    Ended::RolledBack { step, reason } => {
+                        println!("{}: backup {} FAILED at {step} and was removed: {reason}", r.set, r.backup_id)
+                    }
+                    Ended::Stuck { step, reason } => {
+                        println!("{}: backup {} is STUCK at {step}: {reason}", r.set, r.backup_id)
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn finished(reports: &[BackupReport]) -> anyhow::Result<Exit> {
+    let failed = reports.iter().filter(|r| !matches!(r.ended, Ended::Done)).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} backup(s) did not complete; `vigil backup list` and `vigil evidence list --kind backup.step` say why");
+    }
+    Ok(Exit::Success)
+}
+
+/// Sizes for people: KiB, MiB, GiB.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// A progress line on standard error, redrawn at most five times a second.
+fn progress() -> crate::backup::Progress {
+    let start = std::time::Instant::now();
+    let state = std::sync::Mutex::new((0u64, start));
+    Arc::new(move |n| {
+        let mut state = state.lock().expect("not poisoned");
+        state.0 += n;
+        if state.1.elapsed() >= std::time::Duration::from_millis(200) {
+            state.1 = std::time::Instant::now();
+            let rate = state.0 as f64 / start.elapsed().as_secs_f64().max(0.001);
+            eprint!("\r  {} dumped, {}/s   ", human_bytes(state.0), human_bytes(rate as u64));
+        }
+    })
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Diagnostic, EvidenceStore, KeyService, ObjectStore, Plan, Severity};
+use crate::config::{self, BackupMethod, Diagnostic, EvidenceStore, KeyService, Plan, Severity};
 use crate::schedule;
 
 /// Check configuration files.
@@ -208,14 +208,18 @@ fn show_plan(plan: &Plan, secrets_due: &[Due], backups_due: &[Due], drills_due: 
             backup.target.clone(),
             backup.schedule.to_string(),
             due.next.clone().unwrap_or_else(|| "never".into()),
-            match &backup.store {
-                ObjectStore::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
-                ObjectStore::Local { path } => path.display().to_string(),
+            match &backup.method {
+                BackupMethod::Dump { store, .. } => store.to_string(),
+                BackupMethod::RdsSnapshot { copy: None } => "rds snapshot".into(),
+                BackupMethod::RdsSnapshot { copy: Some(copy) } => format!("rds snapshot, copied to {}", copy.region),
             },
-            match &backup.key_service {
-                KeyService::AwsKms { key_id } => format!("aws_kms:{key_id}"),
-                KeyService::VaultTransit { key } => format!("vault_transit:{key}"),
-                KeyService::Local { key_file } => format!("local:{}", key_file.display()),
+            match &backup.method {
+                BackupMethod::Dump { key_service: KeyService::AwsKms { key_id }, .. } => format!("aws_kms:{key_id}"),
+                BackupMethod::Dump { key_service: KeyService::VaultTransit { key }, .. } => format!("vault_transit:{key}"),
+                BackupMethod::Dump { key_service: KeyService::Local { key_file }, .. } => {
+                    format!("local:{}", key_file.display())
+                }
+                BackupMethod::RdsSnapshot { .. } => "rds".into(),
             },
         ]);
     }

@@ -382,12 +382,35 @@ pub enum ObjectStore {
         bucket: String,
         /// A key prefix inside it.
         prefix: String,
+        /// Server-side encryption under this KMS key, on top of vigil's own encryption.
+        sse_kms_key_id: Option<String>,
+        /// S3 Object Lock retention set on each backup object.
+        object_lock: Option<ObjectLock>,
     },
     /// A local folder: the embedded default.
     Local {
         /// The folder.
         path: PathBuf,
     },
+}
+
+impl std::fmt::Display for ObjectStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+            Self::Local { path } => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// S3 Object Lock retention for backup objects: not even the bucket owner (in compliance
+/// mode) deletes one before `retain` has passed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectLock {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    pub mode: String,
+    /// How long each object is locked after it is written.
+    pub retain: Duration,
 }
 
 /// What wraps each backup's data key.
@@ -437,14 +460,39 @@ pub struct BackupSet {
     pub target: String,
     /// When backups run.
     pub schedule: CronSchedule,
-    /// Where they are written.
-    pub store: ObjectStore,
-    /// What wraps their keys.
-    pub key_service: KeyService,
+    /// How the backup is taken.
+    pub method: BackupMethod,
     /// What is kept.
     pub retention: Retention,
     /// Where the set is defined.
     pub defined_at: Location,
+}
+
+/// How a backup set's backups are taken.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "method")]
+pub enum BackupMethod {
+    /// A logical dump (`pg_dump`, `mariadb-dump`) streamed compressed and encrypted to a store.
+    Dump {
+        /// Where backups are written.
+        store: ObjectStore,
+        /// What wraps their keys.
+        key_service: KeyService,
+    },
+    /// An RDS DB snapshot, for targets of kind `rds`.
+    RdsSnapshot {
+        /// A copy of each snapshot in another region.
+        copy: Option<RdsCopy>,
+    },
+}
+
+/// Where RDS snapshots are copied.
+#[derive(Debug, Clone, Serialize)]
+pub struct RdsCopy {
+    /// The destination region.
+    pub region: String,
+    /// The KMS key the copy is encrypted with in that region.
+    pub kms_key_id: Option<String>,
 }
 
 /// A restore drill: the latest backup of a set restored into a scratch target and checked.

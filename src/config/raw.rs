@@ -194,14 +194,32 @@ pub(super) enum KeyServiceKind {
 pub(super) struct Backup {
     pub target: Spanned<String>,
     pub schedule: Spanned<String>,
-    pub store: Spanned<ObjectStoreKind>,
+    pub store: Option<Spanned<ObjectStoreKind>>,
     pub bucket: Option<Spanned<String>>,
     pub prefix: Option<String>,
     pub path: Option<Spanned<PathBuf>>,
-    pub key_service: Spanned<KeyServiceKind>,
+    pub sse_kms_key_id: Option<Spanned<String>>,
+    pub object_lock: Option<Spanned<ObjectLock>>,
+    pub key_service: Option<Spanned<KeyServiceKind>>,
     pub key_id: Option<Spanned<String>>,
     pub key_file: Option<Spanned<PathBuf>>,
+    pub copy_to_region: Option<Spanned<String>>,
+    pub copy_kms_key_id: Option<Spanned<String>>,
     pub retention: Option<Spanned<Retention>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum ObjectLockMode {
+    Governance,
+    Compliance,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ObjectLock {
+    pub mode: ObjectLockMode,
+    pub retain: Spanned<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

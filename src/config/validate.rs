@@ -13,8 +13,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
 use super::{
-    Aws, AwsCredentials, BackupSet, Controller, Drill, Engine, Evidence, EvidenceStore, JwksTarget, JwtSpec,
-    KeyService, Loaded, ObjectStore, Plan, Retention, SecretKind, SecretSpec, Strategy, Target, Vault, resolve_path,
+    Aws, AwsCredentials, BackupMethod, BackupSet, Controller, Drill, Engine, Evidence, EvidenceStore, JwksTarget, JwtSpec,
+    KeyService, Loaded, ObjectLock, ObjectStore, Plan, RdsCopy, Retention, SecretKind, SecretSpec, Strategy, Target, Vault, resolve_path,
 };
 use crate::jwks::Algorithm;
 use crate::schedule::{CronSchedule, Duration};
@@ -996,90 +996,12 @@ impl Loader {
         let file = def.file;
         let field = |f: &str| format!("backups.{name}.{f}");
         let errors_before = self.errors.len();
-        let base = self.folder_of(file);
         if !raw_targets.contains_key(raw.target.get_ref()) {
             self.missing_reference(file, &raw.target, field("target"), "targets", raw_targets.keys());
         }
         let schedule = self.cron(file, &raw.schedule, field("schedule"));
-        let store = match raw.store.get_ref() {
-            raw::ObjectStoreKind::S3 => {
-                if let Some(path) = &raw.path {
-                    self.error(
-                        file,
-                        path.span(),
-                        field("path"),
-                        "path applies to store = \"local\"; S3 backups use bucket and prefix",
-                    );
-                }
-                if self.aws_at.is_none() {
-                    let location = self.at(file, raw.store.span());
-                    self.require_store(StoreKind::AwsSecretsManager, location, field("store"));
-                }
-                match &raw.bucket {
-                    Some(bucket) => ObjectStore::S3 {
-                        bucket: bucket.get_ref().clone(),
-                        prefix: raw.prefix.clone().unwrap_or_default(),
-                    },
-                    None => {
-                        self.error(file, raw.store.span(), field("bucket"), "an s3 backup set needs `bucket`");
-                        return None;
-                    }
-                }
-            }
-            raw::ObjectStoreKind::Local => {
-                if let Some(bucket) = &raw.bucket {
-                    self.error(file, bucket.span(), field("bucket"), "bucket applies to store = \"s3\"");
-                }
-                match &raw.path {
-                    Some(path) => ObjectStore::Local { path: resolve_path(&base, path.get_ref()) },
-                    None => {
-                        self.error(
-                            file,
-                            raw.store.span(),
-                            field("path"),
-                            "a local backup set needs `path`, the folder backups are written to",
-                        );
-                        return None;
-                    }
-                }
-            }
-        };
-        let key_id = raw.key_id.as_ref().map(|k| k.get_ref().clone());
-        let key_service = match (raw.key_service.get_ref(), key_id, &raw.key_file) {
-            (raw::KeyServiceKind::AwsKms, Some(key_id), None) => {
-                if self.aws_at.is_none() {
-                    let location = self.at(file, raw.key_service.span());
-                    self.require_store(StoreKind::AwsSecretsManager, location, field("key_service"));
-                }
-                KeyService::AwsKms { key_id }
-            }
-            (raw::KeyServiceKind::VaultTransit, Some(key), None) => {
-                let location = self.at(file, raw.key_service.span());
-                self.require_store(StoreKind::VaultKv, location, field("key_service"));
-                KeyService::VaultTransit { key }
-            }
-            (raw::KeyServiceKind::Local, None, Some(key_file)) => {
-                KeyService::Local { key_file: resolve_path(&base, key_file.get_ref()) }
-            }
-            (raw::KeyServiceKind::Local, _, _) => {
-                self.error(
-                    file,
-                    raw.key_service.span(),
-                    field("key_file"),
-                    "key_service = \"local\" takes key_file (and no key_id)",
-                );
-                return None;
-            }
-            (_, _, _) => {
-                self.error(
-                    file,
-                    raw.key_service.span(),
-                    field("key_id"),
-                    "key_service = \"aws_kms\" or \"vault_transit\" takes key_id (and no key_file)",
-                );
-                return None;
-            }
-        };
+        let is_rds = raw_targets.get(raw.target.get_ref()).is_some_and(|t| *t.value.kind.get_ref() == raw::TargetKind::Rds);
+        let method = if is_rds { self.rds_method(name, def) } else { self.dump_method(name, def) };
         let retention = match &raw.retention {
             None => Retention::default(),
             Some(r) => {
@@ -1109,11 +1031,178 @@ impl Loader {
         Some(BackupSet {
             target: raw.target.get_ref().clone(),
             schedule,
-            store,
-            key_service,
+            method: method?,
             retention,
             defined_at: self.at(file, def.span.clone()),
         })
+    }
+
+    /// An RDS target's set: snapshots, optionally copied to another region.
+    fn rds_method(&mut self, name: &str, def: &Def<raw::Backup>) -> Option<BackupMethod> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("backups.{name}.{f}");
+        let dump_only = [
+            ("store", raw.store.as_ref().map(Spanned::span)),
+            ("key_service", raw.key_service.as_ref().map(Spanned::span)),
+            ("bucket", raw.bucket.as_ref().map(Spanned::span)),
+            ("path", raw.path.as_ref().map(Spanned::span)),
+            ("object_lock", raw.object_lock.as_ref().map(Spanned::span)),
+            ("sse_kms_key_id", raw.sse_kms_key_id.as_ref().map(Spanned::span)),
+        ];
+        for (name, span) in dump_only {
+            if let Some(span) = span {
+                self.error(
+                    file,
+                    span,
+                    field(name),
+                    "an rds target is backed up by DB snapshot; store and key settings apply to dump backups (for a logical dump of an RDS database, define a postgres or mysql target at its endpoint)",
+                );
+            }
+        }
+        if self.aws_at.is_none() {
+            let location = self.at(file, raw.target.span());
+            self.require_store(StoreKind::AwsSecretsManager, location, field("target"));
+        }
+        let copy = match (&raw.copy_to_region, &raw.copy_kms_key_id) {
+            (Some(region), kms) => {
+                Some(RdsCopy { region: region.get_ref().clone(), kms_key_id: kms.as_ref().map(|k| k.get_ref().clone()) })
+            }
+            (None, Some(kms)) => {
+                self.error(file, kms.span(), field("copy_kms_key_id"), "copy_kms_key_id needs copy_to_region");
+                None
+            }
+            (None, None) => None,
+        };
+        Some(BackupMethod::RdsSnapshot { copy })
+    }
+
+    /// A postgres or mysql target's set: dumps to a store, under a key service.
+    fn dump_method(&mut self, name: &str, def: &Def<raw::Backup>) -> Option<BackupMethod> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("backups.{name}.{f}");
+        let base = self.folder_of(file);
+        for (name, value) in [("copy_to_region", &raw.copy_to_region), ("copy_kms_key_id", &raw.copy_kms_key_id)] {
+            if let Some(value) = value {
+                self.error(file, value.span(), field(name), "snapshot copies apply to rds targets only");
+            }
+        }
+        let Some(store_kind) = &raw.store else {
+            self.error(
+                file,
+                def.span.clone(),
+                field("store"),
+                "a backup set needs store = \"s3\" (with bucket) or \"local\" (with path)",
+            );
+            return None;
+        };
+        let Some(key_service) = &raw.key_service else {
+            self.error(
+                file,
+                def.span.clone(),
+                field("key_service"),
+                "a backup set needs key_service = \"aws_kms\", \"vault_transit\" (with key_id) or \"local\" (with key_file)",
+            );
+            return None;
+        };
+        let store = match store_kind.get_ref() {
+            raw::ObjectStoreKind::S3 => {
+                if let Some(path) = &raw.path {
+                    self.error(
+                        file,
+                        path.span(),
+                        field("path"),
+                        "path applies to store = \"local\"; S3 backups use bucket and prefix",
+                    );
+                }
+                if self.aws_at.is_none() {
+                    let location = self.at(file, store_kind.span());
+                    self.require_store(StoreKind::AwsSecretsManager, location, field("store"));
+                }
+                let object_lock = raw.object_lock.as_ref().map(|lock| ObjectLock {
+                    mode: match lock.get_ref().mode {
+                        raw::ObjectLockMode::Governance => "GOVERNANCE".to_owned(),
+                        raw::ObjectLockMode::Compliance => "COMPLIANCE".to_owned(),
+                    },
+                    retain: *lock.get_ref().retain.get_ref(),
+                });
+                match &raw.bucket {
+                    Some(bucket) => ObjectStore::S3 {
+                        bucket: bucket.get_ref().clone(),
+                        prefix: raw.prefix.clone().unwrap_or_default(),
+                        sse_kms_key_id: raw.sse_kms_key_id.as_ref().map(|k| k.get_ref().clone()),
+                        object_lock,
+                    },
+                    None => {
+                        self.error(file, store_kind.span(), field("bucket"), "an s3 backup set needs `bucket`");
+                        return None;
+                    }
+                }
+            }
+            raw::ObjectStoreKind::Local => {
+                if let Some(bucket) = &raw.bucket {
+                    self.error(file, bucket.span(), field("bucket"), "bucket applies to store = \"s3\"");
+                }
+                for (name, span) in [
+                    ("object_lock", raw.object_lock.as_ref().map(Spanned::span)),
+                    ("sse_kms_key_id", raw.sse_kms_key_id.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        self.error(file, span, field(name), "applies to store = \"s3\" only");
+                    }
+                }
+                match &raw.path {
+                    Some(path) => ObjectStore::Local { path: resolve_path(&base, path.get_ref()) },
+                    None => {
+                        self.error(
+                            file,
+                            store_kind.span(),
+                            field("path"),
+                            "a local backup set needs `path`, the folder backups are written to",
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let key_id = raw.key_id.as_ref().map(|k| k.get_ref().clone());
+        let key_service = match (key_service.get_ref(), key_id, &raw.key_file) {
+            (raw::KeyServiceKind::AwsKms, Some(key_id), None) => {
+                if self.aws_at.is_none() {
+                    let location = self.at(file, key_service.span());
+                    self.require_store(StoreKind::AwsSecretsManager, location, field("key_service"));
+                }
+                KeyService::AwsKms { key_id }
+            }
+            (raw::KeyServiceKind::VaultTransit, Some(key), None) => {
+                let location = self.at(file, key_service.span());
+                self.require_store(StoreKind::VaultKv, location, field("key_service"));
+                KeyService::VaultTransit { key }
+            }
+            (raw::KeyServiceKind::Local, None, Some(key_file)) => {
+                KeyService::Local { key_file: resolve_path(&base, key_file.get_ref()) }
+            }
+            (raw::KeyServiceKind::Local, _, _) => {
+                self.error(
+                    file,
+                    key_service.span(),
+                    field("key_file"),
+                    "key_service = \"local\" takes key_file (and no key_id)",
+                );
+                return None;
+            }
+            (_, _, _) => {
+                self.error(
+                    file,
+                    key_service.span(),
+                    field("key_id"),
+                    "key_service = \"aws_kms\" or \"vault_transit\" takes key_id (and no key_file)",
+                );
+                return None;
+            }
+        };
+        Some(BackupMethod::Dump { store, key_service })
     }
 
     fn drill(

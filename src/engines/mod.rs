@@ -13,6 +13,8 @@ use futures_util::future::BoxFuture;
 
 pub use mysql::MysqlEngine;
 pub use postgres::{PostgresEngine, scram_sha256_verifier};
+pub(crate) use mysql::connect_options as mysql_options;
+pub(crate) use postgres::connect_options as postgres_options;
 
 use crate::config::Engine;
 use crate::secret::SecretString;
@@ -35,6 +37,21 @@ pub struct Credential {
     pub username: String,
     /// The password.
     pub password: SecretString,
+}
+
+impl Credential {
+    /// A login stored as a JSON object with string `username` and `password` (AWS's template
+    /// for database secrets); the error never shows the value.
+    pub fn from_json(value: &SecretString) -> Result<Self, String> {
+        use secrecy::ExposeSecret as _;
+        let parsed: serde_json::Value = serde_json::from_str(value.expose_secret()).unwrap_or_default();
+        match (parsed["username"].as_str(), parsed["password"].as_str()) {
+            (Some(username), Some(password)) => {
+                Ok(Self { username: username.to_owned(), password: SecretString::from(password.to_owned()) })
+            }
+            _ => Err("not a JSON object with string `username` and `password`".to_owned()),
+        }
+    }
 }
 
 /// Why an engine operation failed. Never carries a password.
@@ -73,7 +90,7 @@ impl EngineError {
     }
 
     /// Sorts an sqlx error into login refusal, statement refusal or transient failure.
-    fn from_sqlx(what: &str, user: &str, err: sqlx::Error) -> Self {
+    pub(crate) fn from_sqlx(what: &str, user: &str, err: sqlx::Error) -> Self {
         let reason = err.to_string();
         match &err {
             sqlx::Error::Database(db) => {

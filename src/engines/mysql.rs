@@ -22,6 +22,20 @@ pub struct MysqlEngine {
     admin: Credential,
 }
 
+
+/// How to log in to the server at `endpoint` as `credential`; also what backups connect with.
+pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> MySqlConnectOptions {
+    let mut options = MySqlConnectOptions::new()
+        .host(&endpoint.host)
+        .port(endpoint.port)
+        .username(&credential.username)
+        .password(credential.password.expose_secret());
+    if let Some(database) = &endpoint.database {
+        options = options.database(database);
+    }
+    options
+}
+
 impl MysqlEngine {
     /// The engine at `endpoint`, administered with `admin`.
     pub fn new(endpoint: Endpoint, admin: Credential) -> Self {
@@ -29,15 +43,7 @@ impl MysqlEngine {
     }
 
     fn options(&self, credential: &Credential) -> MySqlConnectOptions {
-        let mut options = MySqlConnectOptions::new()
-            .host(&self.endpoint.host)
-            .port(self.endpoint.port)
-            .username(&credential.username)
-            .password(credential.password.expose_secret());
-        if let Some(database) = &self.endpoint.database {
-            options = options.database(database);
-        }
-        options
+        connect_options(&self.endpoint, credential)
     }
 
     async fn admin(&self, what: &str) -> Result<MySqlConnection, EngineError> {

@@ -23,6 +23,21 @@ pub struct PostgresEngine {
     admin: Credential,
 }
 
+
+/// How to log in to the server at `endpoint` as `credential`; also what backups connect with.
+pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> PgConnectOptions {
+    let mut options = PgConnectOptions::new()
+        .host(&endpoint.host)
+        .port(endpoint.port)
+        .username(&credential.username)
+        .password(credential.password.expose_secret())
+            .application_name("vigil");
+    if let Some(database) = &endpoint.database {
+        options = options.database(database);
+    }
+    options
+}
+
 impl PostgresEngine {
     /// The engine at `endpoint`, administered with `admin`.
     pub fn new(endpoint: Endpoint, admin: Credential) -> Self {
@@ -30,16 +45,7 @@ impl PostgresEngine {
     }
 
     fn options(&self, credential: &Credential) -> PgConnectOptions {
-        let mut options = PgConnectOptions::new()
-            .host(&self.endpoint.host)
-            .port(self.endpoint.port)
-            .username(&credential.username)
-            .password(credential.password.expose_secret())
-            .application_name("vigil");
-        if let Some(database) = &self.endpoint.database {
-            options = options.database(database);
-        }
-        options
+        connect_options(&self.endpoint, credential)
     }
 
     async fn admin(&self, what: &str) -> Result<PgConnection, EngineError> {

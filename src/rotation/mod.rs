@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret as _;
 use serde::Serialize;
 
 pub use api_key::{ApiKeyRotation, KeyStep};
@@ -139,9 +138,15 @@ pub struct Rotator<'a> {
     pub clock: &'a dyn Clock,
     /// Retries of transient failures within a step.
     pub retry: RetryPolicy,
-    /// Store clients, connected on first use and kept: a client builds its HTTP and TLS
-    /// stack, which `--check --watch` would otherwise do every interval for every secret.
-    stores: tokio::sync::Mutex<std::collections::HashMap<StoreKind, Arc<dyn SecretStore>>>,
+    /// Store clients, connected on first use and kept.
+    stores: stores::Stores<'a>,
+}
+
+fn admin_error(whose: &str, err: stores::ReferenceError) -> RotationError {
+    match err {
+        stores::ReferenceError::Store(err) => RotationError::Store(err),
+        stores::ReferenceError::Unreadable(why) => RotationError::Admin { target: whose.to_owned(), why },
+    }
 }
 
 /// A secret's store and database, connected.
@@ -153,18 +158,12 @@ struct Connected {
 impl<'a> Rotator<'a> {
     /// A rotator over `plan`, recording in `db` and `ledger`.
     pub fn new(plan: &'a Plan, db: &'a Db, ledger: &'a Ledger, clock: &'a dyn Clock, retry: RetryPolicy) -> Self {
-        Self { plan, db, ledger, clock, retry, stores: tokio::sync::Mutex::default() }
+        Self { plan, db, ledger, clock, retry, stores: stores::Stores::new(plan) }
     }
 
     /// The client for `kind`, connected once per rotator.
     async fn store(&self, kind: StoreKind) -> Result<Arc<dyn SecretStore>, RotationError> {
-        let mut stores = self.stores.lock().await;
-        if let Some(store) = stores.get(&kind) {
-            return Ok(store.clone());
-        }
-        let store: Arc<dyn SecretStore> = Arc::from(stores::connect(kind, self.plan).await?);
-        stores.insert(kind, store.clone());
-        Ok(store)
+        Ok(self.stores.get(kind).await?)
     }
 
     fn secret(&self, name: &str) -> Result<&'a SecretSpec, RotationError> {
@@ -187,30 +186,14 @@ impl<'a> Rotator<'a> {
         Ok(Connected { store, engine: engines::connect(target.engine, endpoint, admin) })
     }
 
-    /// The value `reference` names: from its store (one JSON field of it when `key` is given),
-    /// the environment or a file. `whose` names what it is for, in errors.
+    /// The value `reference` names. `whose` names what it is for, in errors.
     async fn resolve(&self, whose: &str, reference: &SecretRef) -> Result<SecretString, RotationError> {
-        let unreadable = |why: String| RotationError::Admin { target: whose.to_owned(), why };
-        match reference {
-            SecretRef::Store { store, path, key } => {
-                let value = self.store(*store).await?.current(path).await?.value;
-                let Some(key) = key else { return Ok(value) };
-                let parsed: serde_json::Value = serde_json::from_str(value.expose_secret()).unwrap_or_default();
-                let field = parsed[key.as_str()]
-                    .as_str()
-                    .ok_or_else(|| unreadable(format!("secret {path} has no string field {key}")))?;
-                Ok(SecretString::from(field.to_owned()))
-            }
-            local => local.resolve_local().map_err(|err| unreadable(err.to_string())),
-        }
+        self.stores.resolve(reference).await.map_err(|err| admin_error(whose, err))
     }
 
     /// The admin credential: a JSON object with `username` and `password`.
     async fn admin(&self, target: &str, reference: &SecretRef) -> Result<Credential, RotationError> {
-        let value = self.resolve(target, reference).await?;
-        let parsed = db_password::parse("the admin credential", &value)
-            .map_err(|err| RotationError::Admin { target: target.to_owned(), why: err.to_string() })?;
-        Ok(Credential { username: parsed.username, password: parsed.password })
+        self.stores.login(reference).await.map_err(|err| admin_error(target, err))
     }
 
     /// Rotates `name` now. `force` allows an alternating flip sooner than min_flip_interval.

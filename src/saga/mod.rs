@@ -148,7 +148,7 @@ pub enum SagaError {
     #[error(transparent)]
     Evidence(#[from] EvidenceError),
     /// Another saga is in flight for the same subject.
-    #[error("{subject} already has a {kind} in flight ({id}); `vigil rotate --resume` finishes it")]
+    #[error("{subject} already has a {kind} in flight ({id}); `{}` finishes it", resume_command(kind))]
     InFlight {
         /// The subject.
         subject: String,
@@ -356,6 +356,14 @@ impl Executor<'_> {
         };
         self.ledger.append(NewRecord { kind, subject: saga.subject.clone(), outcome, details }).await?;
         Ok(())
+    }
+}
+
+/// The command that resumes sagas of `kind`.
+fn resume_command(kind: &str) -> &'static str {
+    match saga_prefix(kind) {
+        "backup" => "vigil backup resume",
+        _ => "vigil rotate --resume",
     }
 }
 

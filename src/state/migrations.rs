@@ -25,6 +25,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0002_sagas.sqlite.sql"),
         postgres: include_str!("migrations/0002_sagas.postgres.sql"),
     },
+    Migration {
+        version: 3,
+        name: "backup catalog",
+        sqlite: include_str!("migrations/0003_backups.sqlite.sql"),
+        postgres: include_str!("migrations/0003_backups.postgres.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS vigil_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";

@@ -13,10 +13,10 @@ mod vault_kv;
 use futures_util::future::BoxFuture;
 
 pub use aws_sm::AwsSecretsManager;
-pub use vault_kv::VaultKv;
+pub use vault_kv::{VaultKv, client as vault_client};
 
 use crate::config::Plan;
-use crate::secret::{ResolveError, SecretString, StoreKind};
+use crate::secret::{ResolveError, SecretRef, SecretString, StoreKind};
 
 /// A secret's value (a JSON object, as text) and the store's id for that version.
 #[derive(Debug, Clone)]
@@ -94,6 +94,66 @@ impl StoreError {
     /// Whether retrying the same operation may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient { .. })
+    }
+}
+
+/// Store clients for one run of a command or the daemon, connected on first use and kept: a
+/// client builds its HTTP and TLS stack, which a loop over secrets would otherwise repeat.
+pub struct Stores<'a> {
+    plan: &'a Plan,
+    clients: tokio::sync::Mutex<std::collections::HashMap<StoreKind, std::sync::Arc<dyn SecretStore>>>,
+}
+
+/// Why a credential reference could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    /// Its store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// It was read but is not what it should be, or its file or variable is missing.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl<'a> Stores<'a> {
+    /// No clients yet, for `plan`'s stores.
+    pub fn new(plan: &'a Plan) -> Self {
+        Self { plan, clients: tokio::sync::Mutex::default() }
+    }
+
+    /// The client for `kind`, connected once.
+    pub async fn get(&self, kind: StoreKind) -> Result<std::sync::Arc<dyn SecretStore>, StoreError> {
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&kind) {
+            return Ok(client.clone());
+        }
+        let client: std::sync::Arc<dyn SecretStore> = std::sync::Arc::from(connect(kind, self.plan).await?);
+        clients.insert(kind, client.clone());
+        Ok(client)
+    }
+
+    /// The value `reference` names: from its store (one JSON field of it when `key` is given),
+    /// the environment or a file.
+    pub async fn resolve(&self, reference: &SecretRef) -> Result<SecretString, ReferenceError> {
+        use secrecy::ExposeSecret as _;
+        match reference {
+            SecretRef::Store { store, path, key } => {
+                let value = self.get(*store).await?.current(path).await?.value;
+                let Some(key) = key else { return Ok(value) };
+                let parsed: serde_json::Value = serde_json::from_str(value.expose_secret()).unwrap_or_default();
+                let field = parsed[key.as_str()]
+                    .as_str()
+                    .ok_or_else(|| ReferenceError::Unreadable(format!("secret {path} has no string field {key}")))?;
+                Ok(SecretString::from(field.to_owned()))
+            }
+            local => local.resolve_local().map_err(|err| ReferenceError::Unreadable(err.to_string())),
+        }
+    }
+
+    /// A database login `reference` names: a JSON object with `username` and `password`.
+    pub async fn login(&self, reference: &SecretRef) -> Result<crate::engines::Credential, ReferenceError> {
+        let value = self.resolve(reference).await?;
+        crate::engines::Credential::from_json(&value).map_err(ReferenceError::Unreadable)
     }
 }
 

@@ -4,6 +4,7 @@
 //! `cargo xtask test` starts the services and runs them included.
 
 mod api_keys;
+mod backups;
 mod cli;
 mod config;
 mod engines;

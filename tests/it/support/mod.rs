@@ -31,7 +31,7 @@ pub struct OpenBao {
     pub token: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Database {
     pub host: String,
     pub port: u16,

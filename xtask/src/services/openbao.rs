@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::process::{await_ready, is_ours, spawn};
-use super::readiness::{free_port, http_status};
+use super::readiness::{free_port, http_status, vault_post};
 use super::tools::PythonTools;
 use super::{Context, random_hex};
 
@@ -40,6 +40,11 @@ pub fn start(ctx: &Context, tools: &PythonTools) -> anyhow::Result<OpenBao> {
     let pid = spawn(command, &log, None)?;
     let bao = OpenBao { pid, port, address: format!("http://127.0.0.1:{port}"), token, log: log.clone() };
     await_ready("OpenBao", pid, &log, Duration::from_secs(60), || healthy(&bao))?;
+    // The dev server mounts KV v2 only; backups wrap their data keys with Transit.
+    match vault_post(port, "/v1/sys/mounts/transit", &bao.token, r#"{"type":"transit"}"#) {
+        Some(204 | 200) => {}
+        other => anyhow::bail!("OpenBao did not mount Transit (HTTP {other:?}); see {}", log.display()),
+    }
     eprintln!("started OpenBao on {}", bao.address);
     Ok(bao)
 }

@@ -1,0 +1,332 @@
+//! The dump tools: `pg_dump` in custom format from a snapshot vigil exports (so row counts come
+//! from the same snapshot), and `mariadb-dump --single-transaction`. Each gets its password
+//! through its environment (PostgreSQL) or a 0600 option file (MariaDB), never its command
+//! line, and writes the dump to a pipe the backup stream reads.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use secrecy::ExposeSecret as _;
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection as _, Row as _};
+
+use crate::config::Engine;
+use crate::engines::{Credential, Endpoint, EngineError};
+
+/// Why a dump failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// The database refused or failed a query.
+    #[error(transparent)]
+    Database(#[from] EngineError),
+    /// The dump tool could not start.
+    #[error("cannot run {tool}: {reason}; install the client tools of the server's version")]
+    Tool {
+        /// The tool.
+        tool: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The dump tool failed.
+    #[error("{tool} failed ({status}): {stderr}")]
+    Failed {
+        /// The tool.
+        tool: &'static str,
+        /// Its exit status.
+        status: String,
+        /// The end of what it printed on standard error.
+        stderr: String,
+    },
+    /// The option file could not be written.
+    #[error("cannot write the dump tool's option file in {dir}: {reason}")]
+    OptionFile {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl DumpError {
+    /// Whether retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Database(err) if err.is_transient())
+    }
+}
+
+/// What the manifest records of the database at the moment of the dump.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consistency {
+    /// The server's version string.
+    pub server_version: String,
+    /// When the snapshot was taken, by the server's clock (RFC 3339).
+    pub snapshot_time: String,
+    /// The consistent point: PostgreSQL's WAL LSN and exported snapshot id, or MariaDB's GTID
+    /// position.
+    pub point: BTreeMap<String, String>,
+    /// Rows per table (`schema.table`), for the drill to compare a restore against.
+    pub row_counts: BTreeMap<String, u64>,
+    /// Whether the counts come from the dump's own snapshot (PostgreSQL), or from a snapshot
+    /// taken just before it (MariaDB, whose dump tool cannot import one).
+    pub counts_from_dump_snapshot: bool,
+}
+
+/// A running dump: the tool's output, and the session holding the snapshot open.
+pub struct Dump {
+    /// The tool.
+    pub tool: &'static str,
+    child: Child,
+    session: Session,
+    consistency: Consistency,
+    /// Removed when the dump is dropped: the MariaDB option file with the password.
+    _option_file: Option<OptionFile>,
+}
+
+enum Session {
+    Postgres(sqlx::PgConnection),
+    Mysql(sqlx::MySqlConnection),
+}
+
+/// Starts dumping `database` at `endpoint` as `admin`. Returns the dump and the pipe its output
+/// arrives on. `scratch` is a private folder for the option file.
+pub async fn start(
+    engine: Engine,
+    endpoint: &Endpoint,
+    admin: &Credential,
+    scratch: &Path,
+) -> Result<(Dump, ChildStdout), DumpError> {
+    match engine {
+        Engine::Postgres => start_postgres(endpoint, admin).await,
+        Engine::Mysql => start_mysql(endpoint, admin, scratch).await,
+    }
+}
+
+fn db_error(what: &str, admin: &Credential) -> impl Fn(sqlx::Error) -> DumpError {
+    let (what, user) = (what.to_owned(), admin.username.clone());
+    move |err| DumpError::Database(EngineError::from_sqlx(&what, &user, err))
+}
+
+async fn start_postgres(endpoint: &Endpoint, admin: &Credential) -> Result<(Dump, ChildStdout), DumpError> {
+    let options = crate::engines::postgres_options(endpoint, admin);
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.map_err(db_error("connect for the dump", admin))?;
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut conn)
+        .await
+        .map_err(db_error("begin the snapshot", admin))?;
+    let row = sqlx::query(
+        "SELECT pg_export_snapshot(), to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+         current_setting('server_version'), \
+         (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(db_error("export a snapshot", admin))?;
+    let snapshot: String = row.try_get(0).map_err(db_error("export a snapshot", admin))?;
+    let consistency = Consistency {
+        server_version: row.try_get(2).map_err(db_error("read the server version", admin))?,
+        snapshot_time: row.try_get(1).map_err(db_error("read the snapshot time", admin))?,
+        point: BTreeMap::from([
+            ("lsn".to_owned(), row.try_get::<Option<String>, _>(3).ok().flatten().unwrap_or_default()),
+            ("snapshot".to_owned(), snapshot.clone()),
+        ]),
+        row_counts: BTreeMap::new(),
+        counts_from_dump_snapshot: true,
+    };
+    let mut command = Command::new("pg_dump");
+    command
+        .args(["--format=custom", "--compress=0", "--no-password"])
+        .arg(format!("--snapshot={snapshot}"))
+        .arg(format!("--host={}", endpoint.host))
+        .arg(format!("--port={}", endpoint.port))
+        .arg(format!("--username={}", admin.username))
+        .arg(format!("--dbname={}", endpoint.database.as_deref().unwrap_or("postgres")))
+        // The password through the environment, which only this user and root can read;
+        // never in argv, which every user sees in `ps`.
+        .env("PGPASSWORD", admin.password.expose_secret())
+        .env("PGAPPNAME", "vigil-backup")
+        .env_remove("PGPASSFILE")
+        .env_remove("PGSERVICE");
+    let (child, stdout) = spawn(command, "pg_dump")?;
+    let dump = Dump { tool: "pg_dump", child, session: Session::Postgres(conn), consistency, _option_file: None };
+    Ok((dump, stdout))
+}
+
+async fn start_mysql(
+    endpoint: &Endpoint,
+    admin: &Credential,
+    scratch: &Path,
+) -> Result<(Dump, ChildStdout), DumpError> {
+    let options = crate::engines::mysql_options(endpoint, admin);
+    let mut conn =
+        sqlx::MySqlConnection::connect_with(&options).await.map_err(db_error("connect for the dump", admin))?;
+    sqlx::raw_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .execute(&mut conn)
+        .await
+        .map_err(db_error("begin the snapshot", admin))?;
+    let row = sqlx::query("SELECT VERSION(), DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%fZ')")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(db_error("read the server version", admin))?;
+    let mut point = BTreeMap::new();
+    // MariaDB's GTID position; MySQL has none by this name, and the dump does not need it.
+    if let Ok(gtid) = sqlx::query_scalar::<_, String>("SELECT @@GLOBAL.gtid_current_pos").fetch_one(&mut conn).await {
+        point.insert("gtid_current_pos".to_owned(), gtid);
+    }
+    let consistency = Consistency {
+        server_version: row.try_get(0).map_err(db_error("read the server version", admin))?,
+        snapshot_time: row.try_get(1).map_err(db_error("read the snapshot time", admin))?,
+        point,
+        row_counts: BTreeMap::new(),
+        counts_from_dump_snapshot: false,
+    };
+    let option_file = OptionFile::write(scratch, admin)?;
+    let mut command = Command::new("mariadb-dump");
+    // The option file must be the first argument.
+    command
+        .arg(format!("--defaults-extra-file={}", option_file.0.display()))
+        .args(["--protocol=TCP", "--single-transaction", "--quick", "--routines", "--triggers", "--hex-blob"])
+        .arg("--no-tablespaces")
+        .arg(format!("--host={}", endpoint.host))
+        .arg(format!("--port={}", endpoint.port))
+        .arg("--")
+        .arg(endpoint.database.as_deref().unwrap_or_default())
+        .env_remove("MYSQL_PWD");
+    let (child, stdout) = spawn(command, "mariadb-dump")?;
+    let dump = Dump {
+        tool: "mariadb-dump",
+        child,
+        session: Session::Mysql(conn),
+        consistency,
+        _option_file: Some(option_file),
+    };
+    Ok((dump, stdout))
+}
+
+fn spawn(mut command: Command, tool: &'static str) -> Result<(Child, ChildStdout), DumpError> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| DumpError::Tool { tool, reason: err.to_string() })?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    Ok((child, stdout))
+}
+
+impl Dump {
+    /// Counts every table's rows in the snapshot, while the tool dumps.
+    pub async fn count_rows(&mut self, admin: &Credential) -> Result<(), DumpError> {
+        let failed = db_error("count rows", admin);
+        let counts = match &mut self.session {
+            Session::Postgres(conn) => {
+                let tables: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1, 2",
+                )
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(&failed)?;
+                let mut counts = BTreeMap::new();
+                for (schema, table) in tables {
+                    let sql = format!("SELECT count(*) FROM {}.{}", pg_ident(&schema), pg_ident(&table));
+                    let count: i64 =
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await.map_err(&failed)?;
+                    counts.insert(format!("{schema}.{table}"), u64::try_from(count).unwrap_or_default());
+                }
+                counts
+            }
+            Session::Mysql(conn) => {
+                let tables: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT CAST(table_schema AS CHAR), CAST(table_name AS CHAR) FROM information_schema.tables \
+                     WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY 2",
+                )
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(&failed)?;
+                let mut counts = BTreeMap::new();
+                for (schema, table) in tables {
+                    let sql = format!("SELECT COUNT(*) FROM {}.{}", my_ident(&schema), my_ident(&table));
+                    let count: i64 =
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await.map_err(&failed)?;
+                    counts.insert(format!("{schema}.{table}"), u64::try_from(count).unwrap_or_default());
+                }
+                counts
+            }
+        };
+        self.consistency.row_counts = counts;
+        Ok(())
+    }
+
+    /// Waits for the tool to exit, ends the snapshot, and returns what was recorded; fails if
+    /// the tool did.
+    pub async fn finish(mut self) -> Result<Consistency, DumpError> {
+        let tool = self.tool;
+        let mut child = self.child;
+        let waited = tokio::task::spawn_blocking(move || {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            child.wait().map(|status| (status, stderr))
+        })
+        .await
+        .map_err(|err| DumpError::Tool { tool, reason: err.to_string() })?
+        .map_err(|err| DumpError::Tool { tool, reason: err.to_string() })?;
+        let _ = match &mut self.session {
+            Session::Postgres(conn) => sqlx::raw_sql("COMMIT").execute(conn).await.map(drop),
+            Session::Mysql(conn) => sqlx::raw_sql("COMMIT").execute(conn).await.map(drop),
+        };
+        let (status, stderr) = waited;
+        if !status.success() {
+            return Err(DumpError::Failed { tool, status: status.to_string(), stderr: last_lines(&stderr) });
+        }
+        Ok(self.consistency)
+    }
+
+    /// Stops the tool: the stream it fed has failed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last few lines of a tool's error output, for an error message.
+pub(crate) fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    if tail.is_empty() { "no error output".to_owned() } else { tail }
+}
+
+fn pg_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn my_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A MariaDB client option file holding the password: mode 0600, removed when dropped.
+struct OptionFile(PathBuf);
+
+impl OptionFile {
+    fn write(dir: &Path, admin: &Credential) -> Result<Self, DumpError> {
+        use rand_core::RngCore as _;
+        let failed = |err: std::io::Error| DumpError::OptionFile { dir: dir.to_owned(), reason: err.to_string() };
+        let path = dir.join(format!("dump-{:016x}.cnf", rand_core::OsRng.next_u64()));
+        // Option files take quoted values with backslash escapes.
+        let password = admin.password.expose_secret().replace('\\', "\\\\").replace('"', "\\\"");
+        let user = admin.username.replace('\\', "\\\\").replace('"', "\\\"");
+        let text = zeroize::Zeroizing::new(format!("[client]\nuser=\"{user}\"\npassword=\"{password}\"\n"));
+        super::keys::write_private(&path, text.as_bytes()).map_err(failed)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for OptionFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

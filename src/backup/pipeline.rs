@@ -1,0 +1,300 @@
+//! The byte pipelines, run on a blocking thread: dump → SHA-256 → zstd (on every core) →
+//! sealed segments → SHA-256 → chunks for the store; and back: object → SHA-256 → opened
+//! segments → zstd → SHA-256 → a sink. Memory is bounded by the segment, the zstd jobs and the
+//! channel to the store, whatever the database's size.
+
+use std::io::{self, Read, Write};
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::format::{DataKey, FormatError, Hashing, Opener, Sealer};
+use super::store::Chunk;
+
+/// The zstd level: zstd's default, about gzip -6's ratio at many times its speed.
+pub const ZSTD_LEVEL: i32 = 3;
+/// zstd's job size on each worker: small jobs keep the memory of two workers bounded.
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+/// Bytes read from the dump per call.
+const READ_SIZE: usize = 256 << 10;
+/// Bytes per chunk sent to the store.
+const CHUNK_SIZE: usize = 1 << 20;
+/// Chunks queued for the store before the pipeline waits for it.
+pub const CHUNKS_QUEUED: usize = 4;
+
+/// Sizes and hashes of one pass over a backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFacts {
+    /// Bytes of the dump.
+    pub plaintext_bytes: u64,
+    /// SHA-256 of the dump, hex.
+    pub plaintext_sha256: String,
+    /// Bytes after compression.
+    pub compressed_bytes: u64,
+    /// Bytes of the object as stored.
+    pub ciphertext_bytes: u64,
+    /// SHA-256 of the object as stored, hex.
+    pub ciphertext_sha256: String,
+}
+
+/// Sends what is written to it to the store in chunks, waiting when the store is behind.
+struct ToStore {
+    sender: mpsc::Sender<Chunk>,
+    buffer: BytesMut,
+}
+
+impl ToStore {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buffer.split().freeze();
+        self.buffer.reserve(CHUNK_SIZE);
+        self.sender
+            .blocking_send(Chunk::Data(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the store stopped receiving"))
+    }
+
+    fn end(mut self) -> io::Result<()> {
+        self.send()?;
+        self.sender
+            .blocking_send(Chunk::End)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the store stopped receiving"))
+    }
+}
+
+impl Write for ToStore {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= CHUNK_SIZE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads `dump` to its end, compresses and seals it as `backup_id`, and sends the object to
+/// `sender`, ending with [`Chunk::End`]. On failure nothing more is sent, so the store
+/// abandons the upload.
+pub fn seal(
+    dump: impl Read,
+    key: &DataKey,
+    backup_id: &str,
+    segment_size: u32,
+    sender: mpsc::Sender<Chunk>,
+    progress: &dyn Fn(u64),
+) -> io::Result<StreamFacts> {
+    let to_store = Hashing::new(ToStore { sender, buffer: BytesMut::with_capacity(CHUNK_SIZE) });
+    let sealer = Sealer::new(to_store, key, backup_id, segment_size)?;
+    let mut compressed = zstd::stream::write::Encoder::new(Hashing::new(sealer), ZSTD_LEVEL)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) as u32;
+    if workers > 1 {
+        compressed.multithread(workers)?;
+        compressed.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
+    }
+    let mut dump = Hashing::new(dump);
+    let mut buffer = vec![0u8; READ_SIZE];
+    loop {
+        let n = match dump.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        compressed.write_all(&buffer[..n])?;
+        progress(n as u64);
+    }
+    let (_, plaintext_sha256, plaintext_bytes) = dump.finish();
+    let (sealer, _, compressed_bytes) = compressed.finish()?.finish();
+    let (to_store, ciphertext_sha256, ciphertext_bytes) = sealer.finish()?.finish();
+    to_store.end()?;
+    Ok(StreamFacts { plaintext_bytes, plaintext_sha256, compressed_bytes, ciphertext_bytes, ciphertext_sha256 })
+}
+
+/// Why reading a backup back failed: the check that failed, or the reading.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The object's format checks (header, key, segments, truncation).
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// The authenticated plaintext is not a zstd stream: it was written wrong.
+    #[error("decompression check failed: {0}")]
+    Decompress(String),
+    /// The sink (a file, standard output, `pg_restore`) failed.
+    #[error("writing the dump failed: {0}")]
+    Sink(io::Error),
+}
+
+/// Reads the sealed object from `object`, opens and decompresses it, and writes the dump to
+/// `sink`. Every byte written to the sink has been authenticated; an error means the object
+/// is not the backup it claims to be (or was read wrong), and says which check failed.
+pub fn open(object: impl Read, key: &DataKey, backup_id: &str, sink: impl Write) -> Result<StreamFacts, OpenError> {
+    let mut object = Hashing::new(object);
+    let opener = Opener::new(&mut object, key, backup_id)?;
+    let mut compressed = Hashing::new(opener);
+    let mut decoder =
+        zstd::stream::read::Decoder::new(&mut compressed).map_err(|err| OpenError::Decompress(err.to_string()))?;
+    let mut sink = Hashing::new(sink);
+    let mut buffer = vec![0u8; READ_SIZE];
+    loop {
+        let n = match decoder.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(read_error(err)),
+        };
+        sink.write_all(&buffer[..n]).map_err(OpenError::Sink)?;
+    }
+    sink.flush().map_err(OpenError::Sink)?;
+    drop(decoder);
+    // zstd stops at the end of its frame: whatever follows must still authenticate, and the
+    // final segment must be there.
+    io::copy(&mut compressed, &mut io::sink()).map_err(read_error)?;
+    let (_, plaintext_sha256, plaintext_bytes) = sink.finish();
+    let (_, _, compressed_bytes) = compressed.finish();
+    let (_, ciphertext_sha256, ciphertext_bytes) = object.finish();
+    Ok(StreamFacts { plaintext_bytes, plaintext_sha256, compressed_bytes, ciphertext_bytes, ciphertext_sha256 })
+}
+
+/// A read error from inside the stack: a format check's, or else a decompression failure.
+fn read_error(err: io::Error) -> OpenError {
+    if err.get_ref().is_some_and(|inner| inner.is::<FormatError>()) {
+        let inner = err.into_inner().expect("checked above");
+        return OpenError::Format(*inner.downcast::<FormatError>().expect("checked above"));
+    }
+    match err.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::Other => OpenError::Decompress(err.to_string()),
+        _ => OpenError::Format(FormatError::Io(err)),
+    }
+}
+
+/// A sink that passes bytes on until its reader stops taking them, then discards the rest:
+/// `pg_restore --list` reads only the table of contents, but every segment must still be
+/// authenticated and hashed.
+pub struct UntilClosed<W> {
+    inner: Option<W>,
+}
+
+impl<W: Write> UntilClosed<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl<W: Write> Write for UntilClosed<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(inner) = &mut self.inner
+            && let Err(err) = inner.write_all(data)
+        {
+            if err.kind() != io::ErrorKind::BrokenPipe {
+                return Err(err);
+            }
+            self.inner = None;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps the last bytes written: how a MariaDB dump is checked complete (it ends with
+/// `-- Dump completed`).
+#[derive(Default)]
+pub struct Tail(Vec<u8>);
+
+impl Tail {
+    const KEEP: usize = 256;
+
+    /// Whether the dump ends the way `mariadb-dump` ends a complete dump.
+    pub fn is_complete_mariadb_dump(&self) -> bool {
+        String::from_utf8_lossy(&self.0).lines().rev().find(|l| !l.trim().is_empty()).is_some_and(|l| l.starts_with("-- Dump completed"))
+    }
+}
+
+impl Write for Tail {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(&data[data.len().saturating_sub(Self::KEEP)..]);
+        let excess = self.0.len().saturating_sub(Self::KEEP);
+        self.0.drain(..excess);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dump(len: usize) -> Vec<u8> {
+        // Compressible but not trivially: text with a slowly changing counter.
+        (0..len).map(|i| b"abcdefghij"[(i / 7 + i / 1000) % 10]).collect()
+    }
+
+    fn sealed(plain: &[u8], key: &DataKey) -> (Vec<u8>, StreamFacts) {
+        let (sender, mut receiver) = mpsc::channel(CHUNKS_QUEUED);
+        let plain = plain.to_vec();
+        let key_bytes = *key.expose();
+        let writer = std::thread::spawn(move || {
+            let key = DataKey::from_bytes(&key_bytes).unwrap();
+            seal(&plain[..], &key, "b1", 4096, sender, &|_| {}).unwrap()
+        });
+        let mut object = Vec::new();
+        loop {
+            match receiver.blocking_recv() {
+                Some(Chunk::Data(bytes)) => object.extend_from_slice(&bytes),
+                Some(Chunk::End) => break,
+                None => panic!("ended without End"),
+            }
+        }
+        (object, writer.join().unwrap())
+    }
+
+    #[test]
+    fn a_sealed_dump_opens_to_the_same_bytes_and_hashes() {
+        let key = DataKey::generate();
+        let plain = dump(3 << 20);
+        let (object, written) = sealed(&plain, &key);
+        assert_eq!(written.ciphertext_bytes, object.len() as u64);
+        assert!(written.compressed_bytes < written.plaintext_bytes / 4);
+        let mut out = Vec::new();
+        let read = open(&object[..], &key, "b1", &mut out).unwrap();
+        assert_eq!(out, plain);
+        assert_eq!(read, written);
+    }
+
+    #[test]
+    fn pg_restore_style_readers_that_stop_early_do_not_stop_the_checks() {
+        let key = DataKey::generate();
+        let (object, written) = sealed(&dump(1 << 20), &key);
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let read = open(&object[..], &key, "b1", UntilClosed::new(writer)).unwrap();
+        assert_eq!(read.ciphertext_sha256, written.ciphertext_sha256);
+        let mut cut = object.clone();
+        cut.truncate(object.len() - 10);
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        assert!(matches!(open(&cut[..], &key, "b1", UntilClosed::new(writer)), Err(OpenError::Format(_))));
+    }
+
+    #[test]
+    fn the_tail_recognises_a_complete_mariadb_dump() {
+        let mut tail = Tail::default();
+        tail.write_all(&vec![b'x'; 10_000]).unwrap();
+        tail.write_all(b"\n-- Dump completed on 2026-11-24 10:00:00\n").unwrap();
+        assert!(tail.is_complete_mariadb_dump());
+        tail.write_all(b"INSERT INTO t VALUES (1);\n").unwrap();
+        assert!(!tail.is_complete_mariadb_dump());
+    }
+}

@@ -1,0 +1,538 @@
+//! Backups against the real services: pg_dump and mariadb-dump streamed into S3 (moto) and a
+//! local folder under KMS (moto), Transit (OpenBao) and a local key; verified, fetched and
+//! restored with the standard tools; tampered with; killed part-way; and RDS snapshots.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::support::{Database, Run, Services, admin_sql, unique, vigil};
+
+/// A test folder with `vigil.toml` and one schedule file of backup sets.
+struct Setup {
+    services: Services,
+    dir: tempfile::TempDir,
+    bucket: String,
+    kms_key: String,
+    transit_key: String,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let services = Services::load();
+        let dir = tempfile::tempdir().unwrap();
+        services.write_controller_config(dir.path());
+        std::fs::create_dir_all(dir.path().join("schedules")).unwrap();
+        let bucket = unique("backups").to_lowercase();
+        let sdk = sdk_config(&services).await;
+        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build())
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        let kms_key = aws_sdk_kms::Client::new(&sdk).create_key().send().await.unwrap().key_metadata.unwrap().key_id;
+        let transit_key = unique("backups");
+        let created = reqwest::Client::new()
+            .post(format!("{}/v1/transit/keys/{transit_key}", services.openbao.address))
+            .header("X-Vault-Token", &services.openbao.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(created.status().is_success(), "create the Transit key: {}", created.status());
+        Self { services, dir, bucket, kms_key, transit_key }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn vigil(&self, args: &[&str]) -> Run {
+        vigil(self.path(), args)
+    }
+
+    /// A target for database `name` on the private server of `engine`, its admin credential in
+    /// a file.
+    fn target(&self, engine: &str, db: &Database, name: &str) -> String {
+        let admin = crate::support::secret_file(
+            self.path(),
+            &format!("admin-{name}"),
+            &serde_json::json!({ "username": db.user, "password": db.password }).to_string(),
+        );
+        let vigil::secret::SecretRef::File { path } = admin else { unreachable!() };
+        format!(
+            "[targets.{name}]\nkind = \"{engine}\"\nhost = \"{}\"\nport = {}\ndatabase = \"{name}\"\nadmin = {{ file = \"{}\" }}\n\n",
+            db.host,
+            db.port,
+            path.display()
+        )
+    }
+
+    /// A backup set of `target` to `store` (`s3` or `local`) under `keys` (`aws_kms`,
+    /// `vault_transit` or `local`).
+    fn set(&self, name: &str, target: &str, store: &str, keys: &str) -> String {
+        let store = match store {
+            "s3" => format!("store = \"s3\"\nbucket = \"{}\"\nprefix = \"vigil/\"", self.bucket),
+            _ => "store = \"local\"\npath = \"../backups\"".to_owned(),
+        };
+        let keys = match keys {
+            "aws_kms" => format!("key_service = \"aws_kms\"\nkey_id = \"{}\"", self.kms_key),
+            "vault_transit" => format!("key_service = \"vault_transit\"\nkey_id = \"{}\"", self.transit_key),
+            _ => "key_service = \"local\"\nkey_file = \"../keys/backup.key\"".to_owned(),
+        };
+        format!("[backups.{name}]\ntarget = \"{target}\"\nschedule = \"0 2 * * *\"\n{store}\n{keys}\n\n")
+    }
+
+    fn write_schedule(&self, text: &str) {
+        std::fs::write(self.path().join("schedules/backups.toml"), text).unwrap();
+    }
+
+    /// Backs up `set`; returns the backup id.
+    fn backup(&self, set: &str) -> String {
+        let run = self.vigil(&["--output", "json", "backup", "run", set]);
+        run.assert_code(0);
+        let report = run.json();
+        assert_eq!(report[0]["ended"]["outcome"], "done", "{report}");
+        assert_eq!(report[0]["verified"], true, "{report}");
+        report[0]["backup_id"].as_str().unwrap().to_owned()
+    }
+
+    fn entry(&self, id: &str) -> Value {
+        let list = self.vigil(&["--output", "json", "backup", "list"]).json();
+        list.as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap_or_else(|| panic!("{id} not listed: {list}"))
+    }
+
+    /// The manifest beside a local-store backup.
+    fn local_manifest(&self, set: &str, id: &str) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.local_object(set, id).with_extension("manifest.json")).unwrap())
+            .unwrap()
+    }
+
+    fn local_object(&self, set: &str, id: &str) -> PathBuf {
+        self.path().join(format!("backups/{set}/{id}.vbk"))
+    }
+}
+
+async fn sdk_config(services: &Services) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(services.moto.region.clone()))
+        .endpoint_url(&services.moto.endpoint_url)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            &services.moto.access_key_id,
+            &services.moto.secret_access_key,
+            None,
+            None,
+            "test",
+        ))
+        .load()
+        .await
+}
+
+/// A fresh PostgreSQL database filled by pgbench at `scale` plus a table of random text and
+/// bytea that compresses like real data.
+async fn postgres_database(services: &Services, scale: u32) -> String {
+    let pg = &services.postgres;
+    let name = unique("bk").replace('-', "_");
+    admin_sql(vigil::config::Engine::Postgres, pg, &[format!("CREATE DATABASE {name}")]).await;
+    let status = Command::new("pgbench")
+        .args(["-i", "-q", "-s", &scale.to_string(), "-h", &pg.host, "-p", &pg.port.to_string(), "-U", &pg.user, &name])
+        .env("PGPASSWORD", &pg.password)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pgbench -i failed");
+    let db = Database { database: name.clone(), ..pg.clone() };
+    admin_sql(
+        vigil::config::Engine::Postgres,
+        &db,
+        &["CREATE TABLE notes AS SELECT g AS id, md5(random()::text) || repeat(chr(65 + (g % 26)), g % 50) AS body, \
+           decode(md5(g::text), 'hex') AS digest, \
+           decode(md5(random()::text) || md5(random()::text) || md5(random()::text) || md5(random()::text), 'hex') AS noise \
+           FROM generate_series(1, 50000) g"
+            .to_owned()],
+    )
+    .await;
+    name
+}
+
+/// Row counts of every table in `database`, as `schema.table`.
+async fn postgres_counts(services: &Services, database: &str) -> BTreeMap<String, u64> {
+    use sqlx::Connection as _;
+    let pg = &services.postgres;
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host(&pg.host)
+        .port(pg.port)
+        .username(&pg.user)
+        .password(&pg.password)
+        .database(database);
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT schemaname::text, tablename::text FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let mut counts = BTreeMap::new();
+    for (schema, table) in tables {
+        let sql = format!("SELECT count(*) FROM \"{schema}\".\"{table}\"");
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut conn).await.unwrap();
+        counts.insert(format!("{schema}.{table}"), count as u64);
+    }
+    counts
+}
+
+fn counts_of(manifest_counts: &Value) -> BTreeMap<String, u64> {
+    manifest_counts.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect()
+}
+
+/// `vigil backup fetch ID | pg_restore -d FRESH`: the operator's restore by hand.
+async fn restore_postgres(setup: &Setup, id: &str) -> String {
+    let pg = &setup.services.postgres;
+    let fresh = unique("restored").replace('-', "_");
+    admin_sql(vigil::config::Engine::Postgres, pg, &[format!("CREATE DATABASE {fresh}")]).await;
+    let mut fetch = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["backup", "fetch", id])
+        .current_dir(setup.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let restore = Command::new("pg_restore")
+        .args(["--no-owner", "-h", &pg.host, "-p", &pg.port.to_string(), "-U", &pg.user, "-d", &fresh])
+        .env("PGPASSWORD", &pg.password)
+        .stdin(fetch.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(fetch.wait().unwrap().success(), "vigil backup fetch failed");
+    assert!(restore.status.success(), "pg_restore failed: {}", String::from_utf8_lossy(&restore.stderr));
+    fresh
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn postgres_backups_to_both_stores_under_every_key_service_restore_with_matching_counts() {
+    let setup = Setup::new().await;
+    let database = postgres_database(&setup.services, 2).await;
+    let mut schedule = setup.target("postgres", &setup.services.postgres, &database);
+    let combos = [("s3", "aws_kms"), ("s3", "vault_transit"), ("s3", "local"), ("local", "aws_kms"), ("local", "vault_transit"), ("local", "local")];
+    for (store, keys) in combos {
+        schedule.push_str(&setup.set(&format!("pg-{store}-{keys}"), &database, store, keys));
+    }
+    setup.write_schedule(&schedule);
+    let source = postgres_counts(&setup.services, &database).await;
+    assert!(source["public.pgbench_accounts"] == 200_000 && source["public.notes"] == 50_000, "{source:?}");
+    for (store, keys) in combos {
+        let set = format!("pg-{store}-{keys}");
+        let id = setup.backup(&set);
+        let entry = setup.entry(&id);
+        assert_eq!(entry["status"], "verified", "{entry}");
+        // Tens of MB of dump, compressed well below that but not absurdly (random text).
+        let verified = setup.vigil(&["--output", "json", "backup", "verify", &id]);
+        verified.assert_code(0);
+        let report = verified.json();
+        let (plain, stored) = (report["stream"]["plaintext_bytes"].as_u64().unwrap(), report["stream"]["ciphertext_bytes"].as_u64().unwrap());
+        assert!(plain > 20 << 20, "{set}: a dump of only {plain} bytes");
+        assert!(stored < plain / 2, "{set}: {stored} stored for {plain}");
+        assert!(report["restore_check"].as_str().unwrap().contains("pg_restore --list read"), "{report}");
+        let restored = restore_postgres(&setup, &id).await;
+        let manifest_counts = match store {
+            "local" => counts_of(&setup.local_manifest(&set, &id)["consistency"]["row_counts"]),
+            _ => {
+                let evidence = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.written"]).json();
+                let record = evidence.as_array().unwrap().iter().find(|r| r["details"].as_str().unwrap().contains(&id)).unwrap().clone();
+                let details: Value = serde_json::from_str(record["details"].as_str().unwrap()).unwrap();
+                counts_of(&details["row_counts"])
+            }
+        };
+        assert_eq!(manifest_counts, source, "{set}: manifest counts");
+        assert_eq!(postgres_counts(&setup.services, &restored).await, manifest_counts, "{set}: restored counts");
+    }
+    // Every backup, verification and fetch is evidence, and the ledger verifies.
+    setup.vigil(&["evidence", "verify"]).assert_code(0);
+    let written = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.written"]).json();
+    assert_eq!(written.as_array().unwrap().len(), combos.len());
+}
+
+/// A MariaDB database with a few tables of tens of thousands of rows.
+async fn mariadb_database(services: &Services) -> String {
+    let maria = &services.mariadb;
+    let name = unique("bk").replace('-', "_");
+    admin_sql(vigil::config::Engine::Mysql, maria, &[format!("CREATE DATABASE {name}")]).await;
+    let db = Database { database: name.clone(), ..maria.clone() };
+    admin_sql(
+        vigil::config::Engine::Mysql,
+        &db,
+        &[
+            "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(64), notes TEXT)".to_owned(),
+            "INSERT INTO customers SELECT seq, CONCAT('customer ', seq), REPEAT(MD5(seq), 1 + seq % 8) FROM seq_1_to_40000".to_owned(),
+            "CREATE TABLE orders (id INT PRIMARY KEY, customer INT, total DECIMAL(10,2), blob_col BLOB)".to_owned(),
+            "INSERT INTO orders SELECT seq, seq % 40000, seq * 1.5, UNHEX(MD5(seq)) FROM seq_1_to_120000".to_owned(),
+        ],
+    )
+    .await;
+    name
+}
+
+async fn mariadb_counts(services: &Services, database: &str) -> BTreeMap<String, u64> {
+    use sqlx::Connection as _;
+    let m = &services.mariadb;
+    let options = sqlx::mysql::MySqlConnectOptions::new().host(&m.host).port(m.port).username(&m.user).password(&m.password).database(database);
+    let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
+    let mut counts = BTreeMap::new();
+    for table in ["customers", "orders"] {
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"))).fetch_one(&mut conn).await.unwrap();
+        counts.insert(format!("{database}.{table}"), count as u64);
+    }
+    counts
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn mariadb_backups_restore_with_the_mariadb_client_and_matching_counts() {
+    let setup = Setup::new().await;
+    let database = mariadb_database(&setup.services).await;
+    let mut schedule = setup.target("mysql", &setup.services.mariadb, &database);
+    schedule.push_str(&setup.set("maria-s3", &database, "s3", "vault_transit"));
+    schedule.push_str(&setup.set("maria-local", &database, "local", "aws_kms"));
+    setup.write_schedule(&schedule);
+    let source = mariadb_counts(&setup.services, &database).await;
+    for set in ["maria-s3", "maria-local"] {
+        let id = setup.backup(set);
+        let verified = setup.vigil(&["--output", "json", "backup", "verify", &id]);
+        verified.assert_code(0);
+        assert!(verified.json()["restore_check"].as_str().unwrap().contains("completion line"));
+        let dump = setup.path().join(format!("{set}.sql"));
+        setup.vigil(&["backup", "fetch", &id, "-o", dump.to_str().unwrap()]).assert_code(0);
+        let fresh = unique("restored").replace('-', "_");
+        let m = &setup.services.mariadb;
+        admin_sql(vigil::config::Engine::Mysql, m, &[format!("CREATE DATABASE {fresh}")]).await;
+        let restore = Command::new("mariadb")
+            .args(["--protocol=TCP", "-h", &m.host, "-P", &m.port.to_string(), "-u", &m.user, &fresh])
+            .env("MYSQL_PWD", &m.password)
+            .stdin(std::fs::File::open(&dump).unwrap())
+            .output()
+            .unwrap();
+        assert!(restore.status.success(), "mariadb < dump: {}", String::from_utf8_lossy(&restore.stderr));
+        let restored: BTreeMap<String, u64> =
+            mariadb_counts(&setup.services, &fresh).await.into_iter().map(|(k, v)| (k.replace(&fresh, &database), v)).collect();
+        assert_eq!(restored, source, "{set}");
+        let evidence = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.written"]).json();
+        let record = evidence.as_array().unwrap().iter().find(|r| r["details"].as_str().unwrap().contains(&id)).unwrap().clone();
+        let details: Value = serde_json::from_str(record["details"].as_str().unwrap()).unwrap();
+        assert_eq!(counts_of(&details["row_counts"]), source, "{set}: manifest counts");
+    }
+}
+
+/// One small backup in the local store, for tampering.
+async fn tamper_setup() -> (Setup, String, Vec<u8>) {
+    let setup = Setup::new().await;
+    let database = postgres_database(&setup.services, 2).await;
+    let mut schedule = setup.target("postgres", &setup.services.postgres, &database);
+    schedule.push_str(&setup.set("t", &database, "local", "local"));
+    setup.write_schedule(&schedule);
+    let id = setup.backup("t");
+    let object = std::fs::read(setup.local_object("t", &id)).unwrap();
+    assert!(object.len() > 3 * (1 << 20), "need several segments, have {} bytes", object.len());
+    (setup, id, object)
+}
+
+/// Verifies `id` with its object replaced by `bytes`; returns the error line.
+fn verify_tampered(setup: &Setup, id: &str, bytes: &[u8]) -> String {
+    std::fs::write(setup.local_object("t", id), bytes).unwrap();
+    let run = setup.vigil(&["backup", "verify", id]);
+    run.assert_code(1);
+    run.stderr()
+}
+
+const SEGMENT: usize = (1 << 20) + 16;
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn every_kind_of_tampering_is_rejected_naming_the_failed_check() {
+    let (setup, id, object) = tamper_setup().await;
+    let header = 15 + id.len() + 32;
+    // 100 single-byte flips spread over the whole object, header included.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..100 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = (seed % object.len() as u64) as usize;
+        let mut bad = object.clone();
+        bad[at] ^= 1 << (seed % 8);
+        let err = verify_tampered(&setup, &id, &bad);
+        let expected = if at < 8 {
+            "header check failed"
+        } else if at < header {
+            "check failed"
+        } else {
+            "failed authentication"
+        };
+        assert!(err.contains(expected), "flip at {at}: {err}");
+    }
+    let err = verify_tampered(&setup, &id, &object[..header + 2 * SEGMENT]);
+    assert!(err.contains("truncation check failed: the object ends after segment 1"), "{err}");
+    let segment = |i: usize| &object[header + i * SEGMENT..header + (i + 1) * SEGMENT];
+    let dropped = [&object[..header], segment(0), segment(2), &object[header + 3 * SEGMENT..]].concat();
+    let err = verify_tampered(&setup, &id, &dropped);
+    assert!(err.contains("segment 1 failed authentication"), "{err}");
+    let swapped = [&object[..header], segment(1), segment(0), &object[header + 2 * SEGMENT..]].concat();
+    let err = verify_tampered(&setup, &id, &swapped);
+    assert!(err.contains("segment 0 failed authentication"), "{err}");
+    // The right object again verifies, so every failure above was the tampering's.
+    std::fs::write(setup.local_object("t", &id), &object).unwrap();
+    setup.vigil(&["backup", "verify", &id]).assert_code(0);
+    // A wrong data key fails the key check before any segment is opened.
+    let wrong = vigil::backup::format::DataKey::generate();
+    let err = vigil::backup::pipeline::open(&object[..], &wrong, &id, std::io::sink()).unwrap_err();
+    assert!(err.to_string().starts_with("key check failed"), "{err}");
+    // An edited hash in the manifest beside the backup.
+    let manifest_path = setup.local_object("t", &id).with_extension("manifest.json");
+    let original = std::fs::read_to_string(&manifest_path).unwrap();
+    let mut manifest: Value = serde_json::from_str(&original).unwrap();
+    manifest["stream"]["ciphertext_sha256"] = Value::String("00".repeat(32));
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    let run = setup.vigil(&["backup", "verify", &id]);
+    run.assert_code(1);
+    assert!(run.stderr().contains("manifest check failed"), "{}", run.stderr());
+    // Verification failures are evidence, and a failed backup is no longer counted verified.
+    assert_eq!(setup.entry(&id)["status"], "written");
+    let failures = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.verified", "--limit", "1000"]).json();
+    assert!(failures.as_array().unwrap().iter().filter(|r| r["outcome"] == "failed").count() >= 104);
+    // A fetch of a tampered object writes no file.
+    std::fs::write(&manifest_path, &original).unwrap();
+    let mut bad = object.clone();
+    bad[header + SEGMENT + 5] ^= 1;
+    std::fs::write(setup.local_object("t", &id), &bad).unwrap();
+    let out = setup.path().join("out.dump");
+    setup.vigil(&["backup", "fetch", &id, "-o", out.to_str().unwrap()]).assert_code(1);
+    assert!(!out.exists() && !setup.path().join("out.dump.partial").exists());
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_backup_that_cannot_dump_is_rolled_back_and_leaves_nothing() {
+    let setup = Setup::new().await;
+    let database = postgres_database(&setup.services, 1).await;
+    let mut schedule = setup
+        .target("postgres", &setup.services.postgres, &database)
+        .replace(&format!("database = \"{database}\""), "database = \"no_such_database\"");
+    schedule.push_str(&setup.set("broken", &database, "local", "local"));
+    setup.write_schedule(&schedule);
+    let run = setup.vigil(&["-vvv", "--output", "json", "backup", "run", "broken"]);
+    run.assert_code(1);
+    let report = run.json();
+    assert_eq!(report[0]["ended"]["outcome"], "rolled_back", "{report}");
+    assert!(report[0]["ended"]["reason"].as_str().unwrap().contains("no_such_database"), "{report}");
+    let id = report[0]["backup_id"].as_str().unwrap();
+    assert_eq!(setup.entry(id)["status"], "failed");
+    assert!(!setup.local_object("broken", id).exists());
+    assert!(!run.all_output().contains(&setup.services.postgres.password), "the admin password was logged");
+    // The option and scratch files hold no password once the dump has ended.
+    let scratch = setup.path().join("data/tmp");
+    assert_eq!(std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_killed_backup_resumes_to_a_verified_backup() {
+    let setup = Setup::new().await;
+    let database = postgres_database(&setup.services, 1).await;
+    let mut schedule = setup.target("postgres", &setup.services.postgres, &database);
+    schedule.push_str(&setup.set("k", &database, "s3", "vault_transit"));
+    setup.write_schedule(&schedule);
+    for point in ["before:write", "after:write", "before:verify", "after:verify"] {
+        let killed = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["backup", "run", "k"])
+            .current_dir(setup.path())
+            .env("VIGIL_FAILPOINT", format!("backup.dump:{point}"))
+            .output()
+            .unwrap();
+        assert!(!killed.status.success(), "{point}: not killed");
+        let resumed = setup.vigil(&["--output", "json", "backup", "resume"]);
+        resumed.assert_code(0);
+        let report = resumed.json();
+        assert_eq!(report.as_array().unwrap().len(), 1, "{point}: {report}");
+        assert_eq!(report[0]["ended"]["outcome"], "done", "{point}: {report}");
+        let id = report[0]["backup_id"].as_str().unwrap();
+        assert_eq!(setup.entry(id)["status"], "verified", "{point}");
+        setup.vigil(&["backup", "verify", id]).assert_code(0);
+    }
+    setup.vigil(&["evidence", "verify"]).assert_code(0);
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn prune_keeps_the_retention_and_the_newest_and_records_each_deletion() {
+    let setup = Setup::new().await;
+    let database = postgres_database(&setup.services, 1).await;
+    let mut schedule = setup.target("postgres", &setup.services.postgres, &database);
+    schedule.push_str(&setup.set("p", &database, "local", "local"));
+    schedule.push_str("retention = { keep_last = 2, daily = 0, weekly = 0, monthly = 0 }\n");
+    setup.write_schedule(&schedule);
+    let ids: Vec<String> = (0..4).map(|_| setup.backup("p")).collect();
+    let dry = setup.vigil(&["--output", "json", "backup", "prune", "--dry-run"]).json();
+    assert_eq!(dry[0]["deleted"].as_array().unwrap().len(), 2, "{dry}");
+    assert!(setup.local_object("p", &ids[0]).exists(), "a dry run deleted");
+    let pruned = setup.vigil(&["--output", "json", "backup", "prune"]).json();
+    let mut deleted: Vec<&str> = pruned[0]["deleted"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    deleted.sort();
+    let mut oldest = [ids[0].as_str(), ids[1].as_str()];
+    oldest.sort();
+    assert_eq!(deleted, oldest);
+    for id in &ids[..2] {
+        assert!(!setup.local_object("p", id).exists());
+        assert_eq!(setup.entry(id)["status"], "pruned");
+    }
+    for id in &ids[2..] {
+        assert!(setup.local_object("p", id).exists());
+    }
+    let records = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.pruned"]).json();
+    assert_eq!(records.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn an_rds_target_is_snapshotted_tagged_and_copied() {
+    let setup = Setup::new().await;
+    let sdk = sdk_config(&setup.services).await;
+    let rds = aws_sdk_rds::Client::new(&sdk);
+    let instance = unique("orders").to_lowercase();
+    rds.create_db_instance()
+        .db_instance_identifier(&instance)
+        .db_instance_class("db.t3.micro")
+        .engine("postgres")
+        .allocated_storage(20)
+        .master_username("admin")
+        .master_user_password("not-a-real-password-1")
+        .send()
+        .await
+        .unwrap();
+    let admin = crate::support::secret_file(setup.path(), "rds-admin", r#"{"username":"admin","password":"x"}"#);
+    let vigil::secret::SecretRef::File { path } = admin else { unreachable!() };
+    setup.write_schedule(&format!(
+        "[targets.orders-rds]\nkind = \"rds\"\nengine = \"postgres\"\ninstance_id = \"{instance}\"\nhost = \"{instance}.rds.internal\"\n\
+         admin = {{ file = \"{}\" }}\n\n[backups.orders-snap]\ntarget = \"orders-rds\"\nschedule = \"0 3 * * *\"\n\
+         copy_to_region = \"eu-west-1\"\n",
+        path.display()
+    ));
+    let report = setup.vigil(&["--output", "json", "backup", "run", "orders-snap"]);
+    report.assert_code(0);
+    let report = report.json();
+    assert_eq!(report[0]["method"], "rds_snapshot");
+    let id = report[0]["backup_id"].as_str().unwrap();
+    let snapshot = setup.entry(id)["location"].as_str().unwrap().to_owned();
+    let described = rds.describe_db_snapshots().db_snapshot_identifier(&snapshot).send().await.unwrap();
+    let found = &described.db_snapshots()[0];
+    assert_eq!(found.db_instance_identifier(), Some(instance.as_str()));
+    let tags = rds.list_tags_for_resource().resource_name(found.db_snapshot_arn().unwrap()).send().await.unwrap();
+    assert!(tags.tag_list().iter().any(|t| t.key() == Some("vigil:backup-id") && t.value() == Some(id)), "{tags:?}");
+    let eu = aws_sdk_rds::Client::from_conf(aws_sdk_rds::config::Builder::from(&sdk).region(aws_sdk_rds::config::Region::new("eu-west-1")).build());
+    let copied = eu.describe_db_snapshots().db_snapshot_identifier(&snapshot).send().await.unwrap();
+    assert_eq!(copied.db_snapshots().len(), 1, "no copy in eu-west-1");
+    let kinds = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.snapshot_copied"]).json();
+    assert_eq!(kinds.as_array().unwrap().len(), 1);
+}
