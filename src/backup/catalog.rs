@@ -1,6 +1,5 @@
 //! The backup catalog in the state store: every backup taken, where it is, and its state.
 
-
 use crate::state::{Db, StateError, on_pool};
 
 /// A backup's state.

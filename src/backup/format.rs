@@ -100,9 +100,7 @@ pub enum FormatError {
     #[error("key check failed: the data key does not open this backup, or its header was altered")]
     KeyCheck,
     /// A segment did not authenticate.
-    #[error(
-        "segment {index} failed authentication: the object was altered, or segments were dropped or reordered"
-    )]
+    #[error("segment {index} failed authentication: the object was altered, or segments were dropped or reordered")]
     Segment {
         /// The segment's index, from 0.
         index: u64,
@@ -273,8 +271,7 @@ pub fn read_header(inner: &mut impl Read) -> Result<(Header, Vec<u8>), FormatErr
     read_exact_or(inner, &mut id)?;
     let mut check = [0u8; 32];
     read_exact_or(inner, &mut check)?;
-    let backup_id =
-        String::from_utf8(id).map_err(|_| FormatError::Header("the backup id is not UTF-8".to_owned()))?;
+    let backup_id = String::from_utf8(id).map_err(|_| FormatError::Header("the backup id is not UTF-8".to_owned()))?;
     let mut bytes = fixed.to_vec();
     bytes.extend_from_slice(backup_id.as_bytes());
     bytes.extend_from_slice(&check);

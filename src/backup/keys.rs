@@ -94,9 +94,11 @@ pub async fn connect(service: &config::KeyService, plan: &Plan) -> Result<Box<dy
     Ok(match service {
         config::KeyService::AwsKms { key_id } => {
             let aws = plan.aws.as_ref().ok_or(KeyError::NotConfigured(KMS))?;
-            let sdk = crate::aws::sdk_config(aws)
-                .await
-                .map_err(|err| KeyError::Refused { service: KMS, what: "read AWS credentials", reason: err.to_string() })?;
+            let sdk = crate::aws::sdk_config(aws).await.map_err(|err| KeyError::Refused {
+                service: KMS,
+                what: "read AWS credentials",
+                reason: err.to_string(),
+            })?;
             Box::new(AwsKms { client: aws_sdk_kms::Client::new(&sdk), key_id: key_id.clone() })
         }
         config::KeyService::VaultTransit { key } => {
@@ -191,7 +193,10 @@ impl KeyService for AwsKms {
 
 fn expect_service(wrapped: &WrappedKey, service: &str, configured: &str) -> Result<(), KeyError> {
     if wrapped.service != service {
-        return Err(KeyError::OtherKey { found: wrapped.service.clone(), configured: format!("{service} {configured}") });
+        return Err(KeyError::OtherKey {
+            found: wrapped.service.clone(),
+            configured: format!("{service} {configured}"),
+        });
     }
     Ok(())
 }
@@ -212,7 +217,9 @@ fn transit_error(what: &'static str, err: vaultrs::error::ClientError) -> KeyErr
         ClientError::APIError { code, errors } => {
             KeyError::Refused { service: TRANSIT, what, reason: format!("HTTP {code}: {}", errors.join("; ")) }
         }
-        ClientError::RestClientError { source } => KeyError::Unavailable { service: TRANSIT, reason: source.to_string() },
+        ClientError::RestClientError { source } => {
+            KeyError::Unavailable { service: TRANSIT, reason: source.to_string() }
+        }
         // Other variants carry no response body, so no key material.
         other => KeyError::Refused { service: TRANSIT, what, reason: other.to_string() },
     }
@@ -241,9 +248,10 @@ impl KeyService for VaultTransit {
     fn unwrap<'a>(&'a self, wrapped: &'a WrappedKey, _context: &'a str) -> BoxFuture<'a, Result<DataKey, KeyError>> {
         async move {
             expect_service(wrapped, TRANSIT, &self.key)?;
-            let out = vaultrs::transit::data::decrypt(&self.client, &self.mount, &wrapped.key_id, &wrapped.wrapped, None)
-                .await
-                .map_err(|err| transit_error("unwrap the data key", err))?;
+            let out =
+                vaultrs::transit::data::decrypt(&self.client, &self.mount, &wrapped.key_id, &wrapped.wrapped, None)
+                    .await
+                    .map_err(|err| transit_error("unwrap the data key", err))?;
             let plaintext = Zeroizing::new(out.plaintext);
             decode_key(&plaintext, "unwrap the data key")
         }
@@ -281,9 +289,8 @@ impl LocalKey {
             }
             Err(err) => return Err(failed(err.to_string())),
         };
-        let bytes = Zeroizing::new(
-            hex::decode(text.trim()).map_err(|_| failed("not 64 hex digits (a 256-bit key)".into()))?,
-        );
+        let bytes =
+            Zeroizing::new(hex::decode(text.trim()).map_err(|_| failed("not 64 hex digits (a 256-bit key)".into()))?);
         let kek = DataKey::from_bytes(&bytes).map_err(|_| failed("not 64 hex digits (a 256-bit key)".into()))?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, kek.expose());
         Ok(Self {
@@ -314,8 +321,16 @@ impl KeyService for LocalKey {
             rand_core::OsRng.fill_bytes(&mut nonce);
             let mut sealed = key.expose().to_vec();
             self.key
-                .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut sealed)
-                .map_err(|_| KeyError::Refused { service: LOCAL, what: "wrap the data key", reason: "AES-GCM failed".into() })?;
+                .seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(context.as_bytes()),
+                    &mut sealed,
+                )
+                .map_err(|_| KeyError::Refused {
+                    service: LOCAL,
+                    what: "wrap the data key",
+                    reason: "AES-GCM failed".into(),
+                })?;
             let wrapped = BASE64.encode([nonce.as_slice(), &sealed].concat());
             Ok((key, WrappedKey { service: LOCAL.into(), key_id: self.fingerprint.clone(), wrapped }))
         }
@@ -331,7 +346,8 @@ impl KeyService for LocalKey {
                     configured: format!("local key {}", self.fingerprint),
                 });
             }
-            let refused = |reason: &str| KeyError::Refused { service: LOCAL, what: "unwrap the data key", reason: reason.into() };
+            let refused =
+                |reason: &str| KeyError::Refused { service: LOCAL, what: "unwrap the data key", reason: reason.into() };
             let bytes = BASE64.decode(&wrapped.wrapped).map_err(|_| refused("the wrapped key is not base64"))?;
             if bytes.len() < NONCE_LEN {
                 return Err(refused("the wrapped key is too short"));

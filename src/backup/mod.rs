@@ -49,7 +49,9 @@ pub enum BackupError {
     #[error("no backup {0} in the catalog; `vigil backup list` shows them")]
     UnknownBackup(String),
     /// The backup's set is no longer configured, so its store and key service are unknown.
-    #[error("backup {id} belongs to set {set}, which is no longer configured; restore its [backups.{set}] section to read it")]
+    #[error(
+        "backup {id} belongs to set {set}, which is no longer configured; restore its [backups.{set}] section to read it"
+    )]
     SetGone {
         /// The backup.
         id: String,
@@ -222,7 +224,10 @@ impl<'a> Backups<'a> {
         let BackupMethod::Dump { store, key_service } = &set.method else {
             unreachable!("only dump sets connect a store");
         };
-        Ok(Connected { store: store::connect(store, self.plan).await?, keys: keys::connect(key_service, self.plan).await? })
+        Ok(Connected {
+            store: store::connect(store, self.plan).await?,
+            keys: keys::connect(key_service, self.plan).await?,
+        })
     }
 
     /// Backs up set `name` now: a dump that is then verified, or an RDS snapshot.
@@ -311,7 +316,9 @@ impl<'a> Backups<'a> {
         let manifest: Manifest = serde_json::from_str(text)
             .map_err(|err| check(format!("manifest check failed: the catalog's manifest does not parse: {err}")))?;
         if manifest.sha256() != *sha {
-            return Err(check("manifest check failed: the catalog's manifest does not match its recorded SHA-256".into()));
+            return Err(check(
+                "manifest check failed: the catalog's manifest does not match its recorded SHA-256".into(),
+            ));
         }
         let set = self
             .plan
@@ -329,7 +336,10 @@ impl<'a> Backups<'a> {
         let (entry, manifest, connected) = self.readable(id).await?;
         let result = self.check(&manifest, &connected).await;
         let (outcome, details) = match &result {
-            Ok(report) => (Outcome::Succeeded, serde_json::json!({ "backup_id": id, "stream": report.stream, "restore_check": report.restore_check })),
+            Ok(report) => (
+                Outcome::Succeeded,
+                serde_json::json!({ "backup_id": id, "stream": report.stream, "restore_check": report.restore_check }),
+            ),
             Err(err) => (Outcome::Failed, serde_json::json!({ "backup_id": id, "error": err.to_string() })),
         };
         self.ledger
@@ -352,8 +362,9 @@ impl<'a> Backups<'a> {
         let id = manifest.backup_id.clone();
         let failed = |check: String| BackupError::Check { id: id.clone(), check };
         let beside = connected.store.get(&manifest_key(&manifest.object)).await?;
-        let stored: Manifest = serde_json::from_slice(&beside)
-            .map_err(|err| failed(format!("manifest check failed: the manifest beside the backup does not parse: {err}")))?;
+        let stored: Manifest = serde_json::from_slice(&beside).map_err(|err| {
+            failed(format!("manifest check failed: the manifest beside the backup does not parse: {err}"))
+        })?;
         if stored != *manifest {
             return Err(failed(format!(
                 "manifest check failed: the manifest at {} differs from the one recorded in evidence",
@@ -387,7 +398,11 @@ impl<'a> Backups<'a> {
         connected: &Connected,
         sink: Box<dyn Write + Send>,
     ) -> Result<StreamFacts, OpenFailure> {
-        let key = connected.keys.unwrap(&manifest.key, &manifest.backup_id).await.map_err(|e| OpenFailure::Other(e.into()))?;
+        let key = connected
+            .keys
+            .unwrap(&manifest.key, &manifest.backup_id)
+            .await
+            .map_err(|e| OpenFailure::Other(e.into()))?;
         let reader = connected.store.open(&manifest.object).await.map_err(|e| OpenFailure::Other(e.into()))?;
         let reader = tokio_util::io::SyncIoBridge::new(reader);
         let id = manifest.backup_id.clone();
@@ -660,7 +675,8 @@ impl DumpSaga<'_> {
         let (key, wrapped) = self.connected.keys.generate(&id).await.map_err(key_failed)?;
         let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
         let scratch = backups.plan.controller.data_dir.join("tmp");
-        std::fs::create_dir_all(&scratch).map_err(|err| StepError::Failed(format!("cannot create {}: {err}", scratch.display())))?;
+        std::fs::create_dir_all(&scratch)
+            .map_err(|err| StepError::Failed(format!("cannot create {}: {err}", scratch.display())))?;
         let (mut dump, stdout) = dump::start(target.engine, &endpoint, &admin, &scratch).await.map_err(dump_failed)?;
         let (sender, receiver) = mpsc::channel(pipeline::CHUNKS_QUEUED);
         let progress = backups.progress.clone();
@@ -711,9 +727,16 @@ impl DumpSaga<'_> {
         let pretty = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
         self.connected.store.put(&manifest_key(&object), pretty).await.map_err(object_failed)?;
         let sha = manifest.sha256();
-        catalog::written(backups.db, &id, &manifest.canonical(), &sha, manifest.stream.ciphertext_bytes, &backups.now())
-            .await
-            .map_err(state_failed)?;
+        catalog::written(
+            backups.db,
+            &id,
+            &manifest.canonical(),
+            &sha,
+            manifest.stream.ciphertext_bytes,
+            &backups.now(),
+        )
+        .await
+        .map_err(state_failed)?;
         // The record carries the manifest's hash and what a drill or auditor compares; the
         // wrapped key stays in the manifest.
         backups
@@ -809,12 +832,17 @@ mod tests {
 
     #[test]
     fn manifests_sit_beside_their_objects() {
-        assert_eq!(manifest_key("orders/20261124T020000Z-00ff00ff.vbk"), "orders/20261124T020000Z-00ff00ff.manifest.json");
+        assert_eq!(
+            manifest_key("orders/20261124T020000Z-00ff00ff.vbk"),
+            "orders/20261124T020000Z-00ff00ff.manifest.json"
+        );
     }
 
     #[test]
     fn backup_ids_sort_by_time() {
-        let clock = crate::clock::ManualClock::new(chrono::DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z").unwrap().into());
+        let clock = crate::clock::ManualClock::new(
+            chrono::DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z").unwrap().into(),
+        );
         let first = new_backup_id(&clock);
         clock.advance(chrono::Duration::seconds(1));
         assert!(first.starts_with("20261124T020000Z-"));

@@ -215,7 +215,11 @@ impl Tail {
 
     /// Whether the dump ends the way `mariadb-dump` ends a complete dump.
     pub fn is_complete_mariadb_dump(&self) -> bool {
-        String::from_utf8_lossy(&self.0).lines().rev().find(|l| !l.trim().is_empty()).is_some_and(|l| l.starts_with("-- Dump completed"))
+        String::from_utf8_lossy(&self.0)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.starts_with("-- Dump completed"))
     }
 }
 

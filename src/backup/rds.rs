@@ -77,7 +77,9 @@ where
 {
     match sdk_failure(err) {
         SdkFailure::Transient(reason) => StepError::Transient(format!("RDS could not {what}: {reason}")),
-        SdkFailure::NotFound(reason) | SdkFailure::Refused(reason) => StepError::Failed(format!("RDS could not {what}: {reason}")),
+        SdkFailure::NotFound(reason) | SdkFailure::Refused(reason) => {
+            StepError::Failed(format!("RDS could not {what}: {reason}"))
+        }
     }
 }
 
@@ -180,7 +182,9 @@ impl SagaDef for SnapshotSaga<'_> {
             SnapshotStep::Available => {
                 let arn = self.await_available(&self.client, &snapshot).await?;
                 let now = backups.now();
-                catalog::set_status(backups.db, &id, Status::Verified, None, &now).await.map_err(super::state_failed)?;
+                catalog::set_status(backups.db, &id, Status::Verified, None, &now)
+                    .await
+                    .map_err(super::state_failed)?;
                 backups
                     .ledger
                     .append(NewRecord {
@@ -250,8 +254,9 @@ async fn clients(
     let aws = backups.plan.aws.as_ref().ok_or(RdsError::NotConfigured)?;
     let sdk = crate::aws::sdk_config(aws).await.map_err(|err| RdsError::Credentials(err.to_string()))?;
     let copy_client = copy.map(|copy| {
-        let config =
-            aws_sdk_rds::config::Builder::from(&sdk).region(aws_sdk_rds::config::Region::new(copy.region.clone())).build();
+        let config = aws_sdk_rds::config::Builder::from(&sdk)
+            .region(aws_sdk_rds::config::Region::new(copy.region.clone()))
+            .build();
         aws_sdk_rds::Client::from_conf(config)
     });
     Ok((aws_sdk_rds::Client::new(&sdk), copy_client))
@@ -341,7 +346,10 @@ mod tests {
 
     #[test]
     fn snapshot_ids_are_valid_rds_identifiers() {
-        assert_eq!(snapshot_id("orders_nightly", "20261124T020000Z-00ff00ff"), "vigil-orders-nightly-20261124t020000z-00ff00ff");
+        assert_eq!(
+            snapshot_id("orders_nightly", "20261124T020000Z-00ff00ff"),
+            "vigil-orders-nightly-20261124t020000z-00ff00ff"
+        );
         assert_eq!(snapshot_id("a--b_", "X"), "vigil-a-b-x");
     }
 }

@@ -21,7 +21,8 @@ pub struct Candidate {
 pub fn keep(retention: &Retention, backups: &[Candidate]) -> BTreeSet<String> {
     let mut newest_first: Vec<&Candidate> = backups.iter().collect();
     newest_first.sort_by(|a, b| b.taken.cmp(&a.taken).then_with(|| b.id.cmp(&a.id)));
-    let mut kept: BTreeSet<String> = newest_first.iter().take(retention.keep_last.max(1) as usize).map(|c| c.id.clone()).collect();
+    let mut kept: BTreeSet<String> =
+        newest_first.iter().take(retention.keep_last.max(1) as usize).map(|c| c.id.clone()).collect();
     let mut bucketed = |count: u32, bucket: &dyn Fn(&DateTime<Utc>) -> (i32, u32)| {
         let mut seen = Vec::new();
         for candidate in &newest_first {

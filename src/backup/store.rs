@@ -149,7 +149,12 @@ impl S3Store {
         }
     }
 
-    async fn upload_parts(&self, key: &str, upload_id: &str, mut body: mpsc::Receiver<Chunk>) -> Result<(Vec<aws_sdk_s3::types::CompletedPart>, u64), ObjectError> {
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        mut body: mpsc::Receiver<Chunk>,
+    ) -> Result<(Vec<aws_sdk_s3::types::CompletedPart>, u64), ObjectError> {
         let mut in_flight = tokio::task::JoinSet::new();
         let mut parts = Vec::new();
         let mut buffer = BytesMut::with_capacity(PART_SIZE);
@@ -172,7 +177,8 @@ impl S3Store {
                 break;
             }
             number += 1;
-            let part = std::mem::replace(&mut buffer, BytesMut::with_capacity(if ended { 0 } else { PART_SIZE })).freeze();
+            let part =
+                std::mem::replace(&mut buffer, BytesMut::with_capacity(if ended { 0 } else { PART_SIZE })).freeze();
             let request = self
                 .client
                 .upload_part()
@@ -274,7 +280,8 @@ impl ObjectStore for S3Store {
         async move {
             let mut put = self.client.put_object().bucket(&self.bucket).key(self.key(key)).body(bytes.into());
             if let Some(kms_key) = &self.sse_kms_key_id {
-                put = put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(kms_key);
+                put =
+                    put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(kms_key);
             }
             put.send().await.map_err(|err| self.error("write", key, &err))?;
             Ok(())

@@ -166,12 +166,17 @@ async fn fetch(backups: &Backups<'_>, id: &str, output_file: &str) -> anyhow::Re
     let mut partial = path.clone().into_os_string();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
-    let file = std::fs::File::create(&partial)
-        .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", partial.display()))?;
+    let file =
+        std::fs::File::create(&partial).map_err(|err| anyhow::anyhow!("cannot create {}: {err}", partial.display()))?;
     match backups.fetch(id, Box::new(std::io::BufWriter::with_capacity(1 << 20, file))).await {
         Ok(facts) => {
             std::fs::rename(&partial, &path)?;
-            eprintln!("wrote {} ({}), SHA-256 {}", path.display(), human_bytes(facts.plaintext_bytes), facts.plaintext_sha256);
+            eprintln!(
+                "wrote {} ({}), SHA-256 {}",
+                path.display(),
+                human_bytes(facts.plaintext_bytes),
+                facts.plaintext_sha256
+            );
             Ok(Exit::Success)
         }
         Err(err) => {
@@ -195,7 +200,9 @@ fn show_reports(reports: &[BackupReport], output: OutputFormat) -> anyhow::Resul
                         r.location,
                         r.bytes.map(|b| format!(" ({})", human_bytes(b))).unwrap_or_default()
                     ),
-                    Ended::Waiting { step, until } => println!("{}: backup {} waits at {step} until {until}", r.set, r.backup_id),
+                    Ended::Waiting { step, until } => {
+                        println!("{}: backup {} waits at {step} until {until}", r.set, r.backup_id)
+                    }
                     Ended::RolledBack { step, reason } => {
                         println!("{}: backup {} FAILED at {step} and was removed: {reason}", r.set, r.backup_id)
                     }
@@ -212,7 +219,9 @@ fn show_reports(reports: &[BackupReport], output: OutputFormat) -> anyhow::Resul
 fn finished(reports: &[BackupReport]) -> anyhow::Result<Exit> {
     let failed = reports.iter().filter(|r| !matches!(r.ended, Ended::Done)).count();
     if failed > 0 {
-        anyhow::bail!("{failed} backup(s) did not complete; `vigil backup list` and `vigil evidence list --kind backup.step` say why");
+        anyhow::bail!(
+            "{failed} backup(s) did not complete; `vigil backup list` and `vigil evidence list --kind backup.step` say why"
+        );
     }
     Ok(Exit::Success)
 }

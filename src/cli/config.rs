@@ -215,7 +215,9 @@ fn show_plan(plan: &Plan, secrets_due: &[Due], backups_due: &[Due], drills_due: 
             },
             match &backup.method {
                 BackupMethod::Dump { key_service: KeyService::AwsKms { key_id }, .. } => format!("aws_kms:{key_id}"),
-                BackupMethod::Dump { key_service: KeyService::VaultTransit { key }, .. } => format!("vault_transit:{key}"),
+                BackupMethod::Dump { key_service: KeyService::VaultTransit { key }, .. } => {
+                    format!("vault_transit:{key}")
+                }
                 BackupMethod::Dump { key_service: KeyService::Local { key_file }, .. } => {
                     format!("local:{}", key_file.display())
                 }

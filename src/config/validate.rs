@@ -13,8 +13,9 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
 use super::{
-    Aws, AwsCredentials, BackupMethod, BackupSet, Controller, Drill, Engine, Evidence, EvidenceStore, JwksTarget, JwtSpec,
-    KeyService, Loaded, ObjectLock, ObjectStore, Plan, RdsCopy, Retention, SecretKind, SecretSpec, Strategy, Target, Vault, resolve_path,
+    Aws, AwsCredentials, BackupMethod, BackupSet, Controller, Drill, Engine, Evidence, EvidenceStore, JwksTarget,
+    JwtSpec, KeyService, Loaded, ObjectLock, ObjectStore, Plan, RdsCopy, Retention, SecretKind, SecretSpec, Strategy,
+    Target, Vault, resolve_path,
 };
 use crate::jwks::Algorithm;
 use crate::schedule::{CronSchedule, Duration};
@@ -1000,7 +1001,8 @@ impl Loader {
             self.missing_reference(file, &raw.target, field("target"), "targets", raw_targets.keys());
         }
         let schedule = self.cron(file, &raw.schedule, field("schedule"));
-        let is_rds = raw_targets.get(raw.target.get_ref()).is_some_and(|t| *t.value.kind.get_ref() == raw::TargetKind::Rds);
+        let is_rds =
+            raw_targets.get(raw.target.get_ref()).is_some_and(|t| *t.value.kind.get_ref() == raw::TargetKind::Rds);
         let method = if is_rds { self.rds_method(name, def) } else { self.dump_method(name, def) };
         let retention = match &raw.retention {
             None => Retention::default(),
@@ -1065,9 +1067,10 @@ impl Loader {
             self.require_store(StoreKind::AwsSecretsManager, location, field("target"));
         }
         let copy = match (&raw.copy_to_region, &raw.copy_kms_key_id) {
-            (Some(region), kms) => {
-                Some(RdsCopy { region: region.get_ref().clone(), kms_key_id: kms.as_ref().map(|k| k.get_ref().clone()) })
-            }
+            (Some(region), kms) => Some(RdsCopy {
+                region: region.get_ref().clone(),
+                kms_key_id: kms.as_ref().map(|k| k.get_ref().clone()),
+            }),
             (None, Some(kms)) => {
                 self.error(file, kms.span(), field("copy_kms_key_id"), "copy_kms_key_id needs copy_to_region");
                 None

@@ -12,9 +12,9 @@ mod postgres;
 use futures_util::future::BoxFuture;
 
 pub use mysql::MysqlEngine;
-pub use postgres::{PostgresEngine, scram_sha256_verifier};
 pub(crate) use mysql::connect_options as mysql_options;
 pub(crate) use postgres::connect_options as postgres_options;
+pub use postgres::{PostgresEngine, scram_sha256_verifier};
 
 use crate::config::Engine;
 use crate::secret::SecretString;

@@ -22,7 +22,6 @@ pub struct MysqlEngine {
     admin: Credential,
 }
 
-
 /// How to log in to the server at `endpoint` as `credential`; also what backups connect with.
 pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> MySqlConnectOptions {
     let mut options = MySqlConnectOptions::new()

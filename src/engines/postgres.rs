@@ -23,7 +23,6 @@ pub struct PostgresEngine {
     admin: Credential,
 }
 
-
 /// How to log in to the server at `endpoint` as `credential`; also what backups connect with.
 pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> PgConnectOptions {
     let mut options = PgConnectOptions::new()
@@ -31,7 +30,7 @@ pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> P
         .port(endpoint.port)
         .username(&credential.username)
         .password(credential.password.expose_secret())
-            .application_name("vigil");
+        .application_name("vigil");
     if let Some(database) = &endpoint.database {
         options = options.database(database);
     }

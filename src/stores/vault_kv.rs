@@ -67,19 +67,16 @@ fn object(path: &str, value: &SecretString) -> Result<Map<String, Value>, StoreE
 /// A client for the configured Vault or OpenBao server: address, token and namespace. Shared by
 /// KV and Transit.
 pub fn client(vault: &Vault) -> Result<VaultClient, StoreError> {
-    let token = vault
-        .token
-        .resolve_local()
-        .map_err(|source| StoreError::Credentials { store: StoreKind::VaultKv, source })?;
+    let token =
+        vault.token.resolve_local().map_err(|source| StoreError::Credentials { store: StoreKind::VaultKv, source })?;
     let mut settings = VaultClientSettingsBuilder::default();
     settings.address(&vault.address).token(token.expose_secret());
     if let Some(namespace) = &vault.namespace {
         settings.namespace(Some(namespace.clone()));
     }
-    let settings = settings.build().map_err(|err| StoreError::Refused {
-        what: "configure the Vault client".into(),
-        reason: err.to_string(),
-    })?;
+    let settings = settings
+        .build()
+        .map_err(|err| StoreError::Refused { what: "configure the Vault client".into(), reason: err.to_string() })?;
     VaultClient::new(settings).map_err(|err| classify("create the Vault client".into(), "", err))
 }
 

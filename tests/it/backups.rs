@@ -101,13 +101,20 @@ impl Setup {
 
     fn entry(&self, id: &str) -> Value {
         let list = self.vigil(&["--output", "json", "backup", "list"]).json();
-        list.as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap_or_else(|| panic!("{id} not listed: {list}"))
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not listed: {list}"))
     }
 
     /// The manifest beside a local-store backup.
     fn local_manifest(&self, set: &str, id: &str) -> Value {
-        serde_json::from_str(&std::fs::read_to_string(self.local_object(set, id).with_extension("manifest.json")).unwrap())
-            .unwrap()
+        serde_json::from_str(
+            &std::fs::read_to_string(self.local_object(set, id).with_extension("manifest.json")).unwrap(),
+        )
+        .unwrap()
     }
 
     fn local_object(&self, set: &str, id: &str) -> PathBuf {
@@ -216,7 +223,14 @@ async fn postgres_backups_to_both_stores_under_every_key_service_restore_with_ma
     let setup = Setup::new().await;
     let database = postgres_database(&setup.services, 2).await;
     let mut schedule = setup.target("postgres", &setup.services.postgres, &database);
-    let combos = [("s3", "aws_kms"), ("s3", "vault_transit"), ("s3", "local"), ("local", "aws_kms"), ("local", "vault_transit"), ("local", "local")];
+    let combos = [
+        ("s3", "aws_kms"),
+        ("s3", "vault_transit"),
+        ("s3", "local"),
+        ("local", "aws_kms"),
+        ("local", "vault_transit"),
+        ("local", "local"),
+    ];
     for (store, keys) in combos {
         schedule.push_str(&setup.set(&format!("pg-{store}-{keys}"), &database, store, keys));
     }
@@ -232,7 +246,10 @@ async fn postgres_backups_to_both_stores_under_every_key_service_restore_with_ma
         let verified = setup.vigil(&["--output", "json", "backup", "verify", &id]);
         verified.assert_code(0);
         let report = verified.json();
-        let (plain, stored) = (report["stream"]["plaintext_bytes"].as_u64().unwrap(), report["stream"]["ciphertext_bytes"].as_u64().unwrap());
+        let (plain, stored) = (
+            report["stream"]["plaintext_bytes"].as_u64().unwrap(),
+            report["stream"]["ciphertext_bytes"].as_u64().unwrap(),
+        );
         assert!(plain > 20 << 20, "{set}: a dump of only {plain} bytes");
         assert!(stored < plain / 2, "{set}: {stored} stored for {plain}");
         assert!(report["restore_check"].as_str().unwrap().contains("pg_restore --list read"), "{report}");
@@ -240,8 +257,15 @@ async fn postgres_backups_to_both_stores_under_every_key_service_restore_with_ma
         let manifest_counts = match store {
             "local" => counts_of(&setup.local_manifest(&set, &id)["consistency"]["row_counts"]),
             _ => {
-                let evidence = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.written"]).json();
-                let record = evidence.as_array().unwrap().iter().find(|r| r["details"].as_str().unwrap().contains(&id)).unwrap().clone();
+                let evidence =
+                    setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.written"]).json();
+                let record = evidence
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|r| r["details"].as_str().unwrap().contains(&id))
+                    .unwrap()
+                    .clone();
                 let details: Value = serde_json::from_str(record["details"].as_str().unwrap()).unwrap();
                 counts_of(&details["row_counts"])
             }
@@ -278,11 +302,19 @@ async fn mariadb_database(services: &Services) -> String {
 async fn mariadb_counts(services: &Services, database: &str) -> BTreeMap<String, u64> {
     use sqlx::Connection as _;
     let m = &services.mariadb;
-    let options = sqlx::mysql::MySqlConnectOptions::new().host(&m.host).port(m.port).username(&m.user).password(&m.password).database(database);
+    let options = sqlx::mysql::MySqlConnectOptions::new()
+        .host(&m.host)
+        .port(m.port)
+        .username(&m.user)
+        .password(&m.password)
+        .database(database);
     let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
     let mut counts = BTreeMap::new();
     for table in ["customers", "orders"] {
-        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"))).fetch_one(&mut conn).await.unwrap();
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         counts.insert(format!("{database}.{table}"), count as u64);
     }
     counts
@@ -315,11 +347,15 @@ async fn mariadb_backups_restore_with_the_mariadb_client_and_matching_counts() {
             .output()
             .unwrap();
         assert!(restore.status.success(), "mariadb < dump: {}", String::from_utf8_lossy(&restore.stderr));
-        let restored: BTreeMap<String, u64> =
-            mariadb_counts(&setup.services, &fresh).await.into_iter().map(|(k, v)| (k.replace(&fresh, &database), v)).collect();
+        let restored: BTreeMap<String, u64> = mariadb_counts(&setup.services, &fresh)
+            .await
+            .into_iter()
+            .map(|(k, v)| (k.replace(&fresh, &database), v))
+            .collect();
         assert_eq!(restored, source, "{set}");
         let evidence = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.written"]).json();
-        let record = evidence.as_array().unwrap().iter().find(|r| r["details"].as_str().unwrap().contains(&id)).unwrap().clone();
+        let record =
+            evidence.as_array().unwrap().iter().find(|r| r["details"].as_str().unwrap().contains(&id)).unwrap().clone();
         let details: Value = serde_json::from_str(record["details"].as_str().unwrap()).unwrap();
         assert_eq!(counts_of(&details["row_counts"]), source, "{set}: manifest counts");
     }
@@ -399,7 +435,8 @@ async fn every_kind_of_tampering_is_rejected_naming_the_failed_check() {
     assert!(run.stderr().contains("manifest check failed"), "{}", run.stderr());
     // Verification failures are evidence, and a failed backup is no longer counted verified.
     assert_eq!(setup.entry(&id)["status"], "written");
-    let failures = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.verified", "--limit", "1000"]).json();
+    let failures =
+        setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.verified", "--limit", "1000"]).json();
     assert!(failures.as_array().unwrap().iter().filter(|r| r["outcome"] == "failed").count() >= 104);
     // A fetch of a tampered object writes no file.
     std::fs::write(&manifest_path, &original).unwrap();
@@ -530,7 +567,9 @@ async fn an_rds_target_is_snapshotted_tagged_and_copied() {
     assert_eq!(found.db_instance_identifier(), Some(instance.as_str()));
     let tags = rds.list_tags_for_resource().resource_name(found.db_snapshot_arn().unwrap()).send().await.unwrap();
     assert!(tags.tag_list().iter().any(|t| t.key() == Some("vigil:backup-id") && t.value() == Some(id)), "{tags:?}");
-    let eu = aws_sdk_rds::Client::from_conf(aws_sdk_rds::config::Builder::from(&sdk).region(aws_sdk_rds::config::Region::new("eu-west-1")).build());
+    let eu = aws_sdk_rds::Client::from_conf(
+        aws_sdk_rds::config::Builder::from(&sdk).region(aws_sdk_rds::config::Region::new("eu-west-1")).build(),
+    );
     let copied = eu.describe_db_snapshots().db_snapshot_identifier(&snapshot).send().await.unwrap();
     assert_eq!(copied.db_snapshots().len(), 1, "no copy in eu-west-1");
     let kinds = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.snapshot_copied"]).json();

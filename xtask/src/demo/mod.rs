@@ -68,12 +68,14 @@ impl DemoArgs {
         keys::rotate(root, &vigil, &demo, &state, &issuer)?;
         drop(issuer);
 
-        step("17. Commands still to come say so plainly (exit 2)");
-        let output = vigil_command(&vigil, &demo, &state).args(["backup", "run", "orders-nightly"]).output()?;
+        backups(root, &vigil, &demo, &state)?;
+
+        step("18. Commands still to come say so plainly (exit 2)");
+        let output = vigil_command(&vigil, &demo, &state).args(["drill", "run", "orders-restore"]).output()?;
         print!("   {}", String::from_utf8_lossy(&output.stderr));
 
         if self.down {
-            step("18. Services down");
+            step("19. Services down");
             services::down(root)?;
         } else {
             println!(
@@ -282,6 +284,61 @@ fn rotation(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Re
     Ok(())
 }
 
+/// Step 17: encrypted, verified backups of the orders (PostgreSQL) and billing (MariaDB)
+/// databases, fetched back and read by pg_restore.
+fn backups(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
+    let (Some(moto), Some(bao), Some(pg)) = (&state.moto, &state.openbao, &state.postgres) else {
+        bail!("services are not all up");
+    };
+    step("17. Backups: pg_dump and mariadb-dump through zstd and AES-256-GCM into S3, read back and verified");
+    let seed = serde_json::json!({
+        "aws": { "endpoint": moto.endpoint_url, "region": moto.region },
+        "vault": { "address": bao.address, "token": bao.token },
+        "buckets": ["acme-vigil-backups"],
+        "kms_aliases": ["alias/vigil-backups"],
+        "transit_keys": ["vigil-backups"],
+    });
+    seed_stores(root, state, &seed)?;
+    let status = Command::new("pgbench")
+        .args(["-i", "-q", "-s", "2", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", &pg.user, "orders"])
+        .env("PGPASSWORD", &pg.password)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("run pgbench")?;
+    if !status.success() {
+        bail!("pgbench -i failed");
+    }
+    println!("   filled the orders database with pgbench's tables (scale 2, 200,000 accounts)");
+    let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        let output = show(vigil, demo, state, args)?;
+        if !output.status.success() {
+            bail!("vigil {} failed", args.join(" "));
+        }
+        Ok(output)
+    };
+    run(&["backup", "run", "orders-nightly"])?;
+    run(&["backup", "run", "billing-nightly"])?;
+    run(&["backup", "list"])?;
+    let listed = vigil_command(vigil, demo, state)
+        .args(["--output", "json", "backup", "list", "--set", "orders-nightly"])
+        .output()?;
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).context("backup list --output json")?;
+    let id = listed[0]["id"].as_str().context("no orders backup listed")?.to_owned();
+    run(&["backup", "verify", &id])?;
+    let dump = demo.join("orders.dump");
+    run(&["backup", "fetch", &id, "-o", &dump.display().to_string()])?;
+    let listing = Command::new("pg_restore").arg("--list").arg(&dump).output().context("run pg_restore --list")?;
+    let tables: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|l| l.contains("TABLE DATA"))
+        .map(|l| format!("     {}", l.trim()))
+        .collect();
+    println!("   $ pg_restore --list orders.dump | grep 'TABLE DATA'\n{}", tables.join("\n"));
+    run(&["evidence", "list", "--kind", "backup.written"])?;
+    Ok(())
+}
+
 /// Runs `vigil -q ARGS` in the demo folder, echoing the command and what it printed.
 fn show(vigil: &Path, demo: &Path, state: &State, args: &[&str]) -> anyhow::Result<std::process::Output> {
     println!("   $ vigil {}", args.join(" "));
@@ -342,6 +399,11 @@ for bucket in seed.get("buckets", []):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for item in page.get("Contents", []):
                 s3.delete_object(Bucket=bucket, Key=item["Key"])
+kms = boto3.client("kms", endpoint_url=seed["aws"]["endpoint"], region_name=seed["aws"]["region"])
+known = {a["AliasName"] for a in kms.list_aliases()["Aliases"]}
+for alias in seed.get("kms_aliases", []):
+    if alias not in known:
+        kms.create_alias(AliasName=alias, TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
 for name, value in seed.get("aws_secrets", {}).items():
     try:
         sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
@@ -357,6 +419,8 @@ def call(method, path, body=None):
     except urllib.error.HTTPError as err:
         if err.code != 404:
             raise
+for key in seed.get("transit_keys", []):
+    call("POST", "/v1/transit/keys/" + key)
 for path, value in seed.get("vault_secrets", {}).items():
     call("DELETE", "/v1/secret/metadata/" + path + "/vigil-pending")
     call("DELETE", "/v1/secret/metadata/" + path)
