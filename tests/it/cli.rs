@@ -7,7 +7,6 @@ use crate::support::{repo_root, vigil};
 fn commands_not_built_yet_say_so_and_exit_2() {
     let root = repo_root();
     for (args, says) in [
-        (&["backup", "run", "orders-nightly"][..], "issue #7"),
         (&["drill", "run", "orders-restore"][..], "restore drills"),
         (&["report", "export"][..], "compliance reports"),
         (&["run"][..], "the daemon"),
