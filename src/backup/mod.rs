@@ -290,6 +290,18 @@ impl<'a> Backups<'a> {
 
     /// The catalog entry of `id`, with its set's store and key service.
     async fn readable(&self, id: &str) -> Result<(Entry, Manifest, Connected), BackupError> {
+        let (entry, manifest) = self.recorded(id).await?;
+        let set = self
+            .plan
+            .backups
+            .get(&entry.set)
+            .ok_or_else(|| BackupError::SetGone { id: id.to_owned(), set: entry.set.clone() })?;
+        let connected = self.connect(set).await?;
+        Ok((entry, manifest, connected))
+    }
+
+    /// The catalog entry of `id` and its manifest, checked against the manifest's recorded hash.
+    async fn recorded(&self, id: &str) -> Result<(Entry, Manifest), BackupError> {
         let entry = catalog::get(self.db, id).await?.ok_or_else(|| BackupError::UnknownBackup(id.to_owned()))?;
         if entry.method != "dump" {
             return Err(BackupError::NotReadable {
@@ -320,13 +332,7 @@ impl<'a> Backups<'a> {
                 "manifest check failed: the catalog's manifest does not match its recorded SHA-256".into(),
             ));
         }
-        let set = self
-            .plan
-            .backups
-            .get(&entry.set)
-            .ok_or_else(|| BackupError::SetGone { id: id.to_owned(), set: entry.set.clone() })?;
-        let connected = self.connect(set).await?;
-        Ok((entry, manifest, connected))
+        Ok((entry, manifest))
     }
 
     /// Reads backup `id` back and checks it: the manifest beside it, every segment, both
@@ -334,7 +340,18 @@ impl<'a> Backups<'a> {
     /// and the catalog.
     pub async fn verify(&self, id: &str) -> Result<VerifyReport, BackupError> {
         let (entry, manifest, connected) = self.readable(id).await?;
-        let result = self.check(&manifest, &connected).await;
+        self.verify_with(&entry, &manifest, &connected).await
+    }
+
+    /// [`Backups::verify`] with the set's store and key service already connected.
+    async fn verify_with(
+        &self,
+        entry: &Entry,
+        manifest: &Manifest,
+        connected: &Connected,
+    ) -> Result<VerifyReport, BackupError> {
+        let id = entry.id.as_str();
+        let result = self.check(manifest, connected).await;
         let (outcome, details) = match &result {
             Ok(report) => (
                 Outcome::Succeeded,
@@ -765,7 +782,12 @@ impl DumpSaga<'_> {
 
     async fn verify(&self, saga: &SagaRow) -> Result<(), StepError> {
         let (id, _) = Self::ids(saga)?;
-        match self.backups.verify(&id).await {
+        // The saga's own store and key service: verifying must not connect them again.
+        let verified = match self.backups.recorded(&id).await {
+            Ok((entry, manifest)) => self.backups.verify_with(&entry, &manifest, self.connected).await,
+            Err(err) => Err(err),
+        };
+        match verified {
             Ok(_) => Ok(()),
             Err(BackupError::Store(err)) if err.is_transient() => Err(StepError::Transient(err.to_string())),
             Err(BackupError::Key(err)) if err.is_transient() => Err(StepError::Transient(err.to_string())),

@@ -149,6 +149,19 @@ impl S3Store {
         }
     }
 
+    /// The body of `key`, as a stream.
+    async fn body(&self, key: &str) -> Result<aws_sdk_s3::primitives::ByteStream, ObjectError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+            .map_err(|err| self.error("read", key, &err))?;
+        Ok(out.body)
+    }
+
     async fn upload_parts(
         &self,
         key: &str,
@@ -291,15 +304,7 @@ impl ObjectStore for S3Store {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ObjectError>> {
         async move {
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.key(key))
-                .send()
-                .await
-                .map_err(|err| self.error("read", key, &err))?;
-            let body = out.body.collect().await.map_err(|err| ObjectError::Transient {
+            let body = self.body(key).await?.collect().await.map_err(|err| ObjectError::Transient {
                 what: "read",
                 location: self.location(key),
                 reason: err.to_string(),
@@ -310,18 +315,7 @@ impl ObjectStore for S3Store {
     }
 
     fn open<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, ObjectError>> {
-        async move {
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.key(key))
-                .send()
-                .await
-                .map_err(|err| self.error("read", key, &err))?;
-            Ok(Box::new(out.body.into_async_read()) as ObjectReader)
-        }
-        .boxed()
+        async move { Ok(Box::new(self.body(key).await?.into_async_read()) as ObjectReader) }.boxed()
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ObjectError>> {
