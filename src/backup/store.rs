@@ -3,11 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::upload_part::{UploadPartError, UploadPartOutput};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::aws::{SdkFailure, sdk_failure};
 use crate::config::{self, Plan};
@@ -117,10 +121,25 @@ pub async fn connect(store: &config::ObjectStore, plan: &Plan) -> Result<Box<dyn
 }
 
 /// S3 multipart parts: above S3's 5 MiB minimum, and few enough in memory to keep a backup's
-/// footprint bounded whatever the database's size.
+/// footprint bounded. Parts grow past [`PARTS_AT_FIRST_SIZE`] so that an object can still
+/// complete within S3's 10,000 parts (see [`part_size`]).
 const PART_SIZE: usize = 8 << 20;
+/// Parts of [`PART_SIZE`] before they start to double: 46.9 GiB stored, a database of well
+/// over 100 GiB at the usual compression, uploads in constant memory.
+const PARTS_AT_FIRST_SIZE: i32 = 6_000;
+/// Parts per size step after the first: 1,000 each of 16, 32, 64 and 128 MiB.
+const PARTS_PER_STEP: i32 = 1_000;
+/// S3's limit on the parts of one upload.
+const MAX_PARTS: i32 = 10_000;
 /// Parts uploaded at once.
 const PARTS_IN_FLIGHT: usize = 2;
+
+/// The size of multipart part `number` (from 1): [`PART_SIZE`] for the first 6,000, then
+/// doubling every 1,000 up to 128 MiB, so that 10,000 parts hold 281 GiB.
+fn part_size(number: i32) -> usize {
+    let step = (number - 1 - (PARTS_AT_FIRST_SIZE - PARTS_PER_STEP)).max(0) / PARTS_PER_STEP;
+    PART_SIZE << step.min(4)
+}
 
 /// An S3 bucket and key prefix.
 struct S3Store {
@@ -168,60 +187,116 @@ impl S3Store {
         upload_id: &str,
         mut body: mpsc::Receiver<Chunk>,
     ) -> Result<(Vec<aws_sdk_s3::types::CompletedPart>, u64), ObjectError> {
-        let mut in_flight = tokio::task::JoinSet::new();
-        let mut parts = Vec::new();
-        let mut buffer = BytesMut::with_capacity(PART_SIZE);
+        let mut upload =
+            Multipart { store: self, key, upload_id, in_flight: JoinSet::new(), done: Vec::new(), spare: Vec::new() };
+        let mut number = 1i32;
+        let mut buffer = upload.buffer(number);
         let mut total = 0u64;
-        let mut number = 0i32;
-        let mut ended = false;
-        while !ended {
-            match body.recv().await {
-                Some(Chunk::Data(chunk)) => {
-                    total += chunk.len() as u64;
-                    buffer.extend_from_slice(&chunk);
-                    if buffer.len() < PART_SIZE {
-                        continue;
-                    }
+        while let Some(chunk) = body.recv().await {
+            let Chunk::Data(chunk) = chunk else {
+                // The last part may be short; an empty object is one empty part.
+                if !buffer.is_empty() || number == 1 {
+                    upload.start(number, buffer.freeze())?;
                 }
-                Some(Chunk::End) => ended = true,
-                None => return Err(ObjectError::Interrupted { location: self.location(key) }),
+                while upload.finish_one().await? {}
+                upload.done.sort_by_key(|part| part.part_number);
+                return Ok((upload.done, total));
+            };
+            total += chunk.len() as u64;
+            // Parts are cut at exactly their size, so their buffers never grow.
+            let mut rest = &chunk[..];
+            while buffer.len() + rest.len() >= part_size(number) {
+                let (fits, after) = rest.split_at(part_size(number) - buffer.len());
+                buffer.extend_from_slice(fits);
+                rest = after;
+                upload.start(number, std::mem::take(&mut buffer).freeze())?;
+                // Waiting here, before the next part's buffer is taken, holds at most
+                // PARTS_IN_FLIGHT parts in memory, the one filling included.
+                while upload.in_flight.len() >= PARTS_IN_FLIGHT {
+                    upload.finish_one().await?;
+                }
+                number += 1;
+                buffer = upload.buffer(number);
             }
-            if ended && buffer.is_empty() && number > 0 {
-                break;
-            }
-            number += 1;
-            let part =
-                std::mem::replace(&mut buffer, BytesMut::with_capacity(if ended { 0 } else { PART_SIZE })).freeze();
-            let request = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(self.key(key))
-                .upload_id(upload_id)
-                .part_number(number);
-            in_flight.spawn(async move {
-                let out = request.body(part.into()).send().await;
-                (number, out)
-            });
-            while in_flight.len() >= PARTS_IN_FLIGHT || (ended && !in_flight.is_empty()) {
-                let Some(joined) = in_flight.join_next().await else { break };
-                let (number, out) = joined.map_err(|err| ObjectError::Failed {
-                    what: "upload a part",
-                    location: self.location(key),
-                    reason: err.to_string(),
-                })?;
-                let out = out.map_err(|err| self.error("upload a part", key, &err))?;
-                parts.push(
-                    aws_sdk_s3::types::CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(out.e_tag)
-                        .set_checksum_crc32(out.checksum_crc32)
-                        .build(),
-                );
-            }
+            buffer.extend_from_slice(rest);
         }
-        parts.sort_by_key(|part| part.part_number);
-        Ok((parts, total))
+        Err(ObjectError::Interrupted { location: self.location(key) })
+    }
+}
+
+/// S3's answer to one part.
+type PartUploaded = Result<UploadPartOutput, SdkError<UploadPartError, HttpResponse>>;
+
+/// One multipart upload under way: its parts in flight, those done, and the buffers of finished
+/// parts, reused so that a long upload allocates its few part buffers once.
+struct Multipart<'a> {
+    store: &'a S3Store,
+    key: &'a str,
+    upload_id: &'a str,
+    in_flight: JoinSet<(i32, Bytes, PartUploaded)>,
+    done: Vec<aws_sdk_s3::types::CompletedPart>,
+    spare: Vec<BytesMut>,
+}
+
+impl Multipart<'_> {
+    /// An empty buffer for part `number`.
+    fn buffer(&mut self, number: i32) -> BytesMut {
+        let mut buffer = self.spare.pop().unwrap_or_default();
+        buffer.reserve(part_size(number));
+        buffer
+    }
+
+    /// Starts uploading part `number`, or refuses when S3 would.
+    fn start(&mut self, number: i32, part: Bytes) -> Result<(), ObjectError> {
+        if number > MAX_PARTS {
+            return Err(ObjectError::Failed {
+                what: "upload a part",
+                location: self.store.location(self.key),
+                reason: format!(
+                    "the backup outgrew S3's {MAX_PARTS} parts ({} GiB); split the database into several backup sets",
+                    (1..=MAX_PARTS).map(|n| part_size(n) as u64).sum::<u64>() >> 30
+                ),
+            });
+        }
+        // Each part carries a CRC32 checksum that S3 checks, and the whole object is read back
+        // and authenticated before it counts: hashing every byte again to sign it adds nothing.
+        let request = self
+            .store
+            .client
+            .upload_part()
+            .bucket(&self.store.bucket)
+            .key(self.store.key(self.key))
+            .upload_id(self.upload_id)
+            .part_number(number)
+            .body(part.clone().into())
+            .customize()
+            .disable_payload_signing();
+        self.in_flight.spawn(async move { (number, part, request.send().await) });
+        Ok(())
+    }
+
+    /// Waits for one part upload to end and records it; false when none was under way.
+    async fn finish_one(&mut self) -> Result<bool, ObjectError> {
+        let Some(joined) = self.in_flight.join_next().await else { return Ok(false) };
+        let (number, part, out) = joined.map_err(|err| ObjectError::Failed {
+            what: "upload a part",
+            location: self.store.location(self.key),
+            reason: err.to_string(),
+        })?;
+        let out = out.map_err(|err| self.store.error("upload a part", self.key, &err))?;
+        // The request is gone, so the part's buffer is ours again unless the SDK kept a copy.
+        if let Ok(mut buffer) = part.try_into_mut() {
+            buffer.clear();
+            self.spare.push(buffer);
+        }
+        self.done.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag)
+                .set_checksum_crc32(out.checksum_crc32)
+                .build(),
+        );
+        Ok(true)
     }
 }
 
@@ -432,5 +507,25 @@ impl ObjectStore for LocalStore {
             }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_keep_their_first_size_then_double_to_fit_281_gib_in_10000_parts() {
+        assert_eq!(part_size(1), PART_SIZE);
+        assert_eq!(part_size(6_000), PART_SIZE);
+        assert_eq!(part_size(6_001), 2 * PART_SIZE);
+        assert_eq!(part_size(7_000), 2 * PART_SIZE);
+        assert_eq!(part_size(7_001), 4 * PART_SIZE);
+        assert_eq!(part_size(9_001), 16 * PART_SIZE);
+        assert_eq!(part_size(MAX_PARTS), 16 * PART_SIZE);
+        let total: u64 = (1..=MAX_PARTS).map(|n| part_size(n) as u64).sum();
+        assert_eq!(total >> 30, 281);
+        // S3 refuses parts over 5 GiB and (but the last) under 5 MiB.
+        assert!((1..=MAX_PARTS).all(|n| (5 << 20..=5 << 30).contains(&part_size(n))));
     }
 }

@@ -533,6 +533,45 @@ async fn prune_keeps_the_retention_and_the_newest_and_records_each_deletion() {
 
 #[tokio::test]
 #[ignore = "needs services: cargo xtask test"]
+async fn s3_multipart_uploads_cut_exact_parts_and_read_back_whole() {
+    use vigil::backup::store::{self, Chunk};
+    let setup = Setup::new().await;
+    let plan = vigil::config::load(&setup.path().join("vigil.toml")).unwrap().plan;
+    let config = vigil::config::ObjectStore::S3 {
+        bucket: setup.bucket.clone(),
+        prefix: "parts/".into(),
+        sse_kms_key_id: None,
+        object_lock: None,
+    };
+    let s3 = store::connect(&config, &plan).await.unwrap();
+    let sdk = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk_config(&setup.services).await).force_path_style(true).build(),
+    );
+    const PART: usize = 8 << 20;
+    // Sizes around the part boundaries, sent in chunks that straddle them.
+    for (size, parts) in [(0, 1), (3, 1), (PART, 1), (PART + 1, 2), (2 * PART, 2), (2 * PART + 1_000_003, 3)] {
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4099) as u8).collect();
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        let key = format!("object-{size}");
+        let chunks = bytes.clone();
+        let send = async move {
+            for chunk in chunks.chunks(1_000_003) {
+                sender.send(Chunk::Data(bytes::Bytes::copy_from_slice(chunk))).await.unwrap();
+            }
+            sender.send(Chunk::End).await.unwrap();
+        };
+        let (uploaded, ()) = tokio::join!(s3.upload(&key, receiver), send);
+        assert_eq!(uploaded.unwrap(), size as u64);
+        assert!(s3.get(&key).await.unwrap() == bytes, "{size} bytes did not read back whole");
+        let head =
+            sdk.head_object().bucket(&setup.bucket).key(format!("parts/{key}")).part_number(1).send().await.unwrap();
+        assert_eq!(head.parts_count, Some(parts), "{size} bytes");
+        assert_eq!(head.content_length, Some(size.min(PART) as i64), "{size} bytes: the first part");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
 async fn an_rds_target_is_snapshotted_tagged_and_copied() {
     let setup = Setup::new().await;
     let sdk = sdk_config(&setup.services).await;
