@@ -14,14 +14,16 @@ use super::store::Chunk;
 
 /// The zstd level: zstd's default, about gzip -6's ratio at many times its speed.
 pub const ZSTD_LEVEL: i32 = 3;
-/// zstd's job size on each worker: small jobs keep the memory of two workers bounded.
-const ZSTD_JOB_SIZE: u32 = 2 << 20;
+/// zstd's job size on each worker. zstd sizes its buffers by it: at 1 MiB two workers hold about
+/// 10 MiB; 2 MiB jobs were no faster in `cargo xtask bench backup` and held 7 MiB more.
+const ZSTD_JOB_SIZE: u32 = 1 << 20;
 /// Bytes read from the dump per call.
 const READ_SIZE: usize = 256 << 10;
 /// Bytes per chunk sent to the store.
 const CHUNK_SIZE: usize = 1 << 20;
-/// Chunks queued for the store before the pipeline waits for it.
-pub const CHUNKS_QUEUED: usize = 4;
+/// Chunks queued for the store before the pipeline waits for it: the S3 store's part buffer
+/// already absorbs the unevenness of the uploads.
+pub const CHUNKS_QUEUED: usize = 2;
 
 /// Sizes and hashes of one pass over a backup.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +84,7 @@ impl Write for ToStore {
 /// `sender`, ending with [`Chunk::End`]. On failure nothing more is sent, so the store
 /// abandons the upload.
 pub fn seal(
-    dump: impl Read,
+    dump: impl Read + Send + 'static,
     key: &DataKey,
     backup_id: &str,
     segment_size: u32,
@@ -91,29 +93,79 @@ pub fn seal(
 ) -> io::Result<StreamFacts> {
     let to_store = Hashing::new(ToStore { sender, buffer: BytesMut::with_capacity(CHUNK_SIZE) });
     let sealer = Sealer::new(to_store, key, backup_id, segment_size)?;
-    let mut compressed = zstd::stream::write::Encoder::new(Hashing::new(sealer), ZSTD_LEVEL)?;
+    let mut compressed = zstd::stream::write::Encoder::new(Counting::new(sealer), ZSTD_LEVEL)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) as u32;
     if workers > 1 {
         compressed.multithread(workers)?;
         compressed.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
     }
-    let mut dump = Hashing::new(dump);
-    let mut buffer = vec![0u8; READ_SIZE];
-    loop {
-        let n = match dump.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
+    let reader = ReadAhead::start(dump)?;
+    while let Some(block) = reader.blocks.recv().map_err(|_| reader_gone())? {
+        let (buffer, n) = block?;
         compressed.write_all(&buffer[..n])?;
         progress(n as u64);
+        // The reader has its own buffers when this one is not back in time.
+        let _ = reader.empty.try_send(buffer);
     }
-    let (_, plaintext_sha256, plaintext_bytes) = dump.finish();
-    let (sealer, _, compressed_bytes) = compressed.finish()?.finish();
+    let (plaintext_sha256, plaintext_bytes) = reader.thread.join().map_err(|_| reader_gone())?;
+    let (sealer, compressed_bytes) = compressed.finish()?.finish();
     let (to_store, ciphertext_sha256, ciphertext_bytes) = sealer.finish()?.finish();
     to_store.end()?;
     Ok(StreamFacts { plaintext_bytes, plaintext_sha256, compressed_bytes, ciphertext_bytes, ciphertext_sha256 })
+}
+
+/// Blocks of the dump read ahead of the compressor.
+const READS_QUEUED: usize = 4;
+
+/// A block of the dump: a buffer and how much of it was read.
+type Block = io::Result<(Vec<u8>, usize)>;
+
+/// Reads the dump and hashes it on a thread of its own, a few blocks ahead, so that the dump
+/// tool (and the server behind it) keeps going while the pipeline's thread compresses and
+/// seals: a pipe holds only 64 KiB.
+struct ReadAhead {
+    /// Blocks read; `None` at the end of the dump.
+    blocks: std::sync::mpsc::Receiver<Option<Block>>,
+    /// Buffers handed back for reuse.
+    empty: std::sync::mpsc::SyncSender<Vec<u8>>,
+    /// The dump's SHA-256 and size, once it ended.
+    thread: std::thread::JoinHandle<(String, u64)>,
+}
+
+impl ReadAhead {
+    fn start(dump: impl Read + Send + 'static) -> io::Result<Self> {
+        let (full, blocks) = std::sync::mpsc::sync_channel(READS_QUEUED);
+        let (empty, empties) = std::sync::mpsc::sync_channel::<Vec<u8>>(READS_QUEUED);
+        // When the pipeline stops early it drops its ends and returns; this thread then ends
+        // at its next send, or when the dump tool is killed and its pipe closes.
+        let thread = std::thread::Builder::new().name("vigil-dump-read".into()).spawn(move || {
+            let mut dump = Hashing::new(dump);
+            loop {
+                let mut buffer = empties.try_recv().unwrap_or_else(|_| vec![0u8; READ_SIZE]);
+                let read = loop {
+                    match dump.read(&mut buffer) {
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                let block = match read {
+                    Ok(0) => None,
+                    Ok(n) => Some(Ok((buffer, n))),
+                    Err(err) => Some(Err(err)),
+                };
+                let last = !matches!(block, Some(Ok(_)));
+                if full.send(block).is_err() || last {
+                    let (_, sha256, bytes) = dump.finish();
+                    return (sha256, bytes);
+                }
+            }
+        })?;
+        Ok(Self { blocks, empty, thread })
+    }
+}
+
+fn reader_gone() -> io::Error {
+    io::Error::other("the dump's reader thread stopped")
 }
 
 /// Why reading a backup back failed: the check that failed, or the reading.
@@ -136,7 +188,7 @@ pub enum OpenError {
 pub fn open(object: impl Read, key: &DataKey, backup_id: &str, sink: impl Write) -> Result<StreamFacts, OpenError> {
     let mut object = Hashing::new(object);
     let opener = Opener::new(&mut object, key, backup_id)?;
-    let mut compressed = Hashing::new(opener);
+    let mut compressed = Counting::new(opener);
     let mut decoder =
         zstd::stream::read::Decoder::new(&mut compressed).map_err(|err| OpenError::Decompress(err.to_string()))?;
     let mut sink = Hashing::new(sink);
@@ -156,9 +208,46 @@ pub fn open(object: impl Read, key: &DataKey, backup_id: &str, sink: impl Write)
     // final segment must be there.
     io::copy(&mut compressed, &mut io::sink()).map_err(read_error)?;
     let (_, plaintext_sha256, plaintext_bytes) = sink.finish();
-    let (_, _, compressed_bytes) = compressed.finish();
+    let (_, compressed_bytes) = compressed.finish();
     let (_, ciphertext_sha256, ciphertext_bytes) = object.finish();
     Ok(StreamFacts { plaintext_bytes, plaintext_sha256, compressed_bytes, ciphertext_bytes, ciphertext_sha256 })
+}
+
+/// Counts the bytes passing between zstd and the segments: their size is a manifest fact, their
+/// hash would be a third one over the same data.
+struct Counting<T> {
+    inner: T,
+    bytes: u64,
+}
+
+impl<T> Counting<T> {
+    fn new(inner: T) -> Self {
+        Self { inner, bytes: 0 }
+    }
+
+    fn finish(self) -> (T, u64) {
+        (self.inner, self.bytes)
+    }
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 /// A read error from inside the stack: a format check's, or else a decompression failure.
@@ -251,7 +340,7 @@ mod tests {
         let key_bytes = *key.expose();
         let writer = std::thread::spawn(move || {
             let key = DataKey::from_bytes(&key_bytes).unwrap();
-            seal(&plain[..], &key, "b1", 4096, sender, &|_| {}).unwrap()
+            seal(io::Cursor::new(plain), &key, "b1", 4096, sender, &|_| {}).unwrap()
         });
         let mut object = Vec::new();
         loop {
