@@ -211,14 +211,21 @@ fn rotation(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Re
          CREATE USER 'billing_app_clone'@'%' IDENTIFIED BY '{billing_app}-clone';\n\
          CREATE USER 'billing_reports'@'%' IDENTIFIED BY '{billing_reports}';\n\
          GRANT SELECT, INSERT ON billing.* TO 'billing_app'@'%', 'billing_app_clone'@'%';\n\
-         GRANT SELECT ON billing.* TO 'billing_reports'@'%';\n"
+         GRANT SELECT ON billing.* TO 'billing_reports'@'%';\n\
+         USE billing;\n\
+         CREATE TABLE billing.invoices (id INT PRIMARY KEY, customer VARCHAR(40) NOT NULL, \
+           amount_cents INT NOT NULL, issued_on DATE NOT NULL);\n\
+         INSERT INTO billing.invoices SELECT seq, CONCAT('customer-', seq % 500), (seq * 7919) % 100000, \
+           DATE '2026-01-01' + INTERVAL (seq % 300) DAY FROM seq_1_to_10000;\n"
     );
     let mut mariadb = Command::new("mariadb");
     mariadb
         .args(["--no-defaults", "-h", "127.0.0.1", "-P", &maria.port.to_string(), "-u", &maria.user])
         .env("MYSQL_PWD", &maria.password);
     feed(mariadb, &maria_sql, "mariadb")?;
-    println!("   MariaDB: users billing_app and billing_app_clone (same grants), billing_reports; database billing");
+    println!(
+        "   MariaDB: users billing_app and billing_app_clone (same grants), billing_reports; database billing (10,000 invoices)"
+    );
 
     let template = |engine: &str, port: u16, user: &str, password: &str, db: &str| serde_json::json!({ "engine": engine, "host": "127.0.0.1", "port": port, "username": user, "password": password, "dbname": db });
     let seed = serde_json::json!({
