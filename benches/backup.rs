@@ -213,21 +213,6 @@ impl Setup {
     async fn new(services: &Services) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bucket = format!("vigil-bench-{}", std::process::id());
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(services.moto_region.clone()))
-            .endpoint_url(&services.moto_endpoint)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                &services.moto_key_id,
-                &services.moto_secret,
-                None,
-                None,
-                "bench",
-            ))
-            .load()
-            .await;
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
-        s3.create_bucket().bucket(&bucket).send().await.unwrap();
-        let kms_key = aws_sdk_kms::Client::new(&sdk).create_key().send().await.unwrap().key_metadata.unwrap().key_id;
         let secret = |name: &str, text: &str| {
             use std::os::unix::fs::PermissionsExt as _;
             let path = dir.path().join(name);
@@ -251,6 +236,12 @@ impl Setup {
         )
         .unwrap();
         std::fs::create_dir(dir.path().join("schedules")).unwrap();
+        // The bench's own clients are made as vigil makes its own, from the same `[aws]`.
+        let aws = vigil::config::load(&dir.path().join("vigil.toml")).unwrap().plan.aws.unwrap();
+        let s3 = vigil::aws::s3_client(&aws).await.unwrap();
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        let kms = aws_sdk_kms::Client::new(&vigil::aws::sdk_config(&aws).await.unwrap());
+        let kms_key = kms.create_key().send().await.unwrap().key_metadata.unwrap().key_id;
         Self { dir, s3, bucket, kms_key, admin }
     }
 

@@ -101,17 +101,31 @@ where
     })
 }
 
+/// A backup about to start: what the catalog knows of it before anything is written.
+pub struct Started<'a> {
+    /// The backup id.
+    pub id: &'a str,
+    /// The backup set.
+    pub set: &'a str,
+    /// The target backed up.
+    pub target: &'a str,
+    /// `dump` or `rds_snapshot`.
+    pub method: &'a str,
+    /// Where it will be.
+    pub location: &'a str,
+}
+
 /// Records a backup that has started (again, when a crash made it start over).
-pub async fn started(db: &Db, entry: &Entry, now: &str) -> Result<(), StateError> {
+pub async fn started(db: &Db, backup: &Started<'_>, now: &str) -> Result<(), StateError> {
     const SQL: &str = "INSERT INTO backups (id, set_name, target, method, status, location, started_at, updated_at) \
         VALUES ($1, $2, $3, $4, 'writing', $5, $6, $6) ON CONFLICT (id) DO UPDATE SET status = 'writing', \
         started_at = $6, updated_at = $6, error = NULL";
     on_pool!(db, pool => sqlx::query(SQL)
-        .bind(&entry.id)
-        .bind(&entry.set)
-        .bind(&entry.target)
-        .bind(&entry.method)
-        .bind(&entry.location)
+        .bind(backup.id)
+        .bind(backup.set)
+        .bind(backup.target)
+        .bind(backup.method)
+        .bind(backup.location)
         .bind(now)
         .execute(pool)
         .await

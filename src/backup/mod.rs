@@ -238,7 +238,7 @@ impl<'a> Backups<'a> {
             BackupMethod::Dump { .. } => {
                 let connected = self.connect(set).await?;
                 let def = DumpSaga { backups: self, name, set, connected: &connected };
-                let object = format!("{name}/{id}.vbk");
+                let object = object_key(name, &id);
                 let data = serde_json::json!({ "set": name, "backup_id": id, "object": object });
                 let (saga, ended) = self.executor().start(&def, &id, name, data).await?;
                 self.dump_report(name, &saga, ended, &connected).await
@@ -394,10 +394,7 @@ impl<'a> Backups<'a> {
             Ok(stream) => stream,
             Err(err) => {
                 restore_check.abandon();
-                return Err(match err {
-                    OpenFailure::Open(err) => failed(err.to_string()),
-                    OpenFailure::Other(err) => err,
-                });
+                return Err(err);
             }
         };
         if let Err(err) = compare(&id, manifest, &stream) {
@@ -408,27 +405,23 @@ impl<'a> Backups<'a> {
         Ok(VerifyReport { backup_id: id.clone(), set: manifest.set.clone(), stream, restore_check })
     }
 
-    /// Streams backup `id`'s object through the opener into `sink`.
+    /// Streams backup `id`'s object through the opener into `sink`. A format or decompression
+    /// failure is a [`BackupError::Check`] naming the check.
     async fn open(
         &self,
         manifest: &Manifest,
         connected: &Connected,
         sink: Box<dyn Write + Send>,
-    ) -> Result<StreamFacts, OpenFailure> {
-        let key = connected
-            .keys
-            .unwrap(&manifest.key, &manifest.backup_id)
-            .await
-            .map_err(|e| OpenFailure::Other(e.into()))?;
-        let reader = connected.store.open(&manifest.object).await.map_err(|e| OpenFailure::Other(e.into()))?;
-        let reader = tokio_util::io::SyncIoBridge::new(reader);
+    ) -> Result<StreamFacts, BackupError> {
+        let key = connected.keys.unwrap(&manifest.key, &manifest.backup_id).await?;
+        let reader = tokio_util::io::SyncIoBridge::new(connected.store.open(&manifest.object).await?);
         let id = manifest.backup_id.clone();
         tokio::task::spawn_blocking(move || pipeline::open(reader, &key, &id, sink))
             .await
-            .map_err(|err| OpenFailure::Other(BackupError::Output(std::io::Error::other(err))))?
+            .map_err(|err| BackupError::Output(std::io::Error::other(err)))?
             .map_err(|err| match err {
-                OpenError::Sink(err) => OpenFailure::Other(BackupError::Output(err)),
-                other => OpenFailure::Open(other),
+                OpenError::Sink(err) => BackupError::Output(err),
+                other => BackupError::Check { id: manifest.backup_id.clone(), check: other.to_string() },
             })
     }
 
@@ -437,10 +430,7 @@ impl<'a> Backups<'a> {
     /// must be discarded.
     pub async fn fetch(&self, id: &str, sink: Box<dyn Write + Send>) -> Result<StreamFacts, BackupError> {
         let (entry, manifest, connected) = self.readable(id).await?;
-        let stream = self.open(&manifest, &connected, sink).await.map_err(|err| match err {
-            OpenFailure::Open(err) => BackupError::Check { id: id.to_owned(), check: err.to_string() },
-            OpenFailure::Other(err) => err,
-        })?;
+        let stream = self.open(&manifest, &connected, sink).await?;
         compare(id, &manifest, &stream)?;
         self.ledger
             .append(NewRecord {
@@ -489,7 +479,7 @@ impl<'a> Backups<'a> {
                 for entry in &doomed {
                     match &connected {
                         Some(connected) => {
-                            let object = object_key(entry);
+                            let object = object_key(&entry.set, &entry.id);
                             connected.store.delete(&object).await?;
                             connected.store.delete(&manifest_key(&object)).await?;
                         }
@@ -530,11 +520,6 @@ fn compare(id: &str, manifest: &Manifest, read: &StreamFacts) -> Result<(), Back
         ));
     }
     Ok(())
-}
-
-enum OpenFailure {
-    Open(OpenError),
-    Other(BackupError),
 }
 
 fn engine_of(manifest: &Manifest) -> Engine {
@@ -636,8 +621,9 @@ fn manifest_key(object: &str) -> String {
     format!("{}.manifest.json", object.trim_end_matches(".vbk"))
 }
 
-fn object_key(entry: &Entry) -> String {
-    format!("{}/{}.vbk", entry.set, entry.id)
+/// The object's key: one folder per set.
+fn object_key(set: &str, id: &str) -> String {
+    format!("{set}/{id}.vbk")
 }
 
 /// A backup id: the UTC time to the second and 32 random bits, so ids sort by time.
@@ -669,32 +655,20 @@ impl DumpSaga<'_> {
         let (id, object) = Self::ids(saga)?;
         let target = backups.target(self.set);
         let started_at = backups.now();
-        let entry = Entry {
-            id: id.clone(),
-            set: self.name.to_owned(),
-            target: self.set.target.clone(),
-            method: "dump".into(),
-            status: Status::Writing,
-            location: self.connected.store.location(&object),
-            started_at: started_at.clone(),
-            finished_at: None,
-            verified_at: None,
-            bytes: None,
-            manifest: None,
-            manifest_sha256: None,
-            error: None,
-        };
-        catalog::started(backups.db, &entry, &started_at).await.map_err(state_failed)?;
+        let location = self.connected.store.location(&object);
+        let started =
+            catalog::Started { id: &id, set: self.name, target: &self.set.target, method: "dump", location: &location };
+        catalog::started(backups.db, &started, &started_at).await?;
         let admin = backups.stores.login(&target.admin).await.map_err(|err| match err {
             ReferenceError::Store(err) if err.is_transient() => StepError::Transient(err.to_string()),
             err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", self.set.target)),
         })?;
-        let (key, wrapped) = self.connected.keys.generate(&id).await.map_err(key_failed)?;
+        let (key, wrapped) = self.connected.keys.generate(&id).await?;
         let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
         let scratch = backups.plan.controller.data_dir.join("tmp");
         std::fs::create_dir_all(&scratch)
             .map_err(|err| StepError::Failed(format!("cannot create {}: {err}", scratch.display())))?;
-        let (mut dump, stdout) = dump::start(target.engine, &endpoint, &admin, &scratch).await.map_err(dump_failed)?;
+        let (mut dump, stdout) = dump::start(target.engine, &endpoint, &admin, &scratch).await?;
         let (sender, receiver) = mpsc::channel(pipeline::CHUNKS_QUEUED);
         let progress = backups.progress.clone();
         let sealing = tokio::task::spawn_blocking({
@@ -714,10 +688,10 @@ impl DumpSaga<'_> {
         if uploaded.is_err() || counted.is_err() || !matches!(sealed, Ok(Ok(_))) {
             dump.kill();
         }
-        let uploaded = uploaded.map_err(object_failed)?;
+        let uploaded = uploaded?;
         let stream = sealed?.map_err(|err| StepError::Failed(format!("the backup stream failed: {err}")))?;
-        counted.map_err(dump_failed)?;
-        let consistency = dump.finish().await.map_err(dump_failed)?;
+        counted?;
+        let consistency = dump.finish().await?;
         debug_assert_eq!(uploaded, stream.ciphertext_bytes);
         let manifest = Manifest {
             format_version: format::VERSION,
@@ -742,7 +716,7 @@ impl DumpSaga<'_> {
             extra: Default::default(),
         };
         let pretty = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
-        self.connected.store.put(&manifest_key(&object), pretty).await.map_err(object_failed)?;
+        self.connected.store.put(&manifest_key(&object), pretty).await?;
         let sha = manifest.sha256();
         catalog::written(
             backups.db,
@@ -752,8 +726,7 @@ impl DumpSaga<'_> {
             manifest.stream.ciphertext_bytes,
             &backups.now(),
         )
-        .await
-        .map_err(state_failed)?;
+        .await?;
         // The record carries the manifest's hash and what a drill or auditor compares; the
         // wrapped key stays in the manifest.
         backups
@@ -764,7 +737,7 @@ impl DumpSaga<'_> {
                 outcome: Outcome::Succeeded,
                 details: serde_json::json!({
                     "backup_id": id,
-                    "location": entry.location,
+                    "location": location,
                     "manifest_sha256": sha,
                     "server_version": manifest.consistency.server_version,
                     "snapshot_time": manifest.consistency.snapshot_time,
@@ -803,20 +776,22 @@ fn with_fact(saga: &SagaRow, key: &str, value: serde_json::Value) -> serde_json:
     data
 }
 
-fn state_failed(err: StateError) -> StepError {
-    StepError::Transient(err.to_string())
+impl From<KeyError> for StepError {
+    fn from(err: KeyError) -> Self {
+        if err.is_transient() { Self::Transient(err.to_string()) } else { Self::Failed(err.to_string()) }
+    }
 }
 
-fn key_failed(err: KeyError) -> StepError {
-    if err.is_transient() { StepError::Transient(err.to_string()) } else { StepError::Failed(err.to_string()) }
+impl From<ObjectError> for StepError {
+    fn from(err: ObjectError) -> Self {
+        if err.is_transient() { Self::Transient(err.to_string()) } else { Self::Failed(err.to_string()) }
+    }
 }
 
-fn object_failed(err: ObjectError) -> StepError {
-    if err.is_transient() { StepError::Transient(err.to_string()) } else { StepError::Failed(err.to_string()) }
-}
-
-fn dump_failed(err: dump::DumpError) -> StepError {
-    if err.is_transient() { StepError::Transient(err.to_string()) } else { StepError::Failed(err.to_string()) }
+impl From<dump::DumpError> for StepError {
+    fn from(err: dump::DumpError) -> Self {
+        if err.is_transient() { Self::Transient(err.to_string()) } else { Self::Failed(err.to_string()) }
+    }
 }
 
 impl SagaDef for DumpSaga<'_> {
@@ -837,12 +812,11 @@ impl SagaDef for DumpSaga<'_> {
             DumpStep::Verify => Ok(()),
             DumpStep::Write => {
                 let (id, object) = Self::ids(saga)?;
-                self.connected.store.delete(&object).await.map_err(object_failed)?;
-                self.connected.store.delete(&manifest_key(&object)).await.map_err(object_failed)?;
+                self.connected.store.delete(&object).await?;
+                self.connected.store.delete(&manifest_key(&object)).await?;
                 let reason = saga.error.clone().unwrap_or_else(|| "rolled back".into());
-                catalog::set_status(self.backups.db, &id, Status::Failed, Some(&reason), &self.backups.now())
-                    .await
-                    .map_err(state_failed)
+                Ok(catalog::set_status(self.backups.db, &id, Status::Failed, Some(&reason), &self.backups.now())
+                    .await?)
             }
         }
     }

@@ -182,9 +182,7 @@ impl SagaDef for SnapshotSaga<'_> {
             SnapshotStep::Available => {
                 let arn = self.await_available(&self.client, &snapshot).await?;
                 let now = backups.now();
-                catalog::set_status(backups.db, &id, Status::Verified, None, &now)
-                    .await
-                    .map_err(super::state_failed)?;
+                catalog::set_status(backups.db, &id, Status::Verified, None, &now).await?;
                 backups
                     .ledger
                     .append(NewRecord {
@@ -234,9 +232,8 @@ impl SagaDef for SnapshotSaga<'_> {
             SnapshotStep::Create => {
                 Self::delete(&self.client, &snapshot).await?;
                 let reason = saga.error.clone().unwrap_or_else(|| "rolled back".into());
-                catalog::set_status(self.backups.db, &id, Status::Failed, Some(&reason), &self.backups.now())
-                    .await
-                    .map_err(super::state_failed)
+                Ok(catalog::set_status(self.backups.db, &id, Status::Failed, Some(&reason), &self.backups.now())
+                    .await?)
             }
             SnapshotStep::Available => Ok(()),
             SnapshotStep::Copy => match &self.copy_client {
@@ -276,23 +273,8 @@ pub(super) async fn run(
 ) -> Result<BackupReport, BackupError> {
     let (client, copy_client) = clients(backups, copy).await?;
     let snapshot = snapshot_id(name, id);
-    let now = backups.now();
-    let entry = Entry {
-        id: id.to_owned(),
-        set: name.to_owned(),
-        target: set.target.clone(),
-        method: "rds_snapshot".into(),
-        status: Status::Writing,
-        location: snapshot.clone(),
-        started_at: now.clone(),
-        finished_at: None,
-        verified_at: None,
-        bytes: None,
-        manifest: None,
-        manifest_sha256: None,
-        error: None,
-    };
-    catalog::started(backups.db, &entry, &now).await?;
+    let started = catalog::Started { id, set: name, target: &set.target, method: "rds_snapshot", location: &snapshot };
+    catalog::started(backups.db, &started, &backups.now()).await?;
     let def = SnapshotSaga { backups, instance: instance_of(backups, set), copy, client, copy_client };
     let data = serde_json::json!({ "set": name, "backup_id": id, "snapshot": snapshot });
     let (saga, ended) = backups.executor().start(&def, id, name, data).await?;

@@ -46,6 +46,13 @@ pub enum StepError {
     Failed(String),
 }
 
+/// The state store failing within a step may pass: the executor needs it to go on anyway.
+impl From<StateError> for StepError {
+    fn from(err: StateError) -> Self {
+        Self::Transient(err.to_string())
+    }
+}
+
 /// One kind of saga: its steps, what each does, and how each is undone.
 ///
 /// Contract: `act` and `undo` are idempotent. Either may run again after a crash at any point,

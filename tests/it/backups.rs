@@ -26,14 +26,15 @@ impl Setup {
         services.write_controller_config(dir.path());
         std::fs::create_dir_all(dir.path().join("schedules")).unwrap();
         let bucket = unique("backups").to_lowercase();
-        let sdk = sdk_config(&services).await;
-        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build())
-            .create_bucket()
-            .bucket(&bucket)
+        services.s3().await.create_bucket().bucket(&bucket).send().await.unwrap();
+        let kms_key = aws_sdk_kms::Client::new(&services.sdk_config().await)
+            .create_key()
             .send()
             .await
-            .unwrap();
-        let kms_key = aws_sdk_kms::Client::new(&sdk).create_key().send().await.unwrap().key_metadata.unwrap().key_id;
+            .unwrap()
+            .key_metadata
+            .unwrap()
+            .key_id;
         let transit_key = unique("backups");
         let created = reqwest::Client::new()
             .post(format!("{}/v1/transit/keys/{transit_key}", services.openbao.address))
@@ -120,21 +121,6 @@ impl Setup {
     fn local_object(&self, set: &str, id: &str) -> PathBuf {
         self.path().join(format!("backups/{set}/{id}.vbk"))
     }
-}
-
-async fn sdk_config(services: &Services) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(services.moto.region.clone()))
-        .endpoint_url(&services.moto.endpoint_url)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            &services.moto.access_key_id,
-            &services.moto.secret_access_key,
-            None,
-            None,
-            "test",
-        ))
-        .load()
-        .await
 }
 
 /// A fresh PostgreSQL database filled by pgbench at `scale` plus a table of random text and
@@ -544,9 +530,7 @@ async fn s3_multipart_uploads_cut_exact_parts_and_read_back_whole() {
         object_lock: None,
     };
     let s3 = store::connect(&config, &plan).await.unwrap();
-    let sdk = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk_config(&setup.services).await).force_path_style(true).build(),
-    );
+    let sdk = setup.services.s3().await;
     const PART: usize = 8 << 20;
     // Sizes around the part boundaries, sent in chunks that straddle them.
     for (size, parts) in [(0, 1), (3, 1), (PART, 1), (PART + 1, 2), (2 * PART, 2), (2 * PART + 1_000_003, 3)] {
@@ -574,7 +558,7 @@ async fn s3_multipart_uploads_cut_exact_parts_and_read_back_whole() {
 #[ignore = "needs services: cargo xtask test"]
 async fn an_rds_target_is_snapshotted_tagged_and_copied() {
     let setup = Setup::new().await;
-    let sdk = sdk_config(&setup.services).await;
+    let sdk = setup.services.sdk_config().await;
     let rds = aws_sdk_rds::Client::new(&sdk);
     let instance = unique("orders").to_lowercase();
     rds.create_db_instance()

@@ -188,9 +188,9 @@ pub async fn admin_sql(engine: vigil::config::Engine, db: &Database, statements:
 }
 
 impl Services {
-    /// An AWS SDK client for moto, as an application would hold one.
-    pub async fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    /// The AWS SDK configuration for moto, as an application would load it.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(self.moto.region.clone()))
             .endpoint_url(&self.moto.endpoint_url)
             .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
@@ -201,8 +201,19 @@ impl Services {
                 "test",
             ))
             .load()
-            .await;
-        aws_sdk_secretsmanager::Client::new(&config)
+            .await
+    }
+
+    /// A Secrets Manager client for moto.
+    pub async fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.sdk_config().await)
+    }
+
+    /// An S3 client for moto, path-style since its buckets have no DNS names.
+    pub async fn s3(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.sdk_config().await).force_path_style(true).build(),
+        )
     }
 }
 
