@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt as _;
 use sqlx::Row as _;
 use vigil::clock::SystemClock;
-use vigil::config::EvidenceStore;
 use vigil::evidence::{self, Ledger, LedgerKey, NewRecord, Outcome, Trust};
 use vigil::secret::SecretRef;
 use vigil::state::Db;
+use vigil::state::StateStore as EvidenceStore;
 
 const BATCH: usize = 1_000;
 

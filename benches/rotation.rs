@@ -100,10 +100,10 @@ async fn main() {
         write("admin.json", &serde_json::json!({ "username": admin_user, "password": admin_password }).to_string());
     let key_id = write("aws-id", moto["access_key_id"].as_str().unwrap());
     let secret_key = write("aws-secret", moto["secret_access_key"].as_str().unwrap());
-    let aws = vigil::config::Aws {
+    let aws = vigil::aws::AwsSettings {
         region: moto["region"].as_str().unwrap().into(),
         endpoint_url: Some(moto["endpoint_url"].as_str().unwrap().into()),
-        credentials: Some(vigil::config::AwsCredentials {
+        credentials: Some(vigil::aws::AwsCredentials {
             access_key_id: vigil::secret::SecretRef::File { path: key_id.clone() },
             secret_access_key: vigil::secret::SecretRef::File { path: secret_key.clone() },
         }),
@@ -157,7 +157,7 @@ async fn main() {
 
     // Baseline: the calls a rotation makes, made directly, for the first half of the pairs' clones.
     let engine: Arc<dyn engines::DbEngine> = Arc::from(engines::connect(
-        vigil::config::Engine::Postgres,
+        vigil::engines::Engine::Postgres,
         Endpoint { host: host.clone(), port, database: Some("postgres".into()) },
         Credential { username: admin_user.clone(), password: SecretString::from(admin_password.clone()) },
     ));

@@ -4,12 +4,31 @@
 use aws_config::SdkConfig;
 use secrecy::ExposeSecret as _;
 
-use crate::config::Aws;
-use crate::secret::ResolveError;
+use crate::secret::{ResolveError, SecretRef};
+
+/// AWS settings shared by Secrets Manager, S3, RDS and KMS.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AwsSettings {
+    /// The region.
+    pub region: String,
+    /// A custom endpoint (a VPC endpoint, or a local emulator in tests).
+    pub endpoint_url: Option<String>,
+    /// Static credentials by reference; the SDK's default chain when absent.
+    pub credentials: Option<AwsCredentials>,
+}
+
+/// Static AWS credentials, by reference.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AwsCredentials {
+    /// The access key id.
+    pub access_key_id: SecretRef,
+    /// The secret access key.
+    pub secret_access_key: SecretRef,
+}
 
 /// The SDK configuration for `aws`: static credentials when configured, the SDK's default
 /// chain (environment, profile, instance role) otherwise.
-pub async fn sdk_config(aws: &Aws) -> Result<SdkConfig, ResolveError> {
+pub async fn sdk_config(aws: &AwsSettings) -> Result<SdkConfig, ResolveError> {
     let mut loader =
         aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(aws.region.clone()));
     if let Some(url) = &aws.endpoint_url {
@@ -31,7 +50,7 @@ pub async fn sdk_config(aws: &Aws) -> Result<SdkConfig, ResolveError> {
 
 /// An S3 client for `aws`. A custom endpoint (a VPC endpoint, or moto in tests) is addressed
 /// path-style, since its buckets have no DNS names of their own.
-pub async fn s3_client(aws: &Aws) -> Result<aws_sdk_s3::Client, ResolveError> {
+pub async fn s3_client(aws: &AwsSettings) -> Result<aws_sdk_s3::Client, ResolveError> {
     let sdk = sdk_config(aws).await?;
     let config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(aws.endpoint_url.is_some()).build();
     Ok(aws_sdk_s3::Client::from_conf(config))

@@ -36,6 +36,30 @@ impl fmt::Display for StoreKind {
     }
 }
 
+/// A user name and its password.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The database user.
+    pub username: String,
+    /// The password.
+    pub password: SecretString,
+}
+
+impl Credential {
+    /// A login stored as a JSON object with string `username` and `password` (AWS's template
+    /// for database secrets); the error never shows the value.
+    pub fn from_json(value: &SecretString) -> Result<Self, String> {
+        use secrecy::ExposeSecret as _;
+        let parsed: serde_json::Value = serde_json::from_str(value.expose_secret()).unwrap_or_default();
+        match (parsed["username"].as_str(), parsed["password"].as_str()) {
+            (Some(username), Some(password)) => {
+                Ok(Self { username: username.to_owned(), password: SecretString::from(password.to_owned()) })
+            }
+            _ => Err("not a JSON object with string `username` and `password`".to_owned()),
+        }
+    }
+}
+
 /// Where a secret value is read from. The reference itself is not secret and may be shown.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "from")]
@@ -61,11 +85,28 @@ pub enum SecretRef {
     },
 }
 
+/// `path` made absolute against `base` (the folder of the file that named it), with `.` and
+/// `..` removed so that plans and errors show the path a person would write.
+pub fn resolve_path(base: &Path, path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut resolved = PathBuf::new();
+    for component in base.join(path).components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            other => resolved.push(other),
+        }
+    }
+    resolved
+}
+
 impl SecretRef {
     /// Makes a relative file path absolute against `base`, the folder of the file that named it.
     pub fn rebase(self, base: &Path) -> Self {
         match self {
-            Self::File { path } => Self::File { path: crate::config::resolve_path(base, &path) },
+            Self::File { path } => Self::File { path: resolve_path(base, &path) },
             other => other,
         }
     }

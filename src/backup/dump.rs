@@ -12,7 +12,7 @@ use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection as _, Row as _};
 
-use crate::config::Engine;
+use crate::engines::Engine;
 use crate::engines::{Credential, Endpoint, EngineError};
 
 /// Why a dump failed.

@@ -24,8 +24,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
-use crate::config::{BackupMethod, BackupSet, Engine, Plan, Target};
+use crate::config::{BackupMethod, BackupSet, Plan, Target};
 use crate::engines::Endpoint;
+use crate::engines::Engine;
 use crate::evidence::{EvidenceError, Ledger, NewRecord, Outcome};
 use crate::saga::{self, Ended, Executor, RetryPolicy, SagaDef, SagaError, SagaRow, StepError};
 use crate::state::{Db, StateError};
@@ -201,7 +202,15 @@ struct Connected {
 impl<'a> Backups<'a> {
     /// Backups over `plan`, recording in `db` and `ledger`.
     pub fn new(plan: &'a Plan, db: &'a Db, ledger: &'a Ledger, clock: &'a dyn Clock, retry: RetryPolicy) -> Self {
-        Self { plan, db, ledger, clock, retry, progress: None, stores: Stores::new(plan) }
+        Self {
+            plan,
+            db,
+            ledger,
+            clock,
+            retry,
+            progress: None,
+            stores: Stores::new(plan.aws.as_ref(), plan.vault.as_ref()),
+        }
     }
 
     fn executor(&self) -> Executor<'_> {

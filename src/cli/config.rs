@@ -8,8 +8,9 @@ use serde::Serialize;
 use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, BackupMethod, Diagnostic, EvidenceStore, KeyService, Plan, Severity};
+use crate::config::{self, BackupMethod, Diagnostic, KeyService, Plan, Severity};
 use crate::schedule;
+use crate::state::StateStore;
 
 /// Check configuration files.
 #[derive(Debug, clap::Args)]
@@ -154,8 +155,8 @@ fn show_plan(plan: &Plan, secrets_due: &[Due], backups_due: &[Due], drills_due: 
         vec![
             "evidence".into(),
             match &plan.evidence.store {
-                EvidenceStore::Sqlite { path } => format!("sqlite {}", path.display()),
-                EvidenceStore::Postgres { url, .. } => format!("postgres {url}"),
+                StateStore::Sqlite { path } => format!("sqlite {}", path.display()),
+                StateStore::Postgres { url, .. } => format!("postgres {url}"),
             } + &format!(", signing key {}", plan.evidence.signing_key.display()),
         ],
     ];

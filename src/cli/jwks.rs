@@ -37,7 +37,7 @@ impl JwksArgs {
         let Some(jwt) = spec.jwt.as_ref().filter(|_| spec.kind == SecretKind::JwtSigningKey) else {
             anyhow::bail!("{name} is a {} secret; only jwt_signing_key secrets publish a JWKS", spec.kind.as_str());
         };
-        let publisher = jwks::connect(&jwt.jwks, &plan).await?;
+        let publisher = jwks::connect(&jwt.jwks, plan.aws.as_ref(), plan.vault.as_ref()).await?;
         let Some(document) = publisher.fetch().await? else {
             anyhow::bail!("nothing is published at {} yet; `vigil rotate {name}` publishes the first key", jwt.jwks);
         };

@@ -16,9 +16,13 @@ use serde::Serialize;
 
 pub use diagnostic::{Diagnostic, Location, Severity};
 
-use crate::jwks::Algorithm;
+use crate::aws::AwsSettings;
+use crate::engines::Engine;
+use crate::jwks::{Algorithm, JwksTarget};
 use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{PasswordPolicy, SecretRef, StoreKind};
+use crate::state::StateStore;
+use crate::stores::VaultSettings;
 
 /// Reads and validates the configuration at `path` and the schedule files it points to.
 ///
@@ -26,23 +30,6 @@ use crate::secret::{PasswordPolicy, SecretRef, StoreKind};
 /// first, warnings after).
 pub fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     validate::load(path)
-}
-
-/// `path` made absolute against `base` (the folder of the file that named it), with `.` and
-/// `..` removed so that plans and errors show the path a person would write.
-pub(crate) fn resolve_path(base: &Path, path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut resolved = PathBuf::new();
-    for component in base.join(path).components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                resolved.pop();
-            }
-            other => resolved.push(other),
-        }
-    }
-    resolved
 }
 
 /// A configuration that loaded, and what was noticed on the way.
@@ -66,9 +53,9 @@ pub struct Plan {
     /// Where evidence is kept and how it is signed.
     pub evidence: Evidence,
     /// AWS settings, when any AWS service is used.
-    pub aws: Option<Aws>,
+    pub aws: Option<AwsSettings>,
     /// Vault or OpenBao settings, when Vault is used.
-    pub vault: Option<Vault>,
+    pub vault: Option<VaultSettings>,
     /// Databases, by name.
     pub targets: BTreeMap<String, Target>,
     /// Credentials to rotate, by name.
@@ -88,94 +75,13 @@ pub struct Controller {
     pub schedules_dir: PathBuf,
 }
 
-/// Where the evidence ledger lives.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "snake_case", tag = "backend")]
-pub enum EvidenceStore {
-    /// An SQLite file: the embedded default.
-    Sqlite {
-        /// The database file.
-        path: PathBuf,
-    },
-    /// A PostgreSQL database shared by several vigil instances.
-    Postgres {
-        /// The connection URL, without a password.
-        url: String,
-        /// The password, by reference.
-        password: Option<SecretRef>,
-    },
-}
-
 /// Evidence ledger settings.
 #[derive(Debug, Serialize)]
 pub struct Evidence {
     /// The store.
-    pub store: EvidenceStore,
+    pub store: StateStore,
     /// The ed25519 signing key file, created on first use when missing.
     pub signing_key: PathBuf,
-}
-
-/// AWS settings shared by Secrets Manager, S3, RDS and KMS.
-#[derive(Debug, Serialize)]
-pub struct Aws {
-    /// The region.
-    pub region: String,
-    /// A custom endpoint (a VPC endpoint, or a local emulator in tests).
-    pub endpoint_url: Option<String>,
-    /// Static credentials by reference; the SDK's default chain when absent.
-    pub credentials: Option<AwsCredentials>,
-}
-
-/// Static AWS credentials, by reference.
-#[derive(Debug, Serialize)]
-pub struct AwsCredentials {
-    /// The access key id.
-    pub access_key_id: SecretRef,
-    /// The secret access key.
-    pub secret_access_key: SecretRef,
-}
-
-/// Vault or OpenBao settings.
-#[derive(Debug, Serialize)]
-pub struct Vault {
-    /// The server address, `http(s)://host:port`.
-    pub address: String,
-    /// The token, by reference.
-    pub token: SecretRef,
-    /// The KV version 2 mount holding secrets.
-    pub kv_mount: String,
-    /// The Transit mount wrapping backup keys.
-    pub transit_mount: String,
-    /// The Vault Enterprise / OpenBao namespace, if any.
-    pub namespace: Option<String>,
-}
-
-/// A database engine's wire protocol and SQL dialect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Engine {
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL or MariaDB.
-    Mysql,
-}
-
-impl Engine {
-    /// The port the engine listens on unless told otherwise.
-    pub fn default_port(self) -> u16 {
-        match self {
-            Self::Postgres => 5432,
-            Self::Mysql => 3306,
-        }
-    }
-
-    /// The name used in configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Postgres => "postgres",
-            Self::Mysql => "mysql",
-        }
-    }
 }
 
 /// A database vigil rotates credentials on, backs up or restores into.
@@ -336,39 +242,6 @@ impl JwtSpec {
     /// has expired on every verifier's clock.
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.max_token_lifetime.as_secs().saturating_add(self.clock_skew.as_secs()))
-    }
-}
-
-/// Where a JWKS document is published.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "snake_case", tag = "publish")]
-pub enum JwksTarget {
-    /// An S3 object, written with `Cache-Control` and `Content-Type` headers.
-    S3 {
-        /// The bucket.
-        bucket: String,
-        /// The object key.
-        key: String,
-    },
-    /// A Vault KV v2 path, with `cache-control` in its custom metadata.
-    VaultKv {
-        /// The path in the KV mount.
-        path: String,
-    },
-    /// A local file a web server serves.
-    File {
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-impl std::fmt::Display for JwksTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
-            Self::VaultKv { path } => write!(f, "vault_kv:{path}"),
-            Self::File { path } => write!(f, "{}", path.display()),
-        }
     }
 }
 

@@ -13,13 +13,15 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
 use super::{
-    Aws, AwsCredentials, BackupMethod, BackupSet, Controller, Drill, Engine, Evidence, EvidenceStore, JwksTarget,
-    JwtSpec, KeyService, Loaded, ObjectLock, ObjectStore, Plan, RdsCopy, Retention, SecretKind, SecretSpec, Strategy,
-    Target, Vault, resolve_path,
+    BackupMethod, BackupSet, Controller, Drill, Engine, Evidence, JwksTarget, JwtSpec, KeyService, Loaded, ObjectLock,
+    ObjectStore, Plan, RdsCopy, Retention, SecretKind, SecretSpec, Strategy, Target,
 };
+use crate::aws::{AwsCredentials, AwsSettings as Aws};
 use crate::jwks::Algorithm;
 use crate::schedule::{CronSchedule, Duration};
-use crate::secret::{CharClass, PasswordPolicy, SecretRef, StoreKind};
+use crate::secret::{CharClass, PasswordPolicy, SecretRef, StoreKind, resolve_path};
+use crate::state::StateStore as EvidenceStore;
+use crate::stores::VaultSettings as Vault;
 
 /// Where vigil keeps state when `controller.data_dir` is not set.
 const DEFAULT_DATA_DIR: &str = "/var/lib/vigil";

@@ -16,8 +16,36 @@ pub(crate) use mysql::connect_options as mysql_options;
 pub(crate) use postgres::connect_options as postgres_options;
 pub use postgres::{PostgresEngine, scram_sha256_verifier};
 
-use crate::config::Engine;
+pub use crate::secret::Credential;
 use crate::secret::SecretString;
+
+/// A database engine's wire protocol and SQL dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    Mysql,
+}
+
+impl Engine {
+    /// The port the engine listens on unless told otherwise.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Postgres => 5432,
+            Self::Mysql => 3306,
+        }
+    }
+
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+        }
+    }
+}
 
 /// Where a database listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,30 +56,6 @@ pub struct Endpoint {
     pub port: u16,
     /// The database to connect to, when the engine needs one.
     pub database: Option<String>,
-}
-
-/// A user name and its password.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    /// The database user.
-    pub username: String,
-    /// The password.
-    pub password: SecretString,
-}
-
-impl Credential {
-    /// A login stored as a JSON object with string `username` and `password` (AWS's template
-    /// for database secrets); the error never shows the value.
-    pub fn from_json(value: &SecretString) -> Result<Self, String> {
-        use secrecy::ExposeSecret as _;
-        let parsed: serde_json::Value = serde_json::from_str(value.expose_secret()).unwrap_or_default();
-        match (parsed["username"].as_str(), parsed["password"].as_str()) {
-            (Some(username), Some(password)) => {
-                Ok(Self { username: username.to_owned(), password: SecretString::from(password.to_owned()) })
-            }
-            _ => Err("not a JSON object with string `username` and `password`".to_owned()),
-        }
-    }
 }
 
 /// Why an engine operation failed. Never carries a password.

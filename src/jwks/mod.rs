@@ -10,7 +10,7 @@ mod publish;
 use serde_json::{Value, json};
 
 pub use key::{Algorithm, KeyError, SigningKey, thumbprint};
-pub use publish::{JwksPublisher, PublishError, connect};
+pub use publish::{JwksPublisher, JwksTarget, PublishError, connect};
 
 /// The JWKS document holding `keys` (public JWKs), in that order, with duplicates (by `kid`)
 /// left out.

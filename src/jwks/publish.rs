@@ -10,10 +10,41 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use crate::aws::SdkFailure;
-use crate::config::{JwksTarget, Plan};
-use crate::saga::StepError;
-use crate::stores::{StoreError, VaultKv};
+use crate::aws::{AwsSettings, SdkFailure};
+use crate::stores::{StoreError, VaultKv, VaultSettings};
+
+/// Where a JWKS document is published.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "publish")]
+pub enum JwksTarget {
+    /// An S3 object, written with `Cache-Control` and `Content-Type` headers.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+    },
+    /// A Vault KV v2 path, with `cache-control` in its custom metadata.
+    VaultKv {
+        /// The path in the KV mount.
+        path: String,
+    },
+    /// A local file a web server serves.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for JwksTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+            Self::VaultKv { path } => write!(f, "vault_kv:{path}"),
+            Self::File { path } => write!(f, "{}", path.display()),
+        }
+    }
+}
 
 /// Why a JWKS could not be published or read.
 #[derive(Debug, thiserror::Error)]
@@ -51,15 +82,6 @@ impl From<StoreError> for PublishError {
     }
 }
 
-impl From<PublishError> for StepError {
-    fn from(err: PublishError) -> Self {
-        match err {
-            PublishError::Transient { .. } => Self::Transient(err.to_string()),
-            other => Self::Failed(other.to_string()),
-        }
-    }
-}
-
 /// A place a JWKS document is published.
 pub trait JwksPublisher: Send + Sync {
     /// Replaces the published document with `document`, served with `cache_control`.
@@ -69,11 +91,15 @@ pub trait JwksPublisher: Send + Sync {
     fn fetch(&self) -> BoxFuture<'_, Result<Option<Value>, PublishError>>;
 }
 
-/// The publisher for `target`.
-pub async fn connect(target: &JwksTarget, plan: &Plan) -> Result<Box<dyn JwksPublisher>, PublishError> {
+/// The publisher for `target`, with the AWS and Vault settings it may need.
+pub async fn connect(
+    target: &JwksTarget,
+    aws: Option<&AwsSettings>,
+    vault: Option<&VaultSettings>,
+) -> Result<Box<dyn JwksPublisher>, PublishError> {
     Ok(match target {
         JwksTarget::S3 { bucket, key } => {
-            let aws = plan.aws.as_ref().ok_or(PublishError::NotConfigured("S3"))?;
+            let aws = aws.ok_or(PublishError::NotConfigured("S3"))?;
             let client = crate::aws::s3_client(aws).await.map_err(|err| PublishError::Refused {
                 what: "configure the S3 client".into(),
                 reason: err.to_string(),
@@ -81,7 +107,7 @@ pub async fn connect(target: &JwksTarget, plan: &Plan) -> Result<Box<dyn JwksPub
             Box::new(S3Object { client, bucket: bucket.clone(), key: key.clone() })
         }
         JwksTarget::VaultKv { path } => {
-            let vault = plan.vault.as_ref().ok_or(PublishError::NotConfigured("Vault"))?;
+            let vault = vault.ok_or(PublishError::NotConfigured("Vault"))?;
             Box::new(VaultDocument { kv: VaultKv::connect(vault)?, path: path.clone() })
         }
         JwksTarget::File { path } => Box::new(LocalFile { path: path.clone() }),

@@ -167,3 +167,12 @@ impl SagaDef for JwtKeyRotation<'_> {
         }
     }
 }
+
+impl From<crate::jwks::PublishError> for StepError {
+    fn from(err: crate::jwks::PublishError) -> Self {
+        match err {
+            crate::jwks::PublishError::Transient { .. } => Self::Transient(err.to_string()),
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}

@@ -158,7 +158,7 @@ struct Connected {
 impl<'a> Rotator<'a> {
     /// A rotator over `plan`, recording in `db` and `ledger`.
     pub fn new(plan: &'a Plan, db: &'a Db, ledger: &'a Ledger, clock: &'a dyn Clock, retry: RetryPolicy) -> Self {
-        Self { plan, db, ledger, clock, retry, stores: stores::Stores::new(plan) }
+        Self { plan, db, ledger, clock, retry, stores: stores::Stores::new(plan.aws.as_ref(), plan.vault.as_ref()) }
     }
 
     /// The client for `kind`, connected once per rotator.
@@ -285,7 +285,7 @@ impl<'a> Rotator<'a> {
         let spec = self.secret(name)?;
         let store = self.store(spec.store).await?;
         let jwt = spec.jwt.as_ref().expect("validated: JWT secrets have JWT settings");
-        let publisher = jwks::connect(&jwt.jwks, self.plan).await?;
+        let publisher = jwks::connect(&jwt.jwks, self.plan.aws.as_ref(), self.plan.vault.as_ref()).await?;
         let def = JwtKeyRotation { spec, jwt, store: store.as_ref(), publisher: publisher.as_ref(), clock: self.clock };
         let start = async || {
             let current = SigningKey::from_stored(&store.current(&spec.path).await?.value)

@@ -7,7 +7,7 @@
 
 mod migrations;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,8 +15,25 @@ use secrecy::ExposeSecret as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::config::EvidenceStore;
-use crate::secret::ResolveError;
+use crate::secret::{ResolveError, SecretRef};
+
+/// Where the state store (and so the evidence ledger) lives.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "backend")]
+pub enum StateStore {
+    /// An SQLite file: the embedded default.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL database shared by several vigil instances.
+    Postgres {
+        /// The connection URL, without a password.
+        url: String,
+        /// The password, by reference.
+        password: Option<SecretRef>,
+    },
+}
 
 /// Runs the same code against whichever pool `db` holds: the SQL is shared (both backends take
 /// `$1` placeholders), only the driver types differ.
@@ -78,10 +95,10 @@ pub enum StateError {
 
 impl Db {
     /// Opens the configured store and brings its schema up to date.
-    pub async fn open(store: &EvidenceStore) -> Result<Self, StateError> {
+    pub async fn open(store: &StateStore) -> Result<Self, StateError> {
         let db = match store {
-            EvidenceStore::Sqlite { path } => Self::open_sqlite(path).await?,
-            EvidenceStore::Postgres { url, password } => {
+            StateStore::Sqlite { path } => Self::open_sqlite(path).await?,
+            StateStore::Postgres { url, password } => {
                 let password = password.as_ref().map(|p| p.resolve_local()).transpose()?;
                 let mut options = PgConnectOptions::from_str(url)
                     .map_err(|source| StateError::Open { target: url.clone(), source })?;

@@ -8,8 +8,7 @@ use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret as _;
 
 use super::{Pending, SecretStore, StoreError, Stored};
-use crate::aws::SdkFailure;
-use crate::config::Aws;
+use crate::aws::{AwsSettings, SdkFailure};
 use crate::secret::{SecretString, StoreKind};
 
 const CURRENT: &str = "AWSCURRENT";
@@ -34,7 +33,7 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
 
 impl AwsSecretsManager {
     /// A client for the configured region and endpoint, with static credentials when given.
-    pub async fn connect(aws: &Aws) -> Result<Self, StoreError> {
+    pub async fn connect(aws: &AwsSettings) -> Result<Self, StoreError> {
         let sdk = crate::aws::sdk_config(aws)
             .await
             .map_err(|source| StoreError::Credentials { store: StoreKind::AwsSecretsManager, source })?;

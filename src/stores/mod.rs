@@ -13,10 +13,10 @@ mod vault_kv;
 use futures_util::future::BoxFuture;
 
 pub use aws_sm::AwsSecretsManager;
-pub use vault_kv::{VaultKv, client as vault_client};
+pub use vault_kv::{VaultKv, VaultSettings, client as vault_client};
 
-use crate::config::Plan;
-use crate::secret::{ResolveError, SecretRef, SecretString, StoreKind};
+use crate::aws::AwsSettings;
+use crate::secret::{Credential, ResolveError, SecretRef, SecretString, StoreKind};
 
 /// A secret's value (a JSON object, as text) and the store's id for that version.
 #[derive(Debug, Clone)]
@@ -100,7 +100,8 @@ impl StoreError {
 /// Store clients for one run of a command or the daemon, connected on first use and kept: a
 /// client builds its HTTP and TLS stack, which a loop over secrets would otherwise repeat.
 pub struct Stores<'a> {
-    plan: &'a Plan,
+    aws: Option<&'a AwsSettings>,
+    vault: Option<&'a VaultSettings>,
     clients: tokio::sync::Mutex<std::collections::HashMap<StoreKind, std::sync::Arc<dyn SecretStore>>>,
 }
 
@@ -116,9 +117,9 @@ pub enum ReferenceError {
 }
 
 impl<'a> Stores<'a> {
-    /// No clients yet, for `plan`'s stores.
-    pub fn new(plan: &'a Plan) -> Self {
-        Self { plan, clients: tokio::sync::Mutex::default() }
+    /// No clients yet, for the stores these settings configure.
+    pub fn new(aws: Option<&'a AwsSettings>, vault: Option<&'a VaultSettings>) -> Self {
+        Self { aws, vault, clients: tokio::sync::Mutex::default() }
     }
 
     /// The client for `kind`, connected once.
@@ -127,7 +128,7 @@ impl<'a> Stores<'a> {
         if let Some(client) = clients.get(&kind) {
             return Ok(client.clone());
         }
-        let client: std::sync::Arc<dyn SecretStore> = std::sync::Arc::from(connect(kind, self.plan).await?);
+        let client: std::sync::Arc<dyn SecretStore> = std::sync::Arc::from(connect(kind, self.aws, self.vault).await?);
         clients.insert(kind, client.clone());
         Ok(client)
     }
@@ -151,9 +152,9 @@ impl<'a> Stores<'a> {
     }
 
     /// A database login `reference` names: a JSON object with `username` and `password`.
-    pub async fn login(&self, reference: &SecretRef) -> Result<crate::engines::Credential, ReferenceError> {
+    pub async fn login(&self, reference: &SecretRef) -> Result<Credential, ReferenceError> {
         let value = self.resolve(reference).await?;
-        crate::engines::Credential::from_json(&value).map_err(ReferenceError::Unreadable)
+        Credential::from_json(&value).map_err(ReferenceError::Unreadable)
     }
 }
 
@@ -183,15 +184,19 @@ pub trait SecretStore: Send + Sync {
     fn discard_pending<'a>(&'a self, path: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
-/// The store of `kind`, configured by `plan`.
-pub async fn connect(kind: StoreKind, plan: &Plan) -> Result<Box<dyn SecretStore>, StoreError> {
+/// The store of `kind`, configured by `aws` or `vault`.
+pub async fn connect(
+    kind: StoreKind,
+    aws: Option<&AwsSettings>,
+    vault: Option<&VaultSettings>,
+) -> Result<Box<dyn SecretStore>, StoreError> {
     Ok(match kind {
         StoreKind::AwsSecretsManager => {
-            let aws = plan.aws.as_ref().ok_or(StoreError::NotConfigured(kind))?;
+            let aws = aws.ok_or(StoreError::NotConfigured(kind))?;
             Box::new(AwsSecretsManager::connect(aws).await?)
         }
         StoreKind::VaultKv => {
-            let vault = plan.vault.as_ref().ok_or(StoreError::NotConfigured(kind))?;
+            let vault = vault.ok_or(StoreError::NotConfigured(kind))?;
             Box::new(VaultKv::connect(vault)?)
         }
     })

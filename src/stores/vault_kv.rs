@@ -21,8 +21,22 @@ use vaultrs::error::ClientError;
 use vaultrs::kv2;
 
 use super::{Pending, SecretStore, StoreError, Stored};
-use crate::config::Vault;
-use crate::secret::{SecretString, StoreKind};
+use crate::secret::{SecretRef, SecretString, StoreKind};
+
+/// Vault or OpenBao settings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VaultSettings {
+    /// The server address, `http(s)://host:port`.
+    pub address: String,
+    /// The token, by reference.
+    pub token: SecretRef,
+    /// The KV version 2 mount holding secrets.
+    pub kv_mount: String,
+    /// The Transit mount wrapping backup keys.
+    pub transit_mount: String,
+    /// The Vault Enterprise / OpenBao namespace, if any.
+    pub namespace: Option<String>,
+}
 
 const PENDING_CHILD: &str = "vigil-pending";
 
@@ -66,7 +80,7 @@ fn object(path: &str, value: &SecretString) -> Result<Map<String, Value>, StoreE
 
 /// A client for the configured Vault or OpenBao server: address, token and namespace. Shared by
 /// KV and Transit.
-pub fn client(vault: &Vault) -> Result<VaultClient, StoreError> {
+pub fn client(vault: &VaultSettings) -> Result<VaultClient, StoreError> {
     let token =
         vault.token.resolve_local().map_err(|source| StoreError::Credentials { store: StoreKind::VaultKv, source })?;
     let mut settings = VaultClientSettingsBuilder::default();
@@ -82,7 +96,7 @@ pub fn client(vault: &Vault) -> Result<VaultClient, StoreError> {
 
 impl VaultKv {
     /// A client for the configured address, token and KV mount.
-    pub fn connect(vault: &Vault) -> Result<Self, StoreError> {
+    pub fn connect(vault: &VaultSettings) -> Result<Self, StoreError> {
         Ok(Self { client: client(vault)?, mount: vault.kv_mount.clone() })
     }
 

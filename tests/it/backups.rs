@@ -128,7 +128,7 @@ impl Setup {
 async fn postgres_database(services: &Services, scale: u32) -> String {
     let pg = &services.postgres;
     let name = unique("bk").replace('-', "_");
-    admin_sql(vigil::config::Engine::Postgres, pg, &[format!("CREATE DATABASE {name}")]).await;
+    admin_sql(vigil::engines::Engine::Postgres, pg, &[format!("CREATE DATABASE {name}")]).await;
     let status = Command::new("pgbench")
         .args(["-i", "-q", "-s", &scale.to_string(), "-h", &pg.host, "-p", &pg.port.to_string(), "-U", &pg.user, &name])
         .env("PGPASSWORD", &pg.password)
@@ -139,7 +139,7 @@ async fn postgres_database(services: &Services, scale: u32) -> String {
     assert!(status.success(), "pgbench -i failed");
     let db = Database { database: name.clone(), ..pg.clone() };
     admin_sql(
-        vigil::config::Engine::Postgres,
+        vigil::engines::Engine::Postgres,
         &db,
         &["CREATE TABLE notes AS SELECT g AS id, md5(random()::text) || repeat(chr(65 + (g % 26)), g % 50) AS body, \
            decode(md5(g::text), 'hex') AS digest, \
@@ -185,7 +185,7 @@ fn counts_of(manifest_counts: &Value) -> BTreeMap<String, u64> {
 async fn restore_postgres(setup: &Setup, id: &str) -> String {
     let pg = &setup.services.postgres;
     let fresh = unique("restored").replace('-', "_");
-    admin_sql(vigil::config::Engine::Postgres, pg, &[format!("CREATE DATABASE {fresh}")]).await;
+    admin_sql(vigil::engines::Engine::Postgres, pg, &[format!("CREATE DATABASE {fresh}")]).await;
     let mut fetch = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["backup", "fetch", id])
         .current_dir(setup.path())
@@ -269,10 +269,10 @@ async fn postgres_backups_to_both_stores_under_every_key_service_restore_with_ma
 async fn mariadb_database(services: &Services) -> String {
     let maria = &services.mariadb;
     let name = unique("bk").replace('-', "_");
-    admin_sql(vigil::config::Engine::Mysql, maria, &[format!("CREATE DATABASE {name}")]).await;
+    admin_sql(vigil::engines::Engine::Mysql, maria, &[format!("CREATE DATABASE {name}")]).await;
     let db = Database { database: name.clone(), ..maria.clone() };
     admin_sql(
-        vigil::config::Engine::Mysql,
+        vigil::engines::Engine::Mysql,
         &db,
         &[
             "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(64), notes TEXT)".to_owned(),
@@ -325,7 +325,7 @@ async fn mariadb_backups_restore_with_the_mariadb_client_and_matching_counts() {
         setup.vigil(&["backup", "fetch", &id, "-o", dump.to_str().unwrap()]).assert_code(0);
         let fresh = unique("restored").replace('-', "_");
         let m = &setup.services.mariadb;
-        admin_sql(vigil::config::Engine::Mysql, m, &[format!("CREATE DATABASE {fresh}")]).await;
+        admin_sql(vigil::engines::Engine::Mysql, m, &[format!("CREATE DATABASE {fresh}")]).await;
         let restore = Command::new("mariadb")
             .args(["--protocol=TCP", "-h", &m.host, "-P", &m.port.to_string(), "-u", &m.user, &fresh])
             .env("MYSQL_PWD", &m.password)

@@ -3,7 +3,7 @@
 //! and privilege lists compare equal exactly when two users may do the same.
 
 use secrecy::SecretString;
-use vigil::config::Engine;
+use vigil::engines::Engine;
 use vigil::engines::{self, Credential, DbEngine, Endpoint, EngineError};
 
 use crate::support::{Database, Services, admin_sql};

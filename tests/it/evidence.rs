@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use chrono::DateTime;
 use vigil::clock::{Clock, ManualClock};
-use vigil::config::EvidenceStore;
 use vigil::evidence::{
     self, GENESIS, KEY_ROLLOVER, Ledger, LedgerKey, NewRecord, NoteVerifier, Outcome, Problem, Record, RecordFilter,
     Trust, merkle,
 };
 use vigil::secret::SecretRef;
 use vigil::state::Db;
+use vigil::state::StateStore as EvidenceStore;
 
 use crate::support::{Services, vigil};
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
-use vigil::config::Engine;
+use vigil::engines::Engine;
 use vigil::engines::{self, Credential, DbEngine, Endpoint};
 use vigil::stores::SecretStore;
 

@@ -117,11 +117,11 @@ pub fn vigil(dir: &Path, args: &[&str]) -> Run {
 
 impl Services {
     /// `[aws]` settings for moto, credentials by file reference as a deployment would give them.
-    pub fn aws(&self, dir: &Path) -> vigil::config::Aws {
-        vigil::config::Aws {
+    pub fn aws(&self, dir: &Path) -> vigil::aws::AwsSettings {
+        vigil::aws::AwsSettings {
             region: self.moto.region.clone(),
             endpoint_url: Some(self.moto.endpoint_url.clone()),
-            credentials: Some(vigil::config::AwsCredentials {
+            credentials: Some(vigil::aws::AwsCredentials {
                 access_key_id: secret_file(dir, "aws-key-id", &self.moto.access_key_id),
                 secret_access_key: secret_file(dir, "aws-secret-key", &self.moto.secret_access_key),
             }),
@@ -129,8 +129,8 @@ impl Services {
     }
 
     /// `[vault]` settings for OpenBao, the token by file reference.
-    pub fn vault(&self, dir: &Path) -> vigil::config::Vault {
-        vigil::config::Vault {
+    pub fn vault(&self, dir: &Path) -> vigil::stores::VaultSettings {
+        vigil::stores::VaultSettings {
             address: self.openbao.address.clone(),
             token: secret_file(dir, "vault-token", &self.openbao.token),
             kv_mount: "secret".into(),
@@ -157,10 +157,10 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Runs administrative SQL on a private server as its superuser.
-pub async fn admin_sql(engine: vigil::config::Engine, db: &Database, statements: &[String]) {
+pub async fn admin_sql(engine: vigil::engines::Engine, db: &Database, statements: &[String]) {
     use sqlx::Connection as _;
     match engine {
-        vigil::config::Engine::Postgres => {
+        vigil::engines::Engine::Postgres => {
             let options = sqlx::postgres::PgConnectOptions::new()
                 .host(&db.host)
                 .port(db.port)
@@ -172,7 +172,7 @@ pub async fn admin_sql(engine: vigil::config::Engine, db: &Database, statements:
                 sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&mut conn).await.unwrap();
             }
         }
-        vigil::config::Engine::Mysql => {
+        vigil::engines::Engine::Mysql => {
             let options = sqlx::mysql::MySqlConnectOptions::new()
                 .host(&db.host)
                 .port(db.port)
