@@ -28,7 +28,7 @@ use crate::config::{BackupMethod, BackupSet, Plan, Target};
 use crate::engines::Endpoint;
 use crate::engines::Engine;
 use crate::evidence::{EvidenceError, Ledger, NewRecord, Outcome};
-use crate::saga::{self, Ended, Executor, RetryPolicy, SagaDef, SagaError, SagaRow, StepError};
+use crate::saga::{self, Ended, Executor, RetryPolicy, SagaDef, SagaError, SagaRow, StepError, Subject};
 use crate::state::{Db, StateError};
 use crate::stores::{ReferenceError, Stores};
 use catalog::{Entry, Status};
@@ -249,7 +249,7 @@ impl<'a> Backups<'a> {
                 let def = DumpSaga { backups: self, name, set, connected: &connected };
                 let object = object_key(name, &id);
                 let data = serde_json::json!({ "set": name, "backup_id": id, "object": object });
-                let (saga, ended) = self.executor().start(&def, &id, name, data).await?;
+                let (saga, ended) = self.executor().start(&def, &id, &Subject::Backup(name.to_owned()), data).await?;
                 self.dump_report(name, &saga, ended, &connected).await
             }
             BackupMethod::RdsSnapshot { copy } => rds::run(self, name, set, &id, copy.as_ref()).await,
@@ -280,7 +280,7 @@ impl<'a> Backups<'a> {
     pub async fn resume(&self) -> Result<Vec<BackupReport>, BackupError> {
         let mut reports = Vec::new();
         for saga in saga::in_flight(self.db).await? {
-            let name = saga.subject.clone();
+            let Subject::Backup(name) = saga.subject.clone() else { continue };
             match saga.kind.as_str() {
                 DumpSaga::KIND_NAME => {
                     let set = self.set(&name)?;

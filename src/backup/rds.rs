@@ -11,7 +11,7 @@ use super::{BackupError, BackupReport, Backups};
 use crate::aws::{SdkFailure, sdk_failure};
 use crate::config::{BackupSet, RdsCopy};
 use crate::evidence::{NewRecord, Outcome};
-use crate::saga::{self, Ended, SagaDef, SagaRow, StepError};
+use crate::saga::{self, Ended, SagaDef, SagaRow, StepError, Subject};
 
 /// The saga kind.
 pub(super) const KIND_NAME: &str = "backup.rds_snapshot";
@@ -113,7 +113,7 @@ impl SnapshotSaga<'_> {
         let (id, _) = Self::ids(saga);
         vec![
             Tag::builder().key("vigil:backup-id").value(id).build(),
-            Tag::builder().key("vigil:set").value(saga.subject.clone()).build(),
+            Tag::builder().key("vigil:set").value(saga.subject.name()).build(),
         ]
     }
 
@@ -187,7 +187,7 @@ impl SagaDef for SnapshotSaga<'_> {
                     .ledger
                     .append(NewRecord {
                         kind: "backup.snapshot_available".into(),
-                        subject: saga.subject.clone(),
+                        subject: saga.subject.name().to_owned(),
                         outcome: Outcome::Succeeded,
                         details: serde_json::json!({ "backup_id": id, "snapshot": snapshot, "arn": arn, "instance": self.instance }),
                     })
@@ -215,7 +215,7 @@ impl SagaDef for SnapshotSaga<'_> {
                     .ledger
                     .append(NewRecord {
                         kind: "backup.snapshot_copied".into(),
-                        subject: saga.subject.clone(),
+                        subject: saga.subject.name().to_owned(),
                         outcome: Outcome::Succeeded,
                         details: serde_json::json!({ "backup_id": id, "region": copy.region, "arn": arn, "kms_key_id": copy.kms_key_id }),
                     })
@@ -277,7 +277,7 @@ pub(super) async fn run(
     catalog::started(backups.db, &started, &backups.now()).await?;
     let def = SnapshotSaga { backups, instance: instance_of(backups, set), copy, client, copy_client };
     let data = serde_json::json!({ "set": name, "backup_id": id, "snapshot": snapshot });
-    let (saga, ended) = backups.executor().start(&def, id, name, data).await?;
+    let (saga, ended) = backups.executor().start(&def, id, &Subject::Backup(name.to_owned()), data).await?;
     Ok(report(name, &saga, ended))
 }
 
@@ -295,7 +295,7 @@ fn report(name: &str, saga: &SagaRow, ended: Ended) -> BackupReport {
 
 /// Resumes a snapshot saga a crash left in flight.
 pub(super) async fn resume(backups: &Backups<'_>, saga: SagaRow) -> Result<BackupReport, BackupError> {
-    let name = saga.subject.clone();
+    let name = saga.subject.name().to_owned();
     let set = backups.set(&name)?;
     let crate::config::BackupMethod::RdsSnapshot { copy } = &set.method else {
         return Err(BackupError::UnknownSet(name));

@@ -27,7 +27,7 @@ use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
 use crate::evidence::{Ledger, NewRecord, Outcome};
 use crate::issuers;
 use crate::jwks::{self, SigningKey};
-use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError, SagaRow};
+use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError, SagaRow, Subject};
 use crate::secret::{SecretRef, SecretString, StoreKind};
 use crate::state::Db;
 use crate::stores::{self, SecretStore, StoreError};
@@ -250,7 +250,7 @@ impl<'a> Rotator<'a> {
         data["user"] = serde_json::json!(user);
         let id = new_rotation_id();
         let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
-        let (_, ended) = self.executor().start(&def, &id, name, data).await?;
+        let (_, ended) = self.executor().start(&def, &id, &Subject::Secret(name.to_owned()), data).await?;
         self.conclude(name, &id, &user, spec, &ended).await?;
         Ok(RotationReport { secret: name.to_owned(), rotation: id, user, ended })
     }
@@ -315,7 +315,10 @@ impl<'a> Rotator<'a> {
                 tracing::info!(secret = %name, rotation = %saga.id, step = %saga.step, "resuming a rotation left in flight");
                 self.executor().run(def, saga).await?
             }
-            None => self.executor().start(def, &new_rotation_id(), name, start().await?).await?,
+            None => {
+                let subject = Subject::Secret(name.to_owned());
+                self.executor().start(def, &new_rotation_id(), &subject, start().await?).await?
+            }
         })
     }
 
@@ -346,7 +349,7 @@ impl<'a> Rotator<'a> {
     pub async fn resume(&self) -> Result<Vec<RotationReport>, RotationError> {
         let mut reports = Vec::new();
         for saga in saga::in_flight(self.db).await? {
-            let subject = saga.subject.clone();
+            let Subject::Secret(subject) = saga.subject.clone() else { continue };
             let report = match saga.kind.as_str() {
                 kind if kind == ApiKeyRotation::KIND_NAME => self.rotate_api_key(&subject, Some(saga)).await?,
                 kind if kind == JwtKeyRotation::KIND_NAME => self.rotate_jwt(&subject, Some(saga)).await?,
@@ -359,11 +362,11 @@ impl<'a> Rotator<'a> {
     }
 
     async fn resume_db(&self, saga: SagaRow) -> Result<RotationReport, RotationError> {
-        let (spec, target) = self.spec(&saga.subject)?;
+        let subject = saga.subject.name().to_owned();
+        let (spec, target) = self.spec(&subject)?;
         let connected = self.connect(spec, target).await?;
         let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
         let user = saga.data["user"].as_str().unwrap_or_default().to_owned();
-        let subject = saga.subject.clone();
         tracing::info!(secret = %subject, rotation = %saga.id, step = %saga.step, "resuming a rotation left in flight");
         let (saga, ended) = self.executor().run(&def, saga).await?;
         self.conclude(&subject, &saga.id, &user, spec, &ended).await?;
@@ -378,9 +381,11 @@ impl<'a> Rotator<'a> {
     /// The secrets whose cadence has run out.
     /// A secret with a rotation in flight is not due: `resume` carries that rotation on.
     pub async fn due(&self) -> Result<Vec<String>, RotationError> {
-        let in_flight: Vec<String> = saga::in_flight(self.db).await?.into_iter().map(|s| s.subject).collect();
+        let in_flight: Vec<Subject> = saga::in_flight(self.db).await?.into_iter().map(|s| s.subject).collect();
         let mut due = Vec::new();
-        for (name, spec) in self.plan.secrets.iter().filter(|(name, _)| !in_flight.contains(name)) {
+        for (name, spec) in
+            self.plan.secrets.iter().filter(|(name, _)| !in_flight.contains(&Subject::Secret((*name).clone())))
+        {
             let last = status::load(self.db, name).await?.last_rotated_at();
             if crate::schedule::next_due(last, spec.cadence, self.clock.now()) <= self.clock.now() {
                 due.push(name.clone());
@@ -529,7 +534,7 @@ pub async fn statuses(
     let mut all = BTreeMap::new();
     for name in plan.secrets.keys() {
         let row = status::load(db, name).await?;
-        all.insert(name.clone(), (row, in_flight.iter().find(|s| &s.subject == name).cloned()));
+        all.insert(name.clone(), (row, in_flight.iter().find(|s| s.subject == Subject::Secret(name.clone())).cloned()));
     }
     Ok(all)
 }

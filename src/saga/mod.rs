@@ -21,6 +21,57 @@ use crate::clock::Clock;
 use crate::evidence::{EvidenceError, Ledger, NewRecord, Outcome};
 use crate::state::{Db, StateError};
 
+/// What a saga acts on, namespaced by what sort of thing it is: names are unique within a
+/// section of the configuration only, so a secret and a backup set may share one, and must not
+/// block each other (at most one saga is in flight per subject). Stored as `secret:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    /// A secret vigil rotates.
+    Secret(String),
+    /// A backup set.
+    Backup(String),
+}
+
+impl Subject {
+    /// The configured name, without its namespace: what evidence records and people see.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Secret(name) | Self::Backup(name) => name,
+        }
+    }
+
+    /// The namespace as stored before the name.
+    fn namespace(&self) -> &'static str {
+        match self {
+            Self::Secret(_) => "secret",
+            Self::Backup(_) => "backup",
+        }
+    }
+
+    /// The subject stored as `namespace:name`, if the namespace is known.
+    pub fn parse(stored: &str) -> Option<Self> {
+        let (namespace, name) = stored.split_once(':')?;
+        let name = name.to_owned();
+        match namespace {
+            "secret" => Some(Self::Secret(name)),
+            "backup" => Some(Self::Backup(name)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.namespace(), self.name())
+    }
+}
+
+impl Serialize for Subject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// A step of a saga kind: a fixed, ordered set of named values.
 pub trait Step: Copy + Eq + Debug + Send + Sync + 'static {
     /// Every step, in the order they act.
@@ -155,10 +206,10 @@ pub enum SagaError {
     #[error(transparent)]
     Evidence(#[from] EvidenceError),
     /// Another saga is in flight for the same subject.
-    #[error("{subject} already has a {kind} in flight ({id}); `{}` finishes it", resume_command(kind))]
+    #[error("{} already has a {kind} in flight ({id}); `{}` finishes it", subject.name(), resume_command(kind))]
     InFlight {
         /// The subject.
-        subject: String,
+        subject: Subject,
         /// The kind.
         kind: String,
         /// The saga in flight.
@@ -220,7 +271,7 @@ impl Executor<'_> {
         &self,
         def: &D,
         id: &str,
-        subject: &str,
+        subject: &Subject,
         data: serde_json::Value,
     ) -> Result<(SagaRow, Ended), SagaError> {
         let first = D::Step::ALL[0].name();
@@ -361,7 +412,7 @@ impl Executor<'_> {
         } else {
             format!("{}.step", saga_prefix(&saga.kind))
         };
-        self.ledger.append(NewRecord { kind, subject: saga.subject.clone(), outcome, details }).await?;
+        self.ledger.append(NewRecord { kind, subject: saga.subject.name().to_owned(), outcome, details }).await?;
         Ok(())
     }
 }

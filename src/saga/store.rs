@@ -1,6 +1,6 @@
 //! Saga rows in the state store.
 
-use super::SagaError;
+use super::{SagaError, Subject};
 use crate::clock::Clock;
 use crate::state::{Db, on_pool};
 
@@ -49,8 +49,8 @@ pub struct SagaRow {
     pub id: String,
     /// Its kind, e.g. `rotation.db_password`.
     pub kind: String,
-    /// What it acts on: a secret, backup set or drill name.
-    pub subject: String,
+    /// What it acts on: a secret or backup set.
+    pub subject: Subject,
     /// The step acting or being undone.
     pub step: String,
     /// Where it stands.
@@ -73,10 +73,12 @@ where
     Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let data: String = row.try_get(5)?;
+    let subject: String = row.try_get(2)?;
     Ok(SagaRow {
         id: row.try_get(0)?,
         kind: row.try_get(1)?,
-        subject: row.try_get(2)?,
+        subject: Subject::parse(&subject)
+            .ok_or_else(|| sqlx::Error::Decode(format!("saga subject {subject:?} has no known namespace").into()))?,
         step: row.try_get(3)?,
         status: Status::parse(&row.try_get::<String, _>(4)?),
         data: serde_json::from_str(&data).map_err(|err| sqlx::Error::Decode(err.into()))?,
@@ -95,22 +97,22 @@ pub(super) async fn insert(
     db: &Db,
     id: &str,
     kind: &str,
-    subject: &str,
+    subject: &Subject,
     step: &str,
     data: &serde_json::Value,
     clock: &dyn Clock,
 ) -> Result<SagaRow, SagaError> {
-    if let Some(other) = in_flight(db).await?.into_iter().find(|s| s.subject == subject) {
-        return Err(SagaError::InFlight { subject: subject.to_owned(), kind: other.kind, id: other.id });
+    if let Some(other) = in_flight(db).await?.into_iter().find(|s| s.subject == *subject) {
+        return Err(SagaError::InFlight { subject: subject.clone(), kind: other.kind, id: other.id });
     }
-    const SQL: &str = "INSERT INTO sagas (id, kind, subject, step, status, data, attempts, error, started_at, updated_at) \
-                       VALUES ($1, $2, $3, $4, 'running', $5, 0, NULL, $6, $6)";
+    const SQL: &str = "INSERT INTO sagas (id, kind, subject, step, status, data, error, started_at, updated_at) \
+                       VALUES ($1, $2, $3, $4, 'running', $5, NULL, $6, $6)";
     let at = now(clock);
-    on_pool!(db, pool => sqlx::query(SQL).bind(id).bind(kind).bind(subject).bind(step).bind(data.to_string()).bind(&at).execute(pool).await.map(drop))?;
+    on_pool!(db, pool => sqlx::query(SQL).bind(id).bind(kind).bind(subject.to_string()).bind(step).bind(data.to_string()).bind(&at).execute(pool).await.map(drop))?;
     Ok(SagaRow {
         id: id.to_owned(),
         kind: kind.to_owned(),
-        subject: subject.to_owned(),
+        subject: subject.clone(),
         step: step.to_owned(),
         status: super::Status::Running,
         data: data.clone(),
@@ -163,10 +165,10 @@ pub async fn in_flight(db: &Db) -> Result<Vec<SagaRow>, SagaError> {
 }
 
 /// The newest saga about `subject`, if any.
-pub async fn load(db: &Db, subject: &str) -> Result<Option<SagaRow>, SagaError> {
+pub async fn load(db: &Db, subject: &Subject) -> Result<Option<SagaRow>, SagaError> {
     const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at \
                        FROM sagas WHERE subject = $1 ORDER BY started_at DESC LIMIT 1";
-    Ok(on_pool!(db, pool => match sqlx::query(SQL).bind(subject).fetch_optional(pool).await? {
+    Ok(on_pool!(db, pool => match sqlx::query(SQL).bind(subject.to_string()).fetch_optional(pool).await? {
         Some(row) => Some(decode(&row)?),
         None => None,
     }))

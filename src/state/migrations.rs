@@ -31,6 +31,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0003_backups.sqlite.sql"),
         postgres: include_str!("migrations/0003_backups.postgres.sql"),
     },
+    Migration {
+        version: 4,
+        name: "namespaced saga subjects",
+        sqlite: include_str!("migrations/0004_subjects.sqlite.sql"),
+        postgres: include_str!("migrations/0004_subjects.postgres.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS vigil_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
