@@ -214,7 +214,7 @@ impl<'a> Backups<'a> {
     }
 
     fn executor(&self) -> Executor<'_> {
-        Executor { db: self.db, ledger: self.ledger, clock: self.clock, retry: self.retry }
+        Executor { store: self.db, ledger: self.ledger, clock: self.clock, retry: self.retry }
     }
 
     fn set(&self, name: &str) -> Result<&'a BackupSet, BackupError> {
@@ -806,7 +806,6 @@ impl From<dump::DumpError> for StepError {
 impl SagaDef for DumpSaga<'_> {
     type Step = DumpStep;
     const KIND: &'static str = Self::KIND_NAME;
-    const EVIDENCE: &'static str = "backup";
 
     async fn act(&self, saga: &SagaRow, step: DumpStep) -> Result<Option<serde_json::Value>, StepError> {
         match step {

@@ -157,7 +157,6 @@ impl SnapshotSaga<'_> {
 impl SagaDef for SnapshotSaga<'_> {
     type Step = SnapshotStep;
     const KIND: &'static str = KIND_NAME;
-    const EVIDENCE: &'static str = "backup";
 
     async fn act(&self, saga: &SagaRow, step: SnapshotStep) -> Result<Option<serde_json::Value>, StepError> {
         let (id, snapshot) = Self::ids(saga);

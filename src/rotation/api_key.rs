@@ -98,7 +98,6 @@ impl ApiKeyRotation<'_> {
 impl SagaDef for ApiKeyRotation<'_> {
     type Step = KeyStep;
     const KIND: &'static str = "rotation.api_key";
-    const EVIDENCE: &'static str = "rotation";
 
     fn not_before(&self, saga: &SagaRow, step: KeyStep) -> Option<DateTime<Utc>> {
         let retire_at = saga.data["retire_at"].as_str()?;

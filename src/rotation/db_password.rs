@@ -112,7 +112,6 @@ impl DbPasswordRotation<'_> {
 impl SagaDef for DbPasswordRotation<'_> {
     type Step = DbStep;
     const KIND: &'static str = "rotation.db_password";
-    const EVIDENCE: &'static str = "rotation";
 
     async fn act(&self, saga: &SagaRow, step: DbStep) -> Result<Option<Value>, StepError> {
         self.act_step(saga, step).await.map(|()| None)

@@ -101,7 +101,6 @@ fn time(value: &Value) -> Option<DateTime<Utc>> {
 impl SagaDef for JwtKeyRotation<'_> {
     type Step = JwtStep;
     const KIND: &'static str = "rotation.jwt_signing_key";
-    const EVIDENCE: &'static str = "rotation";
 
     fn not_before(&self, saga: &SagaRow, step: JwtStep) -> Option<DateTime<Utc>> {
         match step {

@@ -467,7 +467,7 @@ impl<'a> Rotator<'a> {
     }
 
     fn executor(&self) -> Executor<'_> {
-        Executor { db: self.db, ledger: self.ledger, clock: self.clock, retry: self.retry }
+        Executor { store: self.db, ledger: self.ledger, clock: self.clock, retry: self.retry }
     }
 
     async fn conclude(

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use store::{SagaRow, Status, in_flight, load};
+pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, in_flight};
 
 use crate::clock::Clock;
 use crate::evidence::{EvidenceError, Ledger, NewRecord, Outcome};
-use crate::state::{Db, StateError};
+use crate::state::StateError;
 
 /// What a saga acts on, namespaced by what sort of thing it is: names are unique within a
 /// section of the configuration only, so a secret and a backup set may share one, and must not
@@ -114,9 +114,6 @@ pub trait SagaDef: Send + Sync {
 
     /// The saga kind stored with each saga, e.g. `rotation.db_password`.
     const KIND: &'static str;
-
-    /// The evidence kind prefix of its records, e.g. `rotation`.
-    const EVIDENCE: &'static str;
 
     /// Performs `step`. It may return new saga data (never a secret), recorded before the next
     /// step's intent, for facts later steps need (a previous key's id, a retire time).
@@ -215,6 +212,26 @@ pub enum SagaError {
         /// The saga in flight.
         id: String,
     },
+    /// The saga's row moved on under this process (another vigil process resumed it).
+    #[error(
+        "saga {id} is no longer {expected} as this process left it: another vigil process moved it on; `vigil status` shows where it stands"
+    )]
+    Moved {
+        /// The saga.
+        id: String,
+        /// The status this process expected.
+        expected: &'static str,
+    },
+    /// A transition the saga's state machine forbids, refused before it was written.
+    #[error("saga {id} cannot go from {from:?} to {to:?}; this is a bug in vigil, please report it")]
+    Illegal {
+        /// The saga.
+        id: String,
+        /// Where it stands.
+        from: Status,
+        /// Where it was to go.
+        to: Status,
+    },
     /// The stored step name is not one of this saga kind's.
     #[error("saga {id} is at unknown step {step:?}; it was written by another vigil version")]
     UnknownStep {
@@ -256,7 +273,7 @@ fn injected_fault(kind: &str, step: &str, attempt: u32) -> Option<StepError> {
 /// Runs sagas, recording each step in the state store and the evidence ledger before it acts.
 pub struct Executor<'a> {
     /// Where saga rows live.
-    pub db: &'a Db,
+    pub store: &'a dyn SagaStore,
     /// Where each step is recorded.
     pub ledger: &'a Ledger,
     /// The time recorded in rows.
@@ -274,8 +291,20 @@ impl Executor<'_> {
         subject: &Subject,
         data: serde_json::Value,
     ) -> Result<(SagaRow, Ended), SagaError> {
-        let first = D::Step::ALL[0].name();
-        let saga = store::insert(self.db, id, D::KIND, subject, first, &data, self.clock).await?;
+        let at = self.now();
+        let saga = SagaRow {
+            id: id.to_owned(),
+            kind: D::KIND.to_owned(),
+            subject: subject.clone(),
+            step: D::Step::ALL[0].name().to_owned(),
+            status: Status::Running,
+            data,
+            failed_step: None,
+            error: None,
+            started_at: at.clone(),
+            updated_at: at,
+        };
+        self.store.insert(&saga).await?;
         self.record(&saga, "saga", "started", Outcome::Started, serde_json::json!({ "saga": D::KIND })).await?;
         self.run(def, saga).await
     }
@@ -296,12 +325,12 @@ impl Executor<'_> {
                     && self.clock.now() < until
                 {
                     if saga.step != step.name() {
-                        store::set(self.db, &mut saga, step.name(), Status::Running, None, self.clock).await?;
+                        self.set(&mut saga, step.name(), Status::Running, None).await?;
                     }
                     let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                     return Ok((saga, Ended::Waiting { step: step.name().into(), until }));
                 }
-                store::set(self.db, &mut saga, step.name(), Status::Running, None, self.clock).await?;
+                self.set(&mut saga, step.name(), Status::Running, None).await?;
                 self.record(&saga, step.name(), "act", Outcome::Started, serde_json::Value::Null).await?;
                 failpoint(D::KIND, "before", step.name());
                 let act = |attempt| {
@@ -317,13 +346,13 @@ impl Executor<'_> {
                 match self.retrying(act).await {
                     Ok(data) => {
                         if let Some(data) = data {
-                            store::set_data(self.db, &mut saga, data, self.clock).await?;
+                            self.set_data(&mut saga, data).await?;
                         }
                         self.record(&saga, step.name(), "act", Outcome::Succeeded, serde_json::Value::Null).await?;
                         failpoint(D::KIND, "after", step.name());
                         index += 1;
                         if index == steps.len() {
-                            store::set(self.db, &mut saga, step.name(), Status::Done, None, self.clock).await?;
+                            self.set(&mut saga, step.name(), Status::Done, None).await?;
                             self.record(&saga, "saga", "finished", Outcome::Succeeded, serde_json::Value::Null).await?;
                             self.ledger.checkpoint().await?;
                             return Ok((saga, Ended::Done));
@@ -333,25 +362,26 @@ impl Executor<'_> {
                         let reason = err.to_string();
                         self.record(&saga, step.name(), "act", Outcome::Failed, serde_json::json!({ "error": reason }))
                             .await?;
-                        store::set(self.db, &mut saga, step.name(), Status::Unwinding, Some(&reason), self.clock)
-                            .await?;
+                        self.set(&mut saga, step.name(), Status::Unwinding, Some(&reason)).await?;
                         break;
                     }
                 }
             }
         }
         // Unwinding: undo the recorded step and every one before it, newest first.
-        let failed_step = saga.step.clone();
+        // Rows from before vigil kept the failed step have none: the step unwinding is the best
+        // guess there.
+        let failed_step = saga.failed_step.clone().unwrap_or_else(|| saga.step.clone());
         let reason = saga.error.clone().unwrap_or_default();
         loop {
             let step = steps[index];
-            store::set(self.db, &mut saga, step.name(), Status::Unwinding, Some(&reason), self.clock).await?;
+            self.set(&mut saga, step.name(), Status::Unwinding, Some(&reason)).await?;
             self.record(&saga, step.name(), "undo", Outcome::Started, serde_json::Value::Null).await?;
             failpoint(D::KIND, "undo", step.name());
             if let Err(err) = self.retrying(|_| def.undo(&saga, step)).await {
                 let why = format!("undoing {} failed: {err}", step.name());
                 self.record(&saga, step.name(), "undo", Outcome::Failed, serde_json::json!({ "error": why })).await?;
-                store::set(self.db, &mut saga, step.name(), Status::Stuck, Some(&why), self.clock).await?;
+                self.set(&mut saga, step.name(), Status::Stuck, Some(&why)).await?;
                 self.ledger.checkpoint().await?;
                 return Ok((saga, Ended::Stuck { step: step.name().into(), reason: why }));
             }
@@ -361,7 +391,7 @@ impl Executor<'_> {
             }
             index -= 1;
         }
-        store::set(self.db, &mut saga, steps[0].name(), Status::RolledBack, Some(&reason), self.clock).await?;
+        self.set(&mut saga, steps[0].name(), Status::RolledBack, Some(&reason)).await?;
         self.record(
             &saga,
             "saga",
@@ -372,6 +402,43 @@ impl Executor<'_> {
         .await?;
         self.ledger.checkpoint().await?;
         Ok((saga, Ended::RolledBack { step: failed_step, reason }))
+    }
+
+    fn now(&self) -> String {
+        self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    }
+
+    /// Moves `saga` to `step` and `status`, durably, before the caller acts on it; refused if
+    /// the state machine forbids it or the stored row is no longer where this process left it.
+    async fn set(&self, saga: &mut SagaRow, step: &str, status: Status, error: Option<&str>) -> Result<(), SagaError> {
+        if !saga.status.may_become(status) {
+            return Err(SagaError::Illegal { id: saga.id.clone(), from: saga.status, to: status });
+        }
+        let expected = Expected { status: saga.status, updated_at: saga.updated_at.clone() };
+        let failed_step = match (saga.status, status) {
+            (Status::Running, Status::Unwinding) => Some(step.to_owned()),
+            _ => saga.failed_step.clone(),
+        };
+        let next = SagaRow {
+            step: step.to_owned(),
+            status,
+            failed_step,
+            error: error.map(str::to_owned),
+            updated_at: self.now(),
+            ..saga.clone()
+        };
+        self.store.update(&next, &expected).await?;
+        *saga = next;
+        Ok(())
+    }
+
+    /// Replaces `saga`'s data (facts a step found for later steps), durably.
+    async fn set_data(&self, saga: &mut SagaRow, data: serde_json::Value) -> Result<(), SagaError> {
+        let expected = Expected { status: saga.status, updated_at: saga.updated_at.clone() };
+        let next = SagaRow { data, updated_at: self.now(), ..saga.clone() };
+        self.store.update(&next, &expected).await?;
+        *saga = next;
+        Ok(())
     }
 
     async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, StepError>
@@ -429,3 +496,6 @@ fn resume_command(kind: &str) -> &'static str {
 fn saga_prefix(kind: &str) -> &str {
     kind.split('.').next().unwrap_or(kind)
 }
+
+#[cfg(test)]
+mod tests;

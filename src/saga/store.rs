@@ -1,7 +1,16 @@
-//! Saga rows in the state store.
+//! Where saga rows live: a small trait, the SQL store (SQLite or PostgreSQL, the state
+//! database) and an in-memory store beside it whose write log tests cut to simulate a crash.
+//!
+//! Every write names the state it expects the row to be in (its status and its last update
+//! time): a write that finds the row moved on is refused, so two processes resuming one saga
+//! cannot both act, and an illegal transition (a finished saga running again) never lands.
+
+use std::sync::Mutex;
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 
 use super::{SagaError, Subject};
-use crate::clock::Clock;
 use crate::state::{Db, on_pool};
 
 /// Where a saga stands.
@@ -31,19 +40,35 @@ impl Status {
         }
     }
 
-    fn parse(text: &str) -> Self {
-        match text {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
             "running" => Self::Running,
             "unwinding" => Self::Unwinding,
             "done" => Self::Done,
             "rolled_back" => Self::RolledBack,
-            _ => Self::Stuck,
+            "stuck" => Self::Stuck,
+            _ => return None,
+        })
+    }
+
+    /// Whether a saga may move from `self` to `next`: forward while running, to unwinding, and
+    /// from unwinding only further back; a finished saga never moves again.
+    pub fn may_become(self, next: Self) -> bool {
+        match self {
+            Self::Running => matches!(next, Self::Running | Self::Unwinding | Self::Done),
+            Self::Unwinding => matches!(next, Self::Unwinding | Self::RolledBack | Self::Stuck),
+            Self::Done | Self::RolledBack | Self::Stuck => false,
         }
+    }
+
+    /// Whether the saga is still in flight.
+    pub fn in_flight(self) -> bool {
+        matches!(self, Self::Running | Self::Unwinding)
     }
 }
 
 /// One saga as stored.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SagaRow {
     /// Its id (a UUID; for rotations, the idempotency token stores see).
     pub id: String,
@@ -57,11 +82,35 @@ pub struct SagaRow {
     pub status: Status,
     /// Kind-specific facts, never a secret.
     pub data: serde_json::Value,
+    /// The step that failed, once it unwinds.
+    pub failed_step: Option<String>,
     /// Why it unwound, if it did.
     pub error: Option<String>,
     /// When it started.
     pub started_at: String,
-    /// When its row last changed.
+    /// When its row last changed: with `status`, the state a write expects to find.
+    pub updated_at: String,
+}
+
+/// A place saga rows are kept. Writes are durable when they return.
+pub trait SagaStore: Send + Sync {
+    /// Records `saga`, new and running; refused while another saga of its subject is in flight.
+    fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<(), SagaError>>;
+
+    /// Replaces the stored row of `saga` (step, status, data, error, update time) with `saga`,
+    /// only if the stored row is still at `expected` (status and update time).
+    fn update<'a>(&'a self, saga: &'a SagaRow, expected: &'a Expected) -> BoxFuture<'a, Result<(), SagaError>>;
+
+    /// Every saga still running or unwinding, oldest first.
+    fn in_flight(&self) -> BoxFuture<'_, Result<Vec<SagaRow>, SagaError>>;
+}
+
+/// The state a row must be in for an update to apply.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    /// Its status.
+    pub status: Status,
+    /// Its last update time.
     pub updated_at: String,
 }
 
@@ -72,104 +121,192 @@ where
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
+    let unknown =
+        |what: &str, value: &str| sqlx::Error::Decode(format!("saga {what} {value:?} is unknown to this vigil").into());
     let data: String = row.try_get(5)?;
     let subject: String = row.try_get(2)?;
+    let status: String = row.try_get(4)?;
     Ok(SagaRow {
         id: row.try_get(0)?,
         kind: row.try_get(1)?,
-        subject: Subject::parse(&subject)
-            .ok_or_else(|| sqlx::Error::Decode(format!("saga subject {subject:?} has no known namespace").into()))?,
+        subject: Subject::parse(&subject).ok_or_else(|| unknown("subject", &subject))?,
         step: row.try_get(3)?,
-        status: Status::parse(&row.try_get::<String, _>(4)?),
+        status: Status::parse(&status).ok_or_else(|| unknown("status", &status))?,
         data: serde_json::from_str(&data).map_err(|err| sqlx::Error::Decode(err.into()))?,
         error: row.try_get(6)?,
         started_at: row.try_get(7)?,
         updated_at: row.try_get(8)?,
+        failed_step: row.try_get(9)?,
     })
 }
 
-fn now(clock: &dyn Clock) -> String {
-    clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+fn conflict(saga: &SagaRow, expected: &Expected) -> SagaError {
+    SagaError::Moved { id: saga.id.clone(), expected: expected.status.as_str() }
 }
 
-/// Records a new running saga; refused while another of the subject's is in flight.
-pub(super) async fn insert(
-    db: &Db,
-    id: &str,
-    kind: &str,
-    subject: &Subject,
-    step: &str,
-    data: &serde_json::Value,
-    clock: &dyn Clock,
-) -> Result<SagaRow, SagaError> {
-    if let Some(other) = in_flight(db).await?.into_iter().find(|s| s.subject == *subject) {
-        return Err(SagaError::InFlight { subject: subject.clone(), kind: other.kind, id: other.id });
+impl SagaStore for Db {
+    fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<(), SagaError>> {
+        async move {
+            if let Some(other) = self.in_flight().await?.into_iter().find(|s| s.subject == saga.subject) {
+                return Err(SagaError::InFlight { subject: saga.subject.clone(), kind: other.kind, id: other.id });
+            }
+            const SQL: &str = "INSERT INTO sagas (id, kind, subject, step, status, data, error, started_at, updated_at, failed_step) \
+                               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+            on_pool!(self, pool => sqlx::query(SQL)
+                .bind(&saga.id)
+                .bind(&saga.kind)
+                .bind(saga.subject.to_string())
+                .bind(&saga.step)
+                .bind(saga.status.as_str())
+                .bind(saga.data.to_string())
+                .bind(&saga.error)
+                .bind(&saga.started_at)
+                .bind(&saga.updated_at)
+                .bind(&saga.failed_step)
+                .execute(pool)
+                .await
+                .map(drop))?;
+            Ok(())
+        }
+        .boxed()
     }
-    const SQL: &str = "INSERT INTO sagas (id, kind, subject, step, status, data, error, started_at, updated_at) \
-                       VALUES ($1, $2, $3, $4, 'running', $5, NULL, $6, $6)";
-    let at = now(clock);
-    on_pool!(db, pool => sqlx::query(SQL).bind(id).bind(kind).bind(subject.to_string()).bind(step).bind(data.to_string()).bind(&at).execute(pool).await.map(drop))?;
-    Ok(SagaRow {
-        id: id.to_owned(),
-        kind: kind.to_owned(),
-        subject: subject.clone(),
-        step: step.to_owned(),
-        status: super::Status::Running,
-        data: data.clone(),
-        error: None,
-        started_at: at.clone(),
-        updated_at: at,
-    })
+
+    fn update<'a>(&'a self, saga: &'a SagaRow, expected: &'a Expected) -> BoxFuture<'a, Result<(), SagaError>> {
+        async move {
+            const SQL: &str = "UPDATE sagas SET step = $1, status = $2, data = $3, error = $4, updated_at = $5, failed_step = $6 \
+                               WHERE id = $7 AND status = $8 AND updated_at = $9";
+            let changed = on_pool!(self, pool => sqlx::query(SQL)
+                .bind(&saga.step)
+                .bind(saga.status.as_str())
+                .bind(saga.data.to_string())
+                .bind(&saga.error)
+                .bind(&saga.updated_at)
+                .bind(&saga.failed_step)
+                .bind(&saga.id)
+                .bind(expected.status.as_str())
+                .bind(&expected.updated_at)
+                .execute(pool)
+                .await?
+                .rows_affected());
+            if changed == 1 { Ok(()) } else { Err(conflict(saga, expected)) }
+        }
+        .boxed()
+    }
+
+    fn in_flight(&self) -> BoxFuture<'_, Result<Vec<SagaRow>, SagaError>> {
+        async move {
+            const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step \
+                               FROM sagas WHERE status IN ('running', 'unwinding') ORDER BY started_at";
+            let rows = on_pool!(self, pool => sqlx::query(SQL).fetch_all(pool).await?.iter().map(decode).collect::<Result<Vec<_>, _>>()?);
+            Ok(rows)
+        }
+        .boxed()
+    }
 }
 
-/// Moves `saga` to `step` and `status`, durably, before the caller acts on it.
-pub(super) async fn set(
-    db: &Db,
-    saga: &mut SagaRow,
-    step: &str,
-    status: Status,
-    error: Option<&str>,
-    clock: &dyn Clock,
-) -> Result<(), SagaError> {
-    const SQL: &str = "UPDATE sagas SET step = $1, status = $2, error = $3, updated_at = $4 WHERE id = $5";
-    let at = now(clock);
-    on_pool!(db, pool => sqlx::query(SQL).bind(step).bind(status.as_str()).bind(error).bind(&at).bind(&saga.id).execute(pool).await.map(drop))?;
-    saga.step = step.to_owned();
-    saga.status = status;
-    saga.error = error.map(str::to_owned);
-    saga.updated_at = at;
-    Ok(())
+/// Saga rows in memory, with every write kept in order: the log tests cut to simulate a crash
+/// after any event ([`MemoryStore::replayed`]).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    rows: Mutex<Vec<SagaRow>>,
+    log: Mutex<Vec<SagaRow>>,
 }
 
-/// Replaces `saga`'s data (facts a step found for later steps), durably.
-pub(super) async fn set_data(
-    db: &Db,
-    saga: &mut SagaRow,
-    data: serde_json::Value,
-    clock: &dyn Clock,
-) -> Result<(), SagaError> {
-    const SQL: &str = "UPDATE sagas SET data = $1, updated_at = $2 WHERE id = $3";
-    let at = now(clock);
-    on_pool!(db, pool => sqlx::query(SQL).bind(data.to_string()).bind(&at).bind(&saga.id).execute(pool).await.map(drop))?;
-    saga.data = data;
-    saga.updated_at = at;
-    Ok(())
+impl MemoryStore {
+    /// Every write so far, each as the row it wrote, oldest first.
+    pub fn log(&self) -> Vec<SagaRow> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A store holding what the first `events` writes of `log` left: the state a process that
+    /// crashed right after them would find.
+    pub fn replayed(log: &[SagaRow], events: usize) -> Self {
+        let store = Self::default();
+        for row in &log[..events] {
+            store.write(row.clone());
+        }
+        store
+    }
+
+    fn write(&self, row: SagaRow) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        match rows.iter_mut().find(|r| r.id == row.id) {
+            Some(stored) => *stored = row.clone(),
+            None => rows.push(row.clone()),
+        }
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(row);
+    }
 }
 
-/// Every saga still running or unwinding.
+impl SagaStore for MemoryStore {
+    fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<(), SagaError>> {
+        async move {
+            let other = self
+                .rows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|r| r.subject == saga.subject && r.status.in_flight())
+                .cloned();
+            if let Some(other) = other {
+                return Err(SagaError::InFlight { subject: saga.subject.clone(), kind: other.kind, id: other.id });
+            }
+            self.write(saga.clone());
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn update<'a>(&'a self, saga: &'a SagaRow, expected: &'a Expected) -> BoxFuture<'a, Result<(), SagaError>> {
+        async move {
+            let current = self.rows.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|r| r.id == saga.id).cloned();
+            match current {
+                Some(row) if row.status == expected.status && row.updated_at == expected.updated_at => {
+                    self.write(saga.clone());
+                    Ok(())
+                }
+                _ => Err(conflict(saga, expected)),
+            }
+        }
+        .boxed()
+    }
+
+    fn in_flight(&self) -> BoxFuture<'_, Result<Vec<SagaRow>, SagaError>> {
+        async move {
+            let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(rows.iter().filter(|r| r.status.in_flight()).cloned().collect())
+        }
+        .boxed()
+    }
+}
+
+/// Every saga still running or unwinding in the state database, oldest first.
 pub async fn in_flight(db: &Db) -> Result<Vec<SagaRow>, SagaError> {
-    const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at \
-                       FROM sagas WHERE status IN ('running', 'unwinding') ORDER BY started_at";
-    let rows = on_pool!(db, pool => sqlx::query(SQL).fetch_all(pool).await?.iter().map(decode).collect::<Result<Vec<_>, _>>()?);
-    Ok(rows)
+    SagaStore::in_flight(db).await
 }
 
-/// The newest saga about `subject`, if any.
-pub async fn load(db: &Db, subject: &Subject) -> Result<Option<SagaRow>, SagaError> {
-    const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at \
-                       FROM sagas WHERE subject = $1 ORDER BY started_at DESC LIMIT 1";
-    Ok(on_pool!(db, pool => match sqlx::query(SQL).bind(subject.to_string()).fetch_optional(pool).await? {
-        Some(row) => Some(decode(&row)?),
-        None => None,
-    }))
+#[cfg(test)]
+mod tests {
+    use super::Status::*;
+
+    #[test]
+    fn finished_sagas_never_move_and_unwinding_never_runs_again() {
+        assert!(Running.may_become(Running) && Running.may_become(Unwinding) && Running.may_become(Done));
+        assert!(!Running.may_become(RolledBack) && !Running.may_become(Stuck));
+        assert!(Unwinding.may_become(Unwinding) && Unwinding.may_become(RolledBack) && Unwinding.may_become(Stuck));
+        assert!(!Unwinding.may_become(Running) && !Unwinding.may_become(Done));
+        for done in [Done, RolledBack, Stuck] {
+            for next in [Running, Unwinding, Done, RolledBack, Stuck] {
+                assert!(!done.may_become(next), "{done:?} -> {next:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_status_reads_back_and_an_unknown_one_is_refused() {
+        for status in [Running, Unwinding, Done, RolledBack, Stuck] {
+            assert_eq!(super::Status::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(super::Status::parse("paused"), None);
+    }
 }

@@ -1,0 +1,267 @@
+//! The executor under plain `cargo test`, in the style of Oxide's steno: a toy saga whose steps
+//! change a small in-memory world, run on the in-memory saga store and a ledger in a temporary
+//! SQLite file. Failures are injected at every step (unwind order), every act and undo is
+//! repeated on purpose (idempotence), and a crash is simulated by cutting the saga store's
+//! write log after each event and resuming from what is left.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::clock::{ManualClock, SystemClock};
+use crate::evidence::{Ledger, LedgerKey};
+use crate::state::{Db, StateStore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Toy {
+    Reserve,
+    Charge,
+    Ship,
+}
+
+impl Step for Toy {
+    const ALL: &'static [Self] = &[Self::Reserve, Self::Charge, Self::Ship];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Reserve => "reserve",
+            Self::Charge => "charge",
+            Self::Ship => "ship",
+        }
+    }
+}
+
+/// What the toy saga's steps do: each act puts its step in `world`, each undo takes it out.
+/// Both are idempotent, as the [`SagaDef`] contract asks; `calls` records the order they ran.
+#[derive(Default)]
+struct ToyDef {
+    world: Mutex<BTreeSet<&'static str>>,
+    calls: Mutex<Vec<String>>,
+    fail_at: Option<Toy>,
+    fail_undo_at: Option<Toy>,
+    /// Runs every act and undo twice, as steno's `RepeatInjected` does: the contract says a
+    /// repeat leaves the same state.
+    repeat: bool,
+}
+
+impl ToyDef {
+    fn failing_at(step: Toy) -> Self {
+        Self { fail_at: Some(step), ..Self::default() }
+    }
+
+    fn world(&self) -> Vec<&'static str> {
+        self.world.lock().unwrap().iter().copied().collect()
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl SagaDef for ToyDef {
+    type Step = Toy;
+    const KIND: &'static str = "rotation.toy";
+
+    async fn act(&self, _: &SagaRow, step: Toy) -> Result<Option<serde_json::Value>, StepError> {
+        for _ in 0..if self.repeat { 2 } else { 1 } {
+            self.calls.lock().unwrap().push(format!("act {}", step.name()));
+            self.world.lock().unwrap().insert(step.name());
+        }
+        if self.fail_at == Some(step) {
+            return Err(StepError::Failed(format!("{} refused", step.name())));
+        }
+        Ok(Some(serde_json::json!({ "last": step.name() })))
+    }
+
+    async fn undo(&self, _: &SagaRow, step: Toy) -> Result<(), StepError> {
+        for _ in 0..if self.repeat { 2 } else { 1 } {
+            self.calls.lock().unwrap().push(format!("undo {}", step.name()));
+            if self.fail_undo_at == Some(step) {
+                return Err(StepError::Failed(format!("cannot undo {}", step.name())));
+            }
+            self.world.lock().unwrap().remove(step.name());
+        }
+        Ok(())
+    }
+}
+
+/// A ledger in a temporary SQLite file, and the folder that holds it.
+async fn ledger() -> (Ledger, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&StateStore::Sqlite { path: dir.path().join("state.db") }).await.unwrap();
+    let ledger = Ledger::open(db, LedgerKey::generate("test"), Arc::new(SystemClock)).await.unwrap();
+    (ledger, dir)
+}
+
+fn executor<'a>(store: &'a dyn SagaStore, ledger: &'a Ledger) -> Executor<'a> {
+    let retry = RetryPolicy { attempts: 2, base: Duration::from_millis(1), cap: Duration::from_millis(1) };
+    Executor { store, ledger, clock: &SystemClock, retry }
+}
+
+fn secret(name: &str) -> Subject {
+    Subject::Secret(name.to_owned())
+}
+
+#[tokio::test]
+async fn a_saga_runs_every_step_in_order_and_records_each() {
+    let (ledger, _dir) = ledger().await;
+    let (store, def) = (MemoryStore::default(), ToyDef::default());
+    let (row, ended) =
+        executor(&store, &ledger).start(&def, "s1", &secret("orders"), serde_json::json!({})).await.unwrap();
+    assert_eq!(ended, Ended::Done);
+    assert_eq!((row.status, row.step.as_str()), (Status::Done, "ship"));
+    assert_eq!(def.calls(), ["act reserve", "act charge", "act ship"]);
+    assert_eq!(row.data, serde_json::json!({ "last": "ship" }), "step data is recorded");
+    let steps: Vec<_> = store.log().iter().map(|r| (r.step.clone(), r.status)).collect();
+    assert_eq!(
+        steps.first().unwrap(),
+        &("reserve".to_owned(), Status::Running),
+        "the first intent is written before acting"
+    );
+    assert!(store.in_flight().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failure_at_any_step_undoes_it_and_every_step_before_newest_first() {
+    let (ledger, _dir) = ledger().await;
+    for (n, failing) in Toy::ALL.iter().copied().enumerate() {
+        let (store, def) = (MemoryStore::default(), ToyDef::failing_at(failing));
+        let (row, ended) = executor(&store, &ledger)
+            .start(&def, &format!("f{n}"), &secret("orders"), serde_json::json!({}))
+            .await
+            .unwrap();
+        assert!(matches!(&ended, Ended::RolledBack { step, .. } if step == failing.name()), "{ended:?}");
+        assert_eq!(row.status, Status::RolledBack);
+        let mut expected: Vec<String> = Toy::ALL[..=n].iter().map(|s| format!("act {}", s.name())).collect();
+        expected.extend(Toy::ALL[..=n].iter().rev().map(|s| format!("undo {}", s.name())));
+        assert_eq!(def.calls(), expected, "failing at {failing:?}");
+        assert!(def.world().is_empty(), "every step taken was undone: {:?}", def.world());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_undo_leaves_the_saga_stuck_at_that_step() {
+    let (ledger, _dir) = ledger().await;
+    let def = ToyDef { fail_at: Some(Toy::Ship), fail_undo_at: Some(Toy::Charge), ..ToyDef::default() };
+    let store = MemoryStore::default();
+    let (row, ended) =
+        executor(&store, &ledger).start(&def, "stuck", &secret("orders"), serde_json::json!({})).await.unwrap();
+    assert!(matches!(&ended, Ended::Stuck { step, .. } if step == "charge"), "{ended:?}");
+    assert_eq!((row.status, row.step.as_str()), (Status::Stuck, "charge"));
+    assert_eq!(def.world(), ["charge", "reserve"], "nothing before the failed undo was undone");
+}
+
+#[tokio::test]
+async fn repeating_every_act_and_undo_ends_the_same() {
+    let (ledger, _dir) = ledger().await;
+    for fail_at in [None, Some(Toy::Reserve), Some(Toy::Charge), Some(Toy::Ship)] {
+        let once = ToyDef { fail_at, ..ToyDef::default() };
+        let twice = ToyDef { fail_at, repeat: true, ..ToyDef::default() };
+        let (a, b) = (MemoryStore::default(), MemoryStore::default());
+        let (_, ended_once) =
+            executor(&a, &ledger).start(&once, "once", &secret("a"), serde_json::json!({})).await.unwrap();
+        let (_, ended_twice) =
+            executor(&b, &ledger).start(&twice, "twice", &secret("b"), serde_json::json!({})).await.unwrap();
+        assert_eq!(ended_once, ended_twice, "failing at {fail_at:?}");
+        assert_eq!(once.world(), twice.world(), "failing at {fail_at:?}");
+    }
+}
+
+/// Runs the toy saga once to record its write log, then for every prefix of that log resumes
+/// from what a crash right after it would leave, with the world as the steps up to it left it
+/// (a step whose intent is recorded may or may not have acted: both are tried).
+#[tokio::test]
+async fn a_crash_after_any_event_resumes_to_the_same_end() {
+    let (ledger, _dir) = ledger().await;
+    for fail_at in [None, Some(Toy::Charge), Some(Toy::Ship)] {
+        let full = MemoryStore::default();
+        let reference = ToyDef { fail_at, ..ToyDef::default() };
+        let (_, want) =
+            executor(&full, &ledger).start(&reference, "r", &secret("orders"), serde_json::json!({})).await.unwrap();
+        let log = full.log();
+        for events in 1..log.len() {
+            let cut = &log[events - 1];
+            if !cut.status.in_flight() {
+                continue;
+            }
+            for acted in [false, true] {
+                let store = MemoryStore::replayed(&log, events);
+                let def = ToyDef { fail_at, ..ToyDef::default() };
+                // The world as the crashed process left it. Running at a step: every step before
+                // it acted, and it may have. Unwinding at a step: every later step is undone
+                // already, every earlier one not yet, and it may have been.
+                let index = Toy::ALL.iter().position(|s| s.name() == cut.step).unwrap();
+                for step in &Toy::ALL[..index + usize::from(acted)] {
+                    def.world.lock().unwrap().insert(step.name());
+                }
+                let resumed = store.in_flight().await.unwrap().pop().expect("the cut log leaves the saga in flight");
+                let (row, ended) = executor(&store, &ledger).run(&def, resumed).await.unwrap();
+                assert_eq!(
+                    ended,
+                    want,
+                    "crash after event {events} of {} ({:?} at {})",
+                    log.len(),
+                    cut.status,
+                    cut.step
+                );
+                assert_eq!(def.world(), reference.world(), "crash after event {events}, acted={acted}");
+                assert!(!row.status.in_flight());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_secret_and_a_backup_set_of_one_name_do_not_block_each_other() {
+    let (ledger, dir) = ledger().await;
+    // On the SQL store, where the one-in-flight index lives.
+    let db = Db::open(&StateStore::Sqlite { path: dir.path().join("state.db") }).await.unwrap();
+    let clock = ManualClock::new(chrono::Utc::now());
+    let waiting = WaitingDef;
+    let executor = Executor { store: &db, ledger: &ledger, clock: &clock, retry: RetryPolicy::default() };
+    let (_, ended) = executor.start(&waiting, "w1", &secret("orders"), serde_json::json!({})).await.unwrap();
+    assert!(matches!(ended, Ended::Waiting { .. }), "the secret's saga stays in flight: {ended:?}");
+    let backup = ToyDef::default();
+    let (_, ended) =
+        executor.start(&backup, "b1", &Subject::Backup("orders".into()), serde_json::json!({})).await.unwrap();
+    assert_eq!(ended, Ended::Done, "the backup set of the same name runs");
+    let refused = executor.start(&waiting, "w2", &secret("orders"), serde_json::json!({})).await.unwrap_err();
+    assert!(matches!(refused, SagaError::InFlight { .. }), "{refused}");
+    assert!(refused.to_string().starts_with("orders already has a rotation.waiting in flight (w1)"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_row_moved_on_by_another_process_stops_this_one() {
+    let (ledger, _dir) = ledger().await;
+    let store = MemoryStore::default();
+    let def = ToyDef::default();
+    let (_, _) =
+        executor(&store, &ledger).start(&WaitingDef, "w", &secret("orders"), serde_json::json!({})).await.unwrap();
+    let stale = store.in_flight().await.unwrap().pop().unwrap();
+    let mut moved = stale.clone();
+    moved.updated_at = "2999-01-01T00:00:00.000000Z".into();
+    store.update(&moved, &Expected { status: stale.status, updated_at: stale.updated_at.clone() }).await.unwrap();
+    let err = executor(&store, &ledger).run(&def, stale).await.unwrap_err();
+    assert!(matches!(err, SagaError::Moved { .. }), "{err}");
+    assert!(def.calls().is_empty(), "nothing acted on a stale row");
+}
+
+/// One step that waits a day: a saga that stays in flight.
+struct WaitingDef;
+
+impl SagaDef for WaitingDef {
+    type Step = Toy;
+    const KIND: &'static str = "rotation.waiting";
+
+    async fn act(&self, _: &SagaRow, _: Toy) -> Result<Option<serde_json::Value>, StepError> {
+        Ok(None)
+    }
+
+    fn not_before(&self, _: &SagaRow, _: Toy) -> Option<chrono::DateTime<chrono::Utc>> {
+        Some(chrono::Utc::now() + chrono::Duration::days(1))
+    }
+
+    async fn undo(&self, _: &SagaRow, _: Toy) -> Result<(), StepError> {
+        Ok(())
+    }
+}
