@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::config::{BackupMethod, BackupSet, Plan, Target};
 use crate::engines::Endpoint;
 use crate::engines::Engine;
-use crate::evidence::{EvidenceError, Ledger, NewRecord, Outcome};
+use crate::evidence::{EvidenceError, Kind, Ledger, NewRecord, Outcome};
 use crate::saga::{self, Ended, Executor, RetryPolicy, SagaDef, SagaError, SagaRow, StepError, Subject};
 use crate::state::{Db, StateError};
 use crate::stores::{ReferenceError, Stores};
@@ -369,7 +369,7 @@ impl<'a> Backups<'a> {
             Err(err) => (Outcome::Failed, serde_json::json!({ "backup_id": id, "error": err.to_string() })),
         };
         self.ledger
-            .append(NewRecord { kind: "backup.verified".into(), subject: entry.set.clone(), outcome, details })
+            .append(NewRecord { kind: Kind::BackupVerified.into(), subject: entry.set.clone(), outcome, details })
             .await?;
         match &result {
             Ok(_) => catalog::set_status(self.db, id, Status::Verified, None, &self.now()).await?,
@@ -443,7 +443,7 @@ impl<'a> Backups<'a> {
         compare(id, &manifest, &stream)?;
         self.ledger
             .append(NewRecord {
-                kind: "backup.fetched".into(),
+                kind: Kind::BackupFetched.into(),
                 subject: entry.set,
                 outcome: Outcome::Succeeded,
                 details: serde_json::json!({ "backup_id": id, "plaintext_bytes": stream.plaintext_bytes }),
@@ -497,7 +497,7 @@ impl<'a> Backups<'a> {
                     catalog::set_status(self.db, &entry.id, Status::Pruned, None, &self.now()).await?;
                     self.ledger
                         .append(NewRecord {
-                            kind: "backup.pruned".into(),
+                            kind: Kind::BackupPruned.into(),
                             subject: name.clone(),
                             outcome: Outcome::Succeeded,
                             details: serde_json::json!({ "backup_id": entry.id, "location": entry.location, "retention": set.retention }),
@@ -741,7 +741,7 @@ impl DumpSaga<'_> {
         backups
             .ledger
             .append(NewRecord {
-                kind: "backup.written".into(),
+                kind: Kind::BackupWritten.into(),
                 subject: self.name.to_owned(),
                 outcome: Outcome::Succeeded,
                 details: serde_json::json!({
@@ -806,6 +806,8 @@ impl From<dump::DumpError> for StepError {
 impl SagaDef for DumpSaga<'_> {
     type Step = DumpStep;
     const KIND: &'static str = Self::KIND_NAME;
+    const AREA: crate::evidence::Area = crate::evidence::Area::Backup;
+    const RESUME: &'static str = "vigil backup resume";
 
     async fn act(&self, saga: &SagaRow, step: DumpStep) -> Result<Option<serde_json::Value>, StepError> {
         match step {

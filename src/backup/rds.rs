@@ -10,7 +10,7 @@ use super::catalog::{self, Entry, Status};
 use super::{BackupError, BackupReport, Backups};
 use crate::aws::{SdkFailure, sdk_failure};
 use crate::config::{BackupSet, RdsCopy};
-use crate::evidence::{NewRecord, Outcome};
+use crate::evidence::{Kind, NewRecord, Outcome};
 use crate::saga::{self, Ended, SagaDef, SagaRow, StepError, Subject};
 
 /// The saga kind.
@@ -157,6 +157,8 @@ impl SnapshotSaga<'_> {
 impl SagaDef for SnapshotSaga<'_> {
     type Step = SnapshotStep;
     const KIND: &'static str = KIND_NAME;
+    const AREA: crate::evidence::Area = crate::evidence::Area::Backup;
+    const RESUME: &'static str = "vigil backup resume";
 
     async fn act(&self, saga: &SagaRow, step: SnapshotStep) -> Result<Option<serde_json::Value>, StepError> {
         let (id, snapshot) = Self::ids(saga);
@@ -185,7 +187,7 @@ impl SagaDef for SnapshotSaga<'_> {
                 backups
                     .ledger
                     .append(NewRecord {
-                        kind: "backup.snapshot_available".into(),
+                        kind: Kind::SnapshotAvailable.into(),
                         subject: saga.subject.name().to_owned(),
                         outcome: Outcome::Succeeded,
                         details: serde_json::json!({ "backup_id": id, "snapshot": snapshot, "arn": arn, "instance": self.instance }),
@@ -213,7 +215,7 @@ impl SagaDef for SnapshotSaga<'_> {
                 backups
                     .ledger
                     .append(NewRecord {
-                        kind: "backup.snapshot_copied".into(),
+                        kind: Kind::SnapshotCopied.into(),
                         subject: saga.subject.name().to_owned(),
                         outcome: Outcome::Succeeded,
                         details: serde_json::json!({ "backup_id": id, "region": copy.region, "arn": arn, "kms_key_id": copy.kms_key_id }),

@@ -179,7 +179,7 @@ impl EvidenceCommand {
                 }
             }
             Self::Append { kind, subject, outcome, details } => {
-                if !kind.starts_with("manual.") || kind.len() == "manual.".len() {
+                if !evidence::is_manual(kind) {
                     bail!(
                         "manual records take a kind starting with `manual.`, e.g. manual.restore_test; other kinds are vigil's own"
                     );

@@ -9,6 +9,7 @@
 //! encoding for independent verifiers.
 
 mod key;
+mod kind;
 pub mod merkle;
 pub mod note;
 mod record;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use key::{KeyError, LedgerKey};
+pub use kind::{Area, Kind, is_manual};
 pub use note::{Checkpoint, NoteError, NoteVerifier};
 pub use record::{Actor, MAX_DETAILS_BYTES, NewRecord, Outcome, Record, RecordRef, canonical_json};
 pub use store::{RecordFilter, StoredCheckpoint};
@@ -30,9 +32,9 @@ use crate::state::{Db, StateError};
 use merkle::Hash;
 
 /// The kind of the first record, which announces the first signing key.
-pub const GENESIS: &str = "evidence.genesis";
+pub const GENESIS: &str = Kind::Genesis.as_str();
 /// The kind of the record that announces a new signing key.
-pub const KEY_ROLLOVER: &str = "evidence.key_rollover";
+pub const KEY_ROLLOVER: &str = Kind::KeyRollover.as_str();
 
 /// Why a ledger operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +144,7 @@ impl Ledger {
             let verifier = ledger.key.verifier();
             ledger
                 .write(vec![NewRecord {
-                    kind: GENESIS.into(),
+                    kind: Kind::Genesis.into(),
                     subject: ledger.key.name().into(),
                     outcome: Outcome::Info,
                     details: serde_json::json!({
@@ -275,7 +277,7 @@ impl Ledger {
         let old = self.key.verifier();
         let new = new_key.verifier();
         self.append(NewRecord {
-            kind: KEY_ROLLOVER.into(),
+            kind: Kind::KeyRollover.into(),
             subject: self.key.name().into(),
             outcome: Outcome::Info,
             details: serde_json::json!({

@@ -98,6 +98,8 @@ impl ApiKeyRotation<'_> {
 impl SagaDef for ApiKeyRotation<'_> {
     type Step = KeyStep;
     const KIND: &'static str = "rotation.api_key";
+    const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
+    const RESUME: &'static str = "vigil rotate --resume";
 
     fn not_before(&self, saga: &SagaRow, step: KeyStep) -> Option<DateTime<Utc>> {
         let retire_at = saga.data["retire_at"].as_str()?;

@@ -112,6 +112,8 @@ impl DbPasswordRotation<'_> {
 impl SagaDef for DbPasswordRotation<'_> {
     type Step = DbStep;
     const KIND: &'static str = "rotation.db_password";
+    const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
+    const RESUME: &'static str = "vigil rotate --resume";
 
     async fn act(&self, saga: &SagaRow, step: DbStep) -> Result<Option<Value>, StepError> {
         self.act_step(saga, step).await.map(|()| None)

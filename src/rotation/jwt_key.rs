@@ -101,6 +101,8 @@ fn time(value: &Value) -> Option<DateTime<Utc>> {
 impl SagaDef for JwtKeyRotation<'_> {
     type Step = JwtStep;
     const KIND: &'static str = "rotation.jwt_signing_key";
+    const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
+    const RESUME: &'static str = "vigil rotate --resume";
 
     fn not_before(&self, saga: &SagaRow, step: JwtStep) -> Option<DateTime<Utc>> {
         match step {

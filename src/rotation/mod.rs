@@ -24,7 +24,7 @@ pub use jwt_key::{JwtKeyRotation, JwtStep};
 use crate::clock::Clock;
 use crate::config::{Plan, SecretKind, SecretSpec, Strategy, Target};
 use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
-use crate::evidence::{Ledger, NewRecord, Outcome};
+use crate::evidence::{Kind, Ledger, NewRecord, Outcome};
 use crate::issuers;
 use crate::jwks::{self, SigningKey};
 use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError, SagaRow, Subject};
@@ -407,7 +407,7 @@ impl<'a> Rotator<'a> {
             let outcome = if problem.is_none() { Outcome::Succeeded } else { Outcome::Failed };
             self.ledger
                 .append(NewRecord {
-                    kind: "rotation.check".into(),
+                    kind: Kind::RotationCheck.into(),
                     subject: name.clone(),
                     outcome,
                     details: serde_json::json!({ "problem": problem }),
@@ -447,7 +447,7 @@ impl<'a> Rotator<'a> {
             let outcome = if report.failures == 0 { Outcome::Succeeded } else { Outcome::Failed };
             let details = serde_json::json!({ "attempts": report.attempts, "failures": report.failures });
             self.ledger
-                .append(NewRecord { kind: "rotation.watch".into(), subject: name, outcome, details })
+                .append(NewRecord { kind: Kind::RotationWatch.into(), subject: name, outcome, details })
                 .await
                 .map_err(SagaError::from)?;
             reports.push(report);

@@ -18,7 +18,7 @@ use serde::Serialize;
 pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, in_flight};
 
 use crate::clock::Clock;
-use crate::evidence::{EvidenceError, Ledger, NewRecord, Outcome};
+use crate::evidence::{Area, EvidenceError, Kind, Ledger, NewRecord, Outcome};
 use crate::state::StateError;
 
 /// What a saga acts on, namespaced by what sort of thing it is: names are unique within a
@@ -115,6 +115,13 @@ pub trait SagaDef: Send + Sync {
     /// The saga kind stored with each saga, e.g. `rotation.db_password`.
     const KIND: &'static str;
 
+    /// The part of vigil it belongs to: the prefix of its evidence records' kinds.
+    const AREA: Area;
+
+    /// The command that finishes sagas of this kind left in flight, e.g. `vigil rotate --resume`:
+    /// the hint when another is refused for the same subject.
+    const RESUME: &'static str;
+
     /// Performs `step`. It may return new saga data (never a secret), recorded before the next
     /// step's intent, for facts later steps need (a previous key's id, a retire time).
     fn act(
@@ -203,7 +210,7 @@ pub enum SagaError {
     #[error(transparent)]
     Evidence(#[from] EvidenceError),
     /// Another saga is in flight for the same subject.
-    #[error("{} already has a {kind} in flight ({id}); `{}` finishes it", subject.name(), resume_command(kind))]
+    #[error("{} already has a {kind} in flight ({id}); `{resume}` finishes it", subject.name())]
     InFlight {
         /// The subject.
         subject: Subject,
@@ -211,6 +218,8 @@ pub enum SagaError {
         kind: String,
         /// The saga in flight.
         id: String,
+        /// The command that finishes it.
+        resume: &'static str,
     },
     /// The saga's row moved on under this process (another vigil process resumed it).
     #[error(
@@ -304,8 +313,15 @@ impl Executor<'_> {
             started_at: at.clone(),
             updated_at: at,
         };
-        self.store.insert(&saga).await?;
-        self.record(&saga, "saga", "started", Outcome::Started, serde_json::json!({ "saga": D::KIND })).await?;
+        if let Some(other) = self.store.insert(&saga).await? {
+            return Err(SagaError::InFlight {
+                subject: saga.subject,
+                kind: other.kind,
+                id: other.id,
+                resume: D::RESUME,
+            });
+        }
+        self.record::<D>(&saga, "saga", "started", Outcome::Started, serde_json::json!({ "saga": D::KIND })).await?;
         self.run(def, saga).await
     }
 
@@ -331,7 +347,7 @@ impl Executor<'_> {
                     return Ok((saga, Ended::Waiting { step: step.name().into(), until }));
                 }
                 self.set(&mut saga, step.name(), Status::Running, None).await?;
-                self.record(&saga, step.name(), "act", Outcome::Started, serde_json::Value::Null).await?;
+                self.record::<D>(&saga, step.name(), "act", Outcome::Started, serde_json::Value::Null).await?;
                 failpoint(D::KIND, "before", step.name());
                 let act = |attempt| {
                     let fault = injected_fault(D::KIND, step.name(), attempt);
@@ -348,20 +364,28 @@ impl Executor<'_> {
                         if let Some(data) = data {
                             self.set_data(&mut saga, data).await?;
                         }
-                        self.record(&saga, step.name(), "act", Outcome::Succeeded, serde_json::Value::Null).await?;
+                        self.record::<D>(&saga, step.name(), "act", Outcome::Succeeded, serde_json::Value::Null)
+                            .await?;
                         failpoint(D::KIND, "after", step.name());
                         index += 1;
                         if index == steps.len() {
                             self.set(&mut saga, step.name(), Status::Done, None).await?;
-                            self.record(&saga, "saga", "finished", Outcome::Succeeded, serde_json::Value::Null).await?;
+                            self.record::<D>(&saga, "saga", "finished", Outcome::Succeeded, serde_json::Value::Null)
+                                .await?;
                             self.ledger.checkpoint().await?;
                             return Ok((saga, Ended::Done));
                         }
                     }
                     Err(err) => {
                         let reason = err.to_string();
-                        self.record(&saga, step.name(), "act", Outcome::Failed, serde_json::json!({ "error": reason }))
-                            .await?;
+                        self.record::<D>(
+                            &saga,
+                            step.name(),
+                            "act",
+                            Outcome::Failed,
+                            serde_json::json!({ "error": reason }),
+                        )
+                        .await?;
                         self.set(&mut saga, step.name(), Status::Unwinding, Some(&reason)).await?;
                         break;
                     }
@@ -376,23 +400,24 @@ impl Executor<'_> {
         loop {
             let step = steps[index];
             self.set(&mut saga, step.name(), Status::Unwinding, Some(&reason)).await?;
-            self.record(&saga, step.name(), "undo", Outcome::Started, serde_json::Value::Null).await?;
+            self.record::<D>(&saga, step.name(), "undo", Outcome::Started, serde_json::Value::Null).await?;
             failpoint(D::KIND, "undo", step.name());
             if let Err(err) = self.retrying(|_| def.undo(&saga, step)).await {
                 let why = format!("undoing {} failed: {err}", step.name());
-                self.record(&saga, step.name(), "undo", Outcome::Failed, serde_json::json!({ "error": why })).await?;
+                self.record::<D>(&saga, step.name(), "undo", Outcome::Failed, serde_json::json!({ "error": why }))
+                    .await?;
                 self.set(&mut saga, step.name(), Status::Stuck, Some(&why)).await?;
                 self.ledger.checkpoint().await?;
                 return Ok((saga, Ended::Stuck { step: step.name().into(), reason: why }));
             }
-            self.record(&saga, step.name(), "undo", Outcome::Succeeded, serde_json::Value::Null).await?;
+            self.record::<D>(&saga, step.name(), "undo", Outcome::Succeeded, serde_json::Value::Null).await?;
             if index == 0 {
                 break;
             }
             index -= 1;
         }
         self.set(&mut saga, steps[0].name(), Status::RolledBack, Some(&reason)).await?;
-        self.record(
+        self.record::<D>(
             &saga,
             "saga",
             "rolled_back",
@@ -462,7 +487,7 @@ impl Executor<'_> {
         }
     }
 
-    async fn record(
+    async fn record<D: SagaDef>(
         &self,
         saga: &SagaRow,
         step: &str,
@@ -474,27 +499,17 @@ impl Executor<'_> {
         if !extra.is_null() {
             details["detail"] = extra;
         }
-        let kind = if step == "saga" {
-            format!("{}.{phase}", saga_prefix(&saga.kind))
-        } else {
-            format!("{}.step", saga_prefix(&saga.kind))
+        let kind = match (step, phase) {
+            ("saga", "started") => Kind::SagaStarted(D::AREA),
+            ("saga", "finished") => Kind::SagaFinished(D::AREA),
+            ("saga", _) => Kind::SagaRolledBack(D::AREA),
+            _ => Kind::SagaStep(D::AREA),
         };
-        self.ledger.append(NewRecord { kind, subject: saga.subject.name().to_owned(), outcome, details }).await?;
+        self.ledger
+            .append(NewRecord { kind: kind.into(), subject: saga.subject.name().to_owned(), outcome, details })
+            .await?;
         Ok(())
     }
-}
-
-/// The command that resumes sagas of `kind`.
-fn resume_command(kind: &str) -> &'static str {
-    match saga_prefix(kind) {
-        "backup" => "vigil backup resume",
-        _ => "vigil rotate --resume",
-    }
-}
-
-/// `rotation` for `rotation.db_password`.
-fn saga_prefix(kind: &str) -> &str {
-    kind.split('.').next().unwrap_or(kind)
 }
 
 #[cfg(test)]

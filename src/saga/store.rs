@@ -94,8 +94,9 @@ pub struct SagaRow {
 
 /// A place saga rows are kept. Writes are durable when they return.
 pub trait SagaStore: Send + Sync {
-    /// Records `saga`, new and running; refused while another saga of its subject is in flight.
-    fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<(), SagaError>>;
+    /// Records `saga`, new and running, unless another saga of its subject is in flight: then
+    /// nothing is written and that one is returned.
+    fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<Option<SagaRow>, SagaError>>;
 
     /// Replaces the stored row of `saga` (step, status, data, error, update time) with `saga`,
     /// only if the stored row is still at `expected` (status and update time).
@@ -145,10 +146,10 @@ fn conflict(saga: &SagaRow, expected: &Expected) -> SagaError {
 }
 
 impl SagaStore for Db {
-    fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<(), SagaError>> {
+    fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<Option<SagaRow>, SagaError>> {
         async move {
             if let Some(other) = self.in_flight().await?.into_iter().find(|s| s.subject == saga.subject) {
-                return Err(SagaError::InFlight { subject: saga.subject.clone(), kind: other.kind, id: other.id });
+                return Ok(Some(other));
             }
             const SQL: &str = "INSERT INTO sagas (id, kind, subject, step, status, data, error, started_at, updated_at, failed_step) \
                                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
@@ -166,7 +167,7 @@ impl SagaStore for Db {
                 .execute(pool)
                 .await
                 .map(drop))?;
-            Ok(())
+            Ok(None)
         }
         .boxed()
     }
@@ -239,7 +240,7 @@ impl MemoryStore {
 }
 
 impl SagaStore for MemoryStore {
-    fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<(), SagaError>> {
+    fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<Option<SagaRow>, SagaError>> {
         async move {
             let other = self
                 .rows
@@ -248,11 +249,11 @@ impl SagaStore for MemoryStore {
                 .iter()
                 .find(|r| r.subject == saga.subject && r.status.in_flight())
                 .cloned();
-            if let Some(other) = other {
-                return Err(SagaError::InFlight { subject: saga.subject.clone(), kind: other.kind, id: other.id });
+            if other.is_some() {
+                return Ok(other);
             }
             self.write(saga.clone());
-            Ok(())
+            Ok(None)
         }
         .boxed()
     }

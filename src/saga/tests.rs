@@ -61,6 +61,8 @@ impl ToyDef {
 impl SagaDef for ToyDef {
     type Step = Toy;
     const KIND: &'static str = "rotation.toy";
+    const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
+    const RESUME: &'static str = "vigil rotate --resume";
 
     async fn act(&self, _: &SagaRow, step: Toy) -> Result<Option<serde_json::Value>, StepError> {
         for _ in 0..if self.repeat { 2 } else { 1 } {
@@ -252,6 +254,8 @@ struct WaitingDef;
 impl SagaDef for WaitingDef {
     type Step = Toy;
     const KIND: &'static str = "rotation.waiting";
+    const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
+    const RESUME: &'static str = "vigil rotate --resume";
 
     async fn act(&self, _: &SagaRow, _: Toy) -> Result<Option<serde_json::Value>, StepError> {
         Ok(None)
