@@ -248,7 +248,7 @@ impl<'a> Backups<'a> {
                 let connected = self.connect(set).await?;
                 let def = DumpSaga { backups: self, name, set, connected: &connected };
                 let object = object_key(name, &id);
-                let data = serde_json::json!({ "set": name, "backup_id": id, "object": object });
+                let data = DumpData { set: name.to_owned(), backup_id: id.clone(), object, manifest_sha256: None };
                 let (saga, ended) = self.executor().start(&def, &id, &Subject::Backup(name.to_owned()), data).await?;
                 self.dump_report(name, &saga, ended, &connected).await
             }
@@ -263,11 +263,12 @@ impl<'a> Backups<'a> {
         ended: Ended,
         connected: &Connected,
     ) -> Result<BackupReport, BackupError> {
-        let id = saga.data["backup_id"].as_str().unwrap_or_default().to_owned();
+        let data: DumpData = saga.decode()?;
+        let id = data.backup_id;
         let entry = catalog::get(self.db, &id).await?;
         Ok(BackupReport {
             set: name.to_owned(),
-            location: connected.store.location(saga.data["object"].as_str().unwrap_or_default()),
+            location: connected.store.location(&data.object),
             bytes: entry.as_ref().and_then(|e| e.bytes),
             verified: entry.is_some_and(|e| e.status == Status::Verified),
             backup_id: id,
@@ -649,19 +650,23 @@ struct DumpSaga<'a> {
     connected: &'a Connected,
 }
 
+/// What a dump saga records: the backup's id and object key, and the manifest's hash once
+/// written.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct DumpData {
+    set: String,
+    backup_id: String,
+    object: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifest_sha256: Option<String>,
+}
+
 impl DumpSaga<'_> {
     const KIND_NAME: &'static str = "backup.dump";
 
-    fn ids(saga: &SagaRow) -> Result<(String, String), StepError> {
-        match (saga.data["backup_id"].as_str(), saga.data["object"].as_str()) {
-            (Some(id), Some(object)) => Ok((id.to_owned(), object.to_owned())),
-            _ => Err(StepError::Failed(format!("backup saga {} records no backup id or object", saga.id))),
-        }
-    }
-
-    async fn write(&self, saga: &SagaRow) -> Result<Option<serde_json::Value>, StepError> {
+    async fn write(&self, data: &DumpData) -> Result<Option<DumpData>, StepError> {
         let backups = self.backups;
-        let (id, object) = Self::ids(saga)?;
+        let (id, object) = (data.backup_id.clone(), data.object.clone());
         let target = backups.target(self.set);
         let started_at = backups.now();
         let location = self.connected.store.location(&object);
@@ -759,13 +764,13 @@ impl DumpSaga<'_> {
             })
             .await
             .map_err(|err| StepError::Transient(err.to_string()))?;
-        Ok(Some(with_fact(saga, "manifest_sha256", sha.into())))
+        Ok(Some(DumpData { manifest_sha256: Some(sha), ..data.clone() }))
     }
 
-    async fn verify(&self, saga: &SagaRow) -> Result<(), StepError> {
-        let (id, _) = Self::ids(saga)?;
+    async fn verify(&self, data: &DumpData) -> Result<(), StepError> {
+        let id = &data.backup_id;
         // The saga's own store and key service: verifying must not connect them again.
-        let verified = match self.backups.recorded(&id).await {
+        let verified = match self.backups.recorded(id).await {
             Ok((entry, manifest)) => self.backups.verify_with(&entry, &manifest, self.connected).await,
             Err(err) => Err(err),
         };
@@ -776,13 +781,6 @@ impl DumpSaga<'_> {
             Err(err) => Err(StepError::Failed(err.to_string())),
         }
     }
-}
-
-/// The saga's data with one more fact: a step's returned data replaces the saga's.
-fn with_fact(saga: &SagaRow, key: &str, value: serde_json::Value) -> serde_json::Value {
-    let mut data = saga.data.clone();
-    data[key] = value;
-    data
 }
 
 impl From<KeyError> for StepError {
@@ -805,28 +803,28 @@ impl From<dump::DumpError> for StepError {
 
 impl SagaDef for DumpSaga<'_> {
     type Step = DumpStep;
+    type Data = DumpData;
     const KIND: &'static str = Self::KIND_NAME;
     const AREA: crate::evidence::Area = crate::evidence::Area::Backup;
     const RESUME: &'static str = "vigil backup resume";
 
-    async fn act(&self, saga: &SagaRow, step: DumpStep) -> Result<Option<serde_json::Value>, StepError> {
+    async fn act(&self, _: &SagaRow, data: &DumpData, step: DumpStep) -> Result<Option<DumpData>, StepError> {
         match step {
-            DumpStep::Write => self.write(saga).await,
-            DumpStep::Verify => self.verify(saga).await.map(|()| None),
+            DumpStep::Write => self.write(data).await,
+            DumpStep::Verify => self.verify(data).await.map(|()| None),
         }
     }
 
-    async fn undo(&self, saga: &SagaRow, step: DumpStep) -> Result<(), StepError> {
+    async fn undo(&self, saga: &SagaRow, data: &DumpData, step: DumpStep) -> Result<(), StepError> {
         match step {
             // Verification changes nothing to undo; the written backup is removed next.
             DumpStep::Verify => Ok(()),
             DumpStep::Write => {
-                let (id, object) = Self::ids(saga)?;
-                self.connected.store.delete(&object).await?;
-                self.connected.store.delete(&manifest_key(&object)).await?;
+                let (id, object) = (&data.backup_id, &data.object);
+                self.connected.store.delete(object).await?;
+                self.connected.store.delete(&manifest_key(object)).await?;
                 let reason = saga.error.clone().unwrap_or_else(|| "rolled back".into());
-                Ok(catalog::set_status(self.backups.db, &id, Status::Failed, Some(&reason), &self.backups.now())
-                    .await?)
+                Ok(catalog::set_status(self.backups.db, id, Status::Failed, Some(&reason), &self.backups.now()).await?)
             }
         }
     }

@@ -102,18 +102,24 @@ fn snapshot_id(set: &str, id: &str) -> String {
     out.trim_end_matches('-').chars().take(255).collect()
 }
 
-impl SnapshotSaga<'_> {
-    fn ids(saga: &SagaRow) -> (String, String) {
-        let id = saga.data["backup_id"].as_str().unwrap_or_default().to_owned();
-        let snapshot = saga.data["snapshot"].as_str().unwrap_or_default().to_owned();
-        (id, snapshot)
-    }
+/// What a snapshot saga records: the backup's id and snapshot name, and the ARNs of the
+/// snapshot and its copy once they exist.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct SnapshotData {
+    set: String,
+    backup_id: String,
+    snapshot: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    copy_arn: Option<String>,
+}
 
-    fn tags(&self, saga: &SagaRow) -> Vec<Tag> {
-        let (id, _) = Self::ids(saga);
+impl SnapshotSaga<'_> {
+    fn tags(data: &SnapshotData) -> Vec<Tag> {
         vec![
-            Tag::builder().key("vigil:backup-id").value(id).build(),
-            Tag::builder().key("vigil:set").value(saga.subject.name()).build(),
+            Tag::builder().key("vigil:backup-id").value(&data.backup_id).build(),
+            Tag::builder().key("vigil:set").value(&data.set).build(),
         ]
     }
 
@@ -156,12 +162,18 @@ impl SnapshotSaga<'_> {
 
 impl SagaDef for SnapshotSaga<'_> {
     type Step = SnapshotStep;
+    type Data = SnapshotData;
     const KIND: &'static str = KIND_NAME;
     const AREA: crate::evidence::Area = crate::evidence::Area::Backup;
     const RESUME: &'static str = "vigil backup resume";
 
-    async fn act(&self, saga: &SagaRow, step: SnapshotStep) -> Result<Option<serde_json::Value>, StepError> {
-        let (id, snapshot) = Self::ids(saga);
+    async fn act(
+        &self,
+        saga: &SagaRow,
+        data: &SnapshotData,
+        step: SnapshotStep,
+    ) -> Result<Option<SnapshotData>, StepError> {
+        let (id, snapshot) = (data.backup_id.clone(), data.snapshot.clone());
         let backups = self.backups;
         match step {
             SnapshotStep::Create => {
@@ -170,7 +182,7 @@ impl SagaDef for SnapshotSaga<'_> {
                     .create_db_snapshot()
                     .db_instance_identifier(&self.instance)
                     .db_snapshot_identifier(&snapshot)
-                    .set_tags(Some(self.tags(saga)))
+                    .set_tags(Some(Self::tags(data)))
                     .send()
                     .await;
                 match created {
@@ -194,17 +206,17 @@ impl SagaDef for SnapshotSaga<'_> {
                     })
                     .await
                     .map_err(|err| StepError::Transient(err.to_string()))?;
-                Ok(Some(super::with_fact(saga, "arn", arn.into())))
+                Ok(Some(SnapshotData { arn: Some(arn), ..data.clone() }))
             }
             SnapshotStep::Copy => {
                 let (Some(copy), Some(client)) = (self.copy, &self.copy_client) else { return Ok(None) };
-                let source = saga.data["arn"].as_str().unwrap_or(&snapshot).to_owned();
+                let source = data.arn.clone().unwrap_or_else(|| snapshot.clone());
                 let copied = client
                     .copy_db_snapshot()
                     .source_db_snapshot_identifier(source)
                     .target_db_snapshot_identifier(&snapshot)
                     .set_kms_key_id(copy.kms_key_id.clone())
-                    .set_tags(Some(self.tags(saga)))
+                    .set_tags(Some(Self::tags(data)))
                     .send()
                     .await;
                 match copied {
@@ -222,23 +234,22 @@ impl SagaDef for SnapshotSaga<'_> {
                     })
                     .await
                     .map_err(|err| StepError::Transient(err.to_string()))?;
-                Ok(Some(super::with_fact(saga, "copy_arn", arn.into())))
+                Ok(Some(SnapshotData { copy_arn: Some(arn), ..data.clone() }))
             }
         }
     }
 
-    async fn undo(&self, saga: &SagaRow, step: SnapshotStep) -> Result<(), StepError> {
-        let (id, snapshot) = Self::ids(saga);
+    async fn undo(&self, saga: &SagaRow, data: &SnapshotData, step: SnapshotStep) -> Result<(), StepError> {
+        let (id, snapshot) = (&data.backup_id, &data.snapshot);
         match step {
             SnapshotStep::Create => {
-                Self::delete(&self.client, &snapshot).await?;
+                Self::delete(&self.client, snapshot).await?;
                 let reason = saga.error.clone().unwrap_or_else(|| "rolled back".into());
-                Ok(catalog::set_status(self.backups.db, &id, Status::Failed, Some(&reason), &self.backups.now())
-                    .await?)
+                Ok(catalog::set_status(self.backups.db, id, Status::Failed, Some(&reason), &self.backups.now()).await?)
             }
             SnapshotStep::Available => Ok(()),
             SnapshotStep::Copy => match &self.copy_client {
-                Some(client) => Self::delete(client, &snapshot).await,
+                Some(client) => Self::delete(client, snapshot).await,
                 None => Ok(()),
             },
         }
@@ -277,21 +288,22 @@ pub(super) async fn run(
     let started = catalog::Started { id, set: name, target: &set.target, method: "rds_snapshot", location: &snapshot };
     catalog::started(backups.db, &started, &backups.now()).await?;
     let def = SnapshotSaga { backups, instance: instance_of(backups, set), copy, client, copy_client };
-    let data = serde_json::json!({ "set": name, "backup_id": id, "snapshot": snapshot });
+    let data = SnapshotData { set: name.to_owned(), backup_id: id.to_owned(), snapshot, arn: None, copy_arn: None };
     let (saga, ended) = backups.executor().start(&def, id, &Subject::Backup(name.to_owned()), data).await?;
-    Ok(report(name, &saga, ended))
+    report(name, &saga, ended)
 }
 
-fn report(name: &str, saga: &SagaRow, ended: Ended) -> BackupReport {
-    BackupReport {
+fn report(name: &str, saga: &SagaRow, ended: Ended) -> Result<BackupReport, BackupError> {
+    let data: SnapshotData = saga.decode()?;
+    Ok(BackupReport {
         set: name.to_owned(),
-        backup_id: saga.data["backup_id"].as_str().unwrap_or_default().to_owned(),
+        backup_id: data.backup_id,
         method: "rds_snapshot",
-        location: saga.data["arn"].as_str().or(saga.data["snapshot"].as_str()).unwrap_or_default().to_owned(),
+        location: data.arn.unwrap_or(data.snapshot),
         bytes: None,
         verified: ended == Ended::Done,
         ended,
-    }
+    })
 }
 
 /// Resumes a snapshot saga a crash left in flight.
@@ -304,7 +316,7 @@ pub(super) async fn resume(backups: &Backups<'_>, saga: SagaRow) -> Result<Backu
     let (client, copy_client) = clients(backups, copy.as_ref()).await?;
     let def = SnapshotSaga { backups, instance: instance_of(backups, set), copy: copy.as_ref(), client, copy_client };
     let (saga, ended) = backups.executor().run(&def, saga).await?;
-    Ok(report(&name, &saga, ended))
+    report(&name, &saga, ended)
 }
 
 /// Deletes a pruned snapshot (and its copy).

@@ -24,6 +24,16 @@ pub fn document<'a>(keys: impl IntoIterator<Item = &'a Value>) -> Value {
     json!({ "keys": published })
 }
 
+/// A JWK's key id.
+pub fn kid(jwk: &Value) -> Option<&str> {
+    jwk.get("kid")?.as_str()
+}
+
+/// The key ids a JWKS document lists (none for no document).
+pub fn kids(document: Option<&Value>) -> impl Iterator<Item = &str> {
+    document.and_then(|d| d.get("keys")?.as_array()).into_iter().flatten().filter_map(kid)
+}
+
 /// The `Cache-Control` header for a JWKS that verifiers may cache for `max_age`: no longer
 /// than vigil waits between publishing a key and signing with it.
 pub fn cache_control(max_age: crate::schedule::Duration) -> String {

@@ -51,6 +51,21 @@ impl From<IssuerError> for StepError {
     }
 }
 
+/// What an API-key rotation records.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KeyData {
+    /// `overlap`.
+    pub strategy: String,
+    /// The id of the key current when it started, revoked at retire.
+    pub previous_id: Option<String>,
+    /// The id of the new key, once issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// When the previous key is revoked (RFC 3339), once the new one is current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<String>,
+}
+
 /// One API key's rotation.
 pub struct ApiKeyRotation<'a> {
     /// The secret's name (the key's name at the issuer).
@@ -97,17 +112,18 @@ impl ApiKeyRotation<'_> {
 
 impl SagaDef for ApiKeyRotation<'_> {
     type Step = KeyStep;
+    type Data = KeyData;
     const KIND: &'static str = "rotation.api_key";
     const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
     const RESUME: &'static str = "vigil rotate --resume";
 
-    fn not_before(&self, saga: &SagaRow, step: KeyStep) -> Option<DateTime<Utc>> {
-        let retire_at = saga.data["retire_at"].as_str()?;
+    fn not_before(&self, data: &KeyData, step: KeyStep) -> Option<DateTime<Utc>> {
+        let retire_at = data.retire_at.as_deref()?;
         (step == KeyStep::Retire)
             .then(|| DateTime::parse_from_rfc3339(retire_at).ok().map(|t| t.with_timezone(&Utc)))?
     }
 
-    async fn act(&self, saga: &SagaRow, step: KeyStep) -> Result<Option<Value>, StepError> {
+    async fn act(&self, saga: &SagaRow, data: &KeyData, step: KeyStep) -> Result<Option<KeyData>, StepError> {
         match step {
             KeyStep::Create => {
                 if self.staged(saga).await?.is_none() {
@@ -118,9 +134,7 @@ impl SagaDef for ApiKeyRotation<'_> {
                 }
                 let staged =
                     self.staged(saga).await?.ok_or_else(|| StepError::Failed("the staged key is gone".into()))?;
-                let mut data = saga.data.clone();
-                data["key_id"] = Value::String(staged.id);
-                Ok(Some(data))
+                Ok(Some(KeyData { key_id: Some(staged.id), ..data.clone() }))
             }
             KeyStep::Test => {
                 let staged =
@@ -138,15 +152,15 @@ impl SagaDef for ApiKeyRotation<'_> {
             }
             KeyStep::Finish => {
                 self.store.promote(&self.spec.path, &saga.id).await?;
-                let mut data = saga.data.clone();
-                if data["retire_at"].is_null() {
-                    let at = self.clock.now() + self.overlap();
-                    data["retire_at"] = Value::String(at.to_rfc3339_opts(SecondsFormat::Secs, true));
-                }
-                Ok(Some(data))
+                // Kept when repeated: the overlap runs from the first promotion.
+                let retire_at = data
+                    .retire_at
+                    .clone()
+                    .unwrap_or_else(|| (self.clock.now() + self.overlap()).to_rfc3339_opts(SecondsFormat::Secs, true));
+                Ok(Some(KeyData { retire_at: Some(retire_at), ..data.clone() }))
             }
             KeyStep::Retire => {
-                if let Some(previous) = saga.data["previous_id"].as_str() {
+                if let Some(previous) = &data.previous_id {
                     self.issuer.revoke(previous).await?;
                 }
                 Ok(None)
@@ -154,7 +168,7 @@ impl SagaDef for ApiKeyRotation<'_> {
         }
     }
 
-    async fn undo(&self, saga: &SagaRow, step: KeyStep) -> Result<(), StepError> {
+    async fn undo(&self, saga: &SagaRow, _: &KeyData, step: KeyStep) -> Result<(), StepError> {
         match step {
             KeyStep::Test | KeyStep::Finish | KeyStep::Retire => Ok(()),
             // A key issued for a rotation that did not finish must not stay valid.

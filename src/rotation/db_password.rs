@@ -44,6 +44,23 @@ impl Step for DbStep {
     }
 }
 
+/// What a database-password rotation records: the user it changes and how it chose it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DbData {
+    /// `single_user` or `alternating_users`.
+    pub strategy: String,
+    /// The database target.
+    pub target: Option<String>,
+    /// The user whose password changes.
+    pub user: String,
+    /// Whether an alternating flip came sooner than `min_flip_interval`, by `--force`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced: Option<bool>,
+    /// Sessions the inactive user of an alternating pair still held when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_sessions: Option<u64>,
+}
+
 /// One secret's rotation: its settings, its store and its database.
 pub struct DbPasswordRotation<'a> {
     /// The secret's settings.
@@ -89,11 +106,6 @@ pub(super) fn parse(path: &str, value: &SecretString) -> Result<Parsed, StepErro
 }
 
 impl DbPasswordRotation<'_> {
-    /// The user this rotation changes, as recorded when it started.
-    fn user(saga: &SagaRow) -> Result<&str, StepError> {
-        saga.data["user"].as_str().ok_or_else(|| StepError::Failed(format!("rotation {} records no user", saga.id)))
-    }
-
     /// The value this rotation staged, if it is still staged.
     async fn staged(&self, saga: &SagaRow) -> Result<Option<Parsed>, StepError> {
         match self.store.pending(&self.spec.path).await? {
@@ -111,22 +123,22 @@ impl DbPasswordRotation<'_> {
 
 impl SagaDef for DbPasswordRotation<'_> {
     type Step = DbStep;
+    type Data = DbData;
     const KIND: &'static str = "rotation.db_password";
     const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
     const RESUME: &'static str = "vigil rotate --resume";
 
-    async fn act(&self, saga: &SagaRow, step: DbStep) -> Result<Option<Value>, StepError> {
-        self.act_step(saga, step).await.map(|()| None)
+    async fn act(&self, saga: &SagaRow, data: &DbData, step: DbStep) -> Result<Option<DbData>, StepError> {
+        self.act_step(saga, &data.user, step).await.map(|()| None)
     }
 
-    async fn undo(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
+    async fn undo(&self, saga: &SagaRow, _: &DbData, step: DbStep) -> Result<(), StepError> {
         self.undo_step(saga, step).await
     }
 }
 
 impl DbPasswordRotation<'_> {
-    async fn act_step(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
-        let user = Self::user(saga)?;
+    async fn act_step(&self, saga: &SagaRow, user: &str, step: DbStep) -> Result<(), StepError> {
         match step {
             DbStep::Create => {
                 if self.staged(saga).await?.is_some() {

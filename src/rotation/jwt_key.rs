@@ -63,6 +63,34 @@ pub struct JwtKeyRotation<'a> {
     pub clock: &'a dyn Clock,
 }
 
+/// What a JWT signing-key rotation records: the public JWKs it publishes (never a private
+/// key) and the times its waiting steps become due.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct JwtData {
+    /// `overlap`.
+    pub strategy: String,
+    /// The algorithm the new key signs with.
+    pub algorithm: String,
+    /// The public JWK of the key signing when it started, if any.
+    pub current_jwk: Option<Value>,
+    /// The public JWK of the new key, once generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_jwk: Option<Value>,
+    /// When the new key may sign (RFC 3339): the verifiers' cache time after it was published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_at: Option<String>,
+    /// When the old key leaves the JWKS (RFC 3339): its last token's expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<String>,
+}
+
+impl JwtData {
+    /// The new key's id, once generated.
+    pub fn next_kid(&self) -> Option<&str> {
+        self.next_jwk.as_ref().and_then(jwks::kid)
+    }
+}
+
 impl JwtKeyRotation<'_> {
     /// The key staged by this rotation, if it is still staged.
     async fn staged(&self, saga: &SagaRow) -> Result<Option<SigningKey>, StepError> {
@@ -72,19 +100,19 @@ impl JwtKeyRotation<'_> {
         }
     }
 
-    async fn publish(&self, keys: &[&Value]) -> Result<(), StepError> {
-        let document = jwks::document(keys.iter().copied());
+    async fn publish(&self, keys: &[Option<&Value>]) -> Result<(), StepError> {
+        let document = jwks::document(keys.iter().copied().flatten());
         Ok(self.publisher.publish(&document, &jwks::cache_control(self.jwt.jwks_cache)).await?)
     }
 
-    fn later(&self, by: crate::schedule::Duration) -> Value {
-        Value::String((self.clock.now() + by.to_chrono()).to_rfc3339_opts(SecondsFormat::Secs, true))
+    fn later(&self, by: crate::schedule::Duration) -> String {
+        (self.clock.now() + by.to_chrono()).to_rfc3339_opts(SecondsFormat::Secs, true)
     }
 
     /// Whether the store's current key is this rotation's new key.
-    async fn promoted(&self, saga: &SagaRow) -> Result<bool, StepError> {
+    async fn promoted(&self, data: &JwtData) -> Result<bool, StepError> {
         let current = SigningKey::from_stored(&self.store.current(&self.spec.path).await?.value)?;
-        Ok(current.is_some_and(|key| Some(key.kid.as_str()) == saga.data["next_jwk"]["kid"].as_str()))
+        Ok(current.is_some_and(|key| Some(key.kid.as_str()) == data.next_kid()))
     }
 }
 
@@ -94,26 +122,27 @@ impl From<jwks::KeyError> for StepError {
     }
 }
 
-fn time(value: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value.as_str()?).ok().map(|t| t.with_timezone(&Utc))
+fn time(value: Option<&str>) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value?).ok().map(|t| t.with_timezone(&Utc))
 }
 
 impl SagaDef for JwtKeyRotation<'_> {
     type Step = JwtStep;
+    type Data = JwtData;
     const KIND: &'static str = "rotation.jwt_signing_key";
     const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
     const RESUME: &'static str = "vigil rotate --resume";
 
-    fn not_before(&self, saga: &SagaRow, step: JwtStep) -> Option<DateTime<Utc>> {
+    fn not_before(&self, data: &JwtData, step: JwtStep) -> Option<DateTime<Utc>> {
         match step {
-            JwtStep::Promote => time(&saga.data["sign_at"]),
-            JwtStep::Retire => time(&saga.data["retire_at"]),
+            JwtStep::Promote => time(data.sign_at.as_deref()),
+            JwtStep::Retire => time(data.retire_at.as_deref()),
             JwtStep::Generate | JwtStep::Publish => None,
         }
     }
 
-    async fn act(&self, saga: &SagaRow, step: JwtStep) -> Result<Option<Value>, StepError> {
-        let mut data = saga.data.clone();
+    async fn act(&self, saga: &SagaRow, data: &JwtData, step: JwtStep) -> Result<Option<JwtData>, StepError> {
+        let mut data = data.clone();
         match step {
             JwtStep::Generate => {
                 let key = match self.staged(saga).await? {
@@ -126,43 +155,42 @@ impl SagaDef for JwtKeyRotation<'_> {
                         self.staged(saga).await?.ok_or_else(|| StepError::Failed("the staged key is gone".into()))?
                     }
                 };
-                data["next_jwk"] = key.public;
+                data.next_jwk = Some(key.public);
             }
             JwtStep::Publish => {
-                self.publish(&[&data["current_jwk"], &data["next_jwk"]]).await?;
-                data["sign_at"] = self.later(self.jwt.jwks_cache);
+                self.publish(&[data.current_jwk.as_ref(), data.next_jwk.as_ref()]).await?;
+                data.sign_at = Some(self.later(self.jwt.jwks_cache));
             }
             JwtStep::Promote => {
                 self.store.promote(&self.spec.path, &saga.id).await?;
-                if data["retire_at"].is_null() {
-                    data["retire_at"] = self.later(self.jwt.retention());
+                if data.retire_at.is_none() {
+                    data.retire_at = Some(self.later(self.jwt.retention()));
                 }
             }
-            JwtStep::Retire => self.publish(&[&data["next_jwk"]]).await?,
+            JwtStep::Retire => self.publish(&[data.next_jwk.as_ref()]).await?,
         }
         Ok(Some(data))
     }
 
-    async fn undo(&self, saga: &SagaRow, step: JwtStep) -> Result<(), StepError> {
+    async fn undo(&self, saga: &SagaRow, data: &JwtData, step: JwtStep) -> Result<(), StepError> {
         match step {
             JwtStep::Promote | JwtStep::Retire => Ok(()),
             JwtStep::Publish => {
                 // Once the new key signs, unpublishing it would reject every token it signed.
-                if self.promoted(saga).await? {
+                if self.promoted(data).await? {
                     return Err(StepError::Failed(
                         "the new key is already the signing key, so it stays published; publish the JWKS by hand after checking the store".into(),
                     ));
                 }
                 // Nothing to take back if the document never listed the new key (the publish
                 // failed before writing); an unreadable document is rewritten to be sure.
-                let next = &saga.data["next_jwk"]["kid"];
-                if let Ok(published) = self.publisher.fetch().await {
-                    let keys = published.as_ref().and_then(|d| d["keys"].as_array());
-                    if !keys.is_some_and(|keys| keys.iter().any(|k| &k["kid"] == next)) {
-                        return Ok(());
-                    }
+                let next = data.next_kid();
+                if let Ok(published) = self.publisher.fetch().await
+                    && !jwks::kids(published.as_ref()).any(|kid| Some(kid) == next)
+                {
+                    return Ok(());
                 }
-                self.publish(&[&saga.data["current_jwk"]]).await
+                self.publish(&[data.current_jwk.as_ref()]).await
             }
             JwtStep::Generate => Ok(self.store.discard_pending(&self.spec.path, &saga.id).await?),
         }

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use api_key::{ApiKeyRotation, KeyStep};
-pub use db_password::{DbPasswordRotation, DbStep};
-pub use jwt_key::{JwtKeyRotation, JwtStep};
+pub use api_key::{ApiKeyRotation, KeyData, KeyStep};
+pub use db_password::{DbData, DbPasswordRotation, DbStep};
+pub use jwt_key::{JwtData, JwtKeyRotation, JwtStep};
 
 use crate::clock::Clock;
 use crate::config::{Plan, SecretKind, SecretSpec, Strategy, Target};
@@ -209,7 +209,13 @@ impl<'a> Rotator<'a> {
         let current = db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value)
             .map_err(|err| unreadable(&spec.path, &err))?;
         let username = spec.username.clone().unwrap_or_default();
-        let mut data = serde_json::json!({ "strategy": spec.strategy.as_str(), "target": spec.target });
+        let mut data = DbData {
+            strategy: spec.strategy.as_str().to_owned(),
+            target: spec.target.clone(),
+            user: String::new(),
+            forced: None,
+            inactive_sessions: None,
+        };
         let user = match &spec.strategy {
             Strategy::AlternatingUsers { clone_username, min_flip_interval } => {
                 let status = status::load(self.db, name).await?;
@@ -225,7 +231,7 @@ impl<'a> Rotator<'a> {
                             allowed: allowed.to_rfc3339(),
                         });
                     }
-                    data["forced"] = serde_json::json!(self.clock.now() < allowed);
+                    data.forced = Some(self.clock.now() < allowed);
                 }
                 let (a, b) = (&username, clone_username);
                 let (grants_a, grants_b) = (connected.engine.grants(a).await?, connected.engine.grants(b).await?);
@@ -242,12 +248,12 @@ impl<'a> Rotator<'a> {
                 let inactive = if current.username == *a { b.clone() } else { a.clone() };
                 // Sessions the inactive user still holds keep working (a new password does not
                 // end them); they are recorded so that a lingering client shows up in evidence.
-                data["inactive_sessions"] = serde_json::json!(connected.engine.sessions(&inactive).await?);
+                data.inactive_sessions = Some(connected.engine.sessions(&inactive).await?);
                 inactive
             }
             _ => username.clone(),
         };
-        data["user"] = serde_json::json!(user);
+        data.user = user.clone();
         let id = new_rotation_id();
         let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
         let (_, ended) = self.executor().start(&def, &id, &Subject::Secret(name.to_owned()), data).await?;
@@ -272,10 +278,15 @@ impl<'a> Rotator<'a> {
         let start = async || {
             let current = api_key::parse_key(&spec.path, &store.current(&spec.path).await?.value)
                 .map_err(|err| unreadable(&spec.path, &err))?;
-            Ok(serde_json::json!({ "strategy": spec.strategy.as_str(), "previous_id": current.id }))
+            Ok(KeyData {
+                strategy: spec.strategy.as_str().to_owned(),
+                previous_id: Some(current.id),
+                key_id: None,
+                retire_at: None,
+            })
         };
         let (saga, ended) = self.launch(&def, name, saga, start).await?;
-        let key = saga.data["key_id"].as_str().unwrap_or_default().to_owned();
+        let key = saga.decode::<KeyData>()?.key_id.unwrap_or_default();
         self.conclude_overlap(name, &saga.id, &key, None, &ended).await?;
         Ok(RotationReport { secret: name.to_owned(), rotation: saga.id, user: key, ended })
     }
@@ -290,14 +301,17 @@ impl<'a> Rotator<'a> {
         let start = async || {
             let current = SigningKey::from_stored(&store.current(&spec.path).await?.value)
                 .map_err(|err| unreadable(&spec.path, &err.into()))?;
-            Ok(serde_json::json!({
-                "strategy": spec.strategy.as_str(),
-                "algorithm": jwt.algorithm.as_str(),
-                "current_jwk": current.map(|k| k.public),
-            }))
+            Ok(JwtData {
+                strategy: spec.strategy.as_str().to_owned(),
+                algorithm: jwt.algorithm.as_str().to_owned(),
+                current_jwk: current.map(|k| k.public),
+                next_jwk: None,
+                sign_at: None,
+                retire_at: None,
+            })
         };
         let (saga, ended) = self.launch(&def, name, saga, start).await?;
-        let kid = saga.data["next_jwk"]["kid"].as_str().unwrap_or_default().to_owned();
+        let kid = saga.decode::<JwtData>()?.next_kid().unwrap_or_default().to_owned();
         self.conclude_overlap(name, &saga.id, &kid, Some(saga::Step::name(JwtStep::Promote)), &ended).await?;
         Ok(RotationReport { secret: name.to_owned(), rotation: saga.id, user: kid, ended })
     }
@@ -308,7 +322,7 @@ impl<'a> Rotator<'a> {
         def: &D,
         name: &str,
         saga: Option<SagaRow>,
-        start: impl AsyncFnOnce() -> Result<serde_json::Value, RotationError>,
+        start: impl AsyncFnOnce() -> Result<D::Data, RotationError>,
     ) -> Result<(SagaRow, Ended), RotationError> {
         Ok(match saga {
             Some(saga) => {
@@ -366,7 +380,7 @@ impl<'a> Rotator<'a> {
         let (spec, target) = self.spec(&subject)?;
         let connected = self.connect(spec, target).await?;
         let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
-        let user = saga.data["user"].as_str().unwrap_or_default().to_owned();
+        let user = saga.decode::<DbData>()?.user;
         tracing::info!(secret = %subject, rotation = %saga.id, step = %saga.step, "resuming a rotation left in flight");
         let (saga, ended) = self.executor().run(&def, saga).await?;
         self.conclude(&subject, &saga.id, &user, spec, &ended).await?;

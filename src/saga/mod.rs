@@ -14,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, in_flight};
 
@@ -112,6 +113,10 @@ pub trait SagaDef: Send + Sync {
     /// Its steps.
     type Step: Step;
 
+    /// What it records for its steps (never a secret): what it started with, and facts steps
+    /// found for later ones. Stored as JSON in the saga's row and its evidence records.
+    type Data: Serialize + DeserializeOwned + Send + Sync;
+
     /// The saga kind stored with each saga, e.g. `rotation.db_password`.
     const KIND: &'static str;
 
@@ -127,18 +132,24 @@ pub trait SagaDef: Send + Sync {
     fn act(
         &self,
         saga: &SagaRow,
+        data: &Self::Data,
         step: Self::Step,
-    ) -> impl Future<Output = Result<Option<serde_json::Value>, StepError>> + Send;
+    ) -> impl Future<Output = Result<Option<Self::Data>, StepError>> + Send;
 
     /// The earliest time `step` may act, if it must wait (a retire step waits out an overlap
     /// window). Until then the saga stays at that step, recorded and resumable.
-    fn not_before(&self, saga: &SagaRow, step: Self::Step) -> Option<chrono::DateTime<chrono::Utc>> {
-        let _ = (saga, step);
+    fn not_before(&self, data: &Self::Data, step: Self::Step) -> Option<chrono::DateTime<chrono::Utc>> {
+        let _ = (data, step);
         None
     }
 
     /// Reverses `step` (which may have acted in part, or not at all).
-    fn undo(&self, saga: &SagaRow, step: Self::Step) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn undo(
+        &self,
+        saga: &SagaRow,
+        data: &Self::Data,
+        step: Self::Step,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
 }
 
 /// How transient failures are retried within a step.
@@ -241,6 +252,14 @@ pub enum SagaError {
         /// Where it was to go.
         to: Status,
     },
+    /// The stored data is not what this saga kind records.
+    #[error("saga {id} records data this vigil cannot read ({reason}); it was written by another vigil version")]
+    Data {
+        /// The saga.
+        id: String,
+        /// What did not fit.
+        reason: String,
+    },
     /// The stored step name is not one of this saga kind's.
     #[error("saga {id} is at unknown step {step:?}; it was written by another vigil version")]
     UnknownStep {
@@ -298,8 +317,10 @@ impl Executor<'_> {
         def: &D,
         id: &str,
         subject: &Subject,
-        data: serde_json::Value,
+        data: D::Data,
     ) -> Result<(SagaRow, Ended), SagaError> {
+        let data = serde_json::to_value(&data)
+            .map_err(|err| SagaError::Data { id: id.to_owned(), reason: err.to_string() })?;
         let at = self.now();
         let saga = SagaRow {
             id: id.to_owned(),
@@ -334,10 +355,11 @@ impl Executor<'_> {
                 .ok_or_else(|| SagaError::UnknownStep { id: saga.id.clone(), step: name.to_owned() })
         };
         let mut index = position(&saga.step)?;
+        let mut data: D::Data = saga.decode()?;
         if saga.status == Status::Running {
             loop {
                 let step = steps[index];
-                if let Some(until) = def.not_before(&saga, step)
+                if let Some(until) = def.not_before(&data, step)
                     && self.clock.now() < until
                 {
                     if saga.step != step.name() {
@@ -351,18 +373,21 @@ impl Executor<'_> {
                 failpoint(D::KIND, "before", step.name());
                 let act = |attempt| {
                     let fault = injected_fault(D::KIND, step.name(), attempt);
-                    let saga = &saga;
+                    let (saga, data) = (&saga, &data);
                     async move {
                         match fault {
                             Some(fault) => Err(fault),
-                            None => def.act(saga, step).await,
+                            None => def.act(saga, data, step).await,
                         }
                     }
                 };
                 match self.retrying(act).await {
-                    Ok(data) => {
-                        if let Some(data) = data {
-                            self.set_data(&mut saga, data).await?;
+                    Ok(found) => {
+                        if let Some(found) = found {
+                            let value = serde_json::to_value(&found)
+                                .map_err(|err| SagaError::Data { id: saga.id.clone(), reason: err.to_string() })?;
+                            self.set_data(&mut saga, value).await?;
+                            data = found;
                         }
                         self.record::<D>(&saga, step.name(), "act", Outcome::Succeeded, serde_json::Value::Null)
                             .await?;
@@ -402,7 +427,7 @@ impl Executor<'_> {
             self.set(&mut saga, step.name(), Status::Unwinding, Some(&reason)).await?;
             self.record::<D>(&saga, step.name(), "undo", Outcome::Started, serde_json::Value::Null).await?;
             failpoint(D::KIND, "undo", step.name());
-            if let Err(err) = self.retrying(|_| def.undo(&saga, step)).await {
+            if let Err(err) = self.retrying(|_| def.undo(&saga, &data, step)).await {
                 let why = format!("undoing {} failed: {err}", step.name());
                 self.record::<D>(&saga, step.name(), "undo", Outcome::Failed, serde_json::json!({ "error": why }))
                     .await?;

@@ -92,6 +92,13 @@ pub struct SagaRow {
     pub updated_at: String,
 }
 
+impl SagaRow {
+    /// The saga's data as its kind records it.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, SagaError> {
+        T::deserialize(&self.data).map_err(|err| SagaError::Data { id: self.id.clone(), reason: err.to_string() })
+    }
+}
+
 /// A place saga rows are kept. Writes are durable when they return.
 pub trait SagaStore: Send + Sync {
     /// Records `saga`, new and running, unless another saga of its subject is in flight: then

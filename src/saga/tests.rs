@@ -31,6 +31,13 @@ impl Step for Toy {
     }
 }
 
+/// What the toy saga records: the last step that acted.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ToyData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<String>,
+}
+
 /// What the toy saga's steps do: each act puts its step in `world`, each undo takes it out.
 /// Both are idempotent, as the [`SagaDef`] contract asks; `calls` records the order they ran.
 #[derive(Default)]
@@ -60,11 +67,12 @@ impl ToyDef {
 
 impl SagaDef for ToyDef {
     type Step = Toy;
+    type Data = ToyData;
     const KIND: &'static str = "rotation.toy";
     const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
     const RESUME: &'static str = "vigil rotate --resume";
 
-    async fn act(&self, _: &SagaRow, step: Toy) -> Result<Option<serde_json::Value>, StepError> {
+    async fn act(&self, _: &SagaRow, _: &ToyData, step: Toy) -> Result<Option<ToyData>, StepError> {
         for _ in 0..if self.repeat { 2 } else { 1 } {
             self.calls.lock().unwrap().push(format!("act {}", step.name()));
             self.world.lock().unwrap().insert(step.name());
@@ -72,10 +80,10 @@ impl SagaDef for ToyDef {
         if self.fail_at == Some(step) {
             return Err(StepError::Failed(format!("{} refused", step.name())));
         }
-        Ok(Some(serde_json::json!({ "last": step.name() })))
+        Ok(Some(ToyData { last: Some(step.name().to_owned()) }))
     }
 
-    async fn undo(&self, _: &SagaRow, step: Toy) -> Result<(), StepError> {
+    async fn undo(&self, _: &SagaRow, _: &ToyData, step: Toy) -> Result<(), StepError> {
         for _ in 0..if self.repeat { 2 } else { 1 } {
             self.calls.lock().unwrap().push(format!("undo {}", step.name()));
             if self.fail_undo_at == Some(step) {
@@ -109,7 +117,7 @@ async fn a_saga_runs_every_step_in_order_and_records_each() {
     let (ledger, _dir) = ledger().await;
     let (store, def) = (MemoryStore::default(), ToyDef::default());
     let (row, ended) =
-        executor(&store, &ledger).start(&def, "s1", &secret("orders"), serde_json::json!({})).await.unwrap();
+        executor(&store, &ledger).start(&def, "s1", &secret("orders"), ToyData::default()).await.unwrap();
     assert_eq!(ended, Ended::Done);
     assert_eq!((row.status, row.step.as_str()), (Status::Done, "ship"));
     assert_eq!(def.calls(), ["act reserve", "act charge", "act ship"]);
@@ -129,7 +137,7 @@ async fn a_failure_at_any_step_undoes_it_and_every_step_before_newest_first() {
     for (n, failing) in Toy::ALL.iter().copied().enumerate() {
         let (store, def) = (MemoryStore::default(), ToyDef::failing_at(failing));
         let (row, ended) = executor(&store, &ledger)
-            .start(&def, &format!("f{n}"), &secret("orders"), serde_json::json!({}))
+            .start(&def, &format!("f{n}"), &secret("orders"), ToyData::default())
             .await
             .unwrap();
         assert!(matches!(&ended, Ended::RolledBack { step, .. } if step == failing.name()), "{ended:?}");
@@ -147,7 +155,7 @@ async fn a_failed_undo_leaves_the_saga_stuck_at_that_step() {
     let def = ToyDef { fail_at: Some(Toy::Ship), fail_undo_at: Some(Toy::Charge), ..ToyDef::default() };
     let store = MemoryStore::default();
     let (row, ended) =
-        executor(&store, &ledger).start(&def, "stuck", &secret("orders"), serde_json::json!({})).await.unwrap();
+        executor(&store, &ledger).start(&def, "stuck", &secret("orders"), ToyData::default()).await.unwrap();
     assert!(matches!(&ended, Ended::Stuck { step, .. } if step == "charge"), "{ended:?}");
     assert_eq!((row.status, row.step.as_str()), (Status::Stuck, "charge"));
     assert_eq!(def.world(), ["charge", "reserve"], "nothing before the failed undo was undone");
@@ -161,9 +169,9 @@ async fn repeating_every_act_and_undo_ends_the_same() {
         let twice = ToyDef { fail_at, repeat: true, ..ToyDef::default() };
         let (a, b) = (MemoryStore::default(), MemoryStore::default());
         let (_, ended_once) =
-            executor(&a, &ledger).start(&once, "once", &secret("a"), serde_json::json!({})).await.unwrap();
+            executor(&a, &ledger).start(&once, "once", &secret("a"), ToyData::default()).await.unwrap();
         let (_, ended_twice) =
-            executor(&b, &ledger).start(&twice, "twice", &secret("b"), serde_json::json!({})).await.unwrap();
+            executor(&b, &ledger).start(&twice, "twice", &secret("b"), ToyData::default()).await.unwrap();
         assert_eq!(ended_once, ended_twice, "failing at {fail_at:?}");
         assert_eq!(once.world(), twice.world(), "failing at {fail_at:?}");
     }
@@ -179,7 +187,7 @@ async fn a_crash_after_any_event_resumes_to_the_same_end() {
         let full = MemoryStore::default();
         let reference = ToyDef { fail_at, ..ToyDef::default() };
         let (_, want) =
-            executor(&full, &ledger).start(&reference, "r", &secret("orders"), serde_json::json!({})).await.unwrap();
+            executor(&full, &ledger).start(&reference, "r", &secret("orders"), ToyData::default()).await.unwrap();
         let log = full.log();
         for events in 1..log.len() {
             let cut = &log[events - 1];
@@ -221,13 +229,13 @@ async fn a_secret_and_a_backup_set_of_one_name_do_not_block_each_other() {
     let clock = ManualClock::new(chrono::Utc::now());
     let waiting = WaitingDef;
     let executor = Executor { store: &db, ledger: &ledger, clock: &clock, retry: RetryPolicy::default() };
-    let (_, ended) = executor.start(&waiting, "w1", &secret("orders"), serde_json::json!({})).await.unwrap();
+    let (_, ended) = executor.start(&waiting, "w1", &secret("orders"), ToyData::default()).await.unwrap();
     assert!(matches!(ended, Ended::Waiting { .. }), "the secret's saga stays in flight: {ended:?}");
     let backup = ToyDef::default();
     let (_, ended) =
-        executor.start(&backup, "b1", &Subject::Backup("orders".into()), serde_json::json!({})).await.unwrap();
+        executor.start(&backup, "b1", &Subject::Backup("orders".into()), ToyData::default()).await.unwrap();
     assert_eq!(ended, Ended::Done, "the backup set of the same name runs");
-    let refused = executor.start(&waiting, "w2", &secret("orders"), serde_json::json!({})).await.unwrap_err();
+    let refused = executor.start(&waiting, "w2", &secret("orders"), ToyData::default()).await.unwrap_err();
     assert!(matches!(refused, SagaError::InFlight { .. }), "{refused}");
     assert!(refused.to_string().starts_with("orders already has a rotation.waiting in flight (w1)"), "{refused}");
 }
@@ -238,7 +246,7 @@ async fn a_row_moved_on_by_another_process_stops_this_one() {
     let store = MemoryStore::default();
     let def = ToyDef::default();
     let (_, _) =
-        executor(&store, &ledger).start(&WaitingDef, "w", &secret("orders"), serde_json::json!({})).await.unwrap();
+        executor(&store, &ledger).start(&WaitingDef, "w", &secret("orders"), ToyData::default()).await.unwrap();
     let stale = store.in_flight().await.unwrap().pop().unwrap();
     let mut moved = stale.clone();
     moved.updated_at = "2999-01-01T00:00:00.000000Z".into();
@@ -253,19 +261,33 @@ struct WaitingDef;
 
 impl SagaDef for WaitingDef {
     type Step = Toy;
+    type Data = ToyData;
     const KIND: &'static str = "rotation.waiting";
     const AREA: crate::evidence::Area = crate::evidence::Area::Rotation;
     const RESUME: &'static str = "vigil rotate --resume";
 
-    async fn act(&self, _: &SagaRow, _: Toy) -> Result<Option<serde_json::Value>, StepError> {
+    async fn act(&self, _: &SagaRow, _: &ToyData, _: Toy) -> Result<Option<ToyData>, StepError> {
         Ok(None)
     }
 
-    fn not_before(&self, _: &SagaRow, _: Toy) -> Option<chrono::DateTime<chrono::Utc>> {
+    fn not_before(&self, _: &ToyData, _: Toy) -> Option<chrono::DateTime<chrono::Utc>> {
         Some(chrono::Utc::now() + chrono::Duration::days(1))
     }
 
-    async fn undo(&self, _: &SagaRow, _: Toy) -> Result<(), StepError> {
+    async fn undo(&self, _: &SagaRow, _: &ToyData, _: Toy) -> Result<(), StepError> {
         Ok(())
     }
+}
+
+#[tokio::test]
+async fn data_a_kind_cannot_read_is_an_error_not_a_guess() {
+    let (ledger, _dir) = ledger().await;
+    let store = MemoryStore::default();
+    let def = ToyDef::default();
+    executor(&store, &ledger).start(&WaitingDef, "w", &secret("orders"), ToyData::default()).await.unwrap();
+    let mut row = store.in_flight().await.unwrap().pop().unwrap();
+    row.data = serde_json::json!({ "last": 5 });
+    let err = executor(&store, &ledger).run(&def, row).await.unwrap_err();
+    assert!(matches!(err, SagaError::Data { .. }), "{err}");
+    assert!(def.calls().is_empty(), "nothing acted on data it could not read");
 }
