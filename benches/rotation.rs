@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use sqlx::Connection as _;
+use tokio_util::sync::CancellationToken;
 use vigil::clock::SystemClock;
+use vigil::context::Ctx;
 use vigil::engines::{self, Credential, Endpoint};
 use vigil::evidence::{Ledger, LedgerKey};
 use vigil::rotation::Rotator;
-use vigil::saga::{Ended, RetryPolicy};
+use vigil::saga::Ended;
 use vigil::state::Db;
 use vigil::stores::{AwsSecretsManager, SecretStore};
 
@@ -189,7 +191,7 @@ async fn main() {
     // flipped to its clone, so vigil rotates the other user back.
     let db = Db::open(&plan.evidence.store).await.unwrap();
     let ledger = Ledger::open(db.clone(), LedgerKey::generate("vigil/bench"), Arc::new(SystemClock)).await.unwrap();
-    let rotator = Rotator::new(&plan, &db, &ledger, &SystemClock, RetryPolicy::default());
+    let rotator = Rotator::new(Ctx::new(&plan, &db, &ledger, &SystemClock, CancellationToken::new()));
     let start = Instant::now();
     let results: Vec<(Duration, bool)> = futures_util::stream::iter(0..args.secrets)
         .map(|i| {

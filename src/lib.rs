@@ -17,6 +17,7 @@ pub mod issuers;
 pub mod aws;
 pub mod jwks;
 pub mod saga;
+pub mod context;
 pub mod rotation;
 pub mod backup;
 pub mod telemetry;

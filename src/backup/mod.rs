@@ -24,13 +24,14 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
-use crate::config::{BackupMethod, BackupSet, Plan, Target};
+use crate::config::{BackupMethod, BackupSet, Target};
+use crate::context::Ctx;
 use crate::engines::Endpoint;
 use crate::engines::Engine;
-use crate::evidence::{EvidenceError, Kind, Ledger, NewRecord, Outcome};
-use crate::saga::{self, Ended, Executor, RetryPolicy, SagaDef, SagaError, SagaRow, StepError, Subject};
-use crate::state::{Db, StateError};
-use crate::stores::{ReferenceError, Stores};
+use crate::evidence::{EvidenceError, Kind, NewRecord, Outcome};
+use crate::saga::{self, Ended, Executor, SagaDef, SagaError, SagaRow, StepError, Subject};
+use crate::state::StateError;
+use crate::stores::ReferenceError;
 use catalog::{Entry, Status};
 use format::DEFAULT_SEGMENT_SIZE;
 use keys::{KeyError, KeyService};
@@ -158,19 +159,10 @@ pub struct PruneReport {
 
 /// Everything a backup needs, for one run of the command or the daemon.
 pub struct Backups<'a> {
-    /// The configuration.
-    pub plan: &'a Plan,
-    /// The state store.
-    pub db: &'a Db,
-    /// The evidence ledger.
-    pub ledger: &'a Ledger,
-    /// The time.
-    pub clock: &'a dyn Clock,
-    /// Retries of transient failures within a step.
-    pub retry: RetryPolicy,
+    /// What it runs with.
+    pub ctx: Ctx<'a>,
     /// Called with bytes dumped, as they stream.
     pub progress: Option<Progress>,
-    stores: Stores<'a>,
 }
 
 /// The dump saga's steps.
@@ -200,33 +192,25 @@ struct Connected {
 }
 
 impl<'a> Backups<'a> {
-    /// Backups over `plan`, recording in `db` and `ledger`.
-    pub fn new(plan: &'a Plan, db: &'a Db, ledger: &'a Ledger, clock: &'a dyn Clock, retry: RetryPolicy) -> Self {
-        Self {
-            plan,
-            db,
-            ledger,
-            clock,
-            retry,
-            progress: None,
-            stores: Stores::new(plan.aws.as_ref(), plan.vault.as_ref()),
-        }
+    /// Backups running with `ctx`.
+    pub fn new(ctx: Ctx<'a>) -> Self {
+        Self { ctx, progress: None }
     }
 
     fn executor(&self) -> Executor<'_> {
-        Executor { store: self.db, ledger: self.ledger, clock: self.clock, retry: self.retry }
+        self.ctx.executor()
     }
 
     fn set(&self, name: &str) -> Result<&'a BackupSet, BackupError> {
-        self.plan.backups.get(name).ok_or_else(|| BackupError::UnknownSet(name.to_owned()))
+        self.ctx.plan.backups.get(name).ok_or_else(|| BackupError::UnknownSet(name.to_owned()))
     }
 
     fn target(&self, set: &BackupSet) -> &'a Target {
-        self.plan.targets.get(&set.target).expect("validated: a backup set names a target")
+        self.ctx.plan.targets.get(&set.target).expect("validated: a backup set names a target")
     }
 
     fn now(&self) -> String {
-        self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        self.ctx.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     }
 
     async fn connect(&self, set: &BackupSet) -> Result<Connected, BackupError> {
@@ -234,15 +218,15 @@ impl<'a> Backups<'a> {
             unreachable!("only dump sets connect a store");
         };
         Ok(Connected {
-            store: store::connect(store, self.plan).await?,
-            keys: keys::connect(key_service, self.plan).await?,
+            store: store::connect(store, self.ctx.plan).await?,
+            keys: keys::connect(key_service, self.ctx.plan).await?,
         })
     }
 
     /// Backs up set `name` now: a dump that is then verified, or an RDS snapshot.
     pub async fn run(&self, name: &str) -> Result<BackupReport, BackupError> {
         let set = self.set(name)?;
-        let id = new_backup_id(self.clock);
+        let id = new_backup_id(self.ctx.clock);
         match &set.method {
             BackupMethod::Dump { .. } => {
                 let connected = self.connect(set).await?;
@@ -265,7 +249,7 @@ impl<'a> Backups<'a> {
     ) -> Result<BackupReport, BackupError> {
         let data: DumpData = saga.decode()?;
         let id = data.backup_id;
-        let entry = catalog::get(self.db, &id).await?;
+        let entry = catalog::get(self.ctx.db, &id).await?;
         Ok(BackupReport {
             set: name.to_owned(),
             location: connected.store.location(&data.object),
@@ -280,7 +264,10 @@ impl<'a> Backups<'a> {
     /// Finishes or rolls back every backup a crash left in flight.
     pub async fn resume(&self) -> Result<Vec<BackupReport>, BackupError> {
         let mut reports = Vec::new();
-        for saga in saga::in_flight(self.db).await? {
+        for saga in saga::in_flight(self.ctx.db).await? {
+            if self.ctx.cancel.is_cancelled() {
+                break;
+            }
             let Subject::Backup(name) = saga.subject.clone() else { continue };
             match saga.kind.as_str() {
                 DumpSaga::KIND_NAME => {
@@ -302,6 +289,7 @@ impl<'a> Backups<'a> {
     async fn readable(&self, id: &str) -> Result<(Entry, Manifest, Connected), BackupError> {
         let (entry, manifest) = self.recorded(id).await?;
         let set = self
+            .ctx
             .plan
             .backups
             .get(&entry.set)
@@ -312,7 +300,7 @@ impl<'a> Backups<'a> {
 
     /// The catalog entry of `id` and its manifest, checked against the manifest's recorded hash.
     async fn recorded(&self, id: &str) -> Result<(Entry, Manifest), BackupError> {
-        let entry = catalog::get(self.db, id).await?.ok_or_else(|| BackupError::UnknownBackup(id.to_owned()))?;
+        let entry = catalog::get(self.ctx.db, id).await?.ok_or_else(|| BackupError::UnknownBackup(id.to_owned()))?;
         if entry.method != "dump" {
             return Err(BackupError::NotReadable {
                 id: id.to_owned(),
@@ -369,15 +357,16 @@ impl<'a> Backups<'a> {
             ),
             Err(err) => (Outcome::Failed, serde_json::json!({ "backup_id": id, "error": err.to_string() })),
         };
-        self.ledger
+        self.ctx
+            .ledger
             .append(NewRecord { kind: Kind::BackupVerified.into(), subject: entry.set.clone(), outcome, details })
             .await?;
         match &result {
-            Ok(_) => catalog::set_status(self.db, id, Status::Verified, None, &self.now()).await?,
+            Ok(_) => catalog::set_status(self.ctx.db, id, Status::Verified, None, &self.now()).await?,
             Err(BackupError::Check { check, .. }) => {
                 // A backup that no longer verifies is written, not verified: retention keeps
                 // it out of the count and drills do not pick it.
-                catalog::set_status(self.db, id, Status::Written, Some(check), &self.now()).await?;
+                catalog::set_status(self.ctx.db, id, Status::Written, Some(check), &self.now()).await?;
             }
             Err(_) => {}
         }
@@ -442,7 +431,8 @@ impl<'a> Backups<'a> {
         let (entry, manifest, connected) = self.readable(id).await?;
         let stream = self.open(&manifest, &connected, sink).await?;
         compare(id, &manifest, &stream)?;
-        self.ledger
+        self.ctx
+            .ledger
             .append(NewRecord {
                 kind: Kind::BackupFetched.into(),
                 subject: entry.set,
@@ -458,7 +448,7 @@ impl<'a> Backups<'a> {
         if let Some(set) = set {
             self.set(set)?;
         }
-        Ok(catalog::list(self.db, set).await?)
+        Ok(catalog::list(self.ctx.db, set).await?)
     }
 
     /// Deletes each set's backups beyond its retention (only what `dry_run` says would go, when
@@ -466,8 +456,8 @@ impl<'a> Backups<'a> {
     /// left alone: a crashed one belongs to `resume`.
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<PruneReport>, BackupError> {
         let mut reports = Vec::new();
-        for (name, set) in &self.plan.backups {
-            let entries = catalog::list(self.db, Some(name)).await?;
+        for (name, set) in &self.ctx.plan.backups {
+            let entries = catalog::list(self.ctx.db, Some(name)).await?;
             let verified: Vec<retention::Candidate> = entries
                 .iter()
                 .filter(|e| e.status == Status::Verified)
@@ -495,8 +485,8 @@ impl<'a> Backups<'a> {
                         }
                         None => rds::delete(self, entry).await?,
                     }
-                    catalog::set_status(self.db, &entry.id, Status::Pruned, None, &self.now()).await?;
-                    self.ledger
+                    catalog::set_status(self.ctx.db, &entry.id, Status::Pruned, None, &self.now()).await?;
+                    self.ctx.ledger
                         .append(NewRecord {
                             kind: Kind::BackupPruned.into(),
                             subject: name.clone(),
@@ -606,7 +596,10 @@ impl RestoreCheck {
                 let output = child.wait_with_output().map_err(|err| format!("pg_restore check failed: {err}"))?;
                 let listing = String::from_utf8_lossy(&output.stdout);
                 let entries = listing.lines().filter(|l| !l.starts_with(';') && !l.trim().is_empty()).count();
-                if !output.status.success() || entries == 0 {
+                // An empty database dumps to an archive of no entries: its header (the `;`
+                // lines) is what shows pg_restore read the archive.
+                let header = listing.lines().any(|l| l.starts_with(';'));
+                if !output.status.success() || !header {
                     return Err(format!(
                         "pg_restore check failed: pg_restore --list could not read the dump ({}): {}",
                         output.status,
@@ -672,14 +665,14 @@ impl DumpSaga<'_> {
         let location = self.connected.store.location(&object);
         let started =
             catalog::Started { id: &id, set: self.name, target: &self.set.target, method: "dump", location: &location };
-        catalog::started(backups.db, &started, &started_at).await?;
-        let admin = backups.stores.login(&target.admin).await.map_err(|err| match err {
+        catalog::started(backups.ctx.db, &started, &started_at).await?;
+        let admin = backups.ctx.stores.login(&target.admin).await.map_err(|err| match err {
             ReferenceError::Store(err) if err.is_transient() => StepError::Transient(err.to_string()),
             err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", self.set.target)),
         })?;
         let (key, wrapped) = self.connected.keys.generate(&id).await?;
         let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
-        let scratch = backups.plan.controller.data_dir.join("tmp");
+        let scratch = backups.ctx.plan.controller.data_dir.join("tmp");
         std::fs::create_dir_all(&scratch)
             .map_err(|err| StepError::Failed(format!("cannot create {}: {err}", scratch.display())))?;
         let (mut dump, stdout) = dump::start(target.engine, &endpoint, &admin, &scratch).await?;
@@ -733,7 +726,7 @@ impl DumpSaga<'_> {
         self.connected.store.put(&manifest_key(&object), pretty).await?;
         let sha = manifest.sha256();
         catalog::written(
-            backups.db,
+            backups.ctx.db,
             &id,
             &manifest.canonical(),
             &sha,
@@ -744,6 +737,7 @@ impl DumpSaga<'_> {
         // The record carries the manifest's hash and what a drill or auditor compares; the
         // wrapped key stays in the manifest.
         backups
+            .ctx
             .ledger
             .append(NewRecord {
                 kind: Kind::BackupWritten.into(),
@@ -824,7 +818,8 @@ impl SagaDef for DumpSaga<'_> {
                 self.connected.store.delete(object).await?;
                 self.connected.store.delete(&manifest_key(object)).await?;
                 let reason = saga.error.clone().unwrap_or_else(|| "rolled back".into());
-                Ok(catalog::set_status(self.backups.db, id, Status::Failed, Some(&reason), &self.backups.now()).await?)
+                Ok(catalog::set_status(self.backups.ctx.db, id, Status::Failed, Some(&reason), &self.backups.now())
+                    .await?)
             }
         }
     }

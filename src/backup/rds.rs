@@ -195,8 +195,9 @@ impl SagaDef for SnapshotSaga<'_> {
             SnapshotStep::Available => {
                 let arn = self.await_available(&self.client, &snapshot).await?;
                 let now = backups.now();
-                catalog::set_status(backups.db, &id, Status::Verified, None, &now).await?;
+                catalog::set_status(backups.ctx.db, &id, Status::Verified, None, &now).await?;
                 backups
+                    .ctx
                     .ledger
                     .append(NewRecord {
                         kind: Kind::SnapshotAvailable.into(),
@@ -225,6 +226,7 @@ impl SagaDef for SnapshotSaga<'_> {
                 }
                 let arn = self.await_available(client, &snapshot).await?;
                 backups
+                    .ctx
                     .ledger
                     .append(NewRecord {
                         kind: Kind::SnapshotCopied.into(),
@@ -245,7 +247,8 @@ impl SagaDef for SnapshotSaga<'_> {
             SnapshotStep::Create => {
                 Self::delete(&self.client, snapshot).await?;
                 let reason = saga.error.clone().unwrap_or_else(|| "rolled back".into());
-                Ok(catalog::set_status(self.backups.db, id, Status::Failed, Some(&reason), &self.backups.now()).await?)
+                Ok(catalog::set_status(self.backups.ctx.db, id, Status::Failed, Some(&reason), &self.backups.now())
+                    .await?)
             }
             SnapshotStep::Available => Ok(()),
             SnapshotStep::Copy => match &self.copy_client {
@@ -260,7 +263,7 @@ async fn clients(
     backups: &Backups<'_>,
     copy: Option<&RdsCopy>,
 ) -> Result<(aws_sdk_rds::Client, Option<aws_sdk_rds::Client>), RdsError> {
-    let aws = backups.plan.aws.as_ref().ok_or(RdsError::NotConfigured)?;
+    let aws = backups.ctx.plan.aws.as_ref().ok_or(RdsError::NotConfigured)?;
     let sdk = crate::aws::sdk_config(aws).await.map_err(|err| RdsError::Credentials(err.to_string()))?;
     let copy_client = copy.map(|copy| {
         let config = aws_sdk_rds::config::Builder::from(&sdk)
@@ -286,7 +289,7 @@ pub(super) async fn run(
     let (client, copy_client) = clients(backups, copy).await?;
     let snapshot = snapshot_id(name, id);
     let started = catalog::Started { id, set: name, target: &set.target, method: "rds_snapshot", location: &snapshot };
-    catalog::started(backups.db, &started, &backups.now()).await?;
+    catalog::started(backups.ctx.db, &started, &backups.now()).await?;
     let def = SnapshotSaga { backups, instance: instance_of(backups, set), copy, client, copy_client };
     let data = SnapshotData { set: name.to_owned(), backup_id: id.to_owned(), snapshot, arn: None, copy_arn: None };
     let (saga, ended) = backups.executor().start(&def, id, &Subject::Backup(name.to_owned()), data).await?;

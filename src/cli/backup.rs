@@ -4,12 +4,15 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use super::evidence::open_ledger;
 use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat, load_plan};
 use crate::backup::{BackupReport, Backups};
 use crate::clock::SystemClock;
-use crate::saga::{Ended, RetryPolicy};
+use crate::context::Ctx;
+use crate::saga::Ended;
 use crate::state::Db;
 
 /// Take, verify, fetch, list and prune encrypted backups.
@@ -69,11 +72,11 @@ enum BackupCommand {
 }
 
 impl BackupArgs {
-    pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
+    pub(super) async fn run(&self, global: &GlobalArgs, cancel: &CancellationToken) -> anyhow::Result<Exit> {
         let plan = load_plan(global)?;
         let db = Db::open(&plan.evidence.store).await?;
         let ledger = open_ledger(&plan, &db).await?;
-        let mut backups = Backups::new(&plan, &db, &ledger, &SystemClock, RetryPolicy::default());
+        let mut backups = Backups::new(Ctx::new(&plan, &db, &ledger, &SystemClock, cancel.child_token()));
         if global.output == OutputFormat::Human && std::io::stderr().is_terminal() && global.quiet == 0 {
             backups.progress = Some(progress());
         }

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 pub use output::OutputFormat;
 
@@ -37,15 +38,56 @@ pub fn main() -> ExitCode {
         }
     };
     let exit = runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        let command = cli.command.run(&cli.global, &cancel);
+        tokio::pin!(command);
         tokio::select! {
-            result = cli.command.run(&cli.global) => result.unwrap_or_else(|err| report(&err)),
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("vigil: interrupted");
+            result = &mut command => result.unwrap_or_else(|err| report(&err)),
+            () = shutdown_signal() => {
+                // The step in flight finishes and is recorded; no new one starts. A second
+                // signal, or the grace period running out, stops at once: what is left is
+                // recorded as in flight and resumes on the next run.
+                cancel.cancel();
+                eprintln!(
+                    "vigil: interrupted; finishing the step in flight (up to {} s; interrupt again to stop now)",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                tokio::select! {
+                    result = &mut command => {
+                        if let Err(err) = result {
+                            eprintln!("vigil: {err:#}");
+                        }
+                    }
+                    () = shutdown_signal() => eprintln!("vigil: stopped; the step in flight resumes on the next run"),
+                    () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                        eprintln!("vigil: the step in flight did not finish in time; it resumes on the next run");
+                    }
+                }
                 Exit::Interrupted
             }
         }
     });
     exit.into()
+}
+
+/// How long an interrupted command may take to finish its step in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops vigil gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }
 
 /// Prints a failed command's error chain on one line and picks its exit code.
@@ -157,11 +199,11 @@ enum Command {
 }
 
 impl Command {
-    async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
+    async fn run(&self, global: &GlobalArgs, cancel: &CancellationToken) -> anyhow::Result<Exit> {
         match self {
             Self::Run(args) => args.run(global).await,
-            Self::Rotate(args) => args.run(global).await,
-            Self::Backup(args) => args.run(global).await,
+            Self::Rotate(args) => args.run(global, cancel).await,
+            Self::Backup(args) => args.run(global, cancel).await,
             Self::Drill(args) => args.run(global).await,
             Self::Report(args) => args.run(global).await,
             Self::Evidence(args) => args.run(global).await,

@@ -1,13 +1,15 @@
 //! `vigil rotate`: rotate credentials now, resume interrupted rotations, check for drift.
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::evidence::open_ledger;
 use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat, load_plan};
 use crate::clock::SystemClock;
+use crate::context::Ctx;
 use crate::rotation::{RotationReport, Rotator};
-use crate::saga::{Ended, RetryPolicy};
+use crate::saga::Ended;
 use crate::state::Db;
 
 /// Rotate a credential now, finish interrupted rotations, or check current credentials.
@@ -76,11 +78,11 @@ struct Results {
 }
 
 impl RotateArgs {
-    pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
+    pub(super) async fn run(&self, global: &GlobalArgs, cancel: &CancellationToken) -> anyhow::Result<Exit> {
         let plan = load_plan(global)?;
         let db = Db::open(&plan.evidence.store).await?;
         let ledger = open_ledger(&plan, &db).await?;
-        let rotator = Rotator::new(&plan, &db, &ledger, &SystemClock, RetryPolicy::default());
+        let rotator = Rotator::new(Ctx::new(&plan, &db, &ledger, &SystemClock, cancel.child_token()));
         let exit = self.dispatch(&rotator, global.output).await;
         db.close().await;
         exit
@@ -143,6 +145,9 @@ impl RotateArgs {
                 None => rotator.due().await?,
             };
             for name in names {
+                if rotator.ctx.cancel.is_cancelled() {
+                    break;
+                }
                 match rotator.rotate(&name, self.force).await {
                     Ok(report) => results.rotations.push(report),
                     // One named secret: its refusal is the command's error.
@@ -158,7 +163,8 @@ impl RotateArgs {
                     println!("nothing to do");
                 }
                 for r in &results.rotations {
-                    let is_password = rotator.plan.secrets.get(&r.secret).is_some_and(|s| s.kind.engine().is_some());
+                    let is_password =
+                        rotator.ctx.plan.secrets.get(&r.secret).is_some_and(|s| s.kind.engine().is_some());
                     let credential = if is_password { format!("user {}", r.user) } else { format!("key {}", r.user) };
                     match &r.ended {
                         Ended::Done => println!("{}: rotated {credential} (rotation {})", r.secret, r.rotation),

@@ -21,13 +21,13 @@ pub use api_key::{ApiKeyRotation, KeyData, KeyStep};
 pub use db_password::{DbData, DbPasswordRotation, DbStep};
 pub use jwt_key::{JwtData, JwtKeyRotation, JwtStep};
 
-use crate::clock::Clock;
 use crate::config::{Plan, SecretKind, SecretSpec, Strategy, Target};
+use crate::context::Ctx;
 use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
-use crate::evidence::{Kind, Ledger, NewRecord, Outcome};
+use crate::evidence::{Kind, NewRecord, Outcome};
 use crate::issuers;
 use crate::jwks::{self, SigningKey};
-use crate::saga::{self, Ended, Executor, RetryPolicy, SagaError, SagaRow, Subject};
+use crate::saga::{self, Ended, Executor, SagaError, SagaRow, Subject};
 use crate::secret::{SecretRef, SecretString, StoreKind};
 use crate::state::Db;
 use crate::stores::{self, SecretStore, StoreError};
@@ -128,18 +128,8 @@ pub struct WatchReport {
 
 /// Everything a rotation needs, for one run of the command or the daemon.
 pub struct Rotator<'a> {
-    /// The configuration.
-    pub plan: &'a Plan,
-    /// The state store.
-    pub db: &'a Db,
-    /// The evidence ledger.
-    pub ledger: &'a Ledger,
-    /// The time.
-    pub clock: &'a dyn Clock,
-    /// Retries of transient failures within a step.
-    pub retry: RetryPolicy,
-    /// Store clients, connected on first use and kept.
-    stores: stores::Stores<'a>,
+    /// What it runs with.
+    pub ctx: Ctx<'a>,
 }
 
 fn admin_error(whose: &str, err: stores::ReferenceError) -> RotationError {
@@ -156,25 +146,28 @@ struct Connected {
 }
 
 impl<'a> Rotator<'a> {
-    /// A rotator over `plan`, recording in `db` and `ledger`.
-    pub fn new(plan: &'a Plan, db: &'a Db, ledger: &'a Ledger, clock: &'a dyn Clock, retry: RetryPolicy) -> Self {
-        Self { plan, db, ledger, clock, retry, stores: stores::Stores::new(plan.aws.as_ref(), plan.vault.as_ref()) }
+    /// A rotator running with `ctx`.
+    pub fn new(ctx: Ctx<'a>) -> Self {
+        Self { ctx }
     }
 
     /// The client for `kind`, connected once per rotator.
     async fn store(&self, kind: StoreKind) -> Result<Arc<dyn SecretStore>, RotationError> {
-        Ok(self.stores.get(kind).await?)
+        Ok(self.ctx.stores.get(kind).await?)
     }
 
     fn secret(&self, name: &str) -> Result<&'a SecretSpec, RotationError> {
-        self.plan.secrets.get(name).ok_or_else(|| RotationError::UnknownSecret(name.to_owned()))
+        self.ctx.plan.secrets.get(name).ok_or_else(|| RotationError::UnknownSecret(name.to_owned()))
     }
 
     /// A database password's settings and target.
     fn spec(&self, name: &str) -> Result<(&'a SecretSpec, &'a Target), RotationError> {
         let spec = self.secret(name)?;
-        let target =
-            spec.target.as_ref().and_then(|t| self.plan.targets.get(t)).expect("validated: passwords name a target");
+        let target = spec
+            .target
+            .as_ref()
+            .and_then(|t| self.ctx.plan.targets.get(t))
+            .expect("validated: passwords name a target");
         Ok((spec, target))
     }
 
@@ -188,12 +181,12 @@ impl<'a> Rotator<'a> {
 
     /// The value `reference` names. `whose` names what it is for, in errors.
     async fn resolve(&self, whose: &str, reference: &SecretRef) -> Result<SecretString, RotationError> {
-        self.stores.resolve(reference).await.map_err(|err| admin_error(whose, err))
+        self.ctx.stores.resolve(reference).await.map_err(|err| admin_error(whose, err))
     }
 
     /// The admin credential: a JSON object with `username` and `password`.
     async fn admin(&self, target: &str, reference: &SecretRef) -> Result<Credential, RotationError> {
-        self.stores.login(reference).await.map_err(|err| admin_error(target, err))
+        self.ctx.stores.login(reference).await.map_err(|err| admin_error(target, err))
     }
 
     /// Rotates `name` now. `force` allows an alternating flip sooner than min_flip_interval.
@@ -218,12 +211,12 @@ impl<'a> Rotator<'a> {
         };
         let user = match &spec.strategy {
             Strategy::AlternatingUsers { clone_username, min_flip_interval } => {
-                let status = status::load(self.db, name).await?;
+                let status = status::load(self.ctx.db, name).await?;
                 if let Some(last_flip) = &status.last_flip
                     && let Ok(at) = DateTime::parse_from_rfc3339(last_flip)
                 {
                     let allowed = at.with_timezone(&Utc) + min_flip_interval.to_chrono();
-                    if self.clock.now() < allowed && !force {
+                    if self.ctx.clock.now() < allowed && !force {
                         return Err(RotationError::TooSoon {
                             name: name.to_owned(),
                             last_flip: last_flip.clone(),
@@ -231,7 +224,7 @@ impl<'a> Rotator<'a> {
                             allowed: allowed.to_rfc3339(),
                         });
                     }
-                    data.forced = Some(self.clock.now() < allowed);
+                    data.forced = Some(self.ctx.clock.now() < allowed);
                 }
                 let (a, b) = (&username, clone_username);
                 let (grants_a, grants_b) = (connected.engine.grants(a).await?, connected.engine.grants(b).await?);
@@ -274,7 +267,7 @@ impl<'a> Rotator<'a> {
         let spec = self.secret(name)?;
         let store = self.store(spec.store).await?;
         let issuer = self.issuer(name, spec).await?;
-        let def = ApiKeyRotation { name, spec, store: store.as_ref(), issuer: &issuer, clock: self.clock };
+        let def = ApiKeyRotation { name, spec, store: store.as_ref(), issuer: &issuer, clock: self.ctx.clock };
         let start = async || {
             let current = api_key::parse_key(&spec.path, &store.current(&spec.path).await?.value)
                 .map_err(|err| unreadable(&spec.path, &err))?;
@@ -296,8 +289,9 @@ impl<'a> Rotator<'a> {
         let spec = self.secret(name)?;
         let store = self.store(spec.store).await?;
         let jwt = spec.jwt.as_ref().expect("validated: JWT secrets have JWT settings");
-        let publisher = jwks::connect(&jwt.jwks, self.plan.aws.as_ref(), self.plan.vault.as_ref()).await?;
-        let def = JwtKeyRotation { spec, jwt, store: store.as_ref(), publisher: publisher.as_ref(), clock: self.clock };
+        let publisher = jwks::connect(&jwt.jwks, self.ctx.plan.aws.as_ref(), self.ctx.plan.vault.as_ref()).await?;
+        let def =
+            JwtKeyRotation { spec, jwt, store: store.as_ref(), publisher: publisher.as_ref(), clock: self.ctx.clock };
         let start = async || {
             let current = SigningKey::from_stored(&store.current(&spec.path).await?.value)
                 .map_err(|err| unreadable(&spec.path, &err.into()))?;
@@ -349,10 +343,12 @@ impl<'a> Rotator<'a> {
     ) -> Result<(), RotationError> {
         match ended {
             Ended::Waiting { step, .. } if Some(step.as_str()) == not_current_at => {}
-            Ended::Done | Ended::Waiting { .. } => status::rotated(self.db, name, id, false, self.clock).await?,
+            Ended::Done | Ended::Waiting { .. } => {
+                status::rotated(self.ctx.db, name, id, false, self.ctx.clock).await?
+            }
             Ended::RolledBack { step, reason } | Ended::Stuck { step, reason } => {
                 let why = format!("rotation {id} of key {key} failed at {step}: {reason}");
-                status::needs_attention(self.db, name, &why, self.clock).await?;
+                status::needs_attention(self.ctx.db, name, &why, self.ctx.clock).await?;
             }
         }
         Ok(())
@@ -362,7 +358,10 @@ impl<'a> Rotator<'a> {
     /// (promotions, retirements) that have come due.
     pub async fn resume(&self) -> Result<Vec<RotationReport>, RotationError> {
         let mut reports = Vec::new();
-        for saga in saga::in_flight(self.db).await? {
+        for saga in saga::in_flight(self.ctx.db).await? {
+            if self.ctx.cancel.is_cancelled() {
+                break;
+            }
             let Subject::Secret(subject) = saga.subject.clone() else { continue };
             let report = match saga.kind.as_str() {
                 kind if kind == ApiKeyRotation::KIND_NAME => self.rotate_api_key(&subject, Some(saga)).await?,
@@ -389,19 +388,19 @@ impl<'a> Rotator<'a> {
 
     /// The configured database-password secrets.
     fn password_secrets(&self) -> impl Iterator<Item = (&String, &SecretSpec)> {
-        self.plan.secrets.iter().filter(|(_, spec)| spec.kind.engine().is_some())
+        self.ctx.plan.secrets.iter().filter(|(_, spec)| spec.kind.engine().is_some())
     }
 
     /// The secrets whose cadence has run out.
     /// A secret with a rotation in flight is not due: `resume` carries that rotation on.
     pub async fn due(&self) -> Result<Vec<String>, RotationError> {
-        let in_flight: Vec<Subject> = saga::in_flight(self.db).await?.into_iter().map(|s| s.subject).collect();
+        let in_flight: Vec<Subject> = saga::in_flight(self.ctx.db).await?.into_iter().map(|s| s.subject).collect();
         let mut due = Vec::new();
         for (name, spec) in
-            self.plan.secrets.iter().filter(|(name, _)| !in_flight.contains(&Subject::Secret((*name).clone())))
+            self.ctx.plan.secrets.iter().filter(|(name, _)| !in_flight.contains(&Subject::Secret((*name).clone())))
         {
-            let last = status::load(self.db, name).await?.last_rotated_at();
-            if crate::schedule::next_due(last, spec.cadence, self.clock.now()) <= self.clock.now() {
+            let last = status::load(self.ctx.db, name).await?.last_rotated_at();
+            if crate::schedule::next_due(last, spec.cadence, self.ctx.clock.now()) <= self.ctx.clock.now() {
                 due.push(name.clone());
             }
         }
@@ -419,7 +418,8 @@ impl<'a> Rotator<'a> {
                 Err(err) => Some(err.to_string()),
             };
             let outcome = if problem.is_none() { Outcome::Succeeded } else { Outcome::Failed };
-            self.ledger
+            self.ctx
+                .ledger
                 .append(NewRecord {
                     kind: Kind::RotationCheck.into(),
                     subject: name.clone(),
@@ -446,7 +446,8 @@ impl<'a> Rotator<'a> {
             watched.push((name.clone(), spec, target, WatchReport { secret: name.clone(), ..WatchReport::default() }));
         }
         let deadline = tokio::time::Instant::now() + duration;
-        while tokio::time::Instant::now() < deadline {
+        // Cancelled, the watch ends early and still records what it saw.
+        while tokio::time::Instant::now() < deadline && !self.ctx.cancel.is_cancelled() {
             for (_, spec, target, report) in &mut watched {
                 report.attempts += 1;
                 if let Err(err) = self.check_one(spec, target).await {
@@ -454,13 +455,17 @@ impl<'a> Rotator<'a> {
                     report.last_failure = Some(err.to_string());
                 }
             }
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = self.ctx.cancel.cancelled() => {}
+            }
         }
         let mut reports = Vec::new();
         for (name, _, _, report) in watched {
             let outcome = if report.failures == 0 { Outcome::Succeeded } else { Outcome::Failed };
             let details = serde_json::json!({ "attempts": report.attempts, "failures": report.failures });
-            self.ledger
+            self.ctx
+                .ledger
                 .append(NewRecord { kind: Kind::RotationWatch.into(), subject: name, outcome, details })
                 .await
                 .map_err(SagaError::from)?;
@@ -481,7 +486,7 @@ impl<'a> Rotator<'a> {
     }
 
     fn executor(&self) -> Executor<'_> {
-        Executor { store: self.db, ledger: self.ledger, clock: self.clock, retry: self.retry }
+        self.ctx.executor()
     }
 
     async fn conclude(
@@ -495,13 +500,13 @@ impl<'a> Rotator<'a> {
         match ended {
             Ended::Done => {
                 let flipped = matches!(spec.strategy, Strategy::AlternatingUsers { .. });
-                status::rotated(self.db, name, id, flipped, self.clock).await?;
+                status::rotated(self.ctx.db, name, id, flipped, self.ctx.clock).await?;
             }
             // Database rotations never wait; a waiting saga is in flight, not finished or failed.
             Ended::Waiting { .. } => {}
             Ended::RolledBack { step, reason } | Ended::Stuck { step, reason } => {
                 let why = format!("rotation {id} of user {user} failed at {step}: {reason}");
-                status::needs_attention(self.db, name, &why, self.clock).await?;
+                status::needs_attention(self.ctx.db, name, &why, self.ctx.clock).await?;
             }
         }
         Ok(())

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 
 pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, in_flight};
 
@@ -96,6 +97,9 @@ pub enum StepError {
     /// Will not pass by retrying: the saga unwinds.
     #[error("{0}")]
     Failed(String),
+    /// Cancelled while waiting to retry a transient failure: the saga stays at the step.
+    #[error("cancelled while retrying: {0}")]
+    Cancelled(String),
 }
 
 /// The state store failing within a step may pass: the executor needs it to go on anyway.
@@ -252,6 +256,17 @@ pub enum SagaError {
         /// Where it was to go.
         to: Status,
     },
+    /// Cancelled (Ctrl-C, SIGTERM): the step before finished and was recorded, and `step` did
+    /// not start (or, cancelled while waiting to retry it, did not finish).
+    #[error("stopped at {step} of saga {id}; `{resume}` carries it on")]
+    Cancelled {
+        /// The saga.
+        id: String,
+        /// The step it stopped at.
+        step: String,
+        /// The command that finishes it.
+        resume: &'static str,
+    },
     /// The stored data is not what this saga kind records.
     #[error("saga {id} records data this vigil cannot read ({reason}); it was written by another vigil version")]
     Data {
@@ -298,6 +313,22 @@ fn injected_fault(kind: &str, step: &str, attempt: u32) -> Option<StepError> {
     None
 }
 
+/// A pause at the start of a step's action when the `failpoints` feature is on and
+/// `VIGIL_STEP_DELAY=kind:step:MILLISECONDS`: how tests signal a process while a step is in
+/// flight.
+async fn injected_delay(kind: &str, step: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Ok(spec) = std::env::var("VIGIL_STEP_DELAY")
+        && let Some((point, millis)) = spec.rsplit_once(':')
+        && point == format!("{kind}:{step}")
+        && let Ok(millis) = millis.parse::<u64>()
+    {
+        tracing::info!(step, millis, "failpoint: pausing inside the step");
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+    }
+    let _ = (kind, step);
+}
+
 /// Runs sagas, recording each step in the state store and the evidence ledger before it acts.
 pub struct Executor<'a> {
     /// Where saga rows live.
@@ -308,6 +339,9 @@ pub struct Executor<'a> {
     pub clock: &'a dyn Clock,
     /// How transient failures are retried.
     pub retry: RetryPolicy,
+    /// Once cancelled, no step starts (the one in flight finishes and is recorded) and retries
+    /// stop waiting: the saga stays in flight, to be resumed.
+    pub cancel: &'a CancellationToken,
 }
 
 impl Executor<'_> {
@@ -319,6 +353,11 @@ impl Executor<'_> {
         subject: &Subject,
         data: D::Data,
     ) -> Result<(SagaRow, Ended), SagaError> {
+        // Cancelled before it began, a saga leaves no row behind.
+        if self.cancel.is_cancelled() {
+            let step = D::Step::ALL[0].name().to_owned();
+            return Err(SagaError::Cancelled { id: id.to_owned(), step, resume: D::RESUME });
+        }
         let data = serde_json::to_value(&data)
             .map_err(|err| SagaError::Data { id: id.to_owned(), reason: err.to_string() })?;
         let at = self.now();
@@ -368,6 +407,7 @@ impl Executor<'_> {
                     let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                     return Ok((saga, Ended::Waiting { step: step.name().into(), until }));
                 }
+                self.stop_if_cancelled::<D>(&saga, step.name())?;
                 self.set(&mut saga, step.name(), Status::Running, None).await?;
                 self.record::<D>(&saga, step.name(), "act", Outcome::Started, serde_json::Value::Null).await?;
                 failpoint(D::KIND, "before", step.name());
@@ -375,6 +415,7 @@ impl Executor<'_> {
                     let fault = injected_fault(D::KIND, step.name(), attempt);
                     let (saga, data) = (&saga, &data);
                     async move {
+                        injected_delay(D::KIND, step.name()).await;
                         match fault {
                             Some(fault) => Err(fault),
                             None => def.act(saga, data, step).await,
@@ -401,6 +442,9 @@ impl Executor<'_> {
                             return Ok((saga, Ended::Done));
                         }
                     }
+                    Err(StepError::Cancelled(reason)) => {
+                        return Err(self.interrupted::<D>(&saga, step.name(), "act", reason).await?);
+                    }
                     Err(err) => {
                         let reason = err.to_string();
                         self.record::<D>(
@@ -424,16 +468,23 @@ impl Executor<'_> {
         let reason = saga.error.clone().unwrap_or_default();
         loop {
             let step = steps[index];
+            self.stop_if_cancelled::<D>(&saga, step.name())?;
             self.set(&mut saga, step.name(), Status::Unwinding, Some(&reason)).await?;
             self.record::<D>(&saga, step.name(), "undo", Outcome::Started, serde_json::Value::Null).await?;
             failpoint(D::KIND, "undo", step.name());
-            if let Err(err) = self.retrying(|_| def.undo(&saga, &data, step)).await {
-                let why = format!("undoing {} failed: {err}", step.name());
-                self.record::<D>(&saga, step.name(), "undo", Outcome::Failed, serde_json::json!({ "error": why }))
-                    .await?;
-                self.set(&mut saga, step.name(), Status::Stuck, Some(&why)).await?;
-                self.ledger.checkpoint().await?;
-                return Ok((saga, Ended::Stuck { step: step.name().into(), reason: why }));
+            match self.retrying(|_| def.undo(&saga, &data, step)).await {
+                Ok(()) => {}
+                Err(StepError::Cancelled(reason)) => {
+                    return Err(self.interrupted::<D>(&saga, step.name(), "undo", reason).await?);
+                }
+                Err(err) => {
+                    let why = format!("undoing {} failed: {err}", step.name());
+                    self.record::<D>(&saga, step.name(), "undo", Outcome::Failed, serde_json::json!({ "error": why }))
+                        .await?;
+                    self.set(&mut saga, step.name(), Status::Stuck, Some(&why)).await?;
+                    self.ledger.checkpoint().await?;
+                    return Ok((saga, Ended::Stuck { step: step.name().into(), reason: why }));
+                }
             }
             self.record::<D>(&saga, step.name(), "undo", Outcome::Succeeded, serde_json::Value::Null).await?;
             if index == 0 {
@@ -452,6 +503,29 @@ impl Executor<'_> {
         .await?;
         self.ledger.checkpoint().await?;
         Ok((saga, Ended::RolledBack { step: failed_step, reason }))
+    }
+
+    /// Refuses to start `step` once cancelled, leaving the saga where its row says.
+    fn stop_if_cancelled<D: SagaDef>(&self, saga: &SagaRow, step: &str) -> Result<(), SagaError> {
+        if self.cancel.is_cancelled() {
+            tracing::warn!(saga = %saga.id, step, "stopping before this step; it resumes on the next run");
+            return Err(SagaError::Cancelled { id: saga.id.clone(), step: step.to_owned(), resume: D::RESUME });
+        }
+        Ok(())
+    }
+
+    /// Records that `step`'s `phase` was cut short by cancellation while it waited to retry
+    /// (a fact, not a failure: the saga stays at the step), and the error that stops the run.
+    async fn interrupted<D: SagaDef>(
+        &self,
+        saga: &SagaRow,
+        step: &str,
+        phase: &str,
+        reason: String,
+    ) -> Result<SagaError, SagaError> {
+        let detail = serde_json::json!({ "interrupted": reason });
+        self.record::<D>(saga, step, phase, Outcome::Info, detail).await?;
+        Ok(SagaError::Cancelled { id: saga.id.clone(), step: step.to_owned(), resume: D::RESUME })
     }
 
     fn now(&self) -> String {
@@ -505,7 +579,12 @@ impl Executor<'_> {
                         return Err(StepError::Failed(format!("still failing after {tries} attempts: {reason}")));
                     }
                     tracing::warn!(attempt = tries, %reason, "transient failure; retrying");
-                    tokio::time::sleep(self.retry.backoff(tries)).await;
+                    // A cancelled run does not wait to retry: the step stays recorded as in
+                    // flight, and the next run repeats it.
+                    tokio::select! {
+                        () = tokio::time::sleep(self.retry.backoff(tries)) => {}
+                        () = self.cancel.cancelled() => return Err(StepError::Cancelled(reason)),
+                    }
                 }
                 other => return other,
             }

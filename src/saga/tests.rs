@@ -7,6 +7,8 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use tokio_util::sync::CancellationToken;
+
 use super::*;
 use crate::clock::{ManualClock, SystemClock};
 use crate::evidence::{Ledger, LedgerKey};
@@ -46,6 +48,10 @@ struct ToyDef {
     calls: Mutex<Vec<String>>,
     fail_at: Option<Toy>,
     fail_undo_at: Option<Toy>,
+    /// Cancelled while this step acts, as Ctrl-C arriving mid-step would.
+    cancel_during: Option<(Toy, CancellationToken)>,
+    /// Fails this step transiently every time: a step that would retry until told to stop.
+    flaky: Option<Toy>,
     /// Runs every act and undo twice, as steno's `RepeatInjected` does: the contract says a
     /// repeat leaves the same state.
     repeat: bool,
@@ -77,8 +83,16 @@ impl SagaDef for ToyDef {
             self.calls.lock().unwrap().push(format!("act {}", step.name()));
             self.world.lock().unwrap().insert(step.name());
         }
+        if let Some((during, token)) = &self.cancel_during
+            && *during == step
+        {
+            token.cancel();
+        }
         if self.fail_at == Some(step) {
             return Err(StepError::Failed(format!("{} refused", step.name())));
+        }
+        if self.flaky == Some(step) {
+            return Err(StepError::Transient(format!("{} is busy", step.name())));
         }
         Ok(Some(ToyData { last: Some(step.name().to_owned()) }))
     }
@@ -103,9 +117,12 @@ async fn ledger() -> (Ledger, tempfile::TempDir) {
     (ledger, dir)
 }
 
+/// A token nobody cancels.
+static NEVER: std::sync::LazyLock<CancellationToken> = std::sync::LazyLock::new(CancellationToken::new);
+
 fn executor<'a>(store: &'a dyn SagaStore, ledger: &'a Ledger) -> Executor<'a> {
     let retry = RetryPolicy { attempts: 2, base: Duration::from_millis(1), cap: Duration::from_millis(1) };
-    Executor { store, ledger, clock: &SystemClock, retry }
+    Executor { store, ledger, clock: &SystemClock, retry, cancel: &NEVER }
 }
 
 fn secret(name: &str) -> Subject {
@@ -228,7 +245,8 @@ async fn a_secret_and_a_backup_set_of_one_name_do_not_block_each_other() {
     let db = Db::open(&StateStore::Sqlite { path: dir.path().join("state.db") }).await.unwrap();
     let clock = ManualClock::new(chrono::Utc::now());
     let waiting = WaitingDef;
-    let executor = Executor { store: &db, ledger: &ledger, clock: &clock, retry: RetryPolicy::default() };
+    let executor =
+        Executor { store: &db, ledger: &ledger, clock: &clock, retry: RetryPolicy::default(), cancel: &NEVER };
     let (_, ended) = executor.start(&waiting, "w1", &secret("orders"), ToyData::default()).await.unwrap();
     assert!(matches!(ended, Ended::Waiting { .. }), "the secret's saga stays in flight: {ended:?}");
     let backup = ToyDef::default();
@@ -290,4 +308,55 @@ async fn data_a_kind_cannot_read_is_an_error_not_a_guess() {
     let err = executor(&store, &ledger).run(&def, row).await.unwrap_err();
     assert!(matches!(err, SagaError::Data { .. }), "{err}");
     assert!(def.calls().is_empty(), "nothing acted on data it could not read");
+}
+
+#[tokio::test]
+async fn cancelled_mid_step_the_step_finishes_and_is_recorded_and_no_other_starts() {
+    let (ledger, _dir) = ledger().await;
+    let store = MemoryStore::default();
+    let cancel = CancellationToken::new();
+    let def = ToyDef { cancel_during: Some((Toy::Charge, cancel.clone())), ..ToyDef::default() };
+    let executor = Executor { cancel: &cancel, ..executor(&store, &ledger) };
+    let err = executor.start(&def, "c", &secret("orders"), ToyData::default()).await.unwrap_err();
+    assert!(
+        matches!(&err, SagaError::Cancelled { step, resume, .. } if step == "ship" && *resume == "vigil rotate --resume"),
+        "{err}"
+    );
+    assert_eq!(def.calls(), ["act reserve", "act charge"], "charge finished; ship never started");
+    let row = store.in_flight().await.unwrap().pop().expect("the saga stays in flight");
+    assert_eq!((row.status, row.step.as_str()), (Status::Running, "charge"));
+    assert_eq!(row.data, serde_json::json!({ "last": "charge" }), "charge's outcome is recorded");
+    // The next run resumes: charge again (idempotent), then ship.
+    let resumed = ToyDef::default();
+    let (row, ended) = executor_resumed(&store, &ledger, &resumed, row).await;
+    assert_eq!(ended, Ended::Done);
+    assert_eq!(resumed.calls(), ["act charge", "act ship"]);
+    assert_eq!(row.status, Status::Done);
+}
+
+async fn executor_resumed(store: &MemoryStore, ledger: &Ledger, def: &ToyDef, row: SagaRow) -> (SagaRow, Ended) {
+    executor(store, ledger).run(def, row).await.unwrap()
+}
+
+#[tokio::test]
+async fn cancelled_while_waiting_to_retry_the_saga_stays_at_the_step() {
+    let (ledger, _dir) = ledger().await;
+    let store = MemoryStore::default();
+    let cancel = CancellationToken::new();
+    let def = ToyDef { flaky: Some(Toy::Charge), ..ToyDef::default() };
+    // Backoffs of up to an hour: only cancellation ends this run.
+    let retry = RetryPolicy { attempts: 10, base: Duration::from_secs(3600), cap: Duration::from_secs(3600) };
+    let executor = Executor { cancel: &cancel, retry, ..executor(&store, &ledger) };
+    let stopper = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stopper.cancel();
+    });
+    let started = std::time::Instant::now();
+    let err = executor.start(&def, "r", &secret("orders"), ToyData::default()).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "the retry wait ended at cancellation");
+    assert!(matches!(&err, SagaError::Cancelled { step, .. } if step == "charge"), "{err}");
+    let row = store.in_flight().await.unwrap().pop().expect("the saga stays in flight");
+    assert_eq!((row.status, row.step.as_str()), (Status::Running, "charge"), "not unwound");
+    assert!(!def.calls().iter().any(|c| c.starts_with("undo")), "{:?}", def.calls());
 }

@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use chrono::DateTime;
+use tokio_util::sync::CancellationToken;
 use vigil::clock::{Clock, ManualClock};
+use vigil::context::Ctx;
 use vigil::evidence::{Ledger, LedgerKey};
 use vigil::rotation::Rotator;
-use vigil::saga::{Ended, RetryPolicy};
+use vigil::saga::Ended;
 use vigil::state::Db;
 use vigil::stores::SecretStore;
 
@@ -69,7 +71,7 @@ async fn overlap_then_retire(store: Store) {
 
     {
         let ledger = Ledger::open(db.clone(), LedgerKey::load(&key_path).unwrap(), clock.clone()).await.unwrap();
-        let rotator = Rotator::new(&plan, &db, &ledger, clock.as_ref(), RetryPolicy::default());
+        let rotator = Rotator::new(Ctx::new(&plan, &db, &ledger, clock.as_ref(), CancellationToken::new()));
         let report = rotator.rotate(&cell.name, false).await.unwrap();
         assert_eq!(report.ended, Ended::Waiting { step: "retire".into(), until: "2026-11-25T10:00:00Z".into() });
     }
@@ -83,7 +85,7 @@ async fn overlap_then_retire(store: Store) {
     clock.advance(chrono::Duration::hours(23));
     {
         let ledger = Ledger::open(db.clone(), LedgerKey::load(&key_path).unwrap(), clock.clone()).await.unwrap();
-        let rotator = Rotator::new(&plan, &db, &ledger, clock.as_ref(), RetryPolicy::default());
+        let rotator = Rotator::new(Ctx::new(&plan, &db, &ledger, clock.as_ref(), CancellationToken::new()));
         let resumed = rotator.resume().await.unwrap();
         assert_eq!(resumed.len(), 1);
         assert!(matches!(resumed[0].ended, Ended::Waiting { .. }), "{:?}", resumed[0].ended);
@@ -92,7 +94,7 @@ async fn overlap_then_retire(store: Store) {
 
     clock.advance(chrono::Duration::hours(2));
     let ledger = Ledger::open(db.clone(), LedgerKey::load(&key_path).unwrap(), clock.clone()).await.unwrap();
-    let rotator = Rotator::new(&plan, &db, &ledger, clock.as_ref(), RetryPolicy::default());
+    let rotator = Rotator::new(Ctx::new(&plan, &db, &ledger, clock.as_ref(), CancellationToken::new()));
     let resumed = rotator.resume().await.unwrap();
     assert_eq!(resumed[0].ended, Ended::Done);
     assert!(!issuer.accepts(&old), "the old key is revoked after the overlap");

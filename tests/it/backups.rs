@@ -487,6 +487,40 @@ async fn a_killed_backup_resumes_to_a_verified_backup() {
     setup.vigil(&["evidence", "verify"]).assert_code(0);
 }
 
+/// Ctrl-C while the write step is in flight: the dump finishes and is recorded as written,
+/// verification does not start, vigil exits 130, and `backup resume` verifies it.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn sigint_mid_write_finishes_the_write_and_resume_verifies_it() {
+    let setup = Setup::new().await;
+    let database = postgres_database(&setup.services, 1).await;
+    let mut schedule = setup.target("postgres", &setup.services.postgres, &database);
+    schedule.push_str(&setup.set("i", &database, "local", "local"));
+    setup.write_schedule(&schedule);
+    let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["backup", "run", "i"])
+        .current_dir(setup.path())
+        .env("VIGIL_STEP_DELAY", "backup.dump:write:1500")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let outcome = crate::support::interrupt_when(child, "pausing inside the step");
+    assert_eq!(outcome.code, Some(130), "{}", outcome.stderr);
+    assert!(outcome.elapsed < std::time::Duration::from_secs(30), "exited within the grace: {:?}", outcome.elapsed);
+    let listed = setup.vigil(&["--output", "json", "backup", "list"]).json();
+    let entry = &listed.as_array().unwrap()[0];
+    assert_eq!(entry["status"], "written", "the write finished and was recorded; verify did not run: {listed}");
+    let id = entry["id"].as_str().unwrap().to_owned();
+    let resumed = setup.vigil(&["--output", "json", "backup", "resume"]);
+    resumed.assert_code(0);
+    assert_eq!(resumed.json()[0]["ended"]["outcome"], "done", "{}", resumed.stdout());
+    assert_eq!(setup.entry(&id)["status"], "verified");
+    setup.vigil(&["evidence", "verify"]).assert_code(0);
+}
+
 #[tokio::test]
 #[ignore = "needs services: cargo xtask test"]
 async fn prune_keeps_the_retention_and_the_newest_and_records_each_deletion() {

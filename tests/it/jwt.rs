@@ -13,10 +13,12 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm as JwsAlgorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use vigil::clock::ManualClock;
+use vigil::context::Ctx;
 use vigil::evidence::{Ledger, LedgerKey};
 use vigil::rotation::Rotator;
-use vigil::saga::{Ended, RetryPolicy};
+use vigil::saga::Ended;
 use vigil::state::Db;
 use vigil::stores::SecretStore;
 
@@ -158,7 +160,8 @@ impl Session<'_> {
     /// Resumes what is in flight with a fresh ledger and rotator, as a restarted process would.
     async fn resume(&self) -> Ended {
         let ledger = self.ledger().await;
-        let rotator = Rotator::new(self.plan, self.db, &ledger, self.clock.as_ref(), RetryPolicy::default());
+        let rotator =
+            Rotator::new(Ctx::new(self.plan, self.db, &ledger, self.clock.as_ref(), CancellationToken::new()));
         let mut resumed = rotator.resume().await.unwrap();
         assert_eq!(resumed.len(), 1, "one rotation in flight");
         resumed.remove(0).ended
@@ -167,13 +170,17 @@ impl Session<'_> {
     /// The secrets `--all-due` would rotate now.
     async fn due(&self) -> Vec<String> {
         let ledger = self.ledger().await;
-        Rotator::new(self.plan, self.db, &ledger, self.clock.as_ref(), RetryPolicy::default()).due().await.unwrap()
+        Rotator::new(Ctx::new(self.plan, self.db, &ledger, self.clock.as_ref(), CancellationToken::new()))
+            .due()
+            .await
+            .unwrap()
     }
 
     /// Starts a rotation of `name`, with a fresh ledger and rotator.
     async fn rotate(&self, name: &str) -> Ended {
         let ledger = self.ledger().await;
-        let rotator = Rotator::new(self.plan, self.db, &ledger, self.clock.as_ref(), RetryPolicy::default());
+        let rotator =
+            Rotator::new(Ctx::new(self.plan, self.db, &ledger, self.clock.as_ref(), CancellationToken::new()));
         rotator.rotate(name, false).await.unwrap().ended
     }
 }

@@ -604,3 +604,89 @@ async fn a_pair_whose_grants_differ_is_not_flipped() {
     assert_eq!(cell.assert_current_logs_in().await.username, before.username);
     assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "refused before anything was staged");
 }
+
+/// Ctrl-C while a step is in flight: the step finishes and its outcome is recorded, no further
+/// step starts, vigil exits 130, and `--resume` completes the rotation; the credential labelled
+/// current logs in before, during and after.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn sigint_mid_step_finishes_the_step_and_resume_completes_the_rotation() {
+    let services = Services::load();
+    let cell = Cell::new(&services, Engine::Postgres, Strategy::Alternating, Store::Aws).await;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["--config", cell.config.to_str().unwrap(), "rotate", &cell.name, "--force"])
+        .env("VIGIL_STEP_DELAY", "rotation.db_password:set:1500")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let outcome = crate::support::interrupt_when(child, "pausing inside the step");
+    assert_eq!(outcome.code, Some(130), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("finishing the step in flight"), "{}", outcome.stderr);
+    assert!(outcome.elapsed < std::time::Duration::from_secs(20), "exited within the grace: {:?}", outcome.elapsed);
+    cell.assert_current_logs_in().await;
+    let steps = step_records(&cell);
+    assert!(
+        steps.contains(&("set".to_owned(), "act".to_owned(), "succeeded".to_owned())),
+        "set's outcome is recorded: {steps:?}"
+    );
+    assert!(!steps.iter().any(|(step, _, _)| step == "test"), "no step after set started: {steps:?}");
+    let status = cell.vigil(&["--output", "json", "status"]).json();
+    assert!(!status[0]["in_flight"].is_null(), "the rotation is left in flight: {status}");
+    // A backup set of the same name is not blocked by the secret's rotation in flight.
+    backup_set_named(&services, &cell).await;
+    let backup = cell.vigil(&["--output", "json", "backup", "run", &cell.name]);
+    backup.assert_code(0);
+    assert_eq!(backup.json()[0]["ended"]["outcome"], "done", "{}", backup.stdout());
+    let resumed = cell.vigil(&["--output", "json", "rotate", "--resume"]);
+    resumed.assert_code(0);
+    assert_eq!(resumed.json()["rotations"][0]["outcome"], "done", "{}", resumed.stdout());
+    cell.assert_current_logs_in().await;
+    assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "nothing left pending");
+    cell.vigil(&["evidence", "verify"]).assert_code(0);
+}
+
+/// The (step, phase, outcome) of every rotation step record in the cell's ledger.
+#[cfg(feature = "failpoints")]
+fn step_records(cell: &Cell) -> Vec<(String, String, String)> {
+    let listed = cell.vigil(&["--output", "json", "evidence", "list", "--kind", "rotation.step", "--limit", "1000"]);
+    listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let details: serde_json::Value = serde_json::from_str(r["details"].as_str().unwrap()).unwrap();
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (s(&details["step"]), s(&details["phase"]), s(&r["outcome"]))
+        })
+        .collect()
+}
+
+/// Adds a backup set named like the cell's secret, of a fresh database, to the cell's schedules.
+#[cfg(feature = "failpoints")]
+async fn backup_set_named(services: &Services, cell: &Cell) {
+    let pg = &services.postgres;
+    let database = unique("shared").replace('-', "_");
+    admin_sql(Engine::Postgres, pg, &[format!("CREATE DATABASE {database}")]).await;
+    let admin = serde_json::json!({ "username": pg.user, "password": pg.password }).to_string();
+    let vigil::secret::SecretRef::File { path: admin } = secret_file(cell.dir.path(), "backup-admin.json", &admin)
+    else {
+        unreachable!()
+    };
+    std::fs::write(
+        cell.dir.path().join("schedules/backup.toml"),
+        format!(
+            "[targets.shared]\nkind = \"postgres\"\nhost = \"{}\"\nport = {}\ndatabase = \"{database}\"\nadmin = {{ file = \"{}\" }}\n\n\
+             [backups.{}]\ntarget = \"shared\"\nschedule = \"0 2 * * *\"\nstore = \"local\"\npath = \"../backups\"\n\
+             key_service = \"local\"\nkey_file = \"../keys/backup.key\"\n",
+            pg.host,
+            pg.port,
+            admin.display(),
+            cell.name
+        ),
+    )
+    .unwrap();
+}

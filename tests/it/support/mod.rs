@@ -312,3 +312,50 @@ impl Services {
             .unwrap()
     }
 }
+
+/// How a process sent SIGINT ended.
+#[derive(Debug)]
+pub struct Interrupted {
+    /// Its exit code (none when a signal killed it).
+    pub code: Option<i32>,
+    /// Everything it wrote on standard error.
+    pub stderr: String,
+    /// From the signal to its exit.
+    pub elapsed: std::time::Duration,
+}
+
+/// Sends SIGINT to `child` (spawned with piped stderr) as soon as its standard error shows a
+/// line containing `marker`, as a person pressing Ctrl-C at that moment would, and waits for it
+/// to exit.
+pub fn interrupt_when(mut child: std::process::Child, marker: &str) -> Interrupted {
+    use std::io::BufRead as _;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines, seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
+        }
+        all
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) if line.contains(marker) => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("{marker:?} never showed on stderr:\n{}", reader.join().unwrap_or_default());
+            }
+        }
+    }
+    let signalled = std::time::Instant::now();
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success(), "kill -INT failed");
+    let status = child.wait().unwrap();
+    let elapsed = signalled.elapsed();
+    Interrupted { code: status.code(), stderr: reader.join().unwrap_or_default(), elapsed }
+}
