@@ -314,6 +314,7 @@ impl Services {
 }
 
 /// How a process sent SIGINT ended.
+#[cfg(feature = "failpoints")]
 #[derive(Debug)]
 pub struct Interrupted {
     /// Its exit code (none when a signal killed it).
@@ -327,6 +328,7 @@ pub struct Interrupted {
 /// Sends SIGINT to `child` (spawned with piped stderr) as soon as its standard error shows a
 /// line containing `marker`, as a person pressing Ctrl-C at that moment would, and waits for it
 /// to exit.
+#[cfg(feature = "failpoints")]
 pub fn interrupt_when(mut child: std::process::Child, marker: &str) -> Interrupted {
     use std::io::BufRead as _;
     let stderr = child.stderr.take().expect("stderr is piped");
