@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
-use crate::config::{BackupMethod, BackupSet, Target};
+use crate::config::{BackupMethod, BackupSet};
 use crate::context::Ctx;
 use crate::engines::Endpoint;
 use crate::engines::Engine;
@@ -47,6 +47,11 @@ pub enum BackupError {
     /// No backup set of that name.
     #[error("no backup set named {0}; `vigil config check` lists them")]
     UnknownSet(String),
+    /// The set takes RDS snapshots, which RDS keeps: there is no object to read back or fetch.
+    #[error(
+        "backup set {0} takes RDS snapshots; restore one with RDS (`aws rds restore-db-instance-from-db-snapshot`), not through vigil's object store"
+    )]
+    NotADump(String),
     /// No backup of that id in the catalog.
     #[error("no backup {0} in the catalog; `vigil backup list` shows them")]
     UnknownBackup(String),
@@ -205,17 +210,13 @@ impl<'a> Backups<'a> {
         self.ctx.plan.backups.get(name).ok_or_else(|| BackupError::UnknownSet(name.to_owned()))
     }
 
-    fn target(&self, set: &BackupSet) -> &'a Target {
-        self.ctx.plan.targets.get(&set.target).expect("validated: a backup set names a target")
-    }
-
     fn now(&self) -> String {
         self.ctx.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     }
 
-    async fn connect(&self, set: &BackupSet) -> Result<Connected, BackupError> {
+    async fn connect(&self, name: &str, set: &BackupSet) -> Result<Connected, BackupError> {
         let BackupMethod::Dump { store, key_service } = &set.method else {
-            unreachable!("only dump sets connect a store");
+            return Err(BackupError::NotADump(name.to_owned()));
         };
         Ok(Connected {
             store: store::connect(store, self.ctx.plan).await?,
@@ -229,14 +230,16 @@ impl<'a> Backups<'a> {
         let id = new_backup_id(self.ctx.clock);
         match &set.method {
             BackupMethod::Dump { .. } => {
-                let connected = self.connect(set).await?;
+                let connected = self.connect(name, set).await?;
                 let def = DumpSaga { backups: self, name, set, connected: &connected };
                 let object = object_key(name, &id);
                 let data = DumpData { set: name.to_owned(), backup_id: id.clone(), object, manifest_sha256: None };
                 let (saga, ended) = self.executor().start(&def, &id, &Subject::Backup(name.to_owned()), data).await?;
                 self.dump_report(name, &saga, ended, &connected).await
             }
-            BackupMethod::RdsSnapshot { copy } => rds::run(self, name, set, &id, copy.as_ref()).await,
+            BackupMethod::RdsSnapshot { instance, copy } => {
+                rds::run(self, name, set, &id, instance, copy.as_ref()).await
+            }
         }
     }
 
@@ -272,7 +275,7 @@ impl<'a> Backups<'a> {
             match saga.kind.as_str() {
                 DumpSaga::KIND_NAME => {
                     let set = self.set(&name)?;
-                    let connected = self.connect(set).await?;
+                    let connected = self.connect(&name, set).await?;
                     let def = DumpSaga { backups: self, name: &name, set, connected: &connected };
                     tracing::info!(set = %name, backup = %saga.id, step = %saga.step, "resuming a backup left in flight");
                     let (saga, ended) = self.executor().run(&def, saga).await?;
@@ -294,7 +297,7 @@ impl<'a> Backups<'a> {
             .backups
             .get(&entry.set)
             .ok_or_else(|| BackupError::SetGone { id: id.to_owned(), set: entry.set.clone() })?;
-        let connected = self.connect(set).await?;
+        let connected = self.connect(&entry.set, set).await?;
         Ok((entry, manifest, connected))
     }
 
@@ -473,7 +476,7 @@ impl<'a> Backups<'a> {
                 PruneReport { set: name.clone(), kept: kept.into_iter().collect(), deleted: Vec::new(), dry_run };
             if !dry_run && !doomed.is_empty() {
                 let connected = match &set.method {
-                    BackupMethod::Dump { .. } => Some(self.connect(set).await?),
+                    BackupMethod::Dump { .. } => Some(self.connect(name, set).await?),
                     BackupMethod::RdsSnapshot { .. } => None,
                 };
                 for entry in &doomed {
@@ -660,15 +663,20 @@ impl DumpSaga<'_> {
     async fn write(&self, data: &DumpData) -> Result<Option<DumpData>, StepError> {
         let backups = self.backups;
         let (id, object) = (data.backup_id.clone(), data.object.clone());
-        let target = backups.target(self.set);
+        let target = &self.set.target.value;
         let started_at = backups.now();
         let location = self.connected.store.location(&object);
-        let started =
-            catalog::Started { id: &id, set: self.name, target: &self.set.target, method: "dump", location: &location };
+        let started = catalog::Started {
+            id: &id,
+            set: self.name,
+            target: &self.set.target.name,
+            method: "dump",
+            location: &location,
+        };
         catalog::started(backups.ctx.db, &started, &started_at).await?;
         let admin = backups.ctx.stores.login(&target.admin).await.map_err(|err| match err {
             ReferenceError::Store(err) if err.is_transient() => StepError::Transient(err.to_string()),
-            err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", self.set.target)),
+            err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", self.set.target.name)),
         })?;
         let (key, wrapped) = self.connected.keys.generate(&id).await?;
         let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
@@ -704,7 +712,7 @@ impl DumpSaga<'_> {
             format_version: format::VERSION,
             backup_id: id.clone(),
             set: self.name.to_owned(),
-            target: self.set.target.clone(),
+            target: self.set.target.name.clone(),
             engine: target.engine.as_str().to_owned(),
             database: target.database.clone().unwrap_or_default(),
             dump: match target.engine {

@@ -274,23 +274,21 @@ async fn clients(
     Ok((aws_sdk_rds::Client::new(&sdk), copy_client))
 }
 
-fn instance_of<'a>(backups: &Backups<'a>, set: &BackupSet) -> String {
-    backups.target(set).rds_instance.clone().expect("validated: rds targets name an instance")
-}
-
 /// Snapshots set `name` now.
 pub(super) async fn run(
     backups: &Backups<'_>,
     name: &str,
     set: &BackupSet,
     id: &str,
+    instance: &str,
     copy: Option<&RdsCopy>,
 ) -> Result<BackupReport, BackupError> {
     let (client, copy_client) = clients(backups, copy).await?;
     let snapshot = snapshot_id(name, id);
-    let started = catalog::Started { id, set: name, target: &set.target, method: "rds_snapshot", location: &snapshot };
+    let started =
+        catalog::Started { id, set: name, target: &set.target.name, method: "rds_snapshot", location: &snapshot };
     catalog::started(backups.ctx.db, &started, &backups.now()).await?;
-    let def = SnapshotSaga { backups, instance: instance_of(backups, set), copy, client, copy_client };
+    let def = SnapshotSaga { backups, instance: instance.to_owned(), copy, client, copy_client };
     let data = SnapshotData { set: name.to_owned(), backup_id: id.to_owned(), snapshot, arn: None, copy_arn: None };
     let (saga, ended) = backups.executor().start(&def, id, &Subject::Backup(name.to_owned()), data).await?;
     report(name, &saga, ended)
@@ -313,11 +311,11 @@ fn report(name: &str, saga: &SagaRow, ended: Ended) -> Result<BackupReport, Back
 pub(super) async fn resume(backups: &Backups<'_>, saga: SagaRow) -> Result<BackupReport, BackupError> {
     let name = saga.subject.name().to_owned();
     let set = backups.set(&name)?;
-    let crate::config::BackupMethod::RdsSnapshot { copy } = &set.method else {
+    let crate::config::BackupMethod::RdsSnapshot { instance, copy } = &set.method else {
         return Err(BackupError::UnknownSet(name));
     };
     let (client, copy_client) = clients(backups, copy.as_ref()).await?;
-    let def = SnapshotSaga { backups, instance: instance_of(backups, set), copy: copy.as_ref(), client, copy_client };
+    let def = SnapshotSaga { backups, instance: instance.clone(), copy: copy.as_ref(), client, copy_client };
     let (saga, ended) = backups.executor().run(&def, saga).await?;
     report(&name, &saga, ended)
 }
@@ -326,7 +324,7 @@ pub(super) async fn resume(backups: &Backups<'_>, saga: SagaRow) -> Result<Backu
 pub(super) async fn delete(backups: &Backups<'_>, entry: &Entry) -> Result<(), BackupError> {
     let set = backups.set(&entry.set)?;
     let copy = match &set.method {
-        crate::config::BackupMethod::RdsSnapshot { copy } => copy.as_ref(),
+        crate::config::BackupMethod::RdsSnapshot { copy, .. } => copy.as_ref(),
         crate::config::BackupMethod::Dump { .. } => None,
     };
     let (client, copy_client) = clients(backups, copy).await?;

@@ -206,13 +206,15 @@ fn show_plan(plan: &Plan, secrets_due: &[Due], backups_due: &[Due], drills_due: 
     for ((name, backup), due) in plan.backups.iter().zip(backups_due) {
         rows.push(vec![
             name.clone(),
-            backup.target.clone(),
+            backup.target.name.clone(),
             backup.schedule.to_string(),
             due.next.clone().unwrap_or_else(|| "never".into()),
             match &backup.method {
                 BackupMethod::Dump { store, .. } => store.to_string(),
-                BackupMethod::RdsSnapshot { copy: None } => "rds snapshot".into(),
-                BackupMethod::RdsSnapshot { copy: Some(copy) } => format!("rds snapshot, copied to {}", copy.region),
+                BackupMethod::RdsSnapshot { copy: None, .. } => "rds snapshot".into(),
+                BackupMethod::RdsSnapshot { copy: Some(copy), .. } => {
+                    format!("rds snapshot, copied to {}", copy.region)
+                }
             },
             match &backup.method {
                 BackupMethod::Dump { key_service: KeyService::AwsKms { key_id }, .. } => format!("aws_kms:{key_id}"),

@@ -2,7 +2,7 @@
 
 use super::output::print_json;
 use super::{Exit, GlobalArgs, OutputFormat, load_plan};
-use crate::config::SecretKind;
+use crate::config::{JwtKey, SecretKind};
 use crate::jwks;
 
 /// Show the published JWKS of a JWT signing key.
@@ -34,7 +34,7 @@ impl JwksArgs {
             .secrets
             .get(name)
             .ok_or_else(|| anyhow::anyhow!("no secret named {name}; `vigil config check` lists them"))?;
-        let Some(jwt) = spec.jwt.as_ref().filter(|_| spec.kind == SecretKind::JwtSigningKey) else {
+        let SecretKind::JwtSigningKey(JwtKey { jwt }) = &spec.kind else {
             anyhow::bail!("{name} is a {} secret; only jwt_signing_key secrets publish a JWKS", spec.kind.as_str());
         };
         let publisher = jwks::connect(&jwt.jwks, plan.aws.as_ref(), plan.vault.as_ref()).await?;

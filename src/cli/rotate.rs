@@ -164,7 +164,7 @@ impl RotateArgs {
                 }
                 for r in &results.rotations {
                     let is_password =
-                        rotator.ctx.plan.secrets.get(&r.secret).is_some_and(|s| s.kind.engine().is_some());
+                        rotator.ctx.plan.secrets.get(&r.secret).is_some_and(|s| s.kind.db_password().is_some());
                     let credential = if is_password { format!("user {}", r.user) } else { format!("key {}", r.user) };
                     match &r.ended {
                         Ended::Done => println!("{}: rotated {credential} (rotation {})", r.secret, r.rotation),

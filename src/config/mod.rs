@@ -85,7 +85,7 @@ pub struct Evidence {
 }
 
 /// A database vigil rotates credentials on, backs up or restores into.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Target {
     /// The engine.
     pub engine: Engine,
@@ -103,49 +103,92 @@ pub struct Target {
     pub defined_at: Location,
 }
 
-/// What sort of credential a secret is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What sort of credential a secret is, with the settings only that sort has. Serialised as
+/// `kind = "postgres_password"` and its fields beside the secret's common ones.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
 pub enum SecretKind {
     /// A PostgreSQL role's password.
-    PostgresPassword,
+    PostgresPassword(DbPassword),
     /// A MySQL or MariaDB user's password.
-    MysqlPassword,
+    MysqlPassword(DbPassword),
     /// An API key issued by an internal service.
-    ApiKey,
+    ApiKey(ApiKey),
     /// A JWT signing key pair.
-    JwtSigningKey,
+    JwtSigningKey(JwtKey),
 }
 
 impl SecretKind {
     /// The cadence used when a secret names none: 30 days for passwords, 90 for API keys,
     /// 7 for JWT signing keys.
-    pub fn default_cadence(self) -> Duration {
+    pub fn default_cadence(&self) -> Duration {
         let days = match self {
-            Self::PostgresPassword | Self::MysqlPassword => 30,
-            Self::ApiKey => 90,
-            Self::JwtSigningKey => 7,
+            Self::PostgresPassword(_) | Self::MysqlPassword(_) => 30,
+            Self::ApiKey(_) => 90,
+            Self::JwtSigningKey(_) => 7,
         };
         Duration::from_secs(days * 86_400)
     }
 
-    /// The database engine a password of this kind belongs to.
-    pub fn engine(self) -> Option<Engine> {
+    /// The database password settings, for a password.
+    pub fn db_password(&self) -> Option<&DbPassword> {
         match self {
-            Self::PostgresPassword => Some(Engine::Postgres),
-            Self::MysqlPassword => Some(Engine::Mysql),
-            Self::ApiKey | Self::JwtSigningKey => None,
+            Self::PostgresPassword(db) | Self::MysqlPassword(db) => Some(db),
+            Self::ApiKey(_) | Self::JwtSigningKey(_) => None,
         }
     }
 
     /// The name used in configuration.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            Self::PostgresPassword => "postgres_password",
-            Self::MysqlPassword => "mysql_password",
-            Self::ApiKey => "api_key",
-            Self::JwtSigningKey => "jwt_signing_key",
+            Self::PostgresPassword(_) => "postgres_password",
+            Self::MysqlPassword(_) => "mysql_password",
+            Self::ApiKey(_) => "api_key",
+            Self::JwtSigningKey(_) => "jwt_signing_key",
         }
+    }
+}
+
+/// A database user whose password vigil rotates.
+#[derive(Debug, Serialize)]
+pub struct DbPassword {
+    /// The database it logs in to.
+    pub target: Named<Target>,
+    /// The database user.
+    pub username: String,
+    /// How generated passwords look.
+    pub policy: PasswordPolicy,
+    /// Queries a new password must run before it becomes current (beyond logging in).
+    pub probes: Vec<String>,
+}
+
+/// An API key vigil rotates through its issuer.
+#[derive(Debug, Serialize)]
+pub struct ApiKey {
+    /// The service that issues and revokes API keys (`docs/api-key-issuer.md`).
+    pub issuer: Issuer,
+}
+
+/// A JWT signing key vigil rotates and publishes.
+#[derive(Debug, Serialize)]
+pub struct JwtKey {
+    /// How its keys are generated and published.
+    pub jwt: JwtSpec,
+}
+
+/// Something the configuration names, resolved when the plan was made: its name (what the plan
+/// shows) and its settings (what code uses, so no lookup by name can miss).
+#[derive(Debug, Clone)]
+pub struct Named<T> {
+    /// The name it is defined under.
+    pub name: String,
+    /// Its settings.
+    pub value: T,
+}
+
+impl<T> Serialize for Named<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
     }
 }
 
@@ -183,30 +226,19 @@ impl Strategy {
 /// A credential vigil rotates.
 #[derive(Debug, Serialize)]
 pub struct SecretSpec {
-    /// What sort of credential.
+    /// What sort of credential, and that sort's settings.
+    #[serde(flatten)]
     pub kind: SecretKind,
     /// Which store holds it.
     pub store: StoreKind,
     /// Its name or path in the store.
     pub path: String,
-    /// The database target, for passwords.
-    pub target: Option<String>,
-    /// The database user, for passwords.
-    pub username: Option<String>,
     /// How it is replaced.
     pub strategy: Strategy,
     /// How often it rotates.
     pub cadence: Duration,
     /// Whether `cadence` is the kind's default rather than configured.
     pub cadence_is_default: bool,
-    /// How generated values look.
-    pub policy: PasswordPolicy,
-    /// Queries a new password must run before it becomes current (beyond logging in).
-    pub probes: Vec<String>,
-    /// The service that issues and revokes API keys (`docs/api-key-issuer.md`).
-    pub issuer: Option<Issuer>,
-    /// How a JWT signing key is generated and published.
-    pub jwt: Option<JwtSpec>,
     /// Where the secret is defined.
     pub defined_at: Location,
 }
@@ -330,7 +362,7 @@ impl Default for Retention {
 #[derive(Debug, Serialize)]
 pub struct BackupSet {
     /// The database target.
-    pub target: String,
+    pub target: Named<Target>,
     /// When backups run.
     pub schedule: CronSchedule,
     /// How the backup is taken.
@@ -354,6 +386,8 @@ pub enum BackupMethod {
     },
     /// An RDS DB snapshot, for targets of kind `rds`.
     RdsSnapshot {
+        /// The RDS instance, from the target.
+        instance: String,
         /// A copy of each snapshot in another region.
         copy: Option<RdsCopy>,
     },

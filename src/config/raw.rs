@@ -24,8 +24,22 @@ pub(super) struct ControllerFile {
     pub vault: Option<Spanned<VaultSection>>,
 }
 
-/// The top-level sections `vigil.toml` may have.
-pub(super) const CONTROLLER_SECTIONS: [&str; 4] = ["controller", "evidence", "aws", "vault"];
+/// A top-level section of `vigil.toml`.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TopSection {
+    Controller,
+    Evidence,
+    Aws,
+    Vault,
+}
+
+/// The top-level sections `vigil.toml` may have, by name.
+pub(super) const CONTROLLER_SECTIONS: [(&str, TopSection); 4] = [
+    ("controller", TopSection::Controller),
+    ("evidence", TopSection::Evidence),
+    ("aws", TopSection::Aws),
+    ("vault", TopSection::Vault),
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,8 +86,22 @@ pub(super) struct ScheduleFile {
     pub drills: BTreeMap<String, Spanned<Drill>>,
 }
 
-/// The top-level sections a schedule file may have.
-pub(super) const SCHEDULE_SECTIONS: [&str; 4] = ["targets", "secrets", "backups", "drills"];
+/// A top-level section of a schedule file.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ScheduleSection {
+    Targets,
+    Secrets,
+    Backups,
+    Drills,
+}
+
+/// The top-level sections a schedule file may have, by name.
+pub(super) const SCHEDULE_SECTIONS: [(&str, ScheduleSection); 4] = [
+    ("targets", ScheduleSection::Targets),
+    ("secrets", ScheduleSection::Secrets),
+    ("backups", ScheduleSection::Backups),
+    ("drills", ScheduleSection::Drills),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,6 +137,38 @@ pub(super) enum SecretKind {
     MysqlPassword,
     ApiKey,
     JwtSigningKey,
+}
+
+impl SecretKind {
+    /// The cadence used when a secret names none: 30 days for passwords, 90 for API keys,
+    /// 7 for JWT signing keys.
+    pub fn default_cadence(self) -> crate::schedule::Duration {
+        let days = match self {
+            Self::PostgresPassword | Self::MysqlPassword => 30,
+            Self::ApiKey => 90,
+            Self::JwtSigningKey => 7,
+        };
+        crate::schedule::Duration::from_secs(days * 86_400)
+    }
+
+    /// The database engine a password of this kind belongs to.
+    pub fn engine(self) -> Option<crate::engines::Engine> {
+        match self {
+            Self::PostgresPassword => Some(crate::engines::Engine::Postgres),
+            Self::MysqlPassword => Some(crate::engines::Engine::Mysql),
+            Self::ApiKey | Self::JwtSigningKey => None,
+        }
+    }
+
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PostgresPassword => "postgres_password",
+            Self::MysqlPassword => "mysql_password",
+            Self::ApiKey => "api_key",
+            Self::JwtSigningKey => "jwt_signing_key",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

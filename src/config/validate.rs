@@ -13,8 +13,9 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
 use super::{
-    BackupMethod, BackupSet, Controller, Drill, Engine, Evidence, JwksTarget, JwtSpec, KeyService, Loaded, ObjectLock,
-    ObjectStore, Plan, RdsCopy, Retention, SecretKind, SecretSpec, Strategy, Target,
+    ApiKey, BackupMethod, BackupSet, Controller, DbPassword, Drill, Engine, Evidence, JwksTarget, JwtKey, JwtSpec,
+    KeyService, Loaded, Named, ObjectLock, ObjectStore, Plan, RdsCopy, Retention, SecretKind, SecretSpec, Strategy,
+    Target,
 };
 use crate::aws::{AwsCredentials, AwsSettings as Aws};
 use crate::jwks::Algorithm;
@@ -127,8 +128,10 @@ impl Loader {
             .iter()
             .filter_map(|(name, def)| Some((name.clone(), self.secret(name, def, &targets, &plan_targets)?)))
             .collect();
-        let plan_backups: BTreeMap<String, BackupSet> =
-            backups.iter().filter_map(|(name, def)| Some((name.clone(), self.backup(name, def, &targets)?))).collect();
+        let plan_backups: BTreeMap<String, BackupSet> = backups
+            .iter()
+            .filter_map(|(name, def)| Some((name.clone(), self.backup(name, def, &targets, &plan_targets)?)))
+            .collect();
         let plan_drills = drills
             .iter()
             .filter_map(|(name, def)| {
@@ -172,12 +175,12 @@ impl Loader {
 
     /// Parses a file's TOML syntax into its top-level `(key, value)` pairs, refusing keys not
     /// in `allowed`. `None` after a syntax error, which stops the file.
-    fn sections<'t>(
+    fn sections<'t, S: Copy>(
         &mut self,
         file: usize,
         text: &'t str,
-        allowed: &[&str],
-    ) -> Option<Vec<(String, Spanned<DeValue<'t>>)>> {
+        allowed: &[(&str, S)],
+    ) -> Option<Vec<(S, String, Spanned<DeValue<'t>>)>> {
         let table = match DeTable::parse(text) {
             Ok(table) => table.into_inner(),
             Err(err) => {
@@ -191,10 +194,10 @@ impl Loader {
         let mut sections = Vec::new();
         for (key, value) in table {
             let name = key.get_ref().to_string();
-            if allowed.contains(&name.as_str()) {
-                sections.push((name, value));
+            if let Some((_, section)) = allowed.iter().find(|(known, _)| *known == name) {
+                sections.push((*section, name, value));
             } else {
-                let expected = allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
+                let expected = allowed.iter().map(|(a, _)| format!("`{a}`")).collect::<Vec<_>>().join(", ");
                 self.error(
                     file,
                     key.span(),
@@ -264,21 +267,20 @@ impl Loader {
         let file = self.config_file;
         let text = self.sources[file].text.clone();
         let mut raw = raw::ControllerFile::default();
-        for (name, value) in self.sections(file, &text, &raw::CONTROLLER_SECTIONS)? {
+        for (section, name, value) in self.sections(file, &text, &raw::CONTROLLER_SECTIONS)? {
             let location = self.at(file, value.span());
-            match name.as_str() {
-                "controller" => raw.controller = self.value(file, &name, value),
-                "evidence" => raw.evidence = self.value(file, &name, value),
-                "aws" => {
+            match section {
+                raw::TopSection::Controller => raw.controller = self.value(file, &name, value),
+                raw::TopSection::Evidence => raw.evidence = self.value(file, &name, value),
+                raw::TopSection::Aws => {
                     // Present, even if malformed: references to it are not also reported as missing.
                     self.aws_at = Some(location);
                     raw.aws = self.value(file, &name, value);
                 }
-                "vault" => {
+                raw::TopSection::Vault => {
                     self.vault_at = Some(location);
                     raw.vault = self.value(file, &name, value);
                 }
-                _ => unreachable!("sections() admits only CONTROLLER_SECTIONS"),
             }
         }
         Some(raw)
@@ -288,13 +290,12 @@ impl Loader {
     fn schedule_file(&mut self, file: usize) -> raw::ScheduleFile {
         let text = self.sources[file].text.clone();
         let mut parsed = raw::ScheduleFile::default();
-        for (name, value) in self.sections(file, &text, &raw::SCHEDULE_SECTIONS).unwrap_or_default() {
-            match name.as_str() {
-                "targets" => parsed.targets = self.items(file, &name, value),
-                "secrets" => parsed.secrets = self.items(file, &name, value),
-                "backups" => parsed.backups = self.items(file, &name, value),
-                "drills" => parsed.drills = self.items(file, &name, value),
-                _ => unreachable!("sections() admits only SCHEDULE_SECTIONS"),
+        for (section, name, value) in self.sections(file, &text, &raw::SCHEDULE_SECTIONS).unwrap_or_default() {
+            match section {
+                raw::ScheduleSection::Targets => parsed.targets = self.items(file, &name, value),
+                raw::ScheduleSection::Secrets => parsed.secrets = self.items(file, &name, value),
+                raw::ScheduleSection::Backups => parsed.backups = self.items(file, &name, value),
+                raw::ScheduleSection::Drills => parsed.drills = self.items(file, &name, value),
             }
         }
         parsed
@@ -608,12 +609,7 @@ impl Loader {
         let file = def.file;
         let field = |f: &str| format!("secrets.{name}.{f}");
         let errors_before = self.errors.len();
-        let kind = match raw.kind.get_ref() {
-            raw::SecretKind::PostgresPassword => SecretKind::PostgresPassword,
-            raw::SecretKind::MysqlPassword => SecretKind::MysqlPassword,
-            raw::SecretKind::ApiKey => SecretKind::ApiKey,
-            raw::SecretKind::JwtSigningKey => SecretKind::JwtSigningKey,
-        };
+        let kind = *raw.kind.get_ref();
         let store = *raw.store.get_ref();
         let location = self.at(file, raw.store.span());
         self.require_store(store, location, field("store"));
@@ -645,7 +641,7 @@ impl Loader {
             }
         };
 
-        let jwt = if kind == SecretKind::JwtSigningKey {
+        let jwt = if kind == raw::SecretKind::JwtSigningKey {
             self.jwt(name, def, cadence_ok.then_some(cadence_value))
         } else {
             let why = "applies to jwt_signing_key secrets only";
@@ -773,7 +769,7 @@ impl Loader {
         let policy =
             raw.policy.as_ref().map_or_else(PasswordPolicy::default, |p| self.policy(file, p, &field("policy")));
         let issuer = match (kind, &raw.issuer) {
-            (SecretKind::ApiKey, Some(issuer)) => {
+            (raw::SecretKind::ApiKey, Some(issuer)) => {
                 let issuer = issuer.get_ref();
                 self.check_http_url(file, &issuer.url, &field("issuer.url"));
                 self.check_ref(&issuer.token, file, field("issuer.token"));
@@ -783,7 +779,7 @@ impl Loader {
                     token: issuer.token.get_ref().clone().rebase(&base),
                 })
             }
-            (SecretKind::ApiKey, None) => {
+            (raw::SecretKind::ApiKey, None) => {
                 let location = self.at(file, def.span.clone());
                 self.errors.push(
                     Diagnostic::error(location, field("issuer"), "an api_key secret needs `issuer`, the service that issues and revokes its keys")
@@ -800,19 +796,34 @@ impl Loader {
         if self.errors.len() > errors_before {
             return None;
         }
+        // No error was found, so each kind's own fields are there: a password names a target
+        // and a username, an API key its issuer, a JWT key its settings.
+        let db_password = || {
+            let name = raw.target.as_ref()?.get_ref().clone();
+            let target = targets.get(&name)?.clone();
+            Some(DbPassword {
+                target: Named { name, value: target },
+                username: raw.username.as_ref()?.get_ref().clone(),
+                policy: policy.clone(),
+                probes: raw.probes.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default(),
+            })
+        };
+        let typed = match kind {
+            raw::SecretKind::PostgresPassword => db_password().map(SecretKind::PostgresPassword),
+            raw::SecretKind::MysqlPassword => db_password().map(SecretKind::MysqlPassword),
+            raw::SecretKind::ApiKey => issuer.map(|issuer| SecretKind::ApiKey(ApiKey { issuer })),
+            raw::SecretKind::JwtSigningKey => jwt.map(|jwt| SecretKind::JwtSigningKey(JwtKey { jwt })),
+        };
+        // Only a target refused on its own (and reported there) leaves a password unresolved:
+        // one mistake, one error.
+        let kind = typed?;
         Some(SecretSpec {
             kind,
             store,
             path: raw.path.get_ref().clone(),
-            target: raw.target.as_ref().map(|t| t.get_ref().clone()),
-            username: raw.username.as_ref().map(|u| u.get_ref().clone()),
             strategy,
             cadence: cadence_value,
             cadence_is_default: cadence.is_none(),
-            policy,
-            probes: raw.probes.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default(),
-            issuer,
-            jwt,
             defined_at: self.at(file, def.span.clone()),
         })
     }
@@ -994,6 +1005,7 @@ impl Loader {
         name: &str,
         def: &Def<raw::Backup>,
         raw_targets: &BTreeMap<String, Def<raw::Target>>,
+        targets: &BTreeMap<String, Target>,
     ) -> Option<BackupSet> {
         let raw = &def.value;
         let file = def.file;
@@ -1032,17 +1044,25 @@ impl Loader {
         if self.errors.len() > errors_before {
             return None;
         }
+        // A target refused on its own (and reported there) leaves the set unresolved.
+        let target_name = raw.target.get_ref().clone();
+        let target = targets.get(&target_name)?.clone();
+        let method = match method? {
+            // An rds target names its instance (the target's own check refuses one without).
+            MethodOf::Rds { copy } => BackupMethod::RdsSnapshot { instance: target.rds_instance.clone()?, copy },
+            MethodOf::Dump(method) => method,
+        };
         Some(BackupSet {
-            target: raw.target.get_ref().clone(),
+            target: Named { name: target_name, value: target },
             schedule,
-            method: method?,
+            method,
             retention,
             defined_at: self.at(file, def.span.clone()),
         })
     }
 
     /// An RDS target's set: snapshots, optionally copied to another region.
-    fn rds_method(&mut self, name: &str, def: &Def<raw::Backup>) -> Option<BackupMethod> {
+    fn rds_method(&mut self, name: &str, def: &Def<raw::Backup>) -> Option<MethodOf> {
         let raw = &def.value;
         let file = def.file;
         let field = |f: &str| format!("backups.{name}.{f}");
@@ -1079,11 +1099,11 @@ impl Loader {
             }
             (None, None) => None,
         };
-        Some(BackupMethod::RdsSnapshot { copy })
+        Some(MethodOf::Rds { copy })
     }
 
     /// A postgres or mysql target's set: dumps to a store, under a key service.
-    fn dump_method(&mut self, name: &str, def: &Def<raw::Backup>) -> Option<BackupMethod> {
+    fn dump_method(&mut self, name: &str, def: &Def<raw::Backup>) -> Option<MethodOf> {
         let raw = &def.value;
         let file = def.file;
         let field = |f: &str| format!("backups.{name}.{f}");
@@ -1207,7 +1227,7 @@ impl Loader {
                 return None;
             }
         };
-        Some(BackupMethod::Dump { store, key_service })
+        Some(MethodOf::Dump(BackupMethod::Dump { store, key_service }))
     }
 
     fn drill(
@@ -1238,10 +1258,10 @@ impl Loader {
                             .with_related(target_at, format!("backup set `{backup_name}` backs up `{backup_target}` here")),
                     );
                 } else if let Some(backup) = backups.get(backup_name)
-                    && let Some(source) = targets.get(&backup.target)
                     && raw_targets.contains_key(scratch_name)
                 {
-                    self.check_target_ref(file, &raw.scratch, &field("scratch"), source.engine, raw_targets, targets);
+                    let source = backup.target.value.engine;
+                    self.check_target_ref(file, &raw.scratch, &field("scratch"), source, raw_targets, targets);
                 }
             }
         }
@@ -1321,6 +1341,14 @@ fn class_name(class: CharClass) -> &'static str {
 }
 
 /// Names become store paths, metric labels and file names: keep them plain.
+/// A backup set's method as its own fields give it, before its target is resolved.
+enum MethodOf {
+    /// A dump, complete.
+    Dump(BackupMethod),
+    /// An RDS snapshot, whose instance comes from the target.
+    Rds { copy: Option<RdsCopy> },
+}
+
 fn check_name(name: &str) -> Result<(), String> {
     let plain = name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_');
     let starts_well = name.chars().next().is_some_and(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit());

@@ -12,7 +12,7 @@
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
 
-use crate::config::{SecretSpec, Strategy};
+use crate::config::{DbPassword, SecretSpec, Strategy};
 use crate::engines::{Credential, DbEngine, EngineError};
 use crate::saga::{SagaDef, SagaRow, Step, StepError};
 use crate::secret::SecretString;
@@ -65,6 +65,8 @@ pub struct DbData {
 pub struct DbPasswordRotation<'a> {
     /// The secret's settings.
     pub spec: &'a SecretSpec,
+    /// Its database user's.
+    pub db: &'a DbPassword,
     /// Where it is stored.
     pub store: &'a dyn SecretStore,
     /// The database it opens.
@@ -145,7 +147,7 @@ impl DbPasswordRotation<'_> {
                     return Ok(());
                 }
                 let current = parse(&self.spec.path, &self.store.current(&self.spec.path).await?.value)?;
-                let password = self.spec.policy.generate();
+                let password = self.db.policy.generate();
                 let mut object = current.object;
                 object.insert("username".into(), Value::String(user.to_owned()));
                 object.insert("password".into(), Value::String(password.expose_secret().to_owned()));
@@ -161,7 +163,7 @@ impl DbPasswordRotation<'_> {
             DbStep::Test => {
                 let staged = self.staged_or_fail(saga).await?;
                 let credential = Credential { username: user.to_owned(), password: staged.password };
-                match self.engine.test_login(&credential, &self.spec.probes).await {
+                match self.engine.test_login(&credential, &self.db.probes).await {
                     Ok(()) => Ok(()),
                     Err(err) if err.is_transient() => Err(StepError::Transient(err.to_string())),
                     Err(err) => Err(StepError::Failed(format!("the new password failed its test: {err}"))),

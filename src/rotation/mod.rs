@@ -21,7 +21,7 @@ pub use api_key::{ApiKeyRotation, KeyData, KeyStep};
 pub use db_password::{DbData, DbPasswordRotation, DbStep};
 pub use jwt_key::{JwtData, JwtKeyRotation, JwtStep};
 
-use crate::config::{Plan, SecretKind, SecretSpec, Strategy, Target};
+use crate::config::{ApiKey, DbPassword, JwtKey, Plan, SecretKind, SecretSpec, Strategy};
 use crate::context::Ctx;
 use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
 use crate::evidence::{Kind, NewRecord, Outcome};
@@ -38,6 +38,18 @@ pub enum RotationError {
     /// No secret of that name is configured.
     #[error("no secret named {0} in the schedules; `vigil config check` lists them")]
     UnknownSecret(String),
+    /// The secret is not of the sort this needs: its kind changed under a rotation in flight.
+    #[error(
+        "{name} is a {kind} secret, not a {wanted}; if its kind changed while a rotation was in flight, restore the old kind until `vigil rotate --resume` finishes it"
+    )]
+    WrongKind {
+        /// The secret.
+        name: String,
+        /// Its kind now.
+        kind: &'static str,
+        /// The kind needed.
+        wanted: &'static str,
+    },
     /// An alternating pair flipped too recently.
     #[error(
         "{name} flipped at {last_flip}, less than min_flip_interval ({interval}) ago; clients that cache the secret may still hold the other user's password. Wait until {allowed}, or pass --force (recorded)"
@@ -132,6 +144,10 @@ pub struct Rotator<'a> {
     pub ctx: Ctx<'a>,
 }
 
+fn wrong_kind(name: &str, spec: &SecretSpec, wanted: &'static str) -> RotationError {
+    RotationError::WrongKind { name: name.to_owned(), kind: spec.kind.as_str(), wanted }
+}
+
 fn admin_error(whose: &str, err: stores::ReferenceError) -> RotationError {
     match err {
         stores::ReferenceError::Store(err) => RotationError::Store(err),
@@ -160,21 +176,17 @@ impl<'a> Rotator<'a> {
         self.ctx.plan.secrets.get(name).ok_or_else(|| RotationError::UnknownSecret(name.to_owned()))
     }
 
-    /// A database password's settings and target.
-    fn spec(&self, name: &str) -> Result<(&'a SecretSpec, &'a Target), RotationError> {
+    /// A database password's settings.
+    fn password(&self, name: &str) -> Result<(&'a SecretSpec, &'a DbPassword), RotationError> {
         let spec = self.secret(name)?;
-        let target = spec
-            .target
-            .as_ref()
-            .and_then(|t| self.ctx.plan.targets.get(t))
-            .expect("validated: passwords name a target");
-        Ok((spec, target))
+        let db = spec.kind.db_password().ok_or_else(|| wrong_kind(name, spec, "database password"))?;
+        Ok((spec, db))
     }
 
-    async fn connect(&self, spec: &SecretSpec, target: &Target) -> Result<Connected, RotationError> {
+    async fn connect(&self, spec: &SecretSpec, db: &DbPassword) -> Result<Connected, RotationError> {
         let store = self.store(spec.store).await?;
-        let target_name = spec.target.clone().unwrap_or_default();
-        let admin = self.admin(&target_name, &target.admin).await?;
+        let target = &db.target.value;
+        let admin = self.admin(&db.target.name, &target.admin).await?;
         let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
         Ok(Connected { store, engine: engines::connect(target.engine, endpoint, admin) })
     }
@@ -193,18 +205,18 @@ impl<'a> Rotator<'a> {
     pub async fn rotate(&self, name: &str, force: bool) -> Result<RotationReport, RotationError> {
         let spec = self.secret(name)?;
         match spec.kind {
-            SecretKind::ApiKey => return self.rotate_api_key(name, None).await,
-            SecretKind::JwtSigningKey => return self.rotate_jwt(name, None).await,
-            SecretKind::PostgresPassword | SecretKind::MysqlPassword => {}
+            SecretKind::ApiKey(_) => return self.rotate_api_key(name, None).await,
+            SecretKind::JwtSigningKey(_) => return self.rotate_jwt(name, None).await,
+            SecretKind::PostgresPassword(_) | SecretKind::MysqlPassword(_) => {}
         }
-        let (spec, target) = self.spec(name)?;
-        let connected = self.connect(spec, target).await?;
+        let (spec, db) = self.password(name)?;
+        let connected = self.connect(spec, db).await?;
         let current = db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value)
             .map_err(|err| unreadable(&spec.path, &err))?;
-        let username = spec.username.clone().unwrap_or_default();
+        let username = db.username.clone();
         let mut data = DbData {
             strategy: spec.strategy.as_str().to_owned(),
-            target: spec.target.clone(),
+            target: Some(db.target.name.clone()),
             user: String::new(),
             forced: None,
             inactive_sessions: None,
@@ -248,17 +260,16 @@ impl<'a> Rotator<'a> {
         };
         data.user = user.clone();
         let id = new_rotation_id();
-        let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
+        let def = DbPasswordRotation { spec, db, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
         let (_, ended) = self.executor().start(&def, &id, &Subject::Secret(name.to_owned()), data).await?;
         self.conclude(name, &id, &user, spec, &ended).await?;
         Ok(RotationReport { secret: name.to_owned(), rotation: id, user, ended })
     }
 
     async fn issuer(&self, name: &str, spec: &SecretSpec) -> Result<issuers::HttpIssuer, RotationError> {
-        let issuer = spec
-            .issuer
-            .as_ref()
-            .ok_or_else(|| RotationError::Admin { target: name.to_owned(), why: "no issuer configured".into() })?;
+        let SecretKind::ApiKey(ApiKey { issuer }) = &spec.kind else {
+            return Err(wrong_kind(name, spec, "api_key"));
+        };
         Ok(issuers::HttpIssuer::new(&issuer.url, self.resolve(name, &issuer.token).await?))
     }
 
@@ -288,7 +299,9 @@ impl<'a> Rotator<'a> {
     async fn rotate_jwt(&self, name: &str, saga: Option<SagaRow>) -> Result<RotationReport, RotationError> {
         let spec = self.secret(name)?;
         let store = self.store(spec.store).await?;
-        let jwt = spec.jwt.as_ref().expect("validated: JWT secrets have JWT settings");
+        let SecretKind::JwtSigningKey(JwtKey { jwt }) = &spec.kind else {
+            return Err(wrong_kind(name, spec, "jwt_signing_key"));
+        };
         let publisher = jwks::connect(&jwt.jwks, self.ctx.plan.aws.as_ref(), self.ctx.plan.vault.as_ref()).await?;
         let def =
             JwtKeyRotation { spec, jwt, store: store.as_ref(), publisher: publisher.as_ref(), clock: self.ctx.clock };
@@ -376,9 +389,9 @@ impl<'a> Rotator<'a> {
 
     async fn resume_db(&self, saga: SagaRow) -> Result<RotationReport, RotationError> {
         let subject = saga.subject.name().to_owned();
-        let (spec, target) = self.spec(&subject)?;
-        let connected = self.connect(spec, target).await?;
-        let def = DbPasswordRotation { spec, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
+        let (spec, db) = self.password(&subject)?;
+        let connected = self.connect(spec, db).await?;
+        let def = DbPasswordRotation { spec, db, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
         let user = saga.decode::<DbData>()?.user;
         tracing::info!(secret = %subject, rotation = %saga.id, step = %saga.step, "resuming a rotation left in flight");
         let (saga, ended) = self.executor().run(&def, saga).await?;
@@ -388,7 +401,7 @@ impl<'a> Rotator<'a> {
 
     /// The configured database-password secrets.
     fn password_secrets(&self) -> impl Iterator<Item = (&String, &SecretSpec)> {
-        self.ctx.plan.secrets.iter().filter(|(_, spec)| spec.kind.engine().is_some())
+        self.ctx.plan.secrets.iter().filter(|(_, spec)| spec.kind.db_password().is_some())
     }
 
     /// The secrets whose cadence has run out.
@@ -412,8 +425,8 @@ impl<'a> Rotator<'a> {
     pub async fn check(&self) -> Result<Vec<CheckReport>, RotationError> {
         let mut reports = Vec::new();
         for (name, _) in self.password_secrets() {
-            let (spec, target) = self.spec(name)?;
-            let problem = match self.check_one(spec, target).await {
+            let (spec, db) = self.password(name)?;
+            let problem = match self.check_one(spec, db).await {
                 Ok(()) => None,
                 Err(err) => Some(err.to_string()),
             };
@@ -442,15 +455,15 @@ impl<'a> Rotator<'a> {
     ) -> Result<Vec<WatchReport>, RotationError> {
         let mut watched = Vec::new();
         for (name, _) in self.password_secrets() {
-            let (spec, target) = self.spec(name)?;
-            watched.push((name.clone(), spec, target, WatchReport { secret: name.clone(), ..WatchReport::default() }));
+            let (spec, db) = self.password(name)?;
+            watched.push((name.clone(), spec, db, WatchReport { secret: name.clone(), ..WatchReport::default() }));
         }
         let deadline = tokio::time::Instant::now() + duration;
         // Cancelled, the watch ends early and still records what it saw.
         while tokio::time::Instant::now() < deadline && !self.ctx.cancel.is_cancelled() {
-            for (_, spec, target, report) in &mut watched {
+            for (_, spec, db, report) in &mut watched {
                 report.attempts += 1;
-                if let Err(err) = self.check_one(spec, target).await {
+                if let Err(err) = self.check_one(spec, db).await {
                     report.failures += 1;
                     report.last_failure = Some(err.to_string());
                 }
@@ -474,13 +487,13 @@ impl<'a> Rotator<'a> {
         Ok(reports)
     }
 
-    async fn check_one(&self, spec: &SecretSpec, target: &Target) -> Result<(), RotationError> {
-        let connected = self.connect(spec, target).await?;
+    async fn check_one(&self, spec: &SecretSpec, db: &DbPassword) -> Result<(), RotationError> {
+        let connected = self.connect(spec, db).await?;
         let current = db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value)
             .map_err(|err| unreadable(&spec.path, &err))?;
         connected
             .engine
-            .test_login(&Credential { username: current.username, password: current.password }, &spec.probes)
+            .test_login(&Credential { username: current.username, password: current.password }, &db.probes)
             .await?;
         Ok(())
     }
