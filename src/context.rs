@@ -3,14 +3,18 @@
 //! process. Rotation and backups (and later drills and the daemon) take one [`Ctx`] instead of
 //! carrying the same fields each.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::Plan;
+use crate::config::{Named, Plan, Target};
+use crate::engines::{self, DbEngine, Endpoint};
 use crate::evidence::Ledger;
 use crate::saga::{Executor, RetryPolicy};
 use crate::state::Db;
-use crate::stores::Stores;
+use crate::stores::{ReferenceError, Stores};
 
 /// The shared context of one command or one daemon.
 pub struct Ctx<'a> {
@@ -29,6 +33,9 @@ pub struct Ctx<'a> {
     pub cancel: CancellationToken,
     /// Secret store clients, connected on first use and kept for the process.
     pub stores: Stores<'a>,
+    /// Database engines by target name, each with its pool of admin connections, made on first
+    /// use and kept for the process.
+    engines: Mutex<HashMap<String, Arc<dyn DbEngine>>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -42,7 +49,24 @@ impl<'a> Ctx<'a> {
         cancel: CancellationToken,
     ) -> Self {
         let stores = Stores::new(plan.aws.as_ref(), plan.vault.as_ref());
-        Self { plan, db, ledger, clock, retry: RetryPolicy::default(), cancel, stores }
+        Self { plan, db, ledger, clock, retry: RetryPolicy::default(), cancel, stores, engines: Mutex::default() }
+    }
+
+    /// The engine of `target`, administered with its admin credential, which is read once per
+    /// process. No lock is held while the credential is read.
+    pub async fn engine(&self, target: &Named<Target>) -> Result<Arc<dyn DbEngine>, ReferenceError> {
+        let known = self.engines.lock().unwrap_or_else(|p| p.into_inner()).get(&target.name).cloned();
+        if let Some(engine) = known {
+            return Ok(engine);
+        }
+        let admin = self.stores.login(&target.value.admin).await?;
+        let settings = &target.value;
+        let endpoint =
+            Endpoint { host: settings.host.clone(), port: settings.port, database: settings.database.clone() };
+        let made: Arc<dyn DbEngine> = Arc::from(engines::connect(settings.engine, endpoint, admin));
+        // Two callers may both have made one: the first kept wins, so one pool serves both.
+        let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(engines.entry(target.name.clone()).or_insert(made).clone())
     }
 
     /// The saga executor of this context.

@@ -134,6 +134,17 @@ where
     result.map_err(|err| EngineError::from_sqlx("run the probe queries", user, err))
 }
 
+/// How an engine's admin connections are pooled: a few, opened on first use, closed after a
+/// minute idle, so a command or the daemon logs in as admin once per target rather than once
+/// per operation.
+fn admin_pool<DB: sqlx::Database>() -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(4)
+        .min_connections(0)
+        .idle_timeout(std::time::Duration::from_secs(60))
+        .acquire_timeout(std::time::Duration::from_secs(30))
+}
+
 /// What rotation needs from a database. Every method is idempotent.
 pub trait DbEngine: Send + Sync {
     /// Logs in as `credential` and runs each probe query; succeeds only if all do.

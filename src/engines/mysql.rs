@@ -10,8 +10,10 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret as _;
 use sha1::{Digest, Sha1};
+use sqlx::ConnectOptions as _;
 use sqlx::Connection as _;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection, MySqlPool};
+use sqlx::pool::PoolConnection;
 
 use super::{Credential, DbEngine, Endpoint, EngineError};
 use crate::secret::SecretString;
@@ -20,6 +22,8 @@ use crate::secret::SecretString;
 pub struct MysqlEngine {
     endpoint: Endpoint,
     admin: Credential,
+    /// The admin's connections, opened on first use and kept for the process.
+    pool: MySqlPool,
 }
 
 /// How to log in to the server at `endpoint` as `credential`; also what backups connect with.
@@ -38,17 +42,18 @@ pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> M
 impl MysqlEngine {
     /// The engine at `endpoint`, administered with `admin`.
     pub fn new(endpoint: Endpoint, admin: Credential) -> Self {
-        Self { endpoint, admin }
+        // Statements are not logged: they carry password hashes.
+        let options = connect_options(&endpoint, &admin).disable_statement_logging();
+        let pool = super::admin_pool().connect_lazy_with(options);
+        Self { endpoint, admin, pool }
     }
 
     fn options(&self, credential: &Credential) -> MySqlConnectOptions {
         connect_options(&self.endpoint, credential)
     }
 
-    async fn admin(&self, what: &str) -> Result<MySqlConnection, EngineError> {
-        MySqlConnection::connect_with(&self.options(&self.admin))
-            .await
-            .map_err(|err| EngineError::from_sqlx(what, &self.admin.username, err))
+    async fn admin(&self, what: &str) -> Result<PoolConnection<MySql>, EngineError> {
+        self.pool.acquire().await.map_err(|err| EngineError::from_sqlx(what, &self.admin.username, err))
     }
 
     /// The hosts `user` is defined for (`'user'@'host'` accounts).
@@ -101,12 +106,12 @@ impl DbEngine for MysqlEngine {
             for host in self.hosts(&mut conn, user, &what).await? {
                 // ALTER USER takes no bind parameters; the hash is `*` and hex only.
                 let statement = format!("ALTER USER {}@{} IDENTIFIED BY PASSWORD '{hash}'", quote(user), quote(&host));
-                result = sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.map(drop);
+                result = sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut *conn).await.map(drop);
                 if result.is_err() {
                     break;
                 }
             }
-            let _ = conn.close().await;
+            drop(conn);
             result.map_err(|err| EngineError::from_sqlx(&what, user, err))
         }
         .boxed()
@@ -119,9 +124,9 @@ impl DbEngine for MysqlEngine {
             let count: Result<i64, _> =
                 sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?")
                     .bind(user)
-                    .fetch_one(&mut conn)
+                    .fetch_one(&mut *conn)
                     .await;
-            let _ = conn.close().await;
+            drop(conn);
             Ok(u64::try_from(count.map_err(|err| EngineError::from_sqlx(&what, user, err))?).unwrap_or(0))
         }
         .boxed()
@@ -145,11 +150,11 @@ impl DbEngine for MysqlEngine {
                 .bind(&grantee)
                 .bind(user)
                 .bind(&host)
-                .fetch_all(&mut conn)
+                .fetch_all(&mut *conn)
                 .await;
                 grants.extend(rows.map_err(|err| EngineError::from_sqlx(&what, user, err))?.into_iter().map(|g| format!("{host}: {g}")));
             }
-            let _ = conn.close().await;
+            drop(conn);
             grants.sort();
             grants.dedup();
             Ok(grants)

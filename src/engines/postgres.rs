@@ -8,8 +8,10 @@ use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret as _;
 use sha2::{Digest, Sha256};
+use sqlx::ConnectOptions as _;
 use sqlx::Connection as _;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, Postgres};
 
 use super::{Credential, DbEngine, Endpoint, EngineError};
 use crate::secret::SecretString;
@@ -21,6 +23,9 @@ const SCRAM_ITERATIONS: u32 = 4096;
 pub struct PostgresEngine {
     endpoint: Endpoint,
     admin: Credential,
+    /// The admin's connections, opened on first use and kept: each SCRAM login costs the client
+    /// and the server thousands of hash iterations, which a loop over secrets would repeat.
+    pool: PgPool,
 }
 
 /// How to log in to the server at `endpoint` as `credential`; also what backups connect with.
@@ -40,17 +45,18 @@ pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> P
 impl PostgresEngine {
     /// The engine at `endpoint`, administered with `admin`.
     pub fn new(endpoint: Endpoint, admin: Credential) -> Self {
-        Self { endpoint, admin }
+        // Statements are not logged: they name roles, and a verifier is not for logs either.
+        let options = connect_options(&endpoint, &admin).disable_statement_logging();
+        let pool = super::admin_pool().connect_lazy_with(options);
+        Self { endpoint, admin, pool }
     }
 
     fn options(&self, credential: &Credential) -> PgConnectOptions {
         connect_options(&self.endpoint, credential)
     }
 
-    async fn admin(&self, what: &str) -> Result<PgConnection, EngineError> {
-        PgConnection::connect_with(&self.options(&self.admin))
-            .await
-            .map_err(|err| EngineError::from_sqlx(what, &self.admin.username, err))
+    async fn admin(&self, what: &str) -> Result<PoolConnection<Postgres>, EngineError> {
+        self.pool.acquire().await.map_err(|err| EngineError::from_sqlx(what, &self.admin.username, err))
     }
 }
 
@@ -108,8 +114,8 @@ impl DbEngine for PostgresEngine {
             let mut conn = self.admin(&what).await?;
             // ALTER ROLE takes no bind parameters; the verifier is base64 and `$:` only.
             let statement = format!("ALTER ROLE {} PASSWORD '{verifier}'", quote_ident(user));
-            let result = sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await;
-            let _ = conn.close().await;
+            let result = sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut *conn).await;
+            drop(conn);
             result.map(drop).map_err(|err| EngineError::from_sqlx(&what, user, err))
         }
         .boxed()
@@ -121,9 +127,9 @@ impl DbEngine for PostgresEngine {
             let mut conn = self.admin(&what).await?;
             let count: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
                 .bind(user)
-                .fetch_one(&mut conn)
+                .fetch_one(&mut *conn)
                 .await;
-            let _ = conn.close().await;
+            drop(conn);
             let count = count.map_err(|err| EngineError::from_sqlx(&what, user, err))?;
             Ok(u64::try_from(count).unwrap_or(0))
         }
@@ -146,8 +152,8 @@ impl DbEngine for PostgresEngine {
                   LATERAL aclexplode(d.datacl) p JOIN pg_roles r ON r.oid = p.grantee WHERE r.rolname = $1";
             let what = format!("list the privileges of role {user}");
             let mut conn = self.admin(&what).await?;
-            let rows: Result<Vec<String>, _> = sqlx::query_scalar(SQL).bind(user).fetch_all(&mut conn).await;
-            let _ = conn.close().await;
+            let rows: Result<Vec<String>, _> = sqlx::query_scalar(SQL).bind(user).fetch_all(&mut *conn).await;
+            drop(conn);
             let mut grants = rows.map_err(|err| EngineError::from_sqlx(&what, user, err))?;
             grants.sort();
             grants.dedup();

@@ -23,7 +23,7 @@ pub use jwt_key::{JwtData, JwtKeyRotation, JwtStep};
 
 use crate::config::{ApiKey, DbPassword, JwtKey, Plan, SecretKind, SecretSpec, Strategy};
 use crate::context::Ctx;
-use crate::engines::{self, Credential, DbEngine, Endpoint, EngineError};
+use crate::engines::{Credential, DbEngine, EngineError};
 use crate::evidence::{Kind, NewRecord, Outcome};
 use crate::issuers;
 use crate::jwks::{self, SigningKey};
@@ -158,7 +158,7 @@ fn admin_error(whose: &str, err: stores::ReferenceError) -> RotationError {
 /// A secret's store and database, connected.
 struct Connected {
     store: Arc<dyn SecretStore>,
-    engine: Box<dyn DbEngine>,
+    engine: Arc<dyn DbEngine>,
 }
 
 impl<'a> Rotator<'a> {
@@ -185,20 +185,13 @@ impl<'a> Rotator<'a> {
 
     async fn connect(&self, spec: &SecretSpec, db: &DbPassword) -> Result<Connected, RotationError> {
         let store = self.store(spec.store).await?;
-        let target = &db.target.value;
-        let admin = self.admin(&db.target.name, &target.admin).await?;
-        let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
-        Ok(Connected { store, engine: engines::connect(target.engine, endpoint, admin) })
+        let engine = self.ctx.engine(&db.target).await.map_err(|err| admin_error(&db.target.name, err))?;
+        Ok(Connected { store, engine })
     }
 
     /// The value `reference` names. `whose` names what it is for, in errors.
     async fn resolve(&self, whose: &str, reference: &SecretRef) -> Result<SecretString, RotationError> {
         self.ctx.stores.resolve(reference).await.map_err(|err| admin_error(whose, err))
-    }
-
-    /// The admin credential: a JSON object with `username` and `password`.
-    async fn admin(&self, target: &str, reference: &SecretRef) -> Result<Credential, RotationError> {
-        self.ctx.stores.login(reference).await.map_err(|err| admin_error(target, err))
     }
 
     /// Rotates `name` now. `force` allows an alternating flip sooner than min_flip_interval.

@@ -102,7 +102,7 @@ impl StoreError {
 pub struct Stores<'a> {
     aws: Option<&'a AwsSettings>,
     vault: Option<&'a VaultSettings>,
-    clients: tokio::sync::Mutex<std::collections::HashMap<StoreKind, std::sync::Arc<dyn SecretStore>>>,
+    clients: std::sync::Mutex<std::collections::HashMap<StoreKind, std::sync::Arc<dyn SecretStore>>>,
 }
 
 /// Why a credential reference could not be read.
@@ -119,18 +119,19 @@ pub enum ReferenceError {
 impl<'a> Stores<'a> {
     /// No clients yet, for the stores these settings configure.
     pub fn new(aws: Option<&'a AwsSettings>, vault: Option<&'a VaultSettings>) -> Self {
-        Self { aws, vault, clients: tokio::sync::Mutex::default() }
+        Self { aws, vault, clients: std::sync::Mutex::default() }
     }
 
-    /// The client for `kind`, connected once.
+    /// The client for `kind`, connected once. No lock is held while it connects: two callers
+    /// racing may both connect, and the first kept serves both from then on.
     pub async fn get(&self, kind: StoreKind) -> Result<std::sync::Arc<dyn SecretStore>, StoreError> {
-        let mut clients = self.clients.lock().await;
-        if let Some(client) = clients.get(&kind) {
-            return Ok(client.clone());
+        let known = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(&kind).cloned();
+        if let Some(client) = known {
+            return Ok(client);
         }
         let client: std::sync::Arc<dyn SecretStore> = std::sync::Arc::from(connect(kind, self.aws, self.vault).await?);
-        clients.insert(kind, client.clone());
-        Ok(client)
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(clients.entry(kind).or_insert(client).clone())
     }
 
     /// The value `reference` names: from its store (one JSON field of it when `key` is given),
