@@ -55,6 +55,19 @@ impl AwsSecretsManager {
             .unwrap_or_default())
     }
 
+    /// Takes AWSPENDING off version `token`.
+    async fn remove_pending(&self, path: &str, token: &str) -> Result<(), StoreError> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(path)
+            .version_stage(PENDING)
+            .remove_from_version_id(token)
+            .send()
+            .await
+            .map_err(|err| classify(format!("remove the pending stage of {path}"), path, err))?;
+        Ok(())
+    }
+
     async fn version_with(&self, path: &str, stage: &str) -> Result<Option<String>, StoreError> {
         Ok(self.stages(path).await?.into_iter().find(|(_, stages)| stages.iter().any(|s| s == stage)).map(|(id, _)| id))
     }
@@ -82,15 +95,20 @@ impl SecretStore for AwsSecretsManager {
 
     fn pending<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Pending>, StoreError>> {
         async move {
-            let Some(token) = self.version_with(path, PENDING).await? else { return Ok(None) };
-            let got = self
-                .client
-                .get_secret_value()
-                .secret_id(path)
-                .version_id(&token)
-                .send()
-                .await
-                .map_err(|err| classify(format!("read the pending value of {path}"), path, err))?;
+            // One call: the version labelled AWSPENDING, with its id (the token it was staged
+            // under). No such version is AWS's ResourceNotFoundException, as for a missing secret,
+            // so a missing secret is told apart by the current value's read that precedes any
+            // rotation.
+            let got = match self.client.get_secret_value().secret_id(path).version_stage(PENDING).send().await {
+                Ok(got) => got,
+                Err(err) => {
+                    return match classify(format!("read the pending value of {path}"), path, err) {
+                        StoreError::NotFound { .. } => Ok(None),
+                        other => Err(other),
+                    };
+                }
+            };
+            let token = got.version_id().unwrap_or_default().to_owned();
             let value = got.secret_string().ok_or_else(|| StoreError::Malformed { path: path.to_owned() })?;
             Ok(Some(Pending { token, value: SecretString::from(value.to_owned()) }))
         }
@@ -158,7 +176,9 @@ impl SecretStore for AwsSecretsManager {
                     .map_err(|err| classify(format!("make rotation {token}'s value current in {path}"), path, err))?;
             }
             if staged {
-                self.discard_pending(path, token).await?;
+                // The stages read above say AWSPENDING is on this version: take it off without
+                // reading them again.
+                self.remove_pending(path, token).await?;
             }
             Ok(())
         }
@@ -170,15 +190,7 @@ impl SecretStore for AwsSecretsManager {
             if self.version_with(path, PENDING).await?.as_deref() != Some(token) {
                 return Ok(());
             }
-            self.client
-                .update_secret_version_stage()
-                .secret_id(path)
-                .version_stage(PENDING)
-                .remove_from_version_id(token)
-                .send()
-                .await
-                .map_err(|err| classify(format!("remove the pending stage of {path}"), path, err))?;
-            Ok(())
+            self.remove_pending(path, token).await
         }
         .boxed()
     }
