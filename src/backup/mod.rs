@@ -170,6 +170,20 @@ pub struct Backups<'a> {
     pub progress: Option<Progress>,
 }
 
+impl saga::Resume for Backups<'_> {
+    fn resume(&self, saga: SagaRow) -> futures_util::future::BoxFuture<'_, Result<Ended, String>> {
+        use futures_util::FutureExt as _;
+        async move {
+            match self.resume_one(saga).await {
+                Ok(Some(report)) => Ok(report.ended),
+                Ok(None) => Err("not a backup".to_owned()),
+                Err(err) => Err(err.to_string()),
+            }
+        }
+        .boxed()
+    }
+}
+
 /// The dump saga's steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DumpStep {
@@ -271,21 +285,35 @@ impl<'a> Backups<'a> {
             if self.ctx.cancel.is_cancelled() {
                 break;
             }
-            let Subject::Backup(name) = saga.subject.clone() else { continue };
-            match saga.kind.as_str() {
-                DumpSaga::KIND_NAME => {
-                    let set = self.set(&name)?;
-                    let connected = self.connect(&name, set).await?;
-                    let def = DumpSaga { backups: self, name: &name, set, connected: &connected };
-                    tracing::info!(set = %name, backup = %saga.id, step = %saga.step, "resuming a backup left in flight");
-                    let (saga, ended) = self.executor().run(&def, saga).await?;
-                    reports.push(self.dump_report(&name, &saga, ended, &connected).await?);
-                }
-                rds::KIND_NAME => reports.push(rds::resume(self, saga).await?),
-                _ => {}
+            if let Some(report) = self.resume_one(saga).await? {
+                reports.push(report);
             }
         }
         Ok(reports)
+    }
+
+    /// Resumes `saga` if it is a backup (`None` for another kind).
+    async fn resume_one(&self, saga: SagaRow) -> Result<Option<BackupReport>, BackupError> {
+        let Subject::Backup(name) = saga.subject.clone() else { return Ok(None) };
+        Ok(Some(match saga.kind.as_str() {
+            DumpSaga::KIND_NAME => {
+                let set = self.set(&name)?;
+                let connected = self.connect(&name, set).await?;
+                let def = DumpSaga { backups: self, name: &name, set, connected: &connected };
+                tracing::info!(set = %name, backup = %saga.id, step = %saga.step, "resuming a backup left in flight");
+                let (saga, ended) = self.executor().run(&def, saga).await?;
+                self.dump_report(&name, &saga, ended, &connected).await?
+            }
+            rds::KIND_NAME => rds::resume(self, saga).await?,
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Registers the backup kinds with `registry`, resumed by these backups.
+    pub fn register<'r>(&'r self, registry: &mut saga::Registry<'r>) {
+        for kind in [DumpSaga::KIND_NAME, rds::KIND_NAME] {
+            registry.register(kind, self);
+        }
     }
 
     /// The catalog entry of `id`, with its set's store and key service.

@@ -368,16 +368,29 @@ impl<'a> Rotator<'a> {
             if self.ctx.cancel.is_cancelled() {
                 break;
             }
-            let Subject::Secret(subject) = saga.subject.clone() else { continue };
-            let report = match saga.kind.as_str() {
-                kind if kind == ApiKeyRotation::KIND_NAME => self.rotate_api_key(&subject, Some(saga)).await?,
-                kind if kind == JwtKeyRotation::KIND_NAME => self.rotate_jwt(&subject, Some(saga)).await?,
-                kind if kind == DbPasswordRotation::KIND_NAME => self.resume_db(saga).await?,
-                _ => continue,
-            };
-            reports.push(report);
+            if let Some(report) = self.resume_one(saga).await? {
+                reports.push(report);
+            }
         }
         Ok(reports)
+    }
+
+    /// Resumes `saga` if it is a rotation (`None` for another kind).
+    async fn resume_one(&self, saga: SagaRow) -> Result<Option<RotationReport>, RotationError> {
+        let Subject::Secret(subject) = saga.subject.clone() else { return Ok(None) };
+        Ok(Some(match saga.kind.as_str() {
+            kind if kind == ApiKeyRotation::KIND_NAME => self.rotate_api_key(&subject, Some(saga)).await?,
+            kind if kind == JwtKeyRotation::KIND_NAME => self.rotate_jwt(&subject, Some(saga)).await?,
+            kind if kind == DbPasswordRotation::KIND_NAME => self.resume_db(saga).await?,
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Registers the rotation kinds with `registry`, resumed by this rotator.
+    pub fn register<'r>(&'r self, registry: &mut saga::Registry<'r>) {
+        for kind in [DbPasswordRotation::KIND_NAME, ApiKeyRotation::KIND_NAME, JwtKeyRotation::KIND_NAME] {
+            registry.register(kind, self);
+        }
     }
 
     async fn resume_db(&self, saga: SagaRow) -> Result<RotationReport, RotationError> {
@@ -548,6 +561,20 @@ fn new_rotation_id() -> String {
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex = hex::encode(bytes);
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+impl saga::Resume for Rotator<'_> {
+    fn resume(&self, saga: SagaRow) -> futures_util::future::BoxFuture<'_, Result<Ended, String>> {
+        use futures_util::FutureExt as _;
+        async move {
+            match self.resume_one(saga).await {
+                Ok(Some(report)) => Ok(report.ended),
+                Ok(None) => Err("not a rotation".to_owned()),
+                Err(err) => Err(err.to_string()),
+            }
+        }
+        .boxed()
+    }
 }
 
 /// Every configured database-password secret with its status, for `vigil status`.

@@ -7,6 +7,7 @@
 //! in reverse, the failed one included. Transient failures retry within the step, with
 //! exponential backoff and full jitter, up to a bound; then the saga unwinds too.
 
+mod registry;
 mod store;
 
 use std::fmt::Debug;
@@ -17,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+pub use registry::{Registry, Resume, Resumed};
 pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, in_flight};
 
 use crate::clock::Clock;

@@ -360,3 +360,73 @@ async fn cancelled_while_waiting_to_retry_the_saga_stays_at_the_step() {
     assert_eq!((row.status, row.step.as_str()), (Status::Running, "charge"), "not unwound");
     assert!(!def.calls().iter().any(|c| c.starts_with("undo")), "{:?}", def.calls());
 }
+
+/// Resumes toy sagas with the executor, as rotation and backups resume theirs.
+struct ToyResumer<'a> {
+    store: &'a MemoryStore,
+    ledger: &'a Ledger,
+    def: ToyDef,
+}
+
+impl Resume for ToyResumer<'_> {
+    fn resume(&self, saga: SagaRow) -> futures_util::future::BoxFuture<'_, Result<Ended, String>> {
+        use futures_util::FutureExt as _;
+        async move {
+            let (_, ended) = executor(self.store, self.ledger).run(&self.def, saga).await.map_err(|e| e.to_string())?;
+            Ok(ended)
+        }
+        .boxed()
+    }
+}
+
+/// A kind whose resumption fails: its service is down.
+struct Broken;
+
+impl Resume for Broken {
+    fn resume(&self, _: SagaRow) -> futures_util::future::BoxFuture<'_, Result<Ended, String>> {
+        use futures_util::FutureExt as _;
+        async { Err("the key service is unreachable".to_owned()) }.boxed()
+    }
+}
+
+fn in_flight_row(id: &str, kind: &str, subject: Subject, at: &str) -> SagaRow {
+    SagaRow {
+        id: id.into(),
+        kind: kind.into(),
+        subject,
+        step: "charge".into(),
+        status: Status::Running,
+        data: serde_json::json!({}),
+        failed_step: None,
+        error: None,
+        started_at: at.into(),
+        updated_at: at.into(),
+    }
+}
+
+#[tokio::test]
+async fn resume_all_resumes_every_kind_and_one_failure_stops_no_other() {
+    let (ledger, _dir) = ledger().await;
+    let store = MemoryStore::default();
+    for row in [
+        in_flight_row("a", "rotation.toy", secret("orders"), "2026-01-01T00:00:01.000000Z"),
+        in_flight_row("b", "backup.broken", Subject::Backup("orders".into()), "2026-01-01T00:00:02.000000Z"),
+        in_flight_row("c", "drill.unheard_of", Subject::Backup("billing".into()), "2026-01-01T00:00:03.000000Z"),
+        in_flight_row("d", "rotation.toy", secret("billing"), "2026-01-01T00:00:04.000000Z"),
+    ] {
+        assert!(store.insert(&row).await.unwrap().is_none());
+    }
+    let toys = ToyResumer { store: &store, ledger: &ledger, def: ToyDef::default() };
+    let mut registry = Registry::default();
+    registry.register("rotation.toy", &toys);
+    registry.register("backup.broken", &Broken);
+    let resumed = registry.resume_all(&store, &NEVER).await.unwrap();
+    let outcomes: Vec<(&str, Result<&Ended, &str>)> =
+        resumed.iter().map(|r| (r.id.as_str(), r.outcome.as_ref().map_err(String::as_str))).collect();
+    assert_eq!(outcomes[0], ("a", Ok(&Ended::Done)));
+    assert_eq!(outcomes[1], ("b", Err("the key service is unreachable")));
+    assert!(matches!(outcomes[2], ("c", Err(why)) if why.contains("drill.unheard_of")), "{outcomes:?}");
+    assert_eq!(outcomes[3], ("d", Ok(&Ended::Done)), "a failure before it stopped nothing");
+    let left: Vec<String> = store.in_flight().await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(left, ["b", "c"], "what could not be resumed stays in flight, untouched");
+}
