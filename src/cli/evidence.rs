@@ -15,10 +15,7 @@ use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat, load_plan};
 use crate::clock::SystemClock;
 use crate::config::Plan;
-use crate::evidence::{
-    self, InclusionProof, KEY_ROLLOVER, Ledger, LedgerKey, NewRecord, NoteVerifier, Outcome, Record, RecordFilter,
-    Trust,
-};
+use crate::evidence::{self, InclusionProof, Ledger, NewRecord, NoteVerifier, Outcome, Record, RecordFilter, Trust};
 use crate::state::Db;
 
 /// Read, verify, checkpoint and prove records of the evidence ledger.
@@ -208,35 +205,16 @@ impl EvidenceCommand {
             }
             Self::RolloverKey => {
                 let mut ledger = open_ledger(plan, db).await?;
-                let path = &plan.evidence.signing_key;
-                let next_path = pending_key_path(path);
-                let old = ledger.verifier();
-                let next = LedgerKey::generate(old.name());
-                // Saved before the ledger names it: a crash after this point is finished on the next open.
-                next.save(&next_path)?;
-                let next_vkey = next.verifier().vkey();
-                let (by_old, by_new) = ledger.rollover(next).await?;
-                install_key(path, &next_path, &old)?;
-                #[derive(Serialize)]
-                struct Rolled<'a> {
-                    old_vkey: String,
-                    new_vkey: String,
-                    checkpoint_by_old_key: &'a evidence::StoredCheckpoint,
-                    checkpoint_by_new_key: &'a evidence::StoredCheckpoint,
-                }
+                let rolled = evidence::lifecycle::rollover(&mut ledger, &plan.evidence.signing_key).await?;
                 match output {
-                    OutputFormat::Json => print_json(&Rolled {
-                        old_vkey: old.vkey(),
-                        new_vkey: next_vkey,
-                        checkpoint_by_old_key: &by_old,
-                        checkpoint_by_new_key: &by_new,
-                    })?,
+                    OutputFormat::Json => print_json(&rolled)?,
                     OutputFormat::Human => println!(
-                        "signing key rolled over\n  old  {}\n  new  {next_vkey}\nthe old key signed checkpoint {} (size {}) covering the announcement; the old key file is kept as {}",
-                        old.vkey(),
-                        by_old.id,
-                        by_old.size,
-                        retired_key_path(path, &old).display()
+                        "signing key rolled over\n  old  {}\n  new  {}\nthe old key signed checkpoint {} (size {}) covering the announcement; the old key file is kept as {}",
+                        rolled.old_vkey,
+                        rolled.new_vkey,
+                        rolled.checkpoint_by_old_key.id,
+                        rolled.checkpoint_by_old_key.size,
+                        rolled.retired_key.display()
                     ),
                 }
             }
@@ -284,86 +262,9 @@ async fn verify(db: &Db, vkey: Option<&str>, vkey_file: Option<&Path>, output: O
     Ok(Exit::Success)
 }
 
-/// Opens the ledger for writing with its signing key: created with the ledger, loaded after,
-/// and a key rollover that a crash interrupted is finished first.
+/// Opens the ledger for writing with its signing key (see `evidence::lifecycle`).
 pub(super) async fn open_ledger(plan: &Plan, db: &Db) -> anyhow::Result<Ledger> {
-    let path = &plan.evidence.signing_key;
-    let next_path = pending_key_path(path);
-    let clock = Arc::new(SystemClock);
-    if !path.exists() {
-        if evidence::size(db).await? > 0 {
-            bail!(
-                "the evidence ledger has records but its signing key {} is missing; restore the key file from backup",
-                path.display()
-            );
-        }
-        let random = hex::encode(rand_bytes()?);
-        let key = LedgerKey::generate(&format!("vigil/{random}"));
-        key.save(path)?;
-        tracing::info!(key = %key.verifier().vkey(), path = %path.display(), "created the evidence signing key");
-        return Ok(Ledger::open(db.clone(), key, clock).await?);
-    }
-    let key = LedgerKey::load(path)?;
-    if !next_path.exists() {
-        return Ok(Ledger::open(db.clone(), key, clock).await?);
-    }
-    let next = LedgerKey::load(&next_path)?;
-    let next_vkey = next.verifier().vkey();
-    let filter = RecordFilter { kind: Some(KEY_ROLLOVER.into()), limit: u64::MAX >> 1, ..RecordFilter::default() };
-    let announced = evidence::list(db, &filter)
-        .await?
-        .iter()
-        .any(|r| serde_json::from_str::<serde_json::Value>(&r.details).is_ok_and(|d| d["vkey"] == next_vkey.as_str()));
-    if !announced {
-        // The crash came before the ledger named the new key: forget it.
-        tracing::warn!(path = %next_path.display(), "removing a new signing key the ledger never announced");
-        std::fs::remove_file(&next_path).with_context(|| format!("remove {}", next_path.display()))?;
-        return Ok(Ledger::open(db.clone(), key, clock).await?);
-    }
-    let old = key.verifier();
-    let newest = evidence::newest_checkpoint(db).await?;
-    let next_id = format!("{}+{:08x}", next.verifier().name(), next.verifier().id());
-    let ledger = if newest.is_some_and(|c| c.key == next_id) {
-        Ledger::open(db.clone(), next, clock).await?
-    } else {
-        tracing::warn!("finishing a signing key rollover that was interrupted");
-        let mut ledger = Ledger::open(db.clone(), key, clock).await?;
-        ledger.complete_rollover(next).await?;
-        ledger
-    };
-    install_key(path, &next_path, &old)?;
-    Ok(ledger)
-}
-
-/// Where a new key waits while a rollover is in flight.
-fn pending_key_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".next");
-    PathBuf::from(name)
-}
-
-/// Where a replaced key is kept, so that old checkpoints can still be re-signed or audited.
-fn retired_key_path(path: &Path, old: &NoteVerifier) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".retired-{:08x}", old.id()));
-    PathBuf::from(name)
-}
-
-/// Moves the old key aside and the new one into place.
-fn install_key(path: &Path, next_path: &Path, old: &NoteVerifier) -> anyhow::Result<()> {
-    let retired = retired_key_path(path, old);
-    std::fs::rename(path, &retired).with_context(|| format!("move the old key to {}", retired.display()))?;
-    std::fs::rename(next_path, path).with_context(|| format!("move the new key to {}", path.display()))?;
-    Ok(())
-}
-
-fn rand_bytes() -> anyhow::Result<[u8; 8]> {
-    use rand_core::RngCore as _;
-    let mut bytes = [0u8; 8];
-    rand_core::OsRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(|err| anyhow::anyhow!("cannot read the operating system's random source: {err}"))?;
-    Ok(bytes)
+    Ok(evidence::lifecycle::open(db, &plan.evidence.signing_key, Arc::new(SystemClock)).await?)
 }
 
 /// Accepts RFC 3339 times and plain dates (midnight UTC), in the stored form.

@@ -10,6 +10,7 @@
 
 mod key;
 mod kind;
+pub mod lifecycle;
 pub mod merkle;
 pub mod note;
 mod record;
@@ -95,6 +96,15 @@ pub enum EvidenceError {
     /// No checkpoint covers the asked-for tree size.
     #[error("no checkpoint of size {0}; `vigil evidence checkpoint` signs one of the current size")]
     NoSuchCheckpoint(u64),
+    /// The signing key file could not be read, written or moved.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The ledger has records but its signing key file is gone.
+    #[error("the evidence ledger has records but its signing key {} is missing; restore the key file from backup", .0.display())]
+    KeyMissing(std::path::PathBuf),
+    /// The operating system's random source failed.
+    #[error("cannot read the operating system's random source: {0}")]
+    Random(String),
 }
 
 /// An inclusion proof of one record against a signed checkpoint.
