@@ -110,7 +110,14 @@ pub async fn connect(service: &config::KeyService, plan: &Plan) -> Result<Box<dy
             })?;
             Box::new(VaultTransit { client, mount: vault.transit_mount.clone(), key: key.clone() })
         }
-        config::KeyService::Local { key_file } => Box::new(LocalKey::open_or_create(key_file)?),
+        config::KeyService::Local { key_file } => {
+            // A file read (and maybe written): on a blocking thread, not on the runtime's.
+            let path = key_file.clone();
+            let opened = tokio::task::spawn_blocking(move || LocalKey::open_or_create(&path)).await.map_err(|err| {
+                KeyError::KeyFile { path: key_file.clone(), reason: format!("reading it stopped unexpectedly: {err}") }
+            })?;
+            Box::new(opened?)
+        }
     })
 }
 

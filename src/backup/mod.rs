@@ -431,7 +431,11 @@ impl<'a> Backups<'a> {
             restore_check.abandon();
             return Err(err);
         }
-        let restore_check = restore_check.finish().map_err(&failed)?;
+        // pg_restore is waited for on a blocking thread, not on the runtime's.
+        let restore_check = tokio::task::spawn_blocking(move || restore_check.finish())
+            .await
+            .map_err(|err| failed(format!("the restore check stopped unexpectedly: {err}")))?
+            .map_err(&failed)?;
         Ok(VerifyReport { backup_id: id.clone(), set: manifest.set.clone(), stream, restore_check })
     }
 
@@ -709,7 +713,8 @@ impl DumpSaga<'_> {
         let (key, wrapped) = self.connected.keys.generate(&id).await?;
         let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
         let scratch = backups.ctx.plan.controller.data_dir.join("tmp");
-        std::fs::create_dir_all(&scratch)
+        tokio::fs::create_dir_all(&scratch)
+            .await
             .map_err(|err| StepError::Failed(format!("cannot create {}: {err}", scratch.display())))?;
         let (mut dump, stdout) = dump::start(target.engine, &endpoint, &admin, &scratch).await?;
         let (sender, receiver) = mpsc::channel(pipeline::CHUNKS_QUEUED);

@@ -115,12 +115,12 @@ impl Db {
     async fn open_sqlite(path: &Path) -> Result<Self, StateError> {
         let target = path.display().to_string();
         if let Some(parent) = path.parent() {
-            use std::os::unix::fs::DirBuilderExt as _;
             // The data dir holds the signing key too: only vigil's user enters it.
-            std::fs::DirBuilder::new()
+            tokio::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(parent)
+                .await
                 .map_err(|err| StateError::Open { target: target.clone(), source: sqlx::Error::Io(err) })?;
         }
         let options = SqliteConnectOptions::new()

@@ -148,7 +148,16 @@ impl<'a> Stores<'a> {
                     .ok_or_else(|| ReferenceError::Unreadable(format!("secret {path} has no string field {key}")))?;
                 Ok(SecretString::from(field.to_owned()))
             }
-            local => local.resolve_local().map_err(|err| ReferenceError::Unreadable(err.to_string())),
+            local => {
+                // An environment variable or a file: read on a blocking thread, not the runtime's.
+                let local = local.clone();
+                tokio::task::spawn_blocking(move || local.resolve_local())
+                    .await
+                    .map_err(|err| {
+                        ReferenceError::Unreadable(format!("reading {reference} stopped unexpectedly: {err}"))
+                    })?
+                    .map_err(|err| ReferenceError::Unreadable(err.to_string()))
+            }
         }
     }
 
