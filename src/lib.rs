@@ -13,6 +13,8 @@ pub mod state;
 pub mod evidence;
 pub mod engines;
 pub mod stores;
+pub mod objects;
+pub mod kms;
 pub mod issuers;
 pub mod aws;
 pub mod jwks;

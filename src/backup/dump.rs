@@ -320,7 +320,7 @@ impl OptionFile {
         let password = admin.password.expose_secret().replace('\\', "\\\\").replace('"', "\\\"");
         let user = admin.username.replace('\\', "\\\\").replace('"', "\\\"");
         let text = zeroize::Zeroizing::new(format!("[client]\nuser=\"{user}\"\npassword=\"{password}\"\n"));
-        super::keys::write_private(&path, text.as_bytes()).map_err(failed)?;
+        crate::secret::write_private(&path, text.as_bytes()).map_err(failed)?;
         Ok(Self(path))
     }
 }

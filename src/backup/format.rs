@@ -12,7 +12,8 @@ use std::io::{self, Read, Write};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::{digest, hmac};
-use zeroize::Zeroizing;
+
+pub use crate::kms::DataKey;
 
 /// The first bytes of every backup object.
 pub const MAGIC: &[u8; 8] = b"VIGILBAK";
@@ -32,48 +33,19 @@ const MAX_ID_LEN: usize = 255;
 /// Domain separation for the key check.
 const KEY_CHECK_LABEL: &[u8] = b"vigil backup key check v1";
 
-/// A backup's 256-bit data key. Zeroed when dropped; never printed.
-pub struct DataKey(Zeroizing<[u8; 32]>);
-
-impl DataKey {
-    /// A key from its 32 bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
-        let bytes: [u8; 32] = bytes.try_into().map_err(|_| FormatError::KeyLength(bytes.len()))?;
-        Ok(Self(Zeroizing::new(bytes)))
-    }
-
-    /// A fresh random key.
-    pub fn generate() -> Self {
-        use rand_core::RngCore as _;
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        rand_core::OsRng.fill_bytes(bytes.as_mut());
-        Self(bytes)
-    }
-
-    /// The key's bytes, for wrapping.
-    pub fn expose(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    fn aead(&self) -> LessSafeKey {
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, self.0.as_ref()).expect("32 bytes is an AES-256 key"))
-    }
-
-    /// A commitment to this key under `header`: GCM is not key-committing, so without it a
-    /// wrong key would show as a corrupt first segment instead of as the wrong key.
-    fn check(&self, header: &[u8]) -> [u8; 32] {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, self.0.as_ref());
-        let mut context = hmac::Context::with_key(&key);
-        context.update(KEY_CHECK_LABEL);
-        context.update(header);
-        context.sign().as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
-    }
+/// The AEAD under `key`.
+fn aead(key: &DataKey) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.expose()).expect("32 bytes is an AES-256 key"))
 }
 
-impl std::fmt::Debug for DataKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataKey(..)")
-    }
+/// A commitment to `key` under `header`: GCM is not key-committing, so without it a wrong key
+/// would show as a corrupt first segment instead of as the wrong key.
+fn key_check(key: &DataKey, header: &[u8]) -> [u8; 32] {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key.expose());
+    let mut context = hmac::Context::with_key(&key);
+    context.update(KEY_CHECK_LABEL);
+    context.update(header);
+    context.sign().as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
 }
 
 /// Why a backup object could not be read. Each variant names the check that failed.
@@ -114,9 +86,6 @@ pub enum FormatError {
     /// The stream ended inside the header.
     #[error("header check failed: the object ends inside its header")]
     ShortHeader,
-    /// A data key of the wrong length.
-    #[error("a data key must be 32 bytes, not {0}")]
-    KeyLength(usize),
     /// Reading or writing failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -196,12 +165,12 @@ impl<W: Write> Sealer<W> {
         }
         let header = Header { segment_size, backup_id: backup_id.to_owned() };
         let mut bytes = header.prefix();
-        bytes.extend_from_slice(&key.check(&bytes));
+        bytes.extend_from_slice(&key_check(key, &bytes));
         inner.write_all(&bytes)?;
         let segment_size = segment_size as usize;
         Ok(Self {
             inner,
-            key: key.aead(),
+            key: aead(key),
             header_hash: sha256(&bytes),
             segment_size,
             buffer: Vec::with_capacity(segment_size + TAG_LEN),
@@ -307,7 +276,7 @@ impl<R: Read> Opener<R> {
     pub fn new(mut inner: R, key: &DataKey, backup_id: &str) -> Result<Self, FormatError> {
         let (header, bytes) = read_header(&mut inner)?;
         let prefix_len = bytes.len() - 32;
-        if key.check(&bytes[..prefix_len]).as_slice() != &bytes[prefix_len..] {
+        if key_check(key, &bytes[..prefix_len]).as_slice() != &bytes[prefix_len..] {
             return Err(FormatError::KeyCheck);
         }
         if header.backup_id != backup_id {
@@ -316,7 +285,7 @@ impl<R: Read> Opener<R> {
         let segment_size = header.segment_size as usize;
         Ok(Self {
             inner,
-            key: key.aead(),
+            key: aead(key),
             header_hash: sha256(&bytes),
             segment_size,
             buffer: vec![0; segment_size + TAG_LEN + 1],

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::dump::Consistency;
-use super::keys::WrappedKey;
 use super::pipeline::StreamFacts;
+use crate::kms::WrappedKey;
 
 /// A backup's manifest. Its canonical JSON's SHA-256 is in the evidence record of the backup,
 /// so a manifest edited in the store is caught.

@@ -10,12 +10,10 @@
 pub mod catalog;
 pub mod dump;
 pub mod format;
-pub mod keys;
 pub mod manifest;
 pub mod pipeline;
 mod rds;
 pub mod retention;
-pub mod store;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -29,15 +27,15 @@ use crate::context::Ctx;
 use crate::engines::Endpoint;
 use crate::engines::Engine;
 use crate::evidence::{EvidenceError, Kind, NewRecord, Outcome};
+use crate::kms::{self, KeyError, KeyService};
+use crate::objects::{self, ObjectError, ObjectStore};
 use crate::saga::{self, Ended, Executor, SagaDef, SagaError, SagaRow, StepError, Subject};
 use crate::state::StateError;
 use crate::stores::ReferenceError;
 use catalog::{Entry, Status};
 use format::DEFAULT_SEGMENT_SIZE;
-use keys::{KeyError, KeyService};
 use manifest::Manifest;
 use pipeline::{OpenError, StreamFacts};
-use store::{ObjectError, ObjectStore};
 
 pub use rds::RdsError;
 
@@ -233,8 +231,8 @@ impl<'a> Backups<'a> {
             return Err(BackupError::NotADump(name.to_owned()));
         };
         Ok(Connected {
-            store: store::connect(store, self.ctx.plan).await?,
-            keys: keys::connect(key_service, self.ctx.plan).await?,
+            store: objects::connect(store, self.ctx.plan.aws.as_ref()).await?,
+            keys: kms::connect(key_service, self.ctx.plan.aws.as_ref(), self.ctx.plan.vault.as_ref()).await?,
         })
     }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::format::{DataKey, FormatError, Hashing, Opener, Sealer};
-use super::store::Chunk;
+use crate::objects::Chunk;
 
 /// The zstd level: zstd's default, about gzip -6's ratio at many times its speed.
 pub const ZSTD_LEVEL: i32 = 3;

@@ -8,7 +8,8 @@ use serde::Serialize;
 use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, BackupMethod, Diagnostic, KeyService, Plan, Severity};
+use crate::config::{self, BackupMethod, Diagnostic, Plan, Severity};
+use crate::kms::Settings as KeyService;
 use crate::schedule;
 use crate::state::StateStore;
 

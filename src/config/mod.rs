@@ -23,6 +23,7 @@ use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{PasswordPolicy, SecretRef, StoreKind};
 use crate::state::StateStore;
 use crate::stores::VaultSettings;
+use crate::{kms, objects};
 
 /// Reads and validates the configuration at `path` and the schedule files it points to.
 ///
@@ -277,68 +278,6 @@ impl JwtSpec {
     }
 }
 
-/// Where backups of a set are written.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum ObjectStore {
-    /// An S3 bucket.
-    S3 {
-        /// The bucket.
-        bucket: String,
-        /// A key prefix inside it.
-        prefix: String,
-        /// Server-side encryption under this KMS key, on top of vigil's own encryption.
-        sse_kms_key_id: Option<String>,
-        /// S3 Object Lock retention set on each backup object.
-        object_lock: Option<ObjectLock>,
-    },
-    /// A local folder: the embedded default.
-    Local {
-        /// The folder.
-        path: PathBuf,
-    },
-}
-
-impl std::fmt::Display for ObjectStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
-            Self::Local { path } => write!(f, "{}", path.display()),
-        }
-    }
-}
-
-/// S3 Object Lock retention for backup objects: not even the bucket owner (in compliance
-/// mode) deletes one before `retain` has passed.
-#[derive(Debug, Clone, Serialize)]
-pub struct ObjectLock {
-    /// `GOVERNANCE` or `COMPLIANCE`.
-    pub mode: String,
-    /// How long each object is locked after it is written.
-    pub retain: Duration,
-}
-
-/// What wraps each backup's data key.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum KeyService {
-    /// AWS KMS `GenerateDataKey` under this key.
-    AwsKms {
-        /// Key id, ARN or alias.
-        key_id: String,
-    },
-    /// Vault / OpenBao Transit's datakey endpoint under this key.
-    VaultTransit {
-        /// The Transit key name.
-        key: String,
-    },
-    /// A local key-encryption key file.
-    Local {
-        /// The key file.
-        key_file: PathBuf,
-    },
-}
-
 /// How many backups a set keeps. The newest verified backup is always kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Retention {
@@ -380,9 +319,9 @@ pub enum BackupMethod {
     /// A logical dump (`pg_dump`, `mariadb-dump`) streamed compressed and encrypted to a store.
     Dump {
         /// Where backups are written.
-        store: ObjectStore,
+        store: objects::Settings,
         /// What wraps their keys.
-        key_service: KeyService,
+        key_service: kms::Settings,
     },
     /// An RDS DB snapshot, for targets of kind `rds`.
     RdsSnapshot {

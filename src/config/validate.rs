@@ -14,11 +14,12 @@ use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
 use super::{
     ApiKey, BackupMethod, BackupSet, Controller, DbPassword, Drill, Engine, Evidence, JwksTarget, JwtKey, JwtSpec,
-    KeyService, Loaded, Named, ObjectLock, ObjectStore, Plan, RdsCopy, Retention, SecretKind, SecretSpec, Strategy,
-    Target,
+    Loaded, Named, Plan, RdsCopy, Retention, SecretKind, SecretSpec, Strategy, Target,
 };
 use crate::aws::{AwsCredentials, AwsSettings as Aws};
 use crate::jwks::Algorithm;
+use crate::kms::Settings as KeyService;
+use crate::objects::{ObjectLock, Settings as ObjectStore};
 use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{CharClass, PasswordPolicy, SecretRef, StoreKind, resolve_path};
 use crate::state::StateStore as EvidenceStore;

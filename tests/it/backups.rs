@@ -554,16 +554,16 @@ async fn prune_keeps_the_retention_and_the_newest_and_records_each_deletion() {
 #[tokio::test]
 #[ignore = "needs services: cargo xtask test"]
 async fn s3_multipart_uploads_cut_exact_parts_and_read_back_whole() {
-    use vigil::backup::store::{self, Chunk};
+    use vigil::objects::{self, Chunk};
     let setup = Setup::new().await;
     let plan = vigil::config::load(&setup.path().join("vigil.toml")).unwrap().plan;
-    let config = vigil::config::ObjectStore::S3 {
+    let config = objects::Settings::S3 {
         bucket: setup.bucket.clone(),
         prefix: "parts/".into(),
         sse_kms_key_id: None,
         object_lock: None,
     };
-    let s3 = store::connect(&config, &plan).await.unwrap();
+    let s3 = objects::connect(&config, plan.aws.as_ref()).await.unwrap();
     let sdk = setup.services.s3().await;
     const PART: usize = 8 << 20;
     // Sizes around the part boundaries, sent in chunks that straddle them.

@@ -1,5 +1,6 @@
-//! Object stores backups are written to, behind one small trait: S3 (multipart, parts uploaded
-//! concurrently) and a local folder, the embedded default.
+//! Object stores, behind one small trait: S3 (multipart, parts uploaded concurrently) and a
+//! local folder, the embedded default. Backups are written to them; drills and report exports
+//! read and write them next. Object stores know nothing of backups, sagas or evidence.
 
 use std::path::{Path, PathBuf};
 
@@ -13,8 +14,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::aws::{SdkFailure, sdk_failure};
-use crate::config::{self, Plan};
+use crate::aws::{AwsSettings, SdkFailure, sdk_failure};
 
 /// An object's bytes, read as a stream.
 pub type ObjectReader = Box<dyn AsyncRead + Send + Unpin>;
@@ -98,11 +98,52 @@ pub trait ObjectStore: Send + Sync {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ObjectError>>;
 }
 
-/// Connects the store a backup set names.
-pub async fn connect(store: &config::ObjectStore, plan: &Plan) -> Result<Box<dyn ObjectStore>, ObjectError> {
-    Ok(match store {
-        config::ObjectStore::S3 { bucket, prefix, sse_kms_key_id, object_lock } => {
-            let aws = plan.aws.as_ref().ok_or(ObjectError::NotConfigured)?;
+/// Where objects are kept: an S3 bucket (and prefix) or a local folder.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Settings {
+    /// An S3 bucket.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// A key prefix inside it.
+        prefix: String,
+        /// Server-side encryption under this KMS key, on top of vigil's own encryption.
+        sse_kms_key_id: Option<String>,
+        /// S3 Object Lock retention set on each backup object.
+        object_lock: Option<ObjectLock>,
+    },
+    /// A local folder: the embedded default.
+    Local {
+        /// The folder.
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+            Self::Local { path } => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// S3 Object Lock retention for backup objects: not even the bucket owner (in compliance
+/// mode) deletes one before `retain` has passed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ObjectLock {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    pub mode: String,
+    /// How long each object is locked after it is written.
+    pub retain: crate::schedule::Duration,
+}
+
+/// Connects the store `settings` name, with the AWS settings S3 needs.
+pub async fn connect(settings: &Settings, aws: Option<&AwsSettings>) -> Result<Box<dyn ObjectStore>, ObjectError> {
+    Ok(match settings {
+        Settings::S3 { bucket, prefix, sse_kms_key_id, object_lock } => {
+            let aws = aws.ok_or(ObjectError::NotConfigured)?;
             let client = crate::aws::s3_client(aws).await.map_err(|err| ObjectError::Failed {
                 what: "read AWS credentials",
                 location: format!("s3://{bucket}"),
@@ -116,7 +157,7 @@ pub async fn connect(store: &config::ObjectStore, plan: &Plan) -> Result<Box<dyn
                 object_lock: object_lock.clone(),
             })
         }
-        config::ObjectStore::Local { path } => Box::new(LocalStore { root: path.clone() }),
+        Settings::Local { path } => Box::new(LocalStore { root: path.clone() }),
     })
 }
 
@@ -147,7 +188,7 @@ struct S3Store {
     bucket: String,
     prefix: String,
     sse_kms_key_id: Option<String>,
-    object_lock: Option<config::ObjectLock>,
+    object_lock: Option<ObjectLock>,
 }
 
 impl S3Store {

@@ -12,9 +12,64 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::format::DataKey;
-use crate::aws::{SdkFailure, sdk_failure};
-use crate::config::{self, Plan};
+use crate::aws::{AwsSettings, SdkFailure, sdk_failure};
+use crate::stores::VaultSettings;
+
+/// What makes and wraps data keys: AWS KMS, Vault/OpenBao Transit, or a local key file.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Settings {
+    /// AWS KMS `GenerateDataKey` under this key.
+    AwsKms {
+        /// Key id, ARN or alias.
+        key_id: String,
+    },
+    /// Vault / OpenBao Transit's datakey endpoint under this key.
+    VaultTransit {
+        /// The Transit key name.
+        key: String,
+    },
+    /// A local key-encryption key file.
+    Local {
+        /// The key file.
+        key_file: PathBuf,
+    },
+}
+
+/// A 256-bit data key. Zeroed when dropped; never printed.
+pub struct DataKey(Zeroizing<[u8; 32]>);
+
+impl DataKey {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyLength> {
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyLength(bytes.len()))?;
+        Ok(Self(Zeroizing::new(bytes)))
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        use rand_core::RngCore as _;
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rand_core::OsRng.fill_bytes(bytes.as_mut());
+        Self(bytes)
+    }
+
+    /// The key's bytes, for wrapping.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+/// A data key of the wrong length.
+#[derive(Debug, thiserror::Error)]
+#[error("a data key is 32 bytes, not {0}")]
+pub struct KeyLength(pub usize);
 
 /// A data key as the manifest keeps it: wrapped, and by what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,10 +145,14 @@ pub trait KeyService: Send + Sync {
 }
 
 /// Connects the key service a backup set names.
-pub async fn connect(service: &config::KeyService, plan: &Plan) -> Result<Box<dyn KeyService>, KeyError> {
+pub async fn connect(
+    service: &Settings,
+    aws: Option<&AwsSettings>,
+    vault: Option<&VaultSettings>,
+) -> Result<Box<dyn KeyService>, KeyError> {
     Ok(match service {
-        config::KeyService::AwsKms { key_id } => {
-            let aws = plan.aws.as_ref().ok_or(KeyError::NotConfigured(KMS))?;
+        Settings::AwsKms { key_id } => {
+            let aws = aws.ok_or(KeyError::NotConfigured(KMS))?;
             let sdk = crate::aws::sdk_config(aws).await.map_err(|err| KeyError::Refused {
                 service: KMS,
                 what: "read AWS credentials",
@@ -101,8 +160,8 @@ pub async fn connect(service: &config::KeyService, plan: &Plan) -> Result<Box<dy
             })?;
             Box::new(AwsKms { client: aws_sdk_kms::Client::new(&sdk), key_id: key_id.clone() })
         }
-        config::KeyService::VaultTransit { key } => {
-            let vault = plan.vault.as_ref().ok_or(KeyError::NotConfigured(TRANSIT))?;
+        Settings::VaultTransit { key } => {
+            let vault = vault.ok_or(KeyError::NotConfigured(TRANSIT))?;
             let client = crate::stores::vault_client(vault).map_err(|err| KeyError::Refused {
                 service: TRANSIT,
                 what: "connect",
@@ -110,7 +169,7 @@ pub async fn connect(service: &config::KeyService, plan: &Plan) -> Result<Box<dy
             })?;
             Box::new(VaultTransit { client, mount: vault.transit_mount.clone(), key: key.clone() })
         }
-        config::KeyService::Local { key_file } => {
+        Settings::Local { key_file } => {
             // A file read (and maybe written): on a blocking thread, not on the runtime's.
             let path = key_file.clone();
             let opened = tokio::task::spawn_blocking(move || LocalKey::open_or_create(&path)).await.map_err(|err| {
@@ -290,7 +349,8 @@ impl LocalKey {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let key = DataKey::generate();
                 let text = Zeroizing::new(hex::encode(key.expose()) + "\n");
-                write_private(path, text.as_bytes()).map_err(|err| failed(format!("cannot create it: {err}")))?;
+                crate::secret::write_private(path, text.as_bytes())
+                    .map_err(|err| failed(format!("cannot create it: {err}")))?;
                 tracing::info!(path = %path.display(), "created a local backup key; keep a copy apart from the backups");
                 text
             }
@@ -305,18 +365,6 @@ impl LocalKey {
             fingerprint: format!("local:{}", &hex::encode(digest.as_ref())[..16]),
         })
     }
-}
-
-/// Creates `path` with mode 0600 (and its folder), failing if it exists.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 impl KeyService for LocalKey {
