@@ -762,7 +762,8 @@ impl DumpSaga<'_> {
             extra: Default::default(),
         };
         let pretty = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
-        self.connected.store.put(&manifest_key(&object), pretty).await?;
+        let json = objects::PutOptions { content_type: Some("application/json".into()), cache_control: None };
+        self.connected.store.put(&manifest_key(&object), pretty, &json).await?;
         let sha = manifest.sha256();
         catalog::written(
             backups.ctx.db,

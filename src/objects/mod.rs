@@ -85,8 +85,13 @@ pub trait ObjectStore: Send + Sync {
     /// The object appears whole (after [`Chunk::End`]) or not at all.
     fn upload<'a>(&'a self, key: &'a str, body: mpsc::Receiver<Chunk>) -> BoxFuture<'a, Result<u64, ObjectError>>;
 
-    /// Writes a small object whole.
-    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<(), ObjectError>>;
+    /// Writes a small object whole, replacing it, with the headers `options` name.
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        options: &'a PutOptions,
+    ) -> BoxFuture<'a, Result<(), ObjectError>>;
 
     /// Reads a small object whole.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ObjectError>>;
@@ -96,6 +101,16 @@ pub trait ObjectStore: Send + Sync {
 
     /// Deletes `key`; deleting what does not exist succeeds.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ObjectError>>;
+}
+
+/// How a small object is served: headers S3 keeps with it (a local folder has none; the web
+/// server in front of it sets them).
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `Cache-Control`.
+    pub cache_control: Option<String>,
 }
 
 /// Where objects are kept: an S3 bucket (and prefix) or a local folder.
@@ -405,9 +420,21 @@ impl ObjectStore for S3Store {
         .boxed()
     }
 
-    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<(), ObjectError>> {
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        options: &'a PutOptions,
+    ) -> BoxFuture<'a, Result<(), ObjectError>> {
         async move {
-            let mut put = self.client.put_object().bucket(&self.bucket).key(self.key(key)).body(bytes.into());
+            let mut put = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(self.key(key))
+                .body(bytes.into())
+                .set_content_type(options.content_type.clone())
+                .set_cache_control(options.cache_control.clone());
             if let Some(kms_key) = &self.sse_kms_key_id {
                 put =
                     put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(kms_key);
@@ -518,7 +545,7 @@ impl ObjectStore for LocalStore {
         .boxed()
     }
 
-    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<(), ObjectError>> {
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>, _: &'a PutOptions) -> BoxFuture<'a, Result<(), ObjectError>> {
         async move {
             let (sender, receiver) = mpsc::channel(2);
             sender.send(Chunk::Data(Bytes::from(bytes))).await.expect("the receiver is here");
