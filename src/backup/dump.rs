@@ -220,42 +220,10 @@ impl Dump {
     pub async fn count_rows(&mut self, admin: &Credential) -> Result<(), DumpError> {
         let failed = db_error("count rows", admin);
         let counts = match &mut self.session {
-            Session::Postgres(conn) => {
-                let tables: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1, 2",
-                )
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(&failed)?;
-                let mut counts = BTreeMap::new();
-                for (schema, table) in tables {
-                    let sql = format!("SELECT count(*) FROM {}.{}", pg_ident(&schema), pg_ident(&table));
-                    let count: i64 =
-                        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await.map_err(&failed)?;
-                    counts.insert(format!("{schema}.{table}"), u64::try_from(count).unwrap_or_default());
-                }
-                counts
-            }
-            Session::Mysql(conn) => {
-                let tables: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT CAST(table_schema AS CHAR), CAST(table_name AS CHAR) FROM information_schema.tables \
-                     WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY 2",
-                )
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(&failed)?;
-                let mut counts = BTreeMap::new();
-                for (schema, table) in tables {
-                    let sql = format!("SELECT COUNT(*) FROM {}.{}", my_ident(&schema), my_ident(&table));
-                    let count: i64 =
-                        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await.map_err(&failed)?;
-                    counts.insert(format!("{schema}.{table}"), u64::try_from(count).unwrap_or_default());
-                }
-                counts
-            }
-        };
+            Session::Postgres(conn) => crate::engines::postgres::count_rows(conn).await,
+            Session::Mysql(conn) => crate::engines::mysql::count_rows(conn).await,
+        }
+        .map_err(&failed)?;
         self.consistency.row_counts = counts;
         Ok(())
     }
@@ -298,14 +266,6 @@ pub(crate) fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
     if tail.is_empty() { "no error output".to_owned() } else { tail }
-}
-
-fn pg_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn my_ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
 }
 
 /// A MariaDB client option file holding the password: mode 0600, removed when dropped.

@@ -6,8 +6,8 @@
 //! a log line or a statement a server might log: PostgreSQL gets a SCRAM verifier computed
 //! here, MariaDB a `mysql_native_password` hash.
 
-mod mysql;
-mod postgres;
+pub mod mysql;
+pub mod postgres;
 
 use futures_util::future::BoxFuture;
 

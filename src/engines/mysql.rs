@@ -70,6 +70,29 @@ impl MysqlEngine {
     }
 }
 
+/// `` `name` `` with embedded backquotes doubled: a MySQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// Every base table's rows in the connection's database as `schema.table` → count, read on
+/// `conn` (inside whatever transaction it holds).
+pub async fn count_rows(conn: &mut MySqlConnection) -> Result<std::collections::BTreeMap<String, u64>, sqlx::Error> {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT CAST(table_schema AS CHAR), CAST(table_name AS CHAR) FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY 2",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for (schema, table) in tables {
+        let sql = format!("SELECT COUNT(*) FROM {}.{}", quote_ident(&schema), quote_ident(&table));
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await?;
+        counts.insert(format!("{schema}.{table}"), u64::try_from(count).unwrap_or_default());
+    }
+    Ok(counts)
+}
+
 /// `'text'` with quotes and backslashes escaped: a MySQL string literal.
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))

@@ -61,8 +61,27 @@ impl PostgresEngine {
 }
 
 /// `"name"` with embedded quotes doubled: a PostgreSQL identifier.
-fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Every user table's rows as `schema.table` → count, read on `conn` (inside whatever snapshot
+/// or transaction it holds): what a backup records and a restore is checked against.
+pub async fn count_rows(conn: &mut PgConnection) -> Result<std::collections::BTreeMap<String, u64>, sqlx::Error> {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for (schema, table) in tables {
+        let sql = format!("SELECT count(*) FROM {}.{}", quote_ident(&schema), quote_ident(&table));
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await?;
+        counts.insert(format!("{schema}.{table}"), u64::try_from(count).unwrap_or_default());
+    }
+    Ok(counts)
 }
 
 /// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802, RFC 7677):
