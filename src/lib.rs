@@ -15,6 +15,7 @@ pub mod engines;
 pub mod stores;
 pub mod objects;
 pub mod kms;
+pub mod rds;
 pub mod issuers;
 pub mod aws;
 pub mod jwks;

@@ -37,7 +37,7 @@ use format::DEFAULT_SEGMENT_SIZE;
 use manifest::Manifest;
 use pipeline::{OpenError, StreamFacts};
 
-pub use rds::RdsError;
+use crate::rds::RdsError;
 
 /// Why a backup command failed.
 #[derive(Debug, thiserror::Error)]

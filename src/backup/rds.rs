@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
-use aws_sdk_rds::types::Tag;
-
 use super::catalog::{self, Entry, Status};
 use super::{BackupError, BackupReport, Backups};
-use crate::aws::{SdkFailure, sdk_failure};
 use crate::config::{BackupSet, RdsCopy};
 use crate::evidence::{Kind, NewRecord, Outcome};
+use crate::rds::{self, RdsError, Snapshots};
 use crate::saga::{self, Ended, SagaDef, SagaRow, StepError, Subject};
 
 /// The saga kind.
@@ -19,25 +17,6 @@ pub(super) const KIND_NAME: &str = "backup.rds_snapshot";
 const AVAILABLE_WITHIN: Duration = Duration::from_secs(2 * 3600);
 /// How often its status is asked.
 const POLL: Duration = Duration::from_secs(15);
-
-/// Why an RDS call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RdsError {
-    /// `[aws]` is missing.
-    #[error("rds targets need an [aws] section in vigil.toml")]
-    NotConfigured,
-    /// The AWS credentials could not be read.
-    #[error("cannot read AWS credentials: {0}")]
-    Credentials(String),
-    /// RDS refused or failed.
-    #[error("RDS could not {what}: {reason}")]
-    Failed {
-        /// What was asked.
-        what: &'static str,
-        /// Its words.
-        reason: String,
-    },
-}
 
 /// The saga's steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,28 +45,15 @@ struct SnapshotSaga<'a> {
     backups: &'a Backups<'a>,
     instance: String,
     copy: Option<&'a RdsCopy>,
-    client: aws_sdk_rds::Client,
-    copy_client: Option<aws_sdk_rds::Client>,
+    rds: Box<dyn Snapshots>,
+    /// RDS in the copy's region, when the set copies its snapshots.
+    copy_rds: Option<Box<dyn Snapshots>>,
 }
 
-fn step_error<E, R>(what: &str, err: &aws_sdk_rds::error::SdkError<E, R>) -> StepError
-where
-    E: aws_sdk_rds::error::ProvideErrorMetadata + std::fmt::Debug,
-    R: std::fmt::Debug,
-{
-    match sdk_failure(err) {
-        SdkFailure::Transient(reason) => StepError::Transient(format!("RDS could not {what}: {reason}")),
-        SdkFailure::NotFound(reason) | SdkFailure::Refused(reason) => {
-            StepError::Failed(format!("RDS could not {what}: {reason}"))
-        }
+impl From<RdsError> for StepError {
+    fn from(err: RdsError) -> Self {
+        if err.is_transient() { Self::Transient(err.to_string()) } else { Self::Failed(err.to_string()) }
     }
-}
-
-fn code<E, R>(err: &aws_sdk_rds::error::SdkError<E, R>) -> Option<&str>
-where
-    E: aws_sdk_rds::error::ProvideErrorMetadata,
-{
-    err.as_service_error().and_then(aws_sdk_rds::error::ProvideErrorMetadata::code)
 }
 
 /// An RDS snapshot identifier for backup `id` of `set`: letters, digits and single hyphens.
@@ -116,27 +82,18 @@ pub(super) struct SnapshotData {
 }
 
 impl SnapshotSaga<'_> {
-    fn tags(data: &SnapshotData) -> Vec<Tag> {
-        vec![
-            Tag::builder().key("vigil:backup-id").value(&data.backup_id).build(),
-            Tag::builder().key("vigil:set").value(&data.set).build(),
-        ]
+    fn tags(data: &SnapshotData) -> Vec<(String, String)> {
+        vec![("vigil:backup-id".into(), data.backup_id.clone()), ("vigil:set".into(), data.set.clone())]
     }
 
-    /// Waits until `snapshot` is available in `client`'s region; returns its ARN.
-    async fn await_available(&self, client: &aws_sdk_rds::Client, snapshot: &str) -> Result<String, StepError> {
+    /// Waits until `snapshot` is available in `rds`'s region; returns its ARN.
+    async fn await_available(rds: &dyn Snapshots, snapshot: &str) -> Result<String, StepError> {
         let deadline = tokio::time::Instant::now() + AVAILABLE_WITHIN;
         loop {
-            let out = client
-                .describe_db_snapshots()
-                .db_snapshot_identifier(snapshot)
-                .send()
-                .await
-                .map_err(|err| step_error("describe the snapshot", &err))?;
-            let found = out.db_snapshots().first().cloned();
-            let status = found.as_ref().and_then(|s| s.status()).unwrap_or("missing").to_owned();
+            let found = rds.describe(snapshot).await?;
+            let status = found.as_ref().map_or("missing", |s| s.status.as_str()).to_owned();
             match status.as_str() {
-                "available" => return Ok(found.and_then(|s| s.db_snapshot_arn).unwrap_or_default()),
+                "available" => return Ok(found.map(|s| s.arn).unwrap_or_default()),
                 "creating" | "copying" | "pending" => {}
                 other => return Err(StepError::Failed(format!("snapshot {snapshot} is {other}, not available"))),
             }
@@ -148,14 +105,6 @@ impl SnapshotSaga<'_> {
             }
             tracing::info!(%snapshot, %status, "waiting for the snapshot");
             tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn delete(client: &aws_sdk_rds::Client, snapshot: &str) -> Result<(), StepError> {
-        match client.delete_db_snapshot().db_snapshot_identifier(snapshot).send().await {
-            Ok(_) => Ok(()),
-            Err(err) if code(&err) == Some("DBSnapshotNotFound") => Ok(()),
-            Err(err) => Err(step_error("delete the snapshot", &err)),
         }
     }
 }
@@ -177,23 +126,11 @@ impl SagaDef for SnapshotSaga<'_> {
         let backups = self.backups;
         match step {
             SnapshotStep::Create => {
-                let created = self
-                    .client
-                    .create_db_snapshot()
-                    .db_instance_identifier(&self.instance)
-                    .db_snapshot_identifier(&snapshot)
-                    .set_tags(Some(Self::tags(data)))
-                    .send()
-                    .await;
-                match created {
-                    // Created by this saga before a crash: the same snapshot.
-                    Err(err) if code(&err) == Some("DBSnapshotAlreadyExists") => {}
-                    other => drop(other.map_err(|err| step_error("create the snapshot", &err))?),
-                }
+                self.rds.create(&self.instance, &snapshot, &Self::tags(data)).await?;
                 Ok(None)
             }
             SnapshotStep::Available => {
-                let arn = self.await_available(&self.client, &snapshot).await?;
+                let arn = Self::await_available(self.rds.as_ref(), &snapshot).await?;
                 let now = backups.now();
                 catalog::set_status(backups.ctx.db, &id, Status::Verified, None, &now).await?;
                 backups
@@ -210,21 +147,10 @@ impl SagaDef for SnapshotSaga<'_> {
                 Ok(Some(SnapshotData { arn: Some(arn), ..data.clone() }))
             }
             SnapshotStep::Copy => {
-                let (Some(copy), Some(client)) = (self.copy, &self.copy_client) else { return Ok(None) };
+                let (Some(copy), Some(copy_rds)) = (self.copy, &self.copy_rds) else { return Ok(None) };
                 let source = data.arn.clone().unwrap_or_else(|| snapshot.clone());
-                let copied = client
-                    .copy_db_snapshot()
-                    .source_db_snapshot_identifier(source)
-                    .target_db_snapshot_identifier(&snapshot)
-                    .set_kms_key_id(copy.kms_key_id.clone())
-                    .set_tags(Some(Self::tags(data)))
-                    .send()
-                    .await;
-                match copied {
-                    Err(err) if code(&err) == Some("DBSnapshotAlreadyExists") => {}
-                    other => drop(other.map_err(|err| step_error("copy the snapshot", &err))?),
-                }
-                let arn = self.await_available(client, &snapshot).await?;
+                copy_rds.copy(&source, &snapshot, copy.kms_key_id.as_deref(), &Self::tags(data)).await?;
+                let arn = Self::await_available(copy_rds.as_ref(), &snapshot).await?;
                 backups
                     .ctx
                     .ledger
@@ -245,33 +171,32 @@ impl SagaDef for SnapshotSaga<'_> {
         let (id, snapshot) = (&data.backup_id, &data.snapshot);
         match step {
             SnapshotStep::Create => {
-                Self::delete(&self.client, snapshot).await?;
+                self.rds.delete(snapshot).await?;
                 let reason = saga.error.clone().unwrap_or_else(|| "rolled back".into());
                 Ok(catalog::set_status(self.backups.ctx.db, id, Status::Failed, Some(&reason), &self.backups.now())
                     .await?)
             }
             SnapshotStep::Available => Ok(()),
-            SnapshotStep::Copy => match &self.copy_client {
-                Some(client) => Self::delete(client, snapshot).await,
+            SnapshotStep::Copy => match &self.copy_rds {
+                Some(copy_rds) => Ok(copy_rds.delete(snapshot).await?),
                 None => Ok(()),
             },
         }
     }
 }
 
+/// RDS in the set's region, and in the copy's when it copies.
 async fn clients(
     backups: &Backups<'_>,
     copy: Option<&RdsCopy>,
-) -> Result<(aws_sdk_rds::Client, Option<aws_sdk_rds::Client>), RdsError> {
-    let aws = backups.ctx.plan.aws.as_ref().ok_or(RdsError::NotConfigured)?;
-    let sdk = crate::aws::sdk_config(aws).await.map_err(|err| RdsError::Credentials(err.to_string()))?;
-    let copy_client = copy.map(|copy| {
-        let config = aws_sdk_rds::config::Builder::from(&sdk)
-            .region(aws_sdk_rds::config::Region::new(copy.region.clone()))
-            .build();
-        aws_sdk_rds::Client::from_conf(config)
-    });
-    Ok((aws_sdk_rds::Client::new(&sdk), copy_client))
+) -> Result<(Box<dyn Snapshots>, Option<Box<dyn Snapshots>>), RdsError> {
+    let aws = backups.ctx.plan.aws.as_ref();
+    let home: Box<dyn Snapshots> = Box::new(rds::connect(aws, None).await?);
+    let copies: Option<Box<dyn Snapshots>> = match copy {
+        Some(copy) => Some(Box::new(rds::connect(aws, Some(&copy.region)).await?)),
+        None => None,
+    };
+    Ok((home, copies))
 }
 
 /// Snapshots set `name` now.
@@ -283,12 +208,12 @@ pub(super) async fn run(
     instance: &str,
     copy: Option<&RdsCopy>,
 ) -> Result<BackupReport, BackupError> {
-    let (client, copy_client) = clients(backups, copy).await?;
+    let (rds, copy_rds) = clients(backups, copy).await?;
     let snapshot = snapshot_id(name, id);
     let started =
         catalog::Started { id, set: name, target: &set.target.name, method: "rds_snapshot", location: &snapshot };
     catalog::started(backups.ctx.db, &started, &backups.now()).await?;
-    let def = SnapshotSaga { backups, instance: instance.to_owned(), copy, client, copy_client };
+    let def = SnapshotSaga { backups, instance: instance.to_owned(), copy, rds, copy_rds };
     let data = SnapshotData { set: name.to_owned(), backup_id: id.to_owned(), snapshot, arn: None, copy_arn: None };
     let (saga, ended) = backups.executor().start(&def, id, &Subject::Backup(name.to_owned()), data).await?;
     report(name, &saga, ended)
@@ -314,8 +239,8 @@ pub(super) async fn resume(backups: &Backups<'_>, saga: SagaRow) -> Result<Backu
     let crate::config::BackupMethod::RdsSnapshot { instance, copy } = &set.method else {
         return Err(BackupError::UnknownSet(name));
     };
-    let (client, copy_client) = clients(backups, copy.as_ref()).await?;
-    let def = SnapshotSaga { backups, instance: instance.clone(), copy: copy.as_ref(), client, copy_client };
+    let (rds, copy_rds) = clients(backups, copy.as_ref()).await?;
+    let def = SnapshotSaga { backups, instance: instance.clone(), copy: copy.as_ref(), rds, copy_rds };
     let (saga, ended) = backups.executor().run(&def, saga).await?;
     report(&name, &saga, ended)
 }
@@ -327,11 +252,10 @@ pub(super) async fn delete(backups: &Backups<'_>, entry: &Entry) -> Result<(), B
         crate::config::BackupMethod::RdsSnapshot { copy, .. } => copy.as_ref(),
         crate::config::BackupMethod::Dump { .. } => None,
     };
-    let (client, copy_client) = clients(backups, copy).await?;
-    let failed = |err: StepError| RdsError::Failed { what: "delete the snapshot", reason: err.to_string() };
-    SnapshotSaga::delete(&client, &entry.location).await.map_err(failed)?;
-    if let Some(client) = copy_client {
-        SnapshotSaga::delete(&client, &entry.location).await.map_err(failed)?;
+    let (rds, copy_rds) = clients(backups, copy).await?;
+    rds.delete(&entry.location).await?;
+    if let Some(copy_rds) = copy_rds {
+        copy_rds.delete(&entry.location).await?;
     }
     Ok(())
 }

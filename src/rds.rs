@@ -1,0 +1,193 @@
+//! Amazon RDS DB snapshots behind one small trait: create, describe, copy into another region,
+//! delete. Backups take snapshots through it, and restore drills of rds targets will restore
+//! them through it. RDS knows nothing of backups, sagas or evidence; every call is idempotent
+//! (a snapshot that exists already, or is gone already, is success).
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+
+use crate::aws::{AwsSettings, SdkFailure, sdk_failure};
+
+/// Why an RDS call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RdsError {
+    /// `[aws]` is missing.
+    #[error("rds targets need an [aws] section in vigil.toml")]
+    NotConfigured,
+    /// The AWS credentials could not be read.
+    #[error("cannot read AWS credentials: {0}")]
+    Credentials(String),
+    /// Throttled, unreachable or a 5xx: retrying may pass.
+    #[error("RDS could not {what} for now: {reason}")]
+    Transient {
+        /// What was asked.
+        what: &'static str,
+        /// Its words.
+        reason: String,
+    },
+    /// RDS refused or failed.
+    #[error("RDS could not {what}: {reason}")]
+    Failed {
+        /// What was asked.
+        what: &'static str,
+        /// Its words.
+        reason: String,
+    },
+}
+
+impl RdsError {
+    /// Whether retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+}
+
+/// A snapshot as RDS describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `creating`, `available`, `copying`, `failed`, …
+    pub status: String,
+    /// Its ARN.
+    pub arn: String,
+}
+
+/// DB snapshots in one region.
+pub trait Snapshots: Send + Sync {
+    /// Snapshots `instance` as `snapshot`, tagged; one of that name already is success.
+    fn create<'a>(
+        &'a self,
+        instance: &'a str,
+        snapshot: &'a str,
+        tags: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<(), RdsError>>;
+
+    /// The snapshot named `snapshot`, if there is one.
+    fn describe<'a>(&'a self, snapshot: &'a str) -> BoxFuture<'a, Result<Option<Snapshot>, RdsError>>;
+
+    /// Copies `source` (an ARN, from any region) into this region as `snapshot`, encrypted under
+    /// `kms_key_id` when given, tagged; one of that name already is success.
+    fn copy<'a>(
+        &'a self,
+        source: &'a str,
+        snapshot: &'a str,
+        kms_key_id: Option<&'a str>,
+        tags: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<(), RdsError>>;
+
+    /// Deletes `snapshot`; one that is gone already is success.
+    fn delete<'a>(&'a self, snapshot: &'a str) -> BoxFuture<'a, Result<(), RdsError>>;
+}
+
+/// RDS through the AWS SDK.
+pub struct AwsRds {
+    client: aws_sdk_rds::Client,
+}
+
+/// RDS in the region of `aws`, or in `region` when given (where copies go).
+pub async fn connect(aws: Option<&AwsSettings>, region: Option<&str>) -> Result<AwsRds, RdsError> {
+    let aws = aws.ok_or(RdsError::NotConfigured)?;
+    let sdk = crate::aws::sdk_config(aws).await.map_err(|err| RdsError::Credentials(err.to_string()))?;
+    let mut config = aws_sdk_rds::config::Builder::from(&sdk);
+    if let Some(region) = region {
+        config = config.region(aws_sdk_rds::config::Region::new(region.to_owned()));
+    }
+    Ok(AwsRds { client: aws_sdk_rds::Client::from_conf(config.build()) })
+}
+
+fn error<E, R>(what: &'static str, err: &aws_sdk_rds::error::SdkError<E, R>) -> RdsError
+where
+    E: aws_sdk_rds::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    match sdk_failure(err) {
+        SdkFailure::Transient(reason) => RdsError::Transient { what, reason },
+        SdkFailure::NotFound(reason) | SdkFailure::Refused(reason) => RdsError::Failed { what, reason },
+    }
+}
+
+fn code<E, R>(err: &aws_sdk_rds::error::SdkError<E, R>) -> Option<&str>
+where
+    E: aws_sdk_rds::error::ProvideErrorMetadata,
+{
+    err.as_service_error().and_then(aws_sdk_rds::error::ProvideErrorMetadata::code)
+}
+
+fn tags(tags: &[(String, String)]) -> Vec<aws_sdk_rds::types::Tag> {
+    tags.iter().map(|(key, value)| aws_sdk_rds::types::Tag::builder().key(key).value(value).build()).collect()
+}
+
+impl Snapshots for AwsRds {
+    fn create<'a>(
+        &'a self,
+        instance: &'a str,
+        snapshot: &'a str,
+        tagged: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<(), RdsError>> {
+        async move {
+            let created = self
+                .client
+                .create_db_snapshot()
+                .db_instance_identifier(instance)
+                .db_snapshot_identifier(snapshot)
+                .set_tags(Some(tags(tagged)))
+                .send()
+                .await;
+            match created {
+                // Created before a crash: the same snapshot.
+                Err(err) if code(&err) == Some("DBSnapshotAlreadyExists") => Ok(()),
+                other => other.map(drop).map_err(|err| error("create the snapshot", &err)),
+            }
+        }
+        .boxed()
+    }
+
+    fn describe<'a>(&'a self, snapshot: &'a str) -> BoxFuture<'a, Result<Option<Snapshot>, RdsError>> {
+        async move {
+            let described = self.client.describe_db_snapshots().db_snapshot_identifier(snapshot).send().await;
+            let out = match described {
+                Err(err) if code(&err) == Some("DBSnapshotNotFound") => return Ok(None),
+                other => other.map_err(|err| error("describe the snapshot", &err))?,
+            };
+            Ok(out.db_snapshots().first().map(|found| Snapshot {
+                status: found.status().unwrap_or("unknown").to_owned(),
+                arn: found.db_snapshot_arn().unwrap_or_default().to_owned(),
+            }))
+        }
+        .boxed()
+    }
+
+    fn copy<'a>(
+        &'a self,
+        source: &'a str,
+        snapshot: &'a str,
+        kms_key_id: Option<&'a str>,
+        tagged: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<(), RdsError>> {
+        async move {
+            let copied = self
+                .client
+                .copy_db_snapshot()
+                .source_db_snapshot_identifier(source)
+                .target_db_snapshot_identifier(snapshot)
+                .set_kms_key_id(kms_key_id.map(str::to_owned))
+                .set_tags(Some(tags(tagged)))
+                .send()
+                .await;
+            match copied {
+                Err(err) if code(&err) == Some("DBSnapshotAlreadyExists") => Ok(()),
+                other => other.map(drop).map_err(|err| error("copy the snapshot", &err)),
+            }
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, snapshot: &'a str) -> BoxFuture<'a, Result<(), RdsError>> {
+        async move {
+            match self.client.delete_db_snapshot().db_snapshot_identifier(snapshot).send().await {
+                Err(err) if code(&err) == Some("DBSnapshotNotFound") => Ok(()),
+                other => other.map(drop).map_err(|err| error("delete the snapshot", &err)),
+            }
+        }
+        .boxed()
+    }
+}
