@@ -1,0 +1,129 @@
+//! `vigil.toml`: the controller, evidence, `[aws]` and `[vault]` sections.
+
+use std::path::{Path, PathBuf};
+
+use serde_spanned::Spanned;
+
+use super::super::diagnostic::Diagnostic;
+use super::super::raw;
+use super::super::{Controller, Evidence};
+use super::*;
+use crate::aws::{AwsCredentials, AwsSettings as Aws};
+use crate::secret::resolve_path;
+use crate::state::StateStore as EvidenceStore;
+use crate::stores::VaultSettings as Vault;
+
+impl Loader {
+    pub(super) fn controller(&mut self, raw: Option<&Spanned<raw::ControllerSection>>, base: &Path) -> Controller {
+        let raw = raw.map(Spanned::get_ref);
+        let data_dir = raw
+            .and_then(|c| c.data_dir.clone())
+            .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |dir| resolve_path(base, &dir));
+        let schedules_dir = raw
+            .and_then(|c| c.schedules.as_ref())
+            .map_or_else(|| resolve_path(base, Path::new("schedules")), |dir| resolve_path(base, dir.get_ref()));
+        Controller { data_dir, schedules_dir }
+    }
+
+    pub(super) fn evidence(
+        &mut self,
+        raw: Option<&Spanned<raw::EvidenceSection>>,
+        base: &Path,
+        data_dir: &Path,
+    ) -> Evidence {
+        let file = self.config_file;
+        let raw = raw.map(Spanned::get_ref);
+        let signing_key = raw
+            .and_then(|e| e.signing_key.clone())
+            .map_or_else(|| data_dir.join("evidence.key"), |key| resolve_path(base, &key));
+        let password = raw.and_then(|e| e.password.as_ref());
+        let store = match raw.and_then(|e| e.url.as_ref()) {
+            None => EvidenceStore::Sqlite { path: data_dir.join("evidence.db") },
+            Some(url) => {
+                let text = url.get_ref();
+                if let Some(path) = text.strip_prefix("sqlite://") {
+                    if let Some(password) = password {
+                        self.error(
+                            file,
+                            password.span(),
+                            "evidence.password".into(),
+                            "a password applies to a postgres:// store only",
+                        );
+                    }
+                    EvidenceStore::Sqlite { path: resolve_path(base, Path::new(path)) }
+                } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                    if url_has_password(text) {
+                        // The URL is not repeated: it carries a secret.
+                        let location = self.at(file, url.span());
+                        self.errors.push(
+                            Diagnostic::error(location, "evidence.url", "the URL carries a password (not repeated here)")
+                                .with_help("remove it from the URL and write password = { env = \"NAME\" } or { file = \"/path\" }"),
+                        );
+                    }
+                    if let Some(password) = password {
+                        self.check_ref(password, file, "evidence.password".into());
+                    }
+                    EvidenceStore::Postgres {
+                        url: text.clone(),
+                        password: password.map(|p| p.get_ref().clone().rebase(base)),
+                    }
+                } else {
+                    self.error(
+                        file,
+                        url.span(),
+                        "evidence.url".into(),
+                        "unsupported evidence store URL; use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
+                    );
+                    EvidenceStore::Sqlite { path: data_dir.join("evidence.db") }
+                }
+            }
+        };
+        Evidence { store, signing_key }
+    }
+
+    pub(super) fn aws(&mut self, raw: Spanned<raw::AwsSection>) -> Aws {
+        let file = self.config_file;
+        let base = self.folder_of(file);
+        let span = raw.span();
+        let raw = raw.into_inner();
+        if let Some(url) = &raw.endpoint_url {
+            self.check_http_url(file, url, "aws.endpoint_url");
+        }
+        let credentials = match (raw.access_key_id, raw.secret_access_key) {
+            (Some(id), Some(key)) => Some({
+                self.check_ref(&id, file, "aws.access_key_id".into());
+                self.check_ref(&key, file, "aws.secret_access_key".into());
+                AwsCredentials {
+                    access_key_id: id.into_inner().rebase(&base),
+                    secret_access_key: key.into_inner().rebase(&base),
+                }
+            }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                self.error(
+                    file,
+                    span,
+                    "aws".into(),
+                    "give both access_key_id and secret_access_key, or neither to use the SDK's default credential chain",
+                );
+                None
+            }
+        };
+        Aws { region: raw.region, endpoint_url: raw.endpoint_url.map(Spanned::into_inner), credentials }
+    }
+
+    pub(super) fn vault(&mut self, raw: Spanned<raw::VaultSection>) -> Vault {
+        let file = self.config_file;
+        let base = self.folder_of(file);
+        let raw = raw.into_inner();
+        self.check_http_url(file, &raw.address, "vault.address");
+        self.check_ref(&raw.token, file, "vault.token".into());
+        Vault {
+            address: raw.address.into_inner(),
+            token: raw.token.into_inner().rebase(&base),
+            kv_mount: raw.kv_mount.unwrap_or_else(|| "secret".into()),
+            transit_mount: raw.transit_mount.unwrap_or_else(|| "transit".into()),
+            namespace: raw.namespace,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `[drills.NAME]`: a backup set restored into a scratch target, with RPO and RTO targets.
+
+use std::collections::BTreeMap;
+
+use super::super::diagnostic::Diagnostic;
+use super::super::raw;
+use super::super::{BackupSet, Drill, Target};
+use super::*;
+use crate::secret::resolve_path;
+
+impl Loader {
+    pub(super) fn drill(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Drill>,
+        raw_targets: &BTreeMap<String, Def<raw::Target>>,
+        targets: &BTreeMap<String, Target>,
+        raw_backups: &BTreeMap<String, Def<raw::Backup>>,
+        backups: &BTreeMap<String, BackupSet>,
+    ) -> Option<Drill> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("drills.{name}.{f}");
+        let errors_before = self.errors.len();
+        let base = self.folder_of(file);
+        let backup_name = raw.backup.get_ref();
+        let scratch_name = raw.scratch.get_ref();
+        match raw_backups.get(backup_name) {
+            None => self.missing_reference(file, &raw.backup, field("backup"), "backups", raw_backups.keys()),
+            Some(backup_def) => {
+                let backup_target = backup_def.value.target.get_ref();
+                if backup_target == scratch_name {
+                    let location = self.at(file, raw.scratch.span());
+                    let target_at = self.at(backup_def.file, backup_def.value.target.span());
+                    self.errors.push(
+                        Diagnostic::error(location, field("scratch"), format!("`{scratch_name}` is the backup's own target; a drill restores into a scratch database, never the one backed up"))
+                            .with_related(target_at, format!("backup set `{backup_name}` backs up `{backup_target}` here")),
+                    );
+                } else if let Some(backup) = backups.get(backup_name)
+                    && raw_targets.contains_key(scratch_name)
+                {
+                    let source = backup.target.value.engine;
+                    self.check_target_ref(file, &raw.scratch, &field("scratch"), source, raw_targets, targets);
+                }
+            }
+        }
+        if !raw_targets.contains_key(scratch_name) {
+            self.missing_reference(file, &raw.scratch, field("scratch"), "targets", raw_targets.keys());
+        }
+        let schedule = raw.schedule.as_ref().map(|s| self.cron(file, s, field("schedule")));
+        let runbook = raw.runbook.as_ref().map(|r| {
+            let path = resolve_path(&base, r.get_ref());
+            if !path.is_file() {
+                self.error(
+                    file,
+                    r.span(),
+                    field("runbook"),
+                    format!("runbook {} does not exist (paths are relative to the schedule file)", path.display()),
+                );
+            }
+            path
+        });
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Drill {
+            backup: backup_name.clone(),
+            scratch: scratch_name.clone(),
+            schedule: schedule.flatten(),
+            rpo: raw.rpo.as_ref().map_or(DEFAULT_RPO, |r| *r.get_ref()),
+            rto: raw.rto.as_ref().map_or(DEFAULT_RTO, |r| *r.get_ref()),
+            runbook,
+            defined_at: self.at(file, def.span.clone()),
+        })
+    }
+}

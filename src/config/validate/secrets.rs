@@ -1,0 +1,398 @@
+//! `[secrets.NAME]`: each kind's own fields, strategies, cadences, JWT settings and password
+//! policies.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use serde_spanned::Spanned;
+
+use super::super::diagnostic::Diagnostic;
+use super::super::raw;
+use super::super::{ApiKey, DbPassword, JwksTarget, JwtKey, JwtSpec, Named, SecretKind, SecretSpec, Strategy, Target};
+use super::*;
+use crate::jwks::Algorithm;
+use crate::schedule::Duration;
+use crate::secret::{CharClass, PasswordPolicy, StoreKind, resolve_path};
+
+impl Loader {
+    pub(super) fn secret(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Secret>,
+        raw_targets: &BTreeMap<String, Def<raw::Target>>,
+        targets: &BTreeMap<String, Target>,
+    ) -> Option<SecretSpec> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("secrets.{name}.{f}");
+        let errors_before = self.errors.len();
+        let kind = *raw.kind.get_ref();
+        let store = *raw.store.get_ref();
+        let location = self.at(file, raw.store.span());
+        self.require_store(store, location, field("store"));
+        if raw.path.get_ref().trim().is_empty() {
+            self.error(file, raw.path.span(), field("path"), "path is empty; name the secret in its store");
+        }
+
+        let cadence = raw.cadence.as_ref().map(|c| *c.get_ref());
+        // Checks that compare other durations with the cadence are skipped when the cadence
+        // itself is refused: one mistake, one error.
+        let mut cadence_ok = true;
+        if let Some(c) = &raw.cadence
+            && *c.get_ref() < MIN_CADENCE
+        {
+            cadence_ok = false;
+            self.error(
+                file,
+                c.span(),
+                field("cadence"),
+                format!("cadence {} is shorter than the minimum of 1h", c.get_ref()),
+            );
+        }
+        let cadence_value = cadence.unwrap_or_else(|| kind.default_cadence());
+
+        // Fields that only some kinds and strategies take, refused where they do not apply.
+        let refuse = |loader: &mut Self, span: Option<Range<usize>>, name: &str, why: &str| {
+            if let Some(span) = span {
+                loader.error(file, span, field(name), why.to_owned());
+            }
+        };
+
+        let jwt = if kind == raw::SecretKind::JwtSigningKey {
+            self.jwt(name, def, cadence_ok.then_some(cadence_value))
+        } else {
+            let why = "applies to jwt_signing_key secrets only";
+            for (name, span) in [
+                ("algorithm", raw.algorithm.as_ref().map(Spanned::span)),
+                ("jwks", raw.jwks.as_ref().map(Spanned::span)),
+                ("jwks_cache", raw.jwks_cache.as_ref().map(Spanned::span)),
+                ("max_token_lifetime", raw.max_token_lifetime.as_ref().map(Spanned::span)),
+                ("clock_skew", raw.clock_skew.as_ref().map(Spanned::span)),
+            ] {
+                refuse(self, span, name, &format!("{name} {why}"));
+            }
+            None
+        };
+
+        let strategy = match kind.engine() {
+            Some(engine) => {
+                match &raw.target {
+                    None => {
+                        let location = self.at(file, def.span.clone());
+                        self.errors.push(Diagnostic::error(
+                            location,
+                            field("target"),
+                            format!("a {} secret needs `target`, the database whose user it rotates", kind.as_str()),
+                        ));
+                    }
+                    Some(target) => self.check_target_ref(file, target, &field("target"), engine, raw_targets, targets),
+                }
+                if raw.username.is_none() {
+                    let location = self.at(file, def.span.clone());
+                    self.errors.push(Diagnostic::error(
+                        location,
+                        field("username"),
+                        format!("a {} secret needs `username`, the database user", kind.as_str()),
+                    ));
+                }
+                refuse(
+                    self,
+                    raw.overlap.as_ref().map(Spanned::span),
+                    "overlap",
+                    "overlap applies to api_key and jwt_signing_key secrets; database passwords use single_user or alternating_users",
+                );
+                match raw.strategy.as_ref().map(|s| (*s.get_ref(), s.span())) {
+                    None | Some((raw::Strategy::SingleUser, _)) => {
+                        refuse(
+                            self,
+                            raw.clone_username.as_ref().map(Spanned::span),
+                            "clone_username",
+                            "clone_username applies to strategy = \"alternating_users\" only",
+                        );
+                        refuse(
+                            self,
+                            raw.min_flip_interval.as_ref().map(Spanned::span),
+                            "min_flip_interval",
+                            "min_flip_interval applies to strategy = \"alternating_users\" only",
+                        );
+                        Strategy::SingleUser
+                    }
+                    Some((raw::Strategy::AlternatingUsers, _)) => {
+                        let min_flip_interval =
+                            raw.min_flip_interval.as_ref().map_or(DEFAULT_MIN_FLIP_INTERVAL, |m| *m.get_ref());
+                        if cadence_ok && min_flip_interval > cadence_value {
+                            let span = raw.min_flip_interval.as_ref().map_or(def.span.clone(), Spanned::span);
+                            self.error(file, span, field("min_flip_interval"), format!("min_flip_interval {min_flip_interval} is longer than the cadence {cadence_value}: every rotation would be refused"));
+                        }
+                        let username = raw.username.as_ref().map(|u| u.get_ref().as_str()).unwrap_or_default();
+                        let clone_username = raw
+                            .clone_username
+                            .as_ref()
+                            .map_or_else(|| format!("{username}_clone"), |c| c.get_ref().clone());
+                        if clone_username == username
+                            && let Some(clone) = &raw.clone_username
+                        {
+                            self.error(
+                                file,
+                                clone.span(),
+                                field("clone_username"),
+                                "clone_username must differ from username: the pair alternates between two users",
+                            );
+                        }
+                        Strategy::AlternatingUsers { clone_username, min_flip_interval }
+                    }
+                    Some((raw::Strategy::Overlap, span)) => {
+                        self.error(file, span, field("strategy"), "database passwords rotate with \"single_user\" or \"alternating_users\"; \"overlap\" is for api_key and jwt_signing_key");
+                        Strategy::SingleUser
+                    }
+                }
+            }
+            None => {
+                let why = format!("{} secrets have no database target", kind.as_str());
+                refuse(self, raw.target.as_ref().map(Spanned::span), "target", &why);
+                refuse(self, raw.username.as_ref().map(Spanned::span), "username", &why);
+                refuse(self, raw.clone_username.as_ref().map(Spanned::span), "clone_username", &why);
+                refuse(self, raw.min_flip_interval.as_ref().map(Spanned::span), "min_flip_interval", &why);
+                refuse(self, raw.probes.as_ref().map(Spanned::span), "probes", &why);
+                refuse(
+                    self,
+                    raw.policy.as_ref().map(Spanned::span),
+                    "policy",
+                    "the issuer or key generator decides what these values look like; policy applies to passwords",
+                );
+                if let Some(strategy) = &raw.strategy
+                    && *strategy.get_ref() != raw::Strategy::Overlap
+                {
+                    self.error(
+                        file,
+                        strategy.span(),
+                        field("strategy"),
+                        format!("{} secrets rotate with strategy = \"overlap\"", kind.as_str()),
+                    );
+                }
+                let window = if let Some(jwt) = &jwt {
+                    jwt.retention()
+                } else {
+                    let window = raw.overlap.as_ref().map_or(DEFAULT_OVERLAP, |o| *o.get_ref());
+                    if cadence_ok && window >= cadence_value {
+                        let span = raw.overlap.as_ref().map_or(def.span.clone(), Spanned::span);
+                        self.error(file, span, field("overlap"), format!("overlap {window} must be shorter than the cadence {cadence_value}, or old credentials pile up"));
+                    }
+                    window
+                };
+                Strategy::Overlap { window }
+            }
+        };
+        let policy =
+            raw.policy.as_ref().map_or_else(PasswordPolicy::default, |p| self.policy(file, p, &field("policy")));
+        let issuer = match (kind, &raw.issuer) {
+            (raw::SecretKind::ApiKey, Some(issuer)) => {
+                let issuer = issuer.get_ref();
+                self.check_http_url(file, &issuer.url, &field("issuer.url"));
+                self.check_ref(&issuer.token, file, field("issuer.token"));
+                let base = self.folder_of(file);
+                Some(super::super::Issuer {
+                    url: issuer.url.get_ref().clone(),
+                    token: issuer.token.get_ref().clone().rebase(&base),
+                })
+            }
+            (raw::SecretKind::ApiKey, None) => {
+                let location = self.at(file, def.span.clone());
+                self.errors.push(
+                    Diagnostic::error(location, field("issuer"), "an api_key secret needs `issuer`, the service that issues and revokes its keys")
+                        .with_help("write issuer = { url = \"https://…\", token = { file = \"/path\" } }; docs/api-key-issuer.md has the contract"),
+                );
+                None
+            }
+            (_, Some(issuer)) => {
+                self.error(file, issuer.span(), field("issuer"), "issuer applies to api_key secrets only");
+                None
+            }
+            (_, None) => None,
+        };
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        // No error was found, so each kind's own fields are there: a password names a target
+        // and a username, an API key its issuer, a JWT key its settings.
+        let db_password = || {
+            let name = raw.target.as_ref()?.get_ref().clone();
+            let target = targets.get(&name)?.clone();
+            Some(DbPassword {
+                target: Named { name, value: target },
+                username: raw.username.as_ref()?.get_ref().clone(),
+                policy: policy.clone(),
+                probes: raw.probes.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default(),
+            })
+        };
+        let typed = match kind {
+            raw::SecretKind::PostgresPassword => db_password().map(SecretKind::PostgresPassword),
+            raw::SecretKind::MysqlPassword => db_password().map(SecretKind::MysqlPassword),
+            raw::SecretKind::ApiKey => issuer.map(|issuer| SecretKind::ApiKey(ApiKey { issuer })),
+            raw::SecretKind::JwtSigningKey => jwt.map(|jwt| SecretKind::JwtSigningKey(JwtKey { jwt })),
+        };
+        // Only a target refused on its own (and reported there) leaves a password unresolved:
+        // one mistake, one error.
+        let kind = typed?;
+        Some(SecretSpec {
+            kind,
+            store,
+            path: raw.path.get_ref().clone(),
+            strategy,
+            cadence: cadence_value,
+            cadence_is_default: cadence.is_none(),
+            defined_at: self.at(file, def.span.clone()),
+        })
+    }
+
+    /// A JWT signing key's settings: where its JWKS is published, and times that fit the
+    /// cadence (`cadence` is `None` when it was refused already).
+    pub(super) fn jwt(&mut self, name: &str, def: &Def<raw::Secret>, cadence: Option<Duration>) -> Option<JwtSpec> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("secrets.{name}.{f}");
+        if let Some(overlap) = &raw.overlap {
+            self.errors.push(
+                Diagnostic::error(self.at(file, overlap.span()), field("overlap"), "a JWT key's overlap follows from its times: it is published jwks_cache before it signs, and stays published max_token_lifetime + clock_skew after it stops")
+                    .with_help("remove overlap; set jwks_cache, max_token_lifetime and clock_skew if the defaults (1h, 1h, 5m) do not fit"),
+            );
+        }
+        let duration = |d: &Option<Spanned<Duration>>, default: u64| {
+            d.as_ref().map_or(Duration::from_secs(default), |d| *d.get_ref())
+        };
+        let jwks_cache = duration(&raw.jwks_cache, DEFAULT_JWKS_CACHE);
+        let max_token_lifetime = duration(&raw.max_token_lifetime, DEFAULT_MAX_TOKEN_LIFETIME);
+        let clock_skew = duration(&raw.clock_skew, DEFAULT_CLOCK_SKEW);
+        let total = Duration::from_secs(jwks_cache.as_secs() + max_token_lifetime.as_secs() + clock_skew.as_secs());
+        if let Some(cadence) = cadence
+            && total >= cadence
+        {
+            let span =
+                raw.max_token_lifetime.as_ref().or(raw.jwks_cache.as_ref()).map_or(def.span.clone(), Spanned::span);
+            self.error(file, span, field("max_token_lifetime"), format!("jwks_cache + max_token_lifetime + clock_skew ({total}) must be shorter than the cadence {cadence}: a rotation must finish before the next is due"));
+        }
+        let Some(jwks) = &raw.jwks else {
+            self.errors.push(
+                Diagnostic::error(self.at(file, def.span.clone()), field("jwks"), "a jwt_signing_key secret needs `jwks`, where verifiers fetch its public keys")
+                    .with_help("write jwks = { publish = \"s3\", bucket = \"…\", key = \"….json\" }, { publish = \"vault_kv\", path = \"…\" } or { publish = \"file\", path = \"/srv/….json\" }"),
+            );
+            return None;
+        };
+        let jwks_field = |f: &str| format!("secrets.{name}.jwks.{f}");
+        let raw_jwks = jwks.get_ref();
+        let kind = *raw_jwks.publish.get_ref();
+        let need = |loader: &mut Self, value: &Option<Spanned<String>>, name: &str, publish: &str| match value {
+            Some(v) if !v.get_ref().trim().is_empty() => Some(v.get_ref().clone()),
+            Some(v) => {
+                loader.error(file, v.span(), jwks_field(name), format!("{name} is empty"));
+                None
+            }
+            None => {
+                loader.error(file, jwks.span(), jwks_field(name), format!("publish = \"{publish}\" needs `{name}`"));
+                None
+            }
+        };
+        let refuse = |loader: &mut Self, value: &Option<Spanned<String>>, name: &str, publish: &str| {
+            if let Some(v) = value {
+                loader.error(
+                    file,
+                    v.span(),
+                    jwks_field(name),
+                    format!("{name} does not apply to publish = \"{publish}\""),
+                );
+            }
+        };
+        let target = match kind {
+            raw::JwksPublish::S3 => {
+                refuse(self, &raw_jwks.path, "path", "s3");
+                self.require_store(
+                    StoreKind::AwsSecretsManager,
+                    self.at(file, raw_jwks.publish.span()),
+                    jwks_field("publish"),
+                );
+                let bucket = need(self, &raw_jwks.bucket, "bucket", "s3");
+                let key = need(self, &raw_jwks.key, "key", "s3");
+                JwksTarget::S3 { bucket: bucket?, key: key? }
+            }
+            raw::JwksPublish::VaultKv => {
+                refuse(self, &raw_jwks.bucket, "bucket", "vault_kv");
+                refuse(self, &raw_jwks.key, "key", "vault_kv");
+                self.require_store(StoreKind::VaultKv, self.at(file, raw_jwks.publish.span()), jwks_field("publish"));
+                JwksTarget::VaultKv { path: need(self, &raw_jwks.path, "path", "vault_kv")? }
+            }
+            raw::JwksPublish::File => {
+                refuse(self, &raw_jwks.bucket, "bucket", "file");
+                refuse(self, &raw_jwks.key, "key", "file");
+                let path = need(self, &raw_jwks.path, "path", "file")?;
+                JwksTarget::File { path: resolve_path(&self.folder_of(file), Path::new(&path)) }
+            }
+        };
+        Some(JwtSpec {
+            algorithm: raw.algorithm.as_ref().map_or(Algorithm::Es256, |a| *a.get_ref()),
+            jwks: target,
+            jwks_cache,
+            max_token_lifetime,
+            clock_skew,
+        })
+    }
+
+    pub(super) fn policy(&mut self, file: usize, raw: &Spanned<raw::Policy>, field: &str) -> PasswordPolicy {
+        let defaults = PasswordPolicy::default();
+        let raw_policy = raw.get_ref();
+        let length = raw_policy.length.as_ref().map_or(defaults.length, |l| *l.get_ref());
+        if let Some(l) = &raw_policy.length
+            && !(PasswordPolicy::MIN_LENGTH..=PasswordPolicy::MAX_LENGTH).contains(&length)
+        {
+            self.error(
+                file,
+                l.span(),
+                format!("{field}.length"),
+                format!("length {length} is outside {}..={}", PasswordPolicy::MIN_LENGTH, PasswordPolicy::MAX_LENGTH),
+            );
+        }
+        let mut classes = raw_policy.classes.as_ref().map_or(defaults.classes, |c| c.get_ref().clone());
+        classes.sort();
+        classes.dedup();
+        let exclude = raw_policy.exclude.as_ref().map_or_else(String::new, |e| e.get_ref().clone());
+        if let Some(c) = &raw_policy.classes
+            && classes.is_empty()
+        {
+            self.error(
+                file,
+                c.span(),
+                format!("{field}.classes"),
+                "classes is empty; list some of \"lower\", \"upper\", \"digit\", \"symbol\"",
+            );
+        }
+        for class in &classes {
+            if class.chars().chars().all(|ch| exclude.contains(ch)) {
+                let span = raw_policy.exclude.as_ref().map_or(raw.span(), Spanned::span);
+                self.error(
+                    file,
+                    span,
+                    format!("{field}.exclude"),
+                    format!("exclude removes every character of class {}", class_name(*class)),
+                );
+            }
+        }
+        if classes.len() > length {
+            self.error(
+                file,
+                raw.span(),
+                format!("{field}.length"),
+                "length is shorter than the number of classes each password must contain",
+            );
+        }
+        PasswordPolicy { length, classes, exclude }
+    }
+}
+
+fn class_name(class: CharClass) -> &'static str {
+    match class {
+        CharClass::Lower => "lower",
+        CharClass::Upper => "upper",
+        CharClass::Digit => "digit",
+        CharClass::Symbol => "symbol",
+    }
+}

@@ -1,0 +1,113 @@
+//! `[targets.NAME]`: databases, and references to them from other sections.
+
+use std::collections::BTreeMap;
+
+use serde_spanned::Spanned;
+
+use super::super::diagnostic::Diagnostic;
+use super::super::raw;
+use super::super::{Engine, Target};
+use super::*;
+
+impl Loader {
+    pub(super) fn target(&mut self, name: &str, def: &Def<raw::Target>) -> Option<Target> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("targets.{name}.{f}");
+        let base = self.folder_of(file);
+        let kind = *raw.kind.get_ref();
+        let engine = match (kind, &raw.engine) {
+            (raw::TargetKind::Rds, Some(engine)) => Some(*engine.get_ref()),
+            (raw::TargetKind::Rds, None) => {
+                self.error(
+                    file,
+                    raw.kind.span(),
+                    field("engine"),
+                    "an rds target needs engine = \"postgres\" or \"mysql\"",
+                );
+                None
+            }
+            (_, Some(engine)) => {
+                self.error(
+                    file,
+                    engine.span(),
+                    field("engine"),
+                    "engine applies to rds targets only; postgres and mysql targets imply it",
+                );
+                None
+            }
+            (raw::TargetKind::Postgres, None) => Some(raw::Engine::Postgres),
+            (raw::TargetKind::Mysql, None) => Some(raw::Engine::Mysql),
+        };
+        let rds_instance = match (kind, &raw.instance_id) {
+            (raw::TargetKind::Rds, Some(id)) => Some(id.get_ref().clone()),
+            (raw::TargetKind::Rds, None) => {
+                self.error(
+                    file,
+                    raw.kind.span(),
+                    field("instance_id"),
+                    "an rds target needs instance_id, the DB instance identifier",
+                );
+                None
+            }
+            (_, Some(id)) => {
+                self.error(file, id.span(), field("instance_id"), "instance_id applies to rds targets only");
+                None
+            }
+            (_, None) => None,
+        };
+        if raw.host.get_ref().trim().is_empty() {
+            self.error(file, raw.host.span(), field("host"), "host is empty");
+        }
+        if let Some(port) = &raw.port
+            && *port.get_ref() == 0
+        {
+            self.error(file, port.span(), field("port"), "port 0 is not a port; use 1-65535");
+        }
+        self.check_ref(&raw.admin, file, field("admin"));
+        let engine = match engine? {
+            raw::Engine::Postgres => Engine::Postgres,
+            raw::Engine::Mysql => Engine::Mysql,
+        };
+        Some(Target {
+            engine,
+            rds_instance,
+            host: raw.host.get_ref().clone(),
+            port: raw.port.as_ref().map_or(engine.default_port(), |p| *p.get_ref()),
+            database: raw.database.clone(),
+            admin: raw.admin.get_ref().clone().rebase(&base),
+            defined_at: self.at(file, def.span.clone()),
+        })
+    }
+
+    /// Checks that `reference` names a defined target of `engine`.
+    pub(super) fn check_target_ref(
+        &mut self,
+        file: usize,
+        reference: &Spanned<String>,
+        field: &str,
+        engine: Engine,
+        raw_targets: &BTreeMap<String, Def<raw::Target>>,
+        targets: &BTreeMap<String, Target>,
+    ) {
+        let name = reference.get_ref();
+        let location = self.at(file, reference.span());
+        let Some(def) = raw_targets.get(name) else {
+            self.missing_reference(file, reference, field.to_owned(), "targets", raw_targets.keys());
+            return;
+        };
+        if let Some(target) = targets.get(name)
+            && target.engine != engine
+        {
+            let target_at = self.at(def.file, def.value.kind.span());
+            self.errors.push(
+                Diagnostic::error(
+                    location,
+                    field,
+                    format!("target `{name}` is a {} database; this needs {}", target.engine.as_str(), engine.as_str()),
+                )
+                .with_related(target_at, format!("`{name}`'s kind is set here")),
+            );
+        }
+    }
+}
