@@ -87,3 +87,53 @@ pub(super) async fn apply(db: &Db) -> Result<(), StateError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateStore;
+
+    /// A database as vigil left it at schema 3 (bare saga subjects, the `attempts` column), with
+    /// a rotation and a backup of one name in flight and a secret's status: opening it with this
+    /// vigil namespaces every subject and keeps every row.
+    #[tokio::test]
+    async fn subjects_from_before_namespaces_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+            let pool = sqlx::sqlite::SqlitePool::connect_with(options).await.unwrap();
+            sqlx::query(CREATE_TABLE).execute(&pool).await.unwrap();
+            for migration in &MIGRATIONS[..3] {
+                sqlx::raw_sql(migration.sqlite).execute(&pool).await.unwrap();
+                sqlx::query("INSERT INTO vigil_migrations (version, name, applied_at) VALUES ($1, $2, 'then')")
+                    .bind(migration.version)
+                    .bind(migration.name)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            sqlx::raw_sql(
+                "INSERT INTO sagas (id, kind, subject, step, status, data, attempts, error, started_at, updated_at) VALUES \
+                 ('r', 'rotation.db_password', 'orders', 'set', 'running', '{}', 0, NULL, 't1', 't1'), \
+                 ('b', 'backup.dump', 'orders2', 'write', 'running', '{}', 0, NULL, 't2', 't2'); \
+                 INSERT INTO secret_status (subject, last_rotated, updated_at) VALUES ('orders', 't0', 't0');",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let db = crate::state::Db::open(&StateStore::Sqlite { path }).await.unwrap();
+        let crate::state::Db::Sqlite(pool) = &db else { panic!("a file path opens an SQLite store") };
+        let subjects: Vec<String> =
+            sqlx::query_scalar("SELECT subject FROM sagas ORDER BY id").fetch_all(pool).await.unwrap();
+        assert_eq!(subjects, ["backup:orders2", "secret:orders"]);
+        let status: Vec<String> =
+            sqlx::query_scalar("SELECT subject FROM secret_status").fetch_all(pool).await.unwrap();
+        assert_eq!(status, ["secret:orders"]);
+        let in_flight = crate::saga::in_flight(&db).await.unwrap();
+        assert_eq!(in_flight.len(), 2, "the migrated rows read back as sagas");
+        assert!(in_flight.iter().all(|s| s.failed_step.is_none()));
+    }
+}
