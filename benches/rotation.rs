@@ -83,6 +83,36 @@ async fn main() {
     }
 }
 
+/// Rotates secrets `s0`… of `plan` through vigil (sagas, state rows, evidence, checkpoints),
+/// `args.concurrency` at a time; prints the timings, verifies the ledger, and returns the total
+/// time and how many rotations did not finish.
+async fn rotate_all(plan: &vigil::config::Plan, args: &Args, force: bool) -> (Duration, usize) {
+    let db = Db::open(&plan.evidence.store).await.unwrap();
+    let ledger = Ledger::open(db.clone(), LedgerKey::generate("vigil/bench"), Arc::new(SystemClock)).await.unwrap();
+    let rotator = Rotator::new(Ctx::new(plan, &db, &ledger, &SystemClock, CancellationToken::new()));
+    let start = Instant::now();
+    let results: Vec<(Duration, bool)> = futures_util::stream::iter(0..args.secrets)
+        .map(|i| {
+            let rotator = &rotator;
+            async move {
+                let started = Instant::now();
+                let report = rotator.rotate(&format!("s{i}"), force).await.unwrap();
+                (started.elapsed(), report.ended == Ended::Done)
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    let failed = results.iter().filter(|(_, done)| !done).count();
+    let total =
+        summary("vigil rotate (sagas + evidence)", start.elapsed(), results.into_iter().map(|(t, _)| t).collect());
+    let report = vigil::evidence::verify(&db, vigil::evidence::Trust::Genesis).await.unwrap();
+    assert!(report.problem.is_none());
+    println!("  (evidence: {} records, verified)", report.records);
+    db.close().await;
+    (total, failed)
+}
+
 /// Writes `text` to `dir/name`, 0600, and returns its path.
 fn private_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
@@ -216,34 +246,12 @@ async fn aws_variant(args: &Args, services: &serde_json::Value) {
 
     // vigil: full sagas, with state rows, evidence and checkpoints. The baseline left each pair
     // flipped to its clone, so vigil rotates the other user back.
-    let db = Db::open(&plan.evidence.store).await.unwrap();
-    let ledger = Ledger::open(db.clone(), LedgerKey::generate("vigil/bench"), Arc::new(SystemClock)).await.unwrap();
-    let rotator = Rotator::new(Ctx::new(&plan, &db, &ledger, &SystemClock, CancellationToken::new()));
-    let start = Instant::now();
-    let results: Vec<(Duration, bool)> = futures_util::stream::iter(0..args.secrets)
-        .map(|i| {
-            let rotator = &rotator;
-            async move {
-                let started = Instant::now();
-                let report = rotator.rotate(&format!("s{i}"), true).await.unwrap();
-                (started.elapsed(), report.ended == Ended::Done)
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect()
-        .await;
-    let failed = results.iter().filter(|(_, done)| !done).count();
-    let vigil =
-        summary("vigil rotate (sagas + evidence)", start.elapsed(), results.into_iter().map(|(t, _)| t).collect());
+    let (vigil, failed) = rotate_all(&plan, args, true).await;
     println!(
         "vigil took {:.2}x the baseline; {failed} rotations failed; target 1000 in <= 60 s: {}",
         vigil.as_secs_f64() / baseline.as_secs_f64(),
         if vigil <= Duration::from_secs(60) * args.secrets as u32 / 1000 { "met" } else { "MISSED" }
     );
-    let report = vigil::evidence::verify(&db, vigil::evidence::Trust::Genesis).await.unwrap();
-    assert!(report.problem.is_none());
-    println!("  (evidence: {} records, verified)", report.records);
-    db.close().await;
 
     let mut cleanup = String::new();
     for i in 0..args.secrets {
@@ -384,33 +392,11 @@ async fn vault_variant(args: &Args, services: &serde_json::Value) {
     )
     .unwrap();
     let plan = vigil::config::load(&dir.path().join("vigil.toml")).unwrap().plan;
-    let db = Db::open(&plan.evidence.store).await.unwrap();
-    let ledger = Ledger::open(db.clone(), LedgerKey::generate("vigil/bench"), Arc::new(SystemClock)).await.unwrap();
-    let rotator = Rotator::new(Ctx::new(&plan, &db, &ledger, &SystemClock, CancellationToken::new()));
-    let start = Instant::now();
-    let results: Vec<(Duration, bool)> = futures_util::stream::iter(0..args.secrets)
-        .map(|i| {
-            let rotator = &rotator;
-            async move {
-                let started = Instant::now();
-                let report = rotator.rotate(&format!("s{i}"), false).await.unwrap();
-                (started.elapsed(), report.ended == Ended::Done)
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect()
-        .await;
-    let failed = results.iter().filter(|(_, done)| !done).count();
-    let vigil =
-        summary("vigil rotate (sagas + evidence)", start.elapsed(), results.into_iter().map(|(t, _)| t).collect());
+    let (vigil, failed) = rotate_all(&plan, args, false).await;
     println!(
         "vigil took {:.2}x OpenBao's static-role rotation; {failed} rotations failed; vigil tests each new password with a login and records every step, OpenBao does neither",
         vigil.as_secs_f64() / anchor.as_secs_f64(),
     );
-    let report = vigil::evidence::verify(&db, vigil::evidence::Trust::Genesis).await.unwrap();
-    assert!(report.problem.is_none());
-    println!("  (evidence: {} records, verified)", report.records);
-    db.close().await;
 
     // OpenBao forgets the roles before the users go.
     futures_util::stream::iter(0..args.secrets)
