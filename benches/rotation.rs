@@ -83,6 +83,37 @@ async fn main() {
     }
 }
 
+/// The private PostgreSQL server, from the services file.
+struct Pg {
+    host: String,
+    port: u16,
+    admin_user: String,
+    admin_password: String,
+}
+
+impl Pg {
+    fn of(services: &serde_json::Value) -> Self {
+        let pg = &services["postgres"];
+        Self {
+            host: pg["host"].as_str().unwrap().to_owned(),
+            port: u16::try_from(pg["port"].as_u64().unwrap()).unwrap(),
+            admin_user: pg["user"].as_str().unwrap().to_owned(),
+            admin_password: pg["password"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// A connection as the admin, to the `postgres` database.
+    async fn admin(&self) -> sqlx::PgConnection {
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.admin_user)
+            .password(&self.admin_password)
+            .database("postgres");
+        sqlx::PgConnection::connect_with(&options).await.unwrap()
+    }
+}
+
 /// Rotates secrets `s0`… of `plan` through vigil (sagas, state rows, evidence, checkpoints),
 /// `args.concurrency` at a time; prints the timings, verifies the ledger, and returns the total
 /// time and how many rotations did not finish.
@@ -123,10 +154,8 @@ fn private_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::Pat
 }
 
 async fn aws_variant(args: &Args, services: &serde_json::Value) {
-    let (pg, moto) = (&services["postgres"], &services["moto"]);
-    let (host, port) = (pg["host"].as_str().unwrap().to_owned(), u16::try_from(pg["port"].as_u64().unwrap()).unwrap());
-    let (admin_user, admin_password) =
-        (pg["user"].as_str().unwrap().to_owned(), pg["password"].as_str().unwrap().to_owned());
+    let moto = &services["moto"];
+    let Pg { host, port, admin_user, admin_password } = Pg::of(services);
     let dir = tempfile::tempdir().unwrap();
     let run = format!("b{}", std::process::id());
     println!(
@@ -136,13 +165,7 @@ async fn aws_variant(args: &Args, services: &serde_json::Value) {
 
     // Users: a pair per secret, all in one group so their grants agree.
     let setup = Instant::now();
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host(&host)
-        .port(port)
-        .username(&admin_user)
-        .password(&admin_password)
-        .database("postgres");
-    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let mut conn = Pg::of(services).admin().await;
     let mut sql = format!("CREATE ROLE {run}_group;\n");
     for i in 0..args.secrets {
         for suffix in ["", "_clone"] {
@@ -263,10 +286,8 @@ async fn aws_variant(args: &Args, services: &serde_json::Value) {
 
 /// The Vault KV variant: OpenBao's own static-role rotation of the same users is the anchor.
 async fn vault_variant(args: &Args, services: &serde_json::Value) {
-    let (pg, bao) = (&services["postgres"], &services["openbao"]);
-    let (host, port) = (pg["host"].as_str().unwrap().to_owned(), u16::try_from(pg["port"].as_u64().unwrap()).unwrap());
-    let (admin_user, admin_password) =
-        (pg["user"].as_str().unwrap().to_owned(), pg["password"].as_str().unwrap().to_owned());
+    let bao = &services["openbao"];
+    let Pg { host, port, admin_user, admin_password } = Pg::of(services);
     let (address, token) = (bao["address"].as_str().unwrap().to_owned(), bao["token"].as_str().unwrap().to_owned());
     let dir = tempfile::tempdir().unwrap();
     let run = format!("v{}", std::process::id());
@@ -275,13 +296,7 @@ async fn vault_variant(args: &Args, services: &serde_json::Value) {
         args.secrets, args.concurrency
     );
     let setup = Instant::now();
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host(&host)
-        .port(port)
-        .username(&admin_user)
-        .password(&admin_password)
-        .database("postgres");
-    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let mut conn = Pg::of(services).admin().await;
     let mut sql = String::new();
     for i in 0..args.secrets {
         sql.push_str(&format!("CREATE ROLE {run}_{i} LOGIN PASSWORD 'initial-{run}-{i}';\n"));
