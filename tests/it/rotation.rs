@@ -690,3 +690,50 @@ async fn backup_set_named(services: &Services, cell: &Cell) {
     )
     .unwrap();
 }
+
+/// A rotation and a backup of one name, both killed mid-saga, are both finished by one call to
+/// the saga registry's `resume_all`, as the daemon will call it at start.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn one_resume_all_finishes_a_rotation_and_a_backup_left_in_flight() {
+    use tokio_util::sync::CancellationToken;
+    let services = Services::load();
+    let cell = Cell::new(&services, Engine::Postgres, Strategy::Alternating, Store::Aws).await;
+    backup_set_named(&services, &cell).await;
+    for (args, point) in [
+        (vec!["rotate", cell.name.as_str(), "--force"], "rotation.db_password:after:set"),
+        (vec!["backup", "run", cell.name.as_str()], "backup.dump:after:write"),
+    ] {
+        let killed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["--config", cell.config.to_str().unwrap(), "-q"])
+            .args(&args)
+            .env("VIGIL_FAILPOINT", point)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(killed.status.code().is_none(), "{point}: not killed: {}", String::from_utf8_lossy(&killed.stderr));
+    }
+    let plan = vigil::config::load(&cell.config).unwrap().plan;
+    let db = vigil::state::Db::open(&plan.evidence.store).await.unwrap();
+    let clock = std::sync::Arc::new(vigil::clock::SystemClock);
+    let ledger = vigil::evidence::lifecycle::open(&db, &plan.evidence.signing_key, clock).await.unwrap();
+    let cancel = CancellationToken::new();
+    let context = || vigil::context::Ctx::new(&plan, &db, &ledger, &vigil::clock::SystemClock, cancel.child_token());
+    let rotator = vigil::rotation::Rotator::new(context());
+    let backups = vigil::backup::Backups::new(context());
+    let mut registry = vigil::saga::Registry::default();
+    rotator.register(&mut registry);
+    backups.register(&mut registry);
+    let resumed = registry.resume_all(&db, &cancel).await.unwrap();
+    let mut kinds: Vec<(&str, bool)> =
+        resumed.iter().map(|r| (r.kind.as_str(), r.outcome == Ok(vigil::saga::Ended::Done))).collect();
+    kinds.sort();
+    assert_eq!(kinds, [("backup.dump", true), ("rotation.db_password", true)], "{resumed:?}");
+    assert!(vigil::saga::in_flight(&db).await.unwrap().is_empty(), "nothing is left in flight");
+    db.close().await;
+    cell.assert_current_logs_in().await;
+    let listed = cell.vigil(&["--output", "json", "backup", "list"]).json();
+    assert_eq!(listed[0]["status"], "verified", "{listed}");
+    cell.vigil(&["evidence", "verify"]).assert_code(0);
+}
