@@ -83,15 +83,20 @@ pub struct AwsRds {
     client: aws_sdk_rds::Client,
 }
 
-/// RDS in the region of `aws`, or in `region` when given (where copies go).
-pub async fn connect(aws: Option<&AwsSettings>, region: Option<&str>) -> Result<AwsRds, RdsError> {
+impl AwsRds {
+    /// The same account's RDS in `region` (where copies go), built from this client's
+    /// configuration: the credentials are not read again.
+    pub fn in_region(&self, region: &str) -> Self {
+        let config = self.client.config().to_builder().region(aws_sdk_rds::config::Region::new(region.to_owned()));
+        Self { client: aws_sdk_rds::Client::from_conf(config.build()) }
+    }
+}
+
+/// RDS in the region of `aws`.
+pub async fn connect(aws: Option<&AwsSettings>) -> Result<AwsRds, RdsError> {
     let aws = aws.ok_or(RdsError::NotConfigured)?;
     let sdk = crate::aws::sdk_config(aws).await.map_err(|err| RdsError::Credentials(err.to_string()))?;
-    let mut config = aws_sdk_rds::config::Builder::from(&sdk);
-    if let Some(region) = region {
-        config = config.region(aws_sdk_rds::config::Region::new(region.to_owned()));
-    }
-    Ok(AwsRds { client: aws_sdk_rds::Client::from_conf(config.build()) })
+    Ok(AwsRds { client: aws_sdk_rds::Client::new(&sdk) })
 }
 
 fn error<E, R>(what: &'static str, err: &aws_sdk_rds::error::SdkError<E, R>) -> RdsError

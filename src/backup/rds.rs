@@ -190,13 +190,9 @@ async fn clients(
     backups: &Backups<'_>,
     copy: Option<&RdsCopy>,
 ) -> Result<(Box<dyn Snapshots>, Option<Box<dyn Snapshots>>), RdsError> {
-    let aws = backups.ctx.plan.aws.as_ref();
-    let home: Box<dyn Snapshots> = Box::new(rds::connect(aws, None).await?);
-    let copies: Option<Box<dyn Snapshots>> = match copy {
-        Some(copy) => Some(Box::new(rds::connect(aws, Some(&copy.region)).await?)),
-        None => None,
-    };
-    Ok((home, copies))
+    let home = rds::connect(backups.ctx.plan.aws.as_ref()).await?;
+    let copies = copy.map(|copy| Box::new(home.in_region(&copy.region)) as Box<dyn Snapshots>);
+    Ok((Box::new(home), copies))
 }
 
 /// Snapshots set `name` now.

@@ -120,17 +120,6 @@ pub enum SecretKind {
 }
 
 impl SecretKind {
-    /// The cadence used when a secret names none: 30 days for passwords, 90 for API keys,
-    /// 7 for JWT signing keys.
-    pub fn default_cadence(&self) -> Duration {
-        let days = match self {
-            Self::PostgresPassword(_) | Self::MysqlPassword(_) => 30,
-            Self::ApiKey(_) => 90,
-            Self::JwtSigningKey(_) => 7,
-        };
-        Duration::from_secs(days * 86_400)
-    }
-
     /// The database password settings, for a password.
     pub fn db_password(&self) -> Option<&DbPassword> {
         match self {

@@ -57,7 +57,7 @@ pub struct KeyData {
     /// `overlap`.
     pub strategy: String,
     /// The id of the key current when it started, revoked at retire.
-    pub previous_id: Option<String>,
+    pub previous_id: String,
     /// The id of the new key, once issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
@@ -160,9 +160,7 @@ impl SagaDef for ApiKeyRotation<'_> {
                 Ok(Some(KeyData { retire_at: Some(retire_at), ..data.clone() }))
             }
             KeyStep::Retire => {
-                if let Some(previous) = &data.previous_id {
-                    self.issuer.revoke(previous).await?;
-                }
+                self.issuer.revoke(&data.previous_id).await?;
                 Ok(None)
             }
         }

@@ -50,7 +50,7 @@ pub struct DbData {
     /// `single_user` or `alternating_users`.
     pub strategy: String,
     /// The database target.
-    pub target: Option<String>,
+    pub target: String,
     /// The user whose password changes.
     pub user: String,
     /// Whether an alternating flip came sooner than `min_flip_interval`, by `--force`.

@@ -209,7 +209,7 @@ impl<'a> Rotator<'a> {
         let username = db.username.clone();
         let mut data = DbData {
             strategy: spec.strategy.as_str().to_owned(),
-            target: Some(db.target.name.clone()),
+            target: db.target.name.clone(),
             user: String::new(),
             forced: None,
             inactive_sessions: None,
@@ -277,7 +277,7 @@ impl<'a> Rotator<'a> {
                 .map_err(|err| unreadable(&spec.path, &err))?;
             Ok(KeyData {
                 strategy: spec.strategy.as_str().to_owned(),
-                previous_id: Some(current.id),
+                previous_id: current.id,
                 key_id: None,
                 retire_at: None,
             })

@@ -20,7 +20,7 @@ pub trait Resume: Send + Sync {
 }
 
 /// How one in-flight saga came out of [`Registry::resume_all`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Resumed {
     /// The saga.
     pub id: String,

@@ -155,15 +155,24 @@ fn conflict(saga: &SagaRow, expected: &Expected) -> SagaError {
 impl SagaStore for Db {
     fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<Option<SagaRow>, SagaError>> {
         async move {
-            if let Some(other) = self.in_flight().await?.into_iter().find(|s| s.subject == saga.subject) {
-                return Ok(Some(other));
+            // Only this subject's row is read: the partial unique index refuses a second one
+            // anyway, and a look first turns that refusal into the saga to name.
+            const IN_FLIGHT: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step \
+                                     FROM sagas WHERE subject = $1 AND status IN ('running', 'unwinding')";
+            let subject = saga.subject.to_string();
+            let other = on_pool!(self, pool => match sqlx::query(IN_FLIGHT).bind(&subject).fetch_optional(pool).await? {
+                Some(row) => Some(decode(&row)?),
+                None => None,
+            });
+            if other.is_some() {
+                return Ok(other);
             }
             const SQL: &str = "INSERT INTO sagas (id, kind, subject, step, status, data, error, started_at, updated_at, failed_step) \
                                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
             on_pool!(self, pool => sqlx::query(SQL)
                 .bind(&saga.id)
                 .bind(&saga.kind)
-                .bind(saga.subject.to_string())
+                .bind(&subject)
                 .bind(&saga.step)
                 .bind(saga.status.as_str())
                 .bind(saga.data.to_string())

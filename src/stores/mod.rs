@@ -148,15 +148,18 @@ impl<'a> Stores<'a> {
                     .ok_or_else(|| ReferenceError::Unreadable(format!("secret {path} has no string field {key}")))?;
                 Ok(SecretString::from(field.to_owned()))
             }
-            local => {
-                // An environment variable or a file: read on a blocking thread, not the runtime's.
-                let local = local.clone();
-                tokio::task::spawn_blocking(move || local.resolve_local())
+            SecretRef::File { .. } => {
+                // A file is read on a blocking thread, not the runtime's.
+                let file = reference.clone();
+                tokio::task::spawn_blocking(move || file.resolve_local())
                     .await
                     .map_err(|err| {
                         ReferenceError::Unreadable(format!("reading {reference} stopped unexpectedly: {err}"))
                     })?
                     .map_err(|err| ReferenceError::Unreadable(err.to_string()))
+            }
+            SecretRef::Env { .. } => {
+                reference.resolve_local().map_err(|err| ReferenceError::Unreadable(err.to_string()))
             }
         }
     }
