@@ -114,14 +114,15 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 }
 
 fn due(plan: &Plan, now: DateTime<Utc>) -> (Vec<Due>, Vec<Due>, Vec<Due>) {
-    // No rotation history is read yet: every secret is due until the ledger records one.
+    // A check reads no state (it must not migrate or even reach a production state store),
+    // so the same standing `vigil status` computes is computed here without history.
     let secrets = plan
         .secrets
         .iter()
         .map(|(name, secret)| Due {
             name: name.clone(),
-            next: Some(rfc3339(schedule::next_due(None, secret.cadence, now))),
-            note: "no rotation recorded",
+            next: Some(rfc3339(schedule::standing(secret.cadence, None, false, now).next)),
+            note: "no rotation recorded here; `vigil status` reads the history",
         })
         .collect();
     let backups = plan

@@ -30,22 +30,20 @@ impl StatusArgs {
     pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
         let plan = load_plan(global)?;
         let db = Db::open(&plan.evidence.store).await?;
-        let statuses = rotation::statuses(&plan, &db).await;
+        let states = rotation::states(&plan, &db, SystemClock.now()).await;
         db.close().await;
-        let now = SystemClock.now();
         let mut shown = Vec::new();
-        for (name, (status, in_flight)) in statuses? {
+        for (name, state) in states? {
             let spec = &plan.secrets[&name];
-            let due = crate::schedule::next_due(status.last_rotated_at(), spec.cadence, now);
             shown.push(Shown {
                 secret: name,
                 kind: spec.kind.as_str(),
                 store: format!("{}:{}", spec.store, spec.path),
                 strategy: spec.strategy.as_str(),
-                last_rotated: status.last_rotated,
-                next_due: due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                overdue_days: (now - due).num_days().max(0),
-                in_flight: in_flight.map(|s| {
+                last_rotated: state.status.last_rotated,
+                next_due: state.standing.next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                overdue_days: state.standing.overdue_days(),
+                in_flight: state.in_flight.map(|s| {
                     format!(
                         "{} at {} ({})",
                         s.id,
@@ -53,7 +51,7 @@ impl StatusArgs {
                         serde_json::to_string(&s.status).unwrap_or_default().trim_matches('"')
                     )
                 }),
-                needs_attention: status.needs_attention,
+                needs_attention: state.status.needs_attention,
             });
         }
         match global.output {

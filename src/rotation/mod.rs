@@ -28,6 +28,7 @@ use crate::evidence::{Kind, NewRecord, Outcome};
 use crate::issuers;
 use crate::jwks::{self, SigningKey};
 use crate::saga::{self, Ended, Executor, SagaError, SagaRow, Subject};
+use crate::schedule;
 use crate::secret::{SecretRef, SecretString, StoreKind};
 use crate::state::Db;
 use crate::stores::{self, SecretStore, StoreError};
@@ -413,17 +414,8 @@ impl<'a> Rotator<'a> {
     /// The secrets whose cadence has run out.
     /// A secret with a rotation in flight is not due: `resume` carries that rotation on.
     pub async fn due(&self) -> Result<Vec<String>, RotationError> {
-        let in_flight: Vec<Subject> = saga::in_flight(self.ctx.db).await?.into_iter().map(|s| s.subject).collect();
-        let mut due = Vec::new();
-        for (name, spec) in
-            self.ctx.plan.secrets.iter().filter(|(name, _)| !in_flight.contains(&Subject::Secret((*name).clone())))
-        {
-            let last = status::load(self.ctx.db, name).await?.last_rotated_at();
-            if crate::schedule::next_due(last, spec.cadence, self.ctx.clock.now()) <= self.ctx.clock.now() {
-                due.push(name.clone());
-            }
-        }
-        Ok(due)
+        let states = states(self.ctx.plan, self.ctx.db, self.ctx.clock.now()).await?;
+        Ok(states.into_iter().filter(|(_, state)| state.standing.is_due()).map(|(name, _)| name).collect())
     }
 
     /// Logs in with each current credential and runs its probes: an out-of-band change shows
@@ -577,16 +569,28 @@ impl saga::Resume for Rotator<'_> {
     }
 }
 
-/// Every configured database-password secret with its status, for `vigil status`.
-pub async fn statuses(
-    plan: &Plan,
-    db: &Db,
-) -> Result<BTreeMap<String, (status::StatusRow, Option<saga::SagaRow>)>, SagaError> {
+/// One secret's rotation state: its status row, the rotation in flight, and where it stands
+/// against its cadence.
+#[derive(Debug, Clone)]
+pub struct SecretState {
+    /// The recorded status.
+    pub status: status::StatusRow,
+    /// The rotation in flight, if any.
+    pub in_flight: Option<saga::SagaRow>,
+    /// Whether a rotation is due, and since or until when.
+    pub standing: schedule::Standing,
+}
+
+/// Every configured secret's rotation state at `now`: what `vigil status` shows and what
+/// `vigil rotate --all-due` starts.
+pub async fn states(plan: &Plan, db: &Db, now: DateTime<Utc>) -> Result<BTreeMap<String, SecretState>, SagaError> {
     let in_flight = saga::in_flight(db).await?;
     let mut all = BTreeMap::new();
-    for name in plan.secrets.keys() {
-        let row = status::load(db, name).await?;
-        all.insert(name.clone(), (row, in_flight.iter().find(|s| s.subject == Subject::Secret(name.clone())).cloned()));
+    for (name, spec) in &plan.secrets {
+        let status = status::load(db, name).await?;
+        let in_flight = in_flight.iter().find(|s| s.subject == Subject::Secret(name.clone())).cloned();
+        let standing = schedule::standing(spec.cadence, status.last_rotated_at(), in_flight.is_some(), now);
+        all.insert(name.clone(), SecretState { status, in_flight, standing });
     }
     Ok(all)
 }

@@ -11,14 +11,43 @@ use chrono::{DateTime, Utc};
 pub use cron::{CronError, CronSchedule};
 pub use duration::{Duration, DurationError};
 
-/// When a credential with `cadence` that last rotated at `last_rotated` is next due.
+/// Where a credential stands against its cadence: the one answer to "is it due?" that
+/// `vigil status`, `vigil config check` and `vigil rotate --all-due` share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// When the next rotation falls due.
+    pub next: DateTime<Utc>,
+    /// A rotation is already in flight: resuming it, not starting another, is what is due.
+    pub in_flight: bool,
+    now: DateTime<Utc>,
+}
+
+impl Standing {
+    /// Whether a new rotation should start now.
+    pub fn is_due(&self) -> bool {
+        !self.in_flight && self.next <= self.now
+    }
+
+    /// Whole days past `next`; 0 when not yet due.
+    pub fn overdue_days(&self) -> i64 {
+        (self.now - self.next).num_days().max(0)
+    }
+}
+
+/// Where a credential with `cadence` that last rotated at `last_rotated` stands at `now`.
 ///
 /// A credential with no recorded rotation is due at once: nothing proves its age.
-pub fn next_due(last_rotated: Option<DateTime<Utc>>, cadence: Duration, now: DateTime<Utc>) -> DateTime<Utc> {
-    match last_rotated {
+pub fn standing(
+    cadence: Duration,
+    last_rotated: Option<DateTime<Utc>>,
+    in_flight: bool,
+    now: DateTime<Utc>,
+) -> Standing {
+    let next = match last_rotated {
         Some(at) => at + cadence.to_chrono(),
         None => now,
-    }
+    };
+    Standing { next, in_flight, now }
 }
 
 #[cfg(test)]
@@ -32,12 +61,26 @@ mod tests {
     #[test]
     fn never_rotated_is_due_now() {
         let now = at("2026-11-24T10:00:00Z");
-        assert_eq!(next_due(None, "30d".parse().unwrap(), now), now);
+        let standing = standing("30d".parse().unwrap(), None, false, now);
+        assert_eq!(standing.next, now);
+        assert!(standing.is_due());
+        assert_eq!(standing.overdue_days(), 0);
     }
 
     #[test]
     fn due_one_cadence_after_last_rotation() {
-        let due = next_due(Some(at("2026-11-01T00:00:00Z")), "30d".parse().unwrap(), at("2026-11-24T00:00:00Z"));
-        assert_eq!(due, at("2026-12-01T00:00:00Z"));
+        let last = Some(at("2026-11-01T00:00:00Z"));
+        let early = standing("30d".parse().unwrap(), last, false, at("2026-11-24T00:00:00Z"));
+        assert_eq!(early.next, at("2026-12-01T00:00:00Z"));
+        assert!(!early.is_due());
+        let late = standing("30d".parse().unwrap(), last, false, at("2026-12-04T12:00:00Z"));
+        assert!(late.is_due());
+        assert_eq!(late.overdue_days(), 3);
+    }
+
+    #[test]
+    fn a_rotation_in_flight_is_resumed_not_started_again() {
+        let overdue = standing("30d".parse().unwrap(), None, true, at("2026-11-24T00:00:00Z"));
+        assert!(!overdue.is_due());
     }
 }
