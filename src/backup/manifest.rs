@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::dump::Consistency;
 use super::pipeline::StreamFacts;
+use crate::engines::dump::Consistency;
 use crate::kms::WrappedKey;
 
 /// A backup's manifest. Its canonical JSON's SHA-256 is in the evidence record of the backup,

@@ -8,7 +8,6 @@
 //! that fails either step is removed, and the failure is recorded.
 
 pub mod catalog;
-pub mod dump;
 pub mod format;
 pub mod manifest;
 pub mod pipeline;
@@ -24,8 +23,8 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::config::{BackupMethod, BackupSet};
 use crate::context::Ctx;
-use crate::engines::Endpoint;
-use crate::engines::Engine;
+use crate::engines::dump::{self, DumpError};
+use crate::engines::{Endpoint, Engine};
 use crate::evidence::{EvidenceError, Kind, NewRecord, Outcome};
 use crate::kms::{self, KeyError, KeyService};
 use crate::objects::{self, ObjectError, ObjectStore};
@@ -417,8 +416,8 @@ impl<'a> Backups<'a> {
             )));
         }
         let engine = engine_of(manifest);
-        let (sink, restore_check) = RestoreCheck::start(engine).map_err(&failed)?;
-        let stream = match self.open(manifest, connected, sink.writer()).await {
+        let (sink, restore_check) = dump::Reader::start(engine).map_err(&failed)?;
+        let stream = match self.open(manifest, connected, sink).await {
             Ok(stream) => stream,
             Err(err) => {
                 restore_check.abandon();
@@ -557,99 +556,6 @@ fn compare(id: &str, manifest: &Manifest, read: &StreamFacts) -> Result<(), Back
 
 fn engine_of(manifest: &Manifest) -> Engine {
     if manifest.engine == Engine::Mysql.as_str() { Engine::Mysql } else { Engine::Postgres }
-}
-
-/// The engine's own reader of a dump, fed as the dump streams: `pg_restore --list` for a
-/// PostgreSQL custom archive, the closing line for a MariaDB dump.
-enum RestoreCheck {
-    PgRestore(std::process::Child),
-    MariaDb(Arc<std::sync::Mutex<pipeline::Tail>>),
-}
-
-/// Where the dump goes while it is checked.
-enum CheckSink {
-    Pipe(std::process::ChildStdin),
-    Tail(Arc<std::sync::Mutex<pipeline::Tail>>),
-}
-
-impl CheckSink {
-    fn writer(self) -> Box<dyn Write + Send> {
-        match self {
-            Self::Pipe(stdin) => Box::new(pipeline::UntilClosed::new(stdin)),
-            Self::Tail(tail) => Box::new(SharedTail(tail)),
-        }
-    }
-}
-
-struct SharedTail(Arc<std::sync::Mutex<pipeline::Tail>>);
-
-impl Write for SharedTail {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("not poisoned").write(data)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl RestoreCheck {
-    fn start(engine: Engine) -> Result<(CheckSink, Self), String> {
-        match engine {
-            Engine::Postgres => {
-                let mut child = std::process::Command::new("pg_restore")
-                    .args(["--list", "--format=custom"])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .map_err(|err| format!("pg_restore check failed: cannot run pg_restore: {err}"))?;
-                let stdin = child.stdin.take().expect("piped");
-                Ok((CheckSink::Pipe(stdin), Self::PgRestore(child)))
-            }
-            Engine::Mysql => {
-                let tail = Arc::new(std::sync::Mutex::new(pipeline::Tail::default()));
-                Ok((CheckSink::Tail(tail.clone()), Self::MariaDb(tail)))
-            }
-        }
-    }
-
-    /// Stops the reader: the stream failed before it was all fed.
-    fn abandon(self) {
-        if let Self::PgRestore(mut child) = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// What the reader made of the dump, once it has all been fed.
-    fn finish(self) -> Result<String, String> {
-        match self {
-            Self::PgRestore(child) => {
-                let output = child.wait_with_output().map_err(|err| format!("pg_restore check failed: {err}"))?;
-                let listing = String::from_utf8_lossy(&output.stdout);
-                let entries = listing.lines().filter(|l| !l.starts_with(';') && !l.trim().is_empty()).count();
-                // An empty database dumps to an archive of no entries: its header (the `;`
-                // lines) is what shows pg_restore read the archive.
-                let header = listing.lines().any(|l| l.starts_with(';'));
-                if !output.status.success() || !header {
-                    return Err(format!(
-                        "pg_restore check failed: pg_restore --list could not read the dump ({}): {}",
-                        output.status,
-                        dump::last_lines(&String::from_utf8_lossy(&output.stderr))
-                    ));
-                }
-                Ok(format!("pg_restore --list read {entries} entries"))
-            }
-            Self::MariaDb(tail) => {
-                if tail.lock().expect("not poisoned").is_complete_mariadb_dump() {
-                    Ok("the dump ends with mariadb-dump's completion line".to_owned())
-                } else {
-                    Err("dump completeness check failed: the dump does not end with `-- Dump completed`".to_owned())
-                }
-            }
-        }
-    }
 }
 
 /// The manifest's key beside the object's.
@@ -829,8 +735,8 @@ impl From<ObjectError> for StepError {
     }
 }
 
-impl From<dump::DumpError> for StepError {
-    fn from(err: dump::DumpError) -> Self {
+impl From<DumpError> for StepError {
+    fn from(err: DumpError) -> Self {
         if err.is_transient() { Self::Transient(err.to_string()) } else { Self::Failed(err.to_string()) }
     }
 }

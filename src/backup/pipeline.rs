@@ -262,72 +262,10 @@ fn read_error(err: io::Error) -> OpenError {
     }
 }
 
-/// A sink that passes bytes on until its reader stops taking them, then discards the rest:
-/// `pg_restore --list` reads only the table of contents, but every segment must still be
-/// authenticated and hashed.
-pub struct UntilClosed<W> {
-    inner: Option<W>,
-}
-
-impl<W: Write> UntilClosed<W> {
-    /// Wraps `inner`.
-    pub fn new(inner: W) -> Self {
-        Self { inner: Some(inner) }
-    }
-}
-
-impl<W: Write> Write for UntilClosed<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if let Some(inner) = &mut self.inner
-            && let Err(err) = inner.write_all(data)
-        {
-            if err.kind() != io::ErrorKind::BrokenPipe {
-                return Err(err);
-            }
-            self.inner = None;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Keeps the last bytes written: how a MariaDB dump is checked complete (it ends with
-/// `-- Dump completed`).
-#[derive(Default)]
-pub struct Tail(Vec<u8>);
-
-impl Tail {
-    const KEEP: usize = 256;
-
-    /// Whether the dump ends the way `mariadb-dump` ends a complete dump.
-    pub fn is_complete_mariadb_dump(&self) -> bool {
-        String::from_utf8_lossy(&self.0)
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .is_some_and(|l| l.starts_with("-- Dump completed"))
-    }
-}
-
-impl Write for Tail {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(&data[data.len().saturating_sub(Self::KEEP)..]);
-        let excess = self.0.len().saturating_sub(Self::KEEP);
-        self.0.drain(..excess);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engines::dump::UntilClosed;
 
     fn dump(len: usize) -> Vec<u8> {
         // Compressible but not trivially: text with a slowly changing counter.
@@ -379,15 +317,5 @@ mod tests {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
         assert!(matches!(open(&cut[..], &key, "b1", UntilClosed::new(writer)), Err(OpenError::Format(_))));
-    }
-
-    #[test]
-    fn the_tail_recognises_a_complete_mariadb_dump() {
-        let mut tail = Tail::default();
-        tail.write_all(&vec![b'x'; 10_000]).unwrap();
-        tail.write_all(b"\n-- Dump completed on 2026-11-24 10:00:00\n").unwrap();
-        assert!(tail.is_complete_mariadb_dump());
-        tail.write_all(b"INSERT INTO t VALUES (1);\n").unwrap();
-        assert!(!tail.is_complete_mariadb_dump());
     }
 }

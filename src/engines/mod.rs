@@ -6,6 +6,7 @@
 //! a log line or a statement a server might log: PostgreSQL gets a SCRAM verifier computed
 //! here, MariaDB a `mysql_native_password` hash.
 
+pub mod dump;
 pub mod mysql;
 pub mod postgres;
 

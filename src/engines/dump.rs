@@ -1,19 +1,20 @@
 //! The dump tools: `pg_dump` in custom format from a snapshot vigil exports (so row counts come
 //! from the same snapshot), and `mariadb-dump --single-transaction`. Each gets its password
 //! through its environment (PostgreSQL) or a 0600 option file (MariaDB), never its command
-//! line, and writes the dump to a pipe the backup stream reads.
+//! line, and writes the dump to a pipe the backup stream reads. The engine's own reader of a
+//! dump ([`Reader`]) is here too: what proves a dump is one the engine can restore.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
+use std::io::{self, Read as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection as _, Row as _};
 
-use crate::engines::Engine;
-use crate::engines::{Credential, Endpoint, EngineError};
+use super::{Credential, Endpoint, Engine, EngineError};
 
 /// Why a dump failed.
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +269,165 @@ pub(crate) fn last_lines(text: &str) -> String {
     if tail.is_empty() { "no error output".to_owned() } else { tail }
 }
 
+/// The engine's own reader of a dump, fed as the dump streams: `pg_restore --list` for a
+/// PostgreSQL custom archive, the closing line for a MariaDB dump.
+pub struct Reader(ReaderKind);
+
+enum ReaderKind {
+    PgRestore(std::process::Child),
+    MariaDb(Arc<Mutex<Tail>>),
+}
+
+/// Where the dump goes while it is checked.
+enum Sink {
+    Pipe(std::process::ChildStdin),
+    Tail(Arc<Mutex<Tail>>),
+}
+
+impl Sink {
+    fn writer(self) -> Box<dyn Write + Send> {
+        match self {
+            Self::Pipe(stdin) => Box::new(UntilClosed::new(stdin)),
+            Self::Tail(tail) => Box::new(SharedTail(tail)),
+        }
+    }
+}
+
+struct SharedTail(Arc<Mutex<Tail>>);
+
+impl Write for SharedTail {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.lock().expect("not poisoned").write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Reader {
+    /// Starts the reader for `engine`'s dumps; returns where to write the dump and the reader.
+    pub fn start(engine: Engine) -> Result<(Box<dyn Write + Send>, Self), String> {
+        match engine {
+            Engine::Postgres => {
+                let mut child = std::process::Command::new("pg_restore")
+                    .args(["--list", "--format=custom"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|err| format!("pg_restore check failed: cannot run pg_restore: {err}"))?;
+                let stdin = child.stdin.take().expect("piped");
+                Ok((Sink::Pipe(stdin).writer(), Self(ReaderKind::PgRestore(child))))
+            }
+            Engine::Mysql => {
+                let tail = Arc::new(Mutex::new(Tail::default()));
+                Ok((Sink::Tail(tail.clone()).writer(), Self(ReaderKind::MariaDb(tail))))
+            }
+        }
+    }
+
+    /// Stops the reader: the stream failed before it was all fed.
+    pub fn abandon(self) {
+        if let ReaderKind::PgRestore(mut child) = self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// What the reader made of the dump, once it has all been fed.
+    pub fn finish(self) -> Result<String, String> {
+        match self.0 {
+            ReaderKind::PgRestore(child) => {
+                let output = child.wait_with_output().map_err(|err| format!("pg_restore check failed: {err}"))?;
+                let listing = String::from_utf8_lossy(&output.stdout);
+                let entries = listing.lines().filter(|l| !l.starts_with(';') && !l.trim().is_empty()).count();
+                // An empty database dumps to an archive of no entries: its header (the `;`
+                // lines) is what shows pg_restore read the archive.
+                let header = listing.lines().any(|l| l.starts_with(';'));
+                if !output.status.success() || !header {
+                    return Err(format!(
+                        "pg_restore check failed: pg_restore --list could not read the dump ({}): {}",
+                        output.status,
+                        last_lines(&String::from_utf8_lossy(&output.stderr))
+                    ));
+                }
+                Ok(format!("pg_restore --list read {entries} entries"))
+            }
+            ReaderKind::MariaDb(tail) => {
+                if tail.lock().expect("not poisoned").is_complete_mariadb_dump() {
+                    Ok("the dump ends with mariadb-dump's completion line".to_owned())
+                } else {
+                    Err("dump completeness check failed: the dump does not end with `-- Dump completed`".to_owned())
+                }
+            }
+        }
+    }
+}
+
+/// A sink that passes bytes on until its reader stops taking them, then discards the rest:
+/// `pg_restore --list` reads only the table of contents, but every segment must still be
+/// authenticated and hashed.
+pub(crate) struct UntilClosed<W> {
+    inner: Option<W>,
+}
+
+impl<W: Write> UntilClosed<W> {
+    /// Wraps `inner`.
+    pub(crate) fn new(inner: W) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl<W: Write> Write for UntilClosed<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(inner) = &mut self.inner
+            && let Err(err) = inner.write_all(data)
+        {
+            if err.kind() != io::ErrorKind::BrokenPipe {
+                return Err(err);
+            }
+            self.inner = None;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps the last bytes written: how a MariaDB dump is checked complete (it ends with
+/// `-- Dump completed`).
+#[derive(Default)]
+struct Tail(Vec<u8>);
+
+impl Tail {
+    const KEEP: usize = 256;
+
+    /// Whether the dump ends the way `mariadb-dump` ends a complete dump.
+    fn is_complete_mariadb_dump(&self) -> bool {
+        String::from_utf8_lossy(&self.0)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.starts_with("-- Dump completed"))
+    }
+}
+
+impl Write for Tail {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(&data[data.len().saturating_sub(Self::KEEP)..]);
+        let excess = self.0.len().saturating_sub(Self::KEEP);
+        self.0.drain(..excess);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A MariaDB client option file holding the password: mode 0600, removed when dropped.
 struct OptionFile(PathBuf);
 
@@ -288,5 +448,20 @@ impl OptionFile {
 impl Drop for OptionFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_recognises_a_complete_mariadb_dump() {
+        let mut tail = Tail::default();
+        tail.write_all(&vec![b'x'; 10_000]).unwrap();
+        tail.write_all(b"\n-- Dump completed on 2026-11-24 10:00:00\n").unwrap();
+        assert!(tail.is_complete_mariadb_dump());
+        tail.write_all(b"INSERT INTO t VALUES (1);\n").unwrap();
+        assert!(!tail.is_complete_mariadb_dump());
     }
 }
