@@ -8,6 +8,15 @@
 //! Single user changes the one user's password in place; alternating users changes the user the
 //! store does not label current, so the current credential keeps working throughout. The
 //! pending password lives only in the store: the saga row names the user, never the password.
+//!
+//! A rotation that runs from start to finish in one process reads the store once: the current
+//! value read before the saga began, and the value it staged, are kept in memory for the later
+//! steps ([`Memo`]). A resumed rotation has no memo and reads both back from the store. The
+//! memo never weakens the end of the saga: `finish` promotes only the version staged under
+//! this rotation's id, so a value replaced in the store after `create` fails the promotion and
+//! the saga unwinds.
+
+use std::sync::Mutex;
 
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
@@ -71,6 +80,55 @@ pub struct DbPasswordRotation<'a> {
     pub store: &'a dyn SecretStore,
     /// The database it opens.
     pub engine: &'a dyn DbEngine,
+    memo: Memo,
+}
+
+/// What this process learnt while running a rotation, so that later steps need not ask the
+/// store again. Empty for a resumed rotation.
+#[derive(Default)]
+struct Memo {
+    /// The current value, read just before a fresh rotation began; `create` takes it.
+    current: Mutex<Option<Parsed>>,
+    /// The value this process staged (or is staging) under the rotation's id.
+    staged: Mutex<Option<SecretString>>,
+}
+
+impl<'a> DbPasswordRotation<'a> {
+    /// A rotation about to start from `current`, the value just read from the store.
+    pub(super) fn fresh(
+        spec: &'a SecretSpec,
+        db: &'a DbPassword,
+        store: &'a dyn SecretStore,
+        engine: &'a dyn DbEngine,
+        current: Parsed,
+    ) -> Self {
+        let memo = Memo { current: Mutex::new(Some(current)), staged: Mutex::default() };
+        Self { spec, db, store, engine, memo }
+    }
+
+    /// A rotation resumed from its row: everything it needs is read back from the store.
+    pub(super) fn resumed(
+        spec: &'a SecretSpec,
+        db: &'a DbPassword,
+        store: &'a dyn SecretStore,
+        engine: &'a dyn DbEngine,
+    ) -> Self {
+        Self { spec, db, store, engine, memo: Memo::default() }
+    }
+}
+
+impl Memo {
+    fn take_current(&self) -> Option<Parsed> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn staged(&self) -> Option<SecretString> {
+        self.staged.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_staged(&self, value: SecretString) {
+        *self.staged.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+    }
 }
 
 impl From<StoreError> for StepError {
@@ -116,7 +174,12 @@ impl DbPasswordRotation<'_> {
         }
     }
 
+    /// The value this rotation staged: from the memo when this process staged it, else from
+    /// the store.
     async fn staged_or_fail(&self, saga: &SagaRow) -> Result<Parsed, StepError> {
+        if let Some(value) = self.memo.staged() {
+            return parse(&self.spec.path, &value);
+        }
         self.staged(saga)
             .await?
             .ok_or_else(|| StepError::Failed(format!("the value rotation {} staged is gone from the store", saga.id)))
@@ -143,15 +206,29 @@ impl DbPasswordRotation<'_> {
     async fn act_step(&self, saga: &SagaRow, user: &str, step: DbStep) -> Result<(), StepError> {
         match step {
             DbStep::Create => {
-                if self.staged(saga).await?.is_some() {
+                if let Some(value) = self.memo.staged() {
+                    // A retry of this process's own attempt: the same value under the same
+                    // token again, which the store takes as a repeat.
+                    self.store.put_pending(&self.spec.path, &saga.id, &value).await?;
                     return Ok(());
                 }
-                let current = parse(&self.spec.path, &self.store.current(&self.spec.path).await?.value)?;
+                let current = match self.memo.take_current() {
+                    // A fresh start: nothing can be staged under an id made a moment ago, and the
+                    // current value was read just before the saga began.
+                    Some(current) => current,
+                    None => {
+                        if self.staged(saga).await?.is_some() {
+                            return Ok(());
+                        }
+                        parse(&self.spec.path, &self.store.current(&self.spec.path).await?.value)?
+                    }
+                };
                 let password = self.db.policy.generate();
                 let mut object = current.object;
                 object.insert("username".into(), Value::String(user.to_owned()));
                 object.insert("password".into(), Value::String(password.expose_secret().to_owned()));
                 let value = SecretString::from(Value::Object(object).to_string());
+                self.memo.set_staged(value.clone());
                 self.store.put_pending(&self.spec.path, &saga.id, &value).await?;
                 Ok(())
             }

@@ -254,7 +254,7 @@ impl<'a> Rotator<'a> {
         };
         data.user = user.clone();
         let id = new_rotation_id();
-        let def = DbPasswordRotation { spec, db, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
+        let def = DbPasswordRotation::fresh(spec, db, connected.store.as_ref(), connected.engine.as_ref(), current);
         let (_, ended) = self.executor().start(&def, &id, &Subject::Secret(name.to_owned()), data).await?;
         self.conclude(name, &id, &user, spec, &ended).await?;
         Ok(RotationReport { secret: name.to_owned(), rotation: id, user, ended })
@@ -398,7 +398,7 @@ impl<'a> Rotator<'a> {
         let subject = saga.subject.name().to_owned();
         let (spec, db) = self.password(&subject)?;
         let connected = self.connect(spec, db).await?;
-        let def = DbPasswordRotation { spec, db, store: connected.store.as_ref(), engine: connected.engine.as_ref() };
+        let def = DbPasswordRotation::resumed(spec, db, connected.store.as_ref(), connected.engine.as_ref());
         let user = saga.decode::<DbData>()?.user;
         tracing::info!(secret = %subject, rotation = %saga.id, step = %saga.step, "resuming a rotation left in flight");
         let (saga, ended) = self.executor().run(&def, saga).await?;

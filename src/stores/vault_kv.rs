@@ -15,7 +15,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret as _;
 use serde_json::{Map, Value};
-use vaultrs::api::kv2::requests::{SetSecretMetadataRequest, SetSecretRequestOptions};
+use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretMetadataRequest, SetSecretRequestOptions};
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use vaultrs::kv2;
@@ -39,6 +39,13 @@ pub struct VaultSettings {
 }
 
 const PENDING_CHILD: &str = "vigil-pending";
+
+/// The newest version of a secret, as one read returns it.
+struct Latest {
+    version: u64,
+    custom: HashMap<String, String>,
+    value: Map<String, Value>,
+}
 
 /// A KV v2 mount on a Vault or OpenBao server.
 pub struct VaultKv {
@@ -143,26 +150,45 @@ impl VaultKv {
         }
     }
 
-    async fn custom_metadata(&self, path: &str) -> Result<Option<(u64, HashMap<String, String>)>, StoreError> {
-        match kv2::read_metadata(&self.client, &self.mount, path).await {
-            Ok(meta) => Ok(Some((meta.current_version, meta.custom_metadata.unwrap_or_default()))),
-            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
-            Err(err) => Err(classify(format!("read the metadata of {path}"), path, err)),
-        }
+    async fn remove_pending(&self, path: &str) -> Result<(), StoreError> {
+        kv2::delete_metadata(&self.client, &self.mount, &pending_path(path))
+            .await
+            .map_err(|err| classify(format!("remove the pending value of {path}"), path, err))
+    }
+
+    /// The newest version of `path` with its number and the secret's custom metadata, in one
+    /// read (KV v2 returns the metadata beside the data); `None` when there is no such secret.
+    async fn latest(&self, path: &str) -> Result<Option<Latest>, StoreError> {
+        let what = || format!("read the current value of {path}");
+        let request = ReadSecretRequest::builder()
+            .mount(&self.mount)
+            .path(path)
+            .build()
+            .map_err(|err| StoreError::Refused { what: what(), reason: err.to_string() })?;
+        let read = match vaultrs::api::exec_with_result(&self.client, request).await {
+            Ok(read) => read,
+            Err(ClientError::APIError { code: 404, .. }) => return Ok(None),
+            Err(err) => return Err(classify(what(), path, err)),
+        };
+        let Value::Object(value) = read.data else {
+            return Err(StoreError::Malformed { path: path.to_owned() });
+        };
+        let custom = read.metadata.custom_metadata.unwrap_or_default();
+        Ok(Some(Latest { version: read.metadata.version, custom, value }))
     }
 }
 
 impl SecretStore for VaultKv {
     fn current<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Stored, StoreError>> {
         async move {
-            let (version, _) = self
-                .custom_metadata(path)
+            let latest = self
+                .latest(path)
                 .await?
                 .ok_or_else(|| StoreError::NotFound { store: StoreKind::VaultKv, path: path.to_owned() })?;
-            let value: Map<String, Value> = kv2::read_version(&self.client, &self.mount, path, version)
-                .await
-                .map_err(|err| classify(format!("read the current value of {path}"), path, err))?;
-            Ok(Stored { version: version.to_string(), value: SecretString::from(Value::Object(value).to_string()) })
+            Ok(Stored {
+                version: latest.version.to_string(),
+                value: SecretString::from(Value::Object(latest.value).to_string()),
+            })
         }
         .boxed()
     }
@@ -178,9 +204,8 @@ impl SecretStore for VaultKv {
         value: &'a SecretString,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            if self.staged(path).await?.is_some_and(|p| p.token == token) {
-                return Ok(());
-            }
+            // One write of the whole pending document: repeated with the same token and value,
+            // it stages the same thing again.
             let staged = serde_json::json!({ "token": token, "value": Value::Object(object(path, value)?) });
             kv2::set(&self.client, &self.mount, &pending_path(path), &staged)
                 .await
@@ -192,13 +217,10 @@ impl SecretStore for VaultKv {
 
     fn promote<'a>(&'a self, path: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            let meta = self.custom_metadata(path).await?;
+            let latest = self.latest(path).await?;
             let Some(staged) = self.staged(path).await?.filter(|p| p.token == token) else {
                 // Promoted and cleaned up already?
-                if meta
-                    .as_ref()
-                    .is_some_and(|(_, custom)| custom.get("vigil_rotation").map(String::as_str) == Some(token))
-                {
+                if latest.as_ref().is_some_and(|l| l.custom.get("vigil_rotation").map(String::as_str) == Some(token)) {
                     return Ok(());
                 }
                 return Err(StoreError::Conflict {
@@ -207,34 +229,36 @@ impl SecretStore for VaultKv {
                 });
             };
             let value = object(path, &staged.value)?;
-            let (latest, mut custom) = meta.unwrap_or_default();
-            let already_written = if latest > 0 {
-                let current: Map<String, Value> = kv2::read_version(&self.client, &self.mount, path, latest)
-                    .await
-                    .map_err(|err| classify(format!("read the current value of {path}"), path, err))?;
-                current == value
-            } else {
-                false
+            let (latest_version, mut custom, already_written) = match latest {
+                Some(l) => (l.version, l.custom, l.value == value),
+                None => (0, HashMap::new(), false),
             };
-            let version = if already_written {
-                latest
+            let (version, previous) = if already_written {
+                // A promotion cut short after its write: the version before is still the one the
+                // stages name as current.
+                let previous = custom
+                    .get("vigil_current_version")
+                    .cloned()
+                    .unwrap_or_else(|| latest_version.saturating_sub(1).to_string());
+                (latest_version, previous)
             } else {
                 // Check-and-set on the version read: a concurrent writer makes this fail, not vanish.
-                let options = SetSecretRequestOptions { cas: u32::try_from(latest).unwrap_or(u32::MAX) };
-                kv2::set_with_options(&self.client, &self.mount, path, &value, options)
+                let options = SetSecretRequestOptions { cas: u32::try_from(latest_version).unwrap_or(u32::MAX) };
+                let written = kv2::set_with_options(&self.client, &self.mount, path, &value, options)
                     .await
-                    .map_err(|err| classify(format!("write the new current value of {path}"), path, err))?
-                    .version
+                    .map_err(|err| classify(format!("write the new current value of {path}"), path, err))?;
+                (written.version, latest_version.to_string())
             };
             custom.insert("vigil_current_version".into(), version.to_string());
-            custom.insert("vigil_previous_version".into(), latest.to_string());
+            custom.insert("vigil_previous_version".into(), previous);
             custom.insert("vigil_rotation".into(), token.to_owned());
             let mut request = SetSecretMetadataRequest::builder();
             request.custom_metadata(custom);
             kv2::set_metadata(&self.client, &self.mount, path, Some(&mut request))
                 .await
                 .map_err(|err| classify(format!("record the stages of {path}"), path, err))?;
-            self.discard_pending(path, token).await
+            // The pending value read above is this rotation's: remove it without reading again.
+            self.remove_pending(path).await
         }
         .boxed()
     }
@@ -244,9 +268,7 @@ impl SecretStore for VaultKv {
             if self.staged(path).await?.is_none_or(|p| p.token != token) {
                 return Ok(());
             }
-            kv2::delete_metadata(&self.client, &self.mount, &pending_path(path))
-                .await
-                .map_err(|err| classify(format!("remove the pending value of {path}"), path, err))
+            self.remove_pending(path).await
         }
         .boxed()
     }

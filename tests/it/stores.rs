@@ -125,3 +125,42 @@ async fn vault_kv_keeps_current_as_the_newest_version() {
     assert_eq!(custom["vigil_current_version"], meta["data"]["current_version"].to_string());
     assert_eq!(meta["data"]["current_version"], 3, "initial, first, fourth: staging writes no version");
 }
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn vault_kv_promotion_cut_short_after_its_write_finishes_without_a_second_version() {
+    let services = Services::load();
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultKv::connect(&services.vault(dir.path())).unwrap();
+    let path = unique("vigil-store");
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/secret/data/{path}", services.openbao.address);
+    let write = async |password: &str| {
+        let written = http
+            .post(&url)
+            .header("X-Vault-Token", &services.openbao.token)
+            .json(&serde_json::json!({ "data": { "engine": "postgres", "username": "app", "password": password } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(written.status(), 200);
+    };
+    write("initial").await;
+    let first = token("1");
+    store.put_pending(&path, &first, &value("first")).await.unwrap();
+    store.promote(&path, &first).await.unwrap();
+    let second = token("2");
+    store.put_pending(&path, &second, &value("second")).await.unwrap();
+    // The process wrote the new version and died before recording the stages.
+    write("second").await;
+
+    store.promote(&path, &second).await.unwrap();
+    let meta = services.vault_get(&format!("secret/metadata/{path}")).await;
+    assert_eq!(meta["data"]["current_version"], 3, "initial, first, second: the write is not repeated");
+    let custom = &meta["data"]["custom_metadata"];
+    assert_eq!(custom["vigil_rotation"], second);
+    assert_eq!(custom["vigil_current_version"], "3");
+    assert_eq!(custom["vigil_previous_version"], "2");
+    assert!(store.pending(&path).await.unwrap().is_none());
+    assert_eq!(password_of(&store.current(&path).await.unwrap().value), "second");
+}
