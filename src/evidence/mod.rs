@@ -105,6 +105,12 @@ pub enum EvidenceError {
     /// The operating system's random source failed.
     #[error("cannot read the operating system's random source: {0}")]
     Random(String),
+    /// The transaction that carried this append with others' failed.
+    #[error(transparent)]
+    Batch(Arc<EvidenceError>),
+    /// The append that was writing this record with others' was dropped before it finished.
+    #[error("the evidence write carrying this record was abandoned before it finished; the record was not written")]
+    Abandoned,
 }
 
 /// An inclusion proof of one record against a signed checkpoint.
@@ -140,6 +146,16 @@ pub struct Ledger {
     actor: Actor,
     /// When this process last signed a checkpoint: appends sign a new one once a minute.
     last_checkpoint: Mutex<Option<DateTime<Utc>>>,
+    /// Appends waiting for the writer.
+    queue: Mutex<Vec<Waiting>>,
+    /// Held by the one task writing the queue out.
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// One append's validated records, and where its outcome goes.
+struct Waiting {
+    records: Vec<(NewRecord, String)>,
+    done: tokio::sync::oneshot::Sender<Result<Vec<Record>, Arc<EvidenceError>>>,
 }
 
 /// The longest time records are appended without a checkpoint covering them.
@@ -149,7 +165,15 @@ impl Ledger {
     /// Opens the ledger in `db`, signing with `key`. An empty ledger gets its genesis record,
     /// announcing the key, and a first checkpoint.
     pub async fn open(db: Db, key: LedgerKey, clock: Arc<dyn Clock>) -> Result<Self, EvidenceError> {
-        let ledger = Self { db, key, clock, actor: Actor::current(), last_checkpoint: Mutex::new(None) };
+        let ledger = Self {
+            db,
+            key,
+            clock,
+            actor: Actor::current(),
+            last_checkpoint: Mutex::new(None),
+            queue: Mutex::default(),
+            writer: tokio::sync::Mutex::default(),
+        };
         if size(&ledger.db).await? == 0 {
             let verifier = ledger.key.verifier();
             ledger
@@ -221,9 +245,41 @@ impl Ledger {
             }
             prepared.push((new, details));
         }
+        // Group commit: the append joins the queue, and whichever appender holds the writer
+        // writes everything queued in one transaction. Under concurrent sagas, one commit
+        // carries many records instead of one each; alone, an append is written at once. The
+        // writer sends every outcome before it lets go, so whoever finds its records taken by
+        // an earlier writer finds its outcome waiting.
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Waiting { records: prepared, done });
+        {
+            let _writer = self.writer.lock().await;
+            let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            if !batch.is_empty() {
+                self.write_batch(batch).await;
+            }
+        }
+        match outcome.await {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(err)) => Err(EvidenceError::Batch(err)),
+            Err(_) => Err(EvidenceError::Abandoned),
+        }
+    }
+
+    /// Writes every waiting append's records in one transaction and tells each its outcome.
+    async fn write_batch(&self, batch: Vec<Waiting>) {
         let time = self.clock.now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let count = batch.iter().map(|w| w.records.len()).sum();
+        let mut sizes = Vec::with_capacity(batch.len());
+        let mut dones = Vec::with_capacity(batch.len());
+        let mut prepared = Vec::with_capacity(count);
+        for waiting in batch {
+            sizes.push(waiting.records.len());
+            dones.push(waiting.done);
+            prepared.extend(waiting.records);
+        }
         let mut prepared = prepared.into_iter();
-        let (written, _) = store::append(&self.db, prepared.len(), |seq, prev_hash| {
+        let appended = store::append(&self.db, count, |seq, prev_hash| {
             let (new, details) = prepared.next().expect("append asks for as many records as it was given");
             let mut record = Record {
                 seq,
@@ -239,8 +295,21 @@ impl Ledger {
             record.hash = record.compute_hash();
             record
         })
-        .await?;
-        Ok(written)
+        .await;
+        match appended {
+            Ok((written, _)) => {
+                let mut written = written.into_iter();
+                for (size, done) in sizes.into_iter().zip(dones) {
+                    let _ = done.send(Ok(written.by_ref().take(size).collect()));
+                }
+            }
+            Err(err) => {
+                let err = Arc::new(err);
+                for done in dones {
+                    let _ = done.send(Err(err.clone()));
+                }
+            }
+        }
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -403,4 +472,74 @@ async fn leaf_hashes(db: &Db, size: u64) -> Result<Vec<Hash>, EvidenceError> {
         return Err(EvidenceError::Incomplete { size, readable: collected.leaves.len() as u64 });
     }
     Ok(collected.leaves)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::state::StateStore;
+
+    #[tokio::test]
+    async fn concurrent_appends_share_commits_and_each_gets_its_own_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&StateStore::Sqlite { path: dir.path().join("state.db") }).await.unwrap();
+        let ledger = Ledger::open(db.clone(), LedgerKey::generate("test"), Arc::new(SystemClock)).await.unwrap();
+        let record = |task: usize, n: usize| NewRecord {
+            kind: "test.append".into(),
+            subject: format!("task-{task}"),
+            outcome: Outcome::Info,
+            details: serde_json::json!({ "n": n }),
+        };
+        let appends = (0..16).map(|task| {
+            let ledger = &ledger;
+            async move {
+                let mut seqs = Vec::new();
+                for n in 0..10 {
+                    // Batches of two stay together: consecutive numbers, in the order given.
+                    let written =
+                        ledger.append_batch(vec![record(task, 2 * n), record(task, 2 * n + 1)]).await.unwrap();
+                    assert_eq!(written.len(), 2);
+                    assert!(written.iter().all(|r| r.subject == format!("task-{task}")));
+                    assert_eq!(written[1].seq, written[0].seq + 1);
+                    assert_eq!(written[0].details, format!("{{\"n\":{}}}", 2 * n));
+                    seqs.extend(written.iter().map(|r| (r.seq, r.time.clone())));
+                }
+                seqs
+            }
+        });
+        let written: Vec<(u64, String)> = futures_util::future::join_all(appends).await.into_iter().flatten().collect();
+        // One commit stamps its records with one time: fewer times than appends shows appends
+        // shared commits.
+        let commits: std::collections::BTreeSet<&String> = written.iter().map(|(_, time)| time).collect();
+        assert!(commits.len() < 160, "160 appends took {} commits", commits.len());
+        let mut seqs: Vec<u64> = written.iter().map(|(seq, _)| *seq).collect();
+        seqs.sort_unstable();
+        let before = seqs[0];
+        assert_eq!(seqs, (before..before + 320).collect::<Vec<_>>(), "every record written once, none lost");
+        let verified = verify(&db, Trust::Genesis).await.unwrap();
+        assert!(verified.problem.is_none(), "{:?}", verified.problem);
+    }
+
+    #[tokio::test]
+    async fn a_refused_record_fails_only_its_own_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&StateStore::Sqlite { path: dir.path().join("state.db") }).await.unwrap();
+        let ledger = Ledger::open(db, LedgerKey::generate("test"), Arc::new(SystemClock)).await.unwrap();
+        let empty = NewRecord {
+            kind: String::new(),
+            subject: "s".into(),
+            outcome: Outcome::Info,
+            details: serde_json::Value::Null,
+        };
+        let fine = NewRecord {
+            kind: "test.append".into(),
+            subject: "s".into(),
+            outcome: Outcome::Info,
+            details: serde_json::Value::Null,
+        };
+        let (refused, written) = tokio::join!(ledger.append(empty), ledger.append(fine));
+        assert!(matches!(refused, Err(EvidenceError::Refused { .. })), "{refused:?}");
+        assert_eq!(written.unwrap().kind, "test.append");
+    }
 }
