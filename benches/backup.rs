@@ -66,6 +66,8 @@ struct Services {
     pg_port: u16,
     pg_user: String,
     pg_password: String,
+    /// The CA of the private server's certificate: every connection is verify-full.
+    pg_ca: String,
     moto_endpoint: String,
     moto_region: String,
     moto_key_id: String,
@@ -83,6 +85,7 @@ impl Services {
             pg_port: u16::try_from(pg["port"].as_u64().unwrap()).unwrap(),
             pg_user: s(&pg["user"]),
             pg_password: s(&pg["password"]),
+            pg_ca: s(&pg["ca_file"]),
             moto_endpoint: s(&moto["endpoint_url"]),
             moto_region: s(&moto["region"]),
             moto_key_id: s(&moto["access_key_id"]),
@@ -97,7 +100,9 @@ impl Services {
             .env("PGHOST", &self.pg_host)
             .env("PGPORT", self.pg_port.to_string())
             .env("PGUSER", &self.pg_user)
-            .env("PGPASSWORD", &self.pg_password);
+            .env("PGPASSWORD", &self.pg_password)
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &self.pg_ca);
         command
     }
 
@@ -257,12 +262,12 @@ impl Setup {
     /// Points both sets at `database`.
     fn write_schedule(&self, services: &Services, database: &str) {
         let text = format!(
-            "[targets.db]\nkind = \"postgres\"\nhost = \"{}\"\nport = {}\ndatabase = \"{database}\"\nadmin = {{ file = \"{}\" }}\n\n\
+            "[targets.db]\nkind = \"postgres\"\nhost = \"{}\"\nport = {}\ndatabase = \"{database}\"\nadmin = {{ file = \"{}\" }}\ntls = {{ ca_file = \"{}\" }}\n\n\
              [backups.local]\ntarget = \"db\"\nschedule = \"0 2 * * *\"\nstore = \"local\"\npath = \"../backups\"\n\
              key_service = \"local\"\nkey_file = \"../keys/backup.key\"\n\n\
              [backups.s3]\ntarget = \"db\"\nschedule = \"0 2 * * *\"\nstore = \"s3\"\nbucket = \"{}\"\nprefix = \"vigil/\"\n\
              key_service = \"aws_kms\"\nkey_id = \"{}\"\n",
-            services.pg_host, services.pg_port, self.admin, self.bucket, self.kms_key
+            services.pg_host, services.pg_port, self.admin, services.pg_ca, self.bucket, self.kms_key
         );
         std::fs::write(self.dir.path().join("schedules/bench.toml"), text).unwrap();
     }

@@ -152,6 +152,7 @@ fn postgres_store(scratch: &std::path::Path) -> Option<(EvidenceStore, String, S
     let store = EvidenceStore::Postgres {
         url: format!("{base}/{name}"),
         password: Some(SecretRef::File { path: password_file }),
+        tls: vigil::tls::Tls { mode: vigil::tls::TlsMode::VerifyFull, ca_file: Some(pg["ca_file"].as_str()?.into()) },
     };
     Some((store, format!("{base}/postgres"), name))
 }
@@ -180,8 +181,9 @@ async fn main() {
     match postgres_store(scratch.path()) {
         Some((store, admin_url, name)) => {
             let password = std::fs::read_to_string(scratch.path().join("pg-password")).unwrap();
-            let options: sqlx::postgres::PgConnectOptions =
-                admin_url.parse::<sqlx::postgres::PgConnectOptions>().unwrap().password(&password);
+            let vigil::state::StateStore::Postgres { tls, .. } = &store else { unreachable!("a postgres store") };
+            let options =
+                tls.postgres(admin_url.parse::<sqlx::postgres::PgConnectOptions>().unwrap().password(&password));
             let admin = sqlx::PgPool::connect_with(options).await.unwrap();
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
             let db = Db::open(&store).await.unwrap();

@@ -89,6 +89,8 @@ struct Pg {
     port: u16,
     admin_user: String,
     admin_password: String,
+    /// The CA of the server's certificate: every connection is verify-full.
+    ca_file: String,
 }
 
 impl Pg {
@@ -99,6 +101,7 @@ impl Pg {
             port: u16::try_from(pg["port"].as_u64().unwrap()).unwrap(),
             admin_user: pg["user"].as_str().unwrap().to_owned(),
             admin_password: pg["password"].as_str().unwrap().to_owned(),
+            ca_file: pg["ca_file"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -110,7 +113,16 @@ impl Pg {
             .username(&self.admin_user)
             .password(&self.admin_password)
             .database("postgres");
-        sqlx::PgConnection::connect_with(&options).await.unwrap()
+        sqlx::PgConnection::connect_with(&self.tls().postgres(options)).await.unwrap()
+    }
+
+    fn tls(&self) -> vigil::tls::Tls {
+        vigil::tls::Tls { mode: vigil::tls::TlsMode::VerifyFull, ca_file: Some(self.ca_file.clone().into()) }
+    }
+
+    /// The `tls = …` line of the benchmark's target.
+    fn tls_toml(&self) -> String {
+        format!("tls = {{ ca_file = \"{}\" }}\n", self.ca_file)
     }
 }
 
@@ -155,7 +167,8 @@ fn private_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::Pat
 
 async fn aws_variant(args: &Args, services: &serde_json::Value) {
     let moto = &services["moto"];
-    let Pg { host, port, admin_user, admin_password } = Pg::of(services);
+    let pg = Pg::of(services);
+    let Pg { host, port, admin_user, admin_password, .. } = Pg::of(services);
     let dir = tempfile::tempdir().unwrap();
     let run = format!("b{}", std::process::id());
     println!(
@@ -202,8 +215,9 @@ async fn aws_variant(args: &Args, services: &serde_json::Value) {
             .await,
     );
     let mut schedule = format!(
-        "[targets.db]\nkind = \"postgres\"\nhost = \"{host}\"\nport = {port}\ndatabase = \"postgres\"\nadmin = {{ file = \"{}\" }}\n",
-        admin.display()
+        "[targets.db]\nkind = \"postgres\"\nhost = \"{host}\"\nport = {port}\ndatabase = \"postgres\"\nadmin = {{ file = \"{}\" }}\n{}",
+        admin.display(),
+        pg.tls_toml()
     );
     let created = futures_util::stream::iter(0..args.secrets)
         .map(|i| {
@@ -240,7 +254,7 @@ async fn aws_variant(args: &Args, services: &serde_json::Value) {
     // Baseline: the calls a rotation makes, made directly, for the first half of the pairs' clones.
     let engine: Arc<dyn engines::DbEngine> = Arc::from(engines::connect(
         vigil::engines::Engine::Postgres,
-        Endpoint { host: host.clone(), port, database: Some("postgres".into()) },
+        Endpoint { host: host.clone(), port, database: Some("postgres".into()), tls: pg.tls() },
         Credential { username: admin_user.clone(), password: SecretString::from(admin_password.clone()) },
     ));
     let policy = vigil::secret::PasswordPolicy::default();
@@ -287,7 +301,8 @@ async fn aws_variant(args: &Args, services: &serde_json::Value) {
 /// The Vault KV variant: OpenBao's own static-role rotation of the same users is the anchor.
 async fn vault_variant(args: &Args, services: &serde_json::Value) {
     let bao = &services["openbao"];
-    let Pg { host, port, admin_user, admin_password } = Pg::of(services);
+    let pg = Pg::of(services);
+    let Pg { host, port, admin_user, admin_password, .. } = Pg::of(services);
     let (address, token) = (bao["address"].as_str().unwrap().to_owned(), bao["token"].as_str().unwrap().to_owned());
     let dir = tempfile::tempdir().unwrap();
     let run = format!("v{}", std::process::id());
@@ -321,7 +336,8 @@ async fn vault_variant(args: &Args, services: &serde_json::Value) {
         "database/config/vigil-bench",
         Some(serde_json::json!({
             "plugin_name": "postgresql-database-plugin",
-            "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@{host}:{port}/postgres?sslmode=disable"),
+            // OpenBao verifies the server as vigil does.
+            "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@{host}:{port}/postgres?sslmode=verify-full&sslrootcert={}", pg.ca_file),
             "username": admin_user,
             "password": admin_password,
             "allowed_roles": "*",
@@ -388,8 +404,9 @@ async fn vault_variant(args: &Args, services: &serde_json::Value) {
     );
     let token_file = private_file(dir.path(), "bao-token", &token);
     let mut schedule = format!(
-        "[targets.db]\nkind = \"postgres\"\nhost = \"{host}\"\nport = {port}\ndatabase = \"postgres\"\nadmin = {{ file = \"{}\" }}\n",
-        admin.display()
+        "[targets.db]\nkind = \"postgres\"\nhost = \"{host}\"\nport = {port}\ndatabase = \"postgres\"\nadmin = {{ file = \"{}\" }}\n{}",
+        admin.display(),
+        pg.tls_toml()
     );
     for i in 0..args.secrets {
         schedule.push_str(&format!(

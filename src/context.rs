@@ -61,8 +61,12 @@ impl<'a> Ctx<'a> {
         }
         let admin = self.stores.login(&target.value.admin).await?;
         let settings = &target.value;
-        let endpoint =
-            Endpoint { host: settings.host.clone(), port: settings.port, database: settings.database.clone() };
+        let endpoint = Endpoint {
+            host: settings.host.clone(),
+            port: settings.port,
+            database: settings.database.clone(),
+            tls: settings.tls.clone(),
+        };
         let made: Arc<dyn DbEngine> = Arc::from(engines::connect(settings.engine, endpoint, admin));
         // Two callers may both have made one: the first kept wins, so one pool serves both.
         let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());

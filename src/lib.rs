@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod schedule;
 pub mod secret;
+pub mod tls;
 pub mod config;
 pub mod state;
 pub mod evidence;

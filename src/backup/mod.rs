@@ -615,7 +615,12 @@ impl DumpSaga<'_> {
             err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", self.set.target.name)),
         })?;
         let (key, wrapped) = self.connected.keys.generate(&id).await?;
-        let endpoint = Endpoint { host: target.host.clone(), port: target.port, database: target.database.clone() };
+        let endpoint = Endpoint {
+            host: target.host.clone(),
+            port: target.port,
+            database: target.database.clone(),
+            tls: target.tls.clone(),
+        };
         let scratch = backups.ctx.plan.controller.data_dir.join("tmp");
         tokio::fs::create_dir_all(&scratch)
             .await

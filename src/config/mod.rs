@@ -23,6 +23,7 @@ use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{PasswordPolicy, SecretRef, StoreKind};
 use crate::state::StateStore;
 use crate::stores::VaultSettings;
+use crate::tls::Tls;
 use crate::{kms, objects};
 
 /// Reads and validates the configuration at `path` and the schedule files it points to.
@@ -100,6 +101,8 @@ pub struct Target {
     pub database: Option<String>,
     /// The administrative credential, by reference.
     pub admin: SecretRef,
+    /// How connections are secured.
+    pub tls: Tls,
     /// Where the target is defined.
     pub defined_at: Location,
 }

@@ -54,6 +54,15 @@ pub(super) struct EvidenceSection {
     pub url: Option<Spanned<String>>,
     pub password: Option<Spanned<SecretRef>>,
     pub signing_key: Option<PathBuf>,
+    pub tls: Option<Spanned<Tls>>,
+}
+
+/// `tls = { mode = "verify-full", ca_file = "ca.pem" }` on a database connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Tls {
+    pub mode: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +137,7 @@ pub(super) struct Target {
     pub database: Option<String>,
     pub admin: Spanned<SecretRef>,
     pub instance_id: Option<Spanned<String>>,
+    pub tls: Option<Spanned<Tls>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

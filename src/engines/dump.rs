@@ -111,7 +111,9 @@ fn db_error(what: &str, admin: &Credential) -> impl Fn(sqlx::Error) -> DumpError
 
 async fn start_postgres(endpoint: &Endpoint, admin: &Credential) -> Result<(Dump, ChildStdout), DumpError> {
     let options = crate::engines::postgres_options(endpoint, admin);
-    let mut conn = sqlx::PgConnection::connect_with(&options).await.map_err(db_error("connect for the dump", admin))?;
+    let mut conn = sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(|err| EngineError::connecting(endpoint, "connect for the dump", &admin.username, err))?;
     sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut conn)
         .await
@@ -147,6 +149,7 @@ async fn start_postgres(endpoint: &Endpoint, admin: &Credential) -> Result<(Dump
         // never in argv, which every user sees in `ps`.
         .env("PGPASSWORD", admin.password.expose_secret())
         .env("PGAPPNAME", "vigil-backup")
+        .envs(endpoint.tls.libpq_env())
         .env_remove("PGPASSFILE")
         .env_remove("PGSERVICE");
     let (child, stdout) = spawn(command, "pg_dump")?;
@@ -160,8 +163,9 @@ async fn start_mysql(
     scratch: &Path,
 ) -> Result<(Dump, ChildStdout), DumpError> {
     let options = crate::engines::mysql_options(endpoint, admin);
-    let mut conn =
-        sqlx::MySqlConnection::connect_with(&options).await.map_err(db_error("connect for the dump", admin))?;
+    let mut conn = sqlx::MySqlConnection::connect_with(&options)
+        .await
+        .map_err(|err| EngineError::connecting(endpoint, "connect for the dump", &admin.username, err))?;
     sqlx::raw_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .execute(&mut conn)
         .await
@@ -189,6 +193,7 @@ async fn start_mysql(
         .arg(format!("--defaults-extra-file={}", option_file.0.display()))
         .args(["--protocol=TCP", "--single-transaction", "--quick", "--routines", "--triggers", "--hex-blob"])
         .arg("--no-tablespaces")
+        .args(endpoint.tls.mariadb_args())
         .arg(format!("--host={}", endpoint.host))
         .arg(format!("--port={}", endpoint.port))
         .arg("--")

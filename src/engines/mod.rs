@@ -19,6 +19,7 @@ pub use postgres::{PostgresEngine, scram_sha256_verifier};
 
 pub use crate::secret::Credential;
 use crate::secret::SecretString;
+use crate::tls::Tls;
 
 /// A database engine's wire protocol and SQL dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -57,6 +58,8 @@ pub struct Endpoint {
     pub port: u16,
     /// The database to connect to, when the engine needs one.
     pub database: Option<String>,
+    /// How connections are secured.
+    pub tls: Tls,
 }
 
 /// Why an engine operation failed. Never carries a password.
@@ -78,6 +81,18 @@ pub enum EngineError {
         /// The server's words.
         reason: String,
     },
+    /// No TLS connection to the server could be made as its settings ask; nothing was sent.
+    #[error(
+        "cannot connect to {server} with TLS ({mode}): {reason}; check the target's tls.ca_file, that the server's certificate names the host vigil connects to, and that the server has TLS on"
+    )]
+    Tls {
+        /// `host:port`.
+        server: String,
+        /// The configured mode.
+        mode: &'static str,
+        /// What failed.
+        reason: String,
+    },
     /// The network or the server failed in a way that may pass: retry.
     #[error("{what} failed for now: {reason}")]
     Transient {
@@ -92,6 +107,19 @@ impl EngineError {
     /// Whether retrying the same operation may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient { .. })
+    }
+
+    /// Sorts an error from connecting to `endpoint`: a TLS failure names the server and is not
+    /// retried (a certificate does not fix itself); anything else as [`Self::from_sqlx`].
+    pub(crate) fn connecting(endpoint: &Endpoint, what: &str, user: &str, err: sqlx::Error) -> Self {
+        match tls_failure(&err) {
+            Some(reason) => Self::Tls {
+                server: format!("{}:{}", endpoint.host, endpoint.port),
+                mode: endpoint.tls.mode.as_str(),
+                reason,
+            },
+            None => Self::from_sqlx(what, user, err),
+        }
     }
 
     /// Sorts an sqlx error into login refusal, statement refusal or transient failure.
@@ -114,6 +142,21 @@ impl EngineError {
             }
             _ => Self::Refused { what: what.to_owned(), reason },
         }
+    }
+}
+
+/// What went wrong, when `err` is a failure to set up TLS: sqlx's own TLS errors (no TLS on
+/// the server, a bad CA file) and rustls's handshake errors, which reach sqlx as IO errors.
+fn tls_failure(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Tls(inner) => Some(inner.to_string()),
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            let inner = io.get_ref()?;
+            let text = inner.to_string();
+            // rustls's errors, as rustls words them: certificate, handshake and alert failures.
+            ["certificate", "handshake", "peer", "alert", "TLS"].iter().any(|word| text.contains(word)).then_some(text)
+        }
+        _ => None,
     }
 }
 

@@ -36,7 +36,7 @@ pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> M
     if let Some(database) = &endpoint.database {
         options = options.database(database);
     }
-    options
+    endpoint.tls.mysql(options)
 }
 
 impl MysqlEngine {
@@ -53,7 +53,10 @@ impl MysqlEngine {
     }
 
     async fn admin(&self, what: &str) -> Result<PoolConnection<MySql>, EngineError> {
-        self.pool.acquire().await.map_err(|err| EngineError::from_sqlx(what, &self.admin.username, err))
+        self.pool
+            .acquire()
+            .await
+            .map_err(|err| EngineError::connecting(&self.endpoint, what, &self.admin.username, err))
     }
 
     /// The hosts `user` is defined for (`'user'@'host'` accounts).
@@ -114,7 +117,7 @@ impl DbEngine for MysqlEngine {
             let user = &credential.username;
             let conn = MySqlConnection::connect_with(&self.options(credential))
                 .await
-                .map_err(|err| EngineError::from_sqlx("log in", user, err))?;
+                .map_err(|err| EngineError::connecting(&self.endpoint, "log in", user, err))?;
             super::run_probes(conn, user, probes).await
         }
         .boxed()

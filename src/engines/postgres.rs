@@ -39,7 +39,7 @@ pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> P
     if let Some(database) = &endpoint.database {
         options = options.database(database);
     }
-    options
+    endpoint.tls.postgres(options)
 }
 
 impl PostgresEngine {
@@ -56,7 +56,10 @@ impl PostgresEngine {
     }
 
     async fn admin(&self, what: &str) -> Result<PoolConnection<Postgres>, EngineError> {
-        self.pool.acquire().await.map_err(|err| EngineError::from_sqlx(what, &self.admin.username, err))
+        self.pool
+            .acquire()
+            .await
+            .map_err(|err| EngineError::connecting(&self.endpoint, what, &self.admin.username, err))
     }
 }
 
@@ -117,7 +120,7 @@ impl DbEngine for PostgresEngine {
             let user = &credential.username;
             let conn = PgConnection::connect_with(&self.options(credential))
                 .await
-                .map_err(|err| EngineError::from_sqlx("log in", user, err))?;
+                .map_err(|err| EngineError::connecting(&self.endpoint, "log in", user, err))?;
             super::run_probes(conn, user, probes).await
         }
         .boxed()

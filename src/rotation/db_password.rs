@@ -197,8 +197,8 @@ impl SagaDef for DbPasswordRotation<'_> {
         self.act_step(saga, &data.user, step).await.map(|()| None)
     }
 
-    async fn undo(&self, saga: &SagaRow, _: &DbData, step: DbStep) -> Result<(), StepError> {
-        self.undo_step(saga, step).await
+    async fn undo(&self, saga: &SagaRow, data: &DbData, step: DbStep) -> Result<(), StepError> {
+        self.undo_step(saga, &data.user, step).await
     }
 }
 
@@ -253,7 +253,7 @@ impl DbPasswordRotation<'_> {
         }
     }
 
-    async fn undo_step(&self, saga: &SagaRow, step: DbStep) -> Result<(), StepError> {
+    async fn undo_step(&self, saga: &SagaRow, user: &str, step: DbStep) -> Result<(), StepError> {
         match step {
             // Nothing to take back: testing changes nothing, and a failed promotion promoted nothing.
             DbStep::Test | DbStep::Finish => Ok(()),
@@ -269,7 +269,16 @@ impl DbPasswordRotation<'_> {
                     return Ok(());
                 }
                 let current = parse(&self.spec.path, &self.store.current(&self.spec.path).await?.value)?;
-                self.engine.set_password(&current.username, &current.password).await?;
+                // Only the user this rotation changed gets a password back, and only the one the
+                // current value holds for that user: a stored value naming another user (which
+                // anyone who can write the secret could plant) never makes vigil change it.
+                if current.username != user {
+                    return Err(StepError::Failed(format!(
+                        "cannot put user {user}'s password back: the current value of {} names user {}; set {user}'s password to the stored one by hand, or fix the stored value and rotate again",
+                        self.spec.path, current.username
+                    )));
+                }
+                self.engine.set_password(user, &current.password).await?;
                 Ok(())
             }
             DbStep::Create => {

@@ -79,6 +79,20 @@ pub enum RotationError {
         /// What differs, briefly.
         difference: String,
     },
+    /// The stored secret names a database user the configuration does not give this secret.
+    #[error(
+        "{name}: the stored value at {path} names user {found}, but this secret rotates {configured}; vigil changes no other user. Put the right user back in the stored value (or fix `username` in the configuration) and retry"
+    )]
+    ForeignUser {
+        /// The secret.
+        name: String,
+        /// Where it is stored.
+        path: String,
+        /// The user the stored value names.
+        found: String,
+        /// The users the configuration names, e.g. `app` or `app or app_clone`.
+        configured: String,
+    },
     /// An admin credential or issuer token could not be read.
     #[error("cannot read the credential vigil manages {target} with: {why}")]
     Admin {
@@ -208,6 +222,22 @@ impl<'a> Rotator<'a> {
         let current = db_password::parse(&spec.path, &connected.store.current(&spec.path).await?.value)
             .map_err(|err| unreadable(&spec.path, &err))?;
         let username = db.username.clone();
+        // The stored value is writable by whoever writes the application's secret; it never
+        // chooses which database user vigil, as admin, changes.
+        let configured: Vec<&String> = match &spec.strategy {
+            Strategy::AlternatingUsers { clone_username, .. } => vec![&username, clone_username],
+            Strategy::SingleUser | Strategy::Overlap { .. } => vec![&username],
+        };
+        if !configured.contains(&&current.username) {
+            let err = RotationError::ForeignUser {
+                name: name.to_owned(),
+                path: spec.path.clone(),
+                found: current.username.clone(),
+                configured: configured.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(" or "),
+            };
+            status::needs_attention(self.ctx.db, name, &err.to_string(), self.ctx.clock).await?;
+            return Err(err);
+        }
         let mut data = DbData {
             strategy: spec.strategy.as_str().to_owned(),
             target: db.target.name.clone(),

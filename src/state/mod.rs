@@ -16,6 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::secret::{ResolveError, SecretRef};
+use crate::tls::Tls;
 
 /// Where the state store (and so the evidence ledger) lives.
 #[derive(Debug, serde::Serialize)]
@@ -32,6 +33,8 @@ pub enum StateStore {
         url: String,
         /// The password, by reference.
         password: Option<SecretRef>,
+        /// How the connection is secured.
+        tls: Tls,
     },
 }
 
@@ -98,10 +101,11 @@ impl Db {
     pub async fn open(store: &StateStore) -> Result<Self, StateError> {
         let db = match store {
             StateStore::Sqlite { path } => Self::open_sqlite(path).await?,
-            StateStore::Postgres { url, password } => {
+            StateStore::Postgres { url, password, tls } => {
                 let password = password.as_ref().map(|p| p.resolve_local()).transpose()?;
-                let mut options = PgConnectOptions::from_str(url)
+                let options = PgConnectOptions::from_str(url)
                     .map_err(|source| StateError::Open { target: url.clone(), source })?;
+                let mut options = tls.postgres(options);
                 if let Some(password) = &password {
                     options = options.password(password.expose_secret());
                 }

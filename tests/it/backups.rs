@@ -64,10 +64,11 @@ impl Setup {
         );
         let vigil::secret::SecretRef::File { path } = admin else { unreachable!() };
         format!(
-            "[targets.{name}]\nkind = \"{engine}\"\nhost = \"{}\"\nport = {}\ndatabase = \"{name}\"\nadmin = {{ file = \"{}\" }}\n\n",
+            "[targets.{name}]\nkind = \"{engine}\"\nhost = \"{}\"\nport = {}\ndatabase = \"{name}\"\nadmin = {{ file = \"{}\" }}\n{}\n\n",
             db.host,
             db.port,
-            path.display()
+            path.display(),
+            db.tls_toml()
         )
     }
 
@@ -155,12 +156,7 @@ async fn postgres_database(services: &Services, scale: u32) -> String {
 async fn postgres_counts(services: &Services, database: &str) -> BTreeMap<String, u64> {
     use sqlx::Connection as _;
     let pg = &services.postgres;
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host(&pg.host)
-        .port(pg.port)
-        .username(&pg.user)
-        .password(&pg.password)
-        .database(database);
+    let options = pg.pg_options().database(database);
     let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
     let tables: Vec<(String, String)> = sqlx::query_as(
         "SELECT schemaname::text, tablename::text FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
@@ -288,12 +284,7 @@ async fn mariadb_database(services: &Services) -> String {
 async fn mariadb_counts(services: &Services, database: &str) -> BTreeMap<String, u64> {
     use sqlx::Connection as _;
     let m = &services.mariadb;
-    let options = sqlx::mysql::MySqlConnectOptions::new()
-        .host(&m.host)
-        .port(m.port)
-        .username(&m.user)
-        .password(&m.password)
-        .database(database);
+    let options = m.mysql_options().database(database);
     let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
     let mut counts = BTreeMap::new();
     for table in ["customers", "orders"] {

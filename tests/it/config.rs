@@ -216,3 +216,35 @@ fn the_plan_shows_default_cadences_and_next_due_times() {
     let jwt = json["plan"]["secrets"].as_object().unwrap().values().find(|s| s["kind"] == "jwt_signing_key").unwrap();
     assert_eq!(jwt["cadence"], "7d");
 }
+
+/// TLS is verify-full unless written otherwise, and `disable` to another machine is warned
+/// about: the password would cross the network in the clear.
+#[test]
+fn disabled_tls_to_another_host_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    std::fs::copy(repo_root().join("tests/data/config/base/vigil.toml"), dir.path().join("vigil.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("schedules/tls.toml"),
+        "[targets.remote]\nkind = \"postgres\"\nhost = \"db.internal\"\nadmin = { env = \"X\" }\ntls = { mode = \"disable\" }\n\n\
+         [targets.local]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nadmin = { env = \"X\" }\ntls = { mode = \"disable\" }\n\n\
+         [targets.default]\nkind = \"mysql\"\nhost = \"db.internal\"\nadmin = { env = \"X\" }\n",
+    )
+    .unwrap();
+    let run = vigil(dir.path(), &["--output", "json", "config", "check"]);
+    run.assert_code(0);
+    let report = run.json();
+    let tls_warnings: Vec<&serde_json::Value> = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["field"].as_str().is_some_and(|f| f.ends_with(".tls.mode")))
+        .collect();
+    assert_eq!(tls_warnings.len(), 1, "{tls_warnings:?}");
+    assert_eq!(tls_warnings[0]["field"], "targets.remote.tls.mode");
+    assert_eq!(tls_warnings[0]["severity"], "warning");
+    assert!(tls_warnings[0]["message"].as_str().unwrap().contains("TLS is disabled to db.internal"));
+    let targets = &report["plan"]["targets"];
+    assert_eq!(targets["default"]["tls"]["mode"], "verify-full", "{targets}");
+    assert_eq!(targets["local"]["tls"]["mode"], "disable", "{targets}");
+}

@@ -4,7 +4,7 @@
 
 use secrecy::SecretString;
 use vigil::engines::Engine;
-use vigil::engines::{self, Credential, DbEngine, Endpoint, EngineError};
+use vigil::engines::{self, Credential, DbEngine, EngineError};
 
 use crate::support::{Database, Services, admin_sql};
 
@@ -13,7 +13,7 @@ fn secret(text: &str) -> SecretString {
 }
 
 fn engine(engine: Engine, db: &Database) -> Box<dyn DbEngine> {
-    let endpoint = Endpoint { host: db.host.clone(), port: db.port, database: Some(db.database.clone()) };
+    let endpoint = db.endpoint();
     engines::connect(engine, endpoint, Credential { username: db.user.clone(), password: secret(&db.password) })
 }
 
@@ -96,20 +96,11 @@ async fn sessions_and_grants(kind: Engine, db: &Database) {
     assert_eq!(engine.sessions(&a).await.unwrap(), 0);
     let held = match kind {
         Engine::Postgres => {
-            let options = sqlx::postgres::PgConnectOptions::new()
-                .host(&db.host)
-                .port(db.port)
-                .username(&a)
-                .password("pair-Password-789")
-                .database(&db.database);
+            let options = db.pg_options().username(&a).password("pair-Password-789");
             Box::new(sqlx::PgConnection::connect_with(&options).await.unwrap()) as Box<dyn std::any::Any>
         }
         Engine::Mysql => {
-            let options = sqlx::mysql::MySqlConnectOptions::new()
-                .host(&db.host)
-                .port(db.port)
-                .username(&a)
-                .password("pair-Password-789");
+            let options = db.mysql_options().username(&a).password("pair-Password-789");
             Box::new(sqlx::MySqlConnection::connect_with(&options).await.unwrap())
         }
     };

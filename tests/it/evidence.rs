@@ -41,9 +41,7 @@ impl Store {
         let pg = &services.postgres;
         let name =
             format!("evidence_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-        let admin = format!("postgres://{}@{}:{}/{}", pg.user, pg.host, pg.port, pg.database);
-        let options: sqlx::postgres::PgConnectOptions =
-            admin.parse::<sqlx::postgres::PgConnectOptions>().unwrap().password(&pg.password);
+        let options = pg.pg_options();
         let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -54,6 +52,7 @@ impl Store {
         let config = EvidenceStore::Postgres {
             url: format!("postgres://{}@{}:{}/{name}", pg.user, pg.host, pg.port),
             password: Some(SecretRef::File { path: password_file }),
+            tls: pg.tls(),
         };
         Self { dir, config }
     }
@@ -66,8 +65,13 @@ impl Store {
     fn write_config(&self) -> PathBuf {
         let evidence = match &self.config {
             EvidenceStore::Sqlite { path } => format!("url = \"sqlite://{}\"", path.display()),
-            EvidenceStore::Postgres { url, password: Some(SecretRef::File { path }) } => {
-                format!("url = \"{url}\"\npassword = {{ file = \"{}\" }}", path.display())
+            EvidenceStore::Postgres { url, password: Some(SecretRef::File { path }), tls } => {
+                let ca = tls.ca_file.as_ref().expect("the services' CA");
+                format!(
+                    "url = \"{url}\"\npassword = {{ file = \"{}\" }}\ntls = {{ mode = \"verify-full\", ca_file = \"{}\" }}",
+                    path.display(),
+                    ca.display()
+                )
             }
             other => panic!("unexpected store {other:?}"),
         };

@@ -13,4 +13,5 @@ mod jwt;
 mod rotation;
 mod services;
 mod stores;
+mod tls;
 mod support;

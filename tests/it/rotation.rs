@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 use vigil::engines::Engine;
-use vigil::engines::{self, Credential, DbEngine, Endpoint};
+use vigil::engines::{self, Credential, DbEngine};
 use vigil::stores::SecretStore;
 
 use crate::support::{Database, Run, Services, Store, admin_sql, secret_file, unique, vigil};
@@ -65,8 +65,7 @@ impl Cell {
         admin_sql(engine, database, &statements).await;
         let admin =
             Credential { username: database.user.clone(), password: SecretString::from(database.password.clone()) };
-        let endpoint =
-            Endpoint { host: database.host.clone(), port: database.port, database: Some(database.database.clone()) };
+        let endpoint = database.endpoint();
         let db_engine = engines::connect(engine, endpoint, admin);
         let initial = SecretString::from(format!("initial-{}", unique("pw")));
         db_engine.set_password(&user, &initial).await.unwrap();
@@ -100,13 +99,14 @@ impl Cell {
         std::fs::write(
             dir.path().join("schedules/app.toml"),
             format!(
-                "[targets.db]\nkind = \"{engine_name}\"\nhost = \"{}\"\nport = {}\ndatabase = \"{}\"\nadmin = {{ file = \"{}\" }}\n\n\
+                "[targets.db]\nkind = \"{engine_name}\"\nhost = \"{}\"\nport = {}\ndatabase = \"{}\"\nadmin = {{ file = \"{}\" }}\n{}\n\n\
                  [secrets.{name}]\nkind = \"{kind}\"\nstore = \"{store_name}\"\npath = \"{path}\"\ntarget = \"db\"\nusername = \"{user}\"\n\
                  strategy = \"{strategy_name}\"\nprobes = [\"{probe}\"]\n",
                 database.host,
                 database.port,
                 database.database,
-                admin_path.display()
+                admin_path.display(),
+                database.tls_toml()
             ),
         )
         .unwrap();
@@ -270,6 +270,67 @@ async fn a_failed_test_step_restores_the_single_user_and_flags_attention() {
 #[ignore = "needs services: cargo xtask test"]
 async fn a_failed_test_step_leaves_the_alternate_user_unused() {
     failed_test_step(Engine::Mysql, Strategy::Alternating, Store::Vault).await;
+}
+
+/// A role the secret does not rotate, with a password only the test knows, and a stored value
+/// for `cell`'s secret naming it: what someone who can write the application's secret could plant.
+async fn plant_another_user(services: &Services, cell: &Cell) -> Credential {
+    let victim = unique("boss").replace('-', "_");
+    let password = format!("own-{}", unique("pw"));
+    admin_sql(Engine::Postgres, &services.postgres, &[format!("CREATE ROLE {victim} LOGIN PASSWORD '{password}'")])
+        .await;
+    let value = serde_json::json!({
+        "engine": "postgres", "host": services.postgres.host, "port": services.postgres.port,
+        "username": victim, "password": "chosen-by-whoever-wrote-the-secret", "dbname": services.postgres.database,
+    });
+    services.seed(Store::Vault, cell.dir.path(), &cell.path, &value).await;
+    Credential { username: victim, password: SecretString::from(password) }
+}
+
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_stored_value_naming_another_user_stops_the_rotation_before_any_change() {
+    let services = Services::load();
+    let cell = Cell::new(&services, Engine::Postgres, Strategy::Single, Store::Vault).await;
+    let victim = plant_another_user(&services, &cell).await;
+
+    let run = cell.vigil(&["rotate", &cell.name]);
+    run.assert_code(1);
+    assert!(run.stderr().contains(&format!("names user {}", victim.username)), "{}", run.stderr());
+    assert!(run.stderr().contains(&format!("rotates {}", cell.user)), "{}", run.stderr());
+    cell.engine.test_login(&victim, &[]).await.expect("the other user's password is untouched");
+    assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "nothing was staged");
+    let status = cell.vigil(&["--output", "json", "status"]).json();
+    let attention = status[0]["needs_attention"].as_str().unwrap_or_default();
+    assert!(attention.contains(&format!("names user {}", victim.username)), "{status}");
+    assert!(status[0]["in_flight"].is_null(), "no saga started: {status}");
+}
+
+/// The stored value changes to name another user while a single-user rotation is in flight,
+/// and the rotation then fails: its undo must not give that user the stored password.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_single_user_undo_never_changes_a_user_the_stored_value_names_instead() {
+    let services = Services::load();
+    let cell = Cell::new(&services, Engine::Postgres, Strategy::Single, Store::Vault).await;
+    let crashed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["--config", cell.config.to_str().unwrap(), "-q", "rotate", &cell.name])
+        .env("VIGIL_FAILPOINT", "rotation.db_password:after:set")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    let victim = plant_another_user(&services, &cell).await;
+    cell.set_probe("SELECT * FROM pg_authid");
+
+    let run = cell.vigil(&["--output", "json", "rotate", "--resume"]);
+    run.assert_code(1);
+    let report = run.json();
+    assert_eq!(report["rotations"][0]["outcome"], "stuck", "{report}");
+    let reason = report["rotations"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("names user {}", victim.username)), "{report}");
+    cell.engine.test_login(&victim, &[]).await.expect("the other user's password is untouched");
 }
 
 /// Crash points: before and after each step acts.
@@ -679,12 +740,13 @@ async fn backup_set_named(services: &Services, cell: &Cell) {
     std::fs::write(
         cell.dir.path().join("schedules/backup.toml"),
         format!(
-            "[targets.shared]\nkind = \"postgres\"\nhost = \"{}\"\nport = {}\ndatabase = \"{database}\"\nadmin = {{ file = \"{}\" }}\n\n\
+            "[targets.shared]\nkind = \"postgres\"\nhost = \"{}\"\nport = {}\ndatabase = \"{database}\"\nadmin = {{ file = \"{}\" }}\n{}\n\n\
              [backups.{}]\ntarget = \"shared\"\nschedule = \"0 2 * * *\"\nstore = \"local\"\npath = \"../backups\"\n\
              key_service = \"local\"\nkey_file = \"../keys/backup.key\"\n",
             pg.host,
             pg.port,
             admin.display(),
+            pg.tls_toml(),
             cell.name
         ),
     )

@@ -8,11 +8,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use crate::support::Services;
 
 fn pg_options(db: &crate::support::Database, password: &str) -> PgConnectOptions {
-    PgConnectOptions::new().host(&db.host).port(db.port).username(&db.user).password(password).database(&db.database)
+    db.pg_options().password(password)
 }
 
 fn mysql_options(db: &crate::support::Database, password: &str) -> MySqlConnectOptions {
-    MySqlConnectOptions::new().host(&db.host).port(db.port).username(&db.user).password(password).database(&db.database)
+    db.mysql_options().password(password)
 }
 
 #[tokio::test]
@@ -23,10 +23,15 @@ async fn postgres_enforces_password_authentication() {
     let err =
         PgConnection::connect_with(&pg_options(db, "not-the-password")).await.expect_err("a wrong password logged in");
     assert!(err.to_string().contains("password authentication failed"), "{err}");
-    let err = PgConnection::connect_with(&PgConnectOptions::new().host(&db.host).port(db.port).username(&db.user))
-        .await
-        .expect_err("no password logged in");
+    let err = PgConnection::connect_with(
+        &db.tls().postgres(PgConnectOptions::new().host(&db.host).port(db.port).username(&db.user)),
+    )
+    .await
+    .expect_err("no password logged in");
     assert!(err.to_string().contains("password"), "{err}");
+    let plain = pg_options(db, &db.password).ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let err = PgConnection::connect_with(&plain).await.expect_err("a connection without TLS logged in");
+    assert!(err.to_string().contains("no encryption"), "TCP without TLS must be refused: {err}");
 
     let mut conn = PgConnection::connect_with(&pg_options(db, &db.password)).await.expect("the right password logs in");
     let (version, method): (String, String) = sqlx::query_as(
@@ -50,6 +55,12 @@ async fn mariadb_enforces_password_authentication() {
     assert!(err.to_string().contains("Access denied"), "{err}");
     let err = MySqlConnection::connect_with(&mysql_options(db, "")).await.expect_err("an empty password logged in");
     assert!(err.to_string().contains("Access denied"), "{err}");
+    let plain = mysql_options(db, &db.password).ssl_mode(sqlx::mysql::MySqlSslMode::Disabled);
+    let err = MySqlConnection::connect_with(&plain).await.expect_err("a connection without TLS logged in");
+    // MariaDB refuses the login (as access denied, or naming secure transport) even with the
+    // right password.
+    let refused = ["secure transport", "Access denied"].iter().any(|m| err.to_string().contains(m));
+    assert!(refused, "TCP without TLS must be refused: {err}");
 
     let mut conn =
         MySqlConnection::connect_with(&mysql_options(db, &db.password)).await.expect("the right password logs in");

@@ -63,9 +63,19 @@ impl Loader {
                     if let Some(password) = password {
                         self.check_ref(password, file, "evidence.password".into());
                     }
+                    if ["sslmode=", "sslrootcert="].iter().any(|param| text.contains(param)) {
+                        self.error(
+                            file,
+                            url.span(),
+                            "evidence.url".into(),
+                            "TLS is set by evidence.tls, not in the URL: remove sslmode and sslrootcert and write tls = { mode = \"verify-full\", ca_file = \"…\" }",
+                        );
+                    }
+                    let tls = self.tls(file, raw.and_then(|e| e.tls.as_ref()), "evidence.tls", url_host(text));
                     EvidenceStore::Postgres {
                         url: text.clone(),
                         password: password.map(|p| p.get_ref().clone().rebase(base)),
+                        tls,
                     }
                 } else {
                     self.error(
@@ -125,5 +135,16 @@ impl Loader {
             transit_mount: raw.transit_mount.unwrap_or_else(|| "transit".into()),
             namespace: raw.namespace,
         }
+    }
+}
+
+/// The host of a `postgres://[user@]host[:port]/db` URL.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
     }
 }

@@ -8,6 +8,7 @@ use super::super::diagnostic::Diagnostic;
 use super::super::raw;
 use super::super::{Engine, Target};
 use super::*;
+use crate::tls::{Tls, TlsMode};
 
 impl Loader {
     pub(super) fn target(&mut self, name: &str, def: &Def<raw::Target>) -> Option<Target> {
@@ -65,6 +66,7 @@ impl Loader {
             self.error(file, port.span(), field("port"), "port 0 is not a port; use 1-65535");
         }
         self.check_ref(&raw.admin, file, field("admin"));
+        let tls = self.tls(file, raw.tls.as_ref(), &field("tls"), raw.host.get_ref());
         let engine = match engine? {
             raw::Engine::Postgres => Engine::Postgres,
             raw::Engine::Mysql => Engine::Mysql,
@@ -76,8 +78,61 @@ impl Loader {
             port: raw.port.as_ref().map_or(engine.default_port(), |p| *p.get_ref()),
             database: raw.database.clone(),
             admin: raw.admin.get_ref().clone().rebase(&base),
+            tls,
             defined_at: self.at(file, def.span.clone()),
         })
+    }
+
+    /// A connection's `tls` line: verify-full unless it says otherwise; `disable` to a host
+    /// other than this machine is warned about, since the password then crosses the network
+    /// in the clear.
+    pub(super) fn tls(&mut self, file: usize, raw: Option<&Spanned<raw::Tls>>, field: &str, host: &str) -> Tls {
+        let Some(raw) = raw else { return Tls::default() };
+        let mode = match &raw.get_ref().mode {
+            None => TlsMode::default(),
+            Some(mode) => TlsMode::parse(mode.get_ref()).unwrap_or_else(|| {
+                let known = TlsMode::ALL.map(|(name, _)| format!("\"{name}\"")).join(", ");
+                self.error(
+                    file,
+                    mode.span(),
+                    format!("{field}.mode"),
+                    format!("unknown TLS mode \"{}\"; use one of {known}", mode.get_ref()),
+                );
+                TlsMode::default()
+            }),
+        };
+        let ca_file = raw.get_ref().ca_file.as_ref().map(|ca| {
+            let path = self.folder_of(file).join(ca.get_ref());
+            if mode.verifies() && !path.is_file() {
+                self.error(
+                    file,
+                    ca.span(),
+                    format!("{field}.ca_file"),
+                    format!(
+                        "{} is not a readable file; give the PEM file of the CA that signed the server's certificate",
+                        path.display()
+                    ),
+                );
+            } else if !mode.verifies() {
+                self.warnings.push(Diagnostic::warning(
+                    self.at(file, ca.span()),
+                    format!("{field}.ca_file"),
+                    format!("ca_file is not used with mode \"{}\", which checks no certificate", mode.as_str()),
+                ));
+            }
+            path
+        });
+        if let Some(written) = &raw.get_ref().mode
+            && mode == TlsMode::Disable
+            && !crate::tls::is_loopback(host)
+        {
+            self.warnings.push(Diagnostic::warning(
+                self.at(file, written.span()),
+                format!("{field}.mode"),
+                format!("TLS is disabled to {host}: the password and every row cross the network in the clear"),
+            ));
+        }
+        Tls { mode, ca_file }
     }
 
     /// Checks that `reference` names a defined target of `engine`.

@@ -38,6 +38,54 @@ pub struct Database {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// The CA that signed the server's certificate.
+    pub ca_file: PathBuf,
+}
+
+impl Database {
+    /// The `tls = …` line of a target on this server: verified against the services' CA.
+    pub fn tls_toml(&self) -> String {
+        format!("tls = {{ mode = \"verify-full\", ca_file = \"{}\" }}", self.ca_file.display())
+    }
+
+    /// The same settings for a connection made by a test.
+    pub fn tls(&self) -> vigil::tls::Tls {
+        vigil::tls::Tls { mode: vigil::tls::TlsMode::VerifyFull, ca_file: Some(self.ca_file.clone()) }
+    }
+
+    /// Superuser connection options, TLS verified.
+    pub fn pg_options(&self) -> sqlx::postgres::PgConnectOptions {
+        self.tls().postgres(
+            sqlx::postgres::PgConnectOptions::new()
+                .host(&self.host)
+                .port(self.port)
+                .username(&self.user)
+                .password(&self.password)
+                .database(&self.database),
+        )
+    }
+
+    /// Superuser connection options, TLS verified.
+    pub fn mysql_options(&self) -> sqlx::mysql::MySqlConnectOptions {
+        self.tls().mysql(
+            sqlx::mysql::MySqlConnectOptions::new()
+                .host(&self.host)
+                .port(self.port)
+                .username(&self.user)
+                .password(&self.password)
+                .database(&self.database),
+        )
+    }
+
+    /// Where this server listens, TLS verified, for engines built by tests.
+    pub fn endpoint(&self) -> vigil::engines::Endpoint {
+        vigil::engines::Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+            database: Some(self.database.clone()),
+            tls: self.tls(),
+        }
+    }
 }
 
 impl Services {
@@ -161,25 +209,13 @@ pub async fn admin_sql(engine: vigil::engines::Engine, db: &Database, statements
     use sqlx::Connection as _;
     match engine {
         vigil::engines::Engine::Postgres => {
-            let options = sqlx::postgres::PgConnectOptions::new()
-                .host(&db.host)
-                .port(db.port)
-                .username(&db.user)
-                .password(&db.password)
-                .database(&db.database);
-            let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+            let mut conn = sqlx::PgConnection::connect_with(&db.pg_options()).await.unwrap();
             for statement in statements {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&mut conn).await.unwrap();
             }
         }
         vigil::engines::Engine::Mysql => {
-            let options = sqlx::mysql::MySqlConnectOptions::new()
-                .host(&db.host)
-                .port(db.port)
-                .username(&db.user)
-                .password(&db.password)
-                .database(&db.database);
-            let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
+            let mut conn = sqlx::MySqlConnection::connect_with(&db.mysql_options()).await.unwrap();
             for statement in statements {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&mut conn).await.unwrap();
             }

@@ -199,6 +199,8 @@ fn rotation(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Re
         &pg.database,
     ])
     .env("PGPASSWORD", &pg.password)
+    .env("PGSSLMODE", "verify-full")
+    .env("PGSSLROOTCERT", &pg.ca_file)
     .env("PGOPTIONS", "--client-min-messages=warning");
     feed(psql, &pg_sql, "psql")?;
     println!(
@@ -221,6 +223,8 @@ fn rotation(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Re
     let mut mariadb = Command::new("mariadb");
     mariadb
         .args(["--no-defaults", "-h", "127.0.0.1", "-P", &maria.port.to_string(), "-u", &maria.user])
+        .args(["--ssl", "--ssl-verify-server-cert"])
+        .arg(format!("--ssl-ca={}", maria.ca_file.display()))
         .env("MYSQL_PWD", &maria.password);
     feed(mariadb, &maria_sql, "mariadb")?;
     println!(
@@ -309,6 +313,8 @@ fn backups(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Res
     let status = Command::new("pgbench")
         .args(["-i", "-q", "-s", "2", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", &pg.user, "orders"])
         .env("PGPASSWORD", &pg.password)
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &pg.ca_file)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -488,13 +494,18 @@ fn write_demo_config(root: &Path, demo: &Path, state: &State, issuer_url: &str) 
         if let Some(targets) = doc.get_mut("targets").and_then(|t| t.as_table_like_mut()) {
             for (_, target) in targets.iter_mut() {
                 let Some(target) = target.as_table_like_mut() else { continue };
-                let port = match target.get("kind").and_then(|k| k.as_str()) {
-                    Some("postgres") => pg.port,
-                    Some("mysql") => maria.port,
+                let (port, ca_file) = match target.get("kind").and_then(|k| k.as_str()) {
+                    Some("postgres") => (pg.port, &pg.ca_file),
+                    Some("mysql") => (maria.port, &maria.ca_file),
                     _ => continue,
                 };
                 target.insert("host", toml_edit::value("127.0.0.1"));
                 target.insert("port", toml_edit::value(i64::from(port)));
+                // Verified TLS, as in production, against the services' throwaway CA.
+                let mut tls = toml_edit::InlineTable::new();
+                tls.insert("mode", "verify-full".into());
+                tls.insert("ca_file", ca_file.display().to_string().into());
+                target.insert("tls", toml_edit::value(tls));
             }
         }
         if let Some(secrets) = doc.get_mut("secrets").and_then(|t| t.as_table_like_mut()) {

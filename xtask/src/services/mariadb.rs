@@ -1,4 +1,5 @@
-//! A private MariaDB instance: root has a generated password and no unix_socket login.
+//! A private MariaDB instance: TLS required on TCP (`require_secure_transport`), and root has
+//! a generated password and no unix_socket login.
 
 use std::io::Write;
 use std::path::Path;
@@ -9,6 +10,7 @@ use anyhow::{Context as _, bail};
 
 use super::process::{as_account, await_ready, is_ours, log_tail, run_checked, spawn, stop};
 use super::readiness::free_port;
+use super::tls::{self, Certificates};
 use super::tools::ensure_debian_packages;
 use super::{Context, Database, random_hex};
 
@@ -16,7 +18,7 @@ pub fn marker(db: &Database) -> String {
     format!("--datadir={}", db.data_dir.join("data").display())
 }
 
-pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
+pub fn start(ctx: &mut Context, certs: &Certificates) -> anyhow::Result<Database> {
     ensure_debian_packages(&[
         ("/usr/sbin/mariadbd", "mariadb-server"),
         ("/usr/bin/mariadb-install-db", "mariadb-server"),
@@ -39,6 +41,7 @@ pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
     as_account(&mut install, run_as);
     run_checked(install, "mariadb-install-db")?;
 
+    let installed = tls::install(certs, &dir, run_as)?;
     let port = free_port()?;
     let mut server = Command::new("/usr/sbin/mariadbd");
     server
@@ -51,6 +54,11 @@ pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
         .args(["--skip-name-resolve", "--max-connections=300", "--innodb-buffer-pool-size=128M"])
         // A throwaway test server: durability traded for speed.
         .args(["--innodb-flush-log-at-trx-commit=0", "--sync-binlog=0"])
+        // TCP clients must use TLS; the socket counts as secure for the set-up below.
+        .arg(format!("--ssl-cert={}", installed.cert.display()))
+        .arg(format!("--ssl-key={}", installed.key.display()))
+        .arg(format!("--ssl-ca={}", installed.ca.display()))
+        .arg("--require-secure-transport=ON")
         .current_dir(&dir);
     let pid = spawn(server, &log, run_as)?;
     let password = random_hex(24)?;
@@ -59,12 +67,16 @@ pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
         host: "127.0.0.1".into(),
         port,
         user: "root".into(),
-        url: format!("mysql://root:{password}@127.0.0.1:{port}/mysql"),
+        url: format!(
+            "mysql://root:{password}@127.0.0.1:{port}/mysql?ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+            certs.ca.display()
+        ),
         password,
         database: "mysql".into(),
         socket: socket.clone(),
         data_dir: dir,
         log: log.clone(),
+        ca_file: certs.ca.clone(),
     };
     await_ready("MariaDB", pid, &log, Duration::from_secs(60), || socket.exists() && ping(&db))?;
     if let Err(err) = secure(&db) {
@@ -124,5 +136,8 @@ fn ping(db: &Database) -> bool {
 }
 
 pub fn healthy(db: &Database) -> bool {
-    is_ours(db.pid, &marker(db)) && Path::new(&db.socket).exists() && ping(db)
+    super::tls::serves_current(&db.data_dir, &db.ca_file)
+        && is_ours(db.pid, &marker(db))
+        && Path::new(&db.socket).exists()
+        && ping(db)
 }

@@ -14,6 +14,7 @@ mod openbao;
 mod postgres;
 pub mod process;
 mod readiness;
+mod tls;
 mod tools;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -51,6 +52,10 @@ pub struct Database {
     /// This server's private folder: data, socket, pid file. Removed by `down`.
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The CA that signed the server's certificate: clients connect with `verify-full` against
+    /// it. Empty in a state file from before the services ran TLS, which restarts them.
+    #[serde(default)]
+    pub ca_file: PathBuf,
 }
 
 /// Paths and identity shared by every service.
@@ -210,6 +215,9 @@ pub fn up(root: &Path) -> anyhow::Result<State> {
     let mut ctx = Context::new(root)?;
     let mut state = ctx.load()?;
     let tools = tools::python_tools(&ctx)?;
+    // Before the health checks: a database still serving a certificate other than the current
+    // one is restarted.
+    let certs = tls::certificates(&ctx)?;
     // Checked once: each check runs a client or an HTTP request.
     let healthy = [
         ("moto", state.moto.as_ref().is_some_and(moto::healthy)),
@@ -233,12 +241,12 @@ pub fn up(root: &Path) -> anyhow::Result<State> {
         }
         if !healthy[2].1 {
             stop_recorded(state.postgres.take().map(|d| (d.pid, postgres::marker(&d), libc::SIGINT)));
-            state.postgres = Some(postgres::start(&mut ctx)?);
+            state.postgres = Some(postgres::start(&mut ctx, &certs)?);
             ctx.save(&state)?;
         }
         if !healthy[3].1 {
             stop_recorded(state.mariadb.take().map(|d| (d.pid, mariadb::marker(&d), libc::SIGTERM)));
-            state.mariadb = Some(mariadb::start(&mut ctx)?);
+            state.mariadb = Some(mariadb::start(&mut ctx, &certs)?);
             ctx.save(&state)?;
         }
         Ok(())
@@ -370,10 +378,29 @@ pub fn exports(ctx: &Context, state: &State) -> String {
         vars.extend([("VAULT_ADDR", b.address.clone()), ("VAULT_TOKEN", b.token.clone())]);
     }
     if let Some(d) = &state.postgres {
-        vars.push(("VIGIL_PG_URL", d.url.clone()));
+        // What psql and every libpq tool read.
+        vars.extend([
+            ("PGHOST", d.host.clone()),
+            ("PGPORT", d.port.to_string()),
+            ("PGUSER", d.user.clone()),
+            ("PGPASSWORD", d.password.clone()),
+            ("PGDATABASE", d.database.clone()),
+            ("PGSSLMODE", "verify-full".into()),
+            ("PGSSLROOTCERT", d.ca_file.display().to_string()),
+            ("VIGIL_PG_URL", d.url.clone()),
+        ]);
     }
     if let Some(d) = &state.mariadb {
-        vars.push(("VIGIL_MARIADB_URL", d.url.clone()));
+        // The mariadb client reads host, port and password from these; TLS options have no
+        // variables, so `mariadb $MARIADB_TLS` passes them.
+        vars.extend([
+            ("MYSQL_HOST", d.host.clone()),
+            ("MYSQL_TCP_PORT", d.port.to_string()),
+            ("MYSQL_PWD", d.password.clone()),
+            ("MARIADB_USER", d.user.clone()),
+            ("MARIADB_TLS", format!("--ssl --ssl-ca={} --ssl-verify-server-cert", d.ca_file.display())),
+            ("VIGIL_MARIADB_URL", d.url.clone()),
+        ]);
     }
     vars.iter().map(|(name, value)| format!("export {name}='{value}'\n")).collect()
 }

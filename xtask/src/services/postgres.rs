@@ -1,4 +1,5 @@
-//! A private PostgreSQL 15 cluster with scram-sha-256 password authentication everywhere.
+//! A private PostgreSQL 15 cluster: TLS required on TCP (`hostssl` only) and scram-sha-256
+//! password authentication everywhere.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use super::process::{as_account, await_ready, is_ours, run_checked, spawn};
 use super::readiness::free_port;
+use super::tls::{Certificates, install};
 use super::tools::ensure_debian_packages;
 use super::{Context, Database, random_hex};
 
@@ -16,7 +18,7 @@ pub fn marker(db: &Database) -> String {
     db.data_dir.join("data").display().to_string()
 }
 
-pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
+pub fn start(ctx: &mut Context, certs: &Certificates) -> anyhow::Result<Database> {
     ensure_debian_packages(&[
         ("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
         ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
@@ -51,6 +53,12 @@ pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
     std::fs::remove_file(&pwfile)?;
     result?;
 
+    // TCP only over TLS; the socket (for pg_isready's neighbours and the admin) by password.
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostssl all all ::1/128 scram-sha-256\n",
+    )?;
+    let installed = install(certs, &dir, run_as)?;
     let port = free_port()?;
     let mut postgres = Command::new(Path::new(BIN).join("postgres"));
     postgres
@@ -62,7 +70,11 @@ pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
         .arg(format!("unix_socket_directories={}", dir.display()))
         // A throwaway test cluster: durability settings traded for speed.
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-        .args(["-c", "max_connections=300"])
+        .args(["-c", "max_connections=300", "-c", "ssl=on"])
+        .arg("-c")
+        .arg(format!("ssl_cert_file={}", installed.cert.display()))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", installed.key.display()))
         .current_dir(&dir);
     let pid = spawn(postgres, &log, run_as)?;
     let db = Database {
@@ -70,12 +82,16 @@ pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
         host: "127.0.0.1".into(),
         port,
         user: "postgres".into(),
-        url: format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres"),
+        url: format!(
+            "postgres://postgres:{password}@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            certs.ca.display()
+        ),
         password,
         database: "postgres".into(),
         socket: dir.clone(),
         data_dir: dir,
         log: log.clone(),
+        ca_file: certs.ca.clone(),
     };
     await_ready("PostgreSQL", pid, &log, Duration::from_secs(60), || healthy(&db))?;
     eprintln!("started PostgreSQL 15 on 127.0.0.1:{port}");
@@ -83,7 +99,8 @@ pub fn start(ctx: &mut Context) -> anyhow::Result<Database> {
 }
 
 pub fn healthy(db: &Database) -> bool {
-    is_ours(db.pid, &marker(db))
+    super::tls::serves_current(&db.data_dir, &db.ca_file)
+        && is_ours(db.pid, &marker(db))
         && Command::new(Path::new(BIN).join("pg_isready"))
             .args(["-q", "-h", "127.0.0.1", "-p", &db.port.to_string(), "-t", "2"])
             .status()
