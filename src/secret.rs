@@ -72,6 +72,26 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Reads a file that holds a secret, refusing it when group or others may read it: a secret
+/// others can read is no longer one, and quietly using it would hide that. The error says
+/// which mode was found (`PermissionDenied`, with the mode in its message).
+pub fn read_private(path: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut file = std::fs::File::open(path)?;
+    // The mode of the file opened, not of whatever the path names a moment later.
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("group or others may read it (mode {mode:03o}); `chmod 600` it"),
+        ));
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Where a secret value is read from. The reference itself is not secret and may be shown.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "from")]
@@ -133,15 +153,13 @@ impl SecretRef {
                 _ => Err(ResolveError::EnvUnset { name: name.clone() }),
             },
             Self::File { path } => {
-                let mut value = std::fs::read_to_string(path)
-                    .map_err(|source| ResolveError::FileUnreadable { path: path.clone(), source })?;
-                if value.ends_with('\n') {
-                    value.pop();
-                }
+                let value =
+                    read_private(path).map_err(|source| ResolveError::FileUnreadable { path: path.clone(), source })?;
+                let value = value.strip_suffix('\n').unwrap_or(&value);
                 if value.is_empty() {
                     return Err(ResolveError::FileEmpty { path: path.clone() });
                 }
-                Ok(SecretString::from(value))
+                Ok(SecretString::from(value.to_owned()))
             }
             Self::Store { .. } => Err(ResolveError::NeedsStore { reference: self.to_string() }),
         }
@@ -288,6 +306,15 @@ impl PasswordPolicy {
     pub const MIN_LENGTH: usize = 16;
     /// Longest password a policy may ask for; MySQL and PostgreSQL both accept it.
     pub const MAX_LENGTH: usize = 128;
+    /// The least entropy a policy may give a password: `length × log2(alphabet)` bits.
+    pub const MIN_ENTROPY_BITS: f64 = 80.0;
+
+    /// The entropy of a password this policy generates, in bits: `length × log2(alphabet)`
+    /// (the required classes cost a little, which this leaves out).
+    pub fn entropy_bits(&self) -> f64 {
+        let symbols = self.alphabet().len();
+        if symbols < 2 { 0.0 } else { self.length as f64 * (symbols as f64).log2() }
+    }
 }
 
 impl PasswordPolicy {
@@ -408,10 +435,25 @@ mod tests {
     #[test]
     fn file_references_resolve_relative_to_their_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("token"), "s3cr3t\n").unwrap();
+        write_private(&dir.path().join("token"), b"s3cr3t\n").unwrap();
         let reference = SecretRef::File { path: "token".into() }.rebase(dir.path());
         assert_eq!(reference.resolve_local().unwrap().expose_secret(), "s3cr3t");
         let missing = SecretRef::Env { name: "VIGIL_TEST_SURELY_UNSET".into() };
         assert!(matches!(missing.resolve_local(), Err(ResolveError::EnvUnset { .. })));
+    }
+
+    #[test]
+    fn a_secret_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        write_private(&path, b"s3cr3t\n").unwrap();
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = SecretRef::File { path: path.clone() }.resolve_local().unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(&format!("mode {mode:03o}")) && text.contains("chmod 600"), "{text}");
+            assert!(!text.contains("s3cr3t"));
+        }
     }
 }

@@ -344,8 +344,8 @@ struct LocalKey {
 impl LocalKey {
     fn open_or_create(path: &Path) -> Result<Self, KeyError> {
         let failed = |reason: String| KeyError::KeyFile { path: path.to_owned(), reason };
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => Zeroizing::new(text),
+        let text = match crate::secret::read_private(path) {
+            Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let key = DataKey::generate();
                 let text = Zeroizing::new(hex::encode(key.expose()) + "\n");
@@ -437,5 +437,8 @@ mod tests {
         assert!(matches!(again.unwrap(&wrapped, "backup-b").await, Err(KeyError::Refused { .. })));
         let other = LocalKey::open_or_create(&dir.path().join("other.key")).unwrap();
         assert!(matches!(other.unwrap(&wrapped, "backup-a").await, Err(KeyError::OtherKey { .. })));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let exposed = LocalKey::open_or_create(&path).err().expect("a key others can read is refused");
+        assert!(exposed.to_string().contains("mode 644"), "{exposed}");
     }
 }

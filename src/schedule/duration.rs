@@ -29,10 +29,14 @@ pub enum DurationError {
     /// Zero time, which no cadence or window can use.
     #[error("`{0}` is zero; a duration must be positive")]
     Zero(String),
-    /// More seconds than fit in 64 bits.
-    #[error("`{0}` is too long")]
+    /// Longer than any schedule needs, and than date arithmetic can take.
+    #[error("`{0}` is longer than 100 years; no cadence, window or retention needs more")]
     Overflow(String),
 }
+
+/// The longest duration accepted: 100 years of 365.25 days. Bounded so that adding it to any
+/// stored time stays far inside what date arithmetic can represent.
+const MAX_SECONDS: u64 = 36_525 * 86_400;
 
 const UNITS: [(char, u64); 5] = [('w', 7 * 86_400), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
 
@@ -47,9 +51,10 @@ impl Duration {
         self.seconds
     }
 
-    /// The same span as a `chrono::Duration`, for date arithmetic.
+    /// The same span as a `chrono::Duration`, for date arithmetic (saturating: a duration
+    /// built with `from_secs` may exceed what parsing accepts).
     pub fn to_chrono(self) -> chrono::Duration {
-        chrono::Duration::seconds(i64::try_from(self.seconds).unwrap_or(i64::MAX))
+        i64::try_from(self.seconds).ok().and_then(chrono::Duration::try_seconds).unwrap_or(chrono::Duration::MAX)
     }
 
     /// The same span as a `std::time::Duration`, for timers.
@@ -92,6 +97,9 @@ impl FromStr for Duration {
         }
         if seconds == 0 {
             return Err(DurationError::Zero(text.to_owned()));
+        }
+        if seconds > MAX_SECONDS {
+            return Err(DurationError::Overflow(text.to_owned()));
         }
         Ok(Self { seconds })
     }
@@ -155,6 +163,12 @@ mod tests {
         assert!(matches!(secs("3y"), Err(DurationError::UnknownUnit { .. })));
         assert!(matches!(secs("0d"), Err(DurationError::Zero(_))));
         assert!(matches!(secs("99999999999999999999w"), Err(DurationError::Overflow(_))));
+        // Each of these once panicked a command: `status` on the first, the parser on the second.
+        for too_long in ["3000000000w", "9300000000000000s", "36526d"] {
+            assert!(matches!(secs(too_long), Err(DurationError::Overflow(_))), "{too_long}");
+        }
+        assert_eq!("36525d".parse::<Duration>().unwrap().to_chrono().num_days(), 36_525);
+        assert_eq!(Duration::from_secs(u64::MAX).to_chrono(), chrono::Duration::MAX);
     }
 
     #[test]

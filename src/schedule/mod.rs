@@ -44,7 +44,8 @@ pub fn standing(
     now: DateTime<Utc>,
 ) -> Standing {
     let next = match last_rotated {
-        Some(at) => at + cadence.to_chrono(),
+        // Saturating: a stored time far in the future must not panic a status command.
+        Some(at) => at.checked_add_signed(cadence.to_chrono()).unwrap_or(DateTime::<Utc>::MAX_UTC),
         None => now,
     };
     Standing { next, in_flight, now }
@@ -76,6 +77,15 @@ mod tests {
         let late = standing("30d".parse().unwrap(), last, false, at("2026-12-04T12:00:00Z"));
         assert!(late.is_due());
         assert_eq!(late.overdue_days(), 3);
+    }
+
+    #[test]
+    fn a_last_rotation_far_in_the_future_saturates_instead_of_panicking() {
+        let standing =
+            standing("36525d".parse().unwrap(), Some(DateTime::<Utc>::MAX_UTC), false, at("2026-11-24T00:00:00Z"));
+        assert_eq!(standing.next, DateTime::<Utc>::MAX_UTC);
+        assert!(!standing.is_due());
+        assert_eq!(standing.overdue_days(), 0);
     }
 
     #[test]

@@ -468,15 +468,38 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Whether a URL's authority carries `user:password@`.
+/// Whether a connection URL carries a password: in its user info (`user:pw@`), or as a
+/// `password` or `pass` query parameter.
 fn url_has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    let in_userinfo = authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let query = rest.split_once('?').map_or("", |(_, query)| query.split('#').next().unwrap_or_default());
+    let in_query = query.split('&').any(|pair| {
+        let key = pair.split('=').next().unwrap_or_default();
+        key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("pass")
+    });
+    in_userinfo || in_query
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_found_anywhere_in_a_url() {
+        for url in [
+            "postgres://vigil:pw@db:5432/vigil",
+            "postgres://vigil@db:5432/vigil?password=pw",
+            "postgres://vigil@db/vigil?application_name=x&PASSWORD=pw",
+        ] {
+            assert!(url_has_password(url), "{url}");
+        }
+        for url in ["postgres://vigil@db:5432/vigil", "postgres://db/vigil?user=vigil", "sqlite:///var/lib/vigil/e.db"]
+        {
+            assert!(!url_has_password(url), "{url}");
+        }
+    }
 
     #[test]
     fn names_are_plain() {

@@ -384,8 +384,27 @@ impl Loader {
                 "length is shorter than the number of classes each password must contain",
             );
         }
-        PasswordPolicy { length, classes, exclude }
+        let policy = PasswordPolicy { length, classes, exclude };
+        let bits = policy.entropy_bits();
+        if bits < PasswordPolicy::MIN_ENTROPY_BITS && !classes_empty_or_excluded(&policy) {
+            self.error(
+                file,
+                raw.span(),
+                field.to_owned(),
+                format!(
+                    "this policy gives {bits:.0} bits of entropy (length × log2 of the characters allowed); at least {:.0} are needed: make passwords longer or allow more classes",
+                    PasswordPolicy::MIN_ENTROPY_BITS
+                ),
+            );
+        }
+        policy
     }
+}
+
+/// Whether the policy's alphabet problem was already reported (no class, or one emptied by
+/// `exclude`): one mistake, one error.
+fn classes_empty_or_excluded(policy: &PasswordPolicy) -> bool {
+    policy.classes.is_empty() || policy.classes.iter().any(|c| c.chars().chars().all(|ch| policy.exclude.contains(ch)))
 }
 
 fn class_name(class: CharClass) -> &'static str {
