@@ -92,6 +92,41 @@ pub fn read_private(path: &Path) -> std::io::Result<zeroize::Zeroizing<String>> 
     Ok(text)
 }
 
+/// This process's private scratch folder, `data_dir/tmp/<pid>` (0700), where client tools'
+/// password files live while they run.
+///
+/// The first call in a process sweeps `data_dir/tmp`: folders of processes no longer running
+/// (a crash leaves password files behind) and anything else there are removed, and this
+/// process's own folder starts empty (a folder of an earlier process with the same id is stale).
+/// Folders of live processes are left alone: a daemon and a manual command may run at once.
+pub fn scratch_dir(data_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    static SWEPT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let tmp = data_dir.join("tmp");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&tmp)?;
+    let pid = std::process::id();
+    let own = tmp.join(pid.to_string());
+    if SWEPT.get().is_none() {
+        for entry in std::fs::read_dir(&tmp)? {
+            let path = entry?.path();
+            let alive = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|other| other != pid && Path::new(&format!("/proc/{other}")).exists());
+            if !alive {
+                let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                if let Err(err) = removed {
+                    tracing::warn!(path = %path.display(), %err, "cannot remove a stale scratch file");
+                }
+            }
+        }
+        let _ = SWEPT.set(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&own)?;
+    Ok(own)
+}
+
 /// Where a secret value is read from. The reference itself is not secret and may be shown.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "from")]
@@ -440,6 +475,24 @@ mod tests {
         assert_eq!(reference.resolve_local().unwrap().expose_secret(), "s3cr3t");
         let missing = SecretRef::Env { name: "VIGIL_TEST_SURELY_UNSET".into() };
         assert!(matches!(missing.resolve_local(), Err(ResolveError::EnvUnset { .. })));
+    }
+
+    /// The only test in this binary that calls `scratch_dir`, whose sweep runs once per process.
+    #[test]
+    fn the_scratch_folder_sweeps_what_dead_processes_left() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = tempfile::tempdir().unwrap();
+        let tmp = data.path().join("tmp");
+        std::fs::create_dir_all(tmp.join("4294967295")).unwrap();
+        std::fs::write(tmp.join("4294967295/dump-1.cnf"), "password").unwrap();
+        std::fs::write(tmp.join("dump-2.cnf"), "password").unwrap();
+        std::fs::create_dir_all(tmp.join("1")).unwrap();
+        let own = scratch_dir(data.path()).unwrap();
+        assert_eq!(own, tmp.join(std::process::id().to_string()));
+        assert_eq!(std::fs::metadata(&own).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(!tmp.join("4294967295").exists(), "a dead process's folder is removed");
+        assert!(!tmp.join("dump-2.cnf").exists(), "a stray file is removed");
+        assert!(tmp.join("1").exists(), "a live process's folder stays");
     }
 
     #[test]

@@ -621,11 +621,13 @@ impl DumpSaga<'_> {
             database: target.database.clone(),
             tls: target.tls.clone(),
         };
-        let scratch = backups.ctx.plan.controller.data_dir.join("tmp");
-        tokio::fs::create_dir_all(&scratch)
+        let data_dir = backups.ctx.plan.controller.data_dir.clone();
+        let scratch = tokio::task::spawn_blocking(move || crate::secret::scratch_dir(&data_dir))
             .await
-            .map_err(|err| StepError::Failed(format!("cannot create {}: {err}", scratch.display())))?;
+            .map_err(|err| StepError::Failed(format!("preparing the scratch folder stopped: {err}")))?
+            .map_err(|err| StepError::Failed(format!("cannot prepare the scratch folder: {err}")))?;
         let (mut dump, stdout) = dump::start(target.engine, &endpoint, &admin, &scratch).await?;
+        tracing::debug!(tool = dump.tool, pid = dump.pid(), "dump tool started");
         let (sender, receiver) = mpsc::channel(pipeline::CHUNKS_QUEUED);
         let progress = backups.progress.clone();
         let sealing = tokio::task::spawn_blocking({

@@ -26,7 +26,21 @@ pub use output::OutputFormat;
 use crate::telemetry::{self, LogFormat};
 
 /// Parses the command line, runs the command, and says how it ended.
+/// Keeps credentials out of core files: no core dumps (`RLIMIT_CORE` 0) and not dumpable, which
+/// also keeps other processes of the same user from attaching to vigil or reading its memory.
+fn harden() {
+    let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: setrlimit reads the struct it is given; prctl takes plain integers. Neither
+    // touches memory Rust owns, and a failure only leaves the defaults, which is reported.
+    let (limited, undumpable) =
+        unsafe { (libc::setrlimit(libc::RLIMIT_CORE, &none), libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) };
+    if limited != 0 || undumpable != 0 {
+        eprintln!("vigil: warning: cannot disable core dumps: {}", std::io::Error::last_os_error());
+    }
+}
+
 pub fn main() -> ExitCode {
+    harden();
     let cli = Cli::parse();
     let verbosity = i8::try_from(i16::from(cli.global.verbose) - i16::from(cli.global.quiet)).unwrap_or(0);
     telemetry::init(cli.global.log_format, verbosity);

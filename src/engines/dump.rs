@@ -1,7 +1,8 @@
 //! The dump tools: `pg_dump` in custom format from a snapshot vigil exports (so row counts come
-//! from the same snapshot), and `mariadb-dump --single-transaction`. Each gets its password
-//! through its environment (PostgreSQL) or a 0600 option file (MariaDB), never its command
-//! line, and writes the dump to a pipe the backup stream reads. The engine's own reader of a
+//! from the same snapshot), and `mariadb-dump --single-transaction`. Each starts with a
+//! cleared environment (only `PATH`, the locale and its TLS settings), gets its password
+//! through a 0600 file removed when the dump ends (`PGPASSFILE`, MariaDB's option file), never
+//! its environment or command line, and writes the dump to a pipe the backup stream reads. The engine's own reader of a
 //! dump ([`Reader`]) is here too: what proves a dump is one the engine can restore.
 
 use std::collections::BTreeMap;
@@ -40,8 +41,20 @@ pub enum DumpError {
         /// The end of what it printed on standard error.
         stderr: String,
     },
-    /// The option file could not be written.
-    #[error("cannot write the dump tool's option file in {dir}: {reason}")]
+    /// A user name or password that a client tool's password file cannot carry.
+    #[error(
+        "the {what} of {user} holds a line break or NUL, which {tool}'s password file cannot carry; rotate it to one without"
+    )]
+    Unsafe {
+        /// `user name` or `password`.
+        what: &'static str,
+        /// The user (shown only when the user name itself is fine).
+        user: String,
+        /// The tool.
+        tool: &'static str,
+    },
+    /// The password file could not be written.
+    #[error("cannot write the dump tool's password file in {dir}: {reason}")]
     OptionFile {
         /// The folder.
         dir: PathBuf,
@@ -81,8 +94,8 @@ pub struct Dump {
     child: Child,
     session: Session,
     consistency: Consistency,
-    /// Removed when the dump is dropped: the MariaDB option file with the password.
-    _option_file: Option<OptionFile>,
+    /// Removed when the dump is dropped: the file with the password.
+    _password_file: PasswordFile,
 }
 
 enum Session {
@@ -99,7 +112,7 @@ pub async fn start(
     scratch: &Path,
 ) -> Result<(Dump, ChildStdout), DumpError> {
     match engine {
-        Engine::Postgres => start_postgres(endpoint, admin).await,
+        Engine::Postgres => start_postgres(endpoint, admin, scratch).await,
         Engine::Mysql => start_mysql(endpoint, admin, scratch).await,
     }
 }
@@ -109,7 +122,11 @@ fn db_error(what: &str, admin: &Credential) -> impl Fn(sqlx::Error) -> DumpError
     move |err| DumpError::Database(EngineError::from_sqlx(&what, &user, err))
 }
 
-async fn start_postgres(endpoint: &Endpoint, admin: &Credential) -> Result<(Dump, ChildStdout), DumpError> {
+async fn start_postgres(
+    endpoint: &Endpoint,
+    admin: &Credential,
+    scratch: &Path,
+) -> Result<(Dump, ChildStdout), DumpError> {
     let options = crate::engines::postgres_options(endpoint, admin);
     let mut conn = sqlx::PgConnection::connect_with(&options)
         .await
@@ -137,23 +154,23 @@ async fn start_postgres(endpoint: &Endpoint, admin: &Credential) -> Result<(Dump
         row_counts: BTreeMap::new(),
         counts_from_dump_snapshot: true,
     };
-    let mut command = Command::new("pg_dump");
+    let password_file = PasswordFile::pgpass(scratch, admin)?;
+    let mut command = tool("pg_dump");
     command
         .args(["--format=custom", "--compress=0", "--no-password"])
         .arg(format!("--snapshot={snapshot}"))
         .arg(format!("--host={}", endpoint.host))
         .arg(format!("--port={}", endpoint.port))
         .arg(format!("--username={}", admin.username))
-        .arg(format!("--dbname={}", endpoint.database.as_deref().unwrap_or("postgres")))
-        // The password through the environment, which only this user and root can read;
-        // never in argv, which every user sees in `ps`.
-        .env("PGPASSWORD", admin.password.expose_secret())
+        // The database by variable: a name given as --dbname would be parsed as a connection
+        // string if it looked like one.
+        .env("PGDATABASE", endpoint.database.as_deref().unwrap_or("postgres"))
+        .env("PGPASSFILE", &password_file.0)
         .env("PGAPPNAME", "vigil-backup")
-        .envs(endpoint.tls.libpq_env())
-        .env_remove("PGPASSFILE")
-        .env_remove("PGSERVICE");
+        .envs(endpoint.tls.libpq_env());
     let (child, stdout) = spawn(command, "pg_dump")?;
-    let dump = Dump { tool: "pg_dump", child, session: Session::Postgres(conn), consistency, _option_file: None };
+    let dump =
+        Dump { tool: "pg_dump", child, session: Session::Postgres(conn), consistency, _password_file: password_file };
     Ok((dump, stdout))
 }
 
@@ -186,28 +203,35 @@ async fn start_mysql(
         row_counts: BTreeMap::new(),
         counts_from_dump_snapshot: false,
     };
-    let option_file = OptionFile::write(scratch, admin)?;
-    let mut command = Command::new("mariadb-dump");
+    let password_file = PasswordFile::mariadb(scratch, admin)?;
+    let mut command = tool("mariadb-dump");
     // The option file must be the first argument.
     command
-        .arg(format!("--defaults-extra-file={}", option_file.0.display()))
+        .arg(format!("--defaults-extra-file={}", password_file.0.display()))
         .args(["--protocol=TCP", "--single-transaction", "--quick", "--routines", "--triggers", "--hex-blob"])
         .arg("--no-tablespaces")
         .args(endpoint.tls.mariadb_args())
         .arg(format!("--host={}", endpoint.host))
         .arg(format!("--port={}", endpoint.port))
         .arg("--")
-        .arg(endpoint.database.as_deref().unwrap_or_default())
-        .env_remove("MYSQL_PWD");
+        .arg(endpoint.database.as_deref().unwrap_or_default());
     let (child, stdout) = spawn(command, "mariadb-dump")?;
-    let dump = Dump {
-        tool: "mariadb-dump",
-        child,
-        session: Session::Mysql(conn),
-        consistency,
-        _option_file: Some(option_file),
-    };
+    let dump =
+        Dump { tool: "mariadb-dump", child, session: Session::Mysql(conn), consistency, _password_file: password_file };
     Ok((dump, stdout))
+}
+
+/// A client tool with a cleared environment: `PATH` and the locale only, so that no variable of
+/// vigil's (a token, a cloud credential) reaches it; callers add what the tool needs.
+fn tool(program: &str) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear();
+    for kept in ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"] {
+        if let Some(value) = std::env::var_os(kept) {
+            command.env(kept, value);
+        }
+    }
+    command
 }
 
 fn spawn(mut command: Command, tool: &'static str) -> Result<(Child, ChildStdout), DumpError> {
@@ -258,6 +282,11 @@ impl Dump {
             return Err(DumpError::Failed { tool, status: status.to_string(), stderr: last_lines(&stderr) });
         }
         Ok(self.consistency)
+    }
+
+    /// The tool's process id, for logs and for checks of what it was given.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops the tool: the stream it fed has failed.
@@ -315,7 +344,7 @@ impl Reader {
     pub fn start(engine: Engine) -> Result<(Box<dyn Write + Send>, Self), String> {
         match engine {
             Engine::Postgres => {
-                let mut child = std::process::Command::new("pg_restore")
+                let mut child = tool("pg_restore")
                     .args(["--list", "--format=custom"])
                     .stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::piped())
@@ -433,24 +462,54 @@ impl Write for Tail {
     }
 }
 
-/// A MariaDB client option file holding the password: mode 0600, removed when dropped.
-struct OptionFile(PathBuf);
+/// A client tool's password file (libpq's `.pgpass` format, or a MariaDB option file): mode
+/// 0600 in vigil's private scratch folder, removed when dropped.
+struct PasswordFile(PathBuf);
 
-impl OptionFile {
-    fn write(dir: &Path, admin: &Credential) -> Result<Self, DumpError> {
+impl PasswordFile {
+    /// `*:*:*:user:password`, with `\` and `:` escaped as libpq reads them.
+    fn pgpass(dir: &Path, admin: &Credential) -> Result<Self, DumpError> {
+        let (user, password) = line_safe(admin, "pg_dump")?;
+        let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+        let text = zeroize::Zeroizing::new(format!("*:*:*:{}:{}\n", escape(user), escape(password)));
+        Self::write(dir, "pgpass", &text)
+    }
+
+    /// `[client]` with the user and password quoted, backslash-escaped.
+    fn mariadb(dir: &Path, admin: &Credential) -> Result<Self, DumpError> {
+        let (user, password) = line_safe(admin, "mariadb-dump")?;
+        let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let text = zeroize::Zeroizing::new(format!(
+            "[client]\nuser=\"{}\"\npassword=\"{}\"\n",
+            escape(user),
+            escape(password)
+        ));
+        Self::write(dir, "cnf", &text)
+    }
+
+    fn write(dir: &Path, extension: &str, text: &str) -> Result<Self, DumpError> {
         use rand_core::RngCore as _;
         let failed = |err: std::io::Error| DumpError::OptionFile { dir: dir.to_owned(), reason: err.to_string() };
-        let path = dir.join(format!("dump-{:016x}.cnf", rand_core::OsRng.next_u64()));
-        // Option files take quoted values with backslash escapes.
-        let password = admin.password.expose_secret().replace('\\', "\\\\").replace('"', "\\\"");
-        let user = admin.username.replace('\\', "\\\\").replace('"', "\\\"");
-        let text = zeroize::Zeroizing::new(format!("[client]\nuser=\"{user}\"\npassword=\"{password}\"\n"));
+        let path = dir.join(format!("dump-{:016x}.{extension}", rand_core::OsRng.next_u64()));
         crate::secret::write_private(&path, text.as_bytes()).map_err(failed)?;
         Ok(Self(path))
     }
 }
 
-impl Drop for OptionFile {
+/// The user name and password, when neither holds what would end a line of a password file.
+fn line_safe<'a>(admin: &'a Credential, tool: &'static str) -> Result<(&'a str, &'a str), DumpError> {
+    let unsafe_text = |s: &str| s.contains(['\r', '\n', '\0']);
+    if unsafe_text(&admin.username) {
+        return Err(DumpError::Unsafe { what: "user name", user: "the admin".into(), tool });
+    }
+    let password = admin.password.expose_secret();
+    if unsafe_text(password) {
+        return Err(DumpError::Unsafe { what: "password", user: admin.username.clone(), tool });
+    }
+    Ok((&admin.username, password))
+}
+
+impl Drop for PasswordFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }

@@ -133,6 +133,8 @@ async fn postgres_database(services: &Services, scale: u32) -> String {
     let status = Command::new("pgbench")
         .args(["-i", "-q", "-s", &scale.to_string(), "-h", &pg.host, "-p", &pg.port.to_string(), "-U", &pg.user, &name])
         .env("PGPASSWORD", &pg.password)
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &pg.ca_file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -444,9 +446,21 @@ async fn a_backup_that_cannot_dump_is_rolled_back_and_leaves_nothing() {
     assert_eq!(setup.entry(id)["status"], "failed");
     assert!(!setup.local_object("broken", id).exists());
     assert!(!run.all_output().contains(&setup.services.postgres.password), "the admin password was logged");
-    // The option and scratch files hold no password once the dump has ended.
+    // No password file is left once the dump has ended (the per-process folders may stay).
     let scratch = setup.path().join("data/tmp");
-    assert_eq!(std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0), 0);
+    let files: Vec<PathBuf> = std::fs::read_dir(&scratch)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|entry| {
+            if entry.path().is_dir() {
+                std::fs::read_dir(entry.path()).into_iter().flatten().flatten().map(|e| e.path()).collect()
+            } else {
+                vec![entry.path()]
+            }
+        })
+        .collect();
+    assert!(files.is_empty(), "{files:?}");
 }
 
 #[cfg(feature = "failpoints")]
@@ -501,6 +515,8 @@ async fn sigint_mid_write_finishes_the_write_and_resume_verifies_it() {
     let outcome = crate::support::interrupt_when(child, "pausing inside the step");
     assert_eq!(outcome.code, Some(130), "{}", outcome.stderr);
     assert!(outcome.elapsed < std::time::Duration::from_secs(30), "exited within the grace: {:?}", outcome.elapsed);
+    let core = outcome.limits.lines().find(|l| l.starts_with("Max core file size")).unwrap_or_default();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "no core dumps of a process holding credentials: {core}");
     let listed = setup.vigil(&["--output", "json", "backup", "list"]).json();
     let entry = &listed.as_array().unwrap()[0];
     assert_eq!(entry["status"], "written", "the write finished and was recorded; verify did not run: {listed}");
@@ -622,4 +638,64 @@ async fn an_rds_target_is_snapshotted_tagged_and_copied() {
     assert_eq!(copied.db_snapshots().len(), 1, "no copy in eu-west-1");
     let kinds = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.snapshot_copied"]).json();
     assert_eq!(kinds.as_array().unwrap().len(), 1);
+}
+
+/// What a running dump tool was given: `/proc/PID/environ` and `/proc/PID/cmdline`, read while
+/// it is blocked on a full pipe.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn dump_tools_get_their_password_only_through_a_private_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let services = Services::load();
+    for (engine, db) in [
+        (
+            vigil::engines::Engine::Postgres,
+            Database { database: postgres_database(&services, 1).await, ..services.postgres.clone() },
+        ),
+        (
+            vigil::engines::Engine::Mysql,
+            Database { database: mariadb_database(&services).await, ..services.mariadb.clone() },
+        ),
+    ] {
+        let scratch = tempfile::tempdir().unwrap();
+        let admin = vigil::engines::Credential {
+            username: db.user.clone(),
+            password: secrecy::SecretString::from(db.password.clone()),
+        };
+        // The test's own environment (CARGO_*, VIGIL_SERVICES_FILE, …) must not reach the tool.
+        let (dump, stdout) = vigil::engines::dump::start(engine, &db.endpoint(), &admin, scratch.path()).await.unwrap();
+        let pid = dump.pid();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let vars: Vec<String> = environ
+            .split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        for (what, bytes) in [("environment", &environ), ("command line", &cmdline)] {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(!text.contains(&db.password), "{engine:?}: the password is in the tool's {what}");
+        }
+        let allowed = ["PATH=", "LANG=", "LC_ALL=", "LC_CTYPE=", "TZ=", "PG"];
+        assert!(vars.iter().all(|v| allowed.iter().any(|a| v.starts_with(a))), "{engine:?}: {vars:?}");
+        assert!(!vars.iter().any(|v| v.starts_with("PGPASSWORD=") || v.starts_with("MYSQL_PWD=")), "{vars:?}");
+        let files: Vec<std::path::PathBuf> =
+            std::fs::read_dir(scratch.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "one password file while the tool runs: {files:?}");
+        assert_eq!(std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777, 0o600);
+        if engine == vigil::engines::Engine::Postgres {
+            assert!(vars.contains(&format!("PGPASSFILE={}", files[0].display())), "{vars:?}");
+            assert!(vars.iter().any(|v| v.starts_with("PGDATABASE=")), "the database is named by variable: {vars:?}");
+            assert!(vars.contains(&"PGSSLMODE=verify-full".to_owned()), "{vars:?}");
+        }
+        let drained = tokio::task::spawn_blocking(move || {
+            let mut stdout = stdout;
+            std::io::copy(&mut stdout, &mut std::io::sink()).unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(drained > 100_000, "{engine:?}: the dump was big enough to block on its pipe ({drained} bytes)");
+        dump.finish().await.unwrap();
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "{engine:?}: the password file is gone");
+    }
 }

@@ -359,6 +359,8 @@ pub struct Interrupted {
     pub stderr: String,
     /// From the signal to its exit.
     pub elapsed: std::time::Duration,
+    /// Its `/proc/PID/limits` when the marker showed.
+    pub limits: String,
 }
 
 /// Sends SIGINT to `child` (spawned with piped stderr) as soon as its standard error shows a
@@ -390,10 +392,11 @@ pub fn interrupt_when(mut child: std::process::Child, marker: &str) -> Interrupt
             }
         }
     }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
     let signalled = std::time::Instant::now();
     let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(sent.success(), "kill -INT failed");
     let status = child.wait().unwrap();
     let elapsed = signalled.elapsed();
-    Interrupted { code: status.code(), stderr: reader.join().unwrap_or_default(), elapsed }
+    Interrupted { code: status.code(), stderr: reader.join().unwrap_or_default(), elapsed, limits }
 }
