@@ -156,6 +156,11 @@ impl BackupArgs {
 
 /// Writes the dump to standard output, or to a file through a `.partial` sibling renamed over
 /// it only once every check passed.
+///
+/// The sibling gets a random name, is created new with mode 0600 (`O_EXCL` never follows a
+/// symlink, so one planted at a predictable name cannot redirect the write, run as root, onto
+/// another file), and is synced before the rename, which replaces `FILE` itself, never what a
+/// symlink there points to.
 async fn fetch(backups: &Backups<'_>, id: &str, output_file: &str) -> anyhow::Result<Exit> {
     if output_file == "-" {
         if std::io::stdout().is_terminal() {
@@ -165,15 +170,28 @@ async fn fetch(backups: &Backups<'_>, id: &str, output_file: &str) -> anyhow::Re
         tracing::info!(bytes = facts.plaintext_bytes, "fetched and checked");
         return Ok(Exit::Success);
     }
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = PathBuf::from(output_file);
     let mut partial = path.clone().into_os_string();
-    partial.push(".partial");
+    partial.push(format!(".{:016x}.partial", {
+        use rand_core::RngCore as _;
+        rand_core::OsRng.next_u64()
+    }));
     let partial = PathBuf::from(partial);
-    let file =
-        std::fs::File::create(&partial).map_err(|err| anyhow::anyhow!("cannot create {}: {err}", partial.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&partial)
+        .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", partial.display()))?;
     match backups.fetch(id, Box::new(std::io::BufWriter::with_capacity(1 << 20, file))).await {
         Ok(facts) => {
-            std::fs::rename(&partial, &path)?;
+            let synced = std::fs::File::open(&partial).and_then(|f| f.sync_all());
+            if let Err(err) = synced.and_then(|()| std::fs::rename(&partial, &path)) {
+                let _ = std::fs::remove_file(&partial);
+                anyhow::bail!("cannot put the dump in place at {}: {err}", path.display());
+            }
             eprintln!(
                 "wrote {} ({}), SHA-256 {}",
                 path.display(),
