@@ -22,6 +22,19 @@ impl HttpIssuer {
     }
 }
 
+/// Whether `id` is a key id the contract allows: URL-unreserved characters only, so that it is
+/// one path segment and nothing else.
+pub fn is_safe_key_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
+fn checked_id(id: &str) -> Result<&str, IssuerError> {
+    if is_safe_key_id(id) { Ok(id) } else { Err(IssuerError::BadId { id: id.chars().take(80).collect() }) }
+}
+
 /// Sorts a response's status; `None` for success.
 fn status_error(what: &str, status: reqwest::StatusCode) -> Option<IssuerError> {
     if status.is_success() {
@@ -56,7 +69,7 @@ impl KeyIssuer for HttpIssuer {
             let body: serde_json::Value = response.json().await.map_err(|err| network(&what, err))?;
             match (body["id"].as_str(), body["secret"].as_str()) {
                 (Some(id), Some(secret)) => {
-                    Ok(IssuedKey { id: id.to_owned(), secret: SecretString::from(secret.to_owned()) })
+                    Ok(IssuedKey { id: checked_id(id)?.to_owned(), secret: SecretString::from(secret.to_owned()) })
                 }
                 _ => Err(IssuerError::Refused { what, status: 200 }),
             }
@@ -81,13 +94,15 @@ impl KeyIssuer for HttpIssuer {
                 return Err(err);
             }
             let body: serde_json::Value = response.json().await.map_err(|err| network(what, err))?;
-            body["id"].as_str().map(str::to_owned).ok_or(IssuerError::Refused { what: what.to_owned(), status: 200 })
+            let id = body["id"].as_str().ok_or(IssuerError::Refused { what: what.to_owned(), status: 200 })?;
+            Ok(checked_id(id)?.to_owned())
         }
         .boxed()
     }
 
     fn revoke<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), IssuerError>> {
         async move {
+            let id = checked_id(id)?;
             let what = format!("revoke key {id}");
             let response = self
                 .client
@@ -102,5 +117,29 @@ impl KeyIssuer for HttpIssuer {
             status_error(&what, response.status()).map_or(Ok(()), Err)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_are_one_safe_path_segment() {
+        for good in ["k_1", "2f9c-47aa", "key.v2~a", &"a".repeat(128)] {
+            assert!(is_safe_key_id(good), "{good}");
+        }
+        for bad in ["", ".", "..", "../admin/users/alice?x=", "a/b", "a b", "a%2f", "ключ", &"a".repeat(129)] {
+            assert!(!is_safe_key_id(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_stored_id_is_refused_before_any_request() {
+        // Nothing listens on port 1: a request would fail as a network error, not BadId.
+        let issuer = HttpIssuer::new("http://127.0.0.1:1", SecretString::from("admin-token".to_owned()));
+        let err = issuer.revoke("../admin/users/alice?x=").await.unwrap_err();
+        assert!(matches!(err, IssuerError::BadId { .. }), "{err}");
+        assert!(!err.is_transient());
     }
 }

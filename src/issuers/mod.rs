@@ -33,6 +33,15 @@ pub enum IssuerError {
         /// The HTTP status.
         status: u16,
     },
+    /// A key id outside the contract's safe characters: never sent in a path, where it could
+    /// name another resource (`../admin/users/alice`).
+    #[error(
+        "key id {id:?} is not a safe key id (1-128 of A-Z a-z 0-9 . _ ~ -, not . or ..); the issuer must use such ids (docs/api-key-issuer.md), and a stored id outside them was not written by it"
+    )]
+    BadId {
+        /// The id, as found (at most 80 characters of it).
+        id: String,
+    },
     /// A failure that may pass: a 429, a 5xx, the network.
     #[error("{what} failed for now: {reason}")]
     Transient {
