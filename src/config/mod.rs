@@ -243,6 +243,8 @@ pub struct Issuer {
     pub url: String,
     /// The management token, by reference.
     pub token: SecretRef,
+    /// CA certificates (PEM) trusted besides the system's, for an `https://` issuer.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A JWT signing key's algorithm, where its JWKS is published, and the times that decide how

@@ -82,6 +82,8 @@ pub(super) struct VaultSection {
     pub kv_mount: Option<String>,
     pub transit_mount: Option<String>,
     pub namespace: Option<String>,
+    pub allow_insecure_http: Option<Spanned<bool>>,
+    pub ca_file: Option<Spanned<PathBuf>>,
 }
 
 /// One file under `schedules/`: what to rotate, back up and drill, each item by name.
@@ -234,6 +236,8 @@ pub(super) struct Jwks {
 pub(super) struct Issuer {
     pub url: Spanned<String>,
     pub token: Spanned<SecretRef>,
+    pub allow_insecure_http: Option<Spanned<bool>>,
+    pub ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]

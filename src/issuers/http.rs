@@ -15,10 +15,21 @@ pub struct HttpIssuer {
 }
 
 impl HttpIssuer {
-    /// The issuer at `base`, managed with `admin`.
-    pub fn new(base: &str, admin: SecretString) -> Self {
-        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap_or_default();
-        Self { client, base: base.trim_end_matches('/').to_owned(), admin }
+    /// The issuer at `base`, managed with `admin`; an `https://` issuer's certificate is checked
+    /// against the system's roots and `ca_file`'s.
+    pub fn new(base: &str, ca_file: Option<&std::path::Path>, admin: SecretString) -> Result<Self, IssuerError> {
+        let setup = |reason: String| IssuerError::Setup { reason };
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca).map_err(|err| setup(format!("cannot read {}: {err}", ca.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|err| setup(format!("{} holds no PEM certificate: {err}", ca.display())))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|err| setup(err.to_string()))?;
+        Ok(Self { client, base: base.trim_end_matches('/').to_owned(), admin })
     }
 }
 
@@ -137,7 +148,7 @@ mod tests {
     #[tokio::test]
     async fn an_unsafe_stored_id_is_refused_before_any_request() {
         // Nothing listens on port 1: a request would fail as a network error, not BadId.
-        let issuer = HttpIssuer::new("http://127.0.0.1:1", SecretString::from("admin-token".to_owned()));
+        let issuer = HttpIssuer::new("http://127.0.0.1:1", None, SecretString::from("admin-token".to_owned())).unwrap();
         let err = issuer.revoke("../admin/users/alice?x=").await.unwrap_err();
         assert!(matches!(err, IssuerError::BadId { .. }), "{err}");
         assert!(!err.is_transient());

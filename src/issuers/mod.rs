@@ -42,6 +42,12 @@ pub enum IssuerError {
         /// The id, as found (at most 80 characters of it).
         id: String,
     },
+    /// The client could not be set up (its CA file).
+    #[error("cannot set up the issuer's client: {reason}")]
+    Setup {
+        /// Why.
+        reason: String,
+    },
     /// A failure that may pass: a 429, a 5xx, the network.
     #[error("{what} failed for now: {reason}")]
     Transient {

@@ -110,6 +110,9 @@ pub enum RotationError {
     /// A database failed before the saga started.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The API-key issuer could not be set up or reached before the saga started.
+    #[error(transparent)]
+    Issuer(#[from] issuers::IssuerError),
     /// The saga machinery failed.
     #[error(transparent)]
     Saga(#[from] SagaError),
@@ -294,7 +297,7 @@ impl<'a> Rotator<'a> {
         let SecretKind::ApiKey(ApiKey { issuer }) = &spec.kind else {
             return Err(wrong_kind(name, spec, "api_key"));
         };
-        Ok(issuers::HttpIssuer::new(&issuer.url, self.resolve(name, &issuer.token).await?))
+        Ok(issuers::HttpIssuer::new(&issuer.url, issuer.ca_file.as_deref(), self.resolve(name, &issuer.token).await?)?)
     }
 
     /// Starts an API-key rotation of `name`, or resumes `saga`.

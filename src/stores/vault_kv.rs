@@ -36,6 +36,8 @@ pub struct VaultSettings {
     pub transit_mount: String,
     /// The Vault Enterprise / OpenBao namespace, if any.
     pub namespace: Option<String>,
+    /// CA certificates (PEM) trusted besides the system's, for an `https://` address.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 const PENDING_CHILD: &str = "vigil-pending";
@@ -92,6 +94,16 @@ pub fn client(vault: &VaultSettings) -> Result<VaultClient, StoreError> {
         vault.token.resolve_local().map_err(|source| StoreError::Credentials { store: StoreKind::VaultKv, source })?;
     let mut settings = VaultClientSettingsBuilder::default();
     settings.address(&vault.address).token(token.expose_secret());
+    // The CA from configuration only (not VAULT_CACERT, which the client library would read):
+    // what vigil trusts is what `config check` showed.
+    settings.ca_certs(vault.ca_file.iter().map(|ca| ca.display().to_string()).collect());
+    // VAULT_SKIP_VERIFY is honoured, as every Vault client honours it, but never silently.
+    let skip = std::env::var("VAULT_SKIP_VERIFY")
+        .is_ok_and(|v| !matches!(v.to_lowercase().as_str(), "" | "0" | "f" | "false"));
+    if skip && vault.address.starts_with("https://") {
+        tracing::warn!(address = %vault.address, "VAULT_SKIP_VERIFY is set: Vault's certificate is NOT verified, and an impostor could take the token");
+    }
+    settings.verify(!skip);
     if let Some(namespace) = &vault.namespace {
         settings.namespace(Some(namespace.clone()));
     }

@@ -147,7 +147,7 @@ fn every_problem_is_reported_in_one_run() {
     std::fs::write(
         dir.path().join("schedules/many.toml"),
         "[secrets.a]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"a\"\ntarget = \"nope\"\nusername = \"a\"\n\n\
-         [secrets.b]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"b\"\ncadence = \"1m\"\nissuer = { url = \"http://i\", token = { env = \"X\" } }\n\n\
+         [secrets.b]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"b\"\ncadence = \"1m\"\nissuer = { url = \"https://i\", token = { env = \"X\" } }\n\n\
          [backups.c]\ntarget = \"nope\"\nschedule = \"not cron\"\nstore = \"local\"\npath = \"/backups\"\nkey_service = \"local\"\nkey_file = \"k\"\n\n\
          [targets.d]\nkind = \"postgres\"\nhost = \"db\"\nport = 70000\nadmin = { env = \"X\" }\n\n\
          [drills.e]\nbackup = \"c\"\nscratch = \"d\"\nrpo = \"15 minutes\"\n\n\
@@ -247,4 +247,58 @@ fn disabled_tls_to_another_host_is_warned_about() {
     let targets = &report["plan"]["targets"];
     assert_eq!(targets["default"]["tls"]["mode"], "verify-full", "{targets}");
     assert_eq!(targets["local"]["tls"]["mode"], "disable", "{targets}");
+}
+
+/// A token goes to Vault and the API-key issuer over https, unless the host is this machine or
+/// `allow_insecure_http = true` (warned about) says otherwise.
+#[test]
+fn plain_http_to_another_machine_needs_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    std::fs::copy(repo_root().join("tests/data/config/base/vigil.toml"), dir.path().join("vigil.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("schedules/keys.toml"),
+        "[secrets.local-key]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"a\"\nissuer = { url = \"http://127.0.0.1:8080\", token = { env = \"X\" } }\n\n\
+         [secrets.remote-key]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"b\"\n\
+         issuer = { url = \"http://keys.internal\", token = { env = \"X\" }, allow_insecure_http = true }\n",
+    )
+    .unwrap();
+    let run = vigil(dir.path(), &["--output", "json", "config", "check"]);
+    run.assert_code(0);
+    let warnings: Vec<String> = run.json()["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["field"].as_str().is_some_and(|f| f.ends_with("allow_insecure_http")))
+        .map(|d| format!("{} {}", d["field"], d["message"]))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("secrets.remote-key.issuer.allow_insecure_http"), "{warnings:?}");
+}
+
+/// VAULT_SKIP_VERIFY is honoured, as every Vault client honours it, and announced at WARN.
+#[test]
+fn vault_skip_verify_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    let base = std::fs::read_to_string(repo_root().join("tests/data/config/base/vigil.toml")).unwrap();
+    std::fs::write(dir.path().join("vigil.toml"), base.replace("http://127.0.0.1:2", "https://127.0.0.1:2")).unwrap();
+    std::fs::write(dir.path().join("token"), "t").unwrap();
+    std::fs::write(
+        dir.path().join("schedules/s.toml"),
+        "[secrets.k]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"a\"\nissuer = { url = \"http://127.0.0.1:9\", token = { env = \"X\" } }\n",
+    )
+    .unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["rotate", "k"])
+        .current_dir(dir.path())
+        .env("VIGIL_TEST_VAULT_TOKEN", "t")
+        .env("VAULT_SKIP_VERIFY", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "nothing listens there: {stderr}");
+    assert!(stderr.contains("VAULT_SKIP_VERIFY is set"), "{stderr}");
+    assert!(stderr.contains("WARN"), "{stderr}");
 }

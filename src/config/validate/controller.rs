@@ -126,14 +126,16 @@ impl Loader {
         let file = self.config_file;
         let base = self.folder_of(file);
         let raw = raw.into_inner();
-        self.check_http_url(file, &raw.address, "vault.address");
+        self.check_service_url(file, &raw.address, "vault.address", raw.allow_insecure_http.as_ref());
         self.check_ref(&raw.token, file, "vault.token".into());
+        let ca_file = self.check_ca_file(file, raw.ca_file.as_ref(), "vault.ca_file");
         Vault {
             address: raw.address.into_inner(),
             token: raw.token.into_inner().rebase(&base),
             kv_mount: raw.kv_mount.unwrap_or_else(|| "secret".into()),
             transit_mount: raw.transit_mount.unwrap_or_else(|| "transit".into()),
             namespace: raw.namespace,
+            ca_file,
         }
     }
 }

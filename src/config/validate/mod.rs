@@ -299,13 +299,79 @@ impl Loader {
         parsed
     }
 
-    fn check_http_url(&mut self, file: usize, url: &Spanned<String>, field: &str) {
+    /// Whether `url` is an `http://` or `https://` URL; an error if not.
+    fn check_http_url(&mut self, file: usize, url: &Spanned<String>, field: &str) -> bool {
         let text = url.get_ref();
         let well_formed =
             ["http://", "https://"].iter().any(|scheme| text.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()));
         if !well_formed {
             self.error(file, url.span(), field.into(), format!("`{text}` is not an http:// or https:// URL"));
         }
+        well_formed
+    }
+
+    /// The URL of a service vigil sends a bearer token to: `https://`, unless the host is this
+    /// machine or `allow_insecure_http = true` says otherwise (then warned about).
+    fn check_service_url(
+        &mut self,
+        file: usize,
+        url: &Spanned<String>,
+        field: &str,
+        allow_insecure: Option<&Spanned<bool>>,
+    ) {
+        if !self.check_http_url(file, url, field) {
+            return;
+        }
+        let text = url.get_ref();
+        let Some(rest) = text.strip_prefix("http://") else { return };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        if crate::tls::is_loopback(host) {
+            return;
+        }
+        let owner = field.rsplit_once('.').map_or("", |(owner, _)| owner);
+        match allow_insecure {
+            Some(allowed) if *allowed.get_ref() => {
+                let location = self.at(file, allowed.span());
+                self.warnings.push(Diagnostic::warning(
+                    location,
+                    format!("{owner}.allow_insecure_http"),
+                    format!("{text} is plain http to another machine: the token crosses the network in the clear"),
+                ));
+            }
+            _ => {
+                let location = self.at(file, url.span());
+                self.errors.push(
+                    Diagnostic::error(
+                        location,
+                        field,
+                        format!("`{text}` is plain http to a host that is not this machine; the token would cross the network in the clear"),
+                    )
+                    .with_help("use https:// (with ca_file for a private CA), or write allow_insecure_http = true"),
+                );
+            }
+        }
+    }
+
+    /// A `ca_file` beside a URL: it must be a file, read relative to the configuration file.
+    fn check_ca_file(&mut self, file: usize, ca: Option<&Spanned<PathBuf>>, field: &str) -> Option<PathBuf> {
+        let ca = ca?;
+        let path = self.folder_of(file).join(ca.get_ref());
+        if !path.is_file() {
+            self.error(
+                file,
+                ca.span(),
+                field.into(),
+                format!(
+                    "{} is not a readable file; give the PEM file of the CA that signed the server's certificate",
+                    path.display()
+                ),
+            );
+        }
+        Some(path)
     }
 
     /// The schedule files of `dir`, sorted by name so that reports are stable.

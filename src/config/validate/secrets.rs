@@ -189,12 +189,14 @@ impl Loader {
         let issuer = match (kind, &raw.issuer) {
             (raw::SecretKind::ApiKey, Some(issuer)) => {
                 let issuer = issuer.get_ref();
-                self.check_http_url(file, &issuer.url, &field("issuer.url"));
+                self.check_service_url(file, &issuer.url, &field("issuer.url"), issuer.allow_insecure_http.as_ref());
                 self.check_ref(&issuer.token, file, field("issuer.token"));
+                let ca_file = self.check_ca_file(file, issuer.ca_file.as_ref(), &field("issuer.ca_file"));
                 let base = self.folder_of(file);
                 Some(super::super::Issuer {
                     url: issuer.url.get_ref().clone(),
                     token: issuer.token.get_ref().clone().rebase(&base),
+                    ca_file,
                 })
             }
             (raw::SecretKind::ApiKey, None) => {

@@ -184,6 +184,7 @@ impl Services {
             kv_mount: "secret".into(),
             transit_mount: "transit".into(),
             namespace: None,
+            ca_file: None,
         }
     }
 }
