@@ -105,6 +105,14 @@ pub enum EvidenceError {
     /// The operating system's random source failed.
     #[error("cannot read the operating system's random source: {0}")]
     Random(String),
+    /// The head row disagrees with the records: no checkpoint is signed over it.
+    #[error(
+        "refusing to sign a checkpoint: {problem}; the ledger was changed outside vigil. Run `vigil evidence verify` to find the first record that is wrong"
+    )]
+    Unsigned {
+        /// What disagrees.
+        problem: String,
+    },
     /// The transaction that carried this append with others' failed.
     #[error(transparent)]
     Batch(Arc<EvidenceError>),
@@ -320,6 +328,9 @@ impl Ledger {
     /// Signs and stores a checkpoint of the ledger as it is now.
     pub async fn checkpoint(&self) -> Result<StoredCheckpoint, EvidenceError> {
         let head = store::head(&self.db).await?;
+        if let Some(problem) = store::head_problem(&self.db, &head).await? {
+            return Err(EvidenceError::Unsigned { problem });
+        }
         let checkpoint =
             Checkpoint { origin: self.key.name().into(), size: head.frontier.size(), root: head.frontier.root() };
         let note = self.key.sign_note(&checkpoint.body());
@@ -430,9 +441,12 @@ pub async fn prove(db: &Db, seq: u64, size: Option<u64>) -> Result<InclusionProo
     }
     let leaves = leaf_hashes(db, checkpoint.size).await?;
     let index = seq - 1;
-    let at = usize::try_from(index).expect("fits in memory");
+    // leaf_hashes returned all `checkpoint.size >= seq` leaves, so the record's is there.
+    let Some((at, leaf_hash)) = usize::try_from(index).ok().and_then(|at| Some((at, *leaves.get(at)?))) else {
+        return Err(EvidenceError::Incomplete { size: checkpoint.size, readable: leaves.len() as u64 });
+    };
     let proof = merkle::inclusion_proof(&leaves, at);
-    Ok(InclusionProof { leaf_hash: leaves[at], record, index, checkpoint, proof })
+    Ok(InclusionProof { leaf_hash, record, index, checkpoint, proof })
 }
 
 /// The consistency proof from the tree of the first `old_size` records to that of `new_size`.
@@ -445,20 +459,24 @@ pub async fn consistency(db: &Db, old_size: u64, new_size: u64) -> Result<Vec<Ha
         });
     }
     let leaves = leaf_hashes(db, new_size).await?;
-    Ok(merkle::consistency_proof(&leaves, usize::try_from(old_size).expect("fits in memory")))
+    // old_size <= new_size == leaves.len(), checked above and by leaf_hashes.
+    Ok(merkle::consistency_proof(&leaves, usize::try_from(old_size).unwrap_or(leaves.len())))
 }
 
 /// The leaf hashes of the first `size` records, read by the verifier's scan.
+///
+/// Memory grows with the records actually read, never with `size` itself: a stored
+/// checkpoint's size is data, and a tampered one (2^59) must give an error, not an allocation
+/// failure.
 async fn leaf_hashes(db: &Db, size: u64) -> Result<Vec<Hash>, EvidenceError> {
     struct Collect {
-        wanted: usize,
+        wanted: u64,
         leaves: Vec<Hash>,
         buffer: Vec<u8>,
     }
-    let wanted = usize::try_from(size).expect("fits in memory");
-    let state = Collect { wanted, leaves: Vec::with_capacity(wanted), buffer: Vec::new() };
+    let state = Collect { wanted: size, leaves: Vec::new(), buffer: Vec::new() };
     let collected = store::scan(db, state, |state, scanned| {
-        if state.leaves.len() >= state.wanted {
+        if state.leaves.len() as u64 >= state.wanted {
             return std::ops::ControlFlow::Break(());
         }
         // An unreadable row yields no leaf: the proof then fails to verify, as it should.
@@ -468,7 +486,7 @@ async fn leaf_hashes(db: &Db, size: u64) -> Result<Vec<Hash>, EvidenceError> {
         std::ops::ControlFlow::Continue(())
     })
     .await?;
-    if collected.leaves.len() < wanted {
+    if (collected.leaves.len() as u64) < size {
         return Err(EvidenceError::Incomplete { size, readable: collected.leaves.len() as u64 });
     }
     Ok(collected.leaves)

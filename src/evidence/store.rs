@@ -176,6 +176,37 @@ pub(super) async fn head(db: &Db) -> Result<Head, EvidenceError> {
     })
 }
 
+/// What is wrong with the head row against the records it describes, if anything: it must
+/// count exactly the records stored, and name the newest one's hash, which must be the hash of
+/// that record's contents. A checkpoint signs the head, so a head that a database writer
+/// edited (a size of 2^62 over 3 records) must never reach the signing key.
+pub(super) async fn head_problem(db: &Db, head: &Head) -> Result<Option<String>, EvidenceError> {
+    const COUNT: &str = "SELECT count(*), coalesce(max(seq), 0) FROM evidence_records";
+    let (count, max): (i64, i64) = on_pool!(db, pool => {
+        let row = sqlx::query(COUNT).fetch_one(pool).await?;
+        (row.try_get(0)?, row.try_get(1)?)
+    });
+    let size = head.frontier.size();
+    if i64::try_from(size).ok() != Some(count) || count != max {
+        return Ok(Some(format!(
+            "the head row says {size} records, but {count} are stored (the newest is number {max})"
+        )));
+    }
+    if size == 0 {
+        return Ok(None);
+    }
+    let Some(newest) = record(db, size).await? else {
+        return Ok(Some(format!("record {size}, the newest the head row names, cannot be read")));
+    };
+    if newest.compute_hash() != newest.hash {
+        return Ok(Some(format!("record {size}'s contents do not match its stored hash")));
+    }
+    if newest.hash != head.last_hash {
+        return Ok(Some(format!("the head row's last hash is not record {size}'s hash")));
+    }
+    Ok(None)
+}
+
 /// One record by sequence number.
 pub(super) async fn record(db: &Db, seq: u64) -> Result<Option<Record>, EvidenceError> {
     const SQL: &str = concat!("SELECT ", record_columns!(), " FROM evidence_records WHERE seq = $1");

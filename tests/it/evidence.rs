@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chrono::DateTime;
 use vigil::clock::{Clock, ManualClock};
 use vigil::evidence::{
-    self, GENESIS, KEY_ROLLOVER, Ledger, LedgerKey, NewRecord, NoteVerifier, Outcome, Problem, Record, RecordFilter,
-    Trust, merkle,
+    self, EvidenceError, GENESIS, KEY_ROLLOVER, Ledger, LedgerKey, NewRecord, NoteVerifier, Outcome, Problem, Record,
+    RecordFilter, Trust, merkle,
 };
 use vigil::secret::SecretRef;
 use vigil::state::Db;
@@ -663,4 +663,42 @@ fn an_interrupted_rollover_is_finished_on_the_next_open() {
 
 fn pending(key: &Path) -> PathBuf {
     PathBuf::from(format!("{}.next", key.display()))
+}
+
+/// A head row a database writer edited never reaches the signing key: a size of 2^62 over 40
+/// records (with a frontier that fits it) is refused, and so is a last hash that is not the
+/// newest record's.
+#[tokio::test]
+async fn a_checkpoint_is_never_signed_over_an_edited_head_row() {
+    let store = Store::sqlite();
+    let ledger = build(store.open().await, LedgerKey::generate("vigil/head")).await;
+    let db = ledger.db().clone();
+    let before = evidence::checkpoints(&db).await.unwrap().len();
+    let huge: u64 = 1 << 62;
+    let frontier = format!("{huge:016x}{}", "00".repeat(32));
+    exec(&db, &format!("UPDATE evidence_head SET size = {huge}, frontier = X'{frontier}' WHERE id = 1")).await;
+    let err = ledger.checkpoint().await.unwrap_err().to_string();
+    assert!(err.contains(&format!("says {huge} records, but 40 are stored")), "{err}");
+    assert!(err.contains("vigil evidence verify"), "{err}");
+    assert_eq!(evidence::checkpoints(&db).await.unwrap().len(), before, "nothing was signed");
+
+    let store = Store::sqlite();
+    let ledger = build(store.open().await, LedgerKey::generate("vigil/head")).await;
+    let db = ledger.db().clone();
+    exec(&db, &format!("UPDATE evidence_head SET last_hash = X'{}' WHERE id = 1", "11".repeat(32))).await;
+    let err = ledger.checkpoint().await.unwrap_err().to_string();
+    assert!(err.contains("last hash is not record 40's hash"), "{err}");
+}
+
+/// `evidence prove` allocates for the records it reads, not for the size a stored checkpoint
+/// claims: a checkpoint edited to 2^59 records is an error, not an allocation failure.
+#[tokio::test]
+async fn a_proof_against_an_edited_checkpoint_size_is_an_error_not_a_crash() {
+    let store = Store::sqlite();
+    let ledger = build(store.open().await, LedgerKey::generate("vigil/prove")).await;
+    let db = ledger.db().clone();
+    let huge: u64 = 1 << 59;
+    exec(&db, &format!("UPDATE evidence_checkpoints SET size = {huge} WHERE size = 37")).await;
+    let err = evidence::prove(&db, 5, Some(huge)).await.unwrap_err();
+    assert!(matches!(err, EvidenceError::Incomplete { readable: 40, .. }), "{err}");
 }
