@@ -10,6 +10,7 @@ mod config;
 mod engines;
 mod evidence;
 mod jwt;
+mod robustness;
 mod rotation;
 mod services;
 mod stores;
