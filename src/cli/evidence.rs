@@ -134,7 +134,12 @@ impl EvidenceCommand {
                     OutputFormat::Human => print!("{}", show_record(&record)),
                 }
             }
-            Self::Verify { vkey, vkey_file } => return verify(db, vkey.as_deref(), vkey_file.as_deref(), output).await,
+            Self::Verify { vkey, vkey_file } => {
+                // --vkey or --vkey-file first, then the configuration's pinned key.
+                let vkey =
+                    vkey.as_deref().or(if vkey_file.is_none() { plan.evidence.trusted_vkey.as_deref() } else { None });
+                return verify(db, vkey, vkey_file.as_deref(), output).await;
+            }
             Self::Checkpoint => {
                 let ledger = open_ledger(plan, db).await?;
                 let checkpoint = ledger.checkpoint().await?;

@@ -84,6 +84,9 @@ pub struct Evidence {
     pub store: StateStore,
     /// The ed25519 signing key file, created on first use when missing.
     pub signing_key: PathBuf,
+    /// The verifier key `vigil evidence verify` trusts (from `vigil evidence pubkey --vkey`,
+    /// kept apart from the ledger); without one it trusts the genesis record's key on first use.
+    pub trusted_vkey: Option<String>,
 }
 
 /// A database vigil rotates credentials on, backs up or restores into.

@@ -55,6 +55,7 @@ pub(super) struct EvidenceSection {
     pub password: Option<Spanned<SecretRef>>,
     pub signing_key: Option<PathBuf>,
     pub tls: Option<Spanned<Tls>>,
+    pub trusted_vkey: Option<Spanned<String>>,
 }
 
 /// `tls = { mode = "verify-full", ca_file = "ca.pem" }` on a database connection.

@@ -702,3 +702,34 @@ async fn a_proof_against_an_edited_checkpoint_size_is_an_error_not_a_crash() {
     let err = evidence::prove(&db, 5, Some(huge)).await.unwrap_err();
     assert!(matches!(err, EvidenceError::Incomplete { readable: 40, .. }), "{err}");
 }
+
+/// `evidence.trusted_vkey` pins the key `vigil evidence verify` trusts: a ledger signed end to
+/// end by another key passes trust on first use (as the output says), and fails when pinned.
+#[test]
+fn a_configured_trusted_vkey_pins_verification() {
+    let store = Store::sqlite();
+    let config = store.write_config();
+    let dir = store.dir.path();
+    let run = |config: &Path, rest: &[&str]| {
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend_from_slice(rest);
+        vigil(dir, &args)
+    };
+    run(&config, &["evidence", "append", "--kind", "manual.note", "--subject", "x"]).assert_code(0);
+    let trusted = LedgerKey::generate("vigil/elsewhere").verifier().vkey();
+    let tofu = run(&config, &["evidence", "verify"]);
+    tofu.assert_code(0);
+    assert!(tofu.stdout().contains("trusted on first use from the genesis record"), "{}", tofu.stdout());
+    let pinned = dir.join("pinned.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&pinned, text.replace("[evidence]\n", &format!("[evidence]\ntrusted_vkey = \"{trusted}\"\n")))
+        .unwrap();
+    let refused = run(&pinned, &["evidence", "verify"]);
+    refused.assert_code(1);
+    assert!(refused.stderr().contains("evidence verification failed"), "{}", refused.stderr());
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, text.replace("[evidence]\n", "[evidence]\ntrusted_vkey = \"not a key\"\n")).unwrap();
+    let check = run(&broken, &["config", "check"]);
+    check.assert_code(1);
+    assert!(check.stderr().contains("evidence.trusted_vkey: not a verifier key"), "{}", check.stderr());
+}

@@ -88,7 +88,21 @@ impl Loader {
                 }
             }
         };
-        Evidence { store, signing_key }
+        let trusted_vkey = raw.and_then(|e| e.trusted_vkey.as_ref()).and_then(|vkey| {
+            match crate::evidence::NoteVerifier::parse(vkey.get_ref()) {
+                Ok(_) => Some(vkey.get_ref().clone()),
+                Err(err) => {
+                    self.error(
+                        file,
+                        vkey.span(),
+                        "evidence.trusted_vkey".into(),
+                        format!("not a verifier key ({err}); copy the line `vigil evidence pubkey --vkey` prints"),
+                    );
+                    None
+                }
+            }
+        });
+        Evidence { store, signing_key, trusted_vkey }
     }
 
     pub(super) fn aws(&mut self, raw: Spanned<raw::AwsSection>) -> Aws {
