@@ -306,6 +306,25 @@ async fn a_stored_value_naming_another_user_stops_the_rotation_before_any_change
     assert!(status[0]["in_flight"].is_null(), "no saga started: {status}");
 }
 
+/// The stored value's `host` and `port` are the application's business: vigil connects where
+/// the target says, whatever the secret holds.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn the_stored_value_never_chooses_where_vigil_connects() {
+    let services = Services::load();
+    let cell = Cell::new(&services, Engine::Postgres, Strategy::Single, Store::Vault).await;
+    let current = cell.current().await;
+    let value = serde_json::json!({
+        "engine": "postgres", "host": "203.0.113.7", "port": 1, "dbname": "elsewhere",
+        "username": current.username, "password": secrecy::ExposeSecret::expose_secret(&current.password),
+    });
+    services.seed(Store::Vault, cell.dir.path(), &cell.path, &value).await;
+    let run = cell.vigil(&["--output", "json", "rotate", &cell.name]);
+    run.assert_code(0);
+    assert_eq!(run.json()["rotations"][0]["outcome"], "done", "{}", run.stdout());
+    cell.assert_current_logs_in().await;
+}
+
 /// The stored value changes to name another user while a single-user rotation is in flight,
 /// and the rotation then fails: its undo must not give that user the stored password.
 #[cfg(feature = "failpoints")]
