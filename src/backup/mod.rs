@@ -610,9 +610,14 @@ impl DumpSaga<'_> {
             location: &location,
         };
         catalog::started(backups.ctx.db, &started, &started_at).await?;
-        let admin = backups.ctx.stores.login(&target.admin).await.map_err(|err| match err {
+        // The read-only backup credential when the target names one: a dump needs no more.
+        let (credential, which) = match &target.backup_credential {
+            Some(reader) => (reader, "backup_credential"),
+            None => (&target.admin, "admin credential"),
+        };
+        let admin = backups.ctx.stores.login(credential).await.map_err(|err| match err {
             ReferenceError::Store(err) if err.is_transient() => StepError::Transient(err.to_string()),
-            err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", self.set.target.name)),
+            err => StepError::Failed(format!("cannot read the {which} of {}: {err}", self.set.target.name)),
         })?;
         let (key, wrapped) = self.connected.keys.generate(&id).await?;
         let endpoint = Endpoint {

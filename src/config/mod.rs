@@ -104,6 +104,9 @@ pub struct Target {
     pub database: Option<String>,
     /// The administrative credential, by reference.
     pub admin: SecretRef,
+    /// A read-only credential backups dump with instead of `admin` (least privilege:
+    /// `docs/privileges.md`).
+    pub backup_credential: Option<SecretRef>,
     /// How connections are secured.
     pub tls: Tls,
     /// Where the target is defined.

@@ -141,6 +141,7 @@ pub(super) struct Target {
     pub admin: Spanned<SecretRef>,
     pub instance_id: Option<Spanned<String>>,
     pub tls: Option<Spanned<Tls>>,
+    pub backup_credential: Option<Spanned<SecretRef>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -734,3 +734,53 @@ async fn dump_tools_get_their_password_only_through_a_private_file() {
         assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "{engine:?}: the password file is gone");
     }
 }
+
+/// Backups through a target's `backup_credential` holding only the read grants
+/// `docs/privileges.md` lists: written, verified, and the manifest's row counts the source's.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn backups_work_with_a_backup_credential_holding_only_the_documented_grants() {
+    let setup = Setup::new().await;
+    for engine in [vigil::engines::Engine::Postgres, vigil::engines::Engine::Mysql] {
+        let (kind, server, database) = match engine {
+            vigil::engines::Engine::Postgres => {
+                ("postgres", &setup.services.postgres, postgres_database(&setup.services, 1).await)
+            }
+            vigil::engines::Engine::Mysql => {
+                ("mysql", &setup.services.mariadb, mariadb_database(&setup.services).await)
+            }
+        };
+        let reader = unique("reader").replace('-', "_");
+        let password = format!("Reader-{}", unique("pw"));
+        let grants = match engine {
+            vigil::engines::Engine::Postgres => vec![
+                format!("CREATE ROLE {reader} LOGIN PASSWORD '{password}'"),
+                format!("GRANT pg_read_all_data TO {reader}"),
+            ],
+            vigil::engines::Engine::Mysql => vec![
+                format!("CREATE USER '{reader}'@'%' IDENTIFIED BY '{password}'"),
+                format!("GRANT SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT, PROCESS ON *.* TO '{reader}'@'%'"),
+            ],
+        };
+        admin_sql(engine, server, &grants).await;
+        let credential = crate::support::secret_file(
+            setup.path(),
+            &format!("reader-{kind}"),
+            &serde_json::json!({ "username": reader, "password": password }).to_string(),
+        );
+        let vigil::secret::SecretRef::File { path } = credential else { unreachable!() };
+        // The admin is broken on purpose: the backup must not need it.
+        let target = setup
+            .target(kind, server, &database)
+            .replace("\n\n", &format!("\nbackup_credential = {{ file = \"{}\" }}\n\n", path.display()));
+        let target = target.replacen(&format!("admin-{database}"), "no-such-admin-file", 1);
+        let set = format!("least-{kind}");
+        setup.write_schedule(&format!("{target}{}", setup.set(&set, &database, "local", "local")));
+        let id = setup.backup(&set);
+        let entry = setup.entry(&id);
+        assert_eq!(entry["status"], "verified", "{engine:?}: {entry}");
+        let listed = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.written"]).json();
+        let written = listed.as_array().unwrap().iter().rev().find(|r| r["outcome"] == "succeeded").unwrap().clone();
+        assert!(!written["details"].as_str().unwrap().contains(&password), "no password in evidence");
+    }
+}

@@ -306,6 +306,55 @@ async fn a_stored_value_naming_another_user_stops_the_rotation_before_any_change
     assert!(status[0]["in_flight"].is_null(), "no saga started: {status}");
 }
 
+/// Replaces the cell's admin credential with a fresh user holding exactly the grants
+/// `docs/privileges.md` lists for rotation.
+async fn least_privilege_admin(services: &Services, engine: Engine, cell: &Cell) {
+    let name = unique("rotator").replace('-', "_");
+    let password = format!("Rotator-{}", unique("pw"));
+    let statements = match engine {
+        Engine::Postgres => vec![format!("CREATE ROLE {name} LOGIN CREATEROLE PASSWORD '{password}'")],
+        Engine::Mysql => vec![
+            format!("CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'"),
+            format!("GRANT CREATE USER, PROCESS ON *.* TO '{name}'@'%'"),
+            format!("GRANT SELECT ON mysql.* TO '{name}'@'%'"),
+        ],
+    };
+    admin_sql(engine, db(services, engine), &statements).await;
+    secret_file(
+        cell.dir.path(),
+        "admin.json",
+        &serde_json::json!({ "username": name, "password": password }).to_string(),
+    );
+}
+
+/// Rotation with an admin holding only the documented grants (`docs/privileges.md`): setting
+/// passwords, comparing a pair's grants, counting sessions, and a single user's undo.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn rotation_works_with_only_the_documented_grants() {
+    let services = Services::load();
+    for (engine, strategy) in [
+        (Engine::Postgres, Strategy::Alternating),
+        (Engine::Mysql, Strategy::Alternating),
+        (Engine::Postgres, Strategy::Single),
+    ] {
+        let cell = Cell::new(&services, engine, strategy, Store::Vault).await;
+        least_privilege_admin(&services, engine, &cell).await;
+        let run = cell.vigil(&["--output", "json", "rotate", &cell.name]);
+        run.assert_code(0);
+        assert_eq!(run.json()["rotations"][0]["outcome"], "done", "{engine:?} {strategy:?}: {}", run.stdout());
+        cell.assert_current_logs_in().await;
+    }
+    // The undo of a single-user rotation, with the same grants.
+    let cell = Cell::new(&services, Engine::Postgres, Strategy::Single, Store::Vault).await;
+    least_privilege_admin(&services, Engine::Postgres, &cell).await;
+    cell.set_probe("SELECT * FROM pg_authid");
+    let run = cell.vigil(&["--output", "json", "rotate", &cell.name]);
+    run.assert_code(1);
+    assert_eq!(run.json()["rotations"][0]["outcome"], "rolled_back", "{}", run.stdout());
+    cell.assert_current_logs_in().await;
+}
+
 /// The stored value's `host` and `port` are the application's business: vigil connects where
 /// the target says, whatever the secret holds.
 #[tokio::test]

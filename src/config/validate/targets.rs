@@ -66,6 +66,9 @@ impl Loader {
             self.error(file, port.span(), field("port"), "port 0 is not a port; use 1-65535");
         }
         self.check_ref(&raw.admin, file, field("admin"));
+        if let Some(credential) = &raw.backup_credential {
+            self.check_ref(credential, file, field("backup_credential"));
+        }
         let tls = self.tls(file, raw.tls.as_ref(), &field("tls"), raw.host.get_ref());
         let engine = match engine? {
             raw::Engine::Postgres => Engine::Postgres,
@@ -78,6 +81,7 @@ impl Loader {
             port: raw.port.as_ref().map_or(engine.default_port(), |p| *p.get_ref()),
             database: raw.database.clone(),
             admin: raw.admin.get_ref().clone().rebase(&base),
+            backup_credential: raw.backup_credential.as_ref().map(|c| c.get_ref().clone().rebase(&base)),
             tls,
             defined_at: self.at(file, def.span.clone()),
         })
