@@ -237,10 +237,12 @@ impl KeyService for AwsKms {
                 what: "unwrap the data key",
                 reason: format!("the wrapped key is not base64: {err}"),
             })?;
+            // The configured key, not the one the manifest names: a manifest naming another key
+            // (which its writer may control) is refused by KMS itself (IncorrectKeyException).
             let out = self
                 .client
                 .decrypt()
-                .key_id(&wrapped.key_id)
+                .key_id(&self.key_id)
                 .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
                 .encryption_context(KMS_CONTEXT_KEY, context)
                 .send()
@@ -314,10 +316,17 @@ impl KeyService for VaultTransit {
     fn unwrap<'a>(&'a self, wrapped: &'a WrappedKey, _context: &'a str) -> BoxFuture<'a, Result<DataKey, KeyError>> {
         async move {
             expect_service(wrapped, TRANSIT, &self.key)?;
-            let out =
-                vaultrs::transit::data::decrypt(&self.client, &self.mount, &wrapped.key_id, &wrapped.wrapped, None)
-                    .await
-                    .map_err(|err| transit_error("unwrap the data key", err))?;
+            // Only the configured key unwraps: a manifest naming another Transit key is refused
+            // before Vault is asked.
+            if wrapped.key_id != self.key {
+                return Err(KeyError::OtherKey {
+                    found: format!("{TRANSIT} {}", wrapped.key_id),
+                    configured: format!("{TRANSIT} {}", self.key),
+                });
+            }
+            let out = vaultrs::transit::data::decrypt(&self.client, &self.mount, &self.key, &wrapped.wrapped, None)
+                .await
+                .map_err(|err| transit_error("unwrap the data key", err))?;
             let plaintext = Zeroizing::new(out.plaintext);
             decode_key(&plaintext, "unwrap the data key")
         }

@@ -784,3 +784,30 @@ async fn backups_work_with_a_backup_credential_holding_only_the_documented_grant
         assert!(!written["details"].as_str().unwrap().contains(&password), "no password in evidence");
     }
 }
+
+/// A manifest names the key that wrapped its data key, but only the configured key service
+/// unwraps: a backup wrapped by another KMS key or Transit key is refused, not opened with the
+/// key its (writable) manifest names.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn only_the_configured_key_unwraps_a_data_key() {
+    use vigil::kms::{self, KeyError, Settings};
+    let setup = Setup::new().await;
+    let other = Setup::new().await;
+    let aws = setup.services.aws(setup.path());
+    let vault = setup.services.vault(setup.path());
+    for (theirs, ours) in [
+        (Settings::AwsKms { key_id: other.kms_key.clone() }, Settings::AwsKms { key_id: setup.kms_key.clone() }),
+        (
+            Settings::VaultTransit { key: other.transit_key.clone() },
+            Settings::VaultTransit { key: setup.transit_key.clone() },
+        ),
+    ] {
+        let theirs = kms::connect(&theirs, Some(&aws), Some(&vault)).await.unwrap();
+        let ours = kms::connect(&ours, Some(&aws), Some(&vault)).await.unwrap();
+        let (_, wrapped) = theirs.generate("backup-1").await.unwrap();
+        theirs.unwrap(&wrapped, "backup-1").await.expect("the wrapping key unwraps");
+        let err = ours.unwrap(&wrapped, "backup-1").await.expect_err("another key's data key was unwrapped");
+        assert!(matches!(err, KeyError::OtherKey { .. } | KeyError::Refused { .. }), "{err}");
+    }
+}
