@@ -96,6 +96,19 @@ impl Loader {
                         format!("a {} secret needs `username`, the database user", kind.as_str()),
                     ));
                 }
+                // A user name reaches password files and SQL text: nothing that ends a line there.
+                for (name, user) in [("username", &raw.username), ("clone_username", &raw.clone_username)] {
+                    if let Some(user) = user
+                        && (user.get_ref().is_empty() || user.get_ref().chars().any(char::is_control))
+                    {
+                        self.error(
+                            file,
+                            user.span(),
+                            field(name),
+                            "a database user name must be non-empty, without control characters (CR, LF, NUL, …)",
+                        );
+                    }
+                }
                 refuse(
                     self,
                     raw.overlap.as_ref().map(Spanned::span),
