@@ -327,8 +327,8 @@ impl Ledger {
 
     /// Signs and stores a checkpoint of the ledger as it is now.
     pub async fn checkpoint(&self) -> Result<StoredCheckpoint, EvidenceError> {
-        let head = store::head(&self.db).await?;
-        if let Some(problem) = store::head_problem(&self.db, &head).await? {
+        let (head, problem) = store::checked_head(&self.db).await?;
+        if let Some(problem) = problem {
             return Err(EvidenceError::Unsigned { problem });
         }
         let checkpoint =
@@ -364,19 +364,7 @@ impl Ledger {
         &mut self,
         new_key: LedgerKey,
     ) -> Result<(StoredCheckpoint, StoredCheckpoint), EvidenceError> {
-        let old = self.key.verifier();
-        let new = new_key.verifier();
-        self.append(NewRecord {
-            kind: Kind::KeyRollover.into(),
-            subject: self.key.name().into(),
-            outcome: Outcome::Info,
-            details: serde_json::json!({
-                "old_vkey": old.vkey(),
-                "vkey": new.vkey(),
-                "fingerprint": new.fingerprint(),
-            }),
-        })
-        .await?;
+        self.append(rollover_record(&self.key, &new_key.verifier())).await?;
         self.complete_rollover(new_key).await
     }
 
@@ -391,6 +379,23 @@ impl Ledger {
         self.key = new_key;
         let by_new = self.checkpoint().await?;
         Ok((by_old, by_new))
+    }
+}
+
+/// The record announcing `new` as the ledger's next signing key. The retiring key `old` signs
+/// the new verifier key (`endorsement`): a verifier trusts the new key only with it, so a
+/// database writer cannot enrol a key of their own by inserting a record.
+pub fn rollover_record(old: &LedgerKey, new: &NoteVerifier) -> NewRecord {
+    NewRecord {
+        kind: Kind::KeyRollover.into(),
+        subject: old.name().into(),
+        outcome: Outcome::Info,
+        details: serde_json::json!({
+            "old_vkey": old.verifier().vkey(),
+            "vkey": new.vkey(),
+            "fingerprint": new.fingerprint(),
+            "endorsement": old.sign_note(&note::rollover_body(old.name(), &new.vkey())),
+        }),
     }
 }
 

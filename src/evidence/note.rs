@@ -185,6 +185,12 @@ fn split(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), NoteError> {
     Ok((body, parsed))
 }
 
+/// The statement a retiring key signs to endorse its successor: the ledger's origin and the
+/// new verifier key, so that an endorsement cannot be moved to another ledger or key.
+pub fn rollover_body(origin: &str, new_vkey: &str) -> String {
+    format!("vigil.evidence.v1 key rollover\n{origin}\n{new_vkey}\n")
+}
+
 /// Checks that `note` carries a valid signature by one of `trusted`, and returns its body and
 /// the verifier that checked it.
 pub fn open<'a, 'n>(note: &'n str, trusted: &'a [NoteVerifier]) -> Result<(&'n str, &'a NoteVerifier), NoteError> {

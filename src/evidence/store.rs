@@ -176,35 +176,58 @@ pub(super) async fn head(db: &Db) -> Result<Head, EvidenceError> {
     })
 }
 
-/// What is wrong with the head row against the records it describes, if anything: it must
-/// count exactly the records stored, and name the newest one's hash, which must be the hash of
-/// that record's contents. A checkpoint signs the head, so a head that a database writer
-/// edited (a size of 2^62 over 3 records) must never reach the signing key.
-pub(super) async fn head_problem(db: &Db, head: &Head) -> Result<Option<String>, EvidenceError> {
+/// The head row, read in one snapshot with what it must agree with, and what disagrees, if
+/// anything: it must count exactly the records stored, and name the newest one's hash, which
+/// must be the hash of that record's contents. A checkpoint signs the head, so a head that a
+/// database writer edited (a size of 2^62 over 3 records) must never reach the signing key.
+/// One snapshot, so that another process appending meanwhile is not mistaken for tampering.
+pub(super) async fn checked_head(db: &Db) -> Result<(Head, Option<String>), EvidenceError> {
+    const HEAD: &str = "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1";
     const COUNT: &str = "SELECT count(*), coalesce(max(seq), 0) FROM evidence_records";
-    let (count, max): (i64, i64) = on_pool!(db, pool => {
-        let row = sqlx::query(COUNT).fetch_one(pool).await?;
-        (row.try_get(0)?, row.try_get(1)?)
-    });
-    let size = head.frontier.size();
-    if i64::try_from(size).ok() != Some(count) || count != max {
-        return Ok(Some(format!(
-            "the head row says {size} records, but {count} are stored (the newest is number {max})"
-        )));
+    const NEWEST: &str = concat!("SELECT ", record_columns!(), " FROM evidence_records WHERE seq = $1");
+    macro_rules! read_in {
+        ($tx:ident) => {{
+            let row = sqlx::query(HEAD).fetch_one(&mut *$tx).await?;
+            let head = Head::decode(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)?;
+            let row = sqlx::query(COUNT).fetch_one(&mut *$tx).await?;
+            let (count, max): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let newest =
+                match sqlx::query(NEWEST).bind(seq_param(head.frontier.size())).fetch_optional(&mut *$tx).await? {
+                    Some(row) => Some(decode_record(&row)?),
+                    None => None,
+                };
+            $tx.commit().await?;
+            (head, count, max, newest)
+        }};
     }
-    if size == 0 {
-        return Ok(None);
-    }
-    let Some(newest) = record(db, size).await? else {
-        return Ok(Some(format!("record {size}, the newest the head row names, cannot be read")));
+    let (head, count, max, newest) = match db {
+        Db::Sqlite(pool) => {
+            // A deferred transaction in WAL mode reads one snapshot from its first read on.
+            let mut tx = pool.begin().await?;
+            read_in!(tx)
+        }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+            read_in!(tx)
+        }
     };
-    if newest.compute_hash() != newest.hash {
-        return Ok(Some(format!("record {size}'s contents do not match its stored hash")));
-    }
-    if newest.hash != head.last_hash {
-        return Ok(Some(format!("the head row's last hash is not record {size}'s hash")));
-    }
-    Ok(None)
+    let size = head.frontier.size();
+    let problem = if i64::try_from(size).ok() != Some(count) || count != max {
+        Some(format!("the head row says {size} records, but {count} are stored (the newest is number {max})"))
+    } else {
+        match newest {
+            _ if size == 0 => None,
+            None => Some(format!("record {size}, the newest the head row names, cannot be read")),
+            Some(newest) if newest.compute_hash() != newest.hash => {
+                Some(format!("record {size}'s contents do not match its stored hash"))
+            }
+            Some(newest) if newest.hash != head.last_hash => {
+                Some(format!("the head row's last hash is not record {size}'s hash"))
+            }
+            Some(_) => None,
+        }
+    };
+    Ok((head, problem))
 }
 
 /// One record by sequence number.

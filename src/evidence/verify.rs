@@ -222,10 +222,25 @@ impl Walk {
                 }
             }
         } else if record.kind == KEY_ROLLOVER {
-            match announced_key(record.details) {
-                Some(verifier) => self.announced.push((record.seq, verifier)),
-                None => return problem(format!("key rollover record {expected} announces no valid key")),
+            let Some(verifier) = announced_key(record.details) else {
+                return problem(format!("key rollover record {expected} announces no valid key"));
+            };
+            // Only a key the key it replaces endorsed: a rollover record a database writer
+            // inserted (which vigil's next checkpoint would cover) enrols nothing.
+            let origin = self.origin.clone().unwrap_or_default();
+            let candidates: Vec<NoteVerifier> = self.trusted.iter().chain(&self.promoted).cloned().collect();
+            let endorsed = endorsement(record.details).is_some_and(|note| {
+                note::open(&note, &candidates)
+                    .is_ok_and(|(body, _)| body == note::rollover_body(&origin, &verifier.vkey()))
+            });
+            if !endorsed {
+                return problem(format!(
+                    "key rollover record {expected} announces key {}+{:08x}, which the key it replaces did not sign: a key was enrolled outside vigil",
+                    verifier.name(),
+                    verifier.id()
+                ));
             }
+            self.announced.push((record.seq, verifier));
         }
         self.last_hash = hash;
         self.frontier.push(leaf);
@@ -238,6 +253,11 @@ impl Walk {
         }
         Ok(())
     }
+}
+
+fn endorsement(details: &str) -> Option<String> {
+    let details: serde_json::Value = serde_json::from_str(details).ok()?;
+    Some(details.get("endorsement")?.as_str()?.to_owned())
 }
 
 fn announced_key(details: &str) -> Option<NoteVerifier> {

@@ -634,15 +634,7 @@ fn an_interrupted_rollover_is_finished_on_the_next_open() {
     rt.block_on(async {
         let db = Db::open(&EvidenceStore::Sqlite { path: dir.join("data/evidence.db") }).await.unwrap();
         let ledger = Ledger::open(db.clone(), LedgerKey::load(&key_path).unwrap(), clock()).await.unwrap();
-        ledger
-            .append(NewRecord {
-                kind: KEY_ROLLOVER.into(),
-                subject: name.clone(),
-                outcome: Outcome::Info,
-                details: serde_json::json!({ "vkey": next_vkey }),
-            })
-            .await
-            .unwrap();
+        ledger.append(evidence::rollover_record(&LedgerKey::load(&key_path).unwrap(), &next.verifier())).await.unwrap();
         db.close().await;
     });
 
@@ -732,4 +724,36 @@ fn a_configured_trusted_vkey_pins_verification() {
     let check = run(&broken, &["config", "check"]);
     check.assert_code(1);
     assert!(check.stderr().contains("evidence.trusted_vkey: not a verifier key"), "{}", check.stderr());
+}
+
+/// A rollover record a database writer inserted (its hashes right, so vigil's next checkpoint
+/// covers it) enrols no key: only a key the retiring key endorsed is trusted.
+#[tokio::test]
+async fn a_rollover_record_without_the_old_keys_endorsement_enrols_nothing() {
+    let store = Store::sqlite();
+    let key = LedgerKey::generate("vigil/enrol");
+    let pinned = key.verifier();
+    let ledger = build(store.open().await, key).await;
+    let intruder = LedgerKey::generate("vigil/enrol");
+    ledger
+        .append(NewRecord {
+            kind: KEY_ROLLOVER.into(),
+            subject: "vigil/enrol".into(),
+            outcome: Outcome::Info,
+            details: serde_json::json!({ "vkey": intruder.verifier().vkey() }),
+        })
+        .await
+        .unwrap();
+    ledger.checkpoint().await.unwrap();
+    let report = evidence::verify(ledger.db(), Trust::Pinned(Box::new(pinned.clone()))).await.unwrap();
+    expect_problem(report.problem, 41, "which the key it replaces did not sign");
+    // An endorsement by the intruder's own key is no better.
+    let store = Store::sqlite();
+    let key = LedgerKey::generate("vigil/enrol");
+    let pinned = key.verifier();
+    let ledger = build(store.open().await, key).await;
+    ledger.append(evidence::rollover_record(&intruder, &LedgerKey::generate("vigil/enrol").verifier())).await.unwrap();
+    ledger.checkpoint().await.unwrap();
+    let report = evidence::verify(ledger.db(), Trust::Pinned(Box::new(pinned))).await.unwrap();
+    expect_problem(report.problem, 41, "which the key it replaces did not sign");
 }
