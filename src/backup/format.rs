@@ -5,20 +5,25 @@
 //! Each segment's nonce is its index and a final flag, and its associated data binds the
 //! header's hash, the index and the flag, so a flipped byte, a reordered, dropped or repeated
 //! segment, a truncation and a spliced header all fail to open. The data key is fresh per
-//! backup, so index-derived nonces never repeat under one key. `docs/backup-format.md`
-//! specifies the layout for other implementations.
+//! backup, so index-derived nonces never repeat under one key. From format version 2 the
+//! AES-256-GCM key and the key-check HMAC key are derived from the data key with HKDF-SHA256
+//! under distinct labels, so no key serves two algorithms; version 1 objects (the data key used
+//! for both) still read. `docs/backup-format.md` specifies the layout for other implementations.
 
 use std::io::{self, Read, Write};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::{digest, hmac};
+use aws_lc_rs::{digest, hkdf, hmac};
+use zeroize::Zeroizing;
 
 pub use crate::kms::DataKey;
 
 /// The first bytes of every backup object.
 pub const MAGIC: &[u8; 8] = b"VIGILBAK";
-/// The format version this build writes and reads.
-pub const VERSION: u8 = 1;
+/// The format version this build writes.
+pub const VERSION: u8 = 2;
+/// The versions this build reads.
+const READABLE: [u8; 2] = [1, 2];
 /// Compression of the sealed plaintext: zstd.
 const COMPRESSION_ZSTD: u8 = 1;
 /// Bytes of the GCM tag after each segment.
@@ -33,15 +38,35 @@ const MAX_ID_LEN: usize = 255;
 /// Domain separation for the key check.
 const KEY_CHECK_LABEL: &[u8] = b"vigil backup key check v1";
 
-/// The AEAD under `key`.
-fn aead(key: &DataKey) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.expose()).expect("32 bytes is an AES-256 key"))
+/// HKDF labels (`info`) of the version 2 subkeys; the salt is empty (the data key is already
+/// uniformly random).
+const AEAD_LABEL_V2: &[u8] = b"vigil backup v2 aes-256-gcm";
+const KEY_CHECK_KEY_LABEL_V2: &[u8] = b"vigil backup v2 key check";
+
+/// The subkey for `label`: HKDF-SHA256 of the data key (version 2), or the data key itself
+/// (version 1).
+fn subkey(key: &DataKey, version: u8, label: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new(*key.expose());
+    if version >= 2 {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(key.expose());
+        prk.expand(&[label], hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(out.as_mut()))
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+    }
+    out
+}
+
+/// The AEAD under `key`, for an object of `version`.
+fn aead(key: &DataKey, version: u8) -> LessSafeKey {
+    let key = subkey(key, version, AEAD_LABEL_V2);
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_ref()).expect("32 bytes is an AES-256 key"))
 }
 
 /// A commitment to `key` under `header`: GCM is not key-committing, so without it a wrong key
 /// would show as a corrupt first segment instead of as the wrong key.
-fn key_check(key: &DataKey, header: &[u8]) -> [u8; 32] {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key.expose());
+fn key_check(key: &DataKey, version: u8, header: &[u8]) -> [u8; 32] {
+    let key = subkey(key, version, KEY_CHECK_KEY_LABEL_V2);
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key.as_ref());
     let mut context = hmac::Context::with_key(&key);
     context.update(KEY_CHECK_LABEL);
     context.update(header);
@@ -55,7 +80,7 @@ pub enum FormatError {
     #[error("header check failed: this is not a vigil backup (bad magic bytes)")]
     Magic,
     /// A version this build cannot read.
-    #[error("header check failed: format version {0} is not supported by this vigil (it reads version {VERSION})")]
+    #[error("header check failed: format version {0} is not supported by this vigil (it reads versions 1 and 2)")]
     Version(u8),
     /// A header field is out of range.
     #[error("header check failed: {0}")]
@@ -103,6 +128,8 @@ impl From<FormatError> for io::Error {
 /// The header's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// The format version.
+    pub version: u8,
     /// Plaintext bytes per segment.
     pub segment_size: u32,
     /// The backup id.
@@ -115,7 +142,7 @@ impl Header {
         let id = self.backup_id.as_bytes();
         let mut out = Vec::with_capacity(16 + id.len());
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(self.version);
         out.push(COMPRESSION_ZSTD);
         out.extend_from_slice(&self.segment_size.to_be_bytes());
         out.push(u8::try_from(id.len()).expect("backup ids are short"));
@@ -156,21 +183,32 @@ pub struct Sealer<W: Write> {
 
 impl<W: Write> Sealer<W> {
     /// Writes the header for `backup_id` and returns a sealer for the segments.
-    pub fn new(mut inner: W, key: &DataKey, backup_id: &str, segment_size: u32) -> Result<Self, FormatError> {
+    pub fn new(inner: W, key: &DataKey, backup_id: &str, segment_size: u32) -> Result<Self, FormatError> {
+        Self::with_version(inner, key, backup_id, segment_size, VERSION)
+    }
+
+    /// As [`Sealer::new`], in format `version` (tests write version 1 to prove it still reads).
+    fn with_version(
+        mut inner: W,
+        key: &DataKey,
+        backup_id: &str,
+        segment_size: u32,
+        version: u8,
+    ) -> Result<Self, FormatError> {
         if backup_id.len() > MAX_ID_LEN {
             return Err(FormatError::Header(format!("backup id is longer than {MAX_ID_LEN} bytes")));
         }
         if !SEGMENT_SIZES.contains(&segment_size) {
             return Err(FormatError::Header(format!("segment size {segment_size} is outside {SEGMENT_SIZES:?}")));
         }
-        let header = Header { segment_size, backup_id: backup_id.to_owned() };
+        let header = Header { version, segment_size, backup_id: backup_id.to_owned() };
         let mut bytes = header.prefix();
-        bytes.extend_from_slice(&key_check(key, &bytes));
+        bytes.extend_from_slice(&key_check(key, version, &bytes));
         inner.write_all(&bytes)?;
         let segment_size = segment_size as usize;
         Ok(Self {
             inner,
-            key: aead(key),
+            key: aead(key, version),
             header_hash: sha256(&bytes),
             segment_size,
             buffer: Vec::with_capacity(segment_size + TAG_LEN),
@@ -226,8 +264,9 @@ pub fn read_header(inner: &mut impl Read) -> Result<(Header, Vec<u8>), FormatErr
     if &fixed[..8] != MAGIC {
         return Err(FormatError::Magic);
     }
-    if fixed[8] != VERSION {
-        return Err(FormatError::Version(fixed[8]));
+    let version = fixed[8];
+    if !READABLE.contains(&version) {
+        return Err(FormatError::Version(version));
     }
     if fixed[9] != COMPRESSION_ZSTD {
         return Err(FormatError::Header(format!("unknown compression {}", fixed[9])));
@@ -244,7 +283,7 @@ pub fn read_header(inner: &mut impl Read) -> Result<(Header, Vec<u8>), FormatErr
     let mut bytes = fixed.to_vec();
     bytes.extend_from_slice(backup_id.as_bytes());
     bytes.extend_from_slice(&check);
-    Ok((Header { segment_size, backup_id }, bytes))
+    Ok((Header { version, segment_size, backup_id }, bytes))
 }
 
 fn read_exact_or(inner: &mut impl Read, buf: &mut [u8]) -> Result<(), FormatError> {
@@ -276,7 +315,7 @@ impl<R: Read> Opener<R> {
     pub fn new(mut inner: R, key: &DataKey, backup_id: &str) -> Result<Self, FormatError> {
         let (header, bytes) = read_header(&mut inner)?;
         let prefix_len = bytes.len() - 32;
-        if key_check(key, &bytes[..prefix_len]).as_slice() != &bytes[prefix_len..] {
+        if key_check(key, header.version, &bytes[..prefix_len]).as_slice() != &bytes[prefix_len..] {
             return Err(FormatError::KeyCheck);
         }
         if header.backup_id != backup_id {
@@ -285,7 +324,7 @@ impl<R: Read> Opener<R> {
         let segment_size = header.segment_size as usize;
         Ok(Self {
             inner,
-            key: aead(key),
+            key: aead(key, header.version),
             header_hash: sha256(&bytes),
             segment_size,
             buffer: vec![0; segment_size + TAG_LEN + 1],
@@ -475,6 +514,31 @@ mod tests {
             assert_eq!(object.len(), header_len() + len + segments * TAG_LEN, "{len}");
             assert_eq!(open(&key, &object).unwrap(), plain, "{len}");
         }
+    }
+
+    #[test]
+    fn version_1_objects_still_open_and_version_2_keys_are_derived() {
+        let key = DataKey::generate();
+        let plain = plaintext(3000);
+        let mut v1 = Sealer::with_version(Vec::new(), &key, ID, 1024, 1).unwrap();
+        v1.write_all(&plain).unwrap();
+        let v1 = v1.finish().unwrap();
+        assert_eq!(v1[8], 1);
+        assert_eq!(open(&key, &v1).unwrap(), plain);
+        let v2 = seal(&key, &plain, 1024);
+        assert_eq!(v2[8], VERSION);
+        assert_eq!(open(&key, &v2).unwrap(), plain);
+        // The same header under either version: only the derived keys tell them apart.
+        assert_ne!(key_check(&key, 1, b"header"), key_check(&key, 2, b"header"));
+        assert_ne!(*subkey(&key, 2, AEAD_LABEL_V2), *subkey(&key, 2, KEY_CHECK_KEY_LABEL_V2));
+        assert_ne!(*subkey(&key, 2, AEAD_LABEL_V2), *key.expose());
+        // A version 1 header relabelled as version 2 fails the key check, not a segment.
+        let mut relabelled = v1.clone();
+        relabelled[8] = 2;
+        assert!(matches!(open(&key, &relabelled), Err(FormatError::KeyCheck)));
+        let mut unknown = v2.clone();
+        unknown[8] = 3;
+        assert!(matches!(open(&key, &unknown), Err(FormatError::Version(3))));
     }
 
     #[test]
