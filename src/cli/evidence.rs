@@ -138,7 +138,8 @@ impl EvidenceCommand {
                 // --vkey or --vkey-file first, then the configuration's pinned key.
                 let vkey =
                     vkey.as_deref().or(if vkey_file.is_none() { plan.evidence.trusted_vkey.as_deref() } else { None });
-                return verify(db, vkey, vkey_file.as_deref(), output).await;
+                let witness = witness(plan).await?;
+                return verify(db, vkey, vkey_file.as_deref(), witness.as_deref(), output).await;
             }
             Self::Checkpoint => {
                 let ledger = open_ledger(plan, db).await?;
@@ -228,7 +229,13 @@ impl EvidenceCommand {
     }
 }
 
-async fn verify(db: &Db, vkey: Option<&str>, vkey_file: Option<&Path>, output: OutputFormat) -> anyhow::Result<Exit> {
+async fn verify(
+    db: &Db,
+    vkey: Option<&str>,
+    vkey_file: Option<&Path>,
+    witness: Option<&dyn crate::objects::ObjectStore>,
+    output: OutputFormat,
+) -> anyhow::Result<Exit> {
     let vkey = match (vkey, vkey_file) {
         (Some(vkey), _) => Some(vkey.to_owned()),
         (None, Some(path)) => {
@@ -261,6 +268,14 @@ async fn verify(db: &Db, vkey: Option<&str>, vkey_file: Option<&Path>, output: O
     if let Some(problem) = &report.problem {
         bail!("evidence verification failed at record {}: {}", problem.seq, problem.what);
     }
+    if let Some(witness) = witness {
+        if let Some(disagreement) = evidence::witness::compare(db, witness).await? {
+            bail!("evidence verification failed: the database and the checkpoint witness disagree: {disagreement}");
+        }
+        if output == OutputFormat::Human {
+            println!("witness      every checkpoint matches its copy outside the database");
+        }
+    }
     if output == OutputFormat::Human {
         println!("ok: every record and checkpoint verifies");
     }
@@ -269,7 +284,20 @@ async fn verify(db: &Db, vkey: Option<&str>, vkey_file: Option<&Path>, output: O
 
 /// Opens the ledger for writing with its signing key (see `evidence::lifecycle`).
 pub(super) async fn open_ledger(plan: &Plan, db: &Db) -> anyhow::Result<Ledger> {
-    Ok(evidence::lifecycle::open(db, &plan.evidence.signing_key, Arc::new(SystemClock)).await?)
+    let ledger = evidence::lifecycle::open(db, &plan.evidence.signing_key, Arc::new(SystemClock)).await?;
+    Ok(match witness(plan).await? {
+        Some(witness) => ledger.with_witness(witness).await?,
+        None => ledger,
+    })
+}
+
+/// The checkpoint witness the configuration names, connected.
+async fn witness(plan: &Plan) -> anyhow::Result<Option<Box<dyn crate::objects::ObjectStore>>> {
+    let Some(settings) = &plan.evidence.witness else { return Ok(None) };
+    let store = crate::objects::connect(settings, plan.aws.as_ref())
+        .await
+        .with_context(|| format!("connect the checkpoint witness {settings}"))?;
+    Ok(Some(store))
 }
 
 /// Accepts RFC 3339 times and plain dates (midnight UTC), in the stored form.

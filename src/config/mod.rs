@@ -87,6 +87,8 @@ pub struct Evidence {
     /// The verifier key `vigil evidence verify` trusts (from `vigil evidence pubkey --vkey`,
     /// kept apart from the ledger); without one it trusts the genesis record's key on first use.
     pub trusted_vkey: Option<String>,
+    /// Where each checkpoint is also written, outside the database.
+    pub witness: Option<objects::Settings>,
 }
 
 /// A database vigil rotates credentials on, backs up or restores into.

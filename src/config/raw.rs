@@ -56,6 +56,17 @@ pub(super) struct EvidenceSection {
     pub signing_key: Option<PathBuf>,
     pub tls: Option<Spanned<Tls>>,
     pub trusted_vkey: Option<Spanned<String>>,
+    pub witness: Option<Spanned<Witness>>,
+}
+
+/// `witness = { store = "local", path = "…" }` or `{ store = "s3", bucket = "…", prefix = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Witness {
+    pub store: Spanned<String>,
+    pub path: Option<PathBuf>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
 }
 
 /// `tls = { mode = "verify-full", ca_file = "ca.pem" }` on a database connection.

@@ -16,6 +16,7 @@ pub mod note;
 mod record;
 mod store;
 mod verify;
+pub mod witness;
 
 use std::sync::{Arc, Mutex};
 
@@ -113,6 +114,9 @@ pub enum EvidenceError {
         /// What disagrees.
         problem: String,
     },
+    /// The witness could not be read.
+    #[error("cannot read the checkpoint witness: {0}")]
+    Witness(String),
     /// The transaction that carried this append with others' failed.
     #[error(transparent)]
     Batch(Arc<EvidenceError>),
@@ -158,6 +162,8 @@ pub struct Ledger {
     queue: Mutex<Vec<Waiting>>,
     /// Held by the one task writing the queue out.
     writer: tokio::sync::Mutex<()>,
+    /// Where each checkpoint is also written, outside the database.
+    witness: Option<Box<dyn crate::objects::ObjectStore>>,
 }
 
 /// One append's validated records, and where its outcome goes.
@@ -181,6 +187,7 @@ impl Ledger {
             last_checkpoint: Mutex::new(None),
             queue: Mutex::default(),
             writer: tokio::sync::Mutex::default(),
+            witness: None,
         };
         if size(&ledger.db).await? == 0 {
             let verifier = ledger.key.verifier();
@@ -207,6 +214,14 @@ impl Ledger {
             *ledger.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = signed_at;
         }
         Ok(ledger)
+    }
+
+    /// Writes every checkpoint from now on to `witness` as well; a witness used for the first
+    /// time receives the checkpoints the ledger already has.
+    pub async fn with_witness(mut self, witness: Box<dyn crate::objects::ObjectStore>) -> Result<Self, EvidenceError> {
+        witness::adopt(&self.db, witness.as_ref()).await?;
+        self.witness = Some(witness);
+        Ok(self)
     }
 
     /// The store this ledger writes to.
@@ -348,13 +363,21 @@ impl Ledger {
         )
         .await?;
         *self.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
-        Ok(StoredCheckpoint {
+        let stored = StoredCheckpoint {
             id,
             size: checkpoint.size,
             key: format!("{}+{:08x}", verifier.name(), verifier.id()),
             signed_at,
             note,
-        })
+        };
+        if let Some(witness) = &self.witness
+            && let Err(err) = witness::record(witness.as_ref(), &stored).await
+        {
+            // The checkpoint stands in the database; `vigil evidence verify` names the one the
+            // witness lacks. Failing the action it closes (a rotation, a backup) would not help.
+            tracing::error!(checkpoint = stored.id, size = stored.size, %err, "cannot write the checkpoint to the witness");
+        }
+        Ok(stored)
     }
 
     /// Moves signing to `new_key`: a record announces it, a checkpoint signed with the old key

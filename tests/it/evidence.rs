@@ -757,3 +757,66 @@ async fn a_rollover_record_without_the_old_keys_endorsement_enrols_nothing() {
     let report = evidence::verify(ledger.db(), Trust::Pinned(Box::new(pinned))).await.unwrap();
     expect_problem(report.problem, 41, "which the key it replaces did not sign");
 }
+
+/// Every checkpoint is also written to a witness outside the database, and `verify` names the
+/// first disagreement: a checkpoint removed from the database, or one whose copy differs.
+#[test]
+fn the_checkpoint_witness_catches_checkpoints_rewritten_in_the_database() {
+    let store = Store::sqlite();
+    let config = store.write_config();
+    let dir = store.dir.path();
+    let witness = dir.join("witness");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "[evidence]\n",
+            &format!("[evidence]\nwitness = {{ store = \"local\", path = \"{}\" }}\n", witness.display()),
+        ),
+    )
+    .unwrap();
+    let run = |rest: &[&str]| {
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend_from_slice(rest);
+        vigil(dir, &args)
+    };
+    run(&["evidence", "append", "--kind", "manual.note", "--subject", "a"]).assert_code(0);
+    run(&["evidence", "checkpoint"]).assert_code(0);
+    run(&["evidence", "append", "--kind", "manual.note", "--subject", "b"]).assert_code(0);
+    run(&["evidence", "checkpoint"]).assert_code(0);
+    let notes: Vec<String> = std::fs::read_dir(witness.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(notes.iter().any(|n| n == "latest.note") && notes.len() >= 4, "{notes:?}");
+    let ok = run(&["evidence", "verify"]);
+    ok.assert_code(0);
+    assert!(ok.stdout().contains("every checkpoint matches its copy outside the database"), "{}", ok.stdout());
+
+    // Someone with the database removes the newest checkpoint (to hide what it covered).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = Db::open(&EvidenceStore::Sqlite { path: dir.join("data/evidence.db") }).await.unwrap();
+        exec(&db, "DELETE FROM evidence_checkpoints WHERE size = (SELECT max(size) FROM evidence_checkpoints)").await;
+        db.close().await;
+    });
+    let removed = run(&["evidence", "verify"]);
+    removed.assert_code(1);
+    assert!(
+        removed.stderr().contains("is not in the database: checkpoints were removed or replaced"),
+        "{}",
+        removed.stderr()
+    );
+
+    // A witnessed copy that differs from the database's.
+    let copy = std::fs::read_dir(witness.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "latest.note"))
+        .min()
+        .unwrap();
+    std::fs::write(&copy, "not the note\n").unwrap();
+    let differs = run(&["evidence", "verify"]);
+    differs.assert_code(1);
+    assert!(differs.stderr().contains("differs from its copy"), "{}", differs.stderr());
+}

@@ -9,6 +9,7 @@ use super::super::raw;
 use super::super::{Controller, Evidence};
 use super::*;
 use crate::aws::{AwsCredentials, AwsSettings as Aws};
+use crate::objects;
 use crate::secret::resolve_path;
 use crate::state::StateStore as EvidenceStore;
 use crate::stores::VaultSettings as Vault;
@@ -102,7 +103,28 @@ impl Loader {
                 }
             }
         });
-        Evidence { store, signing_key, trusted_vkey }
+        let witness = raw.and_then(|e| e.witness.as_ref()).and_then(|witness| {
+            let w = witness.get_ref();
+            match (w.store.get_ref().as_str(), &w.path, &w.bucket) {
+                ("local", Some(path), None) => Some(objects::Settings::Local { path: resolve_path(base, path) }),
+                ("s3", None, Some(bucket)) => Some(objects::Settings::S3 {
+                    bucket: bucket.clone(),
+                    prefix: w.prefix.clone().unwrap_or_else(|| "vigil-witness/".into()),
+                    sse_kms_key_id: None,
+                    object_lock: None,
+                }),
+                _ => {
+                    self.error(
+                        file,
+                        witness.span(),
+                        "evidence.witness".into(),
+                        "write witness = { store = \"local\", path = \"/folder\" } or { store = \"s3\", bucket = \"…\", prefix = \"…\" }",
+                    );
+                    None
+                }
+            }
+        });
+        Evidence { store, signing_key, trusted_vkey, witness }
     }
 
     pub(super) fn aws(&mut self, raw: Spanned<raw::AwsSection>) -> Aws {
