@@ -133,17 +133,10 @@ async fn vault_kv_promotion_cut_short_after_its_write_finishes_without_a_second_
     let dir = tempfile::tempdir().unwrap();
     let store = VaultKv::connect(&services.vault(dir.path())).unwrap();
     let path = unique("vigil-store");
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/secret/data/{path}", services.openbao.address);
+    // A new version of the secret, as any KV writer makes one.
     let write = async |password: &str| {
-        let written = http
-            .post(&url)
-            .header("X-Vault-Token", &services.openbao.token)
-            .json(&serde_json::json!({ "data": { "engine": "postgres", "username": "app", "password": password } }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(written.status(), 200);
+        let value = serde_json::json!({ "engine": "postgres", "username": "app", "password": password });
+        services.seed(crate::support::Store::Vault, dir.path(), &path, &value).await;
     };
     write("initial").await;
     let first = token("1");
