@@ -69,13 +69,8 @@ impl Tls {
 
     /// libpq's settings (`pg_dump`, `pg_restore`), as environment variables.
     pub fn libpq_env(&self) -> Vec<(&'static str, OsString)> {
-        let mode = match self.mode {
-            TlsMode::VerifyFull => "verify-full",
-            TlsMode::VerifyCa => "verify-ca",
-            TlsMode::Require => "require",
-            TlsMode::Disable => "disable",
-        };
-        let mut env = vec![("PGSSLMODE", OsString::from(mode))];
+        // libpq's sslmode names are vigil's.
+        let mut env = vec![("PGSSLMODE", OsString::from(self.mode.as_str()))];
         if self.mode.verifies() {
             env.push(("PGSSLROOTCERT", self.roots().as_os_str().to_owned()));
         }
