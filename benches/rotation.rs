@@ -319,7 +319,12 @@ async fn vault_variant(args: &Args, services: &serde_json::Value) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
 
     // OpenBao's database secrets engine on the same server, with SCRAM verifiers as vigil sets.
-    let http = reqwest::Client::new();
+    // OpenBao runs with TLS; its CA is in the services file.
+    let bao_ca = bao["ca_file"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&bao_ca).unwrap()).unwrap())
+        .build()
+        .unwrap();
     let bao_call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
         let request = http.request(method, format!("{address}/v1/{path}")).header("X-Vault-Token", &token);
         let request = match body {
@@ -418,7 +423,7 @@ async fn vault_variant(args: &Args, services: &serde_json::Value) {
     std::fs::write(
         dir.path().join("vigil.toml"),
         format!(
-            "[controller]\ndata_dir = \"data\"\n\n[vault]\naddress = \"{address}\"\ntoken = {{ file = \"{}\" }}\n",
+            "[controller]\ndata_dir = \"data\"\n\n[vault]\naddress = \"{address}\"\ntoken = {{ file = \"{}\" }}\nca_file = \"{bao_ca}\"\n",
             token_file.display()
         ),
     )

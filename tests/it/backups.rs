@@ -36,7 +36,9 @@ impl Setup {
             .unwrap()
             .key_id;
         let transit_key = unique("backups");
-        let created = reqwest::Client::new()
+        let created = services
+            .openbao
+            .http()
             .post(format!("{}/v1/transit/keys/{transit_key}", services.openbao.address))
             .header("X-Vault-Token", &services.openbao.token)
             .send()

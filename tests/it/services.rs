@@ -113,7 +113,7 @@ async fn moto_answers_secrets_manager_calls() {
 async fn openbao_answers_with_the_generated_token_only() {
     let services = Services::load();
     let bao = &services.openbao;
-    let client = reqwest::Client::new();
+    let client = services.openbao.http();
     let lookup = |token: &str| {
         client
             .get(format!("{}/v1/auth/token/lookup-self", bao.address))

@@ -99,7 +99,7 @@ async fn vault_kv_keeps_current_as_the_newest_version() {
     let dir = tempfile::tempdir().unwrap();
     let store = VaultKv::connect(&services.vault(dir.path())).unwrap();
     let path = unique("vigil-store");
-    let http = reqwest::Client::new();
+    let http = services.openbao.http();
     let url = format!("{}/v1/secret/data/{path}", services.openbao.address);
     let root_token = services.openbao.token.clone();
     let written = http

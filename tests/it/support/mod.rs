@@ -29,6 +29,16 @@ pub struct Moto {
 pub struct OpenBao {
     pub address: String,
     pub token: String,
+    /// The CA of its certificate: OpenBao runs with TLS.
+    pub ca_file: PathBuf,
+}
+
+impl OpenBao {
+    /// An HTTP client for OpenBao's API that trusts its CA, as an operator's tooling would.
+    pub fn http(&self) -> reqwest::Client {
+        let pem = std::fs::read(&self.ca_file).unwrap();
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).build().unwrap()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,7 +194,7 @@ impl Services {
             kv_mount: "secret".into(),
             transit_mount: "transit".into(),
             namespace: None,
-            ca_file: None,
+            ca_file: Some(self.openbao.ca_file.clone()),
         }
     }
 }
@@ -290,7 +300,9 @@ impl Services {
                 Box::new(vigil::stores::AwsSecretsManager::connect(&self.aws(dir)).await.unwrap())
             }
             Store::Vault => {
-                let response = reqwest::Client::new()
+                let response = self
+                    .openbao
+                    .http()
                     .post(format!("{}/v1/secret/data/{path}", self.openbao.address))
                     .header("X-Vault-Token", &self.openbao.token)
                     .json(&serde_json::json!({ "data": value }))
@@ -320,13 +332,14 @@ impl Services {
             format!(
                 "[controller]\ndata_dir = \"data\"\n\n[aws]\nregion = \"{}\"\nendpoint_url = \"{}\"\n\
                  access_key_id = {{ file = \"{}\" }}\nsecret_access_key = {{ file = \"{}\" }}\n\n\
-                 [vault]\naddress = \"{}\"\ntoken = {{ file = \"{}\" }}\n",
+                 [vault]\naddress = \"{}\"\ntoken = {{ file = \"{}\" }}\nca_file = \"{}\"\n",
                 aws.region,
                 aws.endpoint_url.unwrap(),
                 file_of(&credentials.access_key_id),
                 file_of(&credentials.secret_access_key),
                 vault.address,
                 file_of(&vault.token),
+                self.openbao.ca_file.display(),
             ),
         )
         .unwrap();
@@ -338,7 +351,8 @@ impl Services {
     /// GETs `api_path` (e.g. `secret/metadata/a/b`) from OpenBao with the root token, as an
     /// operator's tooling would read it.
     pub async fn vault_get(&self, api_path: &str) -> serde_json::Value {
-        reqwest::Client::new()
+        self.openbao
+            .http()
             .get(format!("{}/v1/{api_path}", self.openbao.address))
             .header("X-Vault-Token", &self.openbao.token)
             .send()

@@ -93,7 +93,7 @@ pub fn rotate(root: &Path, vigil: &Path, demo: &Path, state: &State, issuer: &De
     let (Some(moto), Some(bao)) = (&state.moto, &state.openbao) else { bail!("services are not all up") };
     let seed = serde_json::json!({
         "aws": { "endpoint": moto.endpoint_url, "region": moto.region },
-        "vault": { "address": bao.address, "token": bao.token },
+        "vault": { "address": bao.address, "token": bao.token, "ca_file": bao.ca_file },
         "buckets": ["acme-auth-public"],
         "aws_secrets": { "prod/partner-gateway/api-key": issuer.first },
         "vault_secrets": {

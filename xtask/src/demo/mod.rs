@@ -234,7 +234,7 @@ fn rotation(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Re
     let template = |engine: &str, port: u16, user: &str, password: &str, db: &str| serde_json::json!({ "engine": engine, "host": "127.0.0.1", "port": port, "username": user, "password": password, "dbname": db });
     let seed = serde_json::json!({
         "aws": { "endpoint": moto.endpoint_url, "region": moto.region },
-        "vault": { "address": bao.address, "token": bao.token },
+        "vault": { "address": bao.address, "token": bao.token, "ca_file": bao.ca_file },
         "aws_secrets": {
             "prod/orders/app": template("postgres", pg.port, "orders_app", &orders_app, "orders"),
             "prod/billing/reports": template("mysql", maria.port, "billing_reports", &billing_reports, "billing"),
@@ -304,7 +304,7 @@ fn backups(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Res
     step("17. Backups: pg_dump and mariadb-dump through zstd and AES-256-GCM into S3, read back and verified");
     let seed = serde_json::json!({
         "aws": { "endpoint": moto.endpoint_url, "region": moto.region },
-        "vault": { "address": bao.address, "token": bao.token },
+        "vault": { "address": bao.address, "token": bao.token, "ca_file": bao.ca_file },
         "buckets": ["acme-vigil-backups"],
         "kms_aliases": ["alias/vigil-backups"],
         "transit_keys": ["vigil-backups"],
@@ -401,7 +401,7 @@ fn feed(mut command: Command, input: &str, what: &str) -> anyhow::Result<()> {
 /// Seeds the stores from a JSON document on standard input, replacing what a previous demo left;
 /// creates the S3 buckets it lists, emptied.
 const SEED_SCRIPT: &str = r#"
-import json, sys, urllib.request, boto3
+import json, ssl, sys, urllib.request, boto3
 seed = json.load(sys.stdin)
 sm = boto3.client("secretsmanager", endpoint_url=seed["aws"]["endpoint"], region_name=seed["aws"]["region"])
 s3 = boto3.client("s3", endpoint_url=seed["aws"]["endpoint"], region_name=seed["aws"]["region"])
@@ -428,7 +428,7 @@ def call(method, path, body=None):
     request = urllib.request.Request(vault["address"] + path, method=method, headers={"X-Vault-Token": vault["token"]},
                                      data=None if body is None else json.dumps(body).encode())
     try:
-        urllib.request.urlopen(request).read()
+        urllib.request.urlopen(request, context=ssl.create_default_context(cafile=vault["ca_file"])).read()
     except urllib.error.HTTPError as err:
         if err.code != 404:
             raise
@@ -479,10 +479,11 @@ fn write_demo_config(root: &Path, demo: &Path, state: &State, issuer_url: &str) 
              [evidence]\nurl = \"sqlite://data/evidence.db\"\n\n\
              [aws]\nregion = \"{region}\"\nendpoint_url = \"{aws}\"\n\
              access_key_id = {{ env = \"AWS_ACCESS_KEY_ID\" }}\nsecret_access_key = {{ env = \"AWS_SECRET_ACCESS_KEY\" }}\n\n\
-             [vault]\naddress = \"{vault}\"\ntoken = {{ env = \"VAULT_TOKEN\" }}\n",
+             [vault]\naddress = \"{vault}\"\ntoken = {{ env = \"VAULT_TOKEN\" }}\nca_file = \"{vault_ca}\"\n",
             region = moto.region,
             aws = moto.endpoint_url,
             vault = bao.address,
+            vault_ca = bao.ca_file.display(),
         ),
     )?;
     let source_dir = root.join("schedules");

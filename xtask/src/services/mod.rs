@@ -375,7 +375,14 @@ pub fn exports(ctx: &Context, state: &State) -> String {
         ]);
     }
     if let Some(b) = &state.openbao {
-        vars.extend([("VAULT_ADDR", b.address.clone()), ("VAULT_TOKEN", b.token.clone())]);
+        vars.extend([
+            ("VAULT_ADDR", b.address.clone()),
+            ("VAULT_TOKEN", b.token.clone()),
+            ("VAULT_CACERT", b.ca_file.display().to_string()),
+            ("BAO_ADDR", b.address.clone()),
+            ("BAO_TOKEN", b.token.clone()),
+            ("BAO_CACERT", b.ca_file.display().to_string()),
+        ]);
     }
     if let Some(d) = &state.postgres {
         // What psql and every libpq tool read.

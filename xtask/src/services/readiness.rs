@@ -22,20 +22,3 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     let line = String::from_utf8_lossy(&head[..n]);
     line.split_whitespace().nth(1)?.parse().ok()
 }
-
-/// The HTTP status of `POST path` with a JSON `body` and a Vault token on a loopback port.
-pub fn vault_post(port: u16, path: &str, token: &str, body: &str) -> Option<u16> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!(
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head).ok()?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace().nth(1)?.parse().ok()
-}
