@@ -323,13 +323,7 @@ impl Loader {
             return;
         }
         let text = url.get_ref();
-        let Some(rest) = text.strip_prefix("http://") else { return };
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let host = match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default(),
-            None => authority.split(':').next().unwrap_or_default(),
-        };
-        if crate::tls::is_loopback(host) {
+        if !text.starts_with("http://") || crate::tls::is_loopback(url_host(text)) {
             return;
         }
         let owner = field.rsplit_once('.').map_or("", |(owner, _)| owner);
@@ -534,6 +528,17 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Whether a URL's authority carries `user:password@`.
+/// The host of a `scheme://[user@]host[:port]/…` URL.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    }
+}
+
 /// Whether a connection URL carries a password: in its user info (`user:pw@`), or as a
 /// `password` or `pass` query parameter.
 fn url_has_password(url: &str) -> bool {
@@ -551,6 +556,14 @@ fn url_has_password(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_hosts_are_found_behind_users_and_ports() {
+        assert_eq!(url_host("postgres://vigil@db.internal:5432/vigil"), "db.internal");
+        assert_eq!(url_host("http://[::1]:8200/v1"), "::1");
+        assert_eq!(url_host("http://127.0.0.1"), "127.0.0.1");
+        assert_eq!(url_host("https://keys.internal/path?x=1"), "keys.internal");
+    }
 
     #[test]
     fn passwords_are_found_anywhere_in_a_url() {
