@@ -168,7 +168,8 @@ fn private_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::Pat
 async fn aws_variant(args: &Args, services: &serde_json::Value) {
     let moto = &services["moto"];
     let pg = Pg::of(services);
-    let Pg { host, port, admin_user, admin_password, .. } = Pg::of(services);
+    let (host, port, admin_user, admin_password) =
+        (pg.host.clone(), pg.port, pg.admin_user.clone(), pg.admin_password.clone());
     let dir = tempfile::tempdir().unwrap();
     let run = format!("b{}", std::process::id());
     println!(
@@ -178,7 +179,7 @@ async fn aws_variant(args: &Args, services: &serde_json::Value) {
 
     // Users: a pair per secret, all in one group so their grants agree.
     let setup = Instant::now();
-    let mut conn = Pg::of(services).admin().await;
+    let mut conn = pg.admin().await;
     let mut sql = format!("CREATE ROLE {run}_group;\n");
     for i in 0..args.secrets {
         for suffix in ["", "_clone"] {
@@ -302,7 +303,8 @@ async fn aws_variant(args: &Args, services: &serde_json::Value) {
 async fn vault_variant(args: &Args, services: &serde_json::Value) {
     let bao = &services["openbao"];
     let pg = Pg::of(services);
-    let Pg { host, port, admin_user, admin_password, .. } = Pg::of(services);
+    let (host, port, admin_user, admin_password) =
+        (pg.host.clone(), pg.port, pg.admin_user.clone(), pg.admin_password.clone());
     let (address, token) = (bao["address"].as_str().unwrap().to_owned(), bao["token"].as_str().unwrap().to_owned());
     let dir = tempfile::tempdir().unwrap();
     let run = format!("v{}", std::process::id());
@@ -311,7 +313,7 @@ async fn vault_variant(args: &Args, services: &serde_json::Value) {
         args.secrets, args.concurrency
     );
     let setup = Instant::now();
-    let mut conn = Pg::of(services).admin().await;
+    let mut conn = pg.admin().await;
     let mut sql = String::new();
     for i in 0..args.secrets {
         sql.push_str(&format!("CREATE ROLE {run}_{i} LOGIN PASSWORD 'initial-{run}-{i}';\n"));

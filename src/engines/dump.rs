@@ -331,7 +331,7 @@ struct SharedTail(Arc<Mutex<Tail>>);
 
 impl Write for SharedTail {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("not poisoned").write(data)
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(data)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -389,7 +389,7 @@ impl Reader {
                 Ok(format!("pg_restore --list read {entries} entries"))
             }
             ReaderKind::MariaDb(tail) => {
-                if tail.lock().expect("not poisoned").is_complete_mariadb_dump() {
+                if tail.lock().unwrap_or_else(|p| p.into_inner()).is_complete_mariadb_dump() {
                     Ok("the dump ends with mariadb-dump's completion line".to_owned())
                 } else {
                     Err("dump completeness check failed: the dump does not end with `-- Dump completed`".to_owned())

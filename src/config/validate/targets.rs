@@ -105,27 +105,19 @@ impl Loader {
                 TlsMode::default()
             }),
         };
-        let ca_file = raw.get_ref().ca_file.as_ref().map(|ca| {
-            let path = self.folder_of(file).join(ca.get_ref());
-            if mode.verifies() && !path.is_file() {
-                self.error(
-                    file,
-                    ca.span(),
-                    format!("{field}.ca_file"),
-                    format!(
-                        "{} is not a readable file; give the PEM file of the CA that signed the server's certificate",
-                        path.display()
-                    ),
-                );
-            } else if !mode.verifies() {
+        let ca = raw.get_ref().ca_file.as_ref();
+        let ca_file = if mode.verifies() {
+            self.check_ca_file(file, ca, &format!("{field}.ca_file"))
+        } else {
+            ca.map(|ca| {
                 self.warnings.push(Diagnostic::warning(
                     self.at(file, ca.span()),
                     format!("{field}.ca_file"),
                     format!("ca_file is not used with mode \"{}\", which checks no certificate", mode.as_str()),
                 ));
-            }
-            path
-        });
+                self.folder_of(file).join(ca.get_ref())
+            })
+        };
         if let Some(written) = &raw.get_ref().mode
             && mode == TlsMode::Disable
             && !crate::tls::is_loopback(host)
