@@ -79,6 +79,29 @@ fn readme_shows_the_two_commands_and_ci_runs_the_test_one() {
     assert!(ci.contains("cargo xtask test"), ".ci/run must run the README's test command");
 }
 
+/// The vendored sqlx-core (vendor/README.md) is what the build uses, and only while the locked
+/// sqlx is the release it patches: a newer sqlx means the fix has shipped and the copy should go.
+#[test]
+fn sqlx_core_patch_is_still_needed() {
+    let root = project_root();
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let package = |name: &str| {
+        lock.split("[[package]]")
+            .find(|block| block.lines().any(|line| line == format!("name = \"{name}\"")))
+            .unwrap_or_else(|| panic!("Cargo.lock has no {name}"))
+            .to_owned()
+    };
+    let (sqlx, core) = (package("sqlx"), package("sqlx-core"));
+    assert!(
+        sqlx.contains("version = \"0.9.0\""),
+        "sqlx is past 0.9.0: its sqlx-core sets TCP_NODELAY again, so remove vendor/sqlx-core and the [patch.crates-io] line"
+    );
+    assert!(
+        !core.contains("source = "),
+        "sqlx-core 0.9.0 comes from the registry: without vendor/sqlx-core every new database connection waits ~40 ms twice (vendor/README.md)"
+    );
+}
+
 /// One `crate::module` reference in `src/`: which top-level module uses which, and where.
 #[derive(Debug, Clone)]
 struct Edge {
