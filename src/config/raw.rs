@@ -176,15 +176,6 @@ impl SecretKind {
         crate::schedule::Duration::from_secs(days * 86_400)
     }
 
-    /// The database engine a password of this kind belongs to.
-    pub fn engine(self) -> Option<crate::engines::Engine> {
-        match self {
-            Self::PostgresPassword => Some(crate::engines::Engine::Postgres),
-            Self::MysqlPassword => Some(crate::engines::Engine::Mysql),
-            Self::ApiKey | Self::JwtSigningKey => None,
-        }
-    }
-
     /// The name used in configuration.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -196,32 +187,97 @@ impl SecretKind {
     }
 }
 
+/// How a database password rotates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(super) enum Strategy {
+pub(super) enum PasswordStrategy {
     SingleUser,
     AlternatingUsers,
+}
+
+/// How an API key or JWT signing key rotates: there is one way, and writing it is optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum OverlapStrategy {
     Overlap,
+}
+
+/// One `[secrets.NAME]`, with the fields of its kind and no other: the table's `kind` is read
+/// first (see `validate`), then the whole table as that kind, so a field that belongs to another
+/// kind is refused by name and spans stay exact. (A `#[serde(tag = "kind")]` enum would buffer
+/// the table and lose them.)
+#[derive(Debug)]
+pub(super) enum Secret {
+    /// `postgres_password` or `mysql_password`: a password of the engine's user.
+    Password(crate::engines::Engine, PasswordSecret),
+    /// `api_key`.
+    ApiKey(ApiKeySecret),
+    /// `jwt_signing_key`.
+    JwtSigningKey(JwtSecret),
+}
+
+impl Secret {
+    /// The fields every kind has.
+    pub fn common(&self) -> Common<'_> {
+        let (kind, store, path, cadence) = match self {
+            Self::Password(_, s) => (&s.kind, &s.store, &s.path, &s.cadence),
+            Self::ApiKey(s) => (&s.kind, &s.store, &s.path, &s.cadence),
+            Self::JwtSigningKey(s) => (&s.kind, &s.store, &s.path, &s.cadence),
+        };
+        Common { kind: *kind.get_ref(), store, path, cadence: cadence.as_ref() }
+    }
+}
+
+/// The fields every kind of secret has.
+pub(super) struct Common<'a> {
+    pub kind: SecretKind,
+    pub store: &'a Spanned<StoreKind>,
+    pub path: &'a Spanned<String>,
+    pub cadence: Option<&'a Spanned<Duration>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Secret {
+pub(super) struct PasswordSecret {
     pub kind: Spanned<SecretKind>,
     pub store: Spanned<StoreKind>,
     pub path: Spanned<String>,
-    pub target: Option<Spanned<String>>,
-    pub username: Option<Spanned<String>>,
-    pub clone_username: Option<Spanned<String>>,
-    pub strategy: Option<Spanned<Strategy>>,
     pub cadence: Option<Spanned<Duration>>,
+    pub target: Spanned<String>,
+    pub username: Spanned<String>,
+    pub clone_username: Option<Spanned<String>>,
+    pub strategy: Option<Spanned<PasswordStrategy>>,
     pub min_flip_interval: Option<Spanned<Duration>>,
-    pub overlap: Option<Spanned<Duration>>,
     pub policy: Option<Spanned<Policy>>,
     pub probes: Option<Spanned<Vec<String>>>,
-    pub issuer: Option<Spanned<Issuer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApiKeySecret {
+    pub kind: Spanned<SecretKind>,
+    pub store: Spanned<StoreKind>,
+    pub path: Spanned<String>,
+    pub cadence: Option<Spanned<Duration>>,
+    pub issuer: Spanned<Issuer>,
+    /// Accepted for symmetry with passwords; `overlap` is the only value, and the default.
+    #[serde(rename = "strategy")]
+    pub _strategy: Option<Spanned<OverlapStrategy>>,
+    pub overlap: Option<Spanned<Duration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JwtSecret {
+    pub kind: Spanned<SecretKind>,
+    pub store: Spanned<StoreKind>,
+    pub path: Spanned<String>,
+    pub cadence: Option<Spanned<Duration>>,
+    /// Accepted for symmetry with passwords; `overlap` is the only value, and the default.
+    #[serde(rename = "strategy")]
+    pub _strategy: Option<Spanned<OverlapStrategy>>,
     pub algorithm: Option<Spanned<Algorithm>>,
-    pub jwks: Option<Spanned<Jwks>>,
+    pub jwks: Spanned<Jwks>,
     pub jwks_cache: Option<Spanned<Duration>>,
     pub max_token_lifetime: Option<Spanned<Duration>>,
     pub clock_skew: Option<Spanned<Duration>>,

@@ -18,7 +18,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
-use super::{BackupSet, Loaded, Plan, Target};
+use super::{BackupSet, Engine, Loaded, Plan, Target};
 use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{SecretRef, StoreKind};
 
@@ -235,6 +235,17 @@ impl Loader {
         section: &str,
         value: Spanned<DeValue<'_>>,
     ) -> BTreeMap<String, Spanned<T>> {
+        self.items_with(file, section, value, Self::value)
+    }
+
+    /// Deserializes each `NAME` of a `[section.NAME]` table on its own, with `parse`.
+    fn items_with<'t, T>(
+        &mut self,
+        file: usize,
+        section: &str,
+        value: Spanned<DeValue<'t>>,
+        parse: impl Fn(&mut Self, usize, &str, Spanned<DeValue<'t>>) -> Option<T>,
+    ) -> BTreeMap<String, T> {
         let span = value.span();
         let DeValue::Table(table) = value.into_inner() else {
             self.error(
@@ -248,7 +259,7 @@ impl Loader {
         let mut items = BTreeMap::new();
         for (key, item) in table {
             let name = key.get_ref().to_string();
-            match self.value(file, &format!("{section}.{name}"), item) {
+            match parse(self, file, &format!("{section}.{name}"), item) {
                 Some(parsed) => {
                     items.insert(name, parsed);
                 }
@@ -258,6 +269,48 @@ impl Loader {
             }
         }
         items
+    }
+
+    /// One `[secrets.NAME]`: its `kind` first, then the table as that kind's own fields. A
+    /// field of another kind, or a kind's field left out, is explained in the kind's terms. A
+    /// field the kind does not take is reported and left out, and the rest is read again, so
+    /// that the other mistakes in the table are found in the same run.
+    fn secret_item(&mut self, file: usize, path: &str, value: Spanned<DeValue<'_>>) -> Option<Spanned<raw::Secret>> {
+        let span = value.span();
+        let DeValue::Table(mut table) = value.into_inner() else {
+            self.error(file, span, path.to_owned(), "a secret is a table: [secrets.NAME] with kind = \"…\"");
+            return None;
+        };
+        let Some((_, kind)) = table.iter().find(|(key, _)| key.get_ref() == "kind") else {
+            self.error(file, span, format!("{path}.kind"), "missing field `kind`");
+            return None;
+        };
+        let kind: raw::SecretKind = self.value(file, &format!("{path}.kind"), kind.clone())?;
+        loop {
+            let errors_before = self.errors.len();
+            let value = Spanned::new(span.clone(), DeValue::Table(table.clone()));
+            let parsed = match kind {
+                raw::SecretKind::PostgresPassword => {
+                    self.value(file, path, value).map(|s| raw::Secret::Password(Engine::Postgres, s))
+                }
+                raw::SecretKind::MysqlPassword => {
+                    self.value(file, path, value).map(|s| raw::Secret::Password(Engine::Mysql, s))
+                }
+                raw::SecretKind::ApiKey => self.value(file, path, value).map(raw::Secret::ApiKey),
+                raw::SecretKind::JwtSigningKey => self.value(file, path, value).map(raw::Secret::JwtSigningKey),
+            };
+            if let Some(parsed) = parsed {
+                return Some(Spanned::new(span, parsed));
+            }
+            let diagnostic = self.errors.get_mut(errors_before..).and_then(<[_]>::last_mut)?;
+            let unknown = diagnostic
+                .message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(field, _)| field.to_owned());
+            secrets::explain(kind, diagnostic);
+            table.remove(unknown?.as_str())?;
+        }
     }
 
     /// Reads `vigil.toml` section by section.
@@ -291,7 +344,9 @@ impl Loader {
         for (section, name, value) in self.sections(file, &text, &raw::SCHEDULE_SECTIONS).unwrap_or_default() {
             match section {
                 raw::ScheduleSection::Targets => parsed.targets = self.items(file, &name, value),
-                raw::ScheduleSection::Secrets => parsed.secrets = self.items(file, &name, value),
+                raw::ScheduleSection::Secrets => {
+                    parsed.secrets = self.items_with(file, &name, value, Self::secret_item);
+                }
                 raw::ScheduleSection::Backups => parsed.backups = self.items(file, &name, value),
                 raw::ScheduleSection::Drills => parsed.drills = self.items(file, &name, value),
             }
@@ -586,6 +641,69 @@ mod tests {
         for bad in ["", "Orders", "-x", "a b", "a.b", &"x".repeat(64)] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// The diagnostics for a schedule holding `secrets`, as `field: message` lines.
+    fn secret_errors(secrets: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("schedules")).unwrap();
+        std::fs::write(dir.path().join("vigil.toml"), "[controller]\ndata_dir = \"data\"\n").unwrap();
+        let targets = "[targets.db]\nkind = \"postgres\"\nhost = \"db.internal\"\nadmin = { env = \"A\" }\n";
+        std::fs::write(dir.path().join("schedules/s.toml"), format!("{targets}{secrets}")).unwrap();
+        let errors = load(&dir.path().join("vigil.toml")).expect_err("the schedule is refused");
+        // The target's admin reference is not set here; only the secrets' diagnostics count.
+        errors
+            .iter()
+            .filter(|d| d.field.starts_with("secrets"))
+            .map(|d| format!("{}: {}", d.field, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_secret_is_read_as_its_kind_and_every_mistake_in_it_is_named() {
+        // Two fields of other kinds and a mistake of its own, all in one run.
+        let errors = secret_errors(
+            "[secrets.s]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"p\"\ntarget = \"db\"\n\
+             username = \"app\"\nissuer = { url = \"https://k\", token = { env = \"T\" } }\nalgorithm = \"EdDSA\"\n\
+             clone_username = \"app2\"\n",
+        );
+        assert!(errors.contains(&"secrets.s.issuer: issuer applies to api_key secrets only".to_owned()), "{errors:#?}");
+        assert!(
+            errors.contains(&"secrets.s.algorithm: algorithm applies to jwt_signing_key secrets only".to_owned()),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("secrets.s.clone_username: clone_username applies to strategy")),
+            "{errors:#?}"
+        );
+
+        // A misspelling keeps serde's list of the kind's fields; the field it meant is then missing.
+        let errors = secret_errors(
+            "[secrets.s]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"p\"\ntarget = \"db\"\nusernme = \"app\"\n",
+        );
+        assert!(errors.iter().any(|e| e.starts_with("secrets.s.usernme: unknown field `usernme`, expected one of")));
+        assert!(errors.contains(
+            &"secrets.s.username: a postgres_password secret needs `username`, the database user".to_owned()
+        ));
+        assert!(
+            !errors.iter().any(|e| e.contains("issuer") || e.contains("jwks")),
+            "only the kind's own fields: {errors:#?}"
+        );
+
+        // The kind decides the strategies on offer.
+        let errors = secret_errors(
+            "[secrets.s]\nkind = \"api_key\"\nstore = \"vault_kv\"\npath = \"p\"\nstrategy = \"single_user\"\n\
+             issuer = { url = \"https://k\", token = { env = \"T\" } }\n",
+        );
+        assert_eq!(errors, ["secrets.s.strategy: api_key secrets rotate with strategy = \"overlap\""]);
+
+        // No kind, an unknown kind, and a secret that is not a table.
+        assert_eq!(secret_errors("[secrets.s]\nstore = \"vault_kv\"\n"), ["secrets.s.kind: missing field `kind`"]);
+        let errors = secret_errors("[secrets.s]\nkind = \"ssh_key\"\n");
+        assert!(errors[0].starts_with("secrets.s.kind: unknown variant `ssh_key`"), "{errors:#?}");
+        assert_eq!(errors.len(), 1);
+        let errors = secret_errors("[secrets]\ns = 3\n");
+        assert_eq!(errors, ["secrets.s: a secret is a table: [secrets.NAME] with kind = \"…\""]);
     }
 
     #[test]

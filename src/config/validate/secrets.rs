@@ -2,7 +2,6 @@
 //! policies.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::Path;
 
 use serde_spanned::Spanned;
@@ -16,6 +15,7 @@ use crate::schedule::Duration;
 use crate::secret::{CharClass, PasswordPolicy, StoreKind, resolve_path};
 
 impl Loader {
+    /// One secret's plan: the fields every kind has, then the kind's own.
     pub(super) fn secret(
         &mut self,
         name: &str,
@@ -23,23 +23,22 @@ impl Loader {
         raw_targets: &BTreeMap<String, Def<raw::Target>>,
         targets: &BTreeMap<String, Target>,
     ) -> Option<SecretSpec> {
-        let raw = &def.value;
         let file = def.file;
         let field = |f: &str| format!("secrets.{name}.{f}");
         let errors_before = self.errors.len();
-        let kind = *raw.kind.get_ref();
-        let store = *raw.store.get_ref();
-        let location = self.at(file, raw.store.span());
+        let common = def.value.common();
+        let store = *common.store.get_ref();
+        let location = self.at(file, common.store.span());
         self.require_store(store, location, field("store"));
-        if raw.path.get_ref().trim().is_empty() {
-            self.error(file, raw.path.span(), field("path"), "path is empty; name the secret in its store");
+        if common.path.get_ref().trim().is_empty() {
+            self.error(file, common.path.span(), field("path"), "path is empty; name the secret in its store");
         }
 
-        let cadence = raw.cadence.as_ref().map(|c| *c.get_ref());
+        let cadence = common.cadence.map(|c| *c.get_ref());
         // Checks that compare other durations with the cadence are skipped when the cadence
         // itself is refused: one mistake, one error.
         let mut cadence_ok = true;
-        if let Some(c) = &raw.cadence
+        if let Some(c) = common.cadence
             && *c.get_ref() < MIN_CADENCE
         {
             cadence_ok = false;
@@ -50,210 +49,32 @@ impl Loader {
                 format!("cadence {} is shorter than the minimum of 1h", c.get_ref()),
             );
         }
-        let cadence_value = cadence.unwrap_or_else(|| kind.default_cadence());
+        let cadence_value = cadence.unwrap_or_else(|| common.kind.default_cadence());
+        let checked_cadence = cadence_ok.then_some(cadence_value);
 
-        // Fields that only some kinds and strategies take, refused where they do not apply.
-        let refuse = |loader: &mut Self, span: Option<Range<usize>>, name: &str, why: &str| {
-            if let Some(span) = span {
-                loader.error(file, span, field(name), why.to_owned());
+        let typed = match &def.value {
+            raw::Secret::Password(engine, raw) => {
+                self.check_target_ref(file, &raw.target, &field("target"), *engine, raw_targets, targets);
+                let target = raw.target.get_ref();
+                let target = targets.get(target).map(|value| Named { name: target.clone(), value: value.clone() });
+                self.password(name, def, *engine, raw, checked_cadence, target)
             }
-        };
-
-        let jwt = if kind == raw::SecretKind::JwtSigningKey {
-            self.jwt(name, def, cadence_ok.then_some(cadence_value))
-        } else {
-            let why = "applies to jwt_signing_key secrets only";
-            for (name, span) in [
-                ("algorithm", raw.algorithm.as_ref().map(Spanned::span)),
-                ("jwks", raw.jwks.as_ref().map(Spanned::span)),
-                ("jwks_cache", raw.jwks_cache.as_ref().map(Spanned::span)),
-                ("max_token_lifetime", raw.max_token_lifetime.as_ref().map(Spanned::span)),
-                ("clock_skew", raw.clock_skew.as_ref().map(Spanned::span)),
-            ] {
-                refuse(self, span, name, &format!("{name} {why}"));
-            }
-            None
-        };
-
-        let strategy = match kind.engine() {
-            Some(engine) => {
-                match &raw.target {
-                    None => {
-                        let location = self.at(file, def.span.clone());
-                        self.errors.push(Diagnostic::error(
-                            location,
-                            field("target"),
-                            format!("a {} secret needs `target`, the database whose user it rotates", kind.as_str()),
-                        ));
-                    }
-                    Some(target) => self.check_target_ref(file, target, &field("target"), engine, raw_targets, targets),
-                }
-                if raw.username.is_none() {
-                    let location = self.at(file, def.span.clone());
-                    self.errors.push(Diagnostic::error(
-                        location,
-                        field("username"),
-                        format!("a {} secret needs `username`, the database user", kind.as_str()),
-                    ));
-                }
-                // A user name reaches password files and SQL text: nothing that ends a line there.
-                for (name, user) in [("username", &raw.username), ("clone_username", &raw.clone_username)] {
-                    if let Some(user) = user
-                        && (user.get_ref().is_empty() || user.get_ref().chars().any(char::is_control))
-                    {
-                        self.error(
-                            file,
-                            user.span(),
-                            field(name),
-                            "a database user name must be non-empty, without control characters (CR, LF, NUL, …)",
-                        );
-                    }
-                }
-                refuse(
-                    self,
-                    raw.overlap.as_ref().map(Spanned::span),
-                    "overlap",
-                    "overlap applies to api_key and jwt_signing_key secrets; database passwords use single_user or alternating_users",
-                );
-                match raw.strategy.as_ref().map(|s| (*s.get_ref(), s.span())) {
-                    None | Some((raw::Strategy::SingleUser, _)) => {
-                        refuse(
-                            self,
-                            raw.clone_username.as_ref().map(Spanned::span),
-                            "clone_username",
-                            "clone_username applies to strategy = \"alternating_users\" only",
-                        );
-                        refuse(
-                            self,
-                            raw.min_flip_interval.as_ref().map(Spanned::span),
-                            "min_flip_interval",
-                            "min_flip_interval applies to strategy = \"alternating_users\" only",
-                        );
-                        Strategy::SingleUser
-                    }
-                    Some((raw::Strategy::AlternatingUsers, _)) => {
-                        let min_flip_interval =
-                            raw.min_flip_interval.as_ref().map_or(DEFAULT_MIN_FLIP_INTERVAL, |m| *m.get_ref());
-                        if cadence_ok && min_flip_interval > cadence_value {
-                            let span = raw.min_flip_interval.as_ref().map_or(def.span.clone(), Spanned::span);
-                            self.error(file, span, field("min_flip_interval"), format!("min_flip_interval {min_flip_interval} is longer than the cadence {cadence_value}: every rotation would be refused"));
-                        }
-                        let username = raw.username.as_ref().map(|u| u.get_ref().as_str()).unwrap_or_default();
-                        let clone_username = raw
-                            .clone_username
-                            .as_ref()
-                            .map_or_else(|| format!("{username}_clone"), |c| c.get_ref().clone());
-                        if clone_username == username
-                            && let Some(clone) = &raw.clone_username
-                        {
-                            self.error(
-                                file,
-                                clone.span(),
-                                field("clone_username"),
-                                "clone_username must differ from username: the pair alternates between two users",
-                            );
-                        }
-                        Strategy::AlternatingUsers { clone_username, min_flip_interval }
-                    }
-                    Some((raw::Strategy::Overlap, span)) => {
-                        self.error(file, span, field("strategy"), "database passwords rotate with \"single_user\" or \"alternating_users\"; \"overlap\" is for api_key and jwt_signing_key");
-                        Strategy::SingleUser
-                    }
-                }
-            }
-            None => {
-                let why = format!("{} secrets have no database target", kind.as_str());
-                refuse(self, raw.target.as_ref().map(Spanned::span), "target", &why);
-                refuse(self, raw.username.as_ref().map(Spanned::span), "username", &why);
-                refuse(self, raw.clone_username.as_ref().map(Spanned::span), "clone_username", &why);
-                refuse(self, raw.min_flip_interval.as_ref().map(Spanned::span), "min_flip_interval", &why);
-                refuse(self, raw.probes.as_ref().map(Spanned::span), "probes", &why);
-                refuse(
-                    self,
-                    raw.policy.as_ref().map(Spanned::span),
-                    "policy",
-                    "the issuer or key generator decides what these values look like; policy applies to passwords",
-                );
-                if let Some(strategy) = &raw.strategy
-                    && *strategy.get_ref() != raw::Strategy::Overlap
-                {
-                    self.error(
-                        file,
-                        strategy.span(),
-                        field("strategy"),
-                        format!("{} secrets rotate with strategy = \"overlap\"", kind.as_str()),
-                    );
-                }
-                let window = if let Some(jwt) = &jwt {
-                    jwt.retention()
-                } else {
-                    let window = raw.overlap.as_ref().map_or(DEFAULT_OVERLAP, |o| *o.get_ref());
-                    if cadence_ok && window >= cadence_value {
-                        let span = raw.overlap.as_ref().map_or(def.span.clone(), Spanned::span);
-                        self.error(file, span, field("overlap"), format!("overlap {window} must be shorter than the cadence {cadence_value}, or old credentials pile up"));
-                    }
-                    window
-                };
-                Strategy::Overlap { window }
-            }
-        };
-        let policy =
-            raw.policy.as_ref().map_or_else(PasswordPolicy::default, |p| self.policy(file, p, &field("policy")));
-        let issuer = match (kind, &raw.issuer) {
-            (raw::SecretKind::ApiKey, Some(issuer)) => {
-                let issuer = issuer.get_ref();
-                self.check_service_url(file, &issuer.url, &field("issuer.url"), issuer.allow_insecure_http.as_ref());
-                self.check_ref(&issuer.token, file, field("issuer.token"));
-                let ca_file = self.check_ca_file(file, issuer.ca_file.as_ref(), &field("issuer.ca_file"));
-                let base = self.folder_of(file);
-                Some(super::super::Issuer {
-                    url: issuer.url.get_ref().clone(),
-                    token: issuer.token.get_ref().clone().rebase(&base),
-                    ca_file,
-                })
-            }
-            (raw::SecretKind::ApiKey, None) => {
-                let location = self.at(file, def.span.clone());
-                self.errors.push(
-                    Diagnostic::error(location, field("issuer"), "an api_key secret needs `issuer`, the service that issues and revokes its keys")
-                        .with_help("write issuer = { url = \"https://…\", token = { file = \"/path\" } }; docs/api-key-issuer.md has the contract"),
-                );
-                None
-            }
-            (_, Some(issuer)) => {
-                self.error(file, issuer.span(), field("issuer"), "issuer applies to api_key secrets only");
-                None
-            }
-            (_, None) => None,
+            raw::Secret::ApiKey(raw) => self.api_key(name, def, raw, checked_cadence),
+            raw::Secret::JwtSigningKey(raw) => self.jwt(name, def, raw, checked_cadence).map(|jwt| {
+                let window = jwt.retention();
+                (SecretKind::JwtSigningKey(JwtKey { jwt }), Strategy::Overlap { window })
+            }),
         };
         if self.errors.len() > errors_before {
             return None;
         }
-        // No error was found, so each kind's own fields are there: a password names a target
-        // and a username, an API key its issuer, a JWT key its settings.
-        let db_password = || {
-            let name = raw.target.as_ref()?.get_ref().clone();
-            let target = targets.get(&name)?.clone();
-            Some(DbPassword {
-                target: Named { name, value: target },
-                username: raw.username.as_ref()?.get_ref().clone(),
-                policy: policy.clone(),
-                probes: raw.probes.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default(),
-            })
-        };
-        let typed = match kind {
-            raw::SecretKind::PostgresPassword => db_password().map(SecretKind::PostgresPassword),
-            raw::SecretKind::MysqlPassword => db_password().map(SecretKind::MysqlPassword),
-            raw::SecretKind::ApiKey => issuer.map(|issuer| SecretKind::ApiKey(ApiKey { issuer })),
-            raw::SecretKind::JwtSigningKey => jwt.map(|jwt| SecretKind::JwtSigningKey(JwtKey { jwt })),
-        };
         // Only a target refused on its own (and reported there) leaves a password unresolved:
         // one mistake, one error.
-        let kind = typed?;
+        let (kind, strategy) = typed?;
         Some(SecretSpec {
             kind,
             store,
-            path: raw.path.get_ref().clone(),
+            path: common.path.get_ref().clone(),
             strategy,
             cadence: cadence_value,
             cadence_is_default: cadence.is_none(),
@@ -261,18 +82,130 @@ impl Loader {
         })
     }
 
-    /// A JWT signing key's settings: where its JWKS is published, and times that fit the
-    /// cadence (`cadence` is `None` when it was refused already).
-    pub(super) fn jwt(&mut self, name: &str, def: &Def<raw::Secret>, cadence: Option<Duration>) -> Option<JwtSpec> {
-        let raw = &def.value;
+    /// A database password: its user, how it alternates, and its policy; `target` is its
+    /// target, checked already (`None` when refused there).
+    fn password(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Secret>,
+        engine: Engine,
+        raw: &raw::PasswordSecret,
+        cadence: Option<Duration>,
+        target: Option<Named<Target>>,
+    ) -> Option<(SecretKind, Strategy)> {
         let file = def.file;
         let field = |f: &str| format!("secrets.{name}.{f}");
-        if let Some(overlap) = &raw.overlap {
-            self.errors.push(
-                Diagnostic::error(self.at(file, overlap.span()), field("overlap"), "a JWT key's overlap follows from its times: it is published jwks_cache before it signs, and stays published max_token_lifetime + clock_skew after it stops")
-                    .with_help("remove overlap; set jwks_cache, max_token_lifetime and clock_skew if the defaults (1h, 1h, 5m) do not fit"),
+        // A user name reaches password files and SQL text: nothing that ends a line there.
+        for (name, user) in [("username", Some(&raw.username)), ("clone_username", raw.clone_username.as_ref())] {
+            if let Some(user) = user
+                && (user.get_ref().is_empty() || user.get_ref().chars().any(char::is_control))
+            {
+                self.error(
+                    file,
+                    user.span(),
+                    field(name),
+                    "a database user name must be non-empty, without control characters (CR, LF, NUL, …)",
+                );
+            }
+        }
+        let strategy = match raw.strategy.as_ref().map(|s| *s.get_ref()) {
+            None | Some(raw::PasswordStrategy::SingleUser) => {
+                for (name, value) in [
+                    ("clone_username", raw.clone_username.as_ref().map(Spanned::span)),
+                    ("min_flip_interval", raw.min_flip_interval.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = value {
+                        let why = format!("{name} applies to strategy = \"alternating_users\" only");
+                        self.error(file, span, field(name), why);
+                    }
+                }
+                Strategy::SingleUser
+            }
+            Some(raw::PasswordStrategy::AlternatingUsers) => {
+                let min_flip_interval =
+                    raw.min_flip_interval.as_ref().map_or(DEFAULT_MIN_FLIP_INTERVAL, |m| *m.get_ref());
+                if let Some(cadence) = cadence
+                    && min_flip_interval > cadence
+                {
+                    let span = raw.min_flip_interval.as_ref().map_or(def.span.clone(), Spanned::span);
+                    self.error(file, span, field("min_flip_interval"), format!("min_flip_interval {min_flip_interval} is longer than the cadence {cadence}: every rotation would be refused"));
+                }
+                let username = raw.username.get_ref();
+                let clone_username =
+                    raw.clone_username.as_ref().map_or_else(|| format!("{username}_clone"), |c| c.get_ref().clone());
+                if &clone_username == username
+                    && let Some(clone) = &raw.clone_username
+                {
+                    self.error(
+                        file,
+                        clone.span(),
+                        field("clone_username"),
+                        "clone_username must differ from username: the pair alternates between two users",
+                    );
+                }
+                Strategy::AlternatingUsers { clone_username, min_flip_interval }
+            }
+        };
+        let policy =
+            raw.policy.as_ref().map_or_else(PasswordPolicy::default, |p| self.policy(file, p, &field("policy")));
+        let db = DbPassword {
+            target: target?,
+            username: raw.username.get_ref().clone(),
+            policy,
+            probes: raw.probes.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default(),
+        };
+        let kind = match engine {
+            Engine::Postgres => SecretKind::PostgresPassword(db),
+            Engine::Mysql => SecretKind::MysqlPassword(db),
+        };
+        Some((kind, strategy))
+    }
+
+    /// An API key: its issuer, and how long both keys work.
+    fn api_key(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Secret>,
+        raw: &raw::ApiKeySecret,
+        cadence: Option<Duration>,
+    ) -> Option<(SecretKind, Strategy)> {
+        let file = def.file;
+        let field = |f: &str| format!("secrets.{name}.{f}");
+        let window = raw.overlap.as_ref().map_or(DEFAULT_OVERLAP, |o| *o.get_ref());
+        if let Some(cadence) = cadence
+            && window >= cadence
+        {
+            let span = raw.overlap.as_ref().map_or(def.span.clone(), Spanned::span);
+            self.error(
+                file,
+                span,
+                field("overlap"),
+                format!("overlap {window} must be shorter than the cadence {cadence}, or old credentials pile up"),
             );
         }
+        let issuer = raw.issuer.get_ref();
+        self.check_service_url(file, &issuer.url, &field("issuer.url"), issuer.allow_insecure_http.as_ref());
+        self.check_ref(&issuer.token, file, field("issuer.token"));
+        let ca_file = self.check_ca_file(file, issuer.ca_file.as_ref(), &field("issuer.ca_file"));
+        let issuer = super::super::Issuer {
+            url: issuer.url.get_ref().clone(),
+            token: issuer.token.get_ref().clone().rebase(&self.folder_of(file)),
+            ca_file,
+        };
+        Some((SecretKind::ApiKey(ApiKey { issuer }), Strategy::Overlap { window }))
+    }
+
+    /// A JWT signing key's settings: where its JWKS is published, and times that fit the
+    /// cadence (`cadence` is `None` when it was refused already).
+    fn jwt(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Secret>,
+        raw: &raw::JwtSecret,
+        cadence: Option<Duration>,
+    ) -> Option<JwtSpec> {
+        let file = def.file;
+        let field = |f: &str| format!("secrets.{name}.{f}");
         let duration = |d: &Option<Spanned<Duration>>, default: u64| {
             d.as_ref().map_or(Duration::from_secs(default), |d| *d.get_ref())
         };
@@ -287,13 +220,7 @@ impl Loader {
                 raw.max_token_lifetime.as_ref().or(raw.jwks_cache.as_ref()).map_or(def.span.clone(), Spanned::span);
             self.error(file, span, field("max_token_lifetime"), format!("jwks_cache + max_token_lifetime + clock_skew ({total}) must be shorter than the cadence {cadence}: a rotation must finish before the next is due"));
         }
-        let Some(jwks) = &raw.jwks else {
-            self.errors.push(
-                Diagnostic::error(self.at(file, def.span.clone()), field("jwks"), "a jwt_signing_key secret needs `jwks`, where verifiers fetch its public keys")
-                    .with_help("write jwks = { publish = \"s3\", bucket = \"…\", key = \"….json\" }, { publish = \"vault_kv\", path = \"…\" } or { publish = \"file\", path = \"/srv/….json\" }"),
-            );
-            return None;
-        };
+        let jwks = &raw.jwks;
         let jwks_field = |f: &str| format!("secrets.{name}.jwks.{f}");
         let raw_jwks = jwks.get_ref();
         let kind = *raw_jwks.publish.get_ref();
@@ -414,6 +341,76 @@ impl Loader {
         }
         policy
     }
+}
+
+/// Says in `kind`'s terms what serde said of a secret's table: a field that belongs to another
+/// kind, a field this kind needs, a strategy it does not take. Anything else (a misspelt field,
+/// say) keeps serde's words, whose list of expected fields says it best.
+pub(super) fn explain(kind: raw::SecretKind, diagnostic: &mut Diagnostic) {
+    use raw::SecretKind::{ApiKey, JwtSigningKey, MysqlPassword, PostgresPassword};
+    let name = kind.as_str();
+    let quoted = |prefix: &str| {
+        let rest = diagnostic.message.strip_prefix(prefix)?;
+        Some(rest.split_once('`')?.0.to_owned())
+    };
+    let (message, help): (String, Option<&str>) = if let Some(field) = quoted("unknown field `") {
+        match (kind, field.as_str()) {
+            (JwtSigningKey, "overlap") => (
+                "a JWT key's overlap follows from its times: it is published jwks_cache before it signs, and stays published max_token_lifetime + clock_skew after it stops".into(),
+                Some("remove overlap; set jwks_cache, max_token_lifetime and clock_skew if the defaults (1h, 1h, 5m) do not fit"),
+            ),
+            (_, "algorithm" | "jwks" | "jwks_cache" | "max_token_lifetime" | "clock_skew") => {
+                (format!("{field} applies to jwt_signing_key secrets only"), None)
+            }
+            (_, "issuer") => ("issuer applies to api_key secrets only".into(), None),
+            (_, "target" | "username" | "clone_username" | "min_flip_interval" | "probes") => {
+                (format!("{name} secrets have no database target"), None)
+            }
+            (_, "policy") => (
+                "the issuer or key generator decides what these values look like; policy applies to passwords".into(),
+                None,
+            ),
+            (_, "overlap") => (
+                "overlap applies to api_key and jwt_signing_key secrets; database passwords use single_user or alternating_users".into(),
+                None,
+            ),
+            _ => return,
+        }
+    } else if let Some(field) = quoted("missing field `") {
+        match (kind, field.as_str()) {
+            (PostgresPassword | MysqlPassword, "target") => {
+                (format!("a {name} secret needs `target`, the database whose user it rotates"), None)
+            }
+            (PostgresPassword | MysqlPassword, "username") => {
+                (format!("a {name} secret needs `username`, the database user"), None)
+            }
+            (ApiKey, "issuer") => (
+                "an api_key secret needs `issuer`, the service that issues and revokes its keys".into(),
+                Some(
+                    "write issuer = { url = \"https://…\", token = { file = \"/path\" } }; docs/api-key-issuer.md has the contract",
+                ),
+            ),
+            (JwtSigningKey, "jwks") => (
+                "a jwt_signing_key secret needs `jwks`, where verifiers fetch its public keys".into(),
+                Some(
+                    "write jwks = { publish = \"s3\", bucket = \"…\", key = \"….json\" }, { publish = \"vault_kv\", path = \"…\" } or { publish = \"file\", path = \"/srv/….json\" }",
+                ),
+            ),
+            _ => return,
+        }
+    } else if diagnostic.message.starts_with("unknown variant `") && diagnostic.field.ends_with(".strategy") {
+        match kind {
+            PostgresPassword | MysqlPassword => (
+                "database passwords rotate with \"single_user\" or \"alternating_users\"; \"overlap\" is for api_key and jwt_signing_key".into(),
+                None,
+            ),
+            ApiKey | JwtSigningKey => (format!("{name} secrets rotate with strategy = \"overlap\""), None),
+        }
+    } else {
+        return;
+    };
+    diagnostic.message = message;
+    diagnostic.help = help.map(str::to_owned);
 }
 
 /// Whether the policy's alphabet problem was already reported (no class, or one emptied by
