@@ -342,7 +342,8 @@ impl Ledger {
 
     /// Signs and stores a checkpoint of the ledger as it is now.
     pub async fn checkpoint(&self) -> Result<StoredCheckpoint, EvidenceError> {
-        let (head, problem) = store::checked_head(&self.db).await?;
+        let verifier = self.key.verifier();
+        let (head, problem) = store::verified_head(&self.db, &verifier).await?;
         if let Some(problem) = problem {
             return Err(EvidenceError::Unsigned { problem });
         }
@@ -351,17 +352,8 @@ impl Ledger {
         let note = self.key.sign_note(&checkpoint.body());
         let now = self.clock.now();
         let signed_at = now.to_rfc3339_opts(SecondsFormat::Micros, true);
-        let verifier = self.key.verifier();
-        let id = store::insert_checkpoint(
-            &self.db,
-            checkpoint.size,
-            &checkpoint.root,
-            verifier.name(),
-            verifier.id(),
-            &signed_at,
-            &note,
-        )
-        .await?;
+        let id = store::insert_checkpoint(&self.db, &head.frontier, verifier.name(), verifier.id(), &signed_at, &note)
+            .await?;
         *self.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         let stored = StoredCheckpoint {
             id,

@@ -7,6 +7,7 @@ use super::EvidenceError;
 use std::ops::ControlFlow;
 
 use super::merkle::{Frontier, Hash};
+use super::note::{self, Checkpoint, NoteVerifier};
 use super::record::{Actor, Record, RecordRef};
 use crate::state::{Db, on_pool};
 
@@ -176,32 +177,55 @@ pub(super) async fn head(db: &Db) -> Result<Head, EvidenceError> {
     })
 }
 
-/// The head row, read in one snapshot with what it must agree with, and what disagrees, if
-/// anything: its size must be the newest record's number, and it must name that record's hash, which
-/// must be the hash of that record's contents. A checkpoint signs the head, so a head that a
-/// database writer edited (a size of 2^62 over 3 records) must never reach the signing key.
-/// One snapshot, so that another process appending meanwhile is not mistaken for tampering.
-pub(super) async fn checked_head(db: &Db) -> Result<(Head, Option<String>), EvidenceError> {
+/// The head row, and what disagrees with it if anything, after re-verifying every record the
+/// next checkpoint would newly cover. A checkpoint signs the head, so a head or a record that a
+/// database writer edited (a size of 2^62 over 3 records, a changed record below the newest)
+/// must never reach the signing key.
+///
+/// The records are re-read from `base` on: the frontier stored with the newest checkpoint
+/// `trusted` signed (its root checked against the signed one), or the empty tree when there is
+/// none. Each record's hash is recomputed and its link to the one before checked, the frontier
+/// is rebuilt from them, and the head row must be exactly that. All in one snapshot, so another
+/// process appending meanwhile is not mistaken for tampering; the records are streamed, so the
+/// first checkpoint after an upgrade (which starts from the genesis record) reads the ledger once
+/// without holding it.
+pub(super) async fn verified_head(db: &Db, trusted: &NoteVerifier) -> Result<(Head, Option<String>), EvidenceError> {
     const HEAD: &str = "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1";
-    // max(seq) reads the primary key's last entry; count(*) would scan the whole ledger at every
-    // checkpoint. Gaps below the newest record are the full verification's to find.
+    // max(seq) reads the primary key's last entry: a record appended past the head is found too.
     const NEWEST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM evidence_records";
-    const NEWEST: &str = concat!("SELECT ", record_columns!(), " FROM evidence_records WHERE seq = $1");
+    const BASE: &str = "SELECT id, size, note, frontier FROM evidence_checkpoints \
+                        WHERE frontier IS NOT NULL ORDER BY size DESC, id DESC LIMIT 1";
+    const FROM: &str = concat!("SELECT ", record_columns!(), " FROM evidence_records WHERE seq >= $1 ORDER BY seq");
     macro_rules! read_in {
         ($tx:ident) => {{
             let row = sqlx::query(HEAD).fetch_one(&mut *$tx).await?;
             let head = Head::decode(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)?;
             let max: i64 = sqlx::query(NEWEST_SEQ).fetch_one(&mut *$tx).await?.try_get(0)?;
-            let newest =
-                match sqlx::query(NEWEST).bind(seq_param(head.frontier.size())).fetch_optional(&mut *$tx).await? {
-                    Some(row) => Some(decode_record(&row)?),
-                    None => None,
-                };
+            let base = match sqlx::query(BASE).fetch_optional(&mut *$tx).await? {
+                Some(row) => trusted_base(
+                    trusted,
+                    row.try_get(1)?,
+                    &row.try_get::<String, _>(2)?,
+                    &row.try_get::<Vec<u8>, _>(3)?,
+                ),
+                None => None,
+            };
+            let mut chain = Chain::from(base);
+            // The record the base ends with is read too, for the link the next one makes.
+            let mut rows = sqlx::query(FROM).bind(seq_param(chain.frontier.size())).fetch(&mut *$tx);
+            while let Some(row) = rows.next().await {
+                let record = decode_record(&row?)?;
+                if chain.problem.is_some() || record.seq > head.frontier.size() {
+                    break;
+                }
+                chain.extend(&record);
+            }
+            drop(rows);
             $tx.commit().await?;
-            (head, max, newest)
+            (head, max, chain)
         }};
     }
-    let (head, max, newest) = match db {
+    let (head, max, chain) = match db {
         Db::Sqlite(pool) => {
             // A deferred transaction in WAL mode reads one snapshot from its first read on.
             let mut tx = pool.begin().await?;
@@ -215,20 +239,92 @@ pub(super) async fn checked_head(db: &Db) -> Result<(Head, Option<String>), Evid
     let size = head.frontier.size();
     let problem = if i64::try_from(size).ok() != Some(max) {
         Some(format!("the head row says {size} records, but {max} are stored"))
+    } else if chain.base > size {
+        Some(format!(
+            "a signed checkpoint covers {} records, but the head row says {size}: records were removed",
+            chain.base
+        ))
+    } else if let Some(problem) = chain.problem {
+        Some(problem)
+    } else if !chain.linked || chain.frontier.size() != size {
+        Some(format!(
+            "the head row says {size} records, but records {}..={size} cannot be read",
+            chain.frontier.size().min(size) + 1
+        ))
+    } else if chain.last_hash != head.last_hash {
+        Some(format!("the head row's last hash is not record {size}'s hash"))
+    } else if chain.frontier != head.frontier {
+        Some(format!("the head row's Merkle frontier is not the one records 1..={size} hash to"))
     } else {
-        match newest {
-            _ if size == 0 => None,
-            None => Some(format!("record {size}, the newest the head row names, cannot be read")),
-            Some(newest) if newest.compute_hash() != newest.hash => {
-                Some(format!("record {size}'s contents do not match its stored hash"))
-            }
-            Some(newest) if newest.hash != head.last_hash => {
-                Some(format!("the head row's last hash is not record {size}'s hash"))
-            }
-            Some(_) => None,
-        }
+        None
     };
     Ok((head, problem))
+}
+
+/// The frontier stored with a checkpoint, if `trusted` signed that checkpoint and the frontier
+/// hashes to the root it signed: only then may re-verification start from it.
+fn trusted_base(trusted: &NoteVerifier, size: i64, note: &str, frontier: &[u8]) -> Option<Frontier> {
+    let (body, _) = note::open(note, std::slice::from_ref(trusted)).ok()?;
+    let signed = Checkpoint::parse_body(body).ok()?;
+    let frontier = Frontier::from_bytes(frontier)?;
+    (i64::try_from(signed.size).ok() == Some(size) && frontier.size() == signed.size && frontier.root() == signed.root)
+        .then_some(frontier)
+}
+
+/// Records re-verified one after another from a trusted frontier: what `verified_head` rebuilds.
+struct Chain {
+    frontier: Frontier,
+    /// The hash of the record the frontier ends with; zeros before the genesis record.
+    last_hash: Hash,
+    /// The size of the trusted frontier it started from.
+    base: u64,
+    /// Whether the base's own last record was read (for its hash), or the base is empty.
+    linked: bool,
+    problem: Option<String>,
+    buffer: Vec<u8>,
+}
+
+impl From<Option<Frontier>> for Chain {
+    fn from(base: Option<Frontier>) -> Self {
+        let frontier = base.unwrap_or_default();
+        let base = frontier.size();
+        Self { frontier, last_hash: [0; 32], base, linked: base == 0, problem: None, buffer: Vec::with_capacity(1024) }
+    }
+}
+
+impl Chain {
+    fn extend(&mut self, record: &Record) {
+        let record = record.as_ref();
+        let (hash, leaf) = record.hashes(&mut self.buffer);
+        if !self.linked {
+            // The base's last record: it is covered by the signed checkpoint already; only its
+            // hash is taken, for the link the next record makes.
+            self.linked = true;
+            self.last_hash = hash;
+            if record.seq != self.frontier.size() {
+                self.problem = Some(format!(
+                    "record {}, the last a signed checkpoint covers, is missing (the next stored record is {})",
+                    self.frontier.size(),
+                    record.seq
+                ));
+            }
+            return;
+        }
+        let expected = self.frontier.size() + 1;
+        self.problem = if record.seq != expected {
+            Some(format!("record {expected} is missing (the next stored record is {})", record.seq))
+        } else if &hash != record.hash {
+            Some(format!("record {expected}'s contents do not match its stored hash"))
+        } else if record.prev_hash != &self.last_hash {
+            Some(format!("record {expected} does not link to record {}", expected - 1))
+        } else {
+            None
+        };
+        if self.problem.is_none() {
+            self.last_hash = hash;
+            self.frontier.push(leaf);
+        }
+    }
 }
 
 /// One record by sequence number.
@@ -280,23 +376,23 @@ pub(super) async fn records(db: &Db, filter: &RecordFilter) -> Result<Vec<Record
 /// Stores a signed checkpoint.
 pub(super) async fn insert_checkpoint(
     db: &Db,
-    size: u64,
-    root: &Hash,
+    frontier: &Frontier,
     key_name: &str,
     key_id: u32,
     signed_at: &str,
     note: &str,
 ) -> Result<i64, EvidenceError> {
-    const SQL: &str = "INSERT INTO evidence_checkpoints (size, root_hash, key_name, key_id, signed_at, note) \
-                       VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+    const SQL: &str = "INSERT INTO evidence_checkpoints (size, root_hash, key_name, key_id, signed_at, note, frontier) \
+                       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
     let key_id = format!("{key_id:08x}");
     let id: i64 = on_pool!(db, pool => sqlx::query(SQL)
-        .bind(seq_param(size))
-        .bind(root.to_vec())
+        .bind(seq_param(frontier.size()))
+        .bind(frontier.root().to_vec())
         .bind(key_name)
         .bind(&key_id)
         .bind(signed_at)
         .bind(note)
+        .bind(frontier.to_bytes())
         .fetch_one(pool)
         .await?
         .try_get(0)?);

@@ -37,6 +37,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0004_subjects.sqlite.sql"),
         postgres: include_str!("migrations/0004_subjects.postgres.sql"),
     },
+    Migration {
+        version: 5,
+        name: "checkpoint frontiers",
+        sqlite: include_str!("migrations/0005_checkpoint_frontiers.sqlite.sql"),
+        postgres: include_str!("migrations/0005_checkpoint_frontiers.postgres.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS vigil_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";

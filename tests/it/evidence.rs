@@ -682,6 +682,52 @@ async fn a_checkpoint_is_never_signed_over_an_edited_head_row() {
     assert!(err.contains("last hash is not record 40's hash"), "{err}");
 }
 
+/// Before signing, every record since the newest checkpoint vigil signed is re-verified and
+/// the head row rebuilt from them; a record edited or removed below the newest one, a head whose
+/// frontier was replaced, or a forged checkpoint row offered as the starting point, are each
+/// refused and nothing is signed. A ledger whose checkpoints predate stored frontiers is
+/// re-verified from its genesis record.
+#[tokio::test]
+async fn a_checkpoint_re_verifies_every_record_since_the_last_signed_one() {
+    // Records 1..=37 are under the checkpoint of size 37; 38..=40 are not yet.
+    async fn refused(tamper: &str, expected: &str) {
+        let store = Store::sqlite();
+        let ledger = build(store.open().await, LedgerKey::generate("vigil/chain")).await;
+        let db = ledger.db().clone();
+        exec(&db, tamper).await;
+        let before = evidence::checkpoints(&db).await.unwrap().len();
+        let err = ledger.checkpoint().await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{tamper}: {err}");
+        assert_eq!(evidence::checkpoints(&db).await.unwrap().len(), before, "{tamper}: nothing was signed");
+    }
+    let edit = |seq: u32| format!("UPDATE evidence_records SET details = '{{\"edited\":true}}' WHERE seq = {seq}");
+    refused(&edit(38), "record 38's contents do not match its stored hash").await;
+    refused("DELETE FROM evidence_records WHERE seq = 39", "record 39 is missing").await;
+    refused(
+        "UPDATE evidence_head SET frontier = substr(frontier, 1, 20) || X'00' || substr(frontier, 22) WHERE id = 1",
+        "the head row's Merkle frontier is not the one records 1..=40 hash to",
+    )
+    .await;
+    // A checkpoint row nobody signed is no starting point: record 38 is still checked.
+    let forged = format!(
+        "INSERT INTO evidence_checkpoints (size, root_hash, key_name, key_id, signed_at, note, frontier) \
+         SELECT 40, root_hash, key_name, key_id, signed_at, 'vigil/chain\n40\nAAAA\n', frontier FROM evidence_checkpoints WHERE size = 37; {}",
+        edit(38)
+    );
+    refused(&forged, "record 38's contents do not match its stored hash").await;
+    // Checkpoints from before frontiers were stored: the next one re-verifies from record 1.
+    refused(&format!("UPDATE evidence_checkpoints SET frontier = NULL; {}", edit(5)), "record 5's contents").await;
+
+    // Untouched, the next checkpoint signs all 40, and the one after starts from it.
+    let store = Store::sqlite();
+    let ledger = build(store.open().await, LedgerKey::generate("vigil/chain")).await;
+    assert_eq!(ledger.checkpoint().await.unwrap().size, 40);
+    exec(ledger.db(), &edit(20)).await;
+    assert_eq!(ledger.checkpoint().await.unwrap().size, 40, "records under a signed checkpoint are verify's to check");
+    let report = evidence::verify(ledger.db(), evidence::Trust::Genesis).await.unwrap();
+    assert!(report.problem.unwrap().what.contains("record 20"), "and verify finds the edit");
+}
+
 /// `evidence prove` allocates for the records it reads, not for the size a stored checkpoint
 /// claims: a checkpoint edited to 2^59 records is an error, not an allocation failure.
 #[tokio::test]
