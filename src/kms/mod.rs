@@ -24,7 +24,8 @@ pub enum Settings {
         /// Key id, ARN or alias.
         key_id: String,
     },
-    /// Vault / OpenBao Transit's datakey endpoint under this key.
+    /// Vault / OpenBao Transit, wrapping under this key (an AEAD type: Transit's default
+    /// `aes256-gcm96`, or `chacha20-poly1305`).
     VaultTransit {
         /// The Transit key name.
         key: String,
@@ -81,6 +82,11 @@ pub struct WrappedKey {
     /// The wrapped data key: base64 of KMS's ciphertext blob or of the local wrapping, or
     /// Transit's `vault:vN:` ciphertext.
     pub wrapped: String,
+    /// Transit only: whether the backup id was bound as associated data. Transit data keys made
+    /// before vigil bound it have none and still unwrap without. (KMS binds it as encryption
+    /// context and the local key as AES-GCM associated data, always; this stays false for them.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bound: bool,
 }
 
 /// Why a data key could not be made or unwrapped.
@@ -224,7 +230,7 @@ impl KeyService for AwsKms {
                 reason: err.to_string(),
             })?;
             let key_id = out.key_id.unwrap_or_else(|| self.key_id.clone());
-            Ok((key, WrappedKey { service: KMS.into(), key_id, wrapped }))
+            Ok((key, WrappedKey { service: KMS.into(), key_id, wrapped, bound: false }))
         }
         .boxed()
     }
@@ -269,7 +275,10 @@ fn expect_service(wrapped: &WrappedKey, service: &str, configured: &str) -> Resu
     Ok(())
 }
 
-/// Vault / OpenBao Transit: `datakey/plaintext/:name` and `decrypt/:name`.
+/// Vault / OpenBao Transit: a data key made here and wrapped with `encrypt/:name`, the backup
+/// id bound as associated data (`datakey/` takes none), and unwrapped with `decrypt/:name`.
+/// The Transit key must be an AEAD type (`aes256-gcm96`, Transit's default, or
+/// `chacha20-poly1305`): Transit refuses associated data for any other.
 struct VaultTransit {
     client: vaultrs::client::VaultClient,
     mount: String,
@@ -294,27 +303,27 @@ fn transit_error(what: &'static str, err: vaultrs::error::ClientError) -> KeyErr
 }
 
 impl KeyService for VaultTransit {
-    fn generate<'a>(&'a self, _context: &'a str) -> BoxFuture<'a, Result<(DataKey, WrappedKey), KeyError>> {
+    fn generate<'a>(&'a self, context: &'a str) -> BoxFuture<'a, Result<(DataKey, WrappedKey), KeyError>> {
         async move {
-            use vaultrs::api::transit::requests::DataKeyType;
-            let out = vaultrs::transit::generate::data_key(
-                &self.client,
-                &self.mount,
-                &self.key,
-                DataKeyType::Plaintext,
-                None,
-            )
-            .await
-            .map_err(|err| transit_error("generate a data key", err))?;
-            let plaintext = Zeroizing::new(out.plaintext.unwrap_or_default());
-            let key = decode_key(&plaintext, "generate a data key")?;
-            Ok((key, WrappedKey { service: TRANSIT.into(), key_id: self.key.clone(), wrapped: out.ciphertext }))
+            use vaultrs::api::transit::requests::EncryptDataRequest;
+            let key = DataKey::generate();
+            let plaintext = Zeroizing::new(BASE64.encode(key.expose()));
+            let mut options = EncryptDataRequest::builder();
+            options.associated_data(BASE64.encode(context));
+            let out =
+                vaultrs::transit::data::encrypt(&self.client, &self.mount, &self.key, &plaintext, Some(&mut options))
+                    .await
+                    .map_err(|err| transit_error("wrap a data key", err))?;
+            let wrapped =
+                WrappedKey { service: TRANSIT.into(), key_id: self.key.clone(), wrapped: out.ciphertext, bound: true };
+            Ok((key, wrapped))
         }
         .boxed()
     }
 
-    fn unwrap<'a>(&'a self, wrapped: &'a WrappedKey, _context: &'a str) -> BoxFuture<'a, Result<DataKey, KeyError>> {
+    fn unwrap<'a>(&'a self, wrapped: &'a WrappedKey, context: &'a str) -> BoxFuture<'a, Result<DataKey, KeyError>> {
         async move {
+            use vaultrs::api::transit::requests::DecryptDataRequest;
             expect_service(wrapped, TRANSIT, &self.key)?;
             // Only the configured key unwraps: a manifest naming another Transit key is refused
             // before Vault is asked.
@@ -324,9 +333,19 @@ impl KeyService for VaultTransit {
                     configured: format!("{TRANSIT} {}", self.key),
                 });
             }
-            let out = vaultrs::transit::data::decrypt(&self.client, &self.mount, &self.key, &wrapped.wrapped, None)
-                .await
-                .map_err(|err| transit_error("unwrap the data key", err))?;
+            let mut options = DecryptDataRequest::builder();
+            if wrapped.bound {
+                options.associated_data(BASE64.encode(context));
+            }
+            let out = vaultrs::transit::data::decrypt(
+                &self.client,
+                &self.mount,
+                &self.key,
+                &wrapped.wrapped,
+                Some(&mut options),
+            )
+            .await
+            .map_err(|err| transit_error("unwrap the data key", err))?;
             let plaintext = Zeroizing::new(out.plaintext);
             decode_key(&plaintext, "unwrap the data key")
         }
@@ -396,7 +415,7 @@ impl KeyService for LocalKey {
                     reason: "AES-GCM failed".into(),
                 })?;
             let wrapped = BASE64.encode([nonce.as_slice(), &sealed].concat());
-            Ok((key, WrappedKey { service: LOCAL.into(), key_id: self.fingerprint.clone(), wrapped }))
+            Ok((key, WrappedKey { service: LOCAL.into(), key_id: self.fingerprint.clone(), wrapped, bound: false }))
         }
         .boxed()
     }

@@ -813,3 +813,52 @@ async fn only_the_configured_key_unwraps_a_data_key() {
         assert!(matches!(err, KeyError::OtherKey { .. } | KeyError::Refused { .. }), "{err}");
     }
 }
+
+/// Every key service binds the backup id into the wrapping of its data key: a wrapped key
+/// copied into another backup's manifest does not unwrap there. Transit data keys wrapped before
+/// the binding (no `bound` in the manifest) still unwrap.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_data_key_unwraps_only_for_the_backup_it_was_made_for() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use vigil::kms::{self, Settings};
+    let setup = Setup::new().await;
+    let aws = setup.services.aws(setup.path());
+    let vault = setup.services.vault(setup.path());
+    for settings in [
+        Settings::AwsKms { key_id: setup.kms_key.clone() },
+        Settings::VaultTransit { key: setup.transit_key.clone() },
+        Settings::Local { key_file: setup.path().join("local.key") },
+    ] {
+        let service = kms::connect(&settings, Some(&aws), Some(&vault)).await.unwrap();
+        let (key, wrapped) = service.generate("backup-1").await.unwrap();
+        let again = service.unwrap(&wrapped, "backup-1").await.expect("its own backup unwraps it");
+        assert_eq!(again.expose(), key.expose());
+        let err = service.unwrap(&wrapped, "backup-2").await.expect_err("another backup's id unwrapped it");
+        assert!(!err.is_transient(), "{err}");
+    }
+
+    // A Transit data key from before the binding: made by `datakey/`, with no associated data.
+    let transit = kms::connect(&Settings::VaultTransit { key: setup.transit_key.clone() }, Some(&aws), Some(&vault))
+        .await
+        .unwrap();
+    let http = setup.services.openbao.http();
+    let made: serde_json::Value = http
+        .post(format!("{}/v1/transit/datakey/plaintext/{}", setup.services.openbao.address, setup.transit_key))
+        .header("X-Vault-Token", &setup.services.openbao.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let old = vigil::kms::WrappedKey {
+        service: "vault_transit".into(),
+        key_id: setup.transit_key.clone(),
+        wrapped: made["data"]["ciphertext"].as_str().unwrap().to_owned(),
+        bound: false,
+    };
+    let key = transit.unwrap(&old, "backup-1").await.expect("an unbound Transit data key still unwraps");
+    assert_eq!(BASE64.encode(key.expose()), made["data"]["plaintext"].as_str().unwrap());
+}
