@@ -296,6 +296,81 @@ impl Dump {
     }
 }
 
+/// A running restore: the engine's own tool reading a dump on its standard input into the
+/// database its endpoint names (`pg_restore` for a custom archive, `mariadb` for SQL), with the
+/// same cleared environment and 0600 password file as a dump.
+pub struct Restore {
+    tool: &'static str,
+    child: Child,
+    _password_file: PasswordFile,
+}
+
+impl Restore {
+    /// Starts restoring into `endpoint.database` as `credential`; returns where to write the
+    /// dump. `scratch` is a private folder for the password file.
+    pub fn start(
+        engine: Engine,
+        endpoint: &Endpoint,
+        credential: &Credential,
+        scratch: &Path,
+    ) -> Result<(Box<dyn Write + Send>, Self), DumpError> {
+        let database = endpoint.database.as_deref().unwrap_or_default();
+        let (mut command, tool, password_file) = match engine {
+            Engine::Postgres => {
+                let password_file = PasswordFile::pgpass(scratch, credential)?;
+                let mut command = tool("pg_restore");
+                command
+                    // Objects are owned by the restoring role: no superuser is needed to restore,
+                    // and the grants in the dump are still given.
+                    .args(["--format=custom", "--no-password", "--exit-on-error", "--no-owner"])
+                    .arg(format!("--host={}", endpoint.host))
+                    .arg(format!("--port={}", endpoint.port))
+                    .arg(format!("--username={}", credential.username))
+                    .arg(format!("--dbname={database}"))
+                    .env("PGPASSFILE", &password_file.0)
+                    .env("PGAPPNAME", "vigil-drill")
+                    .envs(endpoint.tls.libpq_env());
+                (command, "pg_restore", password_file)
+            }
+            Engine::Mysql => {
+                let password_file = PasswordFile::mariadb(scratch, credential)?;
+                let mut command = tool("mariadb");
+                // The option file must be the first argument.
+                command
+                    .arg(format!("--defaults-extra-file={}", password_file.0.display()))
+                    .args(["--protocol=TCP", "--batch"])
+                    .args(endpoint.tls.mariadb_args())
+                    .arg(format!("--host={}", endpoint.host))
+                    .arg(format!("--port={}", endpoint.port))
+                    .arg(format!("--database={database}"));
+                (command, "mariadb", password_file)
+            }
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| DumpError::Tool { tool, reason: err.to_string() })?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        Ok((Box::new(stdin), Self { tool, child, _password_file: password_file }))
+    }
+
+    /// Waits for the tool, whose input has been closed; fails if it did.
+    pub fn finish(mut self) -> Result<(), DumpError> {
+        let tool = self.tool;
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        let status = self.child.wait().map_err(|err| DumpError::Tool { tool, reason: err.to_string() })?;
+        if !status.success() {
+            return Err(DumpError::Failed { tool, status: status.to_string(), stderr: last_lines(&stderr) });
+        }
+        Ok(())
+    }
+}
+
 /// The last few lines of a tool's error output, for an error message.
 pub(crate) fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();

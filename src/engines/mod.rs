@@ -9,6 +9,7 @@
 pub mod dump;
 pub mod mysql;
 pub mod postgres;
+pub mod scratch;
 
 use futures_util::future::BoxFuture;
 

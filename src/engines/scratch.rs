@@ -1,0 +1,245 @@
+//! A scratch database for restore drills: dropped if a previous drill left it, created empty,
+//! restored into by the engine's own tool, queried for the drill's checks, and dropped again.
+//!
+//! Each operation opens its own connection: a drill runs a handful of them, and the restored
+//! database cannot be reached through the admin pool, which is bound to the target's database.
+
+use std::collections::BTreeMap;
+
+use sqlx::Connection as _;
+
+use super::{Credential, Endpoint, Engine, EngineError};
+
+/// One drill's scratch database on a scratch target.
+pub struct ScratchDb {
+    engine: Engine,
+    /// The target: its host, port, TLS and the database the admin connects to.
+    server: Endpoint,
+    admin: Credential,
+    name: String,
+}
+
+/// The scratch database's name for drill `drill`: `vigil_drill_` and the drill's name with
+/// every character but ASCII letters and digits made `_`; a long name is cut and given a hash
+/// of the whole, within both engines' 63-character limit. A fixed name per drill, so that a
+/// drill finds and drops what a crashed run of itself left.
+pub fn scratch_name(drill: &str) -> String {
+    use sha2::Digest as _;
+    let safe: String =
+        drill.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    if safe.len() <= 40 {
+        return format!("vigil_drill_{safe}");
+    }
+    let hash = hex::encode(&sha2::Sha256::digest(drill.as_bytes())[..4]);
+    format!("vigil_drill_{}_{hash}", &safe[..32])
+}
+
+impl ScratchDb {
+    /// Database `name` on the server at `server`, administered by `admin`.
+    pub fn new(engine: Engine, server: Endpoint, admin: Credential, name: String) -> Self {
+        Self { engine, server, admin, name }
+    }
+
+    /// The engine it runs on.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the scratch database itself is reached: the server, with its name as database.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint { database: Some(self.name.clone()), ..self.server.clone() }
+    }
+
+    /// The credential the drill restores and checks with.
+    pub fn admin(&self) -> &Credential {
+        &self.admin
+    }
+
+    /// Drops the database if it exists (ending its sessions) and creates it empty.
+    pub async fn recreate(&self) -> Result<(), EngineError> {
+        self.drop().await?;
+        let create = match self.engine {
+            Engine::Postgres => format!("CREATE DATABASE {}", super::postgres::quote_ident(&self.name)),
+            Engine::Mysql => format!("CREATE DATABASE {}", super::mysql::quote_ident(&self.name)),
+        };
+        self.on_server(&format!("create scratch database {}", self.name), &create).await
+    }
+
+    /// Drops the database if it exists, ending its sessions. Idempotent.
+    pub async fn drop(&self) -> Result<(), EngineError> {
+        let statement = match self.engine {
+            // FORCE ends the sessions a crashed restore or check left (PostgreSQL 13 and later).
+            Engine::Postgres => {
+                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", super::postgres::quote_ident(&self.name))
+            }
+            Engine::Mysql => format!("DROP DATABASE IF EXISTS {}", super::mysql::quote_ident(&self.name)),
+        };
+        self.on_server(&format!("drop scratch database {}", self.name), &statement).await
+    }
+
+    /// Whether the database exists.
+    pub async fn exists(&self) -> Result<bool, EngineError> {
+        let what = format!("look for scratch database {}", self.name);
+        let failed = |err| EngineError::from_sqlx(&what, &self.admin.username, err);
+        match self.engine {
+            Engine::Postgres => {
+                let mut conn = self.connect_pg(&self.server, &what).await?;
+                let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                    .bind(&self.name)
+                    .fetch_optional(&mut conn)
+                    .await
+                    .map_err(failed)?;
+                let _ = conn.close().await;
+                Ok(found.is_some())
+            }
+            Engine::Mysql => {
+                let mut conn = self.connect_mysql(&self.server, &what).await?;
+                let found: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM information_schema.schemata WHERE schema_name = ?")
+                        .bind(&self.name)
+                        .fetch_optional(&mut conn)
+                        .await
+                        .map_err(failed)?;
+                let _ = conn.close().await;
+                Ok(found.is_some())
+            }
+        }
+    }
+
+    /// Every user table's rows in the restored database, as the backup counted them.
+    pub async fn count_rows(&self) -> Result<BTreeMap<String, u64>, EngineError> {
+        let what = format!("count the rows of scratch database {}", self.name);
+        let failed = |err| EngineError::from_sqlx(&what, &self.admin.username, err);
+        let inside = self.endpoint();
+        match self.engine {
+            Engine::Postgres => {
+                let mut conn = self.connect_pg(&inside, &what).await?;
+                let counts = super::postgres::count_rows(&mut conn).await.map_err(failed);
+                let _ = conn.close().await;
+                counts
+            }
+            Engine::Mysql => {
+                let mut conn = self.connect_mysql(&inside, &what).await?;
+                let counts = super::mysql::count_rows(&mut conn).await.map_err(failed);
+                let _ = conn.close().await;
+                counts
+            }
+        }
+    }
+
+    /// Runs `sql` in the restored database and returns its first row's first column as text
+    /// (`None` for no row or SQL NULL), in a read-only transaction that is rolled back: a
+    /// drill's assertion reads, it never changes what it checks.
+    pub async fn first_value(&self, sql: &str) -> Result<Option<String>, EngineError> {
+        let what = "run the assertion".to_owned();
+        let failed = |err| EngineError::from_sqlx(&what, &self.admin.username, err);
+        let inside = self.endpoint();
+        let query = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.engine {
+            Engine::Postgres => {
+                let mut conn = self.connect_pg(&inside, &what).await?;
+                let mut tx = conn.begin_with("BEGIN READ ONLY").await.map_err(failed)?;
+                let row = sqlx::query(query).fetch_optional(&mut *tx).await.map_err(failed)?;
+                let value = row.map(|row| text_of::<sqlx::Postgres>(&row)).transpose().map_err(failed)?.flatten();
+                let _ = tx.rollback().await;
+                let _ = conn.close().await;
+                Ok(value)
+            }
+            Engine::Mysql => {
+                let mut conn = self.connect_mysql(&inside, &what).await?;
+                let mut tx = conn.begin_with("START TRANSACTION READ ONLY").await.map_err(failed)?;
+                let row = sqlx::query(query).fetch_optional(&mut *tx).await.map_err(failed)?;
+                let value = row.map(|row| text_of::<sqlx::MySql>(&row)).transpose().map_err(failed)?.flatten();
+                let _ = tx.rollback().await;
+                let _ = conn.close().await;
+                Ok(value)
+            }
+        }
+    }
+
+    async fn on_server(&self, what: &str, statement: &str) -> Result<(), EngineError> {
+        let failed = |err| EngineError::from_sqlx(what, &self.admin.username, err);
+        let statement = sqlx::AssertSqlSafe(statement.to_owned());
+        match self.engine {
+            Engine::Postgres => {
+                let mut conn = self.connect_pg(&self.server, what).await?;
+                let done = sqlx::raw_sql(statement).execute(&mut conn).await.map(drop).map_err(failed);
+                let _ = conn.close().await;
+                done
+            }
+            Engine::Mysql => {
+                let mut conn = self.connect_mysql(&self.server, what).await?;
+                let done = sqlx::raw_sql(statement).execute(&mut conn).await.map(drop).map_err(failed);
+                let _ = conn.close().await;
+                done
+            }
+        }
+    }
+
+    async fn connect_pg(&self, endpoint: &Endpoint, what: &str) -> Result<sqlx::PgConnection, EngineError> {
+        use sqlx::ConnectOptions as _;
+        let options = super::postgres_options(endpoint, &self.admin).disable_statement_logging();
+        sqlx::PgConnection::connect_with(&options)
+            .await
+            .map_err(|err| EngineError::connecting(endpoint, what, &self.admin.username, err))
+    }
+
+    async fn connect_mysql(&self, endpoint: &Endpoint, what: &str) -> Result<sqlx::MySqlConnection, EngineError> {
+        use sqlx::ConnectOptions as _;
+        let options = super::mysql_options(endpoint, &self.admin).disable_statement_logging();
+        sqlx::MySqlConnection::connect_with(&options)
+            .await
+            .map_err(|err| EngineError::connecting(endpoint, what, &self.admin.username, err))
+    }
+}
+
+/// The first column of `row` as text, whatever its SQL type of the common ones: an assertion's
+/// expected value is written as text.
+fn text_of<DB>(row: &DB::Row) -> Result<Option<String>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'r> Option<String>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<i64>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<i32>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<f64>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<bool>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
+    use sqlx::Row as _;
+    if let Ok(value) = row.try_get::<Option<String>, _>(0) {
+        return Ok(value);
+    }
+    if let Ok(value) = row.try_get::<Option<i64>, _>(0) {
+        return Ok(value.map(|v| v.to_string()));
+    }
+    if let Ok(value) = row.try_get::<Option<i32>, _>(0) {
+        return Ok(value.map(|v| v.to_string()));
+    }
+    if let Ok(value) = row.try_get::<Option<f64>, _>(0) {
+        return Ok(value.map(|v| v.to_string()));
+    }
+    if let Ok(value) = row.try_get::<Option<bool>, _>(0) {
+        return Ok(value.map(|v| v.to_string()));
+    }
+    Err(sqlx::Error::Decode(
+        "the first column is of a type assertions do not read; cast it to text in the query".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_names_are_plain_identifiers() {
+        assert_eq!(scratch_name("orders-restore"), "vigil_drill_orders_restore");
+        assert_eq!(scratch_name("Ünï"), "vigil_drill__n_");
+        let long = scratch_name(&"a".repeat(63));
+        assert!(long.len() <= 63 && long != scratch_name(&format!("{}b", "a".repeat(62))), "{long}");
+    }
+}
