@@ -59,9 +59,25 @@ impl Clock for ManualClock {
     }
 }
 
+/// An id that sorts by time: the UTC time to the second and 32 random bits
+/// (`20261124T020000Z-00ff00ff`). Backups and drill runs are named so.
+pub fn sortable_id(clock: &dyn Clock) -> String {
+    use rand_core::RngCore as _;
+    format!("{}-{:08x}", clock.now().format("%Y%m%dT%H%M%SZ"), rand_core::OsRng.next_u32())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sortable_ids_sort_by_time() {
+        let clock = ManualClock::new(DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z").unwrap().to_utc());
+        let first = sortable_id(&clock);
+        clock.advance(chrono::Duration::seconds(1));
+        assert!(first.starts_with("20261124T020000Z-"));
+        assert!(sortable_id(&clock) > first);
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

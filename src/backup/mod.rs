@@ -20,7 +20,6 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::clock::Clock;
 use crate::config::{BackupMethod, BackupSet};
 use crate::context::Ctx;
 use crate::engines::dump::{self, DumpError};
@@ -238,7 +237,7 @@ impl<'a> Backups<'a> {
     /// Backs up set `name` now: a dump that is then verified, or an RDS snapshot.
     pub async fn run(&self, name: &str) -> Result<BackupReport, BackupError> {
         let set = self.set(name)?;
-        let id = new_backup_id(self.ctx.clock);
+        let id = crate::clock::sortable_id(self.ctx.clock);
         match &set.method {
             BackupMethod::Dump { .. } => {
                 let connected = self.connect(name, set).await?;
@@ -324,6 +323,12 @@ impl<'a> Backups<'a> {
             .ok_or_else(|| BackupError::SetGone { id: id.to_owned(), set: entry.set.clone() })?;
         let connected = self.connect(&entry.set, set).await?;
         Ok((entry, manifest, connected))
+    }
+
+    /// Backup `id`'s manifest, as recorded in evidence (checked against its recorded hash): what
+    /// a restore of it must show.
+    pub async fn manifest(&self, id: &str) -> Result<Manifest, BackupError> {
+        Ok(self.recorded(id).await?.1)
     }
 
     /// The catalog entry of `id` and its manifest, checked against the manifest's recorded hash.
@@ -568,12 +573,6 @@ fn object_key(set: &str, id: &str) -> String {
     format!("{set}/{id}.vbk")
 }
 
-/// A backup id: the UTC time to the second and 32 random bits, so ids sort by time.
-fn new_backup_id(clock: &dyn Clock) -> String {
-    use rand_core::RngCore as _;
-    format!("{}-{:08x}", clock.now().format("%Y%m%dT%H%M%SZ"), rand_core::OsRng.next_u32())
-}
-
 /// The dump saga of one set.
 struct DumpSaga<'a> {
     backups: &'a Backups<'a>,
@@ -793,16 +792,5 @@ mod tests {
             manifest_key("orders/20261124T020000Z-00ff00ff.vbk"),
             "orders/20261124T020000Z-00ff00ff.manifest.json"
         );
-    }
-
-    #[test]
-    fn backup_ids_sort_by_time() {
-        let clock = crate::clock::ManualClock::new(
-            chrono::DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z").unwrap().into(),
-        );
-        let first = new_backup_id(&clock);
-        clock.advance(chrono::Duration::seconds(1));
-        assert!(first.starts_with("20261124T020000Z-"));
-        assert!(new_backup_id(&clock) > first);
     }
 }

@@ -358,6 +358,17 @@ pub struct Drill {
     pub rto: Duration,
     /// The human procedure this drill exercises.
     pub runbook: Option<PathBuf>,
+    /// Queries run on the restored database, each with the text its first value must be.
+    pub assertions: Vec<Assertion>,
     /// Where the drill is defined.
     pub defined_at: Location,
+}
+
+/// A drill's check of the restored data: `sql`'s first row's first column must read `expect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Assertion {
+    /// A read-only query, run in a transaction that is rolled back.
+    pub sql: String,
+    /// The expected value, as text (`NULL` for SQL NULL or no row).
+    pub expect: String,
 }

@@ -383,4 +383,12 @@ pub(super) struct Drill {
     pub rpo: Option<Spanned<Duration>>,
     pub rto: Option<Spanned<Duration>>,
     pub runbook: Option<Spanned<PathBuf>>,
+    pub assertions: Option<Vec<Spanned<Assertion>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Assertion {
+    pub sql: Spanned<String>,
+    pub expect: String,
 }

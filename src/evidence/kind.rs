@@ -11,6 +11,8 @@ pub enum Area {
     Rotation,
     /// Backups.
     Backup,
+    /// Restore drills.
+    Drill,
 }
 
 /// A kind of record vigil writes.
@@ -49,18 +51,22 @@ pub enum Kind {
 impl Kind {
     /// The dotted name stored in the ledger.
     pub const fn as_str(self) -> &'static str {
-        use Area::{Backup, Rotation};
+        use Area::{Backup, Drill, Rotation};
         match self {
             Self::Genesis => "evidence.genesis",
             Self::KeyRollover => "evidence.key_rollover",
             Self::SagaStarted(Rotation) => "rotation.started",
             Self::SagaStarted(Backup) => "backup.started",
+            Self::SagaStarted(Drill) => "drill.started",
             Self::SagaStep(Rotation) => "rotation.step",
             Self::SagaStep(Backup) => "backup.step",
+            Self::SagaStep(Drill) => "drill.step",
             Self::SagaFinished(Rotation) => "rotation.finished",
             Self::SagaFinished(Backup) => "backup.finished",
+            Self::SagaFinished(Drill) => "drill.finished",
             Self::SagaRolledBack(Rotation) => "rotation.rolled_back",
             Self::SagaRolledBack(Backup) => "backup.rolled_back",
+            Self::SagaRolledBack(Drill) => "drill.rolled_back",
             Self::RotationCheck => "rotation.check",
             Self::RotationWatch => "rotation.watch",
             Self::BackupWritten => "backup.written",
@@ -109,6 +115,10 @@ mod tests {
             Kind::SagaFinished(Backup),
             Kind::SagaRolledBack(Rotation),
             Kind::SagaRolledBack(Backup),
+            Kind::SagaStarted(Drill),
+            Kind::SagaStep(Drill),
+            Kind::SagaFinished(Drill),
+            Kind::SagaRolledBack(Drill),
             Kind::RotationCheck,
             Kind::RotationWatch,
             Kind::BackupWritten,

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{Registry, Resume, Resumed};
-pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, in_flight};
+pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, get, in_flight, of_kind};
 
 use crate::clock::Clock;
 use crate::evidence::{Area, EvidenceError, Kind, Ledger, NewRecord, Outcome};
@@ -34,13 +34,15 @@ pub enum Subject {
     Secret(String),
     /// A backup set.
     Backup(String),
+    /// A restore drill.
+    Drill(String),
 }
 
 impl Subject {
     /// The configured name, without its namespace: what evidence records and people see.
     pub fn name(&self) -> &str {
         match self {
-            Self::Secret(name) | Self::Backup(name) => name,
+            Self::Secret(name) | Self::Backup(name) | Self::Drill(name) => name,
         }
     }
 
@@ -49,6 +51,7 @@ impl Subject {
         match self {
             Self::Secret(_) => "secret",
             Self::Backup(_) => "backup",
+            Self::Drill(_) => "drill",
         }
     }
 
@@ -59,6 +62,7 @@ impl Subject {
         match namespace {
             "secret" => Some(Self::Secret(name)),
             "backup" => Some(Self::Backup(name)),
+            "drill" => Some(Self::Drill(name)),
             _ => None,
         }
     }

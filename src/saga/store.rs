@@ -302,6 +302,32 @@ pub async fn in_flight(db: &Db) -> Result<Vec<SagaRow>, SagaError> {
     SagaStore::in_flight(db).await
 }
 
+/// The sagas of `kind` in the state database, whatever their status, newest first, at most
+/// `limit`: what `vigil drill list` reads its history from.
+pub async fn of_kind(db: &Db, kind: &str, limit: u32) -> Result<Vec<SagaRow>, SagaError> {
+    const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step \
+                       FROM sagas WHERE kind = $1 ORDER BY started_at DESC, id LIMIT $2";
+    let rows = on_pool!(db, pool => sqlx::query(SQL)
+        .bind(kind)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(decode)
+        .collect::<Result<Vec<_>, _>>()?);
+    Ok(rows)
+}
+
+/// The saga `id`, if the state database has it.
+pub async fn get(db: &Db, id: &str) -> Result<Option<SagaRow>, SagaError> {
+    const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step \
+                       FROM sagas WHERE id = $1";
+    Ok(on_pool!(db, pool => match sqlx::query(SQL).bind(id).fetch_optional(pool).await? {
+        Some(row) => Some(decode(&row)?),
+        None => None,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Status::*;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::super::diagnostic::Diagnostic;
 use super::super::raw;
-use super::super::{BackupSet, Drill, Target};
+use super::super::{Assertion, BackupSet, Drill, Target};
 use super::*;
 use crate::secret::resolve_path;
 
@@ -60,6 +60,14 @@ impl Loader {
             }
             path
         });
+        let mut assertions = Vec::new();
+        for (i, assertion) in raw.assertions.iter().flatten().enumerate() {
+            let assertion = assertion.get_ref();
+            if assertion.sql.get_ref().trim().is_empty() {
+                self.error(file, assertion.sql.span(), field(&format!("assertions[{i}].sql")), "sql is empty");
+            }
+            assertions.push(Assertion { sql: assertion.sql.get_ref().clone(), expect: assertion.expect.clone() });
+        }
         if self.errors.len() > errors_before {
             return None;
         }
@@ -70,6 +78,7 @@ impl Loader {
             rpo: raw.rpo.as_ref().map_or(DEFAULT_RPO, |r| *r.get_ref()),
             rto: raw.rto.as_ref().map_or(DEFAULT_RTO, |r| *r.get_ref()),
             runbook,
+            assertions,
             defined_at: self.at(file, def.span.clone()),
         })
     }
