@@ -24,5 +24,6 @@ pub mod saga;
 pub mod context;
 pub mod rotation;
 pub mod backup;
+pub mod drill;
 pub mod telemetry;
 pub mod cli;

@@ -218,7 +218,7 @@ impl Command {
             Self::Run(args) => args.run(global).await,
             Self::Rotate(args) => args.run(global, cancel).await,
             Self::Backup(args) => args.run(global, cancel).await,
-            Self::Drill(args) => args.run(global).await,
+            Self::Drill(args) => args.run(global, cancel).await,
             Self::Report(args) => args.run(global).await,
             Self::Evidence(args) => args.run(global).await,
             Self::Jwks(args) => args.run(global).await,

@@ -11,8 +11,8 @@ use serde_json::Value;
 use crate::support::{Database, Run, Services, admin_sql, unique, vigil};
 
 /// A test folder with `vigil.toml` and one schedule file of backup sets.
-struct Setup {
-    services: Services,
+pub(crate) struct Setup {
+    pub(crate) services: Services,
     dir: tempfile::TempDir,
     bucket: String,
     kms_key: String,
@@ -20,7 +20,7 @@ struct Setup {
 }
 
 impl Setup {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let services = Services::load();
         let dir = tempfile::tempdir().unwrap();
         services.write_controller_config(dir.path());
@@ -48,17 +48,17 @@ impl Setup {
         Self { services, dir, bucket, kms_key, transit_key }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn vigil(&self, args: &[&str]) -> Run {
+    pub(crate) fn vigil(&self, args: &[&str]) -> Run {
         vigil(self.path(), args)
     }
 
     /// A target for database `name` on the private server of `engine`, its admin credential in
     /// a file.
-    fn target(&self, engine: &str, db: &Database, name: &str) -> String {
+    pub(crate) fn target(&self, engine: &str, db: &Database, name: &str) -> String {
         let admin = crate::support::secret_file(
             self.path(),
             &format!("admin-{name}"),
@@ -76,7 +76,7 @@ impl Setup {
 
     /// A backup set of `target` to `store` (`s3` or `local`) under `keys` (`aws_kms`,
     /// `vault_transit` or `local`).
-    fn set(&self, name: &str, target: &str, store: &str, keys: &str) -> String {
+    pub(crate) fn set(&self, name: &str, target: &str, store: &str, keys: &str) -> String {
         let store = match store {
             "s3" => format!("store = \"s3\"\nbucket = \"{}\"\nprefix = \"vigil/\"", self.bucket),
             _ => "store = \"local\"\npath = \"../backups\"".to_owned(),
@@ -89,12 +89,12 @@ impl Setup {
         format!("[backups.{name}]\ntarget = \"{target}\"\nschedule = \"0 2 * * *\"\n{store}\n{keys}\n\n")
     }
 
-    fn write_schedule(&self, text: &str) {
+    pub(crate) fn write_schedule(&self, text: &str) {
         std::fs::write(self.path().join("schedules/backups.toml"), text).unwrap();
     }
 
     /// Backs up `set`; returns the backup id.
-    fn backup(&self, set: &str) -> String {
+    pub(crate) fn backup(&self, set: &str) -> String {
         let run = self.vigil(&["--output", "json", "backup", "run", set]);
         run.assert_code(0);
         let report = run.json();
@@ -121,14 +121,14 @@ impl Setup {
         .unwrap()
     }
 
-    fn local_object(&self, set: &str, id: &str) -> PathBuf {
+    pub(crate) fn local_object(&self, set: &str, id: &str) -> PathBuf {
         self.path().join(format!("backups/{set}/{id}.vbk"))
     }
 }
 
 /// A fresh PostgreSQL database filled by pgbench at `scale` plus a table of random text and
 /// bytea that compresses like real data.
-async fn postgres_database(services: &Services, scale: u32) -> String {
+pub(crate) async fn postgres_database(services: &Services, scale: u32) -> String {
     let pg = &services.postgres;
     let name = unique("bk").replace('-', "_");
     admin_sql(vigil::engines::Engine::Postgres, pg, &[format!("CREATE DATABASE {name}")]).await;
@@ -266,7 +266,7 @@ async fn postgres_backups_to_both_stores_under_every_key_service_restore_with_ma
 }
 
 /// A MariaDB database with a few tables of tens of thousands of rows.
-async fn mariadb_database(services: &Services) -> String {
+pub(crate) async fn mariadb_database(services: &Services) -> String {
     let maria = &services.mariadb;
     let name = unique("bk").replace('-', "_");
     admin_sql(vigil::engines::Engine::Mysql, maria, &[format!("CREATE DATABASE {name}")]).await;

@@ -6,11 +6,7 @@ use crate::support::{repo_root, vigil};
 #[test]
 fn commands_not_built_yet_say_so_and_exit_2() {
     let root = repo_root();
-    for (args, says) in [
-        (&["drill", "run", "orders-restore"][..], "restore drills"),
-        (&["report", "export"][..], "compliance reports"),
-        (&["run"][..], "the daemon"),
-    ] {
+    for (args, says) in [(&["report", "export"][..], "compliance reports"), (&["run"][..], "the daemon")] {
         let run = vigil(&root, args);
         run.assert_code(2);
         let stderr = run.stderr();

@@ -1,0 +1,631 @@
+//! Restore drills: the newest verified backup of a set restored into a scratch database,
+//! checked, measured against the drill's RPO and RTO, and dropped.
+//!
+//! A drill is a saga (kind `drill.restore`, subject `drill:NAME`) of four steps, each recorded
+//! before it acts and timed:
+//!
+//! 1. **locate**: the newest verified dump of the set, and the time its snapshot was taken;
+//! 2. **restore**: the scratch database dropped if a crashed drill left it and created empty,
+//!    then the backup streamed from its store, authenticated, decrypted and decompressed into
+//!    the engine's own restore tool (`pg_restore`, `mariadb`);
+//! 3. **check**: row counts against the manifest's and the drill's SQL assertions, then RTO
+//!    (drill start to checks done) and RPO (drill start minus the snapshot time) against the
+//!    targets, which give the verdict;
+//! 4. **teardown**: the scratch database dropped.
+//!
+//! A failed check fails the drill, not the saga: teardown still runs and the verdict says why.
+//! A step that cannot complete (no verified backup, a corrupt object, a restore tool failing)
+//! unwinds the saga, and undoing `restore` drops the scratch database: it never outlives its
+//! drill. Every step is idempotent, so a drill killed at any point is finished or rolled back
+//! by the next `vigil drill run` or `vigil drill resume`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backup::{BackupError, Backups, catalog};
+use crate::config::{Drill, Named, Target};
+use crate::context::Ctx;
+use crate::engines::dump::{DumpError, Restore};
+use crate::engines::scratch::{ScratchDb, scratch_name};
+use crate::engines::{Endpoint, Engine, EngineError};
+use crate::evidence::Area;
+use crate::saga::{self, Ended, SagaDef, SagaError, SagaRow, StepError, Subject};
+use crate::secret::Credential;
+use crate::stores::ReferenceError;
+
+/// Why a drill command failed (a drill that ran and failed its checks is a report, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// No such drill in the configuration.
+    #[error("no drill named {0}; `vigil drill list` shows them")]
+    UnknownDrill(String),
+    /// No drill run of that id.
+    #[error("no drill run {0}; `vigil drill list` shows the latest of each drill")]
+    UnknownRun(String),
+    /// The saga machinery failed.
+    #[error(transparent)]
+    Saga(#[from] SagaError),
+}
+
+/// The drill saga's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillStep {
+    /// Find the newest verified backup.
+    Locate,
+    /// Restore it into a fresh scratch database.
+    Restore,
+    /// Check the restored data, and RPO and RTO.
+    Check,
+    /// Drop the scratch database.
+    Teardown,
+}
+
+impl saga::Step for DrillStep {
+    const ALL: &'static [Self] = &[Self::Locate, Self::Restore, Self::Check, Self::Teardown];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Locate => "locate",
+            Self::Restore => "restore",
+            Self::Check => "check",
+            Self::Teardown => "teardown",
+        }
+    }
+}
+
+/// What a drill records: its settings when it started, then each step's findings. The
+/// `drill.finished` evidence record carries it whole.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrillData {
+    /// The drill.
+    pub drill: String,
+    /// The backup set restored.
+    pub backup_set: String,
+    /// The scratch target.
+    pub scratch_target: String,
+    /// The scratch database on it.
+    pub database: String,
+    /// When the drill started (RFC 3339): where RPO and RTO are measured from.
+    pub started_at: String,
+    /// The RPO target, in seconds.
+    pub rpo_target_secs: u64,
+    /// The RTO target, in seconds.
+    pub rto_target_secs: u64,
+    /// The runbook the drill exercises.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runbook: Option<String>,
+    /// The backup restored, once located.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Located>,
+    /// Each step's duration, in the order they ran.
+    #[serde(default)]
+    pub phases: Vec<Phase>,
+    /// Each check's result.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// The recovery point reached: drill start minus the backup's snapshot time, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_secs: Option<i64>,
+    /// The recovery time: drill start to checks done, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_secs: Option<f64>,
+    /// Passed or failed, and why, once the checks ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+}
+
+/// The backup a drill restores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Located {
+    /// Its id.
+    pub backup_id: String,
+    /// When its snapshot was taken (RFC 3339), by the source server's clock.
+    pub snapshot_time: String,
+    /// Where it is stored.
+    pub location: String,
+    /// Its size as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+/// How long a step took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    /// The step.
+    pub phase: String,
+    /// Its duration, in milliseconds.
+    pub millis: u64,
+}
+
+/// One named check of the restored data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// `row_counts`, `assertion 1`, …
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was found.
+    pub detail: String,
+}
+
+/// A drill's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Whether every check passed and RPO and RTO met their targets.
+    pub passed: bool,
+    /// Why not, one line each.
+    #[serde(default)]
+    pub reasons: Vec<String>,
+}
+
+/// What `vigil drill run` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    /// The drill run's id (the saga id).
+    pub id: String,
+    /// How the saga ended.
+    pub ended: Ended,
+    /// Whether the drill passed.
+    pub passed: bool,
+    /// Why it failed, in one line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Everything it recorded.
+    pub data: DrillData,
+}
+
+impl DrillReport {
+    fn of(saga: &SagaRow, ended: Ended) -> Result<Self, DrillError> {
+        let data: DrillData = saga.decode()?;
+        let (passed, reason) = match (&ended, &data.verdict) {
+            (Ended::Done, Some(verdict)) => (verdict.passed, (!verdict.passed).then(|| verdict.reasons.join("; "))),
+            (Ended::Done, None) => (false, Some("the drill finished without a verdict".to_owned())),
+            (Ended::RolledBack { step, reason }, _) => (false, Some(format!("{step}: {reason}"))),
+            (Ended::Stuck { step, reason }, _) => {
+                (false, Some(format!("{step}: {reason}; the scratch database may be left: see `vigil status`")))
+            }
+            (Ended::Waiting { step, .. }, _) => (false, Some(format!("waiting at {step}"))),
+        };
+        Ok(Self { id: saga.id.clone(), ended, passed, reason, data })
+    }
+}
+
+/// Called as each step starts: the drill, and the step.
+pub type Progress = Arc<dyn Fn(&str, DrillStep) + Send + Sync>;
+
+/// Drills, for one run of a command or the daemon.
+pub struct Drills<'a> {
+    /// What they run with.
+    pub ctx: Ctx<'a>,
+    /// Reads the backups drills restore.
+    backups: Backups<'a>,
+    /// Told of each step as it starts.
+    pub progress: Option<Progress>,
+}
+
+impl saga::Resume for Drills<'_> {
+    fn resume(&self, saga: SagaRow) -> futures_util::future::BoxFuture<'_, Result<Ended, String>> {
+        use futures_util::FutureExt as _;
+        async move { self.resume_one(saga).await.map(|report| report.ended).map_err(|err| err.to_string()) }.boxed()
+    }
+}
+
+impl<'a> Drills<'a> {
+    /// Drills running with `ctx`.
+    pub fn new(ctx: Ctx<'a>) -> Self {
+        let backups = Backups::new(Ctx::new(ctx.plan, ctx.db, ctx.ledger, ctx.clock, ctx.cancel.clone()));
+        Self { ctx, backups, progress: None }
+    }
+
+    fn drill(&self, name: &str) -> Result<&'a Drill, DrillError> {
+        self.ctx.plan.drills.get(name).ok_or_else(|| DrillError::UnknownDrill(name.to_owned()))
+    }
+
+    /// Runs drill `name` now, first finishing one of the same drill a crash left in flight.
+    pub async fn run(&self, name: &str) -> Result<DrillReport, DrillError> {
+        let drill = self.drill(name)?;
+        for saga in saga::in_flight(self.ctx.db).await? {
+            if saga.subject == Subject::Drill(name.to_owned()) {
+                tracing::info!(drill = %name, run = %saga.id, step = %saga.step, "finishing a drill left in flight first");
+                self.resume_one(saga).await?;
+            }
+        }
+        let def = DrillSaga { drills: self, name };
+        let id = crate::clock::sortable_id(self.ctx.clock);
+        let data = DrillData {
+            drill: name.to_owned(),
+            backup_set: drill.backup.clone(),
+            scratch_target: drill.scratch.clone(),
+            database: scratch_name(name),
+            started_at: self.now(),
+            rpo_target_secs: drill.rpo.as_secs(),
+            rto_target_secs: drill.rto.as_secs(),
+            runbook: drill.runbook.as_ref().map(|p| p.display().to_string()),
+            ..DrillData::default()
+        };
+        let (saga, ended) = self.ctx.executor().start(&def, &id, &Subject::Drill(name.to_owned()), data).await?;
+        DrillReport::of(&saga, ended)
+    }
+
+    /// Finishes or rolls back every drill a crash left in flight.
+    pub async fn resume(&self) -> Result<Vec<DrillReport>, DrillError> {
+        let mut reports = Vec::new();
+        for saga in saga::in_flight(self.ctx.db).await? {
+            if self.ctx.cancel.is_cancelled() {
+                break;
+            }
+            if matches!(saga.subject, Subject::Drill(_)) {
+                reports.push(self.resume_one(saga).await?);
+            }
+        }
+        Ok(reports)
+    }
+
+    async fn resume_one(&self, saga: SagaRow) -> Result<DrillReport, DrillError> {
+        let name = saga.subject.name().to_owned();
+        let def = DrillSaga { drills: self, name: &name };
+        tracing::info!(drill = %name, run = %saga.id, step = %saga.step, "resuming a drill left in flight");
+        let (saga, ended) = self.ctx.executor().run(&def, saga).await?;
+        DrillReport::of(&saga, ended)
+    }
+
+    /// Registers the drill kind with `registry`, resumed by these drills.
+    pub fn register<'r>(&'r self, registry: &mut saga::Registry<'r>) {
+        registry.register(KIND, self);
+    }
+
+    /// The latest run of each configured drill (`None` for a drill never run), by name.
+    pub async fn latest(&self) -> Result<BTreeMap<String, Option<DrillRun>>, DrillError> {
+        let mut latest: BTreeMap<String, Option<DrillRun>> =
+            self.ctx.plan.drills.keys().map(|name| (name.clone(), None)).collect();
+        for saga in saga::of_kind(self.ctx.db, KIND, 10_000).await? {
+            if let Some(slot @ None) = latest.get_mut(saga.subject.name()) {
+                *slot = Some(DrillRun::of(&saga)?);
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Drill run `id`.
+    pub async fn show(&self, id: &str) -> Result<DrillRun, DrillError> {
+        let saga = saga::get(self.ctx.db, id).await?.filter(|s| s.kind == KIND);
+        DrillRun::of(&saga.ok_or_else(|| DrillError::UnknownRun(id.to_owned()))?)
+    }
+
+    fn now(&self) -> String {
+        self.ctx.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    }
+}
+
+/// A drill run as the state database keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillRun {
+    /// Its id.
+    pub id: String,
+    /// `running`, `unwinding`, `done`, `rolled_back` or `stuck`.
+    pub status: saga::Status,
+    /// The step it is at, or ended at.
+    pub step: String,
+    /// Why it unwound, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it last changed.
+    pub updated_at: String,
+    /// What it recorded.
+    pub data: DrillData,
+}
+
+impl DrillRun {
+    fn of(saga: &SagaRow) -> Result<Self, DrillError> {
+        Ok(Self {
+            id: saga.id.clone(),
+            status: saga.status,
+            step: saga.step.clone(),
+            error: saga.error.clone(),
+            updated_at: saga.updated_at.clone(),
+            data: saga.decode()?,
+        })
+    }
+
+    /// Whether the run passed: finished, with a passing verdict.
+    pub fn passed(&self) -> bool {
+        self.status == saga::Status::Done && self.data.verdict.as_ref().is_some_and(|v| v.passed)
+    }
+}
+
+/// The saga kind of a restore drill.
+const KIND: &str = "drill.restore";
+
+/// One drill's saga.
+struct DrillSaga<'d, 'a> {
+    drills: &'d Drills<'a>,
+    name: &'d str,
+}
+
+impl From<BackupError> for StepError {
+    fn from(err: BackupError) -> Self {
+        Self::Failed(err.to_string())
+    }
+}
+
+fn engine_step(err: EngineError) -> StepError {
+    if err.is_transient() { StepError::Transient(err.to_string()) } else { StepError::Failed(err.to_string()) }
+}
+
+impl DrillSaga<'_, '_> {
+    fn drill(&self) -> Result<&Drill, StepError> {
+        self.drills.drill(self.name).map_err(|err| StepError::Failed(err.to_string()))
+    }
+
+    fn scratch_target(&self, data: &DrillData) -> Result<Named<Target>, StepError> {
+        let target = self.drills.ctx.plan.targets.get(&data.scratch_target).ok_or_else(|| {
+            StepError::Failed(format!("scratch target {} is no longer configured", data.scratch_target))
+        })?;
+        Ok(Named { name: data.scratch_target.clone(), value: target.clone() })
+    }
+
+    /// The scratch database, administered with the scratch target's admin credential.
+    async fn scratch(&self, data: &DrillData) -> Result<ScratchDb, StepError> {
+        let target = self.scratch_target(data)?;
+        let admin: Credential = self.drills.ctx.stores.login(&target.value.admin).await.map_err(|err| match err {
+            ReferenceError::Store(err) if err.is_transient() => StepError::Transient(err.to_string()),
+            err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", target.name)),
+        })?;
+        let server = Endpoint {
+            host: target.value.host.clone(),
+            port: target.value.port,
+            database: target.value.database.clone(),
+            tls: target.value.tls.clone(),
+        };
+        Ok(ScratchDb::new(target.value.engine, server, admin, data.database.clone()))
+    }
+
+    fn timed(data: &DrillData, step: DrillStep, started: Instant) -> DrillData {
+        let mut data = data.clone();
+        let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        data.phases.retain(|p| p.phase != saga::Step::name(step));
+        data.phases.push(Phase { phase: saga::Step::name(step).to_owned(), millis });
+        data
+    }
+
+    async fn locate(&self, data: &DrillData) -> Result<DrillData, StepError> {
+        let set = self
+            .drills
+            .ctx
+            .plan
+            .backups
+            .get(&data.backup_set)
+            .ok_or_else(|| StepError::Failed(format!("backup set {} is no longer configured", data.backup_set)))?;
+        if !matches!(set.method, crate::config::BackupMethod::Dump { .. }) {
+            return Err(StepError::Failed(format!(
+                "backup set {} takes RDS snapshots; drills restore dumps (RDS drills are not built yet)",
+                data.backup_set
+            )));
+        }
+        let entries = catalog::list(self.drills.ctx.db, Some(&data.backup_set)).await?;
+        let Some(entry) = entries.iter().find(|e| e.method == "dump" && e.status == catalog::Status::Verified) else {
+            return Err(StepError::Failed(format!(
+                "no verified backup of set {} to restore; run `vigil backup run {}` first",
+                data.backup_set, data.backup_set
+            )));
+        };
+        let manifest = self.drills.backups.manifest(&entry.id).await?;
+        let mut found = data.clone();
+        found.backup = Some(Located {
+            backup_id: entry.id.clone(),
+            snapshot_time: manifest.consistency.snapshot_time,
+            location: entry.location.clone(),
+            bytes: entry.bytes,
+        });
+        Ok(found)
+    }
+
+    async fn restore(&self, data: &DrillData) -> Result<(), StepError> {
+        let located = located(data)?;
+        let scratch = self.scratch(data).await?;
+        scratch.recreate().await.map_err(engine_step)?;
+        let data_dir = self.drills.ctx.plan.controller.data_dir.clone();
+        let folder = tokio::task::spawn_blocking(move || crate::secret::scratch_dir(&data_dir))
+            .await
+            .map_err(|err| StepError::Failed(format!("preparing the scratch folder stopped: {err}")))?
+            .map_err(|err| StepError::Failed(format!("cannot prepare the scratch folder: {err}")))?;
+        let target = self.scratch_target(data)?;
+        let (sink, restore) = Restore::start(target.value.engine, &scratch.endpoint(), scratch.admin(), &folder)
+            .map_err(|err| StepError::Failed(err.to_string()))?;
+        let fetched = self.drills.backups.fetch(&located.backup_id, sink).await;
+        // The sink is closed once fetch returns: the tool sees the end of its input and exits.
+        let finished = tokio::task::spawn_blocking(move || restore.finish())
+            .await
+            .map_err(|err| StepError::Failed(format!("the restore tool stopped unexpectedly: {err}")))?;
+        match (fetched, finished) {
+            (Ok(_), Ok(())) => Ok(()),
+            // The tool's own words explain a broken pipe better than the pipe does.
+            (Err(BackupError::Output(_)), Err(err @ DumpError::Failed { .. })) | (Ok(_), Err(err)) => {
+                Err(StepError::Failed(format!("restore into {} failed: {err}", scratch.name())))
+            }
+            (Err(err), _) => Err(StepError::Failed(format!("backup {} could not be read: {err}", located.backup_id))),
+        }
+    }
+
+    async fn check(&self, data: &DrillData) -> Result<DrillData, StepError> {
+        let located = located(data)?;
+        let drill = self.drill()?;
+        let scratch = self.scratch(data).await?;
+        let manifest = self.drills.backups.manifest(&located.backup_id).await?;
+        let mut checks = Vec::new();
+
+        // MariaDB names a table by its database, which differs between source and scratch.
+        let by_table = |counts: BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+            match scratch.engine() {
+                Engine::Postgres => counts,
+                Engine::Mysql => counts
+                    .into_iter()
+                    .map(|(key, n)| (key.split_once('.').map_or(key.clone(), |(_, table)| table.to_owned()), n))
+                    .collect(),
+            }
+        };
+        let restored = by_table(scratch.count_rows().await.map_err(engine_step)?);
+        let expected = &by_table(manifest.consistency.row_counts.clone());
+        let differing: Vec<String> = expected
+            .keys()
+            .chain(restored.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|table| expected.get(*table) != restored.get(*table))
+            .map(|table| {
+                let show = |n: Option<&u64>| n.map_or_else(|| "missing".to_owned(), u64::to_string);
+                format!("{table}: backup {}, restored {}", show(expected.get(table)), show(restored.get(table)))
+            })
+            .collect();
+        checks.push(Check {
+            name: "row_counts".into(),
+            passed: differing.is_empty(),
+            detail: if differing.is_empty() {
+                format!("{} tables, {} rows, as the backup counted", restored.len(), restored.values().sum::<u64>())
+            } else {
+                differing.join("; ")
+            },
+        });
+
+        for (i, assertion) in drill.assertions.iter().enumerate() {
+            let name = format!("assertion {}", i + 1);
+            let check = match scratch.first_value(&assertion.sql).await {
+                Ok(value) => {
+                    let got = value.unwrap_or_else(|| "NULL".to_owned());
+                    Check {
+                        name,
+                        passed: got == assertion.expect,
+                        detail: format!("{} returned {got:?}, expected {:?}", assertion.sql, assertion.expect),
+                    }
+                }
+                Err(err) if err.is_transient() => return Err(engine_step(err)),
+                Err(err) => Check { name, passed: false, detail: format!("{} failed: {err}", assertion.sql) },
+            };
+            checks.push(check);
+        }
+
+        let mut checked = data.clone();
+        let now = self.drills.ctx.clock.now();
+        let started = parse_time(&data.started_at)?;
+        let rto = (now - started).num_milliseconds() as f64 / 1000.0;
+        let rpo = parse_time(&located.snapshot_time).map(|snapshot| (started - snapshot).num_seconds()).ok();
+        let mut reasons: Vec<String> =
+            checks.iter().filter(|c| !c.passed).map(|c| format!("{} failed: {}", c.name, c.detail)).collect();
+        match rpo {
+            Some(rpo) if rpo > i64::try_from(data.rpo_target_secs).unwrap_or(i64::MAX) => reasons.push(format!(
+                "RPO {} exceeds the target {}: the newest verified backup ({}) is that old",
+                human(rpo.unsigned_abs()),
+                human(data.rpo_target_secs),
+                located.backup_id
+            )),
+            Some(_) => {}
+            None => reasons.push(format!("the backup's snapshot time {:?} does not parse", located.snapshot_time)),
+        }
+        if rto > data.rto_target_secs as f64 {
+            reasons.push(format!("RTO {} exceeds the target {}", human(rto as u64), human(data.rto_target_secs)));
+        }
+        checked.checks = checks;
+        checked.rpo_secs = rpo;
+        checked.rto_secs = Some(rto);
+        checked.verdict = Some(Verdict { passed: reasons.is_empty(), reasons });
+        Ok(checked)
+    }
+}
+
+fn located(data: &DrillData) -> Result<&Located, StepError> {
+    data.backup
+        .as_ref()
+        .ok_or_else(|| StepError::Failed("the drill's row names no backup: locate did not record one".into()))
+}
+
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, StepError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|err| StepError::Failed(format!("time {text:?} does not parse: {err}")))
+}
+
+/// `90s`, `12m`, `3h 5m`, `2d 4h`: a duration for a person.
+pub fn human(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7_200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h {}m", s / 3_600, s % 3_600 / 60),
+        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3_600),
+    }
+}
+
+impl SagaDef for DrillSaga<'_, '_> {
+    type Step = DrillStep;
+    type Data = DrillData;
+    const KIND: &'static str = KIND;
+    const AREA: Area = Area::Drill;
+    const RESUME: &'static str = "vigil drill resume";
+
+    async fn act(&self, _saga: &SagaRow, data: &DrillData, step: DrillStep) -> Result<Option<DrillData>, StepError> {
+        if let Some(progress) = &self.drills.progress {
+            progress(self.name, step);
+        }
+        let started = Instant::now();
+        let data = match step {
+            DrillStep::Locate => self.locate(data).await?,
+            DrillStep::Restore => {
+                self.restore(data).await?;
+                data.clone()
+            }
+            DrillStep::Check => self.check(data).await?,
+            DrillStep::Teardown => {
+                self.scratch(data).await?.drop().await.map_err(engine_step)?;
+                data.clone()
+            }
+        };
+        Ok(Some(Self::timed(&data, step, started)))
+    }
+
+    async fn undo(&self, _saga: &SagaRow, data: &DrillData, step: DrillStep) -> Result<(), StepError> {
+        match step {
+            DrillStep::Restore => self.scratch(data).await?.drop().await.map_err(engine_step),
+            DrillStep::Locate | DrillStep::Check | DrillStep::Teardown => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_a_person_would_say_them() {
+        assert_eq!(human(42), "42s");
+        assert_eq!(human(15 * 60), "15m");
+        assert_eq!(human(3 * 3_600 + 300), "3h 5m");
+        assert_eq!(human(2 * 86_400 + 4 * 3_600), "2d 4h");
+    }
+
+    #[test]
+    fn a_report_fails_with_the_verdict_s_reasons_or_the_step_that_unwound() {
+        let saga = |verdict: Option<Verdict>| SagaRow {
+            id: "d1".into(),
+            kind: KIND.into(),
+            subject: Subject::Drill("orders".into()),
+            step: "teardown".into(),
+            status: saga::Status::Done,
+            data: serde_json::to_value(DrillData { verdict, ..DrillData::default() }).unwrap(),
+            failed_step: None,
+            error: None,
+            started_at: String::new(),
+            updated_at: String::new(),
+        };
+        let passed = DrillReport::of(&saga(Some(Verdict { passed: true, reasons: vec![] })), Ended::Done).unwrap();
+        assert!(passed.passed && passed.reason.is_none());
+        let failed = Verdict { passed: false, reasons: vec!["RPO 2d 0h exceeds the target 15m".into()] };
+        let failed = DrillReport::of(&saga(Some(failed)), Ended::Done).unwrap();
+        assert_eq!(failed.reason.as_deref(), Some("RPO 2d 0h exceeds the target 15m"));
+        let unwound = Ended::RolledBack { step: "locate".into(), reason: "no verified backup".into() };
+        let unwound = DrillReport::of(&saga(None), unwound).unwrap();
+        assert!(!unwound.passed);
+        assert_eq!(unwound.reason.as_deref(), Some("locate: no verified backup"));
+    }
+}
