@@ -10,7 +10,7 @@ use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat, load_plan};
 use crate::clock::SystemClock;
 use crate::context::Ctx;
-use crate::drill::{DrillData, DrillReport, DrillRun, DrillStep, Drills, human};
+use crate::drill::{DrillData, DrillReport, DrillRun, DrillStep, Drills, human, human_measured};
 use crate::saga::Step as _;
 use crate::state::Db;
 
@@ -99,8 +99,8 @@ impl DrillArgs {
                                     name.clone(),
                                     run.id.clone(),
                                     result(run),
-                                    against(run.data.rpo_secs.map(|s| s.unsigned_abs()), run.data.rpo_target_secs),
-                                    against(run.data.rto_secs.map(|s| s as u64), run.data.rto_target_secs),
+                                    against(run.data.rpo_secs.map(|s| s as f64), run.data.rpo_target_secs),
+                                    against(run.data.rto_secs, run.data.rto_target_secs),
                                     run.data.backup.as_ref().map(|b| b.backup_id.clone()).unwrap_or_default(),
                                 ],
                             });
@@ -133,8 +133,8 @@ fn result(run: &DrillRun) -> String {
 }
 
 /// `4m (target 15m)`.
-fn against(measured: Option<u64>, target: u64) -> String {
-    measured.map(|m| format!("{} (target {})", human(m), human(target))).unwrap_or_default()
+fn against(measured: Option<f64>, target: u64) -> String {
+    measured.map(|m| format!("{} (target {})", human_measured(m), human(target))).unwrap_or_default()
 }
 
 fn show_run(run: &DrillRun) {
@@ -161,10 +161,10 @@ fn print_data(data: &DrillData) {
         println!("  {} {}: {}", if check.passed { "ok  " } else { "FAIL" }, check.name, check.detail);
     }
     if let Some(rpo) = data.rpo_secs {
-        println!("  RPO {}", against(Some(rpo.unsigned_abs()), data.rpo_target_secs));
+        println!("  RPO {}", against(Some(rpo as f64), data.rpo_target_secs));
     }
     if let Some(rto) = data.rto_secs {
-        println!("  RTO {}", against(Some(rto as u64), data.rto_target_secs));
+        println!("  RTO {}", against(Some(rto), data.rto_target_secs));
     }
     if let Some(runbook) = &data.runbook {
         println!("  runbook {runbook}");

@@ -525,7 +525,7 @@ impl DrillSaga<'_, '_> {
             None => reasons.push(format!("the backup's snapshot time {:?} does not parse", located.snapshot_time)),
         }
         if rto > data.rto_target_secs as f64 {
-            reasons.push(format!("RTO {} exceeds the target {}", human(rto as u64), human(data.rto_target_secs)));
+            reasons.push(format!("RTO {} exceeds the target {}", human_measured(rto), human(data.rto_target_secs)));
         }
         checked.checks = checks;
         checked.rpo_secs = rpo;
@@ -547,14 +547,23 @@ fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, StepError> {
         .map_err(|err| StepError::Failed(format!("time {text:?} does not parse: {err}")))
 }
 
-/// `90s`, `12m`, `3h 5m`, `2d 4h`: a duration for a person.
+/// `42s`, `15m`, `1h`, `3h 5m`, `2d 4h`: a duration for a person.
 pub fn human(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3_600, secs % 3_600 / 60);
     match secs {
         s if s < 120 => format!("{s}s"),
-        s if s < 7_200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h {}m", s / 3_600, s % 3_600 / 60),
-        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3_600),
+        s if s < 3_600 => format!("{m}m"),
+        s if s < 172_800 && m == 0 => format!("{}h", s / 3_600),
+        s if s < 172_800 => format!("{}h {m}m", s / 3_600),
+        _ if h == 0 => format!("{d}d"),
+        _ => format!("{d}d {h}h"),
     }
+}
+
+/// A measured time: tenths of a second under two minutes (a drill's RTO often is), else as
+/// [`human`].
+pub fn human_measured(secs: f64) -> String {
+    if secs < 120.0 { format!("{secs:.1}s") } else { human(secs as u64) }
 }
 
 impl SagaDef for DrillSaga<'_, '_> {
@@ -600,8 +609,12 @@ mod tests {
     fn durations_read_as_a_person_would_say_them() {
         assert_eq!(human(42), "42s");
         assert_eq!(human(15 * 60), "15m");
+        assert_eq!(human(3_600), "1h");
         assert_eq!(human(3 * 3_600 + 300), "3h 5m");
+        assert_eq!(human(2 * 86_400), "2d");
         assert_eq!(human(2 * 86_400 + 4 * 3_600), "2d 4h");
+        assert_eq!(human_measured(0.74), "0.7s");
+        assert_eq!(human_measured(4000.0), "1h 6m");
     }
 
     #[test]

@@ -51,6 +51,21 @@ impl CronSchedule {
         self.cron.find_next_occurrence(&after, false).ok()
     }
 
+    /// The longest time between two firings from `from` on, over about a year or 10,000
+    /// firings, whichever comes first: how old the newest run can be just before the next.
+    /// `None` when it never fires twice.
+    pub fn longest_gap(&self, from: DateTime<Utc>) -> Option<chrono::Duration> {
+        let horizon = from + chrono::Duration::days(400);
+        let mut previous = self.next_after(from)?;
+        let mut longest: Option<chrono::Duration> = None;
+        for _ in 0..10_000 {
+            let Some(next) = self.next_after(previous).filter(|next| *next <= horizon) else { break };
+            longest = Some(longest.map_or(next - previous, |l| l.max(next - previous)));
+            previous = next;
+        }
+        longest
+    }
+
     /// The six-field form, seconds first.
     pub fn as_str(&self) -> &str {
         &self.normalized
@@ -87,6 +102,17 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn the_longest_gap_is_the_widest_space_between_firings() {
+        let from = at("2026-01-01T00:00:00Z");
+        let gap = |cron: &str| CronSchedule::parse(cron).unwrap().longest_gap(from).map(|d| d.num_minutes());
+        assert_eq!(gap("0 2 * * *"), Some(24 * 60));
+        assert_eq!(gap("*/10 * * * *"), Some(10));
+        // Weekdays only: Friday to Monday.
+        assert_eq!(gap("0 2 * * MON-FRI"), Some(3 * 24 * 60));
+        assert_eq!(gap("0 4 * * SUN"), Some(7 * 24 * 60));
     }
 
     #[test]

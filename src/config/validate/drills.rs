@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_spanned::Spanned;
+
 use super::super::diagnostic::Diagnostic;
 use super::super::raw;
 use super::super::{Assertion, BackupSet, Drill, Target};
@@ -60,6 +62,27 @@ impl Loader {
             }
             path
         });
+        // A drill measures RPO from the newest backup: backups further apart than the target
+        // fail it whenever it runs late in a gap. Said now, not at drill time.
+        let rpo = raw.rpo.as_ref().map_or(DEFAULT_RPO, |r| *r.get_ref());
+        if let Some(backup) = backups.get(backup_name)
+            && let Some(gap) = backup.schedule.longest_gap(SCHEDULE_REFERENCE)
+            && gap.num_seconds() > i64::try_from(rpo.as_secs()).unwrap_or(i64::MAX)
+        {
+            let span = raw.rpo.as_ref().map_or(def.span.clone(), Spanned::span);
+            let gap = crate::schedule::Duration::from_secs(gap.num_seconds().unsigned_abs());
+            self.warnings.push(
+                Diagnostic::warning(
+                    self.at(file, span),
+                    field("rpo"),
+                    format!(
+                        "backup set `{backup_name}` runs on `{}`, up to {gap} apart: longer than this drill's RPO target of {rpo}, so the drill fails its RPO whenever the newest backup is older than that",
+                        backup.schedule.as_str()
+                    ),
+                )
+                .with_help("back up more often than the RPO target, or raise the target to what the schedule gives"),
+            );
+        }
         let mut assertions = Vec::new();
         for (i, assertion) in raw.assertions.iter().flatten().enumerate() {
             let assertion = assertion.get_ref();
@@ -75,7 +98,7 @@ impl Loader {
             backup: backup_name.clone(),
             scratch: scratch_name.clone(),
             schedule: schedule.flatten(),
-            rpo: raw.rpo.as_ref().map_or(DEFAULT_RPO, |r| *r.get_ref()),
+            rpo,
             rto: raw.rto.as_ref().map_or(DEFAULT_RTO, |r| *r.get_ref()),
             runbook,
             assertions,

@@ -38,6 +38,9 @@ const DEFAULT_CLOCK_SKEW: u64 = 300;
 /// Shortest cadence accepted: rotating more often than hourly is a typo, not a policy.
 const MIN_CADENCE: Duration = Duration::from_secs(3_600);
 const DEFAULT_RPO: Duration = Duration::from_secs(15 * 60);
+/// Where a schedule's gaps are measured from: a fixed Monday, so a check reads no clock.
+const SCHEDULE_REFERENCE: chrono::DateTime<chrono::Utc> =
+    chrono::DateTime::from_timestamp_nanos(1_767_571_200_000_000_000);
 const DEFAULT_RTO: Duration = Duration::from_secs(3_600);
 
 pub(super) fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
@@ -704,6 +707,36 @@ mod tests {
         assert_eq!(errors.len(), 1);
         let errors = secret_errors("[secrets]\ns = 3\n");
         assert_eq!(errors, ["secrets.s: a secret is a table: [secrets.NAME] with kind = \"…\""]);
+    }
+
+    #[test]
+    fn a_drill_whose_backups_are_further_apart_than_its_rpo_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("schedules")).unwrap();
+        std::fs::write(dir.path().join("vigil.toml"), "[controller]\ndata_dir = \"data\"\n").unwrap();
+        let schedule = |rpo: &str| {
+            format!(
+                "[targets.db]\nkind = \"postgres\"\nhost = \"db.internal\"\nadmin = {{ env = \"PATH\" }}\n\
+                 [targets.scratch]\nkind = \"postgres\"\nhost = \"drill.internal\"\nadmin = {{ env = \"PATH\" }}\n\
+                 [backups.nightly]\ntarget = \"db\"\nschedule = \"0 2 * * *\"\nstore = \"local\"\npath = \"b\"\n\
+                 key_service = \"local\"\nkey_file = \"k\"\n\
+                 [drills.restore]\nbackup = \"nightly\"\nscratch = \"scratch\"\nrpo = \"{rpo}\"\n"
+            )
+        };
+        let warnings = |rpo: &str| {
+            std::fs::write(dir.path().join("schedules/s.toml"), schedule(rpo)).unwrap();
+            let loaded = load(&dir.path().join("vigil.toml")).unwrap_or_else(|errors| panic!("{errors:#?}"));
+            loaded.warnings.into_iter().filter(|w| w.field == "drills.restore.rpo").collect::<Vec<_>>()
+        };
+        let warned = warnings("15m");
+        assert_eq!(warned.len(), 1, "{warned:#?}");
+        assert!(
+            warned[0].message.contains("up to 1d apart: longer than this drill's RPO target of 15m"),
+            "{}",
+            warned[0].message
+        );
+        assert_eq!(warned[0].location.line, Some((19, 7)), "points at the rpo value");
+        assert!(warnings("25h").is_empty());
     }
 
     #[test]
