@@ -360,6 +360,9 @@ pub struct Drill {
     pub runbook: Option<PathBuf>,
     /// Queries run on the restored database, each with the text its first value must be.
     pub assertions: Vec<Assertion>,
+    /// Database-password secrets whose current credential must log in to the restored database
+    /// and pass its probes: the application could run on the restored copy.
+    pub check_credentials: Vec<String>,
     /// Where the drill is defined.
     pub defined_at: Location,
 }

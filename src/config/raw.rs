@@ -384,6 +384,7 @@ pub(super) struct Drill {
     pub rto: Option<Spanned<Duration>>,
     pub runbook: Option<Spanned<PathBuf>>,
     pub assertions: Option<Vec<Spanned<Assertion>>>,
+    pub check_credentials: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::backup::{BackupError, Backups, catalog};
 use crate::config::{Drill, Named, Target};
 use crate::context::Ctx;
-use crate::engines::dump::{DumpError, Restore};
+use crate::engines::dump::{DumpError, Integrity, Restore, pg_amcheck};
 use crate::engines::scratch::{ScratchDb, scratch_name};
 use crate::engines::{Endpoint, Engine, EngineError};
 use crate::evidence::Area;
@@ -383,6 +383,83 @@ impl DrillSaga<'_, '_> {
         Ok(ScratchDb::new(target.value.engine, server, admin, data.database.clone()))
     }
 
+    /// This process's private folder for the tools' password files.
+    async fn folder(&self) -> Result<std::path::PathBuf, StepError> {
+        let data_dir = self.drills.ctx.plan.controller.data_dir.clone();
+        tokio::task::spawn_blocking(move || crate::secret::scratch_dir(&data_dir))
+            .await
+            .map_err(|err| StepError::Failed(format!("preparing the scratch folder stopped: {err}")))?
+            .map_err(|err| StepError::Failed(format!("cannot prepare the scratch folder: {err}")))
+    }
+
+    /// `pg_amcheck --heapallindexed` on the restored database (PostgreSQL only).
+    async fn integrity(&self, scratch: &ScratchDb) -> Result<Option<Check>, StepError> {
+        if scratch.engine() != Engine::Postgres {
+            return Ok(None);
+        }
+        let name = "pg_amcheck".to_owned();
+        if let Err(err) = scratch.ensure_amcheck().await {
+            if err.is_transient() {
+                return Err(engine_step(err));
+            }
+            let detail = format!(
+                "{err}; the amcheck extension is not trusted: create it once in template1 as a superuser, so every scratch database has it"
+            );
+            return Ok(Some(Check { name, passed: false, detail }));
+        }
+        let folder = self.folder().await?;
+        let (endpoint, admin) = (scratch.endpoint(), scratch.admin().clone());
+        let found = tokio::task::spawn_blocking(move || pg_amcheck(&endpoint, &admin, &folder))
+            .await
+            .map_err(|err| StepError::Failed(format!("pg_amcheck stopped unexpectedly: {err}")))?;
+        Ok(Some(match found {
+            Ok(Integrity::Clean(detail)) => Check { name, passed: true, detail },
+            Ok(Integrity::Corrupt(found)) => Check { name, passed: false, detail: format!("corruption: {found}") },
+            Err(err) => Check { name, passed: false, detail: err.to_string() },
+        }))
+    }
+
+    /// Each `check_credentials` secret's current credential logs in to the restored database
+    /// and runs the secret's probes.
+    async fn credentials(&self, drill: &Drill, scratch: &ScratchDb) -> Result<Vec<Check>, StepError> {
+        let mut checks = Vec::new();
+        for name in &drill.check_credentials {
+            let check = format!("credential {name}");
+            let Some(spec) = self.drills.ctx.plan.secrets.get(name) else {
+                checks.push(Check {
+                    name: check,
+                    passed: false,
+                    detail: format!("secret {name} is no longer configured"),
+                });
+                continue;
+            };
+            let probes = spec.kind.db_password().map(|db| db.probes.clone()).unwrap_or_default();
+            let credential = match crate::rotation::current_credential(&self.drills.ctx.stores, spec).await {
+                Ok(credential) => credential,
+                Err(err) => {
+                    checks.push(Check { name: check, passed: false, detail: format!("cannot read it: {err}") });
+                    continue;
+                }
+            };
+            let engine = crate::engines::connect(scratch.engine(), scratch.endpoint(), scratch.admin().clone());
+            let detail = match engine.test_login(&credential, &probes).await {
+                Ok(()) => Ok(format!(
+                    "{} logged in to {} and ran {} probe(s)",
+                    credential.username,
+                    scratch.name(),
+                    probes.len()
+                )),
+                Err(err) if err.is_transient() => return Err(engine_step(err)),
+                Err(err) => Err(err.to_string()),
+            };
+            checks.push(match detail {
+                Ok(detail) => Check { name: check, passed: true, detail },
+                Err(detail) => Check { name: check, passed: false, detail },
+            });
+        }
+        Ok(checks)
+    }
+
     fn timed(data: &DrillData, step: DrillStep, started: Instant) -> DrillData {
         let mut data = data.clone();
         let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -427,11 +504,7 @@ impl DrillSaga<'_, '_> {
         let located = located(data)?;
         let scratch = self.scratch(data).await?;
         scratch.recreate().await.map_err(engine_step)?;
-        let data_dir = self.drills.ctx.plan.controller.data_dir.clone();
-        let folder = tokio::task::spawn_blocking(move || crate::secret::scratch_dir(&data_dir))
-            .await
-            .map_err(|err| StepError::Failed(format!("preparing the scratch folder stopped: {err}")))?
-            .map_err(|err| StepError::Failed(format!("cannot prepare the scratch folder: {err}")))?;
+        let folder = self.folder().await?;
         let target = self.scratch_target(data)?;
         let (sink, restore) = Restore::start(target.value.engine, &scratch.endpoint(), scratch.admin(), &folder)
             .map_err(|err| StepError::Failed(err.to_string()))?;
@@ -490,6 +563,8 @@ impl DrillSaga<'_, '_> {
             },
         });
 
+        checks.extend(self.integrity(&scratch).await?);
+        checks.extend(self.credentials(drill, &scratch).await?);
         for (i, assertion) in drill.assertions.iter().enumerate() {
             let name = format!("assertion {}", i + 1);
             let check = match scratch.first_value(&assertion.sql).await {

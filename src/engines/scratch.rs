@@ -162,6 +162,18 @@ impl ScratchDb {
         }
     }
 
+    /// Creates the `amcheck` extension in the restored database (PostgreSQL), for `pg_amcheck`.
+    /// The extension is not trusted: this needs a superuser, or the extension already in
+    /// `template1`, from which every new database inherits it.
+    pub async fn ensure_amcheck(&self) -> Result<(), EngineError> {
+        let what = format!("create the amcheck extension in {}", self.name);
+        let failed = |err| EngineError::from_sqlx(&what, &self.admin.username, err);
+        let mut conn = self.connect_pg(&self.endpoint(), &what).await?;
+        let done = sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS amcheck").execute(&mut conn).await.map(drop);
+        let _ = conn.close().await;
+        done.map_err(failed)
+    }
+
     async fn on_server(&self, what: &str, statement: &str) -> Result<(), EngineError> {
         let failed = |err| EngineError::from_sqlx(what, &self.admin.username, err);
         let statement = sqlx::AssertSqlSafe(statement.to_owned());

@@ -31,7 +31,7 @@ use crate::saga::{self, Ended, Executor, SagaError, SagaRow, Subject};
 use crate::schedule;
 use crate::secret::{SecretRef, SecretString, StoreKind};
 use crate::state::Db;
-use crate::stores::{self, SecretStore, StoreError};
+use crate::stores::{self, SecretStore, StoreError, Stores};
 
 /// Why a rotation did not start, or could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -573,6 +573,15 @@ impl JwtKeyRotation<'_> {
 }
 
 /// A stored value that is not a credential vigil can rotate.
+/// The credential database-password secret `spec` holds now, as its applications read it: what
+/// a restore drill logs in to the restored database with.
+pub async fn current_credential(stores: &Stores<'_>, spec: &SecretSpec) -> Result<Credential, RotationError> {
+    let store = stores.get(spec.store).await?;
+    let current = db_password::parse(&spec.path, &store.current(&spec.path).await?.value)
+        .map_err(|err| unreadable(&spec.path, &err))?;
+    Ok(Credential { username: current.username, password: current.password })
+}
+
 fn unreadable(path: &str, err: &saga::StepError) -> RotationError {
     RotationError::Store(StoreError::Refused { what: format!("read secret {path}"), reason: err.to_string() })
 }

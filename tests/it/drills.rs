@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::backups::{Setup, mariadb_database, postgres_database};
-use crate::support::Database;
+use crate::support::{Database, Store, admin_sql, unique};
 
 /// A scratch target on the private server of `engine`, administered as its admin, connecting to
 /// the server's own database.
@@ -66,15 +66,39 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     let setup = Setup::new().await;
     let pg = setup.services.postgres.clone();
     let database = postgres_database(&setup.services, 1).await;
+    // An application user with a grant the dump carries, and one without: their credentials
+    // are in the store, as the applications read them.
+    let (app, stranger) = (unique("drill_app").replace('-', "_"), unique("drill_stranger").replace('-', "_"));
+    admin_sql(
+        Postgres,
+        &Database { database: database.clone(), ..pg.clone() },
+        &[
+            format!("CREATE ROLE {app} LOGIN PASSWORD 'app-password-1'"),
+            format!("GRANT SELECT ON pgbench_accounts TO {app}"),
+            format!("CREATE ROLE {stranger} LOGIN PASSWORD 'stranger-password-1'"),
+        ],
+    )
+    .await;
+    for (user, password) in [(&app, "app-password-1"), (&stranger, "stranger-password-1")] {
+        let value = serde_json::json!({ "username": user, "password": password });
+        setup.services.seed(Store::Vault, setup.path(), &format!("drills/{user}"), &value).await;
+    }
     let mut schedule = setup.target("postgres", &pg, &database);
     schedule.push_str(&scratch_target(&setup, "postgres", &pg));
+    for (secret, user) in [("app", &app), ("stranger", &stranger)] {
+        schedule.push_str(&format!(
+            "[secrets.{secret}]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"drills/{user}\"\n\
+             target = \"{database}\"\nusername = \"{user}\"\nprobes = [\"SELECT count(*) FROM pgbench_accounts\"]\n\n"
+        ));
+    }
     schedule.push_str(&setup.set("orders", &database, "local", "local"));
     schedule.push_str(&setup.set("never-run", &database, "local", "local"));
     schedule.push_str(&drill(
         "orders-restore",
         "orders",
-        "assertions = [{ sql = \"SELECT count(*) FROM pgbench_branches\", expect = \"1\" }]",
+        "assertions = [{ sql = \"SELECT count(*) FROM pgbench_branches\", expect = \"1\" }]\ncheck_credentials = [\"app\"]",
     ));
+    schedule.push_str(&drill("orders-stranger", "orders", "check_credentials = [\"stranger\"]"));
     schedule.push_str(&drill(
         "orders-wrong",
         "orders",
@@ -93,6 +117,13 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     assert_eq!(counts["passed"], true, "{counts}");
     assert!(counts["detail"].as_str().unwrap().contains("5 tables"), "{counts}");
     assert_eq!(check(report, "assertion 1")["passed"], true);
+    let amcheck = check(report, "pg_amcheck");
+    assert_eq!(amcheck["passed"], true, "{amcheck}");
+    assert!(amcheck["detail"].as_str().unwrap().contains("no corruption"), "{amcheck}");
+    let credential = check(report, "credential app");
+    assert_eq!(credential["passed"], true, "{credential}");
+    assert!(credential["detail"].as_str().unwrap().contains("ran 1 probe"), "{credential}");
+    assert!(!run.all_output().contains("app-password-1"), "a credential never reaches the output");
     let phases: Vec<&str> =
         report["data"]["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
     assert_eq!(phases, ["locate", "restore", "check", "teardown"]);
@@ -106,7 +137,8 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     let finished = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "drill.finished"]).json();
     let details: Value = serde_json::from_str(finished[0]["details"].as_str().unwrap()).unwrap();
     assert_eq!(details["data"]["verdict"]["passed"], true, "{details}");
-    assert_eq!(details["data"]["checks"].as_array().unwrap().len(), 2);
+    assert_eq!(details["data"]["checks"].as_array().unwrap().len(), 4, "counts, amcheck, credential, assertion");
+    assert!(!finished.to_string().contains("app-password-1"), "nor the evidence");
     let steps = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "drill.step"]).json();
     assert_eq!(steps.as_array().unwrap().len(), 8, "an intent and an outcome per phase");
     setup.vigil(&["evidence", "verify"]).assert_code(0);
@@ -127,6 +159,12 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     assert!(wrong.stderr().contains("expected \"7\""), "{}", wrong.stderr());
     assert!(!exists(Postgres, &pg, "vigil_drill_orders_wrong").await);
 
+    // A user the restored database grants nothing: its probe is refused, and the drill says so.
+    let stranger_run = setup.vigil(&["drill", "run", "orders-stranger"]);
+    stranger_run.assert_code(1);
+    assert!(stranger_run.stderr().contains("credential stranger failed"), "{}", stranger_run.stderr());
+    assert!(stranger_run.stderr().contains("permission denied"), "{}", stranger_run.stderr());
+
     // No verified backup: the drill fails at locate and says what to do.
     let empty = setup.vigil(&["drill", "run", "empty"]);
     empty.assert_code(1);
@@ -146,6 +184,7 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     assert!(!exists(Postgres, &pg, &scratch).await, "the unwound restore dropped its database");
     let rolled_back = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "drill.rolled_back"]).json();
     assert_eq!(rolled_back.as_array().unwrap().len(), 2, "the empty and the corrupt drill");
+    setup.vigil(&["evidence", "verify"]).assert_code(0);
 }
 
 /// A MariaDB drill passes: the dump replays through the `mariadb` client into the scratch
@@ -223,4 +262,54 @@ async fn a_killed_drill_is_finished_by_the_next_run_and_leaves_no_scratch_databa
     let finished = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "drill.finished"]).json();
     assert!(finished.as_array().unwrap().len() >= 6, "{finished}");
     setup.vigil(&["evidence", "verify"]).assert_code(0);
+}
+
+/// pg_amcheck catches a restored database whose index no longer matches its table: the drill
+/// is stopped before its checks (failpoints), an expression index's function is redefined in the
+/// scratch database (as a corrupted page would disagree with its index), and the resumed drill
+/// fails naming pg_amcheck's finding, then drops the database.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn pg_amcheck_failing_on_the_restored_database_fails_the_drill() {
+    use vigil::engines::Engine::Postgres;
+    let setup = Setup::new().await;
+    let pg = setup.services.postgres.clone();
+    let database = unique("amcheck").replace('-', "_");
+    admin_sql(Postgres, &pg, &[format!("CREATE DATABASE {database}")]).await;
+    let source = Database { database: database.clone(), ..pg.clone() };
+    admin_sql(
+        Postgres,
+        &source,
+        &[
+            "CREATE FUNCTION shifted(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1'".to_owned(),
+            "CREATE TABLE items AS SELECT g AS id FROM generate_series(1, 5000) g".to_owned(),
+            "CREATE INDEX items_shifted ON items (shifted(id))".to_owned(),
+        ],
+    )
+    .await;
+    let mut schedule = setup.target("postgres", &pg, &database);
+    schedule.push_str(&scratch_target(&setup, "postgres", &pg));
+    schedule.push_str(&setup.set("items", &database, "local", "local"));
+    schedule.push_str(&drill("items-restore", "items", ""));
+    setup.write_schedule(&schedule);
+    setup.backup("items");
+    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["drill", "run", "items-restore"])
+        .current_dir(setup.path())
+        .env("VIGIL_FAILPOINT", "drill.restore:before:check")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let scratch = Database { database: "vigil_drill_items_restore".into(), ..pg.clone() };
+    admin_sql(
+        Postgres,
+        &scratch,
+        &["CREATE OR REPLACE FUNCTION shifted(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 + 1'".to_owned()],
+    )
+    .await;
+    let resumed = setup.vigil(&["drill", "resume"]);
+    resumed.assert_code(1);
+    assert!(resumed.stderr().contains("pg_amcheck failed: corruption"), "{}", resumed.stderr());
+    assert!(!exists(Postgres, &pg, "vigil_drill_items_restore").await);
 }

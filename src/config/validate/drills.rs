@@ -6,7 +6,7 @@ use serde_spanned::Spanned;
 
 use super::super::diagnostic::Diagnostic;
 use super::super::raw;
-use super::super::{Assertion, BackupSet, Drill, Target};
+use super::super::{Assertion, BackupSet, Drill, Engine, SecretKind, SecretSpec, Target};
 use super::*;
 use crate::secret::resolve_path;
 
@@ -102,7 +102,52 @@ impl Loader {
             rto: raw.rto.as_ref().map_or(DEFAULT_RTO, |r| *r.get_ref()),
             runbook,
             assertions,
+            check_credentials: Vec::new(),
             defined_at: self.at(file, def.span.clone()),
         })
+    }
+
+    /// A drill's `check_credentials`: each a database-password secret of the scratch target's
+    /// engine. `None` after an error.
+    pub(super) fn drill_credentials(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Drill>,
+        raw_secrets: &BTreeMap<String, Def<raw::Secret>>,
+        secrets: &BTreeMap<String, SecretSpec>,
+        scratch: Option<&Target>,
+    ) -> Option<Vec<String>> {
+        let file = def.file;
+        let field = format!("drills.{name}.check_credentials");
+        let errors_before = self.errors.len();
+        let mut names = Vec::new();
+        for reference in def.value.check_credentials.iter().flatten() {
+            let secret = reference.get_ref();
+            if !raw_secrets.contains_key(secret) {
+                self.missing_reference(file, reference, field.clone(), "secrets", raw_secrets.keys());
+                continue;
+            }
+            // A secret refused on its own was reported there.
+            let Some(spec) = secrets.get(secret) else { continue };
+            let engine = match &spec.kind {
+                SecretKind::PostgresPassword(_) => Some(Engine::Postgres),
+                SecretKind::MysqlPassword(_) => Some(Engine::Mysql),
+                SecretKind::ApiKey(_) | SecretKind::JwtSigningKey(_) => None,
+            };
+            if engine.is_none() || engine != scratch.map(|t| t.engine) {
+                self.error(
+                    file,
+                    reference.span(),
+                    field.clone(),
+                    format!(
+                        "`{secret}` is a {} secret; check_credentials names database passwords of the scratch target's engine, whose users log in to the restored database",
+                        spec.kind.as_str()
+                    ),
+                );
+                continue;
+            }
+            names.push(secret.clone());
+        }
+        (self.errors.len() == errors_before).then_some(names)
     }
 }

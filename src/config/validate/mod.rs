@@ -18,7 +18,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
-use super::{BackupSet, Engine, Loaded, Plan, Target};
+use super::{BackupSet, Engine, Loaded, Plan, SecretSpec, Target};
 use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{SecretRef, StoreKind};
 
@@ -125,7 +125,7 @@ impl Loader {
 
         let plan_targets: BTreeMap<String, Target> =
             targets.iter().filter_map(|(name, def)| Some((name.clone(), self.target(name, def)?))).collect();
-        let plan_secrets = secrets
+        let plan_secrets: BTreeMap<String, SecretSpec> = secrets
             .iter()
             .filter_map(|(name, def)| Some((name.clone(), self.secret(name, def, &targets, &plan_targets)?)))
             .collect();
@@ -136,7 +136,9 @@ impl Loader {
         let plan_drills = drills
             .iter()
             .filter_map(|(name, def)| {
-                let drill = self.drill(name, def, &targets, &plan_targets, &backups, &plan_backups)?;
+                let mut drill = self.drill(name, def, &targets, &plan_targets, &backups, &plan_backups)?;
+                let scratch = plan_targets.get(&drill.scratch);
+                drill.check_credentials = self.drill_credentials(name, def, &secrets, &plan_secrets, scratch)?;
                 Some((name.clone(), drill))
             })
             .collect();
