@@ -8,9 +8,10 @@
 //! 2. **restore**: the scratch database dropped if a crashed drill left it and created empty,
 //!    then the backup streamed from its store, authenticated, decrypted and decompressed into
 //!    the engine's own restore tool (`pg_restore`, `mariadb`);
-//! 3. **check**: row counts against the manifest's and the drill's SQL assertions, then RTO
-//!    (drill start to checks done) and RPO (drill start minus the snapshot time) against the
-//!    targets, which give the verdict;
+//! 3. **check**: row counts against the manifest's, `pg_amcheck --heapallindexed` (PostgreSQL),
+//!    each `check_credentials` secret's current credential logging in and running its probes,
+//!    and the drill's SQL assertions; then RTO (drill start to checks done) and RPO (drill start
+//!    minus the snapshot time) against the targets, which give the verdict;
 //! 4. **teardown**: the scratch database dropped.
 //!
 //! A failed check fails the drill, not the saga: teardown still runs and the verdict says why.
