@@ -134,7 +134,8 @@ impl From<Exit> for ExitCode {
 fn load_plan(global: &GlobalArgs) -> anyhow::Result<crate::config::Plan> {
     match crate::config::load(&global.config) {
         Ok(loaded) => {
-            for warning in &loaded.warnings {
+            // Advice is `vigil config check`'s to give; hazards are repeated by every command.
+            for warning in loaded.warnings.iter().filter(|w| !w.advice) {
                 tracing::warn!("{warning}");
             }
             Ok(loaded.plan)

@@ -90,6 +90,9 @@ pub struct Diagnostic {
     pub help: Option<String>,
     /// Other places involved, e.g. the first definition of a duplicate.
     pub related: Vec<(Location, String)>,
+    /// Planning advice rather than a hazard (a backup schedule that cannot meet a drill's RPO):
+    /// `vigil config check` shows it, other commands load without repeating it.
+    pub advice: bool,
 }
 
 impl Diagnostic {
@@ -102,6 +105,7 @@ impl Diagnostic {
             message: message.into(),
             help: None,
             related: Vec::new(),
+            advice: false,
         }
     }
 
@@ -113,6 +117,12 @@ impl Diagnostic {
     /// Adds advice on what to do.
     pub(crate) fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
+        self
+    }
+
+    /// Marks a warning as planning advice, shown by `vigil config check` alone.
+    pub(crate) fn advisory(mut self) -> Self {
+        self.advice = true;
         self
     }
 

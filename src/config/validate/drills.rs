@@ -80,7 +80,8 @@ impl Loader {
                         backup.schedule.as_str()
                     ),
                 )
-                .with_help("back up more often than the RPO target, or raise the target to what the schedule gives"),
+                .with_help("back up more often than the RPO target, or raise the target to what the schedule gives")
+                .advisory(),
             );
         }
         let mut assertions = Vec::new();

@@ -738,6 +738,7 @@ mod tests {
             warned[0].message
         );
         assert_eq!(warned[0].location.line, Some((19, 7)), "points at the rpo value");
+        assert!(warned[0].advice, "config check says it; other commands do not repeat it");
         assert!(warnings("25h").is_empty());
     }
 
