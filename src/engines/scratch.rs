@@ -82,35 +82,6 @@ impl ScratchDb {
         self.on_server(&format!("drop scratch database {}", self.name), &statement).await
     }
 
-    /// Whether the database exists.
-    pub async fn exists(&self) -> Result<bool, EngineError> {
-        let what = format!("look for scratch database {}", self.name);
-        let failed = |err| EngineError::from_sqlx(&what, &self.admin.username, err);
-        match self.engine {
-            Engine::Postgres => {
-                let mut conn = self.connect_pg(&self.server, &what).await?;
-                let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-                    .bind(&self.name)
-                    .fetch_optional(&mut conn)
-                    .await
-                    .map_err(failed)?;
-                let _ = conn.close().await;
-                Ok(found.is_some())
-            }
-            Engine::Mysql => {
-                let mut conn = self.connect_mysql(&self.server, &what).await?;
-                let found: Option<i32> =
-                    sqlx::query_scalar("SELECT 1 FROM information_schema.schemata WHERE schema_name = ?")
-                        .bind(&self.name)
-                        .fetch_optional(&mut conn)
-                        .await
-                        .map_err(failed)?;
-                let _ = conn.close().await;
-                Ok(found.is_some())
-            }
-        }
-    }
-
     /// Every user table's rows in the restored database, as the backup counted them.
     pub async fn count_rows(&self) -> Result<BTreeMap<String, u64>, EngineError> {
         let what = format!("count the rows of scratch database {}", self.name);

@@ -362,6 +362,15 @@ impl Loader {
     /// Whether `url` is an `http://` or `https://` URL; an error if not.
     fn check_http_url(&mut self, file: usize, url: &Spanned<String>, field: &str) -> bool {
         let text = url.get_ref();
+        if url_has_password(text) {
+            // Not repeated, here or anywhere: the URL carries a secret.
+            let location = self.at(file, url.span());
+            self.errors.push(
+                Diagnostic::error(location, field, "the URL carries a password or token (not repeated here)")
+                    .with_help("remove it from the URL and give the credential by reference, e.g. token = { file = \"/path\" }"),
+            );
+            return false;
+        }
         let well_formed =
             ["http://", "https://"].iter().any(|scheme| text.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()));
         if !well_formed {
@@ -599,8 +608,8 @@ fn url_host(url: &str) -> &str {
     }
 }
 
-/// Whether a connection URL carries a password: in its user info (`user:pw@`), or as a
-/// `password` or `pass` query parameter.
+/// Whether a URL carries a secret: a password in its user info (`user:pw@`), or a `password`,
+/// `pass`, `token`, `access_token`, `secret` or `api_key` query parameter.
 fn url_has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -608,7 +617,7 @@ fn url_has_password(url: &str) -> bool {
     let query = rest.split_once('?').map_or("", |(_, query)| query.split('#').next().unwrap_or_default());
     let in_query = query.split('&').any(|pair| {
         let key = pair.split('=').next().unwrap_or_default();
-        key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("pass")
+        ["password", "pass", "token", "access_token", "secret", "api_key"].iter().any(|k| key.eq_ignore_ascii_case(k))
     });
     in_userinfo || in_query
 }
@@ -631,6 +640,8 @@ mod tests {
             "postgres://vigil:pw@db:5432/vigil",
             "postgres://vigil@db:5432/vigil?password=pw",
             "postgres://vigil@db/vigil?application_name=x&PASSWORD=pw",
+            "https://vault.internal:8200/?token=s.abc",
+            "https://user:hunter2@keys.internal/",
         ] {
             assert!(url_has_password(url), "{url}");
         }
