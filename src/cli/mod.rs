@@ -240,6 +240,33 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every `vigil …` command a runbook shows (in inline code, up to a pipe or redirection)
+    /// parses with this command line: a person following a runbook in an incident never meets
+    /// a flag that was renamed.
+    #[test]
+    fn every_vigil_command_in_the_runbooks_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("runbooks");
+        let mut seen = 0;
+        let mut wrong = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Inline code is every other piece between backticks.
+            for code in text.split('`').skip(1).step_by(2) {
+                let Some(command) = code.trim().strip_prefix("vigil ") else { continue };
+                let command = command.split(['|', '>', '<']).next().unwrap_or_default();
+                let args = std::iter::once("vigil").chain(command.split_whitespace());
+                seen += 1;
+                if let Err(err) = Cli::try_parse_from(args) {
+                    let reason = err.to_string().lines().next().unwrap_or_default().to_owned();
+                    wrong.push(format!("{}: `vigil {command}`: {reason}", path.display()));
+                }
+            }
+        }
+        assert!(seen >= 20, "only {seen} commands found in the runbooks");
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
     #[test]
     fn every_subcommand_explains_itself_with_an_example() {
         let cli = Cli::command();
