@@ -1,6 +1,6 @@
-//! Amazon RDS DB snapshots behind one small trait: create, describe, copy into another region,
-//! delete. Backups take snapshots through it, and restore drills of rds targets will restore
-//! them through it. RDS knows nothing of backups, sagas or evidence; every call is idempotent
+//! Amazon RDS behind two small traits: DB snapshots (create, describe, copy into another
+//! region, delete), which backups take, and DB instances (restore from a snapshot or to the
+//! latest restorable time, describe, delete), which restore drills of RDS sets restore into. RDS knows nothing of backups, sagas or evidence; every call is idempotent
 //! (a snapshot that exists already, or is gone already, is success).
 
 use futures_util::FutureExt as _;
@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub status: String,
     /// Its ARN.
     pub arn: String,
+    /// When RDS took it.
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// DB snapshots in one region.
@@ -76,6 +78,44 @@ pub trait Snapshots: Send + Sync {
 
     /// Deletes `snapshot`; one that is gone already is success.
     fn delete<'a>(&'a self, snapshot: &'a str) -> BoxFuture<'a, Result<(), RdsError>>;
+}
+
+/// A DB instance as RDS describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// `creating`, `available`, `deleting`, …
+    pub status: String,
+    /// Where it listens, once it does.
+    pub endpoint: Option<(String, u16)>,
+    /// The newest time it can be restored to, for instances with automated backups.
+    pub latest_restorable_time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// DB instances in one region: what restore drills of RDS sets restore into and delete.
+pub trait Instances: Send + Sync {
+    /// Restores `snapshot` into a new instance `instance`, tagged; one of that name already is
+    /// success (a restore a crash interrupted).
+    fn restore_snapshot<'a>(
+        &'a self,
+        snapshot: &'a str,
+        instance: &'a str,
+        tags: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<(), RdsError>>;
+
+    /// Restores `source` as of its latest restorable time into a new instance `instance`,
+    /// tagged; one of that name already is success.
+    fn restore_latest<'a>(
+        &'a self,
+        source: &'a str,
+        instance: &'a str,
+        tags: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<(), RdsError>>;
+
+    /// The instance named `instance`, if there is one.
+    fn describe_instance<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Option<Instance>, RdsError>>;
+
+    /// Deletes `instance` without a final snapshot; one that is gone already is success.
+    fn delete_instance<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), RdsError>>;
 }
 
 /// RDS through the AWS SDK.
@@ -156,6 +196,9 @@ impl Snapshots for AwsRds {
             Ok(out.db_snapshots().first().map(|found| Snapshot {
                 status: found.status().unwrap_or("unknown").to_owned(),
                 arn: found.db_snapshot_arn().unwrap_or_default().to_owned(),
+                created: found
+                    .snapshot_create_time()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
             }))
         }
         .boxed()
@@ -191,6 +234,92 @@ impl Snapshots for AwsRds {
             match self.client.delete_db_snapshot().db_snapshot_identifier(snapshot).send().await {
                 Err(err) if code(&err) == Some("DBSnapshotNotFound") => Ok(()),
                 other => other.map(drop).map_err(|err| error("delete the snapshot", &err)),
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Instances for AwsRds {
+    fn restore_snapshot<'a>(
+        &'a self,
+        snapshot: &'a str,
+        instance: &'a str,
+        tagged: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<(), RdsError>> {
+        async move {
+            let restored = self
+                .client
+                .restore_db_instance_from_db_snapshot()
+                .db_snapshot_identifier(snapshot)
+                .db_instance_identifier(instance)
+                .set_tags(Some(tags(tagged)))
+                .send()
+                .await;
+            match restored {
+                Err(err) if code(&err) == Some("DBInstanceAlreadyExists") => Ok(()),
+                other => other.map(drop).map_err(|err| error("restore the snapshot", &err)),
+            }
+        }
+        .boxed()
+    }
+
+    fn restore_latest<'a>(
+        &'a self,
+        source: &'a str,
+        instance: &'a str,
+        tagged: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<(), RdsError>> {
+        async move {
+            let restored = self
+                .client
+                .restore_db_instance_to_point_in_time()
+                .source_db_instance_identifier(source)
+                .target_db_instance_identifier(instance)
+                .use_latest_restorable_time(true)
+                .set_tags(Some(tags(tagged)))
+                .send()
+                .await;
+            match restored {
+                Err(err) if code(&err) == Some("DBInstanceAlreadyExists") => Ok(()),
+                other => other.map(drop).map_err(|err| error("restore to the latest restorable time", &err)),
+            }
+        }
+        .boxed()
+    }
+
+    fn describe_instance<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Option<Instance>, RdsError>> {
+        async move {
+            let described = self.client.describe_db_instances().db_instance_identifier(instance).send().await;
+            let out = match described {
+                Err(err) if code(&err) == Some("DBInstanceNotFound") => return Ok(None),
+                other => other.map_err(|err| error("describe the instance", &err))?,
+            };
+            Ok(out.db_instances().first().map(|found| Instance {
+                status: found.db_instance_status().unwrap_or("unknown").to_owned(),
+                endpoint: found
+                    .endpoint()
+                    .and_then(|e| Some((e.address()?.to_owned(), u16::try_from(e.port().unwrap_or_default()).ok()?))),
+                latest_restorable_time: found
+                    .latest_restorable_time()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+            }))
+        }
+        .boxed()
+    }
+
+    fn delete_instance<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), RdsError>> {
+        async move {
+            let deleted = self
+                .client
+                .delete_db_instance()
+                .db_instance_identifier(instance)
+                .skip_final_snapshot(true)
+                .send()
+                .await;
+            match deleted {
+                Err(err) if code(&err) == Some("DBInstanceNotFound") => Ok(()),
+                other => other.map(drop).map_err(|err| error("delete the instance", &err)),
             }
         }
         .boxed()

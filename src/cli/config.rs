@@ -238,7 +238,15 @@ fn show_plan(plan: &Plan, secrets_due: &[Due], backups_due: &[Due], drills_due: 
         rows.push(vec![
             name.clone(),
             drill.backup.clone(),
-            drill.scratch.clone(),
+            match &drill.restore {
+                crate::config::DrillRestore::Dump { scratch } => scratch.clone(),
+                crate::config::DrillRestore::Rds { instance, source } => match source {
+                    crate::config::RdsSource::Snapshot => format!("a new instance from {instance}'s snapshot"),
+                    crate::config::RdsSource::PointInTime => {
+                        format!("a new instance from {instance} at its latest time")
+                    }
+                },
+            },
             drill.rpo.to_string(),
             drill.rto.to_string(),
             due.next.clone().unwrap_or_else(|| due.note.into()),

@@ -147,10 +147,7 @@ fn show_run(run: &DrillRun) {
 }
 
 fn print_data(data: &DrillData) {
-    println!(
-        "  started {}, restoring set {} into {} on {}",
-        data.started_at, data.backup_set, data.database, data.scratch_target
-    );
+    println!("  started {}, restoring set {} into {}", data.started_at, data.backup_set, data.into);
     if let Some(backup) = &data.backup {
         println!("  backup {} (snapshot {}) at {}", backup.backup_id, backup.snapshot_time, backup.location);
     }

@@ -348,8 +348,8 @@ pub struct RdsCopy {
 pub struct Drill {
     /// The backup set restored.
     pub backup: String,
-    /// The target restored into; never the backup's own target.
-    pub scratch: String,
+    /// What is restored, and into what.
+    pub restore: DrillRestore,
     /// When the drill runs on its own; on demand only when absent.
     pub schedule: Option<CronSchedule>,
     /// Recovery point objective: the most data loss accepted.
@@ -365,6 +365,35 @@ pub struct Drill {
     pub check_credentials: Vec<String>,
     /// Where the drill is defined.
     pub defined_at: Location,
+}
+
+/// What a drill restores into, by the kind of its backup set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum DrillRestore {
+    /// A dump, into a scratch database on this target (never the backup's own).
+    Dump {
+        /// The scratch target.
+        scratch: String,
+    },
+    /// An RDS instance, into a temporary instance restored from its newest snapshot or to its
+    /// latest restorable time, deleted afterwards.
+    Rds {
+        /// The instance backed up.
+        instance: String,
+        /// Snapshot or point in time.
+        source: RdsSource,
+    },
+}
+
+/// What an RDS drill restores from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RdsSource {
+    /// The set's newest available snapshot (`RestoreDBInstanceFromDBSnapshot`).
+    Snapshot,
+    /// The instance's latest restorable time (`RestoreDBInstanceToPointInTime`).
+    PointInTime,
 }
 
 /// A drill's check of the restored data: `sql`'s first row's first column must read `expect`.

@@ -378,13 +378,22 @@ pub(super) struct Retention {
 #[serde(deny_unknown_fields)]
 pub(super) struct Drill {
     pub backup: Spanned<String>,
-    pub scratch: Spanned<String>,
+    pub scratch: Option<Spanned<String>>,
+    pub source: Option<Spanned<RdsSource>>,
     pub schedule: Option<Spanned<String>>,
     pub rpo: Option<Spanned<Duration>>,
     pub rto: Option<Spanned<Duration>>,
     pub runbook: Option<Spanned<PathBuf>>,
     pub assertions: Option<Vec<Spanned<Assertion>>>,
     pub check_credentials: Option<Vec<Spanned<String>>>,
+}
+
+/// What an RDS drill restores from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RdsSource {
+    Snapshot,
+    PointInTime,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,6 +20,8 @@
 //! drill. Every step is idempotent, so a drill killed at any point is finished or rolled back
 //! by the next `vigil drill run` or `vigil drill resume`.
 
+mod rds;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +29,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::{BackupError, Backups, catalog};
-use crate::config::{Drill, Named, Target};
+use crate::config::{Drill, DrillRestore, Named, RdsSource, Target};
 use crate::context::Ctx;
 use crate::engines::dump::{DumpError, Integrity, Restore, pg_amcheck};
 use crate::engines::scratch::{ScratchDb, scratch_name};
@@ -85,10 +87,8 @@ pub struct DrillData {
     pub drill: String,
     /// The backup set restored.
     pub backup_set: String,
-    /// The scratch target.
-    pub scratch_target: String,
-    /// The scratch database on it.
-    pub database: String,
+    /// What it restores into.
+    pub into: RestoreInto,
     /// When the drill started (RFC 3339): where RPO and RTO are measured from.
     pub started_at: String,
     /// The RPO target, in seconds.
@@ -116,6 +116,44 @@ pub struct DrillData {
     /// Passed or failed, and why, once the checks ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+}
+
+/// What a drill restores into: a scratch database, or a temporary RDS instance. Named when the
+/// drill starts, so that a crash at any step knows what to drop or delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RestoreInto {
+    /// A dump restored into `database` on the scratch target.
+    Database {
+        /// The scratch target.
+        scratch_target: String,
+        /// The scratch database on it.
+        database: String,
+    },
+    /// An RDS set restored into the new instance `instance`.
+    Instance {
+        /// The instance backed up.
+        source_instance: String,
+        /// From its newest snapshot, or its latest restorable time.
+        source: RdsSource,
+        /// The temporary instance.
+        instance: String,
+    },
+}
+
+impl Default for RestoreInto {
+    fn default() -> Self {
+        Self::Database { scratch_target: String::new(), database: String::new() }
+    }
+}
+
+impl std::fmt::Display for RestoreInto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Database { scratch_target, database } => write!(f, "database {database} on {scratch_target}"),
+            Self::Instance { instance, .. } => write!(f, "temporary RDS instance {instance}"),
+        }
+    }
 }
 
 /// The backup a drill restores.
@@ -148,8 +186,27 @@ pub struct Check {
     pub name: String,
     /// Whether it passed.
     pub passed: bool,
-    /// What was found.
+    /// Whether it ran at all; one that could not run never passes, and says why.
+    #[serde(default = "ran_by_default")]
+    pub ran: bool,
+    /// What was found, or why it did not run.
     pub detail: String,
+}
+
+fn ran_by_default() -> bool {
+    true
+}
+
+impl Check {
+    /// A check that ran.
+    fn ran(name: impl Into<String>, passed: bool, detail: impl Into<String>) -> Self {
+        Self { name: name.into(), passed, ran: true, detail: detail.into() }
+    }
+
+    /// A check that could not run, and why.
+    fn not_run(name: impl Into<String>, why: impl Into<String>) -> Self {
+        Self { name: name.into(), passed: false, ran: false, detail: why.into() }
+    }
 }
 
 /// A drill's outcome.
@@ -239,8 +296,16 @@ impl<'a> Drills<'a> {
         let data = DrillData {
             drill: name.to_owned(),
             backup_set: drill.backup.clone(),
-            scratch_target: drill.scratch.clone(),
-            database: scratch_name(name),
+            into: match &drill.restore {
+                DrillRestore::Dump { scratch } => {
+                    RestoreInto::Database { scratch_target: scratch.clone(), database: scratch_name(name) }
+                }
+                DrillRestore::Rds { instance, source } => RestoreInto::Instance {
+                    source_instance: instance.clone(),
+                    source: *source,
+                    instance: rds::instance_id(name, &id),
+                },
+            },
             started_at: self.now(),
             rpo_target_secs: drill.rpo.as_secs(),
             rto_target_secs: drill.rto.as_secs(),
@@ -361,27 +426,50 @@ impl DrillSaga<'_, '_> {
         self.drills.drill(self.name).map_err(|err| StepError::Failed(err.to_string()))
     }
 
-    fn scratch_target(&self, data: &DrillData) -> Result<Named<Target>, StepError> {
-        let target = self.drills.ctx.plan.targets.get(&data.scratch_target).ok_or_else(|| {
-            StepError::Failed(format!("scratch target {} is no longer configured", data.scratch_target))
-        })?;
-        Ok(Named { name: data.scratch_target.clone(), value: target.clone() })
+    fn target(&self, name: &str) -> Result<Named<Target>, StepError> {
+        let target = self
+            .drills
+            .ctx
+            .plan
+            .targets
+            .get(name)
+            .ok_or_else(|| StepError::Failed(format!("target {name} is no longer configured")))?;
+        Ok(Named { name: name.to_owned(), value: target.clone() })
+    }
+
+    /// `target`'s admin credential.
+    async fn admin(&self, target: &Named<Target>) -> Result<Credential, StepError> {
+        self.drills.ctx.stores.login(&target.value.admin).await.map_err(|err| match err {
+            ReferenceError::Store(err) if err.is_transient() => StepError::Transient(err.to_string()),
+            err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", target.name)),
+        })
     }
 
     /// The scratch database, administered with the scratch target's admin credential.
     async fn scratch(&self, data: &DrillData) -> Result<ScratchDb, StepError> {
-        let target = self.scratch_target(data)?;
-        let admin: Credential = self.drills.ctx.stores.login(&target.value.admin).await.map_err(|err| match err {
-            ReferenceError::Store(err) if err.is_transient() => StepError::Transient(err.to_string()),
-            err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", target.name)),
-        })?;
+        let RestoreInto::Database { scratch_target, database } = &data.into else {
+            return Err(StepError::Failed(format!(
+                "drill {} restores into an RDS instance, not a database",
+                data.drill
+            )));
+        };
+        let target = self.target(scratch_target)?;
+        let admin = self.admin(&target).await?;
         let server = Endpoint {
             host: target.value.host.clone(),
             port: target.value.port,
             database: target.value.database.clone(),
             tls: target.value.tls.clone(),
         };
-        Ok(ScratchDb::new(target.value.engine, server, admin, data.database.clone()))
+        Ok(ScratchDb::new(target.value.engine, server, admin, database.clone()))
+    }
+
+    /// Drops the scratch database or deletes the temporary instance; idempotent.
+    async fn remove(&self, data: &DrillData) -> Result<(), StepError> {
+        match data.into {
+            RestoreInto::Database { .. } => self.scratch(data).await?.drop().await.map_err(engine_step),
+            RestoreInto::Instance { .. } => self.rds_delete(data).await,
+        }
     }
 
     /// This process's private folder for the tools' password files.
@@ -406,7 +494,7 @@ impl DrillSaga<'_, '_> {
             let detail = format!(
                 "{err}; the amcheck extension is not trusted: create it once in template1 as a superuser, so every scratch database has it"
             );
-            return Ok(Some(Check { name, passed: false, detail }));
+            return Ok(Some(Check::ran(name, false, detail)));
         }
         let folder = self.folder().await?;
         let (endpoint, admin) = (scratch.endpoint(), scratch.admin().clone());
@@ -414,9 +502,9 @@ impl DrillSaga<'_, '_> {
             .await
             .map_err(|err| StepError::Failed(format!("pg_amcheck stopped unexpectedly: {err}")))?;
         Ok(Some(match found {
-            Ok(Integrity::Clean(detail)) => Check { name, passed: true, detail },
-            Ok(Integrity::Corrupt(found)) => Check { name, passed: false, detail: format!("corruption: {found}") },
-            Err(err) => Check { name, passed: false, detail: err.to_string() },
+            Ok(Integrity::Clean(detail)) => Check::ran(name, true, detail),
+            Ok(Integrity::Corrupt(found)) => Check::ran(name, false, format!("corruption: {found}")),
+            Err(err) => Check::ran(name, false, err.to_string()),
         }))
     }
 
@@ -427,18 +515,14 @@ impl DrillSaga<'_, '_> {
         for name in &drill.check_credentials {
             let check = format!("credential {name}");
             let Some(spec) = self.drills.ctx.plan.secrets.get(name) else {
-                checks.push(Check {
-                    name: check,
-                    passed: false,
-                    detail: format!("secret {name} is no longer configured"),
-                });
+                checks.push(Check::ran(check, false, format!("secret {name} is no longer configured")));
                 continue;
             };
             let probes = spec.kind.db_password().map(|db| db.probes.clone()).unwrap_or_default();
             let credential = match crate::rotation::current_credential(&self.drills.ctx.stores, spec).await {
                 Ok(credential) => credential,
                 Err(err) => {
-                    checks.push(Check { name: check, passed: false, detail: format!("cannot read it: {err}") });
+                    checks.push(Check::ran(check, false, format!("cannot read it: {err}")));
                     continue;
                 }
             };
@@ -454,8 +538,8 @@ impl DrillSaga<'_, '_> {
                 Err(err) => Err(err.to_string()),
             };
             checks.push(match detail {
-                Ok(detail) => Check { name: check, passed: true, detail },
-                Err(detail) => Check { name: check, passed: false, detail },
+                Ok(detail) => Check::ran(check, true, detail),
+                Err(detail) => Check::ran(check, false, detail),
             });
         }
         Ok(checks)
@@ -506,8 +590,7 @@ impl DrillSaga<'_, '_> {
         let scratch = self.scratch(data).await?;
         scratch.recreate().await.map_err(engine_step)?;
         let folder = self.folder().await?;
-        let target = self.scratch_target(data)?;
-        let (sink, restore) = Restore::start(target.value.engine, &scratch.endpoint(), scratch.admin(), &folder)
+        let (sink, restore) = Restore::start(scratch.engine(), &scratch.endpoint(), scratch.admin(), &folder)
             .map_err(|err| StepError::Failed(err.to_string()))?;
         let fetched = self.drills.backups.fetch(&located.backup_id, sink).await;
         // The sink is closed once fetch returns: the tool sees the end of its input and exits.
@@ -554,42 +637,54 @@ impl DrillSaga<'_, '_> {
                 format!("{table}: backup {}, restored {}", show(expected.get(table)), show(restored.get(table)))
             })
             .collect();
-        checks.push(Check {
-            name: "row_counts".into(),
-            passed: differing.is_empty(),
-            detail: if differing.is_empty() {
-                format!("{} tables, {} rows, as the backup counted", restored.len(), restored.values().sum::<u64>())
-            } else {
-                differing.join("; ")
-            },
-        });
+        let detail = if differing.is_empty() {
+            format!("{} tables, {} rows, as the backup counted", restored.len(), restored.values().sum::<u64>())
+        } else {
+            differing.join("; ")
+        };
+        checks.push(Check::ran("row_counts", differing.is_empty(), detail));
 
         checks.extend(self.integrity(&scratch).await?);
-        checks.extend(self.credentials(drill, &scratch).await?);
+        checks.extend(self.queries(drill, &scratch).await?);
+        Ok(self.verdict(data, checks))
+    }
+
+    /// The checks any restored database gets: `check_credentials` and the SQL assertions.
+    async fn queries(&self, drill: &Drill, scratch: &ScratchDb) -> Result<Vec<Check>, StepError> {
+        let mut checks = self.credentials(drill, scratch).await?;
         for (i, assertion) in drill.assertions.iter().enumerate() {
             let name = format!("assertion {}", i + 1);
             let check = match scratch.first_value(&assertion.sql).await {
                 Ok(value) => {
                     let got = value.unwrap_or_else(|| "NULL".to_owned());
-                    Check {
-                        name,
-                        passed: got == assertion.expect,
-                        detail: format!("{} returned {got:?}, expected {:?}", assertion.sql, assertion.expect),
-                    }
+                    let detail = format!("{} returned {got:?}, expected {:?}", assertion.sql, assertion.expect);
+                    Check::ran(name, got == assertion.expect, detail)
                 }
                 Err(err) if err.is_transient() => return Err(engine_step(err)),
-                Err(err) => Check { name, passed: false, detail: format!("{} failed: {err}", assertion.sql) },
+                Err(err) => Check::ran(name, false, format!("{} failed: {err}", assertion.sql)),
             };
             checks.push(check);
         }
+        Ok(checks)
+    }
 
+    /// The drill's data with `checks`, RTO (now, minus its start) and RPO (its start, minus the
+    /// restored point) against the targets, and the verdict they give.
+    fn verdict(&self, data: &DrillData, checks: Vec<Check>) -> DrillData {
         let mut checked = data.clone();
         let now = self.drills.ctx.clock.now();
-        let started = parse_time(&data.started_at)?;
+        let Some(located) = data.backup.as_ref() else {
+            checked.verdict = Some(Verdict { passed: false, reasons: vec!["locate recorded no backup".into()] });
+            return checked;
+        };
+        let started = parse_time(&data.started_at).unwrap_or(now);
         let rto = (now - started).num_milliseconds() as f64 / 1000.0;
         let rpo = parse_time(&located.snapshot_time).map(|snapshot| (started - snapshot).num_seconds()).ok();
-        let mut reasons: Vec<String> =
-            checks.iter().filter(|c| !c.passed).map(|c| format!("{} failed: {}", c.name, c.detail)).collect();
+        let mut reasons: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{} {}: {}", c.name, if c.ran { "failed" } else { "not run" }, c.detail))
+            .collect();
         match rpo {
             Some(rpo) if rpo > i64::try_from(data.rpo_target_secs).unwrap_or(i64::MAX) => reasons.push(format!(
                 "RPO {} exceeds the target {}: the newest verified backup ({}) is that old",
@@ -607,7 +702,7 @@ impl DrillSaga<'_, '_> {
         checked.rpo_secs = rpo;
         checked.rto_secs = Some(rto);
         checked.verdict = Some(Verdict { passed: reasons.is_empty(), reasons });
-        Ok(checked)
+        checked
     }
 }
 
@@ -654,15 +749,22 @@ impl SagaDef for DrillSaga<'_, '_> {
             progress(self.name, step);
         }
         let started = Instant::now();
-        let data = match step {
-            DrillStep::Locate => self.locate(data).await?,
-            DrillStep::Restore => {
+        let rds = matches!(data.into, RestoreInto::Instance { .. });
+        let data = match (step, rds) {
+            (DrillStep::Locate, false) => self.locate(data).await?,
+            (DrillStep::Locate, true) => self.rds_locate(data).await?,
+            (DrillStep::Restore, false) => {
                 self.restore(data).await?;
                 data.clone()
             }
-            DrillStep::Check => self.check(data).await?,
-            DrillStep::Teardown => {
-                self.scratch(data).await?.drop().await.map_err(engine_step)?;
+            (DrillStep::Restore, true) => {
+                self.rds_restore(data).await?;
+                data.clone()
+            }
+            (DrillStep::Check, false) => self.check(data).await?,
+            (DrillStep::Check, true) => self.rds_check(data).await?,
+            (DrillStep::Teardown, _) => {
+                self.remove(data).await?;
                 data.clone()
             }
         };
@@ -671,7 +773,7 @@ impl SagaDef for DrillSaga<'_, '_> {
 
     async fn undo(&self, _saga: &SagaRow, data: &DrillData, step: DrillStep) -> Result<(), StepError> {
         match step {
-            DrillStep::Restore => self.scratch(data).await?.drop().await.map_err(engine_step),
+            DrillStep::Restore => self.remove(data).await,
             DrillStep::Locate | DrillStep::Check | DrillStep::Teardown => Ok(()),
         }
     }

@@ -322,3 +322,82 @@ async fn pg_amcheck_failing_on_the_restored_database_fails_the_drill() {
     assert!(resumed.stderr().contains("pg_amcheck failed: corruption"), "{}", resumed.stderr());
     assert!(!exists(Postgres, &pg, "vigil_drill_items_restore").await);
 }
+
+/// RDS drills against moto: from the set's newest snapshot, and to the instance's latest
+/// restorable time, each into a temporary instance that is deleted afterwards. moto's instances
+/// have no reachable endpoint, so the data checks are reported as not run (never as passed) and
+/// the drill does not pass. A drill killed after its restore call deletes the instance on resume.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn rds_drills_restore_into_a_temporary_instance_and_delete_it() {
+    let setup = Setup::new().await;
+    let rds = aws_sdk_rds::Client::new(&setup.services.sdk_config().await);
+    let source = unique("orders").to_lowercase();
+    rds.create_db_instance()
+        .db_instance_identifier(&source)
+        .db_instance_class("db.t3.micro")
+        .engine("postgres")
+        .allocated_storage(20)
+        .backup_retention_period(7)
+        .master_username("admin")
+        .master_user_password("not-a-real-password-1")
+        .send()
+        .await
+        .unwrap();
+    let admin = crate::support::secret_file(setup.path(), "rds-admin", r#"{"username":"admin","password":"x"}"#);
+    let vigil::secret::SecretRef::File { path } = admin else { unreachable!() };
+    setup.write_schedule(&format!(
+        "[targets.orders-rds]\nkind = \"rds\"\nengine = \"postgres\"\ninstance_id = \"{source}\"\nhost = \"{source}.rds.internal\"\n\
+         admin = {{ file = \"{}\" }}\n\n[backups.orders-snap]\ntarget = \"orders-rds\"\nschedule = \"0 3 * * *\"\n\n\
+         [drills.from-snapshot]\nbackup = \"orders-snap\"\nsource = \"snapshot\"\nassertions = [{{ sql = \"SELECT 1\", expect = \"1\" }}]\n\n\
+         [drills.to-latest]\nbackup = \"orders-snap\"\nsource = \"point_in_time\"\n",
+        path.display()
+    ));
+    let instance_gone = |id: String| {
+        let rds = rds.clone();
+        async move { rds.describe_db_instances().db_instance_identifier(id).send().await.is_err() }
+    };
+
+    // Without a snapshot, the snapshot drill has nothing to restore.
+    let none = setup.vigil(&["drill", "run", "from-snapshot"]);
+    none.assert_code(1);
+    assert!(none.stderr().contains("no available snapshot of set orders-snap"), "{}", none.stderr());
+
+    setup.backup("orders-snap");
+    for drill in ["from-snapshot", "to-latest"] {
+        let run = setup.vigil(&["--output", "json", "drill", "run", drill]);
+        run.assert_code(1);
+        let report = &run.json()[0];
+        assert_eq!(report["passed"], false, "{report}");
+        assert_eq!(report["ended"]["outcome"], "done", "{drill}: every step ran: {report}");
+        let data = &report["data"];
+        let instance = data["into"]["instance"].as_str().unwrap().to_owned();
+        assert!(instance.starts_with(&format!("vigil-drill-{drill}-")), "{instance}");
+        let checks = data["checks"].as_array().unwrap();
+        assert!(checks.iter().all(|c| c["passed"] == false && c["ran"] == false), "{drill}: {checks:?}");
+        assert!(report["reason"].as_str().unwrap().contains("data not run"), "{report}");
+        assert!(data["rpo_secs"].as_i64().is_some() && data["rto_secs"].as_f64().is_some(), "{data}");
+        let phases: Vec<&str> =
+            data["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+        assert_eq!(phases, ["locate", "restore", "check", "teardown"]);
+        assert!(instance_gone(instance).await, "{drill}: the temporary instance outlived its drill");
+    }
+    let from_snapshot = setup.vigil(&["--output", "json", "drill", "list"]).json();
+    assert_eq!(from_snapshot["from-snapshot"]["data"]["checks"].as_array().unwrap().len(), 2, "data and the assertion");
+
+    // Killed after the restore call: the resumed drill deletes the instance it made.
+    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["drill", "run", "to-latest"])
+        .current_dir(setup.path())
+        .env("VIGIL_FAILPOINT", "drill.restore:after:restore")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let runs = setup.vigil(&["--output", "json", "drill", "list"]).json();
+    let instance = runs["to-latest"]["data"]["into"]["instance"].as_str().unwrap().to_owned();
+    assert!(!instance_gone(instance.clone()).await, "the killed drill left its instance, as a crash would");
+    setup.vigil(&["drill", "resume"]).assert_code(1);
+    assert!(instance_gone(instance).await, "the resumed drill deleted its instance");
+    setup.vigil(&["evidence", "verify"]).assert_code(0);
+}

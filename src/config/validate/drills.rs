@@ -6,7 +6,9 @@ use serde_spanned::Spanned;
 
 use super::super::diagnostic::Diagnostic;
 use super::super::raw;
-use super::super::{Assertion, BackupSet, Drill, Engine, SecretKind, SecretSpec, Target};
+use super::super::{
+    Assertion, BackupMethod, BackupSet, Drill, DrillRestore, Engine, RdsSource, SecretKind, SecretSpec, Target,
+};
 use super::*;
 use crate::secret::resolve_path;
 
@@ -26,28 +28,53 @@ impl Loader {
         let errors_before = self.errors.len();
         let base = self.folder_of(file);
         let backup_name = raw.backup.get_ref();
-        let scratch_name = raw.scratch.get_ref();
-        match raw_backups.get(backup_name) {
-            None => self.missing_reference(file, &raw.backup, field("backup"), "backups", raw_backups.keys()),
-            Some(backup_def) => {
-                let backup_target = backup_def.value.target.get_ref();
-                if backup_target == scratch_name {
-                    let location = self.at(file, raw.scratch.span());
-                    let target_at = self.at(backup_def.file, backup_def.value.target.span());
-                    self.errors.push(
-                        Diagnostic::error(location, field("scratch"), format!("`{scratch_name}` is the backup's own target; a drill restores into a scratch database, never the one backed up"))
-                            .with_related(target_at, format!("backup set `{backup_name}` backs up `{backup_target}` here")),
-                    );
-                } else if let Some(backup) = backups.get(backup_name)
-                    && raw_targets.contains_key(scratch_name)
-                {
-                    let source = backup.target.value.engine;
-                    self.check_target_ref(file, &raw.scratch, &field("scratch"), source, raw_targets, targets);
+        let mut restore = None;
+        match (raw_backups.get(backup_name), backups.get(backup_name)) {
+            (None, _) => self.missing_reference(file, &raw.backup, field("backup"), "backups", raw_backups.keys()),
+            // Refused on its own, and reported there.
+            (Some(_), None) => {}
+            (Some(backup_def), Some(backup)) => {
+                match &backup.method {
+                    BackupMethod::RdsSnapshot { instance, .. } => {
+                        if let Some(scratch) = &raw.scratch {
+                            self.error(file, scratch.span(), field("scratch"), format!("backup set `{backup_name}` takes RDS snapshots: its drill restores into a temporary instance, so scratch applies to drills of dump sets only"));
+                        }
+                        let source = match raw.source.as_ref().map(|s| *s.get_ref()) {
+                            None | Some(raw::RdsSource::Snapshot) => RdsSource::Snapshot,
+                            Some(raw::RdsSource::PointInTime) => RdsSource::PointInTime,
+                        };
+                        restore = Some(DrillRestore::Rds { instance: instance.clone(), source });
+                    }
+                    BackupMethod::Dump { .. } => {
+                        if let Some(source) = &raw.source {
+                            self.error(file, source.span(), field("source"), "source applies to drills of RDS sets; a dump set's drill restores its newest verified dump");
+                        }
+                        match &raw.scratch {
+                            None => {
+                                let location = self.at(file, def.span.clone());
+                                self.errors.push(Diagnostic::error(location, field("scratch"), format!("a drill of dump set `{backup_name}` needs `scratch`, the target it restores into")));
+                            }
+                            Some(scratch) if scratch.get_ref() == backup_def.value.target.get_ref() => {
+                                let scratch_name = scratch.get_ref();
+                                let location = self.at(file, scratch.span());
+                                let target_at = self.at(backup_def.file, backup_def.value.target.span());
+                                self.errors.push(
+                                Diagnostic::error(location, field("scratch"), format!("`{scratch_name}` is the backup's own target; a drill restores into a scratch database, never the one backed up"))
+                                    .with_related(target_at, format!("backup set `{backup_name}` backs up `{scratch_name}` here")),
+                            );
+                            }
+                            Some(scratch) if !raw_targets.contains_key(scratch.get_ref()) => {
+                                self.missing_reference(file, scratch, field("scratch"), "targets", raw_targets.keys());
+                            }
+                            Some(scratch) => {
+                                let source = backup.target.value.engine;
+                                self.check_target_ref(file, scratch, &field("scratch"), source, raw_targets, targets);
+                                restore = Some(DrillRestore::Dump { scratch: scratch.get_ref().clone() });
+                            }
+                        }
+                    }
                 }
             }
-        }
-        if !raw_targets.contains_key(scratch_name) {
-            self.missing_reference(file, &raw.scratch, field("scratch"), "targets", raw_targets.keys());
         }
         let schedule = raw.schedule.as_ref().map(|s| self.cron(file, s, field("schedule")));
         let runbook = raw.runbook.as_ref().map(|r| {
@@ -97,7 +124,7 @@ impl Loader {
         }
         Some(Drill {
             backup: backup_name.clone(),
-            scratch: scratch_name.clone(),
+            restore: restore?,
             schedule: schedule.flatten(),
             rpo,
             rto: raw.rto.as_ref().map_or(DEFAULT_RTO, |r| *r.get_ref()),

@@ -18,7 +18,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diagnostic::{Diagnostic, Location, Source};
 use super::raw;
-use super::{BackupSet, Engine, Loaded, Plan, SecretSpec, Target};
+use super::{BackupSet, DrillRestore, Engine, Loaded, Plan, SecretSpec, Target};
 use crate::schedule::{CronSchedule, Duration};
 use crate::secret::{SecretRef, StoreKind};
 
@@ -137,7 +137,10 @@ impl Loader {
             .iter()
             .filter_map(|(name, def)| {
                 let mut drill = self.drill(name, def, &targets, &plan_targets, &backups, &plan_backups)?;
-                let scratch = plan_targets.get(&drill.scratch);
+                let scratch = match &drill.restore {
+                    DrillRestore::Dump { scratch } => plan_targets.get(scratch),
+                    DrillRestore::Rds { .. } => None,
+                };
                 drill.check_credentials = self.drill_credentials(name, def, &secrets, &plan_secrets, scratch)?;
                 Some((name.clone(), drill))
             })
