@@ -18,20 +18,15 @@
 //! peak RSS <= 64 MiB whatever the database size.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// What the generated data is made of, as a version: a database built by an older generator is
-/// dropped and built again.
-const GENERATOR: &str = "pgbench+events v1";
-/// Rows of `events` per MiB of dump and MiB of dump per pgbench scale step, as measured: an
-/// `events` row dumps to about 205 bytes, pgbench to about 10 MiB per scale step.
-const EVENT_ROWS_PER_MIB: u64 = 5_100;
-const MIB_PER_PGBENCH_SCALE: u64 = 10;
+#[path = "support/mod.rs"]
+mod support;
+use support::{MB, MIB, Measured, Series, Services, ensure_database, measure, median_ratio};
+
 const TARGET_LOCAL: f64 = 1.10;
 const TARGET_S3: f64 = 1.0;
 const TARGET_RSS_MIB: f64 = 64.0;
@@ -58,150 +53,6 @@ fn args() -> Args {
         }
     }
     args
-}
-
-/// The private PostgreSQL server and moto, from `target/services/services.json`.
-struct Services {
-    pg_host: String,
-    pg_port: u16,
-    pg_user: String,
-    pg_password: String,
-    /// The CA of the private server's certificate: every connection is verify-full.
-    pg_ca: String,
-    moto_endpoint: String,
-    moto_region: String,
-    moto_key_id: String,
-    moto_secret: String,
-}
-
-impl Services {
-    fn load() -> Self {
-        let file = std::env::var("VIGIL_SERVICES_FILE").expect("run through `cargo xtask bench backup`");
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
-        let s = |v: &Value| v.as_str().unwrap().to_owned();
-        let (pg, moto) = (&v["postgres"], &v["moto"]);
-        Self {
-            pg_host: s(&pg["host"]),
-            pg_port: u16::try_from(pg["port"].as_u64().unwrap()).unwrap(),
-            pg_user: s(&pg["user"]),
-            pg_password: s(&pg["password"]),
-            pg_ca: s(&pg["ca_file"]),
-            moto_endpoint: s(&moto["endpoint_url"]),
-            moto_region: s(&moto["region"]),
-            moto_key_id: s(&moto["access_key_id"]),
-            moto_secret: s(&moto["secret_access_key"]),
-        }
-    }
-
-    /// A PostgreSQL client tool pointed at the private server, its password in its environment.
-    fn pg_tool(&self, tool: &str) -> Command {
-        let mut command = Command::new(tool);
-        command
-            .env("PGHOST", &self.pg_host)
-            .env("PGPORT", self.pg_port.to_string())
-            .env("PGUSER", &self.pg_user)
-            .env("PGPASSWORD", &self.pg_password)
-            .env("PGSSLMODE", "verify-full")
-            .env("PGSSLROOTCERT", &self.pg_ca);
-        command
-    }
-
-    fn psql(&self, database: &str, sql: &str) -> String {
-        let out = self
-            .pg_tool("psql")
-            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-}
-
-/// A database of about `mib` MiB of dump: pgbench's tables (which compress over 100x) and an
-/// `events` table of timestamps, names, hex tokens, amounts and random bytes (about 2.2x), built
-/// once and kept while the services run.
-fn ensure_database(services: &Services, mib: u64) -> String {
-    let name = format!("vigil_bench_{mib}");
-    let built = services.psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")) == "1"
-        && services.psql(&name, "SELECT coalesce(obj_description(to_regclass('events')), '')") == GENERATOR;
-    if built {
-        return name;
-    }
-    let started = Instant::now();
-    // A fifth pgbench, the rest events.
-    let scale = (mib / 5 / MIB_PER_PGBENCH_SCALE).max(1);
-    let rows = mib.saturating_sub(scale * MIB_PER_PGBENCH_SCALE) * EVENT_ROWS_PER_MIB;
-    eprintln!("  building database {name}: pgbench scale {scale} and {rows} event rows (once while the services run)");
-    services.psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
-    services.psql("postgres", &format!("CREATE DATABASE {name}"));
-    let status = services
-        .pg_tool("pgbench")
-        .args(["-i", "-q", "-I", "dtGvp", "-s", &scale.to_string(), &name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "pgbench -i failed");
-    services.psql(
-        &name,
-        &format!(
-            "CREATE TABLE events AS SELECT g AS id, \
-               timestamptz '2025-01-01' + g * interval '7 seconds' + random() * interval '5 seconds' AS at, \
-               (ARRAY['signup','login','purchase','refund','logout','password_reset'])[1 + g % 6] AS kind, \
-               'customer-' || (random() * 100000)::int AS customer, \
-               md5(random()::text) || ' ' || md5(random()::text) AS token, \
-               round((random() * 1000)::numeric, 2) AS amount, \
-               decode(md5(random()::text) || md5(random()::text), 'hex') AS blob \
-             FROM generate_series(1, {rows}) g; \
-             ALTER TABLE events ADD PRIMARY KEY (id); \
-             COMMENT ON TABLE events IS '{GENERATOR}';"
-        ),
-    );
-    services.psql(&name, "VACUUM ANALYZE");
-    eprintln!("  (built in {:.0} s)", started.elapsed().as_secs_f64());
-    name
-}
-
-/// Wall time of a group of processes, and the sum of each one's peak RSS.
-struct Measured {
-    elapsed: Duration,
-    peak_rss: u64,
-}
-
-/// The peak resident set of a live process, from `/proc/PID/status`.
-fn vm_hwm(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
-
-/// Runs the processes `spawn` starts until all exit, sampling each one's peak RSS every 5 ms
-/// (the kernel forgets it at exit). Panics if any fails.
-fn measure(label: &str, spawn: impl FnOnce() -> Vec<Child>) -> Measured {
-    let started = Instant::now();
-    let mut children = spawn();
-    let pids: Vec<u32> = children.iter().map(Child::id).collect();
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = std::thread::spawn({
-        let done = done.clone();
-        move || {
-            let mut peaks = vec![0u64; pids.len()];
-            while !done.load(Ordering::Relaxed) {
-                for (peak, pid) in peaks.iter_mut().zip(&pids) {
-                    *peak = (*peak).max(vm_hwm(*pid).unwrap_or(0));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peaks.iter().sum()
-        }
-    });
-    for child in children.iter_mut().rev() {
-        let status = child.wait().unwrap();
-        assert!(status.success(), "{label}: a process failed: {status}");
-    }
-    let elapsed = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    Measured { elapsed, peak_rss: sampler.join().unwrap() }
 }
 
 /// A folder with `vigil.toml` and a schedule of two backup sets of `database`: `local` (local
@@ -359,38 +210,6 @@ fn shell_pipeline_to_s3(services: &Services, setup: &Setup, database: &str, aws:
             .unwrap();
         vec![dump, zstd, openssl, upload]
     })
-}
-
-const MB: f64 = 1e6;
-const MIB: f64 = 1024.0 * 1024.0;
-
-/// One figure over the runs: its times and the highest peak RSS.
-#[derive(Default)]
-struct Series {
-    times: Vec<Duration>,
-    peak_rss: Option<u64>,
-}
-
-impl Series {
-    fn push(&mut self, time: Duration, rss: Option<u64>) {
-        self.times.push(time);
-        self.peak_rss = self.peak_rss.max(rss);
-    }
-
-    fn median(&self) -> Duration {
-        let mut times = self.times.clone();
-        times.sort();
-        times[times.len() / 2]
-    }
-}
-
-/// The median over the runs of each run's `series` time over its `baseline` time: pairs taken
-/// minutes apart, so the machine's drift cancels out.
-fn median_ratio(series: &Series, baseline: &Series) -> f64 {
-    let mut ratios: Vec<f64> =
-        series.times.iter().zip(&baseline.times).map(|(s, b)| s.as_secs_f64() / b.as_secs_f64()).collect();
-    ratios.sort_by(f64::total_cmp);
-    ratios[ratios.len() / 2]
 }
 
 /// A line of the table: the median time, the dump rate, the spread, the ratio to the baseline

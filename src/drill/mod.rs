@@ -19,6 +19,8 @@
 //! unwinds the saga, and undoing `restore` drops the scratch database: it never outlives its
 //! drill. Every step is idempotent, so a drill killed at any point is finished or rolled back
 //! by the next `vigil drill run` or `vigil drill resume`.
+//!
+//! A drill of an RDS set runs the same steps against a temporary instance instead (`rds.rs`).
 
 mod rds;
 

@@ -27,6 +27,9 @@ enum Bench {
     /// Backups of a ~1 GiB PostgreSQL database to the local store and S3, against `pg_dump -Fc`
     /// and a shell pipeline; peak RSS.
     Backup,
+    /// A restore drill of the same database against bare `pg_restore` (1 job and `-j 2`), each
+    /// phase's share; peak RSS.
+    Drill,
 }
 
 impl BenchArgs {
@@ -37,6 +40,7 @@ impl BenchArgs {
             Bench::Ledger => "ledger",
             Bench::Rotation => "rotation",
             Bench::Backup => "backup",
+            Bench::Drill => "drill",
         };
         let mut bench = cargo();
         bench
