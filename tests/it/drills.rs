@@ -138,7 +138,7 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     assert_eq!(phases, ["locate", "restore", "check", "teardown"]);
     let (rpo, rto) = (report["data"]["rpo_secs"].as_i64().unwrap(), report["data"]["rto_secs"].as_f64().unwrap());
     assert!((0..900).contains(&rpo) && rto > 0.0 && rto < 3600.0, "{report}");
-    let scratch = report["data"]["database"].as_str().unwrap().to_owned();
+    let scratch = report["data"]["into"]["database"].as_str().unwrap().to_owned();
     assert_eq!(scratch, "vigil_drill_orders_restore");
     assert!(!exists(Postgres, &pg, &scratch).await, "the scratch database outlived its drill");
 
