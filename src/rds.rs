@@ -157,6 +157,24 @@ where
     err.as_service_error().and_then(aws_sdk_rds::error::ProvideErrorMetadata::code)
 }
 
+/// `result` as success or `what`'s error, with the error whose code is `benign` taken as
+/// success: a create that finds its thing already there (made before a crash), or a delete
+/// that finds it already gone, is what an idempotent call needs.
+fn tolerating<T, E, R>(
+    result: Result<T, aws_sdk_rds::error::SdkError<E, R>>,
+    benign: &str,
+    what: &'static str,
+) -> Result<(), RdsError>
+where
+    E: aws_sdk_rds::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    match result {
+        Err(err) if code(&err) == Some(benign) => Ok(()),
+        other => other.map(drop).map_err(|err| error(what, &err)),
+    }
+}
+
 fn tags(tags: &[(String, String)]) -> Vec<aws_sdk_rds::types::Tag> {
     tags.iter().map(|(key, value)| aws_sdk_rds::types::Tag::builder().key(key).value(value).build()).collect()
 }
@@ -169,19 +187,17 @@ impl Snapshots for AwsRds {
         tagged: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<(), RdsError>> {
         async move {
-            let created = self
-                .client
-                .create_db_snapshot()
-                .db_instance_identifier(instance)
-                .db_snapshot_identifier(snapshot)
-                .set_tags(Some(tags(tagged)))
-                .send()
-                .await;
-            match created {
-                // Created before a crash: the same snapshot.
-                Err(err) if code(&err) == Some("DBSnapshotAlreadyExists") => Ok(()),
-                other => other.map(drop).map_err(|err| error("create the snapshot", &err)),
-            }
+            tolerating(
+                self.client
+                    .create_db_snapshot()
+                    .db_instance_identifier(instance)
+                    .db_snapshot_identifier(snapshot)
+                    .set_tags(Some(tags(tagged)))
+                    .send()
+                    .await,
+                "DBSnapshotAlreadyExists",
+                "create the snapshot",
+            )
         }
         .boxed()
     }
@@ -212,29 +228,29 @@ impl Snapshots for AwsRds {
         tagged: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<(), RdsError>> {
         async move {
-            let copied = self
-                .client
-                .copy_db_snapshot()
-                .source_db_snapshot_identifier(source)
-                .target_db_snapshot_identifier(snapshot)
-                .set_kms_key_id(kms_key_id.map(str::to_owned))
-                .set_tags(Some(tags(tagged)))
-                .send()
-                .await;
-            match copied {
-                Err(err) if code(&err) == Some("DBSnapshotAlreadyExists") => Ok(()),
-                other => other.map(drop).map_err(|err| error("copy the snapshot", &err)),
-            }
+            tolerating(
+                self.client
+                    .copy_db_snapshot()
+                    .source_db_snapshot_identifier(source)
+                    .target_db_snapshot_identifier(snapshot)
+                    .set_kms_key_id(kms_key_id.map(str::to_owned))
+                    .set_tags(Some(tags(tagged)))
+                    .send()
+                    .await,
+                "DBSnapshotAlreadyExists",
+                "copy the snapshot",
+            )
         }
         .boxed()
     }
 
     fn delete<'a>(&'a self, snapshot: &'a str) -> BoxFuture<'a, Result<(), RdsError>> {
         async move {
-            match self.client.delete_db_snapshot().db_snapshot_identifier(snapshot).send().await {
-                Err(err) if code(&err) == Some("DBSnapshotNotFound") => Ok(()),
-                other => other.map(drop).map_err(|err| error("delete the snapshot", &err)),
-            }
+            tolerating(
+                self.client.delete_db_snapshot().db_snapshot_identifier(snapshot).send().await,
+                "DBSnapshotNotFound",
+                "delete the snapshot",
+            )
         }
         .boxed()
     }
@@ -248,18 +264,17 @@ impl Instances for AwsRds {
         tagged: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<(), RdsError>> {
         async move {
-            let restored = self
-                .client
-                .restore_db_instance_from_db_snapshot()
-                .db_snapshot_identifier(snapshot)
-                .db_instance_identifier(instance)
-                .set_tags(Some(tags(tagged)))
-                .send()
-                .await;
-            match restored {
-                Err(err) if code(&err) == Some("DBInstanceAlreadyExists") => Ok(()),
-                other => other.map(drop).map_err(|err| error("restore the snapshot", &err)),
-            }
+            tolerating(
+                self.client
+                    .restore_db_instance_from_db_snapshot()
+                    .db_snapshot_identifier(snapshot)
+                    .db_instance_identifier(instance)
+                    .set_tags(Some(tags(tagged)))
+                    .send()
+                    .await,
+                "DBInstanceAlreadyExists",
+                "restore the snapshot",
+            )
         }
         .boxed()
     }
@@ -271,19 +286,18 @@ impl Instances for AwsRds {
         tagged: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<(), RdsError>> {
         async move {
-            let restored = self
-                .client
-                .restore_db_instance_to_point_in_time()
-                .source_db_instance_identifier(source)
-                .target_db_instance_identifier(instance)
-                .use_latest_restorable_time(true)
-                .set_tags(Some(tags(tagged)))
-                .send()
-                .await;
-            match restored {
-                Err(err) if code(&err) == Some("DBInstanceAlreadyExists") => Ok(()),
-                other => other.map(drop).map_err(|err| error("restore to the latest restorable time", &err)),
-            }
+            tolerating(
+                self.client
+                    .restore_db_instance_to_point_in_time()
+                    .source_db_instance_identifier(source)
+                    .target_db_instance_identifier(instance)
+                    .use_latest_restorable_time(true)
+                    .set_tags(Some(tags(tagged)))
+                    .send()
+                    .await,
+                "DBInstanceAlreadyExists",
+                "restore to the latest restorable time",
+            )
         }
         .boxed()
     }
@@ -310,17 +324,16 @@ impl Instances for AwsRds {
 
     fn delete_instance<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), RdsError>> {
         async move {
-            let deleted = self
-                .client
-                .delete_db_instance()
-                .db_instance_identifier(instance)
-                .skip_final_snapshot(true)
-                .send()
-                .await;
-            match deleted {
-                Err(err) if code(&err) == Some("DBInstanceNotFound") => Ok(()),
-                other => other.map(drop).map_err(|err| error("delete the instance", &err)),
-            }
+            tolerating(
+                self.client
+                    .delete_db_instance()
+                    .db_instance_identifier(instance)
+                    .skip_final_snapshot(true)
+                    .send()
+                    .await,
+                "DBInstanceNotFound",
+                "delete the instance",
+            )
         }
         .boxed()
     }

@@ -555,17 +555,20 @@ impl DrillSaga<'_, '_> {
         data
     }
 
-    async fn locate(&self, data: &DrillData) -> Result<DrillData, StepError> {
-        let set = self
-            .drills
+    /// The drill's backup set, as configured now.
+    fn set(&self, data: &DrillData) -> Result<&crate::config::BackupSet, StepError> {
+        self.drills
             .ctx
             .plan
             .backups
             .get(&data.backup_set)
-            .ok_or_else(|| StepError::Failed(format!("backup set {} is no longer configured", data.backup_set)))?;
-        if !matches!(set.method, crate::config::BackupMethod::Dump { .. }) {
+            .ok_or_else(|| StepError::Failed(format!("backup set {} is no longer configured", data.backup_set)))
+    }
+
+    async fn locate(&self, data: &DrillData) -> Result<DrillData, StepError> {
+        if !matches!(self.set(data)?.method, crate::config::BackupMethod::Dump { .. }) {
             return Err(StepError::Failed(format!(
-                "backup set {} takes RDS snapshots; drills restore dumps (RDS drills are not built yet)",
+                "backup set {} now takes RDS snapshots, but this drill began as a restore of a dump; run it again",
                 data.backup_set
             )));
         }

@@ -143,13 +143,7 @@ impl DrillSaga<'_, '_> {
     pub(super) async fn rds_check(&self, data: &DrillData) -> Result<DrillData, StepError> {
         let (_, _, instance) = instance(data)?;
         let drill = self.drill()?;
-        let set = self
-            .drills
-            .ctx
-            .plan
-            .backups
-            .get(&data.backup_set)
-            .ok_or_else(|| StepError::Failed(format!("backup set {} is no longer configured", data.backup_set)))?;
+        let set = self.set(data)?;
         let target = &set.target;
         let rds = self.rds().await?;
         let endpoint = rds.describe_instance(instance).await.map_err(rds_step)?.and_then(|i| i.endpoint);
