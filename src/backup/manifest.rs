@@ -45,6 +45,10 @@ pub struct Manifest {
     pub key: WrappedKey,
     /// The object's key in its store.
     pub object: String,
+    /// The cluster's globals (roles, memberships, role settings) sealed beside the dump:
+    /// PostgreSQL only, and absent from backups made before vigil kept them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub globals: Option<Globals>,
     /// Extra facts, for forward compatibility.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
@@ -62,5 +66,29 @@ impl Manifest {
         let mut hash = super::format::Sha256::default();
         hash.update(self.canonical().as_bytes());
         hash.hex()
+    }
+}
+
+/// `pg_dumpall --globals-only --no-role-passwords`, sealed as an object of its own under a data
+/// key of its own, with `BACKUP_ID.globals` as its backup id in the header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Globals {
+    /// Its key in the store, beside the dump's.
+    pub object: String,
+    /// Its data key, wrapped.
+    pub key: WrappedKey,
+    /// Its sizes and SHA-256s.
+    pub stream: StreamFacts,
+}
+
+impl Globals {
+    /// The backup id the globals object is sealed under.
+    pub fn sealed_id(backup_id: &str) -> String {
+        format!("{backup_id}.globals")
+    }
+
+    /// The globals object's key beside the dump object's.
+    pub fn object_key(object: &str) -> String {
+        format!("{}.globals.vbk", object.trim_end_matches(".vbk"))
     }
 }

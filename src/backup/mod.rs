@@ -32,7 +32,7 @@ use crate::state::StateError;
 use crate::stores::ReferenceError;
 use catalog::{Entry, Status};
 use format::DEFAULT_SEGMENT_SIZE;
-use manifest::Manifest;
+use manifest::{Globals, Manifest};
 use pipeline::{OpenError, StreamFacts};
 
 use crate::rds::RdsError;
@@ -198,6 +198,13 @@ impl saga::Step for DumpStep {
             Self::Verify => "verify",
         }
     }
+}
+
+/// One sealed object of a backup: where it is, its wrapped key, and the id it is sealed under.
+struct Sealed<'a> {
+    object: &'a str,
+    key: &'a crate::kms::WrappedKey,
+    id: &'a str,
 }
 
 /// A set's store and key service, connected.
@@ -433,6 +440,12 @@ impl<'a> Backups<'a> {
             restore_check.abandon();
             return Err(err);
         }
+        if let Some(globals) = &manifest.globals
+            && let Err(err) = self.open_globals(&id, globals, connected, Box::new(std::io::sink())).await
+        {
+            restore_check.abandon();
+            return Err(err);
+        }
         // pg_restore is waited for on a blocking thread, not on the runtime's.
         let restore_check = tokio::task::spawn_blocking(move || restore_check.finish())
             .await
@@ -449,16 +462,68 @@ impl<'a> Backups<'a> {
         connected: &Connected,
         sink: Box<dyn Write + Send>,
     ) -> Result<StreamFacts, BackupError> {
-        let key = connected.keys.unwrap(&manifest.key, &manifest.backup_id).await?;
-        let reader = tokio_util::io::SyncIoBridge::new(connected.store.open(&manifest.object).await?);
-        let id = manifest.backup_id.clone();
+        let sealed = Sealed { object: &manifest.object, key: &manifest.key, id: &manifest.backup_id };
+        self.open_sealed(&manifest.backup_id, sealed, connected, sink).await
+    }
+
+    /// Streams one sealed object of backup `backup_id` (its dump, or its globals) into `sink`.
+    async fn open_sealed(
+        &self,
+        backup_id: &str,
+        sealed: Sealed<'_>,
+        connected: &Connected,
+        sink: Box<dyn Write + Send>,
+    ) -> Result<StreamFacts, BackupError> {
+        let key = connected.keys.unwrap(sealed.key, sealed.id).await?;
+        let reader = tokio_util::io::SyncIoBridge::new(connected.store.open(sealed.object).await?);
+        let id = sealed.id.to_owned();
         tokio::task::spawn_blocking(move || pipeline::open(reader, &key, &id, sink))
             .await
             .map_err(|err| BackupError::Output(std::io::Error::other(err)))?
             .map_err(|err| match err {
                 OpenError::Sink(err) => BackupError::Output(err),
-                other => BackupError::Check { id: manifest.backup_id.clone(), check: other.to_string() },
+                other => BackupError::Check { id: backup_id.to_owned(), check: other.to_string() },
             })
+    }
+
+    /// Streams backup `id`'s globals (PostgreSQL roles, memberships and settings) to `sink`,
+    /// every byte authenticated and the SHA-256 compared with the manifest's.
+    pub async fn fetch_globals(&self, id: &str, sink: Box<dyn Write + Send>) -> Result<StreamFacts, BackupError> {
+        let (entry, manifest, connected) = self.readable(id).await?;
+        let globals = manifest.globals.as_ref().ok_or_else(|| BackupError::NotReadable {
+            id: id.to_owned(),
+            status: "without globals",
+            hint: "only PostgreSQL backups made by this vigil or later carry them",
+        })?;
+        let stream = self.open_globals(id, globals, &connected, sink).await?;
+        self.ctx
+            .ledger
+            .append(NewRecord {
+                kind: Kind::BackupFetched.into(),
+                subject: entry.set,
+                outcome: Outcome::Succeeded,
+                details: serde_json::json!({ "backup_id": id, "globals": true, "plaintext_bytes": stream.plaintext_bytes }),
+            })
+            .await?;
+        Ok(stream)
+    }
+
+    /// The globals object, opened and compared with the manifest.
+    async fn open_globals(
+        &self,
+        id: &str,
+        globals: &Globals,
+        connected: &Connected,
+        sink: Box<dyn Write + Send>,
+    ) -> Result<StreamFacts, BackupError> {
+        let sealed_id = Globals::sealed_id(id);
+        let sealed = Sealed { object: &globals.object, key: &globals.key, id: &sealed_id };
+        let stream = self.open_sealed(id, sealed, connected, sink).await.map_err(|err| match err {
+            BackupError::Check { id, check } => BackupError::Check { id, check: format!("globals: {check}") },
+            other => other,
+        })?;
+        compare_stream(id, "the globals", &globals.stream, &stream)?;
+        Ok(stream)
     }
 
     /// Writes backup `id`'s dump to `sink`: every byte authenticated, the plaintext SHA-256
@@ -518,6 +583,7 @@ impl<'a> Backups<'a> {
                         Some(connected) => {
                             let object = object_key(&entry.set, &entry.id);
                             connected.store.delete(&object).await?;
+                            connected.store.delete(&Globals::object_key(&object)).await?;
                             connected.store.delete(&manifest_key(&object)).await?;
                         }
                         None => rds::delete(self, entry).await?,
@@ -542,17 +608,21 @@ impl<'a> Backups<'a> {
 
 /// Compares what was read with the manifest.
 fn compare(id: &str, manifest: &Manifest, read: &StreamFacts) -> Result<(), BackupError> {
+    compare_stream(id, "the dump", &manifest.stream, read)
+}
+
+/// `read` against `expected`, for the object holding `what`.
+fn compare_stream(id: &str, what: &str, expected: &StreamFacts, read: &StreamFacts) -> Result<(), BackupError> {
     let failed = |check: String| Err(BackupError::Check { id: id.to_owned(), check });
-    let expected = &manifest.stream;
     if read.ciphertext_sha256 != expected.ciphertext_sha256 || read.ciphertext_bytes != expected.ciphertext_bytes {
         return failed(format!(
-            "ciphertext check failed: the object's SHA-256 is {} ({} bytes), the manifest says {} ({} bytes)",
+            "ciphertext check failed: the object of {what} has SHA-256 {} ({} bytes), the manifest says {} ({} bytes)",
             read.ciphertext_sha256, read.ciphertext_bytes, expected.ciphertext_sha256, expected.ciphertext_bytes
         ));
     }
     if read.plaintext_sha256 != expected.plaintext_sha256 || read.plaintext_bytes != expected.plaintext_bytes {
         return failed(format!(
-            "plaintext check failed: the dump's SHA-256 is {} ({} bytes), the manifest says {} ({} bytes)",
+            "plaintext check failed: {what}'s SHA-256 is {} ({} bytes), the manifest says {} ({} bytes)",
             read.plaintext_sha256, read.plaintext_bytes, expected.plaintext_sha256, expected.plaintext_bytes
         ));
     }
@@ -655,6 +725,10 @@ impl DumpSaga<'_> {
         let stream = sealed?.map_err(|err| StepError::Failed(format!("the backup stream failed: {err}")))?;
         counted?;
         let consistency = dump.finish().await?;
+        let globals = match target.engine {
+            Engine::Postgres => Some(self.write_globals(&id, &object, &endpoint, &admin, &scratch).await?),
+            Engine::Mysql => None,
+        };
         debug_assert_eq!(uploaded, stream.ciphertext_bytes);
         let manifest = Manifest {
             format_version: format::VERSION,
@@ -676,6 +750,7 @@ impl DumpSaga<'_> {
             stream,
             key: wrapped,
             object: object.clone(),
+            globals,
             extra: Default::default(),
         };
         let pretty = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
@@ -716,6 +791,34 @@ impl DumpSaga<'_> {
             .await
             .map_err(|err| StepError::Transient(err.to_string()))?;
         Ok(Some(DumpData { manifest_sha256: Some(sha), ..data.clone() }))
+    }
+
+    /// Seals the cluster's globals beside the dump, under a data key of their own.
+    async fn write_globals(
+        &self,
+        id: &str,
+        object: &str,
+        endpoint: &Endpoint,
+        credential: &crate::secret::Credential,
+        scratch: &std::path::Path,
+    ) -> Result<Globals, StepError> {
+        let (endpoint, credential, scratch) = (endpoint.clone(), credential.clone(), scratch.to_owned());
+        let sql = tokio::task::spawn_blocking(move || dump::pg_globals(&endpoint, &credential, &scratch))
+            .await
+            .map_err(|err| StepError::Failed(format!("pg_dumpall stopped unexpectedly: {err}")))??;
+        let sealed_id = Globals::sealed_id(id);
+        let (key, wrapped) = self.connected.keys.generate(&sealed_id).await?;
+        let (sender, receiver) = mpsc::channel(pipeline::CHUNKS_QUEUED);
+        let sealing = tokio::task::spawn_blocking(move || {
+            pipeline::seal(std::io::Cursor::new(sql), &key, &sealed_id, DEFAULT_SEGMENT_SIZE, sender, &|_| {})
+        });
+        let globals_object = Globals::object_key(object);
+        let (uploaded, sealed) = tokio::join!(self.connected.store.upload(&globals_object, receiver), sealing);
+        uploaded?;
+        let stream = sealed
+            .map_err(|err| StepError::Failed(format!("sealing the globals stopped: {err}")))?
+            .map_err(|err| StepError::Failed(format!("sealing the globals failed: {err}")))?;
+        Ok(Globals { object: globals_object, key: wrapped, stream })
     }
 
     async fn verify(&self, data: &DumpData) -> Result<(), StepError> {
@@ -773,6 +876,7 @@ impl SagaDef for DumpSaga<'_> {
             DumpStep::Write => {
                 let (id, object) = (&data.backup_id, &data.object);
                 self.connected.store.delete(object).await?;
+                self.connected.store.delete(&Globals::object_key(object)).await?;
                 self.connected.store.delete(&manifest_key(object)).await?;
                 let reason = saga.error.clone().unwrap_or_else(|| "rolled back".into());
                 Ok(catalog::set_status(self.backups.ctx.db, id, Status::Failed, Some(&reason), &self.backups.now())

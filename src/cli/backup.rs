@@ -23,6 +23,7 @@ use crate::state::Db;
   vigil backup verify 20261124T020000Z-0a1b2c3d
   vigil backup fetch 20261124T020000Z-0a1b2c3d -o orders.dump
   vigil backup fetch 20261124T020000Z-0a1b2c3d | pg_restore -d orders_restored
+  vigil backup fetch 20261124T020000Z-0a1b2c3d --globals -o roles.sql
   vigil backup prune --dry-run
 
 A dump backup streams pg_dump (custom format) or mariadb-dump through zstd and AES-256-GCM into
@@ -56,6 +57,10 @@ enum BackupCommand {
         /// Where to write: a file (written whole or not at all), or `-` for standard output.
         #[arg(short, long, default_value = "-", value_name = "FILE")]
         output_file: String,
+        /// Write the cluster's globals instead of the dump (PostgreSQL: roles, memberships and
+        /// role settings as SQL, without passwords), to run before restoring onto a new server.
+        #[arg(long)]
+        globals: bool,
     },
     /// List backups, newest first.
     List {
@@ -111,7 +116,7 @@ impl BackupArgs {
                 }
                 Ok(Exit::Success)
             }
-            BackupCommand::Fetch { id, output_file } => fetch(backups, id, output_file).await,
+            BackupCommand::Fetch { id, output_file, globals } => fetch(backups, id, output_file, *globals).await,
             BackupCommand::List { set } => {
                 let entries = backups.list(set.as_deref()).await?;
                 match output {
@@ -161,12 +166,15 @@ impl BackupArgs {
 /// symlink, so one planted at a predictable name cannot redirect the write, run as root, onto
 /// another file), and is synced before the rename, which replaces `FILE` itself, never what a
 /// symlink there points to.
-async fn fetch(backups: &Backups<'_>, id: &str, output_file: &str) -> anyhow::Result<Exit> {
+async fn fetch(backups: &Backups<'_>, id: &str, output_file: &str, globals: bool) -> anyhow::Result<Exit> {
+    let fetch = |sink: Box<dyn std::io::Write + Send>| async move {
+        if globals { backups.fetch_globals(id, sink).await } else { backups.fetch(id, sink).await }
+    };
     if output_file == "-" {
-        if std::io::stdout().is_terminal() {
+        if std::io::stdout().is_terminal() && !globals {
             anyhow::bail!("refusing to write a binary dump to a terminal; pass -o FILE or pipe it (| pg_restore ...)");
         }
-        let facts = backups.fetch(id, Box::new(std::io::stdout())).await?;
+        let facts = fetch(Box::new(std::io::stdout())).await?;
         tracing::info!(bytes = facts.plaintext_bytes, "fetched and checked");
         return Ok(Exit::Success);
     }
@@ -185,7 +193,7 @@ async fn fetch(backups: &Backups<'_>, id: &str, output_file: &str) -> anyhow::Re
         .custom_flags(libc::O_NOFOLLOW)
         .open(&partial)
         .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", partial.display()))?;
-    match backups.fetch(id, Box::new(std::io::BufWriter::with_capacity(1 << 20, file))).await {
+    match fetch(Box::new(std::io::BufWriter::with_capacity(1 << 20, file))).await {
         Ok(facts) => {
             let synced = std::fs::File::open(&partial).and_then(|f| f.sync_all());
             if let Err(err) = synced.and_then(|()| std::fs::rename(&partial, &path)) {

@@ -371,6 +371,41 @@ impl Restore {
     }
 }
 
+/// The most cluster globals a backup carries: far more than any real cluster's roles.
+const MAX_GLOBALS: usize = 64 << 20;
+
+/// The cluster's globals that a database needs to be restored onto a new server (roles, their
+/// memberships and settings, tablespaces) as SQL: `pg_dumpall --globals-only
+/// --no-role-passwords`, which reads `pg_roles` rather than `pg_authid` and so needs no
+/// superuser, and carries no password hash. Blocking: call it on a blocking thread.
+pub fn pg_globals(endpoint: &Endpoint, credential: &Credential, scratch: &Path) -> Result<Vec<u8>, DumpError> {
+    const TOOL: &str = "pg_dumpall";
+    let password_file = PasswordFile::pgpass(scratch, credential)?;
+    let output = tool(TOOL)
+        .args(["--globals-only", "--no-role-passwords", "--no-password"])
+        .arg(format!("--host={}", endpoint.host))
+        .arg(format!("--port={}", endpoint.port))
+        .arg(format!("--username={}", credential.username))
+        .env("PGPASSFILE", &password_file.0)
+        .env("PGAPPNAME", "vigil-backup")
+        .envs(endpoint.tls.libpq_env())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| DumpError::Tool { tool: TOOL, reason: err.to_string() })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(DumpError::Failed { tool: TOOL, status: output.status.to_string(), stderr: last_lines(&stderr) });
+    }
+    if output.stdout.len() > MAX_GLOBALS {
+        return Err(DumpError::Failed {
+            tool: TOOL,
+            status: "too large".into(),
+            stderr: format!("the globals are {} bytes; at most {MAX_GLOBALS} are kept", output.stdout.len()),
+        });
+    }
+    Ok(output.stdout)
+}
+
 /// What `pg_amcheck` found in a database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Integrity {
