@@ -239,7 +239,7 @@ fn show_plan(plan: &Plan, secrets_due: &[Due], backups_due: &[Due], drills_due: 
             name.clone(),
             drill.backup.clone(),
             match &drill.restore {
-                crate::config::DrillRestore::Dump { scratch } => scratch.clone(),
+                crate::config::DrillRestore::Dump { scratch, .. } => scratch.clone(),
                 crate::config::DrillRestore::Rds { instance, source } => match source {
                     crate::config::RdsSource::Snapshot => format!("a new instance from {instance}'s snapshot"),
                     crate::config::RdsSource::PointInTime => {

@@ -375,6 +375,9 @@ pub enum DrillRestore {
     Dump {
         /// The scratch target.
         scratch: String,
+        /// `pg_restore -j`: above 1, the dump is staged to a 0600 file first (a parallel
+        /// restore needs to seek); 1 streams it straight in.
+        jobs: u32,
     },
     /// An RDS instance, into a temporary instance restored from its newest snapshot or to its
     /// latest restorable time, deleted afterwards.

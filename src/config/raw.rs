@@ -380,6 +380,7 @@ pub(super) struct Drill {
     pub backup: Spanned<String>,
     pub scratch: Option<Spanned<String>>,
     pub source: Option<Spanned<RdsSource>>,
+    pub restore_jobs: Option<Spanned<u32>>,
     pub schedule: Option<Spanned<String>>,
     pub rpo: Option<Spanned<Duration>>,
     pub rto: Option<Spanned<Duration>>,

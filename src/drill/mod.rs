@@ -299,7 +299,7 @@ impl<'a> Drills<'a> {
             drill: name.to_owned(),
             backup_set: drill.backup.clone(),
             into: match &drill.restore {
-                DrillRestore::Dump { scratch } => {
+                DrillRestore::Dump { scratch, .. } => {
                     RestoreInto::Database { scratch_target: scratch.clone(), database: scratch_name(name) }
                 }
                 DrillRestore::Rds { instance, source } => RestoreInto::Instance {
@@ -595,6 +595,13 @@ impl DrillSaga<'_, '_> {
         let scratch = self.scratch(data).await?;
         scratch.recreate().await.map_err(engine_step)?;
         let folder = self.folder().await?;
+        let jobs = match self.drill()?.restore {
+            DrillRestore::Dump { jobs, .. } => jobs,
+            DrillRestore::Rds { .. } => 1,
+        };
+        if jobs > 1 {
+            return self.restore_parallel(&scratch, located, &folder, jobs).await;
+        }
         let (sink, restore) = Restore::start(scratch.engine(), &scratch.endpoint(), scratch.admin(), &folder)
             .map_err(|err| StepError::Failed(err.to_string()))?;
         let fetched = self.drills.backups.fetch(&located.backup_id, sink).await;
@@ -610,6 +617,42 @@ impl DrillSaga<'_, '_> {
             }
             (Err(err), _) => Err(StepError::Failed(format!("backup {} could not be read: {err}", located.backup_id))),
         }
+    }
+
+    /// `restore_jobs` above 1: the authenticated dump staged to a 0600 file in this process's
+    /// private folder (removed when done; a crash leaves it to that folder's sweep at the next
+    /// start), then `pg_restore -j`.
+    async fn restore_parallel(
+        &self,
+        scratch: &ScratchDb,
+        located: &Located,
+        folder: &std::path::Path,
+        jobs: u32,
+    ) -> Result<(), StepError> {
+        let staged = Staged(folder.join(format!("drill-{}.dump", scratch.name())));
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let _ = std::fs::remove_file(&staged.0);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&staged.0)
+                .map_err(|err| StepError::Failed(format!("cannot stage the dump at {}: {err}", staged.0.display())))?
+        };
+        let sink = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        self.drills
+            .backups
+            .fetch(&located.backup_id, sink)
+            .await
+            .map_err(|err| StepError::Failed(format!("backup {} could not be read: {err}", located.backup_id)))?;
+        let restore = Restore::start_parallel(&scratch.endpoint(), scratch.admin(), folder, &staged.0, jobs)
+            .map_err(|err| StepError::Failed(err.to_string()))?;
+        tokio::task::spawn_blocking(move || restore.finish())
+            .await
+            .map_err(|err| StepError::Failed(format!("the restore tool stopped unexpectedly: {err}")))?
+            .map_err(|err| StepError::Failed(format!("restore into {} failed: {err}", scratch.name())))
     }
 
     async fn check(&self, data: &DrillData) -> Result<DrillData, StepError> {
@@ -708,6 +751,15 @@ impl DrillSaga<'_, '_> {
         checked.rto_secs = Some(rto);
         checked.verdict = Some(Verdict { passed: reasons.is_empty(), reasons });
         checked
+    }
+}
+
+/// A staged dump, removed when dropped.
+struct Staged(std::path::PathBuf);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

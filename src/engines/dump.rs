@@ -356,6 +356,37 @@ impl Restore {
         Ok((Box::new(stdin), Self { tool, child, _password_file: password_file }))
     }
 
+    /// Starts `pg_restore -j JOBS` of the PostgreSQL custom archive `file` into
+    /// `endpoint.database` as `credential`: a parallel restore seeks in its archive, so it
+    /// reads a file, not a pipe.
+    pub fn start_parallel(
+        endpoint: &Endpoint,
+        credential: &Credential,
+        scratch: &Path,
+        file: &Path,
+        jobs: u32,
+    ) -> Result<Self, DumpError> {
+        const TOOL: &str = "pg_restore";
+        let password_file = PasswordFile::pgpass(scratch, credential)?;
+        let child = tool(TOOL)
+            .args(["--format=custom", "--no-password", "--exit-on-error", "--no-owner"])
+            .arg(format!("--jobs={jobs}"))
+            .arg(format!("--host={}", endpoint.host))
+            .arg(format!("--port={}", endpoint.port))
+            .arg(format!("--username={}", credential.username))
+            .arg(format!("--dbname={}", endpoint.database.as_deref().unwrap_or_default()))
+            .arg(file)
+            .env("PGPASSFILE", &password_file.0)
+            .env("PGAPPNAME", "vigil-drill")
+            .envs(endpoint.tls.libpq_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| DumpError::Tool { tool: TOOL, reason: err.to_string() })?;
+        Ok(Self { tool: TOOL, child, _password_file: password_file })
+    }
+
     /// Waits for the tool, whose input has been closed; fails if it did.
     pub fn finish(mut self) -> Result<(), DumpError> {
         let tool = self.tool;

@@ -40,6 +40,20 @@ async fn exists(engine: vigil::engines::Engine, db: &Database, database: &str) -
     }
 }
 
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
 fn drill(name: &str, set: &str, extra: &str) -> String {
     format!("[drills.{name}]\nbackup = \"{set}\"\nscratch = \"scratch\"\n{extra}\n\n")
 }
@@ -99,6 +113,7 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
         "assertions = [{ sql = \"SELECT count(*) FROM pgbench_branches\", expect = \"1\" }]\ncheck_credentials = [\"app\"]",
     ));
     schedule.push_str(&drill("orders-stranger", "orders", "check_credentials = [\"stranger\"]"));
+    schedule.push_str(&drill("orders-parallel", "orders", "restore_jobs = 2"));
     schedule.push_str(&drill(
         "orders-wrong",
         "orders",
@@ -160,6 +175,14 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     shown.assert_code(0);
     assert!(shown.stdout().contains("passed") && shown.stdout().contains("RPO"), "{}", shown.stdout());
     setup.vigil(&["drill", "show", "no-such-run"]).assert_code(1);
+
+    // restore_jobs = 2 stages the dump to a private file for pg_restore -j, and removes it.
+    let parallel = setup.vigil(&["--output", "json", "drill", "run", "orders-parallel"]);
+    parallel.assert_code(0);
+    assert_eq!(check(&parallel.json()[0], "row_counts")["passed"], true);
+    let staged: Vec<_> =
+        walk(&setup.path().join("data")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "dump")).collect();
+    assert!(staged.is_empty(), "a staged dump was left: {staged:?}");
 
     // A failed assertion fails the drill, names the assertion, and still tears down.
     let wrong = setup.vigil(&["drill", "run", "orders-wrong"]);

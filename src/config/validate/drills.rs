@@ -39,6 +39,14 @@ impl Loader {
                         if let Some(scratch) = &raw.scratch {
                             self.error(file, scratch.span(), field("scratch"), format!("backup set `{backup_name}` takes RDS snapshots: its drill restores into a temporary instance, so scratch applies to drills of dump sets only"));
                         }
+                        if let Some(jobs) = &raw.restore_jobs {
+                            self.error(
+                                file,
+                                jobs.span(),
+                                field("restore_jobs"),
+                                "restore_jobs applies to drills of dump sets; RDS restores the instance itself",
+                            );
+                        }
                         let source = match raw.source.as_ref().map(|s| *s.get_ref()) {
                             None | Some(raw::RdsSource::Snapshot) => RdsSource::Snapshot,
                             Some(raw::RdsSource::PointInTime) => RdsSource::PointInTime,
@@ -69,7 +77,21 @@ impl Loader {
                             Some(scratch) => {
                                 let source = backup.target.value.engine;
                                 self.check_target_ref(file, scratch, &field("scratch"), source, raw_targets, targets);
-                                restore = Some(DrillRestore::Dump { scratch: scratch.get_ref().clone() });
+                                let jobs = match (&raw.restore_jobs, source) {
+                                    (None, _) => 1,
+                                    (Some(jobs), Engine::Postgres) if (1..=64).contains(jobs.get_ref()) => {
+                                        *jobs.get_ref()
+                                    }
+                                    (Some(jobs), Engine::Postgres) => {
+                                        self.error(file, jobs.span(), field("restore_jobs"), "restore_jobs is 1 to 64");
+                                        1
+                                    }
+                                    (Some(jobs), Engine::Mysql) => {
+                                        self.error(file, jobs.span(), field("restore_jobs"), "restore_jobs applies to PostgreSQL (pg_restore -j); a MariaDB dump replays in one session");
+                                        1
+                                    }
+                                };
+                                restore = Some(DrillRestore::Dump { scratch: scratch.get_ref().clone(), jobs });
                             }
                         }
                     }

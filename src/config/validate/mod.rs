@@ -138,7 +138,7 @@ impl Loader {
             .filter_map(|(name, def)| {
                 let mut drill = self.drill(name, def, &targets, &plan_targets, &backups, &plan_backups)?;
                 let scratch = match &drill.restore {
-                    DrillRestore::Dump { scratch } => plan_targets.get(scratch),
+                    DrillRestore::Dump { scratch, .. } => plan_targets.get(scratch),
                     DrillRestore::Rds { .. } => None,
                 };
                 drill.check_credentials = self.drill_credentials(name, def, &secrets, &plan_secrets, scratch)?;
