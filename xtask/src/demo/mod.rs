@@ -71,12 +71,12 @@ impl DemoArgs {
         backups(root, &vigil, &demo, &state)?;
         drills(&vigil, &demo, &state)?;
 
-        step("20. Commands still to come say so plainly (exit 2)");
+        step("21. Commands still to come say so plainly (exit 2)");
         let output = vigil_command(&vigil, &demo, &state).args(["report", "export"]).output()?;
         print!("   {}", String::from_utf8_lossy(&output.stderr));
 
         if self.down {
-            step("21. Services down");
+            step("22. Services down");
             services::down(root)?;
         } else {
             println!(
@@ -353,7 +353,8 @@ fn backups(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Res
     Ok(())
 }
 
-/// Steps 18 and 19: a restore drill of the backup just taken, and the drills' last results.
+/// Steps 18 to 20: a restore drill of the backup just taken, one that fails its RPO target as
+/// config check said it would, and the drills' last results.
 fn drills(vigil: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
     step(
         "18. A restore drill: the newest verified orders backup restored into a scratch database, every table's rows and an assertion checked, RPO and RTO measured, the database dropped",
@@ -362,7 +363,21 @@ fn drills(vigil: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
     if !output.status.success() {
         bail!("the orders drill failed");
     }
-    step("19. vigil drill list: each drill's last result against its targets");
+    step(
+        "19. A drill that fails its RPO target: config check predicted it (a nightly schedule leaves day-long gaps), and the drill measures it",
+    );
+    let warned = vigil_command(vigil, demo, state).args(["config", "check"]).output()?;
+    for line in String::from_utf8_lossy(&warned.stderr).lines().filter(|l| l.contains("drills.orders-rpo.rpo")) {
+        println!("   {line}");
+    }
+    // The newest backup must be older than the 1-second target.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let failed = show(vigil, demo, state, &["drill", "run", "orders-rpo"])?;
+    if failed.status.success() {
+        bail!("the orders-rpo drill was meant to fail its RPO target");
+    }
+    println!("   (exit code {})", failed.status.code().unwrap_or(-1));
+    step("20. vigil drill list: each drill's last result against its targets");
     show(vigil, demo, state, &["drill", "list"])?;
     Ok(())
 }
@@ -538,6 +553,13 @@ fn write_demo_config(root: &Path, demo: &Path, state: &State, issuer_url: &str) 
         }
         std::fs::write(schedules.join(path.file_name().context("file name")?), doc.to_string())?;
     }
+    // A demo-only drill of the nightly orders backup: its 1-second RPO target stands in for the
+    // example's 15 minutes, which a backup taken seconds ago would meet.
+    std::fs::write(
+        schedules.join("demo-drills.toml"),
+        "# Written by `cargo xtask demo`: a drill whose RPO target the nightly backup cannot meet.\n\
+         [drills.orders-rpo]\nbackup = \"orders-nightly\"\nscratch = \"orders-pg-scratch\"\nrpo = \"1s\"\n",
+    )?;
     Ok(())
 }
 
