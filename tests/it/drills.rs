@@ -478,3 +478,39 @@ async fn drills_work_with_a_scratch_admin_holding_only_the_documented_grants() {
         assert!(!exists(engine, &server, &scratch_db).await, "{engine:?}: the scratch database outlived its drill");
     }
 }
+
+/// The row-count check names the table and both counts when the restored copy is not the
+/// backup's state: the drill is stopped before its checks (failpoints), rows are deleted from the
+/// scratch database, and the resumed drill fails on row_counts.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_restored_copy_whose_rows_differ_from_the_backup_fails_the_drill() {
+    use vigil::engines::Engine::Postgres;
+    let setup = Setup::new().await;
+    let pg = setup.services.postgres.clone();
+    let database = postgres_database(&setup.services, 1).await;
+    let mut schedule = setup.target("postgres", &pg, &database);
+    schedule.push_str(&scratch_target(&setup, "postgres", &pg));
+    schedule.push_str(&setup.set("orders", &database, "local", "local"));
+    schedule.push_str(&drill("counted", "orders", ""));
+    setup.write_schedule(&schedule);
+    setup.backup("orders");
+    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["drill", "run", "counted"])
+        .current_dir(setup.path())
+        .env("VIGIL_FAILPOINT", "drill.restore:before:check")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let scratch = Database { database: "vigil_drill_counted".into(), ..pg.clone() };
+    admin_sql(Postgres, &scratch, &["DELETE FROM pgbench_branches".to_owned()]).await;
+    let resumed = setup.vigil(&["drill", "resume"]);
+    resumed.assert_code(1);
+    assert!(
+        resumed.stderr().contains("row_counts failed: public.pgbench_branches: backup 1, restored 0"),
+        "{}",
+        resumed.stderr()
+    );
+    assert!(!exists(Postgres, &pg, "vigil_drill_counted").await);
+}
