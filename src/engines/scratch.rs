@@ -72,14 +72,24 @@ impl ScratchDb {
 
     /// Drops the database if it exists, ending its sessions. Idempotent.
     pub async fn drop(&self) -> Result<(), EngineError> {
-        let statement = match self.engine {
-            // FORCE ends the sessions a crashed restore or check left (PostgreSQL 13 and later).
+        let what = format!("drop scratch database {}", self.name);
+        match self.engine {
             Engine::Postgres => {
-                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", super::postgres::quote_ident(&self.name))
+                let name = super::postgres::quote_ident(&self.name);
+                // A plain DROP makes autovacuum (a superuser's process) let go of the database,
+                // which FORCE run by a role that is not a superuser may not terminate; FORCE
+                // then ends what else holds it, e.g. sessions a crashed restore or check left.
+                let plain = self.on_server(&what, &format!("DROP DATABASE IF EXISTS {name}")).await;
+                match plain {
+                    Ok(()) => Ok(()),
+                    Err(_) => self.on_server(&what, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await,
+                }
             }
-            Engine::Mysql => format!("DROP DATABASE IF EXISTS {}", super::mysql::quote_ident(&self.name)),
-        };
-        self.on_server(&format!("drop scratch database {}", self.name), &statement).await
+            Engine::Mysql => {
+                self.on_server(&what, &format!("DROP DATABASE IF EXISTS {}", super::mysql::quote_ident(&self.name)))
+                    .await
+            }
+        }
     }
 
     /// Every user table's rows in the restored database, as the backup counted them.

@@ -475,7 +475,10 @@ async fn drills_work_with_a_scratch_admin_holding_only_the_documented_grants() {
             }
         }
         let scratch_db = format!("vigil_drill_least_{kind}");
-        assert!(!exists(engine, &server, &scratch_db).await, "{engine:?}: the scratch database outlived its drill");
+        assert!(
+            !exists(engine, &server, &scratch_db).await,
+            "{engine:?}: the scratch database outlived its drill: {report}"
+        );
     }
 }
 
