@@ -496,16 +496,19 @@ impl<'a> Backups<'a> {
             hint: "only PostgreSQL backups made by this vigil or later carry them",
         })?;
         let stream = self.open_globals(id, globals, &connected, sink).await?;
-        self.ctx
-            .ledger
-            .append(NewRecord {
-                kind: Kind::BackupFetched.into(),
-                subject: entry.set,
-                outcome: Outcome::Succeeded,
-                details: serde_json::json!({ "backup_id": id, "globals": true, "plaintext_bytes": stream.plaintext_bytes }),
-            })
-            .await?;
+        self.fetched(
+            entry.set,
+            serde_json::json!({ "backup_id": id, "globals": true, "plaintext_bytes": stream.plaintext_bytes }),
+        )
+        .await?;
         Ok(stream)
+    }
+
+    /// Records a fetch of one of `set`'s backups.
+    async fn fetched(&self, set: String, details: serde_json::Value) -> Result<(), BackupError> {
+        let record = NewRecord { kind: Kind::BackupFetched.into(), subject: set, outcome: Outcome::Succeeded, details };
+        self.ctx.ledger.append(record).await?;
+        Ok(())
     }
 
     /// The globals object, opened and compared with the manifest.
@@ -533,14 +536,7 @@ impl<'a> Backups<'a> {
         let (entry, manifest, connected) = self.readable(id).await?;
         let stream = self.open(&manifest, &connected, sink).await?;
         compare(id, &manifest, &stream)?;
-        self.ctx
-            .ledger
-            .append(NewRecord {
-                kind: Kind::BackupFetched.into(),
-                subject: entry.set,
-                outcome: Outcome::Succeeded,
-                details: serde_json::json!({ "backup_id": id, "plaintext_bytes": stream.plaintext_bytes }),
-            })
+        self.fetched(entry.set, serde_json::json!({ "backup_id": id, "plaintext_bytes": stream.plaintext_bytes }))
             .await?;
         Ok(stream)
     }

@@ -40,6 +40,21 @@ async fn exists(engine: vigil::engines::Engine, db: &Database, database: &str) -
     }
 }
 
+/// A fresh pgbench database backed up to the local store as set `orders`, with drill `name`
+/// restoring it into the scratch target; returns the private server.
+#[cfg(feature = "failpoints")]
+async fn backed_up_postgres_drill(setup: &Setup, name: &str) -> Database {
+    let pg = setup.services.postgres.clone();
+    let database = postgres_database(&setup.services, 1).await;
+    let mut schedule = setup.target("postgres", &pg, &database);
+    schedule.push_str(&scratch_target(setup, "postgres", &pg));
+    schedule.push_str(&setup.set("orders", &database, "local", "local"));
+    schedule.push_str(&drill(name, "orders", ""));
+    setup.write_schedule(&schedule);
+    setup.backup("orders");
+    pg
+}
+
 /// Every file under `dir`.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
@@ -256,14 +271,7 @@ async fn a_mariadb_drill_passes_on_a_fresh_backup() {
 async fn a_killed_drill_is_finished_by_the_next_run_and_leaves_no_scratch_database() {
     use vigil::engines::Engine::Postgres;
     let setup = Setup::new().await;
-    let pg = setup.services.postgres.clone();
-    let database = postgres_database(&setup.services, 1).await;
-    let mut schedule = setup.target("postgres", &pg, &database);
-    schedule.push_str(&scratch_target(&setup, "postgres", &pg));
-    schedule.push_str(&setup.set("orders", &database, "local", "local"));
-    schedule.push_str(&drill("killed", "orders", ""));
-    setup.write_schedule(&schedule);
-    setup.backup("orders");
+    let pg = backed_up_postgres_drill(&setup, "killed").await;
     let scratch = "vigil_drill_killed";
     for (when, step) in [
         ("before", "locate"),
@@ -491,14 +499,7 @@ async fn drills_work_with_a_scratch_admin_holding_only_the_documented_grants() {
 async fn a_restored_copy_whose_rows_differ_from_the_backup_fails_the_drill() {
     use vigil::engines::Engine::Postgres;
     let setup = Setup::new().await;
-    let pg = setup.services.postgres.clone();
-    let database = postgres_database(&setup.services, 1).await;
-    let mut schedule = setup.target("postgres", &pg, &database);
-    schedule.push_str(&scratch_target(&setup, "postgres", &pg));
-    schedule.push_str(&setup.set("orders", &database, "local", "local"));
-    schedule.push_str(&drill("counted", "orders", ""));
-    setup.write_schedule(&schedule);
-    setup.backup("orders");
+    let pg = backed_up_postgres_drill(&setup, "counted").await;
     let killed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["drill", "run", "counted"])
         .current_dir(setup.path())
