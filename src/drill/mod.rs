@@ -244,9 +244,10 @@ impl DrillReport {
             (Ended::Done, Some(verdict)) => (verdict.passed, (!verdict.passed).then(|| verdict.reasons.join("; "))),
             (Ended::Done, None) => (false, Some("the drill finished without a verdict".to_owned())),
             (Ended::RolledBack { step, reason }, _) => (false, Some(format!("{step}: {reason}"))),
-            (Ended::Stuck { step, reason }, _) => {
-                (false, Some(format!("{step}: {reason}; the scratch database may be left: see `vigil status`")))
-            }
+            (Ended::Stuck { step, reason }, _) => (
+                false,
+                Some(format!("{step}: {reason}; what it restored into may be left: `vigil drill show` names it")),
+            ),
             (Ended::Waiting { step, .. }, _) => (false, Some(format!("waiting at {step}"))),
         };
         Ok(Self { id: saga.id.clone(), ended, passed, reason, data })
