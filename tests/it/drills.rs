@@ -518,3 +518,23 @@ async fn a_restored_copy_whose_rows_differ_from_the_backup_fails_the_drill() {
     );
     assert!(!exists(Postgres, &pg, "vigil_drill_counted").await);
 }
+
+/// The newest verified backup older than the RPO target fails the drill with the figures: run an
+/// hour later (the binary's clock moved ahead, failpoints), a backup taken just now is an hour old.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_backup_older_than_the_rpo_target_fails_the_drill() {
+    let setup = Setup::new().await;
+    backed_up_postgres_drill(&setup, "late").await;
+    let late = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["drill", "run", "late"])
+        .current_dir(setup.path())
+        .env("VIGIL_CLOCK_OFFSET", "3600")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&late.stderr);
+    assert_eq!(late.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("drill late failed: RPO 1h exceeds the target 15m"), "{stderr}");
+    assert!(!stderr.contains("row_counts failed"), "the data itself was fine: {stderr}");
+}
