@@ -144,6 +144,10 @@ fn show_run(run: &DrillRun) {
         println!("  error: {error}");
     }
     print_data(data);
+    if !run.evidence.is_empty() {
+        let seqs: Vec<String> = run.evidence.iter().map(u64::to_string).collect();
+        println!("  evidence records {} (`vigil evidence show SEQ`)", seqs.join(", "));
+    }
 }
 
 fn print_data(data: &DrillData) {

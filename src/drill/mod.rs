@@ -53,6 +53,9 @@ pub enum DrillError {
     /// The saga machinery failed.
     #[error(transparent)]
     Saga(#[from] SagaError),
+    /// The evidence ledger could not be read.
+    #[error(transparent)]
+    Evidence(crate::evidence::EvidenceError),
 }
 
 /// The drill saga's steps.
@@ -358,10 +361,22 @@ impl<'a> Drills<'a> {
         Ok(latest)
     }
 
-    /// Drill run `id`.
+    /// Drill run `id`, with the sequence numbers of its evidence records.
     pub async fn show(&self, id: &str) -> Result<DrillRun, DrillError> {
         let saga = saga::get(self.ctx.db, id).await?.filter(|s| s.kind == KIND);
-        DrillRun::of(&saga.ok_or_else(|| DrillError::UnknownRun(id.to_owned()))?)
+        let mut run = DrillRun::of(&saga.ok_or_else(|| DrillError::UnknownRun(id.to_owned()))?)?;
+        let filter = crate::evidence::RecordFilter {
+            subject: Some(run.data.drill.clone()),
+            since: Some(run.data.started_at.clone()),
+            limit: 10_000,
+            ..Default::default()
+        };
+        let records = crate::evidence::list(self.ctx.db, &filter).await.map_err(DrillError::Evidence)?;
+        let ours = |details: &str| {
+            serde_json::from_str::<serde_json::Value>(details).is_ok_and(|d| d["saga"].as_str() == Some(id))
+        };
+        run.evidence = records.iter().filter(|r| ours(&r.details)).map(|r| r.seq).collect();
+        Ok(run)
     }
 
     fn now(&self) -> String {
@@ -385,6 +400,9 @@ pub struct DrillRun {
     pub updated_at: String,
     /// What it recorded.
     pub data: DrillData,
+    /// The sequence numbers of its evidence records (filled by `show`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<u64>,
 }
 
 impl DrillRun {
@@ -396,6 +414,7 @@ impl DrillRun {
             error: saga.error.clone(),
             updated_at: saga.updated_at.clone(),
             data: saga.decode()?,
+            evidence: Vec::new(),
         })
     }
 

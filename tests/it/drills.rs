@@ -189,6 +189,8 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     let shown = setup.vigil(&["drill", "show", report["id"].as_str().unwrap()]);
     shown.assert_code(0);
     assert!(shown.stdout().contains("passed") && shown.stdout().contains("RPO"), "{}", shown.stdout());
+    let shown = setup.vigil(&["--output", "json", "drill", "show", report["id"].as_str().unwrap()]).json();
+    assert_eq!(shown["evidence"].as_array().unwrap().len(), 10, "started, 8 step records, finished: {shown}");
     setup.vigil(&["drill", "show", "no-such-run"]).assert_code(1);
 
     // restore_jobs = 2 stages the dump to a private file for pg_restore -j, and removes it.
