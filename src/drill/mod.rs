@@ -435,7 +435,12 @@ struct DrillSaga<'d, 'a> {
 
 impl From<BackupError> for StepError {
     fn from(err: BackupError) -> Self {
-        Self::Failed(err.to_string())
+        let transient = match &err {
+            BackupError::Store(err) => err.is_transient(),
+            BackupError::Key(err) => err.is_transient(),
+            _ => false,
+        };
+        if transient { Self::Transient(err.to_string()) } else { Self::Failed(err.to_string()) }
     }
 }
 
@@ -635,7 +640,7 @@ impl DrillSaga<'_, '_> {
             (Err(BackupError::Output(_)), Err(err @ DumpError::Failed { .. })) | (Ok(_), Err(err)) => {
                 Err(StepError::Failed(format!("restore into {} failed: {err}", scratch.name())))
             }
-            (Err(err), _) => Err(StepError::Failed(format!("backup {} could not be read: {err}", located.backup_id))),
+            (Err(err), _) => Err(unreadable(located, err)),
         }
     }
 
@@ -662,11 +667,7 @@ impl DrillSaga<'_, '_> {
                 .map_err(|err| StepError::Failed(format!("cannot stage the dump at {}: {err}", staged.0.display())))?
         };
         let sink = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
-        self.drills
-            .backups
-            .fetch(&located.backup_id, sink)
-            .await
-            .map_err(|err| StepError::Failed(format!("backup {} could not be read: {err}", located.backup_id)))?;
+        self.drills.backups.fetch(&located.backup_id, sink).await.map_err(|err| unreadable(located, err))?;
         let restore = Restore::start_parallel(&scratch.endpoint(), scratch.admin(), folder, &staged.0, jobs)
             .map_err(|err| StepError::Failed(err.to_string()))?;
         tokio::task::spawn_blocking(move || restore.finish())
@@ -771,6 +772,17 @@ impl DrillSaga<'_, '_> {
         checked.rto_secs = Some(rto);
         checked.verdict = Some(Verdict { passed: reasons.is_empty(), reasons });
         checked
+    }
+}
+
+/// Why the backup a drill restores could not be read; a store or key service failing for now is
+/// retried.
+fn unreadable(located: &Located, err: BackupError) -> StepError {
+    match StepError::from(err) {
+        StepError::Transient(why) => {
+            StepError::Transient(format!("backup {} could not be read: {why}", located.backup_id))
+        }
+        other => StepError::Failed(format!("backup {} could not be read: {other}", located.backup_id)),
     }
 }
 
