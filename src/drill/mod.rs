@@ -351,12 +351,10 @@ impl<'a> Drills<'a> {
 
     /// The latest run of each configured drill (`None` for a drill never run), by name.
     pub async fn latest(&self) -> Result<BTreeMap<String, Option<DrillRun>>, DrillError> {
-        let mut latest: BTreeMap<String, Option<DrillRun>> =
-            self.ctx.plan.drills.keys().map(|name| (name.clone(), None)).collect();
-        for saga in saga::of_kind(self.ctx.db, KIND, 10_000).await? {
-            if let Some(slot @ None) = latest.get_mut(saga.subject.name()) {
-                *slot = Some(DrillRun::of(&saga)?);
-            }
+        let mut latest = BTreeMap::new();
+        for name in self.ctx.plan.drills.keys() {
+            let newest = saga::newest(self.ctx.db, KIND, &Subject::Drill(name.clone())).await?;
+            latest.insert(name.clone(), newest.as_ref().map(DrillRun::of).transpose()?);
         }
         Ok(latest)
     }

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{Registry, Resume, Resumed};
-pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, get, in_flight, of_kind};
+pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, get, in_flight, newest};
 
 use crate::clock::Clock;
 use crate::evidence::{Area, EvidenceError, Kind, Ledger, NewRecord, Outcome};

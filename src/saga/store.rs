@@ -302,20 +302,15 @@ pub async fn in_flight(db: &Db) -> Result<Vec<SagaRow>, SagaError> {
     SagaStore::in_flight(db).await
 }
 
-/// The sagas of `kind` in the state database, whatever their status, newest first, at most
-/// `limit`: what `vigil drill list` reads its history from.
-pub async fn of_kind(db: &Db, kind: &str, limit: u32) -> Result<Vec<SagaRow>, SagaError> {
+/// The newest saga of `kind` on `subject`, whatever its status: what `vigil drill list` shows
+/// for each drill.
+pub async fn newest(db: &Db, kind: &str, subject: &Subject) -> Result<Option<SagaRow>, SagaError> {
     const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step \
-                       FROM sagas WHERE kind = $1 ORDER BY started_at DESC, id LIMIT $2";
-    let rows = on_pool!(db, pool => sqlx::query(SQL)
-        .bind(kind)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(decode)
-        .collect::<Result<Vec<_>, _>>()?);
-    Ok(rows)
+                       FROM sagas WHERE kind = $1 AND subject = $2 ORDER BY started_at DESC, id DESC LIMIT 1";
+    Ok(on_pool!(db, pool => match sqlx::query(SQL).bind(kind).bind(subject.to_string()).fetch_optional(pool).await? {
+        Some(row) => Some(decode(&row)?),
+        None => None,
+    }))
 }
 
 /// The saga `id`, if the state database has it.
