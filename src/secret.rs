@@ -63,13 +63,19 @@ impl Credential {
 /// Creates `path` with mode 0600 (and its folder), failing if it exists.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = create_private(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// Creates `path` for writing, mode 0600, failing if anything is there already, a symbolic
+/// link included: a link planted at a path vigil writes secrets to must not redirect them.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
 /// Reads a file that holds a secret, refusing it when group or others may read it: a secret

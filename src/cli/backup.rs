@@ -178,7 +178,6 @@ async fn fetch(backups: &Backups<'_>, id: &str, output_file: &str, globals: bool
         tracing::info!(bytes = facts.plaintext_bytes, "fetched and checked");
         return Ok(Exit::Success);
     }
-    use std::os::unix::fs::OpenOptionsExt as _;
     let path = PathBuf::from(output_file);
     let mut partial = path.clone().into_os_string();
     partial.push(format!(".{:016x}.partial", {
@@ -186,12 +185,7 @@ async fn fetch(backups: &Backups<'_>, id: &str, output_file: &str, globals: bool
         rand_core::OsRng.next_u64()
     }));
     let partial = PathBuf::from(partial);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&partial)
+    let file = crate::secret::create_private(&partial)
         .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", partial.display()))?;
     match fetch(Box::new(std::io::BufWriter::with_capacity(1 << 20, file))).await {
         Ok(facts) => {

@@ -128,7 +128,7 @@ fn result(run: &DrillRun) -> String {
         crate::saga::Status::Done if run.passed() => "passed".into(),
         crate::saga::Status::Done => "FAILED".into(),
         crate::saga::Status::RolledBack => format!("FAILED at {}", run.step),
-        other => format!("{} at {}", serde_json::to_value(other).unwrap_or_default().as_str().unwrap_or("?"), run.step),
+        other => format!("{} at {}", other.as_str(), run.step),
     }
 }
 

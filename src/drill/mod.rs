@@ -262,9 +262,7 @@ pub type Progress = Arc<dyn Fn(&str, DrillStep) + Send + Sync>;
 
 /// Drills, for one run of a command or the daemon.
 pub struct Drills<'a> {
-    /// What they run with.
-    pub ctx: Ctx<'a>,
-    /// Reads the backups drills restore.
+    /// Reads the backups drills restore; its context is the drills' own.
     backups: Backups<'a>,
     /// Told of each step as it starts.
     pub progress: Option<Progress>,
@@ -280,25 +278,29 @@ impl saga::Resume for Drills<'_> {
 impl<'a> Drills<'a> {
     /// Drills running with `ctx`.
     pub fn new(ctx: Ctx<'a>) -> Self {
-        let backups = Backups::new(Ctx::new(ctx.plan, ctx.db, ctx.ledger, ctx.clock, ctx.cancel.clone()));
-        Self { ctx, backups, progress: None }
+        Self { backups: Backups::new(ctx), progress: None }
+    }
+
+    /// What they run with.
+    pub fn ctx(&self) -> &Ctx<'a> {
+        &self.backups.ctx
     }
 
     fn drill(&self, name: &str) -> Result<&'a Drill, DrillError> {
-        self.ctx.plan.drills.get(name).ok_or_else(|| DrillError::UnknownDrill(name.to_owned()))
+        self.ctx().plan.drills.get(name).ok_or_else(|| DrillError::UnknownDrill(name.to_owned()))
     }
 
     /// Runs drill `name` now, first finishing one of the same drill a crash left in flight.
     pub async fn run(&self, name: &str) -> Result<DrillReport, DrillError> {
         let drill = self.drill(name)?;
-        for saga in saga::in_flight(self.ctx.db).await? {
+        for saga in saga::in_flight(self.ctx().db).await? {
             if saga.subject == Subject::Drill(name.to_owned()) {
                 tracing::info!(drill = %name, run = %saga.id, step = %saga.step, "finishing a drill left in flight first");
                 self.resume_one(saga).await?;
             }
         }
         let def = DrillSaga { drills: self, name };
-        let id = crate::clock::sortable_id(self.ctx.clock);
+        let id = crate::clock::sortable_id(self.ctx().clock);
         let data = DrillData {
             drill: name.to_owned(),
             backup_set: drill.backup.clone(),
@@ -318,15 +320,15 @@ impl<'a> Drills<'a> {
             runbook: drill.runbook.as_ref().map(|p| p.display().to_string()),
             ..DrillData::default()
         };
-        let (saga, ended) = self.ctx.executor().start(&def, &id, &Subject::Drill(name.to_owned()), data).await?;
+        let (saga, ended) = self.ctx().executor().start(&def, &id, &Subject::Drill(name.to_owned()), data).await?;
         DrillReport::of(&saga, ended)
     }
 
     /// Finishes or rolls back every drill a crash left in flight.
     pub async fn resume(&self) -> Result<Vec<DrillReport>, DrillError> {
         let mut reports = Vec::new();
-        for saga in saga::in_flight(self.ctx.db).await? {
-            if self.ctx.cancel.is_cancelled() {
+        for saga in saga::in_flight(self.ctx().db).await? {
+            if self.ctx().cancel.is_cancelled() {
                 break;
             }
             if matches!(saga.subject, Subject::Drill(_)) {
@@ -340,7 +342,7 @@ impl<'a> Drills<'a> {
         let name = saga.subject.name().to_owned();
         let def = DrillSaga { drills: self, name: &name };
         tracing::info!(drill = %name, run = %saga.id, step = %saga.step, "resuming a drill left in flight");
-        let (saga, ended) = self.ctx.executor().run(&def, saga).await?;
+        let (saga, ended) = self.ctx().executor().run(&def, saga).await?;
         DrillReport::of(&saga, ended)
     }
 
@@ -352,8 +354,8 @@ impl<'a> Drills<'a> {
     /// The latest run of each configured drill (`None` for a drill never run), by name.
     pub async fn latest(&self) -> Result<BTreeMap<String, Option<DrillRun>>, DrillError> {
         let mut latest = BTreeMap::new();
-        for name in self.ctx.plan.drills.keys() {
-            let newest = saga::newest(self.ctx.db, KIND, &Subject::Drill(name.clone())).await?;
+        for name in self.ctx().plan.drills.keys() {
+            let newest = saga::newest(self.ctx().db, KIND, &Subject::Drill(name.clone())).await?;
             latest.insert(name.clone(), newest.as_ref().map(DrillRun::of).transpose()?);
         }
         Ok(latest)
@@ -361,7 +363,7 @@ impl<'a> Drills<'a> {
 
     /// Drill run `id`, with the sequence numbers of its evidence records.
     pub async fn show(&self, id: &str) -> Result<DrillRun, DrillError> {
-        let saga = saga::get(self.ctx.db, id).await?.filter(|s| s.kind == KIND);
+        let saga = saga::get(self.ctx().db, id).await?.filter(|s| s.kind == KIND);
         let mut run = DrillRun::of(&saga.ok_or_else(|| DrillError::UnknownRun(id.to_owned()))?)?;
         let filter = crate::evidence::RecordFilter {
             subject: Some(run.data.drill.clone()),
@@ -369,7 +371,7 @@ impl<'a> Drills<'a> {
             limit: 10_000,
             ..Default::default()
         };
-        let records = crate::evidence::list(self.ctx.db, &filter).await.map_err(DrillError::Evidence)?;
+        let records = crate::evidence::list(self.ctx().db, &filter).await.map_err(DrillError::Evidence)?;
         let ours = |details: &str| {
             serde_json::from_str::<serde_json::Value>(details).is_ok_and(|d| d["saga"].as_str() == Some(id))
         };
@@ -378,7 +380,7 @@ impl<'a> Drills<'a> {
     }
 
     fn now(&self) -> String {
-        self.ctx.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        self.ctx().clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     }
 }
 
@@ -454,7 +456,7 @@ impl DrillSaga<'_, '_> {
     fn target(&self, name: &str) -> Result<Named<Target>, StepError> {
         let target = self
             .drills
-            .ctx
+            .ctx()
             .plan
             .targets
             .get(name)
@@ -464,7 +466,7 @@ impl DrillSaga<'_, '_> {
 
     /// `target`'s admin credential.
     async fn admin(&self, target: &Named<Target>) -> Result<Credential, StepError> {
-        self.drills.ctx.stores.login(&target.value.admin).await.map_err(|err| match err {
+        self.drills.ctx().stores.login(&target.value.admin).await.map_err(|err| match err {
             ReferenceError::Store(err) if err.is_transient() => StepError::Transient(err.to_string()),
             err => StepError::Failed(format!("cannot read the admin credential of {}: {err}", target.name)),
         })
@@ -499,7 +501,7 @@ impl DrillSaga<'_, '_> {
 
     /// This process's private folder for the tools' password files.
     async fn folder(&self) -> Result<std::path::PathBuf, StepError> {
-        let data_dir = self.drills.ctx.plan.controller.data_dir.clone();
+        let data_dir = self.drills.ctx().plan.controller.data_dir.clone();
         tokio::task::spawn_blocking(move || crate::secret::scratch_dir(&data_dir))
             .await
             .map_err(|err| StepError::Failed(format!("preparing the scratch folder stopped: {err}")))?
@@ -539,12 +541,12 @@ impl DrillSaga<'_, '_> {
         let mut checks = Vec::new();
         for name in &drill.check_credentials {
             let check = format!("credential {name}");
-            let Some(spec) = self.drills.ctx.plan.secrets.get(name) else {
+            let Some(spec) = self.drills.ctx().plan.secrets.get(name) else {
                 checks.push(Check::ran(check, false, format!("secret {name} is no longer configured")));
                 continue;
             };
             let probes = spec.kind.db_password().map(|db| db.probes.clone()).unwrap_or_default();
-            let credential = match crate::rotation::current_credential(&self.drills.ctx.stores, spec).await {
+            let credential = match crate::rotation::current_credential(&self.drills.ctx().stores, spec).await {
                 Ok(credential) => credential,
                 Err(err) => {
                     checks.push(Check::ran(check, false, format!("cannot read it: {err}")));
@@ -581,7 +583,7 @@ impl DrillSaga<'_, '_> {
     /// The drill's backup set, as configured now.
     fn set(&self, data: &DrillData) -> Result<&crate::config::BackupSet, StepError> {
         self.drills
-            .ctx
+            .ctx()
             .plan
             .backups
             .get(&data.backup_set)
@@ -595,7 +597,7 @@ impl DrillSaga<'_, '_> {
                 data.backup_set
             )));
         }
-        let entries = catalog::list(self.drills.ctx.db, Some(&data.backup_set)).await?;
+        let entries = catalog::list(self.drills.ctx().db, Some(&data.backup_set)).await?;
         let Some(entry) = entries.iter().find(|e| e.method == "dump" && e.status == catalog::Status::Verified) else {
             return Err(StepError::Failed(format!(
                 "no verified backup of set {} to restore; run `vigil backup run {}` first",
@@ -653,17 +655,10 @@ impl DrillSaga<'_, '_> {
         jobs: u32,
     ) -> Result<(), StepError> {
         let staged = Staged(folder.join(format!("drill-{}.dump", scratch.name())));
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let _ = std::fs::remove_file(&staged.0);
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&staged.0)
-                .map_err(|err| StepError::Failed(format!("cannot stage the dump at {}: {err}", staged.0.display())))?
-        };
+        // A retried step finds its own earlier attempt's file: start over.
+        let _ = std::fs::remove_file(&staged.0);
+        let file = crate::secret::create_private(&staged.0)
+            .map_err(|err| StepError::Failed(format!("cannot stage the dump at {}: {err}", staged.0.display())))?;
         let sink = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
         self.drills.backups.fetch(&located.backup_id, sink).await.map_err(|err| unreadable(located, err))?;
         let restore = Restore::start_parallel(&scratch.endpoint(), scratch.admin(), folder, &staged.0, jobs)
@@ -739,7 +734,7 @@ impl DrillSaga<'_, '_> {
     /// restored point) against the targets, and the verdict they give.
     fn verdict(&self, data: &DrillData, checks: Vec<Check>) -> DrillData {
         let mut checked = data.clone();
-        let now = self.drills.ctx.clock.now();
+        let now = self.drills.ctx().clock.now();
         let Some(located) = data.backup.as_ref() else {
             checked.verdict = Some(Verdict { passed: false, reasons: vec!["locate recorded no backup".into()] });
             return checked;

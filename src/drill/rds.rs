@@ -41,7 +41,7 @@ fn instance(data: &DrillData) -> Result<(&str, RdsSource, &str), StepError> {
 
 impl DrillSaga<'_, '_> {
     async fn rds(&self) -> Result<crate::rds::AwsRds, StepError> {
-        crate::rds::connect(self.drills.ctx.plan.aws.as_ref()).await.map_err(rds_step)
+        crate::rds::connect(self.drills.ctx().plan.aws.as_ref()).await.map_err(rds_step)
     }
 
     /// The newest available snapshot of the set, or the source's latest restorable time.
@@ -50,7 +50,7 @@ impl DrillSaga<'_, '_> {
         let rds = self.rds().await?;
         let located = match source {
             RdsSource::Snapshot => {
-                let entries = catalog::list(self.drills.ctx.db, Some(&data.backup_set)).await?;
+                let entries = catalog::list(self.drills.ctx().db, Some(&data.backup_set)).await?;
                 let Some(entry) =
                     entries.iter().find(|e| e.method == "rds_snapshot" && e.status == catalog::Status::Verified)
                 else {
@@ -130,7 +130,7 @@ impl DrillSaga<'_, '_> {
             }
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
-                () = self.drills.ctx.cancel.cancelled() => {
+                () = self.drills.ctx().cancel.cancelled() => {
                     return Err(StepError::Cancelled(format!("waiting for RDS instance {instance}")));
                 }
             }

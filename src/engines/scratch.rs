@@ -148,25 +148,27 @@ impl ScratchDb {
     /// `template1`, from which every new database inherits it.
     pub async fn ensure_amcheck(&self) -> Result<(), EngineError> {
         let what = format!("create the amcheck extension in {}", self.name);
-        let failed = |err| EngineError::from_sqlx(&what, &self.admin.username, err);
-        let mut conn = self.connect_pg(&self.endpoint(), &what).await?;
-        let done = sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS amcheck").execute(&mut conn).await.map(drop);
-        let _ = conn.close().await;
-        done.map_err(failed)
+        self.execute(&self.endpoint(), &what, "CREATE EXTENSION IF NOT EXISTS amcheck").await
     }
 
+    /// Runs `statement` on the server, as the admin, in its own database.
     async fn on_server(&self, what: &str, statement: &str) -> Result<(), EngineError> {
+        self.execute(&self.server, what, statement).await
+    }
+
+    /// Runs `statement` at `endpoint` on a connection of its own.
+    async fn execute(&self, endpoint: &Endpoint, what: &str, statement: &str) -> Result<(), EngineError> {
         let failed = |err| EngineError::from_sqlx(what, &self.admin.username, err);
         let statement = sqlx::AssertSqlSafe(statement.to_owned());
         match self.engine {
             Engine::Postgres => {
-                let mut conn = self.connect_pg(&self.server, what).await?;
+                let mut conn = self.connect_pg(endpoint, what).await?;
                 let done = sqlx::raw_sql(statement).execute(&mut conn).await.map(drop).map_err(failed);
                 let _ = conn.close().await;
                 done
             }
             Engine::Mysql => {
-                let mut conn = self.connect_mysql(&self.server, what).await?;
+                let mut conn = self.connect_mysql(endpoint, what).await?;
                 let done = sqlx::raw_sql(statement).execute(&mut conn).await.map(drop).map_err(failed);
                 let _ = conn.close().await;
                 done
