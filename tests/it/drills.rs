@@ -55,6 +55,18 @@ async fn backed_up_postgres_drill(setup: &Setup, name: &str) -> Database {
     pg
 }
 
+/// `vigil drill run NAME` with `env` set (failpoints builds read `VIGIL_FAILPOINT` and
+/// `VIGIL_CLOCK_OFFSET`).
+#[cfg(feature = "failpoints")]
+fn drill_run_with(setup: &Setup, name: &str, env: (&str, &str)) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["drill", "run", name])
+        .current_dir(setup.path())
+        .env(env.0, env.1)
+        .output()
+        .unwrap()
+}
+
 /// Every file under `dir`.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
@@ -284,12 +296,7 @@ async fn a_killed_drill_is_finished_by_the_next_run_and_leaves_no_scratch_databa
         ("before", "teardown"),
     ] {
         let failpoint = format!("drill.restore:{when}:{step}");
-        let killed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["drill", "run", "killed"])
-            .current_dir(setup.path())
-            .env("VIGIL_FAILPOINT", &failpoint)
-            .output()
-            .unwrap();
+        let killed = drill_run_with(&setup, "killed", ("VIGIL_FAILPOINT", &failpoint));
         assert!(!killed.status.success(), "{failpoint}: the process was meant to die");
         let restored = matches!((when, step), ("after", "restore" | "check") | ("before", "teardown"));
         assert_eq!(exists(Postgres, &pg, scratch).await, restored, "{failpoint}: left behind as the kill left it");
@@ -336,12 +343,7 @@ async fn pg_amcheck_failing_on_the_restored_database_fails_the_drill() {
     schedule.push_str(&drill("items-restore", "items", ""));
     setup.write_schedule(&schedule);
     setup.backup("items");
-    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["drill", "run", "items-restore"])
-        .current_dir(setup.path())
-        .env("VIGIL_FAILPOINT", "drill.restore:before:check")
-        .output()
-        .unwrap();
+    let killed = drill_run_with(&setup, "items-restore", ("VIGIL_FAILPOINT", "drill.restore:before:check"));
     assert!(!killed.status.success());
     let scratch = Database { database: "vigil_drill_items_restore".into(), ..pg.clone() };
     admin_sql(
@@ -420,12 +422,7 @@ async fn rds_drills_restore_into_a_temporary_instance_and_delete_it() {
     assert_eq!(from_snapshot["from-snapshot"]["data"]["checks"].as_array().unwrap().len(), 2, "data and the assertion");
 
     // Killed after the restore call: the resumed drill deletes the instance it made.
-    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["drill", "run", "to-latest"])
-        .current_dir(setup.path())
-        .env("VIGIL_FAILPOINT", "drill.restore:after:restore")
-        .output()
-        .unwrap();
+    let killed = drill_run_with(&setup, "to-latest", ("VIGIL_FAILPOINT", "drill.restore:after:restore"));
     assert!(!killed.status.success());
     let runs = setup.vigil(&["--output", "json", "drill", "list"]).json();
     let instance = runs["to-latest"]["data"]["into"]["instance"].as_str().unwrap().to_owned();
@@ -502,12 +499,7 @@ async fn a_restored_copy_whose_rows_differ_from_the_backup_fails_the_drill() {
     use vigil::engines::Engine::Postgres;
     let setup = Setup::new().await;
     let pg = backed_up_postgres_drill(&setup, "counted").await;
-    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["drill", "run", "counted"])
-        .current_dir(setup.path())
-        .env("VIGIL_FAILPOINT", "drill.restore:before:check")
-        .output()
-        .unwrap();
+    let killed = drill_run_with(&setup, "counted", ("VIGIL_FAILPOINT", "drill.restore:before:check"));
     assert!(!killed.status.success());
     let scratch = Database { database: "vigil_drill_counted".into(), ..pg.clone() };
     admin_sql(Postgres, &scratch, &["DELETE FROM pgbench_branches".to_owned()]).await;
@@ -529,12 +521,7 @@ async fn a_restored_copy_whose_rows_differ_from_the_backup_fails_the_drill() {
 async fn a_backup_older_than_the_rpo_target_fails_the_drill() {
     let setup = Setup::new().await;
     backed_up_postgres_drill(&setup, "late").await;
-    let late = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["drill", "run", "late"])
-        .current_dir(setup.path())
-        .env("VIGIL_CLOCK_OFFSET", "3600")
-        .output()
-        .unwrap();
+    let late = drill_run_with(&setup, "late", ("VIGIL_CLOCK_OFFSET", "3600"));
     let stderr = String::from_utf8_lossy(&late.stderr);
     assert_eq!(late.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("drill late failed: RPO 1h exceeds the target 15m"), "{stderr}");
