@@ -11,6 +11,7 @@
 mod mariadb;
 mod moto;
 mod openbao;
+pub mod pgbackrest;
 mod postgres;
 pub mod process;
 mod readiness;
@@ -33,6 +34,9 @@ pub struct State {
     pub openbao: Option<openbao::OpenBao>,
     pub postgres: Option<Database>,
     pub mariadb: Option<Database>,
+    /// The repository the private PostgreSQL archives its WAL to; recreated with it.
+    #[serde(default)]
+    pub pgbackrest: Option<pgbackrest::PgBackRest>,
 }
 
 /// A private database server and its superuser.
@@ -222,7 +226,8 @@ pub fn up(root: &Path) -> anyhow::Result<State> {
     let healthy = [
         ("moto", state.moto.as_ref().is_some_and(moto::healthy)),
         ("OpenBao", state.openbao.as_ref().is_some_and(openbao::healthy)),
-        ("PostgreSQL", state.postgres.as_ref().is_some_and(postgres::healthy)),
+        // A server from before the archive was set up has none: restarted with one.
+        ("PostgreSQL", state.pgbackrest.is_some() && state.postgres.as_ref().is_some_and(postgres::healthy)),
         ("MariaDB", state.mariadb.as_ref().is_some_and(mariadb::healthy)),
     ];
     for (name, _) in healthy.iter().filter(|(_, healthy)| *healthy) {
@@ -241,7 +246,10 @@ pub fn up(root: &Path) -> anyhow::Result<State> {
         }
         if !healthy[2].1 {
             stop_recorded(state.postgres.take().map(|d| (d.pid, postgres::marker(&d), libc::SIGINT)));
-            state.postgres = Some(postgres::start(&mut ctx, &certs)?);
+            state.pgbackrest = None;
+            let (db, repo) = postgres::start(&mut ctx, &certs)?;
+            state.postgres = Some(db);
+            state.pgbackrest = Some(repo);
             ctx.save(&state)?;
         }
         if !healthy[3].1 {
@@ -322,6 +330,9 @@ fn print_summary(state: &State) {
     if let Some(d) = &state.postgres {
         eprintln!("  postgres  127.0.0.1:{} user {}  (pid {})", d.port, d.user, d.pid);
     }
+    if let Some(r) = &state.pgbackrest {
+        eprintln!("  pgbackrest stanza {}  {}", r.stanza, r.config.display());
+    }
     if let Some(d) = &state.mariadb {
         eprintln!("  mariadb   127.0.0.1:{} user {}  (pid {})", d.port, d.user, d.pid);
     }
@@ -395,6 +406,14 @@ pub fn exports(ctx: &Context, state: &State) -> String {
             ("PGSSLMODE", "verify-full".into()),
             ("PGSSLROOTCERT", d.ca_file.display().to_string()),
             ("VIGIL_PG_URL", d.url.clone()),
+        ]);
+    }
+    if let Some(r) = &state.pgbackrest {
+        // The stanza the private PostgreSQL archives to; the passphrase is for tests and the
+        // demo, which hand it to vigil by file.
+        vars.extend([
+            ("VIGIL_PGBACKREST_CONFIG", r.config.display().to_string()),
+            ("VIGIL_PGBACKREST_STANZA", r.stanza.clone()),
         ]);
     }
     if let Some(d) = &state.mariadb {

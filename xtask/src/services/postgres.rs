@@ -1,7 +1,6 @@
 //! A private PostgreSQL 15 cluster: TLS required on TCP (`hostssl` only) and scram-sha-256
 //! password authentication everywhere.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use super::process::{as_account, await_ready, is_ours, run_checked, spawn};
 use super::readiness::free_port;
 use super::tls::{Certificates, install};
 use super::tools::ensure_debian_packages;
+use super::pgbackrest::{self, PgBackRest};
 use super::{Context, Database, random_hex};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -18,7 +18,9 @@ pub fn marker(db: &Database) -> String {
     db.data_dir.join("data").display().to_string()
 }
 
-pub fn start(ctx: &mut Context, certs: &Certificates) -> anyhow::Result<Database> {
+/// Starts the server, archiving its WAL into a new pgBackRest repository.
+pub fn start(ctx: &mut Context, certs: &Certificates) -> anyhow::Result<(Database, PgBackRest)> {
+    pgbackrest::ensure_installed()?;
     ensure_debian_packages(&[
         ("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
         ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
@@ -32,11 +34,7 @@ pub fn start(ctx: &mut Context, certs: &Certificates) -> anyhow::Result<Database
 
     // The superuser password reaches initdb through a 0600 file, never its command line.
     let pwfile = dir.join("pwfile");
-    {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&pwfile)?;
-        file.write_all(password.as_bytes())?;
-    }
+    pgbackrest::write_private(&pwfile, &password)?;
     if let Some(account) = run_as {
         std::os::unix::fs::chown(&pwfile, Some(account.uid), Some(account.gid))?;
     }
@@ -46,6 +44,8 @@ pub fn start(ctx: &mut Context, certs: &Certificates) -> anyhow::Result<Database
         .arg("-D")
         .arg(&data)
         .args(["-U", "postgres", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync"])
+        // 1 MiB WAL segments: every archive_timeout switch archives a small file, not 16 MiB.
+        .arg("--wal-segsize=1")
         .arg(format!("--pwfile={}", pwfile.display()))
         .current_dir(&dir);
     as_account(&mut initdb, run_as);
@@ -60,6 +60,8 @@ pub fn start(ctx: &mut Context, certs: &Certificates) -> anyhow::Result<Database
     )?;
     let installed = install(certs, &dir, run_as)?;
     let port = free_port()?;
+    let repo = pgbackrest::configure(&dir, port, random_hex(32)?)?;
+    pgbackrest::chown_all(&dir.join("pgbackrest"), run_as)?;
     let mut postgres = Command::new(Path::new(BIN).join("postgres"));
     postgres
         .arg("-D")
@@ -75,6 +77,9 @@ pub fn start(ctx: &mut Context, certs: &Certificates) -> anyhow::Result<Database
         .arg(format!("ssl_cert_file={}", installed.cert.display()))
         .arg("-c")
         .arg(format!("ssl_key_file={}", installed.key.display()))
+        .args(pgbackrest::server_args(&repo))
+        // archive_command's pgbackrest reads the passphrase from here.
+        .env(pgbackrest::CIPHER_PASS_VAR, &repo.cipher_pass)
         .current_dir(&dir);
     let pid = spawn(postgres, &log, run_as)?;
     let db = Database {
@@ -86,16 +91,24 @@ pub fn start(ctx: &mut Context, certs: &Certificates) -> anyhow::Result<Database
             "postgres://postgres:{password}@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={}",
             certs.ca.display()
         ),
-        password,
+        password: password.clone(),
         database: "postgres".into(),
         socket: dir.clone(),
-        data_dir: dir,
+        data_dir: dir.clone(),
         log: log.clone(),
         ca_file: certs.ca.clone(),
     };
     await_ready("PostgreSQL", pid, &log, Duration::from_secs(60), || healthy(&db))?;
-    eprintln!("started PostgreSQL 15 on 127.0.0.1:{port}");
-    Ok(db)
+    let passfile = dir.join("stanza.pgpass");
+    pgbackrest::write_private(&passfile, &format!("*:*:*:postgres:{password}\n"))?;
+    if let Some(account) = run_as {
+        std::os::unix::fs::chown(&passfile, Some(account.uid), Some(account.gid))?;
+    }
+    let created = pgbackrest::create_stanza(&repo, &passfile, run_as);
+    std::fs::remove_file(&passfile)?;
+    created?;
+    eprintln!("started PostgreSQL 15 on 127.0.0.1:{port}, archiving to pgBackRest stanza {}", repo.stanza);
+    Ok((db, repo))
 }
 
 pub fn healthy(db: &Database) -> bool {
