@@ -17,6 +17,7 @@ pub mod stores;
 pub mod objects;
 pub mod kms;
 pub mod rds;
+pub mod pgbackrest;
 pub mod issuers;
 pub mod aws;
 pub mod jwks;

@@ -50,7 +50,7 @@ pub struct Entry {
     pub set: String,
     /// The target backed up.
     pub target: String,
-    /// `dump` or `rds_snapshot`.
+    /// `dump`, `pgbackrest` or `rds_snapshot`.
     pub method: String,
     /// Its state.
     pub status: Status,
@@ -71,6 +71,9 @@ pub struct Entry {
     pub manifest_sha256: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// A pgBackRest backup's facts (label, type, times, sizes, WAL range), from its manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub physical: Option<serde_json::Value>,
 }
 
 const COLUMNS: &str = "id, set_name, target, method, status, location, started_at, finished_at, verified_at, bytes, \
@@ -84,18 +87,23 @@ where
     for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
+    let method: String = row.try_get("method")?;
+    let manifest: Option<String> = row.try_get("manifest")?;
+    let physical =
+        (method == "pgbackrest").then(|| manifest.as_deref().and_then(|m| serde_json::from_str(m).ok())).flatten();
     Ok(Entry {
+        physical,
         id: row.try_get("id")?,
         set: row.try_get("set_name")?,
         target: row.try_get("target")?,
-        method: row.try_get("method")?,
+        method,
         status: Status::parse(&row.try_get::<String, _>("status")?),
         location: row.try_get("location")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         verified_at: row.try_get("verified_at")?,
         bytes: row.try_get::<Option<i64>, _>("bytes")?.and_then(|b| u64::try_from(b).ok()),
-        manifest: row.try_get("manifest")?,
+        manifest,
         manifest_sha256: row.try_get("manifest_sha256")?,
         error: row.try_get("error")?,
     })
@@ -147,6 +155,13 @@ pub async fn written(
     let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
     on_pool!(db, pool => sqlx::query(SQL).bind(id).bind(now).bind(bytes).bind(manifest).bind(manifest_sha256)
         .execute(pool).await.map(drop))?;
+    Ok(())
+}
+
+/// Records where a backup is, once known (a pgBackRest label is known after the backup).
+pub async fn located(db: &Db, id: &str, location: &str) -> Result<(), StateError> {
+    const SQL: &str = "UPDATE backups SET location = $2 WHERE id = $1";
+    on_pool!(db, pool => sqlx::query(SQL).bind(id).bind(location).execute(pool).await.map(drop))?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod format;
 pub mod manifest;
+pub mod physical;
 pub mod pipeline;
 mod rds;
 pub mod retention;
@@ -108,6 +109,17 @@ pub enum BackupError {
     /// Writing the fetched dump failed.
     #[error("cannot write the dump: {0}")]
     Output(std::io::Error),
+    /// pgBackRest failed.
+    #[error(transparent)]
+    PgBackRest(#[from] crate::pgbackrest::PgBackRestError),
+    /// The set is not a pgbackrest set.
+    #[error(
+        "backup set {0} is not a pgbackrest set; heartbeats and archive health belong to sets of method = \"pgbackrest\""
+    )]
+    NotPhysical(String),
+    /// The source database failed.
+    #[error(transparent)]
+    Engine(crate::engines::EngineError),
 }
 
 /// Reports bytes streamed, for a progress display.
@@ -243,7 +255,20 @@ impl<'a> Backups<'a> {
 
     /// Backs up set `name` now: a dump that is then verified, or an RDS snapshot.
     pub async fn run(&self, name: &str) -> Result<BackupReport, BackupError> {
+        self.run_typed(name, None).await
+    }
+
+    /// Backs up set `name` now; a pgbackrest set takes a backup of `kind` (the set's `type`
+    /// when `None`), which other methods refuse.
+    pub async fn run_typed(
+        &self,
+        name: &str,
+        kind: Option<crate::pgbackrest::BackupType>,
+    ) -> Result<BackupReport, BackupError> {
         let set = self.set(name)?;
+        if kind.is_some() && !matches!(set.method, BackupMethod::PgBackRest(_)) {
+            return Err(BackupError::NotPhysical(name.to_owned()));
+        }
         let id = crate::clock::sortable_id(self.ctx.clock);
         match &set.method {
             BackupMethod::Dump { .. } => {
@@ -257,6 +282,7 @@ impl<'a> Backups<'a> {
             BackupMethod::RdsSnapshot { instance, copy } => {
                 rds::run(self, name, set, &id, instance, copy.as_ref()).await
             }
+            BackupMethod::PgBackRest(pg) => physical::run(self, name, set, pg, &id, kind).await,
         }
     }
 
@@ -308,13 +334,14 @@ impl<'a> Backups<'a> {
                 self.dump_report(&name, &saga, ended, &connected).await?
             }
             rds::KIND_NAME => rds::resume(self, saga).await?,
+            physical::KIND_NAME => physical::resume(self, saga).await?,
             _ => return Ok(None),
         }))
     }
 
     /// Registers the backup kinds with `registry`, resumed by these backups.
     pub fn register<'r>(&'r self, registry: &mut saga::Registry<'r>) {
-        for kind in [DumpSaga::KIND_NAME, rds::KIND_NAME] {
+        for kind in [DumpSaga::KIND_NAME, rds::KIND_NAME, physical::KIND_NAME] {
             registry.register(kind, self);
         }
     }
@@ -555,6 +582,10 @@ impl<'a> Backups<'a> {
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<PruneReport>, BackupError> {
         let mut reports = Vec::new();
         for (name, set) in &self.ctx.plan.backups {
+            // pgBackRest expires its own repository (repo1-retention-full).
+            if matches!(set.method, BackupMethod::PgBackRest(_)) {
+                continue;
+            }
             let entries = catalog::list(self.ctx.db, Some(name)).await?;
             let verified: Vec<retention::Candidate> = entries
                 .iter()
@@ -572,7 +603,7 @@ impl<'a> Backups<'a> {
             if !dry_run && !doomed.is_empty() {
                 let connected = match &set.method {
                     BackupMethod::Dump { .. } => Some(self.connect(name, set).await?),
-                    BackupMethod::RdsSnapshot { .. } => None,
+                    BackupMethod::RdsSnapshot { .. } | BackupMethod::PgBackRest(_) => None,
                 };
                 for entry in &doomed {
                     match &connected {

@@ -246,7 +246,7 @@ pub(super) async fn delete(backups: &Backups<'_>, entry: &Entry) -> Result<(), B
     let set = backups.set(&entry.set)?;
     let copy = match &set.method {
         crate::config::BackupMethod::RdsSnapshot { copy, .. } => copy.as_ref(),
-        crate::config::BackupMethod::Dump { .. } => None,
+        crate::config::BackupMethod::Dump { .. } | crate::config::BackupMethod::PgBackRest(_) => None,
     };
     let (rds, copy_rds) = clients(backups, copy).await?;
     rds.delete(&entry.location).await?;

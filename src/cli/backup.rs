@@ -25,11 +25,16 @@ use crate::state::Db;
   vigil backup fetch 20261124T020000Z-0a1b2c3d | pg_restore -d orders_restored
   vigil backup fetch 20261124T020000Z-0a1b2c3d --globals -o roles.sql
   vigil backup prune --dry-run
+  vigil backup run orders-pitr --type incr
+  vigil backup heartbeat orders-pitr
+  vigil backup archive orders-pitr --output json
 
 A dump backup streams pg_dump (custom format) or mariadb-dump through zstd and AES-256-GCM into
 the set's store, under a fresh data key wrapped by the set's key service, then reads it back:
 every segment authenticated, both SHA-256s compared with the manifest, and pg_restore --list
 run on the dump. Only then is it verified. An rds target is backed up by DB snapshot instead.
+A set of method = \"pgbackrest\" runs `pgbackrest backup` (full, diff or incr) and then
+`pgbackrest verify` on the new backup; its WAL archive allows point-in-time drills.
 Every backup, verification and prune is recorded in the evidence ledger.")]
 pub struct BackupArgs {
     #[command(subcommand)]
@@ -41,6 +46,21 @@ enum BackupCommand {
     /// Back up a backup set now and verify it.
     Run {
         /// The backup set, as named in a schedule file.
+        name: String,
+        /// pgbackrest sets: the backup type (the set's `type` when absent).
+        #[arg(long = "type", value_name = "full|diff|incr")]
+        backup_type: Option<crate::pgbackrest::BackupType>,
+    },
+    /// Write a pgbackrest set's heartbeat row on its source now: a restored copy then says how
+    /// recent it is. The daemon writes it on the set's `heartbeat` interval.
+    Heartbeat {
+        /// The pgbackrest set.
+        name: String,
+    },
+    /// Show a pgbackrest set's WAL archiving: failures, segments waiting, RPO exposure, and the
+    /// newest backup's age; exits 1 when something is wrong.
+    Archive {
+        /// The pgbackrest set.
         name: String,
     },
     /// Finish or roll back backups a crash left in flight.
@@ -92,10 +112,26 @@ impl BackupArgs {
 
     async fn dispatch(&self, backups: &Backups<'_>, output: OutputFormat) -> anyhow::Result<Exit> {
         match &self.command {
-            BackupCommand::Run { name } => {
-                let report = backups.run(name).await?;
+            BackupCommand::Run { name, backup_type } => {
+                let report = backups.run_typed(name, *backup_type).await?;
                 show_reports(std::slice::from_ref(&report), output)?;
                 finished(&[report])
+            }
+            BackupCommand::Heartbeat { name } => {
+                let at = backups.heartbeat(name).await?;
+                match output {
+                    OutputFormat::Json => print_json(&serde_json::json!({ "set": name, "beat_at": at }))?,
+                    OutputFormat::Human => println!("{name}: heartbeat written at {at} (source clock)"),
+                }
+                Ok(Exit::Success)
+            }
+            BackupCommand::Archive { name } => {
+                let health = backups.archive_health(name).await?;
+                match output {
+                    OutputFormat::Json => print_json(&health)?,
+                    OutputFormat::Human => print!("{}", super::status::archive_lines(std::slice::from_ref(&health))),
+                }
+                Ok(if health.problems.is_empty() { Exit::Success } else { Exit::Failure })
             }
             BackupCommand::Resume => {
                 let reports = backups.resume().await?;
@@ -131,7 +167,16 @@ impl BackupArgs {
                                 e.status.as_str().into(),
                                 e.started_at.clone(),
                                 e.bytes.map(human_bytes).unwrap_or_default(),
-                                e.location.clone(),
+                                match &e.physical {
+                                    Some(p) => format!(
+                                        "{} ({}, WAL {} to {})",
+                                        e.location,
+                                        p["type"].as_str().unwrap_or("?"),
+                                        p["wal_start"].as_str().unwrap_or("?"),
+                                        p["wal_stop"].as_str().unwrap_or("?")
+                                    ),
+                                    None => e.location.clone(),
+                                },
                             ]);
                         }
                         print!("{}", table("", &rows));
@@ -219,7 +264,11 @@ fn show_reports(reports: &[BackupReport], output: OutputFormat) -> anyhow::Resul
                         "{}: backup {} {} at {}{}",
                         r.set,
                         r.backup_id,
-                        if r.method == "dump" { "written and verified" } else { "snapshot available" },
+                        match r.method {
+                            "dump" => "written and verified",
+                            "pgbackrest" => "taken and verified",
+                            _ => "snapshot available",
+                        },
                         r.location,
                         r.bytes.map(|b| format!(" ({})", human_bytes(b))).unwrap_or_default()
                     ),

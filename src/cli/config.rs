@@ -217,6 +217,11 @@ fn show_plan(plan: &Plan, secrets_due: &[Due], backups_due: &[Due], drills_due: 
                 BackupMethod::RdsSnapshot { copy: Some(copy), .. } => {
                     format!("rds snapshot, copied to {}", copy.region)
                 }
+                BackupMethod::PgBackRest(pg) => {
+                    let mut types = vec![pg.backup_type.as_str().to_owned()];
+                    types.extend(pg.also.iter().map(|(kind, cron)| format!("{} at {cron}", kind.as_str())));
+                    format!("pgbackrest stanza {} ({})", pg.repo.stanza, types.join(", "))
+                }
             },
             match &backup.method {
                 BackupMethod::Dump { key_service: KeyService::AwsKms { key_id }, .. } => format!("aws_kms:{key_id}"),
@@ -227,6 +232,8 @@ fn show_plan(plan: &Plan, secrets_due: &[Due], backups_due: &[Due], drills_due: 
                     format!("local:{}", key_file.display())
                 }
                 BackupMethod::RdsSnapshot { .. } => "rds".into(),
+                BackupMethod::PgBackRest(pg) if pg.cipher_pass.is_some() => "pgbackrest cipher_pass".into(),
+                BackupMethod::PgBackRest(_) => "pgbackrest configuration".into(),
             },
         ]);
     }
@@ -240,6 +247,16 @@ fn show_plan(plan: &Plan, secrets_due: &[Due], backups_due: &[Due], drills_due: 
             drill.backup.clone(),
             match &drill.restore {
                 crate::config::DrillRestore::Dump { scratch, .. } => scratch.clone(),
+                crate::config::DrillRestore::PgBackRest { target, .. } => match target {
+                    crate::config::TargetTime::Latest => "a temporary server, to the end of the archive".into(),
+                    crate::config::TargetTime::Ago(secs) => {
+                        format!(
+                            "a temporary server, to {} before the drill",
+                            crate::schedule::Duration::from_secs(*secs)
+                        )
+                    }
+                    crate::config::TargetTime::At(at) => format!("a temporary server, to {}", at.to_rfc3339()),
+                },
                 crate::config::DrillRestore::Rds { instance, source } => match source {
                     crate::config::RdsSource::Snapshot => format!("a new instance from {instance}'s snapshot"),
                     crate::config::RdsSource::PointInTime => {

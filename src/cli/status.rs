@@ -1,17 +1,38 @@
-//! `vigil status`: each secret's rotation state.
+//! `vigil status`: each secret's rotation state, and each pgbackrest set's WAL archiving.
 
 use serde::Serialize;
 
+use tokio_util::sync::CancellationToken;
+
+use super::evidence::open_ledger;
 use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat, load_plan};
+use crate::backup::Backups;
+use crate::backup::physical::ArchiveHealth;
 use crate::clock::{Clock, SystemClock};
+use crate::config::BackupMethod;
+use crate::context::Ctx;
 use crate::rotation;
 use crate::state::Db;
 
-/// Show each secret's last rotation, next due time, and any rotation in flight or needing attention.
+/// Show each secret's last rotation, next due time, and any rotation in flight or needing
+/// attention; and for each pgbackrest backup set, its WAL archiving and RPO exposure.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = "Examples:\n  vigil status\n  vigil status --output json")]
+#[command(after_long_help = "Examples:
+  vigil status
+  vigil status --output json
+
+JSON: {\"secrets\": [...], \"archives\": [...]}. An archive's rpo_exposure_secs is how much
+committed data a restore now would lose at most: the oldest WAL segment still waiting to be
+archived, plus archive_timeout for the segment being written. Exits 1 when an archive has a
+problem (archiving failing, the source unreadable, no backup yet).")]
 pub struct StatusArgs {}
+
+#[derive(Serialize)]
+struct Status {
+    secrets: Vec<Shown>,
+    archives: Vec<ArchiveHealth>,
+}
 
 #[derive(Serialize)]
 struct Shown {
@@ -27,10 +48,20 @@ struct Shown {
 }
 
 impl StatusArgs {
-    pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
+    pub(super) async fn run(&self, global: &GlobalArgs, cancel: &CancellationToken) -> anyhow::Result<Exit> {
         let plan = load_plan(global)?;
         let db = Db::open(&plan.evidence.store).await?;
         let states = rotation::states(&plan, &db, SystemClock.now()).await;
+        let mut archives = Vec::new();
+        if plan.backups.values().any(|set| matches!(set.method, BackupMethod::PgBackRest(_))) {
+            let ledger = open_ledger(&plan, &db).await?;
+            let backups = Backups::new(Ctx::new(&plan, &db, &ledger, &SystemClock, cancel.child_token()));
+            for (name, set) in &plan.backups {
+                if matches!(set.method, BackupMethod::PgBackRest(_)) {
+                    archives.push(backups.archive_health(name).await?);
+                }
+            }
+        }
         db.close().await;
         let mut shown = Vec::new();
         for (name, state) in states? {
@@ -54,8 +85,9 @@ impl StatusArgs {
                 needs_attention: state.status.needs_attention,
             });
         }
+        let healthy = archives.iter().all(|a| a.problems.is_empty());
         match global.output {
-            OutputFormat::Json => print_json(&shown)?,
+            OutputFormat::Json => print_json(&Status { secrets: shown, archives })?,
             OutputFormat::Human => {
                 let mut rows = vec![
                     [
@@ -84,8 +116,44 @@ impl StatusArgs {
                     ]);
                 }
                 print!("{}", table("", &rows));
+                if !archives.is_empty() {
+                    print!("\n{}", archive_lines(&archives));
+                }
             }
         }
-        Ok(Exit::Success)
+        Ok(if healthy { Exit::Success } else { Exit::Failure })
     }
+}
+
+/// The archive table, then each problem on a line of its own.
+pub(super) fn archive_lines(archives: &[ArchiveHealth]) -> String {
+    let mut rows = vec![
+        ["SET", "STANZA", "LAST ARCHIVED", "FAILURES", "WAITING", "RPO EXPOSURE", "NEWEST BACKUP"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for a in archives {
+        let archiver = a.archiver.as_ref();
+        rows.push(vec![
+            a.set.clone(),
+            a.stanza.clone(),
+            archiver
+                .and_then(|s| Some(format!("{} at {}", s.last_archived_wal.clone()?, s.last_archived_at.clone()?)))
+                .unwrap_or_else(|| "-".into()),
+            archiver.map_or_else(|| "-".into(), |s| s.failed_count.to_string()),
+            archiver.map_or_else(|| "-".into(), |s| s.waiting_segments.to_string()),
+            a.rpo_exposure_secs.map_or_else(|| "unknown".into(), crate::drill::human_measured),
+            match (&a.newest_backup, a.newest_backup_age_secs) {
+                (Some(label), Some(age)) => format!("{label} ({} ago)", crate::drill::human(age.unsigned_abs())),
+                _ => "none".into(),
+            },
+        ]);
+    }
+    let mut out = table("", &rows);
+    for a in archives {
+        for problem in &a.problems {
+            out.push_str(&format!("{}: {problem}\n", a.set));
+        }
+    }
+    out
 }

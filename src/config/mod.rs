@@ -325,6 +325,10 @@ pub enum BackupMethod {
         /// What wraps their keys.
         key_service: kms::Settings,
     },
+    /// A physical backup of a PostgreSQL cluster by pgBackRest, whose WAL archive allows
+    /// recovery to any point in time.
+    #[serde(rename = "pgbackrest")]
+    PgBackRest(PgBackRestSet),
     /// An RDS DB snapshot, for targets of kind `rds`.
     RdsSnapshot {
         /// The RDS instance, from the target.
@@ -332,6 +336,21 @@ pub enum BackupMethod {
         /// A copy of each snapshot in another region.
         copy: Option<RdsCopy>,
     },
+}
+
+/// A `pgbackrest` set's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct PgBackRestSet {
+    /// The stanza and how to run pgBackRest.
+    pub repo: crate::pgbackrest::Settings,
+    /// The repository passphrase, when its configuration file holds none.
+    pub cipher_pass: Option<SecretRef>,
+    /// The backup type the set's `schedule` takes.
+    pub backup_type: crate::pgbackrest::BackupType,
+    /// Further schedules, each with its type (`differential`, `incremental`).
+    pub also: Vec<(crate::pgbackrest::BackupType, CronSchedule)>,
+    /// How often vigil writes the heartbeat row a restored copy dates itself by.
+    pub heartbeat: Option<Duration>,
 }
 
 /// Where RDS snapshots are copied.
@@ -379,6 +398,18 @@ pub enum DrillRestore {
         /// restore needs to seek); 1 streams it straight in.
         jobs: u32,
     },
+    /// A pgBackRest stanza, into a temporary PostgreSQL server on a scratch data directory,
+    /// recovered to `target`, stopped and removed afterwards.
+    #[serde(rename = "pgbackrest")]
+    PgBackRest {
+        /// How far to recover.
+        target: TargetTime,
+        /// The folder the scratch data directory is made in (one subfolder per drill); the
+        /// data dir's `drills/` when absent.
+        scratch_dir: Option<PathBuf>,
+        /// The PostgreSQL server binaries; by default Debian's folder of the stanza's version.
+        postgres_bin: Option<PathBuf>,
+    },
     /// An RDS instance, into a temporary instance restored from its newest snapshot or to its
     /// latest restorable time, deleted afterwards.
     Rds {
@@ -387,6 +418,47 @@ pub enum DrillRestore {
         /// Snapshot or point in time.
         source: RdsSource,
     },
+}
+
+/// How far a point-in-time drill recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum TargetTime {
+    /// The end of the archive.
+    Latest,
+    /// This long before the drill starts (`now-10m`), in seconds.
+    Ago(u64),
+    /// A fixed time.
+    At(chrono::DateTime<chrono::Utc>),
+}
+
+impl TargetTime {
+    /// Reads `latest`, `now-DURATION` or an RFC 3339 time.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "latest" {
+            return Ok(Self::Latest);
+        }
+        if let Some(ago) = text.strip_prefix("now-") {
+            let duration: Duration =
+                ago.parse().map_err(|err| format!("{ago:?} after now- is not a duration: {err}"))?;
+            return Ok(Self::Ago(duration.as_secs()));
+        }
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| Self::At(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| format!("{text:?} is not `latest`, `now-DURATION` (now-10m) or an RFC 3339 time"))
+    }
+
+    /// The time to recover to, for a drill started at `started` (`None`: the end of the archive).
+    pub fn resolve(self, started: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Self::Latest => None,
+            Self::Ago(secs) => {
+                Some(started - chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000)))
+            }
+            Self::At(at) => Some(at),
+        }
+    }
 }
 
 /// What an RDS drill restores from.

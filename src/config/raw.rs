@@ -337,6 +337,16 @@ pub(super) enum KeyServiceKind {
 pub(super) struct Backup {
     pub target: Spanned<String>,
     pub schedule: Spanned<String>,
+    pub method: Option<Spanned<BackupMethodKind>>,
+    pub stanza: Option<Spanned<String>>,
+    pub config_file: Option<Spanned<PathBuf>>,
+    pub pgbackrest_bin: Option<Spanned<PathBuf>>,
+    pub cipher_pass: Option<Spanned<SecretRef>>,
+    #[serde(rename = "type")]
+    pub backup_type: Option<Spanned<crate::pgbackrest::BackupType>>,
+    pub differential: Option<Spanned<String>>,
+    pub incremental: Option<Spanned<String>>,
+    pub heartbeat: Option<Spanned<Duration>>,
     pub store: Option<Spanned<ObjectStoreKind>>,
     pub bucket: Option<Spanned<String>>,
     pub prefix: Option<String>,
@@ -349,6 +359,15 @@ pub(super) struct Backup {
     pub copy_to_region: Option<Spanned<String>>,
     pub copy_kms_key_id: Option<Spanned<String>>,
     pub retention: Option<Spanned<Retention>>,
+}
+
+/// How a set's backups are taken, when it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum BackupMethodKind {
+    Dump,
+    Pgbackrest,
+    RdsSnapshot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -381,6 +400,9 @@ pub(super) struct Drill {
     pub scratch: Option<Spanned<String>>,
     pub source: Option<Spanned<RdsSource>>,
     pub restore_jobs: Option<Spanned<u32>>,
+    pub target_time: Option<Spanned<String>>,
+    pub scratch_dir: Option<Spanned<PathBuf>>,
+    pub postgres_bin: Option<Spanned<PathBuf>>,
     pub schedule: Option<Spanned<String>>,
     pub rpo: Option<Spanned<Duration>>,
     pub rto: Option<Spanned<Duration>>,

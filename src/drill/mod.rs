@@ -20,8 +20,11 @@
 //! drill. Every step is idempotent, so a drill killed at any point is finished or rolled back
 //! by the next `vigil drill run` or `vigil drill resume`.
 //!
-//! A drill of an RDS set runs the same steps against a temporary instance instead (`rds.rs`).
+//! A drill of an RDS set runs the same steps against a temporary instance instead (`rds.rs`),
+//! and a drill of a pgbackrest set against a temporary server recovered to a point in time
+//! (`physical.rs`).
 
+mod physical;
 mod rds;
 
 use std::collections::BTreeMap;
@@ -112,7 +115,17 @@ pub struct DrillData {
     /// Each check's result.
     #[serde(default)]
     pub checks: Vec<Check>,
-    /// The recovery point reached: drill start minus the backup's snapshot time, in seconds.
+    /// The PostgreSQL major version of a pgBackRest stanza, once located.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_version: Option<String>,
+    /// The newest data the restored copy holds, when measured on it (point-in-time drills);
+    /// otherwise the backup's snapshot time is the recovery point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<RecoveryPoint>,
+    /// What is wrong with the source's WAL archiving, when something is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_problem: Option<String>,
+    /// RPO: drill start minus the recovery point, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpo_secs: Option<i64>,
     /// The recovery time: drill start to checks done, in seconds.
@@ -123,7 +136,17 @@ pub struct DrillData {
     pub verdict: Option<Verdict>,
 }
 
-/// What a drill restores into: a scratch database, or a temporary RDS instance. Named when the
+/// The newest data a restored copy holds, and how that was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryPoint {
+    /// When (RFC 3339), by the source's clock.
+    pub at: String,
+    /// `heartbeat` or `last replayed transaction`.
+    pub source: String,
+}
+
+/// What a drill restores into: a scratch database, a temporary RDS instance, or a temporary
+/// PostgreSQL server. Named when the
 /// drill starts, so that a crash at any step knows what to drop or delete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -144,6 +167,17 @@ pub enum RestoreInto {
         /// The temporary instance.
         instance: String,
     },
+    /// A pgBackRest stanza restored into a temporary server in `folder`.
+    Cluster {
+        /// The stanza.
+        stanza: String,
+        /// The drill's folder: data directory, socket, log.
+        folder: std::path::PathBuf,
+        /// The time recovered to (RFC 3339), fixed when the drill started; the end of the
+        /// archive when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_time: Option<String>,
+    },
 }
 
 impl Default for RestoreInto {
@@ -157,6 +191,7 @@ impl std::fmt::Display for RestoreInto {
         match self {
             Self::Database { scratch_target, database } => write!(f, "database {database} on {scratch_target}"),
             Self::Instance { instance, .. } => write!(f, "temporary RDS instance {instance}"),
+            Self::Cluster { folder, .. } => write!(f, "a temporary PostgreSQL server in {}", folder.display()),
         }
     }
 }
@@ -301,6 +336,7 @@ impl<'a> Drills<'a> {
         }
         let def = DrillSaga { drills: self, name };
         let id = crate::clock::sortable_id(self.ctx().clock);
+        let started_at = self.ctx().clock.now();
         let data = DrillData {
             drill: name.to_owned(),
             backup_set: drill.backup.clone(),
@@ -313,8 +349,21 @@ impl<'a> Drills<'a> {
                     source: *source,
                     instance: rds::instance_id(name, &id),
                 },
+                DrillRestore::PgBackRest { target, scratch_dir, .. } => RestoreInto::Cluster {
+                    stanza: match self.ctx().plan.backups.get(&drill.backup).map(|set| &set.method) {
+                        Some(crate::config::BackupMethod::PgBackRest(pg)) => pg.repo.stanza.clone(),
+                        _ => String::new(),
+                    },
+                    folder: scratch_dir
+                        .clone()
+                        .unwrap_or_else(|| self.ctx().plan.controller.data_dir.join("drills"))
+                        .join(name),
+                    target_time: target
+                        .resolve(started_at)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                },
             },
-            started_at: self.now(),
+            started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             rpo_target_secs: drill.rpo.as_secs(),
             rto_target_secs: drill.rto.as_secs(),
             runbook: drill.runbook.as_ref().map(|p| p.display().to_string()),
@@ -377,10 +426,6 @@ impl<'a> Drills<'a> {
         };
         run.evidence = records.iter().filter(|r| ours(&r.details)).map(|r| r.seq).collect();
         Ok(run)
-    }
-
-    fn now(&self) -> String {
-        self.ctx().clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     }
 }
 
@@ -496,6 +541,7 @@ impl DrillSaga<'_, '_> {
         match data.into {
             RestoreInto::Database { .. } => self.scratch(data).await?.drop().await.map_err(engine_step),
             RestoreInto::Instance { .. } => self.rds_delete(data).await,
+            RestoreInto::Cluster { .. } => self.physical_remove(data).await,
         }
     }
 
@@ -622,7 +668,7 @@ impl DrillSaga<'_, '_> {
         let folder = self.folder().await?;
         let jobs = match self.drill()?.restore {
             DrillRestore::Dump { jobs, .. } => jobs,
-            DrillRestore::Rds { .. } => 1,
+            DrillRestore::Rds { .. } | DrillRestore::PgBackRest { .. } => 1,
         };
         if jobs > 1 {
             return self.restore_parallel(&scratch, located, &folder, jobs).await;
@@ -741,21 +787,28 @@ impl DrillSaga<'_, '_> {
         };
         let started = parse_time(&data.started_at).unwrap_or(now);
         let rto = (now - started).num_milliseconds() as f64 / 1000.0;
-        let rpo = parse_time(&located.snapshot_time).map(|snapshot| (started - snapshot).num_seconds()).ok();
+        let point = data.recovery_point.as_ref().map_or(&located.snapshot_time, |p| &p.at);
+        let rpo = parse_time(point).map(|point| (started - point).num_seconds()).ok();
         let mut reasons: Vec<String> = checks
             .iter()
             .filter(|c| !c.passed)
             .map(|c| format!("{} {}: {}", c.name, if c.ran { "failed" } else { "not run" }, c.detail))
             .collect();
         match rpo {
-            Some(rpo) if rpo > i64::try_from(data.rpo_target_secs).unwrap_or(i64::MAX) => reasons.push(format!(
-                "RPO {} exceeds the target {}: the newest verified backup ({}) is that old",
-                human(rpo.unsigned_abs()),
-                human(data.rpo_target_secs),
-                located.backup_id
-            )),
+            Some(rpo) if rpo > i64::try_from(data.rpo_target_secs).unwrap_or(i64::MAX) => {
+                let what = match &data.recovery_point {
+                    Some(point) => format!("the restored copy's newest data ({}) is from {}", point.source, point.at),
+                    None => format!("the newest verified backup ({}) is that old", located.backup_id),
+                };
+                let cause = data.archive_problem.as_ref().map(|p| format!("; {p}")).unwrap_or_default();
+                reasons.push(format!(
+                    "RPO {} exceeds the target {}: {what}{cause}",
+                    human(rpo.unsigned_abs()),
+                    human(data.rpo_target_secs)
+                ));
+            }
             Some(_) => {}
-            None => reasons.push(format!("the backup's snapshot time {:?} does not parse", located.snapshot_time)),
+            None => reasons.push(format!("the recovery point {point:?} does not parse")),
         }
         if rto > data.rto_target_secs as f64 {
             reasons.push(format!("RTO {} exceeds the target {}", human_measured(rto), human(data.rto_target_secs)));
@@ -831,20 +884,22 @@ impl SagaDef for DrillSaga<'_, '_> {
             progress(self.name, step);
         }
         let started = Instant::now();
-        let rds = matches!(data.into, RestoreInto::Instance { .. });
-        let data = match (step, rds) {
-            (DrillStep::Locate, false) => self.locate(data).await?,
-            (DrillStep::Locate, true) => self.rds_locate(data).await?,
-            (DrillStep::Restore, false) => {
+        let data = match (step, &data.into) {
+            (DrillStep::Locate, RestoreInto::Database { .. }) => self.locate(data).await?,
+            (DrillStep::Locate, RestoreInto::Instance { .. }) => self.rds_locate(data).await?,
+            (DrillStep::Locate, RestoreInto::Cluster { .. }) => self.physical_locate(data).await?,
+            (DrillStep::Restore, RestoreInto::Database { .. }) => {
                 self.restore(data).await?;
                 data.clone()
             }
-            (DrillStep::Restore, true) => {
+            (DrillStep::Restore, RestoreInto::Instance { .. }) => {
                 self.rds_restore(data).await?;
                 data.clone()
             }
-            (DrillStep::Check, false) => self.check(data).await?,
-            (DrillStep::Check, true) => self.rds_check(data).await?,
+            (DrillStep::Restore, RestoreInto::Cluster { .. }) => self.physical_restore(data).await?,
+            (DrillStep::Check, RestoreInto::Database { .. }) => self.check(data).await?,
+            (DrillStep::Check, RestoreInto::Instance { .. }) => self.rds_check(data).await?,
+            (DrillStep::Check, RestoreInto::Cluster { .. }) => self.physical_check(data).await?,
             (DrillStep::Teardown, _) => {
                 self.remove(data).await?;
                 data.clone()

@@ -35,7 +35,7 @@ fn rds_step(err: RdsError) -> StepError {
 fn instance(data: &DrillData) -> Result<(&str, RdsSource, &str), StepError> {
     match &data.into {
         RestoreInto::Instance { source_instance, source, instance } => Ok((source_instance, *source, instance)),
-        RestoreInto::Database { .. } => Err(StepError::Failed("this drill restores into a database".into())),
+        other => Err(StepError::Failed(format!("this drill restores into {other}, not an RDS instance"))),
     }
 }
 

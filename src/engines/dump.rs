@@ -678,11 +678,16 @@ impl Write for Tail {
 
 /// A client tool's password file (libpq's `.pgpass` format, or a MariaDB option file): mode
 /// 0600 in vigil's private scratch folder, removed when dropped.
-struct PasswordFile(PathBuf);
+pub struct PasswordFile(PathBuf);
 
 impl PasswordFile {
+    /// Where it is: what a tool's `PGPASSFILE` names.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
     /// `*:*:*:user:password`, with `\` and `:` escaped as libpq reads them.
-    fn pgpass(dir: &Path, admin: &Credential) -> Result<Self, DumpError> {
+    pub fn pgpass(dir: &Path, admin: &Credential) -> Result<Self, DumpError> {
         let (user, password) = line_safe(admin, "pg_dump")?;
         let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
         let text = zeroize::Zeroizing::new(format!("*:*:*:{}:{}\n", escape(user), escape(password)));

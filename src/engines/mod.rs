@@ -6,10 +6,12 @@
 //! a log line or a statement a server might log: PostgreSQL gets a SCRAM verifier computed
 //! here, MariaDB a `mysql_native_password` hash.
 
+pub mod archive;
 pub mod dump;
 pub mod mysql;
 pub mod postgres;
 pub mod scratch;
+pub mod server;
 
 use futures_util::future::BoxFuture;
 

@@ -152,7 +152,7 @@ async fn the_command_rotates_a_key_and_waits_to_retire_the_old_one() {
     rotated.assert_code(0);
     assert_eq!(rotated.json()["rotations"][0]["outcome"], "waiting", "{}", rotated.stdout());
     let status = status.json();
-    assert!(status[0]["in_flight"].as_str().unwrap().contains("retire"), "{status}");
+    assert!(status["secrets"][0]["in_flight"].as_str().unwrap().contains("retire"), "{status}");
     for secret in issuer.all_secrets() {
         assert!(!rotated.all_output().contains(&secret), "a key secret reached the output");
     }

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use serde_spanned::Spanned;
 
+use super::super::diagnostic::Diagnostic;
 use super::super::raw;
-use super::super::{BackupMethod, BackupSet, Named, RdsCopy, Retention, Target};
+use super::super::{BackupMethod, BackupSet, Named, PgBackRestSet, RdsCopy, Retention, Target};
 use super::*;
 use crate::kms::Settings as KeyService;
 use crate::objects::{ObjectLock, Settings as ObjectStore};
@@ -27,9 +28,26 @@ impl Loader {
             self.missing_reference(file, &raw.target, field("target"), "targets", raw_targets.keys());
         }
         let schedule = self.cron(file, &raw.schedule, field("schedule"));
-        let is_rds =
-            raw_targets.get(raw.target.get_ref()).is_some_and(|t| *t.value.kind.get_ref() == raw::TargetKind::Rds);
-        let method = if is_rds { self.rds_method(name, def) } else { self.dump_method(name, def) };
+        let target_kind = raw_targets.get(raw.target.get_ref()).map(|t| *t.value.kind.get_ref());
+        let is_rds = target_kind == Some(raw::TargetKind::Rds);
+        let method = match raw.method.as_ref().map(|m| *m.get_ref()) {
+            Some(raw::BackupMethodKind::Pgbackrest) => self.pgbackrest_method(name, def, target_kind),
+            Some(raw::BackupMethodKind::RdsSnapshot) | None if is_rds => self.rds_method(name, def),
+            Some(raw::BackupMethodKind::Dump) | None => self.dump_method(name, def),
+            Some(raw::BackupMethodKind::RdsSnapshot) => {
+                let method = raw.method.as_ref().map_or(def.span.clone(), Spanned::span);
+                self.error(
+                    file,
+                    method,
+                    field("method"),
+                    "rds_snapshot backs up targets of kind rds; this set's target is not one",
+                );
+                None
+            }
+        };
+        if !matches!(raw.method.as_ref().map(|m| *m.get_ref()), Some(raw::BackupMethodKind::Pgbackrest)) {
+            self.refuse_pgbackrest_fields(name, def);
+        }
         let retention = match &raw.retention {
             None => Retention::default(),
             Some(r) => {
@@ -71,6 +89,133 @@ impl Loader {
             retention,
             defined_at: self.at(file, def.span.clone()),
         })
+    }
+
+    /// Fields that apply to `method = "pgbackrest"` alone, refused on another set.
+    fn refuse_pgbackrest_fields(&mut self, name: &str, def: &Def<raw::Backup>) {
+        let raw = &def.value;
+        let pgbackrest_only = [
+            ("stanza", raw.stanza.as_ref().map(Spanned::span)),
+            ("config_file", raw.config_file.as_ref().map(Spanned::span)),
+            ("pgbackrest_bin", raw.pgbackrest_bin.as_ref().map(Spanned::span)),
+            ("cipher_pass", raw.cipher_pass.as_ref().map(Spanned::span)),
+            ("type", raw.backup_type.as_ref().map(Spanned::span)),
+            ("differential", raw.differential.as_ref().map(Spanned::span)),
+            ("incremental", raw.incremental.as_ref().map(Spanned::span)),
+            ("heartbeat", raw.heartbeat.as_ref().map(Spanned::span)),
+        ];
+        for (field, span) in pgbackrest_only {
+            if let Some(span) = span {
+                self.error(
+                    def.file,
+                    span,
+                    format!("backups.{name}.{field}"),
+                    format!("{field} applies to method = \"pgbackrest\" sets only"),
+                );
+            }
+        }
+    }
+
+    /// A PostgreSQL target's set backed up by pgBackRest: a stanza, its configuration file, the
+    /// passphrase reference, and a backup type per schedule.
+    fn pgbackrest_method(
+        &mut self,
+        name: &str,
+        def: &Def<raw::Backup>,
+        target_kind: Option<raw::TargetKind>,
+    ) -> Option<MethodOf> {
+        let raw = &def.value;
+        let file = def.file;
+        let field = |f: &str| format!("backups.{name}.{f}");
+        let base = self.folder_of(file);
+        if let Some(kind) = target_kind
+            && kind != raw::TargetKind::Postgres
+        {
+            self.error(
+                file,
+                raw.target.span(),
+                field("target"),
+                "method = \"pgbackrest\" backs up PostgreSQL clusters; this target is not a postgres target",
+            );
+        }
+        let dump_or_rds_only = [
+            ("store", raw.store.as_ref().map(Spanned::span)),
+            ("key_service", raw.key_service.as_ref().map(Spanned::span)),
+            ("key_id", raw.key_id.as_ref().map(Spanned::span)),
+            ("key_file", raw.key_file.as_ref().map(Spanned::span)),
+            ("bucket", raw.bucket.as_ref().map(Spanned::span)),
+            ("path", raw.path.as_ref().map(Spanned::span)),
+            ("object_lock", raw.object_lock.as_ref().map(Spanned::span)),
+            ("sse_kms_key_id", raw.sse_kms_key_id.as_ref().map(Spanned::span)),
+            ("copy_to_region", raw.copy_to_region.as_ref().map(Spanned::span)),
+            ("copy_kms_key_id", raw.copy_kms_key_id.as_ref().map(Spanned::span)),
+            ("retention", raw.retention.as_ref().map(Spanned::span)),
+        ];
+        for (name, span) in dump_or_rds_only {
+            if let Some(span) = span {
+                self.error(
+                    file,
+                    span,
+                    field(name),
+                    "pgBackRest keeps, encrypts and expires its own repository (repo1-cipher-type, repo1-retention-full in its configuration file); store, key and retention settings apply to dump sets",
+                );
+            }
+        }
+        let Some(stanza) = &raw.stanza else {
+            self.error(
+                file,
+                def.span.clone(),
+                field("stanza"),
+                "a pgbackrest set needs `stanza`, the pgBackRest stanza of the target's cluster",
+            );
+            return None;
+        };
+        let config = raw.config_file.as_ref().map_or_else(
+            || std::path::PathBuf::from("/etc/pgbackrest/pgbackrest.conf"),
+            |c| resolve_path(&base, c.get_ref()),
+        );
+        if !config.is_file() {
+            let span = raw.config_file.as_ref().map_or(def.span.clone(), Spanned::span);
+            self.warnings.push(Diagnostic::warning(
+                self.at(file, span),
+                field("config_file"),
+                format!(
+                    "pgBackRest configuration file {} does not exist here (the daemon's machine may differ)",
+                    config.display()
+                ),
+            ));
+        }
+        if let Some(pass) = &raw.cipher_pass {
+            self.check_ref(pass, file, field("cipher_pass"));
+        }
+        let mut also = Vec::new();
+        for (kind, schedule, what) in [
+            (crate::pgbackrest::BackupType::Diff, &raw.differential, "differential"),
+            (crate::pgbackrest::BackupType::Incr, &raw.incremental, "incremental"),
+        ] {
+            if let Some(schedule) = schedule {
+                also.push((kind, self.cron(file, schedule, field(what))?));
+            }
+        }
+        if let Some(heartbeat) = &raw.heartbeat
+            && heartbeat.get_ref().as_secs() < 1
+        {
+            self.error(file, heartbeat.span(), field("heartbeat"), "heartbeat must be at least 1s");
+        }
+        Some(MethodOf::Dump(BackupMethod::PgBackRest(PgBackRestSet {
+            repo: crate::pgbackrest::Settings {
+                stanza: stanza.get_ref().clone(),
+                config,
+                binary: raw
+                    .pgbackrest_bin
+                    .as_ref()
+                    .map_or_else(|| std::path::PathBuf::from("pgbackrest"), |b| resolve_path(&base, b.get_ref())),
+            },
+            cipher_pass: raw.cipher_pass.as_ref().map(|c| c.get_ref().clone().rebase(&base)),
+            backup_type: raw.backup_type.as_ref().map_or(crate::pgbackrest::BackupType::Full, |t| *t.get_ref()),
+            also,
+            heartbeat: raw.heartbeat.as_ref().map(|h| *h.get_ref()),
+        })))
     }
 
     /// An RDS target's set: snapshots, optionally copied to another region.
@@ -245,7 +390,7 @@ impl Loader {
 
 /// A backup set's method as its own fields give it, before its target is resolved.
 enum MethodOf {
-    /// A dump, complete.
+    /// A dump or a pgBackRest set, complete.
     Dump(BackupMethod),
     /// An RDS snapshot, whose instance comes from the target.
     Rds { copy: Option<RdsCopy> },

@@ -8,6 +8,7 @@ use super::super::diagnostic::Diagnostic;
 use super::super::raw;
 use super::super::{
     Assertion, BackupMethod, BackupSet, Drill, DrillRestore, Engine, RdsSource, SecretKind, SecretSpec, Target,
+    TargetTime,
 };
 use super::*;
 use crate::secret::resolve_path;
@@ -34,7 +35,44 @@ impl Loader {
             // Refused on its own, and reported there.
             (Some(_), None) => {}
             (Some(backup_def), Some(backup)) => {
+                if !matches!(backup.method, BackupMethod::PgBackRest(_)) {
+                    for (name, span) in [
+                        ("target_time", raw.target_time.as_ref().map(Spanned::span)),
+                        ("scratch_dir", raw.scratch_dir.as_ref().map(Spanned::span)),
+                        ("postgres_bin", raw.postgres_bin.as_ref().map(Spanned::span)),
+                    ] {
+                        if let Some(span) = span {
+                            self.error(file, span, field(name), format!("{name} applies to drills of pgbackrest sets, which recover a cluster to a point in time"));
+                        }
+                    }
+                }
                 match &backup.method {
+                    BackupMethod::PgBackRest(_) => {
+                        for (name, span) in [
+                            ("scratch", raw.scratch.as_ref().map(Spanned::span)),
+                            ("source", raw.source.as_ref().map(Spanned::span)),
+                            ("restore_jobs", raw.restore_jobs.as_ref().map(Spanned::span)),
+                        ] {
+                            if let Some(span) = span {
+                                self.error(file, span, field(name), format!("backup set `{backup_name}` is a pgbackrest set: its drill restores the cluster into a temporary server on scratch_dir, so {name} does not apply"));
+                            }
+                        }
+                        let target = match &raw.target_time {
+                            None => Some(TargetTime::Latest),
+                            Some(text) => match TargetTime::parse(text.get_ref()) {
+                                Ok(target) => Some(target),
+                                Err(err) => {
+                                    self.error(file, text.span(), field("target_time"), err);
+                                    None
+                                }
+                            },
+                        };
+                        restore = target.map(|target| DrillRestore::PgBackRest {
+                            target,
+                            scratch_dir: raw.scratch_dir.as_ref().map(|d| resolve_path(&base, d.get_ref())),
+                            postgres_bin: raw.postgres_bin.as_ref().map(|d| resolve_path(&base, d.get_ref())),
+                        });
+                    }
                     BackupMethod::RdsSnapshot { instance, .. } => {
                         if let Some(scratch) = &raw.scratch {
                             self.error(file, scratch.span(), field("scratch"), format!("backup set `{backup_name}` takes RDS snapshots: its drill restores into a temporary instance, so scratch applies to drills of dump sets only"));
@@ -114,7 +152,10 @@ impl Loader {
         // A drill measures RPO from the newest backup: backups further apart than the target
         // fail it whenever it runs late in a gap. Said now, not at drill time.
         let rpo = raw.rpo.as_ref().map_or(DEFAULT_RPO, |r| *r.get_ref());
+        // A pgbackrest set recovers from its WAL archive, not from its newest backup alone: its
+        // RPO is the archive's (`vigil status` measures it), not the schedule's.
         if let Some(backup) = backups.get(backup_name)
+            && !matches!(backup.method, BackupMethod::PgBackRest(_))
             && let Some(gap) = backup.schedule.longest_gap(SCHEDULE_REFERENCE)
             && gap.num_seconds() > i64::try_from(rpo.as_secs()).unwrap_or(i64::MAX)
         {

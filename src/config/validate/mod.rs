@@ -139,6 +139,8 @@ impl Loader {
                 let mut drill = self.drill(name, def, &targets, &plan_targets, &backups, &plan_backups)?;
                 let scratch = match &drill.restore {
                     DrillRestore::Dump { scratch, .. } => plan_targets.get(scratch),
+                    // The restored cluster is a copy of the set's own.
+                    DrillRestore::PgBackRest { .. } => plan_backups.get(&drill.backup).map(|b| &b.target.value),
                     DrillRestore::Rds { .. } => None,
                 };
                 drill.check_credentials = self.drill_credentials(name, def, &secrets, &plan_secrets, scratch)?;

@@ -82,7 +82,11 @@ pub fn server_args(repo: &PgBackRest) -> Vec<String> {
         "-c".into(),
         format!("archive_timeout={}", repo.archive_timeout_secs),
         "-c".into(),
-        format!("archive_command=/usr/bin/pgbackrest --config={} --stanza={} archive-push %p", repo.config.display(), repo.stanza),
+        format!(
+            "archive_command=/usr/bin/pgbackrest --config={} --stanza={} archive-push %p",
+            repo.config.display(),
+            repo.stanza
+        ),
     ]
 }
 

@@ -5,11 +5,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use super::pgbackrest::{self, PgBackRest};
 use super::process::{as_account, await_ready, is_ours, run_checked, spawn};
 use super::readiness::free_port;
 use super::tls::{Certificates, install};
 use super::tools::ensure_debian_packages;
-use super::pgbackrest::{self, PgBackRest};
 use super::{Context, Database, random_hex};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
