@@ -25,6 +25,8 @@ use crate::stores::ReferenceError;
 
 /// The saga kind.
 pub(super) const KIND_NAME: &str = "backup.pgbackrest";
+/// How long a backup waits for another pgBackRest process to release the stanza's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 /// The catalog's and the report's name for the method.
 pub const METHOD: &str = "pgbackrest";
 
@@ -135,7 +137,19 @@ impl PhysicalSaga<'_> {
             }
             None => {
                 let (user, passfile) = self.login().await?;
-                self.repo.backup(data.backup_type, Login { user: &user, passfile: passfile.path() }).await?;
+                let login = Login { user: &user, passfile: passfile.path() };
+                // Another backup of the stanza holds its lock (a full overrunning into the next
+                // incremental's slot): wait for it, within a bound, rather than fail.
+                let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+                loop {
+                    match self.repo.backup(data.backup_type, login).await {
+                        Err(err) if err.is_transient() && tokio::time::Instant::now() < deadline => {
+                            tracing::info!(set = %data.set, "another pgBackRest process holds the stanza's lock; waiting");
+                            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                        }
+                        done => break done?,
+                    }
+                }
                 self.repo.info().await?
             }
         };

@@ -11,6 +11,7 @@ mod drills;
 mod engines;
 mod evidence;
 mod jwt;
+mod pitr;
 mod robustness;
 mod rotation;
 mod services;

@@ -15,6 +15,18 @@ pub struct Services {
     pub openbao: OpenBao,
     pub postgres: Database,
     pub mariadb: Database,
+    /// The pgBackRest stanza the private PostgreSQL archives its WAL to.
+    pub pgbackrest: PgBackRest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PgBackRest {
+    pub config: PathBuf,
+    pub stanza: String,
+    /// The repository folder.
+    pub repo: PathBuf,
+    pub cipher_pass: String,
+    pub archive_timeout_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +62,8 @@ pub struct Database {
     pub database: String,
     /// The CA that signed the server's certificate.
     pub ca_file: PathBuf,
+    /// The server's private folder (data in `data/`).
+    pub data_dir: PathBuf,
 }
 
 impl Database {

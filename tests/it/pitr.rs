@@ -1,0 +1,356 @@
+//! Point-in-time recovery through pgBackRest, against the private PostgreSQL, which archives its
+//! WAL into a real pgBackRest repository (`cargo xtask services up`): backups of method
+//! `pgbackrest` taken and verified, drills that restore the cluster into a temporary server to
+//! the end of the archive or to a time between two writes, and an archive broken on purpose,
+//! which raises the RPO exposure and fails a drill's RPO target, naming the archive failure.
+//!
+//! pgBackRest reads the server's data directory and PostgreSQL refuses to run as root, so vigil
+//! runs here as the database's own account, as it would on a database host.
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::Connection as _;
+
+use crate::support::{Run, Services, admin_sql, unique};
+
+/// A test database on the private server, and a vigil configuration with a pgbackrest set of
+/// its cluster, in a folder the database's account owns.
+struct Pitr {
+    dir: tempfile::TempDir,
+    services: Services,
+    database: String,
+    /// The database's account (uid, gid), when it is not this process's.
+    account: Option<(u32, u32)>,
+    /// The set's heartbeat interval, if it beats.
+    heartbeat: Option<&'static str>,
+}
+
+impl Pitr {
+    async fn new(heartbeat: Option<&'static str>) -> Self {
+        let services = Services::load();
+        let database = unique("pitr").replace('-', "_");
+        admin_sql(vigil::engines::Engine::Postgres, &services.postgres, &[format!("CREATE DATABASE {database}")]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let owner = std::fs::metadata(&services.postgres.data_dir).unwrap();
+        let account =
+            (owner.uid() != std::fs::metadata("/proc/self").unwrap().uid()).then(|| (owner.uid(), owner.gid()));
+        let pg = &services.postgres;
+        std::fs::create_dir(dir.path().join("schedules")).unwrap();
+        std::fs::copy(&pg.ca_file, dir.path().join("ca.pem")).unwrap();
+        crate::support::secret_file(
+            dir.path(),
+            "admin.json",
+            &serde_json::json!({ "username": pg.user, "password": pg.password }).to_string(),
+        );
+        crate::support::secret_file(dir.path(), "cipher-pass", &services.pgbackrest.cipher_pass);
+        std::fs::write(dir.path().join("vigil.toml"), "[controller]\ndata_dir = \"data\"\n").unwrap();
+        let pitr = Self { dir, services, database, account, heartbeat };
+        pitr.sql(&["CREATE TABLE pitr_rows (id int PRIMARY KEY, note text NOT NULL)"]).await;
+        pitr.write_schedule("");
+        pitr
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The target, the set `pitr` and `drills`, written as the database's account's file.
+    fn write_schedule(&self, drills: &str) {
+        let pg = &self.services.postgres;
+        let repo = &self.services.pgbackrest;
+        let text = format!(
+            "[targets.app]\nkind = \"postgres\"\nhost = \"{}\"\nport = {}\ndatabase = \"{}\"\n\
+             admin = {{ file = \"../admin.json\" }}\ntls = {{ mode = \"verify-full\", ca_file = \"../ca.pem\" }}\n\n\
+             [backups.pitr]\ntarget = \"app\"\nmethod = \"pgbackrest\"\nstanza = \"{}\"\nconfig_file = \"{}\"\n\
+             cipher_pass = {{ file = \"../cipher-pass\" }}\nschedule = \"0 2 * * 0\"\nincremental = \"0 2 * * 1-6\"\n\
+             {}\n\n{drills}",
+            pg.host,
+            pg.port,
+            self.database,
+            repo.stanza,
+            repo.config.display(),
+            self.heartbeat.map(|every| format!("heartbeat = \"{every}\"")).unwrap_or_default(),
+        );
+        std::fs::write(self.path().join("schedules/pitr.toml"), text).unwrap();
+        self.give_all(self.path());
+    }
+
+    /// Hands every file under `dir` to the database's account.
+    fn give_all(&self, dir: &Path) {
+        let Some((uid, gid)) = self.account else { return };
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                self.give_all(&entry.path());
+            } else {
+                std::os::unix::fs::chown(entry.path(), Some(uid), Some(gid)).unwrap();
+            }
+        }
+    }
+
+    /// The real binary, as the database's account.
+    fn command(&self, args: &[&str], env: Option<(&str, &str)>) -> std::process::Command {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"));
+        command.args(args).current_dir(self.path()).env_remove("VIGIL_CONFIG").env_remove("RUST_LOG");
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        if let Some((uid, gid)) = self.account {
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+
+    fn vigil(&self, args: &[&str]) -> Run {
+        let output = self.command(args, None).output().unwrap();
+        Run { args: args.iter().map(ToString::to_string).collect(), output }
+    }
+
+    async fn connect(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect_with(&self.services.postgres.pg_options().database(&self.database)).await.unwrap()
+    }
+
+    async fn sql(&self, statements: &[&str]) {
+        let mut conn = self.connect().await;
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string())).execute(&mut conn).await.unwrap();
+        }
+    }
+
+    /// The server's clock now, RFC 3339 in UTC.
+    async fn server_now(&self) -> String {
+        let mut conn = self.connect().await;
+        sqlx::query_scalar("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Runs `backup run pitr --type KIND` and returns its report.
+    fn backup(&self, kind: &str) -> Value {
+        let run = self.vigil(&["--output", "json", "backup", "run", "pitr", "--type", kind]);
+        run.assert_code(0);
+        run.json()[0].clone()
+    }
+
+    fn archive(&self) -> (i32, Value) {
+        let run = self.vigil(&["--output", "json", "backup", "archive", "pitr"]);
+        (run.code(), run.json())
+    }
+
+    /// The drill's folder under the data dir.
+    fn drill_folder(&self, drill: &str) -> PathBuf {
+        self.path().join("data/drills").join(drill)
+    }
+}
+
+fn drill(name: &str, target_time: Option<&str>, rpo: &str, assertions: &[(&str, &str)]) -> String {
+    let mut text = format!("[drills.{name}]\nbackup = \"pitr\"\nrpo = \"{rpo}\"\nrto = \"30m\"\n");
+    if let Some(at) = target_time {
+        text.push_str(&format!("target_time = \"{at}\"\n"));
+    }
+    for (sql, expect) in assertions {
+        text.push_str(&format!("[[drills.{name}.assertions]]\nsql = \"{sql}\"\nexpect = \"{expect}\"\n"));
+    }
+    text + "\n"
+}
+
+/// Whether any process's command line holds `needle`, as `ps` would show it to anyone.
+fn any_command_line_holds(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle))
+    })
+}
+
+/// Whether a process runs in `folder` (a temporary server left running).
+fn server_running_in(folder: &Path) -> bool {
+    any_command_line_holds(&folder.display().to_string())
+}
+
+/// Makes every folder of the stanza's archive read-only (or writable again): archive-push, run by
+/// the server's account, then fails as an `archive_command` that fails would.
+struct BrokenArchive(PathBuf);
+
+impl BrokenArchive {
+    fn break_it(services: &Services) -> Self {
+        let archive = services.pgbackrest.repo.join("archive").join(&services.pgbackrest.stanza);
+        set_folder_modes(&archive, 0o555);
+        Self(archive)
+    }
+}
+
+impl Drop for BrokenArchive {
+    fn drop(&mut self) {
+        set_folder_modes(&self.0, 0o750);
+    }
+}
+
+fn set_folder_modes(dir: &Path, mode: u32) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().is_dir() {
+            set_folder_modes(&entry.path(), mode);
+        }
+    }
+}
+
+/// Full then incremental backups verified and listed with their WAL range; drills to the end of
+/// the archive and to a time between two writes; then the archive broken on purpose.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn pgbackrest_backups_drills_to_a_point_in_time_and_a_broken_archive() {
+    let pitr = Pitr::new(Some("1m")).await;
+    // The daemon beats all along; here, once before anything else and once later.
+    pitr.vigil(&["backup", "heartbeat", "pitr"]).assert_code(0);
+
+    // Backups: full, then incremental, each verified; the list and the evidence carry the facts.
+    let full = pitr.backup("full");
+    assert_eq!(full["method"], "pgbackrest", "{full}");
+    assert_eq!(full["verified"], true, "{full}");
+    pitr.sql(&["INSERT INTO pitr_rows VALUES (1, 'between the backups')"]).await;
+    let incr = pitr.backup("incr");
+    assert_eq!(incr["verified"], true, "{incr}");
+    let listed = pitr.vigil(&["--output", "json", "backup", "list", "--set", "pitr"]).json();
+    let entries = listed.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{listed}");
+    assert_eq!(entries[0]["physical"]["type"], "incr", "{listed}");
+    assert_eq!(entries[1]["physical"]["type"], "full", "{listed}");
+    for entry in entries {
+        assert_eq!(entry["status"], "verified", "{entry}");
+        assert!(entry["physical"]["wal_start"].as_str().is_some_and(|w| w.len() == 24), "{entry}");
+        assert!(entry["location"].as_str().unwrap().starts_with("pgbackrest:vigil/"), "{entry}");
+    }
+    let label = entries[0]["physical"]["label"].as_str().unwrap();
+    // Its prior is a full backup: this one, or one another test took in the same stanza since.
+    assert!(entries[0]["physical"]["prior"].as_str().is_some_and(|p| p.ends_with('F')), "{listed}");
+    let verified = pitr.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.verified"]);
+    assert!(verified.stdout().contains(label), "backup.verified names the label: {}", verified.stdout());
+    assert!(verified.stdout().contains("wal_stop"), "{}", verified.stdout());
+    assert!(!verified.all_output().contains(&pitr.services.pgbackrest.cipher_pass), "the passphrase leaked");
+
+    // Two writes a couple of seconds apart, a heartbeat, and then nothing: the server archives
+    // on its own within archive_timeout.
+    pitr.sql(&["INSERT INTO pitr_rows VALUES (2, 'before the target')"]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let target = pitr.server_now().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    pitr.sql(&["INSERT INTO pitr_rows VALUES (3, 'after the target')"]).await;
+    pitr.vigil(&["backup", "heartbeat", "pitr"]).assert_code(0);
+    tokio::time::sleep(Duration::from_secs(pitr.services.pgbackrest.archive_timeout_secs + 4)).await;
+    let (code, healthy) = pitr.archive();
+    assert_eq!(code, 0, "archiving is healthy: {healthy}");
+    let healthy_exposure = healthy["rpo_exposure_secs"].as_f64().unwrap();
+
+    let count = "SELECT count(*) FROM pitr_rows";
+    let mut drills = drill("latest", None, "15m", &[(count, "3")]);
+    drills.push_str(&drill(
+        "at_target",
+        Some(&target),
+        "1h",
+        &[("SELECT count(*) FROM pitr_rows WHERE id = 2", "1"), ("SELECT count(*) FROM pitr_rows WHERE id = 3", "0")],
+    ));
+    drills.push_str(&drill("strict", None, "5s", &[]));
+    pitr.write_schedule(&drills);
+
+    let latest = pitr.vigil(&["--output", "json", "drill", "run", "latest"]);
+    latest.assert_code(0);
+    let report = latest.json()[0].clone();
+    assert_eq!(report["passed"], true, "{report}");
+    let data = &report["data"];
+    assert_eq!(data["recovery_point"]["source"], "heartbeat", "{report}");
+    assert!(data["rpo_secs"].as_i64().unwrap() < 15 * 60, "{report}");
+    let checks = data["checks"].as_array().unwrap();
+    for name in ["pg_amcheck", "heartbeat", "assertion 1"] {
+        assert!(checks.iter().any(|c| c["name"] == name && c["passed"] == true), "{name}: {report}");
+    }
+    let phases: Vec<&str> = data["phases"].as_array().unwrap().iter().filter_map(|p| p["phase"].as_str()).collect();
+    assert!(phases.contains(&"restore.pgbackrest") && phases.contains(&"restore.recovery"), "{report}");
+    assert!(!pitr.drill_folder("latest").exists(), "teardown removes the drill's folder");
+    assert!(!server_running_in(&pitr.drill_folder("latest")), "teardown stops the server");
+
+    let at_target = pitr.vigil(&["--output", "json", "drill", "run", "at_target"]);
+    at_target.assert_code(0);
+    let report = at_target.json()[0].clone();
+    assert_eq!(report["passed"], true, "the row before the target is there, the one after is not: {report}");
+    assert_eq!(report["data"]["into"]["target_time"].as_str().unwrap()[..19], target[..19], "{report}");
+
+    // Archiving broken on purpose: segments wait, the exposure rises, status says why, and a
+    // drill then misses a tight RPO target and names the failure.
+    {
+        let _broken = BrokenArchive::break_it(&pitr.services);
+        pitr.vigil(&["backup", "heartbeat", "pitr"]).assert_code(0);
+        pitr.sql(&["INSERT INTO pitr_rows VALUES (4, 'never archived')", "SELECT pg_switch_wal()"]).await;
+        let mut health = Value::Null;
+        for _ in 0..60 {
+            let (code, now) = pitr.archive();
+            health = now;
+            if code == 1
+                && health["archiver"]["failing"] == true
+                && health["archiver"]["oldest_waiting_secs"].as_f64() > Some(2.0)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(health["archiver"]["failing"], true, "{health}");
+        assert!(health["archiver"]["waiting_segments"].as_i64() >= Some(1), "{health}");
+        assert!(health["rpo_exposure_secs"].as_f64().unwrap() > healthy_exposure, "the exposure rose: {health}");
+        assert!(health["problems"][0].as_str().unwrap().contains("failing"), "{health}");
+        let status = pitr.vigil(&["status"]);
+        status.assert_code(1);
+        assert!(status.stdout().contains("WAL archiving of set pitr is failing"), "{}", status.stdout());
+
+        let strict = pitr.vigil(&["--output", "json", "drill", "run", "strict"]);
+        strict.assert_code(1);
+        let reason = strict.json()[0]["reason"].as_str().unwrap().to_owned();
+        assert!(reason.contains("RPO") && reason.contains("exceeds the target 5s"), "{reason}");
+        assert!(
+            reason.contains("WAL archiving of set pitr is failing"),
+            "the verdict names the archive failure: {reason}"
+        );
+    }
+    pitr.vigil(&["evidence", "verify"]).assert_code(0);
+}
+
+/// A drill killed at every phase (failpoints) leaves no server running and no folder once the
+/// next run or `vigil drill resume` finished it.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_killed_pitr_drill_leaves_no_server_and_no_folder() {
+    // Without a heartbeat: RPO comes from the last replayed transaction.
+    let pitr = Pitr::new(None).await;
+    pitr.backup("full");
+    pitr.write_schedule(&drill("killed", None, "15m", &[]));
+    let folder = pitr.drill_folder("killed");
+    for (when, step) in [
+        ("before", "locate"),
+        ("after", "locate"),
+        ("before", "restore"),
+        ("after", "restore"),
+        ("before", "check"),
+        ("after", "check"),
+        ("before", "teardown"),
+    ] {
+        let failpoint = format!("drill.restore:{when}:{step}");
+        let killed = pitr.command(&["drill", "run", "killed"], Some(("VIGIL_FAILPOINT", &failpoint))).output().unwrap();
+        assert!(!killed.status.success(), "{failpoint}: the process was meant to die");
+        let left = matches!((when, step), ("after", "restore" | "check") | ("before", "check" | "teardown"));
+        assert_eq!(server_running_in(&folder), left, "{failpoint}: the server is left as the kill left it");
+        assert!(
+            !any_command_line_holds(&pitr.services.pgbackrest.cipher_pass),
+            "{failpoint}: the repository passphrase is on a command line"
+        );
+        let next = if step == "check" { vec!["drill", "resume"] } else { vec!["drill", "run", "killed"] };
+        pitr.vigil(&next).assert_code(0);
+        assert!(!server_running_in(&folder), "{failpoint}: a server survived");
+        assert!(!folder.exists(), "{failpoint}: the drill's folder survived");
+        let list = pitr.vigil(&["--output", "json", "drill", "list"]).json();
+        assert_eq!(list["killed"]["status"], "done", "{failpoint}: {list}");
+    }
+}
