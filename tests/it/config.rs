@@ -198,6 +198,10 @@ fn the_shipped_example_configuration_checks_clean() {
         );
     }
     assert!(!plan["backups"].as_object().unwrap().is_empty());
+    assert!(
+        plan["backups"].as_object().unwrap().values().any(|b| b["method"] == "pgbackrest"),
+        "the examples should show a pgbackrest set"
+    );
     assert!(!plan["drills"].as_object().unwrap().is_empty());
 }
 
