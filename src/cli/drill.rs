@@ -156,7 +156,7 @@ fn print_data(data: &DrillData) {
         println!("  backup {} (snapshot {}) at {}", backup.backup_id, backup.snapshot_time, backup.location);
     }
     for phase in &data.phases {
-        println!("  {:<9} {:>8.2} s", phase.phase, phase.millis as f64 / 1000.0);
+        println!("  {:<18} {:>8.2} s", phase.phase, phase.millis as f64 / 1000.0);
     }
     for check in &data.checks {
         println!("  {} {}: {}", if check.passed { "ok  " } else { "FAIL" }, check.name, check.detail);
