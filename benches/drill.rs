@@ -8,8 +8,17 @@
 //!   decrypt, decompress and restore, streamed) over the best bare `pg_restore`;
 //! - the peak RSS of the vigil process (not its pg_restore child).
 //!
+//! Then the same cluster backed up by pgBackRest (a full backup of the stanza the private server
+//! archives to), restored to the end of its archive:
+//!
+//! - by hand: `pgbackrest restore`, `postgres` started on the restored directory, and
+//!   `pg_is_in_recovery()` polled until the server is promoted;
+//! - by `vigil drill run`, whose restore phase does the same three things (its restore-to-ready),
+//!   with each phase's share.
+//!
 //! Each figure is the median of `--runs` (3) interleaved runs. Targets: restore phase <= 1.10x
-//! the best bare `pg_restore`; peak RSS <= 64 MiB.
+//! the best bare `pg_restore`; peak RSS <= 64 MiB; pgBackRest restore-to-ready <= 1.05x the
+//! bare sequence.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -22,18 +31,22 @@ use support::{MIB, Series, Services, ensure_database, measure, median_ratio};
 
 const TARGET_RESTORE: f64 = 1.10;
 const TARGET_RSS_MIB: f64 = 64.0;
+const TARGET_PGBACKREST: f64 = 1.05;
 
 struct Args {
     size_mib: u64,
     runs: usize,
+    /// Only the pgBackRest case.
+    pgbackrest_only: bool,
 }
 
 fn args() -> Args {
-    let mut args = Args { size_mib: 1024, runs: 3 };
+    let mut args = Args { size_mib: 1024, runs: 3, pgbackrest_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--size-mib" => args.size_mib = it.next().and_then(|n| n.parse().ok()).expect("a number"),
+            "--pgbackrest-only" => args.pgbackrest_only = true,
             "--runs" => args.runs = it.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0).expect("a number"),
             // cargo bench passes --bench; nothing else is ours.
             _ => {}
@@ -115,12 +128,12 @@ struct DrillRun {
     phases: Vec<(String, Duration)>,
 }
 
-fn vigil_drill(setup: &Setup) -> DrillRun {
+fn vigil_drill(setup: &Setup, drill: &str) -> DrillRun {
     let mut report_file = tempfile::NamedTempFile::new().unwrap();
     let run = measure("vigil drill run", || {
         vec![
             setup
-                .vigil(&["drill", "run", "bench"])
+                .vigil(&["drill", "run", drill])
                 .stdout(report_file.reopen().unwrap())
                 .stderr(Stdio::null())
                 .spawn()
@@ -160,6 +173,10 @@ async fn main() {
     let services = Services::load();
     println!("drill benchmark: a PostgreSQL database of ~{} MiB of dump, {} runs", args.size_mib, args.runs);
     let database = ensure_database(&services, args.size_mib);
+    if args.pgbackrest_only {
+        pgbackrest_case(&services, &database, args.runs);
+        return;
+    }
     let setup = Setup::new(&services, &database);
     let backup = setup.json(&["backup", "run", "local"]);
     let id = backup[0]["backup_id"].as_str().unwrap().to_owned();
@@ -177,7 +194,7 @@ async fn main() {
         single.push(one, None);
         two.push(jobs, None);
         best.push(one.min(jobs), None);
-        let ran = vigil_drill(&setup);
+        let ran = vigil_drill(&setup, "bench");
         drill.push(ran.elapsed, Some(ran.peak_rss));
         let phase = |name: &str| ran.phases.iter().find(|(p, _)| p == name).map(|(_, d)| *d).unwrap_or_default();
         restore.push(phase("restore"), None);
@@ -206,4 +223,176 @@ async fn main() {
         "\n  peak RSS of the vigil process: {rss:.1} MiB, target <= {TARGET_RSS_MIB} MiB: {}",
         if rss <= TARGET_RSS_MIB { "ok" } else { "OVER" }
     );
+    pgbackrest_case(&services, &database, args.runs);
+}
+
+/// A folder the server's account owns, with a pgbackrest set of the private cluster and a drill
+/// of it to the end of the archive.
+fn pgbackrest_setup(services: &Services, database: &str) -> Setup {
+    let setup = Setup::new(services, database);
+    let path = setup.dir.path();
+    std::fs::write(path.join("cipher-pass"), &services.pgbackrest_cipher_pass).unwrap();
+    let set = format!(
+        "[backups.pitr]\ntarget = \"db\"\nmethod = \"pgbackrest\"\nstanza = \"{}\"\nconfig_file = \"{}\"\n\
+         cipher_pass = {{ file = \"../cipher-pass\" }}\nschedule = \"0 1 * * *\"\n\n\
+         [drills.pitr]\nbackup = \"pitr\"\nrpo = \"1d\"\nrto = \"1h\"\n",
+        services.pgbackrest_stanza, services.pgbackrest_config
+    );
+    let schedule = path.join("schedules/bench.toml");
+    // The services' CA sits in a folder only its creator reads; the account gets a copy.
+    let ca = path.join("ca.pem");
+    std::fs::copy(&services.pg_ca, &ca).unwrap();
+    let text =
+        std::fs::read_to_string(&schedule).unwrap().replace(&services.pg_ca, &ca.display().to_string()) + "\n" + &set;
+    std::fs::write(&schedule, text).unwrap();
+    for file in ["admin.json", "cipher-pass"] {
+        std::fs::set_permissions(path.join(file), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    if let Some((uid, gid)) = services.pg_account() {
+        let chown = std::process::Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(path).status();
+        assert!(chown.unwrap().success(), "chown the bench folder");
+    }
+    setup
+}
+
+/// By hand: `pgbackrest restore` into `folder/data`, the server started on it (socket only,
+/// the source's `max_connections`), and polled until promoted; then stopped and removed.
+fn bare_pgbackrest(services: &Services, folder: &std::path::Path, bin: &std::path::Path) -> Duration {
+    let data = folder.join("data");
+    let _ = std::fs::remove_dir_all(folder);
+    let mut mkdir = std::process::Command::new("install");
+    mkdir.args(["-d", "-m", "0700"]).arg(folder);
+    assert!(services.as_pg_account(mkdir).status().unwrap().success());
+    std::fs::write(folder.join("hba.conf"), "local all all trust\n").unwrap();
+    let started = std::time::Instant::now();
+    let mut restore = std::process::Command::new("pgbackrest");
+    restore
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("PGBACKREST_REPO1_CIPHER_PASS", &services.pgbackrest_cipher_pass)
+        .arg(format!("--config={}", services.pgbackrest_config))
+        .arg(format!("--stanza={}", services.pgbackrest_stanza))
+        .arg(format!("--pg1-path={}", data.display()))
+        .args(["--type=default", "--archive-mode=off", "--log-level-console=error", "restore"]);
+    let out = services.as_pg_account(restore).output().unwrap();
+    assert!(out.status.success(), "pgbackrest restore: {}", String::from_utf8_lossy(&out.stderr));
+    let mut postgres = std::process::Command::new(bin.join("postgres"));
+    postgres
+        .env_clear()
+        .env("PGBACKREST_REPO1_CIPHER_PASS", &services.pgbackrest_cipher_pass)
+        .arg("-D")
+        .arg(&data)
+        .args(["-c", "listen_addresses=", "-c", "max_connections=300", "-c", "ssl=off"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", folder.display()))
+        .arg("-c")
+        .arg(format!("hba_file={}", folder.join("hba.conf").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = services.as_pg_account(postgres).spawn().unwrap();
+    loop {
+        let mut psql = std::process::Command::new("psql");
+        psql.args(["-X", "-A", "-t", "-h"]).arg(folder).args([
+            "-U",
+            &services.pg_user,
+            "-d",
+            "postgres",
+            "-c",
+            "SELECT pg_is_in_recovery()",
+        ]);
+        let out = psql.output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "f" {
+            break;
+        }
+        assert!(server.try_wait().unwrap().is_none(), "the restored server stopped during recovery");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let elapsed = started.elapsed();
+    // SAFETY: our own child's pid.
+    unsafe { libc::kill(server.id() as i32, libc::SIGINT) };
+    server.wait().unwrap();
+    std::fs::remove_dir_all(folder).unwrap();
+    elapsed
+}
+
+/// Writes every dirty page out, so the next measurement starts from a quiet disk.
+fn sync() {
+    let _ = std::process::Command::new("sync").status();
+}
+
+/// The pgBackRest case: a full backup of the cluster, then bare restores and vigil drills of it,
+/// interleaved.
+fn pgbackrest_case(services: &Services, database: &str, runs: usize) {
+    println!("\npgBackRest: the whole private cluster (with the database above), restored to the end of its archive");
+    let setup = pgbackrest_setup(services, database);
+    let as_account = |args: &[&str]| {
+        let out = services.as_pg_account(setup.vigil(args)).output().unwrap();
+        assert!(out.status.success(), "vigil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let backup = as_account(&["backup", "run", "pitr", "--type", "full"]);
+    let label = backup[0]["location"].as_str().unwrap().to_owned();
+    let bin = std::path::Path::new("/usr/lib/postgresql/15/bin");
+    let folder = setup.dir.path().join("bare");
+    let [mut bare, mut vigil, mut whole] = std::array::from_fn(|_| Series::default());
+    let mut last = Vec::new();
+    for run in 1..=runs {
+        eprintln!("  pgBackRest run {run} of {runs}");
+        // Each writes the whole cluster: whichever goes second would pay for the first one's
+        // dirty pages. Both start from a synced disk, and they take turns going first.
+        let bare_run = || {
+            sync();
+            bare_pgbackrest(services, &folder, bin)
+        };
+        let vigil_run = || {
+            sync();
+            let measured = measure("vigil drill run pitr", || {
+                vec![
+                    services
+                        .as_pg_account(setup.vigil(&["drill", "run", "pitr"]))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap(),
+                ]
+            });
+            let shown = as_account(&["drill", "list"]);
+            assert_eq!(shown["pitr"]["status"], "done", "{shown}");
+            let phases: Vec<(String, Duration)> = shown["pitr"]["data"]["phases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (p["phase"].as_str().unwrap().to_owned(), Duration::from_millis(p["millis"].as_u64().unwrap()))
+                })
+                .collect();
+            (measured, phases)
+        };
+        let (bare_time, (measured, phases)) = if run % 2 == 1 {
+            let b = bare_run();
+            (b, vigil_run())
+        } else {
+            let v = vigil_run();
+            (bare_run(), v)
+        };
+        bare.push(bare_time, None);
+        let restore = phases.iter().find(|(p, _)| p == "restore").map(|(_, d)| *d).unwrap();
+        vigil.push(restore, None);
+        whole.push(measured.elapsed, Some(measured.peak_rss));
+        last = phases;
+    }
+    println!("  backup {label}; medians of {runs} runs\n");
+    println!("  {:<44} {:>9}  {:<11} {:<9} peak RSS", "", "time", "spread (s)", "vs bare");
+    row("bare: pgbackrest restore + start + recovery", &bare, None);
+    row("vigil drill: restore phase (restore-to-ready)", &vigil, Some((&bare, TARGET_PGBACKREST)));
+    row("vigil drill: whole run (with checks)", &whole, None);
+    let total: Duration = last.iter().filter(|(p, _)| !p.starts_with("restore.")).map(|(_, d)| *d).sum();
+    println!("\n  phases of the last drill (restore.* are parts of restore):");
+    for (phase, took) in &last {
+        println!(
+            "    {phase:<20} {:>7.2} s  {:>5.1}%",
+            took.as_secs_f64(),
+            100.0 * took.as_secs_f64() / total.as_secs_f64()
+        );
+    }
 }

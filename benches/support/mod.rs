@@ -29,6 +29,12 @@ pub struct Services {
     pub moto_region: String,
     pub moto_key_id: String,
     pub moto_secret: String,
+    /// The private server's folder (its data in `data/`), whose owner pgBackRest runs as.
+    pub pg_dir: String,
+    /// The pgBackRest stanza the server archives to: configuration file, name, passphrase.
+    pub pgbackrest_config: String,
+    pub pgbackrest_stanza: String,
+    pub pgbackrest_cipher_pass: String,
 }
 
 impl Services {
@@ -47,6 +53,10 @@ impl Services {
             moto_region: s(&moto["region"]),
             moto_key_id: s(&moto["access_key_id"]),
             moto_secret: s(&moto["secret_access_key"]),
+            pg_dir: s(&pg["data_dir"]),
+            pgbackrest_config: s(&v["pgbackrest"]["config"]),
+            pgbackrest_stanza: s(&v["pgbackrest"]["stanza"]),
+            pgbackrest_cipher_pass: s(&v["pgbackrest"]["cipher_pass"]),
         }
     }
 
@@ -60,6 +70,23 @@ impl Services {
             .env("PGPASSWORD", &self.pg_password)
             .env("PGSSLMODE", "verify-full")
             .env("PGSSLROOTCERT", &self.pg_ca);
+        command
+    }
+
+    /// The server's account (uid, gid) when it is not this process's: what pgBackRest and a
+    /// restored server run as.
+    pub fn pg_account(&self) -> Option<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let owner = std::fs::metadata(&self.pg_dir).unwrap();
+        (owner.uid() != std::fs::metadata("/proc/self").unwrap().uid()).then(|| (owner.uid(), owner.gid()))
+    }
+
+    /// `command` run as the server's account.
+    pub fn as_pg_account(&self, mut command: Command) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        if let Some((uid, gid)) = self.pg_account() {
+            command.uid(uid).gid(gid);
+        }
         command
     }
 

@@ -14,14 +14,15 @@
 
 use super::catalog::{self, Status};
 use super::{BackupError, BackupReport, Backups};
-use crate::config::{BackupSet, PgBackRestSet};
+use crate::clock::Clock;
+use crate::config::{BackupSet, PgBackRestSet, Plan};
 use crate::engines::Endpoint;
 use crate::engines::archive::{self, ArchiverStatus};
 use crate::engines::dump::PasswordFile;
 use crate::evidence::{Kind, NewRecord, Outcome};
 use crate::pgbackrest::{BackupInfo, BackupType, Info, Login, PgBackRestError, Repo};
 use crate::saga::{self, Ended, SagaDef, SagaRow, StepError, Subject};
-use crate::stores::ReferenceError;
+use crate::stores::{ReferenceError, Stores};
 
 /// The saga kind.
 pub(super) const KIND_NAME: &str = "backup.pgbackrest";
@@ -261,14 +262,7 @@ impl SagaDef for PhysicalSaga<'_> {
 impl Backups<'_> {
     /// The set's stanza, with its passphrase read.
     pub async fn repo(&self, pg: &PgBackRestSet) -> Result<Repo, BackupError> {
-        let pass = match &pg.cipher_pass {
-            None => None,
-            Some(reference) => Some(self.ctx.stores.resolve(reference).await.map_err(|err| BackupError::Admin {
-                target: format!("cipher_pass of stanza {}", pg.repo.stanza),
-                why: err.to_string(),
-            })?),
-        };
-        Ok(Repo::new(pg.repo.clone(), pass))
+        repo(&self.ctx.stores, pg).await
     }
 
     /// This process's private folder (0700) for password files.
@@ -333,6 +327,98 @@ pub(super) async fn resume(backups: &Backups<'_>, saga: SagaRow) -> Result<Backu
     report(backups, &name, &saga, ended).await
 }
 
+/// The stanza of `pg`, with its passphrase read through `stores`.
+pub async fn repo(stores: &Stores<'_>, pg: &PgBackRestSet) -> Result<Repo, BackupError> {
+    let pass = match &pg.cipher_pass {
+        None => None,
+        Some(reference) => Some(stores.resolve(reference).await.map_err(|err| BackupError::Admin {
+            target: format!("cipher_pass of stanza {}", pg.repo.stanza),
+            why: err.to_string(),
+        })?),
+    };
+    Ok(Repo::new(pg.repo.clone(), pass))
+}
+
+/// The archive health of pgBackRest set `name`: the source's archiver and the repository.
+/// Nothing failing to answer stops it: what could not be read is said in `problems`. It only
+/// reads, and needs no ledger, so `vigil status` writes nothing.
+pub async fn archive_health(
+    plan: &Plan,
+    stores: &Stores<'_>,
+    clock: &dyn Clock,
+    name: &str,
+) -> Result<ArchiveHealth, BackupError> {
+    let set = plan.backups.get(name).ok_or_else(|| BackupError::UnknownSet(name.to_owned()))?;
+    let crate::config::BackupMethod::PgBackRest(pg) = &set.method else {
+        return Err(BackupError::NotPhysical(name.to_owned()));
+    };
+    let mut health = ArchiveHealth {
+        set: name.to_owned(),
+        stanza: pg.repo.stanza.clone(),
+        archiver: None,
+        archiver_error: None,
+        repository: None,
+        archive_max: None,
+        newest_backup: None,
+        newest_backup_age_secs: None,
+        rpo_exposure_secs: None,
+        problems: Vec::new(),
+    };
+    let archiver = match source(stores, set).await {
+        Ok((credential, endpoint)) => {
+            archive::archiver_status(&endpoint, &credential).await.map_err(|err| err.to_string())
+        }
+        Err(err) => Err(err),
+    };
+    match archiver {
+        Ok(archiver) => {
+            if archiver.archive_mode == "off" {
+                health.problems.push("archive_mode is off on the source: nothing is archived".into());
+            }
+            health.rpo_exposure_secs = Some(archiver.oldest_waiting_secs + archiver.archive_timeout_secs as f64);
+            health.archiver = Some(archiver);
+            if let Some(failure) = health.failure() {
+                health.problems.push(failure);
+            }
+        }
+        Err(err) => {
+            health.problems.push(format!("cannot read the source's archiver: {err}"));
+            health.archiver_error = Some(err);
+        }
+    }
+    match repo(stores, pg).await?.info().await {
+        Ok(info) => {
+            if info.status != "ok" {
+                health.problems.push(format!("stanza {}: {}", pg.repo.stanza, info.status));
+            }
+            if let Some(newest) = info.backups.last() {
+                health.newest_backup = Some(newest.label.clone());
+                health.newest_backup_age_secs = Some(clock.now().timestamp() - newest.stop);
+            } else {
+                health.problems.push(format!("stanza {} holds no backup yet", pg.repo.stanza));
+            }
+            health.archive_max = info.archive_max.clone();
+            health.repository = Some(info.status);
+        }
+        Err(err) => health.problems.push(err.to_string()),
+    }
+    Ok(health)
+}
+
+/// The set's target and the credential vigil reads it with (`backup_credential`, else admin).
+async fn source(stores: &Stores<'_>, set: &BackupSet) -> Result<(crate::secret::Credential, Endpoint), String> {
+    let target = &set.target.value;
+    let reference = target.backup_credential.as_ref().unwrap_or(&target.admin);
+    let credential = stores.login(reference).await.map_err(|err| err.to_string())?;
+    let endpoint = Endpoint {
+        host: target.host.clone(),
+        port: target.port,
+        database: target.database.clone(),
+        tls: target.tls.clone(),
+    };
+    Ok((credential, endpoint))
+}
+
 /// A pgBackRest command failing outside a saga step.
 fn physical(err: PgBackRestError) -> BackupError {
     BackupError::PgBackRest(err)
@@ -391,79 +477,9 @@ impl ArchiveHealth {
 }
 
 impl Backups<'_> {
-    /// The archive health of pgBackRest set `name`: the source's archiver and the repository.
-    /// Nothing failing to answer stops it: what could not be read is said in `problems`.
+    /// The archive health of pgBackRest set `name` (see [`archive_health`]).
     pub async fn archive_health(&self, name: &str) -> Result<ArchiveHealth, BackupError> {
-        let set = self.set(name)?;
-        let crate::config::BackupMethod::PgBackRest(pg) = &set.method else {
-            return Err(BackupError::NotPhysical(name.to_owned()));
-        };
-        let mut health = ArchiveHealth {
-            set: name.to_owned(),
-            stanza: pg.repo.stanza.clone(),
-            archiver: None,
-            archiver_error: None,
-            repository: None,
-            archive_max: None,
-            newest_backup: None,
-            newest_backup_age_secs: None,
-            rpo_exposure_secs: None,
-            problems: Vec::new(),
-        };
-        match self.archiver(set).await {
-            Ok(archiver) => {
-                if archiver.archive_mode == "off" {
-                    health.problems.push("archive_mode is off on the source: nothing is archived".into());
-                }
-                if let Some(failure) = (ArchiveHealth { archiver: Some(archiver.clone()), ..health.clone() }).failure()
-                {
-                    health.problems.push(failure);
-                }
-                health.rpo_exposure_secs = Some(archiver.oldest_waiting_secs + archiver.archive_timeout_secs as f64);
-                health.archiver = Some(archiver);
-            }
-            Err(err) => {
-                health.problems.push(format!("cannot read the source's archiver: {err}"));
-                health.archiver_error = Some(err.to_string());
-            }
-        }
-        match self.repo(pg).await?.info().await {
-            Ok(info) => {
-                if info.status != "ok" {
-                    health.problems.push(format!("stanza {}: {}", pg.repo.stanza, info.status));
-                }
-                let now = self.ctx.clock.now().timestamp();
-                if let Some(newest) = info.backups.last() {
-                    health.newest_backup = Some(newest.label.clone());
-                    health.newest_backup_age_secs = Some(now - newest.stop);
-                } else {
-                    health.problems.push(format!("stanza {} holds no backup yet", pg.repo.stanza));
-                }
-                health.archive_max = info.archive_max.clone();
-                health.repository = Some(info.status);
-            }
-            Err(err) => health.problems.push(err.to_string()),
-        }
-        Ok(health)
-    }
-
-    async fn archiver(&self, set: &BackupSet) -> Result<ArchiverStatus, String> {
-        let (credential, endpoint) = self.source(set).await?;
-        archive::archiver_status(&endpoint, &credential).await.map_err(|err| err.to_string())
-    }
-
-    /// The set's target and the credential vigil reads it with (`backup_credential`, else admin).
-    async fn source(&self, set: &BackupSet) -> Result<(crate::secret::Credential, Endpoint), String> {
-        let target = &set.target.value;
-        let reference = target.backup_credential.as_ref().unwrap_or(&target.admin);
-        let credential = self.ctx.stores.login(reference).await.map_err(|err| err.to_string())?;
-        let endpoint = Endpoint {
-            host: target.host.clone(),
-            port: target.port,
-            database: target.database.clone(),
-            tls: target.tls.clone(),
-        };
-        Ok((credential, endpoint))
+        archive_health(self.ctx.plan, &self.ctx.stores, self.ctx.clock, name).await
     }
 
     /// Writes the heartbeat row of pgBackRest set `name` on its source, as the target's admin

@@ -224,7 +224,7 @@ impl Command {
             Self::Evidence(args) => args.run(global).await,
             Self::Jwks(args) => args.run(global).await,
             Self::Config(args) => args.run(global),
-            Self::Status(args) => args.run(global, cancel).await,
+            Self::Status(args) => args.run(global).await,
             Self::Completions(args) => args.run(),
         }
     }

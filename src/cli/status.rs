@@ -2,18 +2,14 @@
 
 use serde::Serialize;
 
-use tokio_util::sync::CancellationToken;
-
-use super::evidence::open_ledger;
 use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat, load_plan};
-use crate::backup::Backups;
-use crate::backup::physical::ArchiveHealth;
+use crate::backup::physical::{self, ArchiveHealth};
 use crate::clock::{Clock, SystemClock};
 use crate::config::BackupMethod;
-use crate::context::Ctx;
 use crate::rotation;
 use crate::state::Db;
+use crate::stores::Stores;
 
 /// Show each secret's last rotation, next due time, and any rotation in flight or needing
 /// attention; and for each pgbackrest backup set, its WAL archiving and RPO exposure.
@@ -48,21 +44,18 @@ struct Shown {
 }
 
 impl StatusArgs {
-    pub(super) async fn run(&self, global: &GlobalArgs, cancel: &CancellationToken) -> anyhow::Result<Exit> {
+    pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
         let plan = load_plan(global)?;
         let db = Db::open(&plan.evidence.store).await?;
         let states = rotation::states(&plan, &db, SystemClock.now()).await;
+        db.close().await;
         let mut archives = Vec::new();
-        if plan.backups.values().any(|set| matches!(set.method, BackupMethod::PgBackRest(_))) {
-            let ledger = open_ledger(&plan, &db).await?;
-            let backups = Backups::new(Ctx::new(&plan, &db, &ledger, &SystemClock, cancel.child_token()));
-            for (name, set) in &plan.backups {
-                if matches!(set.method, BackupMethod::PgBackRest(_)) {
-                    archives.push(backups.archive_health(name).await?);
-                }
+        let stores = Stores::new(plan.aws.as_ref(), plan.vault.as_ref());
+        for (name, set) in &plan.backups {
+            if matches!(set.method, BackupMethod::PgBackRest(_)) {
+                archives.push(physical::archive_health(&plan, &stores, &SystemClock, name).await?);
             }
         }
-        db.close().await;
         let mut shown = Vec::new();
         for (name, state) in states? {
             let spec = &plan.secrets[&name];

@@ -479,3 +479,22 @@ pub struct Assertion {
     /// The expected value, as text (`NULL` for SQL NULL or no row).
     pub expect: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_time_is_latest_an_offset_or_a_time() {
+        let started = chrono::DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        assert_eq!(TargetTime::parse("latest").unwrap().resolve(started), None);
+        let ago = TargetTime::parse("now-10m").unwrap();
+        assert_eq!(ago, TargetTime::Ago(600));
+        assert_eq!(ago.resolve(started).unwrap().to_rfc3339(), "2026-11-30T09:50:00+00:00");
+        let at = TargetTime::parse("2026-11-30T09:59:00+01:00").unwrap();
+        assert_eq!(at.resolve(started).unwrap().to_rfc3339(), "2026-11-30T08:59:00+00:00");
+        for bad in ["yesterday", "now-", "now-10 minutes", "2026-11-30"] {
+            assert!(TargetTime::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -346,3 +346,34 @@ impl Drop for Started {
 pub fn default_bin_dir(version: &str) -> PathBuf {
     Path::new("/usr/lib/postgresql").join(version).join("bin")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_whose_socket_path_would_not_fit_is_refused_before_anything_is_made() {
+        let root = std::env::temp_dir().join("v".repeat(120));
+        let server = TempServer::new(PathBuf::from("/nonexistent"), root.clone(), "15".into());
+        let err = server.prepare().unwrap_err();
+        assert!(err.to_string().contains("scratch_dir to a shorter path"), "{err}");
+        assert!(!root.exists());
+    }
+
+    #[tokio::test]
+    async fn stopping_and_removing_what_is_not_there_is_success() {
+        let root = std::env::temp_dir().join(format!("vigil-server-test-{}", std::process::id()));
+        let server = TempServer::new(PathBuf::from("/nonexistent"), root.clone(), "15".into());
+        server.prepare().unwrap();
+        assert!(server.exists() && !server.running());
+        // A postmaster.pid naming a process that is not a server on this directory (this test)
+        // is not ours to signal.
+        std::fs::create_dir_all(server.data_dir()).unwrap();
+        std::fs::write(server.data_dir().join("postmaster.pid"), format!("{}\n", std::process::id())).unwrap();
+        assert!(!server.running());
+        server.stop().await.unwrap();
+        server.remove().unwrap();
+        server.remove().unwrap();
+        assert!(!root.exists());
+    }
+}
