@@ -199,7 +199,7 @@ fn the_shipped_example_configuration_checks_clean() {
     }
     assert!(!plan["backups"].as_object().unwrap().is_empty());
     assert!(
-        plan["backups"].as_object().unwrap().values().any(|b| b["method"] == "pgbackrest"),
+        plan["backups"].as_object().unwrap().values().any(|b| b["method"]["method"] == "pgbackrest"),
         "the examples should show a pgbackrest set"
     );
     assert!(!plan["drills"].as_object().unwrap().is_empty());

@@ -192,7 +192,7 @@ async fn rotate_twice(engine: Engine, strategy: Strategy, store: Store) {
 
     let status = cell.vigil(&["--output", "json", "status"]);
     status.assert_code(0);
-    let row = &status.json()[0];
+    let row = &status.json()["secrets"][0];
     assert!(row["last_rotated"].is_string() && row["needs_attention"].is_null(), "{row}");
     let verify = cell.vigil(&["--output", "json", "evidence", "verify"]);
     verify.assert_code(0);
@@ -253,7 +253,7 @@ async fn failed_test_step(engine: Engine, strategy: Strategy, store: Store) {
     assert_eq!(after.username, before.username, "current did not move");
     assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "no pending stage left behind");
     let status = cell.vigil(&["--output", "json", "status"]).json();
-    let attention = status[0]["needs_attention"].as_str().unwrap_or_default();
+    let attention = status["secrets"][0]["needs_attention"].as_str().unwrap_or_default();
     assert!(attention.contains("failed at test"), "{status}");
     cell.vigil(&["evidence", "verify"]).assert_code(0);
     let undone = cell.vigil(&["--output", "json", "evidence", "list", "--kind", "rotation.rolled_back"]).json();
@@ -301,9 +301,9 @@ async fn a_stored_value_naming_another_user_stops_the_rotation_before_any_change
     cell.engine.test_login(&victim, &[]).await.expect("the other user's password is untouched");
     assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "nothing was staged");
     let status = cell.vigil(&["--output", "json", "status"]).json();
-    let attention = status[0]["needs_attention"].as_str().unwrap_or_default();
+    let attention = status["secrets"][0]["needs_attention"].as_str().unwrap_or_default();
     assert!(attention.contains(&format!("names user {}", victim.username)), "{status}");
-    assert!(status[0]["in_flight"].is_null(), "no saga started: {status}");
+    assert!(status["secrets"][0]["in_flight"].is_null(), "no saga started: {status}");
 }
 
 /// Replaces the cell's admin credential with a fresh user holding exactly the grants
@@ -446,7 +446,10 @@ async fn crash_everywhere(engine: Engine, strategy: Strategy, store: Store) {
     }
     cell.vigil(&["evidence", "verify"]).assert_code(0);
     let status = cell.vigil(&["--output", "json", "status"]).json();
-    assert!(status[0]["in_flight"].is_null() && status[0]["needs_attention"].is_null(), "{status}");
+    assert!(
+        status["secrets"][0]["in_flight"].is_null() && status["secrets"][0]["needs_attention"].is_null(),
+        "{status}"
+    );
 }
 
 #[cfg(feature = "failpoints")]
@@ -675,7 +678,7 @@ async fn exhausted_retries_abandon_the_rotation_and_the_next_starts_fresh() {
     assert!(cell.store.pending(&cell.path).await.unwrap().is_none(), "the stage is removed");
     let before = cell.assert_current_logs_in().await;
     let status = cell.vigil(&["--output", "json", "status"]).json();
-    assert!(status[0]["needs_attention"].as_str().unwrap().contains("after 5 attempts"), "{status}");
+    assert!(status["secrets"][0]["needs_attention"].as_str().unwrap().contains("after 5 attempts"), "{status}");
 
     let next = cell.vigil(&["--output", "json", "rotate", &cell.name]);
     next.assert_code(0);
@@ -686,7 +689,10 @@ async fn exhausted_retries_abandon_the_rotation_and_the_next_starts_fresh() {
         secrecy::ExposeSecret::expose_secret(&after.password),
         secrecy::ExposeSecret::expose_secret(&before.password)
     );
-    assert!(cell.vigil(&["--output", "json", "status"]).json()[0]["needs_attention"].is_null(), "cleared by success");
+    assert!(
+        cell.vigil(&["--output", "json", "status"]).json()["secrets"][0]["needs_attention"].is_null(),
+        "cleared by success"
+    );
 }
 
 /// `--check` finds a password changed out of band before the next rotation does.
@@ -766,7 +772,7 @@ async fn sigint_mid_step_finishes_the_step_and_resume_completes_the_rotation() {
     );
     assert!(!steps.iter().any(|(step, _, _)| step == "test"), "no step after set started: {steps:?}");
     let status = cell.vigil(&["--output", "json", "status"]).json();
-    assert!(!status[0]["in_flight"].is_null(), "the rotation is left in flight: {status}");
+    assert!(!status["secrets"][0]["in_flight"].is_null(), "the rotation is left in flight: {status}");
     // A backup set of the same name is not blocked by the secret's rotation in flight.
     backup_set_named(&services, &cell).await;
     let backup = cell.vigil(&["--output", "json", "backup", "run", &cell.name]);
