@@ -186,25 +186,7 @@ fn rotation(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Re
          CREATE ROLE orders_app_clone LOGIN IN ROLE orders_rw PASSWORD '{orders_app}-clone';\n\
          CREATE ROLE orders_reports LOGIN PASSWORD '{orders_reports}';\n"
     );
-    let mut psql = Command::new("psql");
-    psql.args([
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port.to_string(),
-        "-U",
-        &pg.user,
-        "-d",
-        &pg.database,
-    ])
-    .env("PGPASSWORD", &pg.password)
-    .env("PGSSLMODE", "verify-full")
-    .env("PGSSLROOTCERT", &pg.ca_file)
-    .env("PGOPTIONS", "--client-min-messages=warning");
-    feed(psql, &pg_sql, "psql")?;
+    feed(psql(pg, &pg.database), &pg_sql, "psql")?;
     println!(
         "   PostgreSQL: roles orders_app and orders_app_clone (both in group orders_rw), orders_reports; databases orders, orders_drill"
     );
@@ -477,25 +459,8 @@ fn pitr(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Result
     run(&["backup", "run", "orders-pitr", "--type", "full"], true)?;
 
     step("22. An order placed after the backup, and a heartbeat; the server archives the WAL on its own");
-    let mut psql = Command::new("psql");
-    psql.args([
-        "-q",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port.to_string(),
-        "-U",
-        &pg.user,
-        "-d",
-        "orders",
-        "-v",
-        "ON_ERROR_STOP=1",
-    ])
-    .env("PGPASSWORD", &pg.password)
-    .env("PGSSLMODE", "verify-full")
-    .env("PGSSLROOTCERT", &pg.ca_file);
     feed(
-        psql,
+        psql(pg, "orders"),
         "CREATE TABLE IF NOT EXISTS demo_pitr_orders (id serial PRIMARY KEY, note text NOT NULL);\n\
          INSERT INTO demo_pitr_orders (note) VALUES ('placed after the backup');\n",
         "psql",
@@ -517,6 +482,30 @@ fn pitr(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Result
     );
     run(&["drill", "run", "orders-pitr"], true)?;
     Ok(())
+}
+
+/// `psql` on `database` of the private PostgreSQL as its superuser, over verified TLS, stopping
+/// at the first error.
+fn psql(pg: &services::Database, database: &str) -> Command {
+    let mut psql = Command::new("psql");
+    psql.args([
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port.to_string(),
+        "-U",
+        &pg.user,
+        "-d",
+        database,
+    ])
+    .env("PGPASSWORD", &pg.password)
+    .env("PGSSLMODE", "verify-full")
+    .env("PGSSLROOTCERT", &pg.ca_file)
+    .env("PGOPTIONS", "--client-min-messages=warning");
+    psql
 }
 
 /// Runs `vigil -q ARGS` in the demo folder, echoing the command and what it printed.
