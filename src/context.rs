@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Named, Plan, Target};
-use crate::engines::{self, DbEngine, Endpoint};
+use crate::engines::{self, DbEngine};
 use crate::evidence::Ledger;
 use crate::saga::{Executor, RetryPolicy};
 use crate::state::Db;
@@ -61,13 +61,7 @@ impl<'a> Ctx<'a> {
         }
         let admin = self.stores.login(&target.value.admin).await?;
         let settings = &target.value;
-        let endpoint = Endpoint {
-            host: settings.host.clone(),
-            port: settings.port,
-            database: settings.database.clone(),
-            tls: settings.tls.clone(),
-        };
-        let made: Arc<dyn DbEngine> = Arc::from(engines::connect(settings.engine, endpoint, admin));
+        let made: Arc<dyn DbEngine> = Arc::from(engines::connect(settings.engine, settings.endpoint(), admin));
         // Two callers may both have made one: the first kept wins, so one pool serves both.
         let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
         Ok(engines.entry(target.name.clone()).or_insert(made).clone())

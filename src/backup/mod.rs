@@ -716,17 +716,8 @@ impl DumpSaga<'_> {
             err => StepError::Failed(format!("cannot read the {which} of {}: {err}", self.set.target.name)),
         })?;
         let (key, wrapped) = self.connected.keys.generate(&id).await?;
-        let endpoint = Endpoint {
-            host: target.host.clone(),
-            port: target.port,
-            database: target.database.clone(),
-            tls: target.tls.clone(),
-        };
-        let data_dir = backups.ctx.plan.controller.data_dir.clone();
-        let scratch = tokio::task::spawn_blocking(move || crate::secret::scratch_dir(&data_dir))
-            .await
-            .map_err(|err| StepError::Failed(format!("preparing the scratch folder stopped: {err}")))?
-            .map_err(|err| StepError::Failed(format!("cannot prepare the scratch folder: {err}")))?;
+        let endpoint = target.endpoint();
+        let scratch = backups.scratch_folder().await?;
         let (mut dump, stdout) = dump::start(target.engine, &endpoint, &admin, &scratch).await?;
         tracing::debug!(tool = dump.tool, pid = dump.pid(), "dump tool started");
         let (sender, receiver) = mpsc::channel(pipeline::CHUNKS_QUEUED);

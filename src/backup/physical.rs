@@ -131,10 +131,11 @@ impl PhysicalSaga<'_> {
 
     async fn backup(&self, saga: &SagaRow, data: &PhysicalData) -> Result<PhysicalData, StepError> {
         let backups = self.backups;
-        let info = match Self::own(&self.repo.info().await?, data) {
+        let before = self.repo.info().await?;
+        let info = match Self::own(&before, data) {
             Some(adopted) => {
                 tracing::info!(set = %data.set, label = %adopted.label, "adopting the backup a crashed run finished");
-                self.repo.info().await?
+                before
             }
             None => {
                 let (user, passfile) = self.login().await?;
@@ -265,8 +266,8 @@ impl Backups<'_> {
         repo(&self.ctx.stores, pg).await
     }
 
-    /// This process's private folder (0700) for password files.
-    pub(super) async fn scratch_folder(&self) -> Result<std::path::PathBuf, StepError> {
+    /// This process's private folder (0700) for password files and staged dumps.
+    pub(crate) async fn scratch_folder(&self) -> Result<std::path::PathBuf, StepError> {
         let data_dir = self.ctx.plan.controller.data_dir.clone();
         tokio::task::spawn_blocking(move || crate::secret::scratch_dir(&data_dir))
             .await
@@ -285,7 +286,7 @@ pub(super) async fn run(
     kind: Option<BackupType>,
 ) -> Result<BackupReport, BackupError> {
     let repo = backups.repo(pg).await?;
-    let known_labels = repo.info().await.map_err(physical)?.backups.into_iter().map(|b| b.label).collect();
+    let known_labels = repo.info().await?.backups.into_iter().map(|b| b.label).collect();
     let location = format!("pgbackrest:{}", pg.repo.stanza);
     let started = catalog::Started { id, set: name, target: &set.target.name, method: METHOD, location: &location };
     catalog::started(backups.ctx.db, &started, &backups.now()).await?;
@@ -410,18 +411,7 @@ async fn source(stores: &Stores<'_>, set: &BackupSet) -> Result<(crate::secret::
     let target = &set.target.value;
     let reference = target.backup_credential.as_ref().unwrap_or(&target.admin);
     let credential = stores.login(reference).await.map_err(|err| err.to_string())?;
-    let endpoint = Endpoint {
-        host: target.host.clone(),
-        port: target.port,
-        database: target.database.clone(),
-        tls: target.tls.clone(),
-    };
-    Ok((credential, endpoint))
-}
-
-/// A pgBackRest command failing outside a saga step.
-fn physical(err: PgBackRestError) -> BackupError {
-    BackupError::PgBackRest(err)
+    Ok((credential, target.endpoint()))
 }
 
 /// A pgBackRest set's archiving, as `vigil status` shows it.
@@ -496,12 +486,6 @@ impl Backups<'_> {
             .login(&target.admin)
             .await
             .map_err(|err| BackupError::Admin { target: set.target.name.clone(), why: err.to_string() })?;
-        let endpoint = Endpoint {
-            host: target.host.clone(),
-            port: target.port,
-            database: target.database.clone(),
-            tls: target.tls.clone(),
-        };
-        archive::beat(&endpoint, &admin, name).await.map_err(BackupError::Engine)
+        archive::beat(&target.endpoint(), &admin, name).await.map_err(BackupError::Engine)
     }
 }

@@ -432,6 +432,18 @@ pub enum TargetTime {
     At(chrono::DateTime<chrono::Utc>),
 }
 
+impl Target {
+    /// Where the target listens, with its database and TLS settings.
+    pub fn endpoint(&self) -> crate::engines::Endpoint {
+        crate::engines::Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+            database: self.database.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+}
+
 impl TargetTime {
     /// Reads `latest`, `now-DURATION` or an RFC 3339 time.
     pub fn parse(text: &str) -> Result<Self, String> {

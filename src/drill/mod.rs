@@ -38,7 +38,7 @@ use crate::config::{Drill, DrillRestore, Named, RdsSource, Target};
 use crate::context::Ctx;
 use crate::engines::dump::{DumpError, Integrity, Restore, pg_amcheck};
 use crate::engines::scratch::{ScratchDb, scratch_name};
-use crate::engines::{Endpoint, Engine, EngineError};
+use crate::engines::{Engine, EngineError};
 use crate::evidence::Area;
 use crate::saga::{self, Ended, SagaDef, SagaError, SagaRow, StepError, Subject};
 use crate::secret::Credential;
@@ -527,13 +527,7 @@ impl DrillSaga<'_, '_> {
         };
         let target = self.target(scratch_target)?;
         let admin = self.admin(&target).await?;
-        let server = Endpoint {
-            host: target.value.host.clone(),
-            port: target.value.port,
-            database: target.value.database.clone(),
-            tls: target.value.tls.clone(),
-        };
-        Ok(ScratchDb::new(target.value.engine, server, admin, database.clone()))
+        Ok(ScratchDb::new(target.value.engine, target.value.endpoint(), admin, database.clone()))
     }
 
     /// Drops the scratch database or deletes the temporary instance; idempotent.
@@ -547,11 +541,7 @@ impl DrillSaga<'_, '_> {
 
     /// This process's private folder for the tools' password files.
     async fn folder(&self) -> Result<std::path::PathBuf, StepError> {
-        let data_dir = self.drills.ctx().plan.controller.data_dir.clone();
-        tokio::task::spawn_blocking(move || crate::secret::scratch_dir(&data_dir))
-            .await
-            .map_err(|err| StepError::Failed(format!("preparing the scratch folder stopped: {err}")))?
-            .map_err(|err| StepError::Failed(format!("cannot prepare the scratch folder: {err}")))
+        self.drills.backups.scratch_folder().await
     }
 
     /// `pg_amcheck --heapallindexed` on the restored database (PostgreSQL only).

@@ -146,8 +146,7 @@ impl DrillSaga<'_, '_> {
 
     /// The set's target admin credential: its user name exists in the restored cluster.
     async fn source_admin(&self, data: &DrillData) -> Result<Credential, StepError> {
-        let set = self.set(data)?;
-        self.admin(&crate::config::Named { name: set.target.name.clone(), value: set.target.value.clone() }).await
+        self.admin(&self.set(data)?.target).await
     }
 
     /// Checks the restored cluster: amcheck, the credentials and assertions of every drill, and
@@ -196,12 +195,20 @@ impl DrillSaga<'_, '_> {
                 .map(|at| RecoveryPoint { at, source: "last replayed transaction".into() }),
         };
         let mut checked = data.clone();
+        // Read only when it could explain a missed RPO (a failing archive is the usual reason):
+        // a passing drill spends no connection to the source nor a `pgbackrest info` on it.
+        let started = super::parse_time(&data.started_at)?;
+        let missed = point
+            .as_ref()
+            .and_then(|p| super::parse_time(&p.at).ok())
+            .is_none_or(|at| (started - at).num_seconds() > i64::try_from(data.rpo_target_secs).unwrap_or(i64::MAX));
+        if missed {
+            checked.archive_problem = match self.drills.backups.archive_health(&data.backup_set).await {
+                Ok(health) => health.failure(),
+                Err(err) => Some(format!("the source's archive health could not be read: {err}")),
+            };
+        }
         checked.recovery_point = point;
-        // Only read when it could explain a missed RPO: a failing archive is the usual reason.
-        checked.archive_problem = match self.drills.backups.archive_health(&data.backup_set).await {
-            Ok(health) => health.failure(),
-            Err(err) => Some(format!("the source's archive health could not be read: {err}")),
-        };
         Ok(self.verdict(&checked, checks))
     }
 

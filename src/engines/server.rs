@@ -146,6 +146,8 @@ impl TempServer {
         hba.push_str("local all all trust\n");
         let hba_file = self.root.join("hba.conf");
         std::fs::write(&hba_file, hba).map_err(|err| self.folder_error(err.to_string()))?;
+        // An empty ident map: the source's may name OS users this host does not have.
+        std::fs::write(self.root.join("ident.conf"), "").map_err(|err| self.folder_error(err.to_string()))?;
         let settings = self.recovery_settings()?;
         let log = std::fs::File::create(self.log_path()).map_err(|err| self.folder_error(err.to_string()))?;
         let log_err = log.try_clone().map_err(|err| self.folder_error(err.to_string()))?;
@@ -176,7 +178,6 @@ impl TempServer {
         for (name, value) in env {
             command.env(name, value.expose_secret());
         }
-        std::fs::write(self.root.join("ident.conf"), "").map_err(|err| self.folder_error(err.to_string()))?;
         let child = command.spawn().map_err(|err| ServerError::Spawn {
             program: program.display().to_string(),
             reason: err.to_string(),
@@ -254,11 +255,6 @@ impl TempServer {
         }
     }
 
-    /// Whether a server runs on the data directory.
-    pub fn running(&self) -> bool {
-        self.postmaster().is_some()
-    }
-
     /// The postmaster running on the data directory: the PID its `postmaster.pid` names, when
     /// that process lives and was started on this directory (a recycled PID is someone else's).
     fn postmaster(&self) -> Option<i32> {
@@ -315,11 +311,6 @@ impl TempServer {
             _ => Ok(()),
         }
     }
-
-    /// Whether the folder still exists.
-    pub fn exists(&self) -> bool {
-        self.root.exists()
-    }
 }
 
 /// A server this process started. It runs until teardown stops it by its data directory; when
@@ -365,12 +356,12 @@ mod tests {
         let root = std::env::temp_dir().join(format!("vigil-server-test-{}", std::process::id()));
         let server = TempServer::new(PathBuf::from("/nonexistent"), root.clone(), "15".into());
         server.prepare().unwrap();
-        assert!(server.exists() && !server.running());
+        assert!(root.exists() && server.postmaster().is_none());
         // A postmaster.pid naming a process that is not a server on this directory (this test)
         // is not ours to signal.
         std::fs::create_dir_all(server.data_dir()).unwrap();
         std::fs::write(server.data_dir().join("postmaster.pid"), format!("{}\n", std::process::id())).unwrap();
-        assert!(!server.running());
+        assert!(server.postmaster().is_none());
         server.stop().await.unwrap();
         server.remove().unwrap();
         server.remove().unwrap();

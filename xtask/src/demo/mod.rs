@@ -426,13 +426,7 @@ fn pitr(root: &Path, vigil: &Path, demo: &Path, state: &State) -> anyhow::Result
     std::fs::write(dir.join("schedules").join(PITR_EXAMPLE), target + &doc.to_string())?;
     let owner = std::fs::metadata(&pg.data_dir)?;
     let account = (owner.uid() != std::fs::metadata("/proc/self")?.uid()).then(|| (owner.uid(), owner.gid()));
-    if let Some((uid, gid)) = account {
-        let mut command = Command::new("chown");
-        command.arg("-R").arg(format!("{uid}:{gid}")).arg(&dir);
-        if !command.status()?.success() {
-            bail!("chown {} failed", dir.display());
-        }
-    }
+    services::pgbackrest::chown_all(&dir, account.map(|(uid, gid)| services::process::RunAs { uid, gid }))?;
     let run = |args: &[&str], must_pass: bool| -> anyhow::Result<std::process::Output> {
         println!("   $ vigil {}", args.join(" "));
         let mut command = Command::new(vigil);
