@@ -26,5 +26,6 @@ pub mod context;
 pub mod rotation;
 pub mod backup;
 pub mod drill;
+pub mod daemon;
 pub mod telemetry;
 pub mod cli;

@@ -51,13 +51,27 @@ pub fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
+    // The daemon stops its own way: no new job, the steps in flight finish within its
+    // shutdown_grace, and it exits 0.
+    let daemon = matches!(cli.command, Command::Run(_));
     let exit = runtime.block_on(async {
         let cancel = CancellationToken::new();
         let command = cli.command.run(&cli.global, &cancel);
         tokio::pin!(command);
         tokio::select! {
             result = &mut command => result.unwrap_or_else(|err| report(&err)),
-            () = shutdown_signal() => {
+            () = shutdown_signal(), if daemon => {
+                cancel.cancel();
+                tracing::info!("stopping: no new job starts; the steps in flight finish and are recorded");
+                tokio::select! {
+                    result = &mut command => result.unwrap_or_else(|err| report(&err)),
+                    () = shutdown_signal() => {
+                        eprintln!("vigil: stopped at once; the steps in flight resume on the next start");
+                        Exit::Interrupted
+                    }
+                }
+            }
+            () = shutdown_signal(), if !daemon => {
                 // The step in flight finishes and is recorded; no new one starts. A second
                 // signal, or the grace period running out, stops at once: what is left is
                 // recorded as in flight and resumes on the next run.
@@ -216,7 +230,7 @@ enum Command {
 impl Command {
     async fn run(&self, global: &GlobalArgs, cancel: &CancellationToken) -> anyhow::Result<Exit> {
         match self {
-            Self::Run(args) => args.run(global).await,
+            Self::Run(args) => args.run(global, cancel).await,
             Self::Rotate(args) => args.run(global, cancel).await,
             Self::Backup(args) => args.run(global, cancel).await,
             Self::Drill(args) => args.run(global, cancel).await,

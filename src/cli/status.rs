@@ -1,13 +1,10 @@
 //! `vigil status`: each secret's rotation state, and each pgbackrest set's WAL archiving.
 
-use serde::Serialize;
-
 use super::output::{print_json, table};
 use super::{Exit, GlobalArgs, OutputFormat, load_plan};
-use crate::backup::physical::{self, ArchiveHealth};
-use crate::clock::{Clock, SystemClock};
-use crate::config::BackupMethod;
-use crate::rotation;
+use crate::backup::physical::ArchiveHealth;
+use crate::clock::SystemClock;
+use crate::daemon::status::{self, Status};
 use crate::state::Db;
 use crate::stores::Stores;
 
@@ -24,60 +21,14 @@ archived, plus archive_timeout for the segment being written. Exits 1 when an ar
 problem (archiving failing, the source unreadable, no backup yet).")]
 pub struct StatusArgs {}
 
-#[derive(Serialize)]
-struct Status {
-    secrets: Vec<Shown>,
-    archives: Vec<ArchiveHealth>,
-}
-
-#[derive(Serialize)]
-struct Shown {
-    secret: String,
-    kind: &'static str,
-    store: String,
-    strategy: &'static str,
-    last_rotated: Option<String>,
-    next_due: String,
-    overdue_days: i64,
-    in_flight: Option<String>,
-    needs_attention: Option<String>,
-}
-
 impl StatusArgs {
     pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
         let plan = load_plan(global)?;
         let db = Db::open(&plan.evidence.store).await?;
-        let states = rotation::states(&plan, &db, SystemClock.now()).await;
-        db.close().await;
-        let mut archives = Vec::new();
         let stores = Stores::new(plan.aws.as_ref(), plan.vault.as_ref());
-        for (name, set) in &plan.backups {
-            if matches!(set.method, BackupMethod::PgBackRest(_)) {
-                archives.push(physical::archive_health(&plan, &stores, &SystemClock, name).await?);
-            }
-        }
-        let mut shown = Vec::new();
-        for (name, state) in states? {
-            let spec = &plan.secrets[&name];
-            shown.push(Shown {
-                secret: name,
-                kind: spec.kind.as_str(),
-                store: format!("{}:{}", spec.store, spec.path),
-                strategy: spec.strategy.as_str(),
-                last_rotated: state.status.last_rotated,
-                next_due: state.standing.next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                overdue_days: state.standing.overdue_days(),
-                in_flight: state.in_flight.map(|s| {
-                    format!(
-                        "{} at {} ({})",
-                        s.id,
-                        s.step,
-                        serde_json::to_string(&s.status).unwrap_or_default().trim_matches('"')
-                    )
-                }),
-                needs_attention: state.status.needs_attention,
-            });
-        }
+        let status = status::collect(&plan, &db, &stores, &SystemClock).await;
+        db.close().await;
+        let Status { secrets: shown, archives } = status?;
         let healthy = archives.iter().all(|a| a.problems.is_empty());
         match global.output {
             OutputFormat::Json => print_json(&Status { secrets: shown, archives })?,

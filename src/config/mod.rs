@@ -19,7 +19,7 @@ pub use diagnostic::{Diagnostic, Location, Severity};
 use crate::aws::AwsSettings;
 use crate::engines::Engine;
 use crate::jwks::{Algorithm, JwksTarget};
-use crate::schedule::{CronSchedule, Duration};
+use crate::schedule::{CronSchedule, Duration, Window};
 use crate::secret::{PasswordPolicy, SecretRef, StoreKind};
 use crate::state::StateStore;
 use crate::stores::VaultSettings;
@@ -54,6 +54,8 @@ pub struct Plan {
     pub controller: Controller,
     /// Where evidence is kept and how it is signed.
     pub evidence: Evidence,
+    /// How `vigil run` listens, paces and stops.
+    pub daemon: Daemon,
     /// AWS settings, when any AWS service is used.
     pub aws: Option<AwsSettings>,
     /// Vault or OpenBao settings, when Vault is used.
@@ -75,6 +77,24 @@ pub struct Controller {
     pub data_dir: PathBuf,
     /// The folder of schedule files.
     pub schedules_dir: PathBuf,
+}
+
+/// `[daemon]`: the settings of `vigil run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Daemon {
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/status` are served (loopback by default).
+    pub listen: std::net::SocketAddr,
+    /// How many jobs (rotations, backups, drills, checks) run at once.
+    pub concurrency: usize,
+    /// The most a scheduled job is delayed past its time, by an offset fixed per job, so that
+    /// jobs due at one instant spread out.
+    pub jitter: Duration,
+    /// How often every current credential is checked for an out-of-band change.
+    pub check_interval: Duration,
+    /// How often backup sets' recovery points are measured against their drills' RPO targets.
+    pub watch_interval: Duration,
+    /// How long a SIGTERM waits for the steps in flight to finish and be recorded.
+    pub shutdown_grace: Duration,
 }
 
 /// Evidence ledger settings.
@@ -240,6 +260,8 @@ pub struct SecretSpec {
     pub cadence: Duration,
     /// Whether `cadence` is the kind's default rather than configured.
     pub cadence_is_default: bool,
+    /// When the daemon may start a rotation that has come due (UTC); any time when absent.
+    pub window: Option<Window>,
     /// Where the secret is defined.
     pub defined_at: Location,
 }

@@ -22,6 +22,7 @@ pub(super) struct ControllerFile {
     pub evidence: Option<Spanned<EvidenceSection>>,
     pub aws: Option<Spanned<AwsSection>>,
     pub vault: Option<Spanned<VaultSection>>,
+    pub daemon: Option<Spanned<DaemonSection>>,
 }
 
 /// A top-level section of `vigil.toml`.
@@ -31,15 +32,29 @@ pub(super) enum TopSection {
     Evidence,
     Aws,
     Vault,
+    Daemon,
 }
 
 /// The top-level sections `vigil.toml` may have, by name.
-pub(super) const CONTROLLER_SECTIONS: [(&str, TopSection); 4] = [
+pub(super) const CONTROLLER_SECTIONS: [(&str, TopSection); 5] = [
     ("controller", TopSection::Controller),
     ("evidence", TopSection::Evidence),
     ("aws", TopSection::Aws),
     ("vault", TopSection::Vault),
+    ("daemon", TopSection::Daemon),
 ];
+
+/// `[daemon]`: how `vigil run` listens, paces and stops.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DaemonSection {
+    pub listen: Option<Spanned<String>>,
+    pub concurrency: Option<Spanned<i64>>,
+    pub jitter: Option<Duration>,
+    pub check_interval: Option<Duration>,
+    pub watch_interval: Option<Duration>,
+    pub shutdown_grace: Option<Spanned<Duration>>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,12 +234,12 @@ pub(super) enum Secret {
 impl Secret {
     /// The fields every kind has.
     pub fn common(&self) -> Common<'_> {
-        let (kind, store, path, cadence) = match self {
-            Self::Password(_, s) => (&s.kind, &s.store, &s.path, &s.cadence),
-            Self::ApiKey(s) => (&s.kind, &s.store, &s.path, &s.cadence),
-            Self::JwtSigningKey(s) => (&s.kind, &s.store, &s.path, &s.cadence),
+        let (kind, store, path, cadence, window) = match self {
+            Self::Password(_, s) => (&s.kind, &s.store, &s.path, &s.cadence, &s.window),
+            Self::ApiKey(s) => (&s.kind, &s.store, &s.path, &s.cadence, &s.window),
+            Self::JwtSigningKey(s) => (&s.kind, &s.store, &s.path, &s.cadence, &s.window),
         };
-        Common { kind: *kind.get_ref(), store, path, cadence: cadence.as_ref() }
+        Common { kind: *kind.get_ref(), store, path, cadence: cadence.as_ref(), window: window.as_ref() }
     }
 }
 
@@ -234,6 +249,7 @@ pub(super) struct Common<'a> {
     pub store: &'a Spanned<StoreKind>,
     pub path: &'a Spanned<String>,
     pub cadence: Option<&'a Spanned<Duration>>,
+    pub window: Option<&'a Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +259,7 @@ pub(super) struct PasswordSecret {
     pub store: Spanned<StoreKind>,
     pub path: Spanned<String>,
     pub cadence: Option<Spanned<Duration>>,
+    pub window: Option<Spanned<String>>,
     pub target: Spanned<String>,
     pub username: Spanned<String>,
     pub clone_username: Option<Spanned<String>>,
@@ -259,6 +276,7 @@ pub(super) struct ApiKeySecret {
     pub store: Spanned<StoreKind>,
     pub path: Spanned<String>,
     pub cadence: Option<Spanned<Duration>>,
+    pub window: Option<Spanned<String>>,
     pub issuer: Spanned<Issuer>,
     /// Accepted for symmetry with passwords; `overlap` is the only value, and the default.
     #[serde(rename = "strategy")]
@@ -273,6 +291,7 @@ pub(super) struct JwtSecret {
     pub store: Spanned<StoreKind>,
     pub path: Spanned<String>,
     pub cadence: Option<Spanned<Duration>>,
+    pub window: Option<Spanned<String>>,
     /// Accepted for symmetry with passwords; `overlap` is the only value, and the default.
     #[serde(rename = "strategy")]
     pub _strategy: Option<Spanned<OverlapStrategy>>,

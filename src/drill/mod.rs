@@ -321,6 +321,11 @@ impl<'a> Drills<'a> {
         &self.backups.ctx
     }
 
+    /// The backups they restore, sharing their context: the daemon backs up through them too.
+    pub fn backups(&self) -> &Backups<'a> {
+        &self.backups
+    }
+
     fn drill(&self, name: &str) -> Result<&'a Drill, DrillError> {
         self.ctx().plan.drills.get(name).ok_or_else(|| DrillError::UnknownDrill(name.to_owned()))
     }
@@ -935,6 +940,7 @@ mod tests {
             error: None,
             started_at: String::new(),
             updated_at: String::new(),
+            waiting_until: None,
         };
         let passed = DrillReport::of(&saga(Some(Verdict { passed: true, reasons: vec![] })), Ended::Done).unwrap();
         assert!(passed.passed && passed.reason.is_none());

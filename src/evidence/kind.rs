@@ -46,6 +46,12 @@ pub enum Kind {
     SnapshotAvailable,
     /// An RDS snapshot was copied to another region.
     SnapshotCopied,
+    /// A daemon took the lead (or, on SQLite, started) with a new epoch.
+    DaemonLeading,
+    /// A daemon stopped scheduling: shut down, or leadership lost.
+    DaemonStopped,
+    /// A daemon reloaded its configuration, or refused a new one.
+    DaemonReload,
 }
 
 impl Kind {
@@ -75,6 +81,9 @@ impl Kind {
             Self::BackupPruned => "backup.pruned",
             Self::SnapshotAvailable => "backup.snapshot_available",
             Self::SnapshotCopied => "backup.snapshot_copied",
+            Self::DaemonLeading => "daemon.leading",
+            Self::DaemonStopped => "daemon.stopped",
+            Self::DaemonReload => "daemon.reload",
         }
     }
 }
@@ -127,6 +136,9 @@ mod tests {
             Kind::BackupPruned,
             Kind::SnapshotAvailable,
             Kind::SnapshotCopied,
+            Kind::DaemonLeading,
+            Kind::DaemonStopped,
+            Kind::DaemonReload,
         ];
         let names: std::collections::BTreeSet<_> = all.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), all.len());

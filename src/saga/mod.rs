@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{Registry, Resume, Resumed};
-pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, get, in_flight, newest};
+pub use store::{Expected, MemoryStore, SagaRow, SagaStore, Status, get, in_flight, newest, waits};
 
 use crate::clock::Clock;
 use crate::evidence::{Area, EvidenceError, Kind, Ledger, NewRecord, Outcome};
@@ -378,6 +378,7 @@ impl Executor<'_> {
             error: None,
             started_at: at.clone(),
             updated_at: at,
+            waiting_until: None,
         };
         if let Some(other) = self.store.insert(&saga).await? {
             return Err(SagaError::InFlight {
@@ -407,8 +408,14 @@ impl Executor<'_> {
                 if let Some(until) = def.not_before(&data, step)
                     && self.clock.now() < until
                 {
-                    if saga.step != step.name() {
-                        self.set(&mut saga, step.name(), Status::Running, None).await?;
+                    // Stored rounded up to the second, so whoever resumes it at that time finds
+                    // it due rather than a fraction of a second early.
+                    let stored = until
+                        .checked_add_signed(chrono::Duration::milliseconds(999))
+                        .unwrap_or(until)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    if saga.step != step.name() || saga.waiting_until.as_deref() != Some(stored.as_str()) {
+                        self.wait(&mut saga, step.name(), stored).await?;
                     }
                     let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                     return Ok((saga, Ended::Waiting { step: step.name().into(), until }));
@@ -555,8 +562,20 @@ impl Executor<'_> {
             failed_step,
             error: error.map(str::to_owned),
             updated_at: self.now(),
+            // A saga that moves waits for nothing.
+            waiting_until: None,
             ..saga.clone()
         };
+        self.store.update(&next, &expected).await?;
+        *saga = next;
+        Ok(())
+    }
+
+    /// Records that `saga` waits at `step` until `until` (RFC 3339), durably.
+    async fn wait(&self, saga: &mut SagaRow, step: &str, until: String) -> Result<(), SagaError> {
+        let expected = Expected { status: saga.status, updated_at: saga.updated_at.clone() };
+        let next =
+            SagaRow { step: step.to_owned(), waiting_until: Some(until), updated_at: self.now(), ..saga.clone() };
         self.store.update(&next, &expected).await?;
         *saga = next;
         Ok(())

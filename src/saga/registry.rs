@@ -56,18 +56,23 @@ impl<'a> Registry<'a> {
             if cancel.is_cancelled() {
                 break;
             }
-            let (id, kind, subject) = (saga.id.clone(), saga.kind.clone(), saga.subject.clone());
-            let outcome = match self.kinds.get(kind.as_str()) {
-                Some(resumer) => resumer.resume(saga).await,
-                None => Err(format!(
-                    "no saga kind {kind} is known to this vigil; it was started by another version, which must finish it"
-                )),
-            };
-            if let Err(why) = &outcome {
-                tracing::error!(saga = %id, %kind, %subject, %why, "could not resume this saga; the others go on");
-            }
-            resumed.push(Resumed { id, kind, subject, outcome });
+            resumed.push(self.resume(saga).await);
         }
         Ok(resumed)
+    }
+
+    /// Resumes one saga by its kind's resumer.
+    pub async fn resume(&self, saga: SagaRow) -> Resumed {
+        let (id, kind, subject) = (saga.id.clone(), saga.kind.clone(), saga.subject.clone());
+        let outcome = match self.kinds.get(kind.as_str()) {
+            Some(resumer) => resumer.resume(saga).await,
+            None => Err(format!(
+                "no saga kind {kind} is known to this vigil; it was started by another version, which must finish it"
+            )),
+        };
+        if let Err(why) = &outcome {
+            tracing::error!(saga = %id, %kind, %subject, %why, "could not resume this saga; the others go on");
+        }
+        Resumed { id, kind, subject, outcome }
     }
 }

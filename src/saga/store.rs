@@ -7,6 +7,7 @@
 
 use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 
@@ -91,6 +92,9 @@ pub struct SagaRow {
     pub started_at: String,
     /// When its row last changed: with `status`, the state a write expects to find.
     pub updated_at: String,
+    /// The time the saga waits for at its step, when it waits (RFC 3339): recorded so that the
+    /// daemon resumes waits that came due and no saga another process is running.
+    pub waiting_until: Option<String>,
 }
 
 impl SagaRow {
@@ -146,6 +150,7 @@ where
         started_at: row.try_get(7)?,
         updated_at: row.try_get(8)?,
         failed_step: row.try_get(9)?,
+        waiting_until: row.try_get(10)?,
     })
 }
 
@@ -158,7 +163,7 @@ impl SagaStore for Db {
         async move {
             // Only this subject's row is read: the partial unique index refuses a second one
             // anyway, and a look first turns that refusal into the saga to name.
-            const IN_FLIGHT: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step \
+            const IN_FLIGHT: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step, waiting_until \
                                      FROM sagas WHERE subject = $1 AND status IN ('running', 'unwinding')";
             let subject = saga.subject.to_string();
             let other = on_pool!(self, pool => match sqlx::query(IN_FLIGHT).bind(&subject).fetch_optional(pool).await? {
@@ -168,8 +173,8 @@ impl SagaStore for Db {
             if other.is_some() {
                 return Ok(other);
             }
-            const SQL: &str = "INSERT INTO sagas (id, kind, subject, step, status, data, error, started_at, updated_at, failed_step) \
-                               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+            const SQL: &str = "INSERT INTO sagas (id, kind, subject, step, status, data, error, started_at, updated_at, failed_step, waiting_until) \
+                               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
             on_pool!(self, pool => sqlx::query(SQL)
                 .bind(&saga.id)
                 .bind(&saga.kind)
@@ -181,6 +186,7 @@ impl SagaStore for Db {
                 .bind(&saga.started_at)
                 .bind(&saga.updated_at)
                 .bind(&saga.failed_step)
+                .bind(&saga.waiting_until)
                 .execute(pool)
                 .await
                 .map(drop))?;
@@ -191,8 +197,8 @@ impl SagaStore for Db {
 
     fn update<'a>(&'a self, saga: &'a SagaRow, expected: &'a Expected) -> BoxFuture<'a, Result<(), SagaError>> {
         async move {
-            const SQL: &str = "UPDATE sagas SET step = $1, status = $2, data = $3, error = $4, updated_at = $5, failed_step = $6 \
-                               WHERE id = $7 AND status = $8 AND updated_at = $9";
+            const SQL: &str = "UPDATE sagas SET step = $1, status = $2, data = $3, error = $4, updated_at = $5, failed_step = $6, \
+                               waiting_until = $7 WHERE id = $8 AND status = $9 AND updated_at = $10";
             let changed = on_pool!(self, pool => sqlx::query(SQL)
                 .bind(&saga.step)
                 .bind(saga.status.as_str())
@@ -200,6 +206,7 @@ impl SagaStore for Db {
                 .bind(&saga.error)
                 .bind(&saga.updated_at)
                 .bind(&saga.failed_step)
+                .bind(&saga.waiting_until)
                 .bind(&saga.id)
                 .bind(expected.status.as_str())
                 .bind(&expected.updated_at)
@@ -213,7 +220,7 @@ impl SagaStore for Db {
 
     fn in_flight(&self) -> BoxFuture<'_, Result<Vec<SagaRow>, SagaError>> {
         async move {
-            const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step \
+            const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step, waiting_until \
                                FROM sagas WHERE status IN ('running', 'unwinding') ORDER BY started_at";
             let rows = on_pool!(self, pool => sqlx::query(SQL).fetch_all(pool).await?.iter().map(decode).collect::<Result<Vec<_>, _>>()?);
             Ok(rows)
@@ -303,10 +310,31 @@ pub async fn in_flight(db: &Db) -> Result<Vec<SagaRow>, SagaError> {
     SagaStore::in_flight(db).await
 }
 
+/// The sagas waiting at a step whose time has come by `now`, oldest first, and the earliest
+/// time a saga still waits for: what the daemon resumes, and when it looks again. A saga
+/// another process is running waits for nothing (its wait is cleared when it moves), so it is
+/// never among them.
+pub async fn waits(db: &Db, now: DateTime<Utc>) -> Result<(Vec<SagaRow>, Option<DateTime<Utc>>), SagaError> {
+    const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step, waiting_until \
+                       FROM sagas WHERE status = 'running' AND waiting_until IS NOT NULL ORDER BY started_at";
+    let rows = on_pool!(db, pool => sqlx::query(SQL).fetch_all(pool).await?.iter().map(decode).collect::<Result<Vec<_>, _>>()?);
+    let (mut due, mut next) = (Vec::new(), None::<DateTime<Utc>>);
+    for row in rows {
+        // An unreadable time is due at once: the saga's own step decides whether to wait.
+        let until =
+            row.waiting_until.as_deref().and_then(|at| DateTime::parse_from_rfc3339(at).ok()).map(|at| at.to_utc());
+        match until {
+            Some(until) if until > now => next = Some(next.map_or(until, |n| n.min(until))),
+            _ => due.push(row),
+        }
+    }
+    Ok((due, next))
+}
+
 /// The newest saga of `kind` on `subject`, whatever its status: what `vigil drill list` shows
 /// for each drill.
 pub async fn newest(db: &Db, kind: &str, subject: &Subject) -> Result<Option<SagaRow>, SagaError> {
-    const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step \
+    const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step, waiting_until \
                        FROM sagas WHERE kind = $1 AND subject = $2 ORDER BY started_at DESC, id DESC LIMIT 1";
     Ok(on_pool!(db, pool => match sqlx::query(SQL).bind(kind).bind(subject.to_string()).fetch_optional(pool).await? {
         Some(row) => Some(decode(&row)?),
@@ -316,7 +344,7 @@ pub async fn newest(db: &Db, kind: &str, subject: &Subject) -> Result<Option<Sag
 
 /// The saga `id`, if the state database has it.
 pub async fn get(db: &Db, id: &str) -> Result<Option<SagaRow>, SagaError> {
-    const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step \
+    const SQL: &str = "SELECT id, kind, subject, step, status, data, error, started_at, updated_at, failed_step, waiting_until \
                        FROM sagas WHERE id = $1";
     Ok(on_pool!(db, pool => match sqlx::query(SQL).bind(id).fetch_optional(pool).await? {
         Some(row) => Some(decode(&row)?),

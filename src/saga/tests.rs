@@ -401,6 +401,7 @@ fn in_flight_row(id: &str, kind: &str, subject: Subject, at: &str) -> SagaRow {
         error: None,
         started_at: at.into(),
         updated_at: at.into(),
+        waiting_until: None,
     }
 }
 

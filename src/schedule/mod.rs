@@ -5,11 +5,13 @@
 
 mod cron;
 mod duration;
+mod window;
 
 use chrono::{DateTime, Utc};
 
 pub use cron::{CronError, CronSchedule};
 pub use duration::{Duration, DurationError};
+pub use window::{Window, WindowError};
 
 /// Where a credential stands against its cadence: the one answer to "is it due?" that
 /// `vigil status`, `vigil config check` and `vigil rotate --all-due` share.

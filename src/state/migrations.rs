@@ -43,6 +43,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0005_checkpoint_frontiers.sqlite.sql"),
         postgres: include_str!("migrations/0005_checkpoint_frontiers.postgres.sql"),
     },
+    Migration {
+        version: 6,
+        name: "daemon timetable and leader",
+        sqlite: include_str!("migrations/0006_daemon.sqlite.sql"),
+        postgres: include_str!("migrations/0006_daemon.postgres.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS vigil_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";

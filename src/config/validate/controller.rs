@@ -6,13 +6,18 @@ use serde_spanned::Spanned;
 
 use super::super::diagnostic::Diagnostic;
 use super::super::raw;
-use super::super::{Controller, Evidence};
+use super::super::{Controller, Daemon, Evidence};
 use super::*;
 use crate::aws::{AwsCredentials, AwsSettings as Aws};
 use crate::objects;
 use crate::secret::resolve_path;
 use crate::state::StateStore as EvidenceStore;
 use crate::stores::VaultSettings as Vault;
+
+/// Where `vigil run` serves health and metrics unless `[daemon] listen` says otherwise:
+/// loopback only.
+const DEFAULT_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9746);
 
 impl Loader {
     pub(super) fn controller(&mut self, raw: Option<&Spanned<raw::ControllerSection>>, base: &Path) -> Controller {
@@ -24,6 +29,46 @@ impl Loader {
             .and_then(|c| c.schedules.as_ref())
             .map_or_else(|| resolve_path(base, Path::new("schedules")), |dir| resolve_path(base, dir.get_ref()));
         Controller { data_dir, schedules_dir }
+    }
+
+    pub(super) fn daemon(&mut self, raw: Option<&Spanned<raw::DaemonSection>>) -> Daemon {
+        let file = self.config_file;
+        let raw = raw.map(Spanned::get_ref);
+        let listen = raw.and_then(|d| d.listen.as_ref()).and_then(|listen| match listen.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    file,
+                    listen.span(),
+                    "daemon.listen".into(),
+                    "not an address and port; write e.g. \"127.0.0.1:9746\" (loopback) or \"0.0.0.0:9746\" (every interface)",
+                );
+                None
+            }
+        });
+        let concurrency = raw.and_then(|d| d.concurrency.as_ref()).and_then(|n| match usize::try_from(*n.get_ref()) {
+            Ok(n @ 1..=256) => Some(n),
+            _ => {
+                self.error(file, n.span(), "daemon.concurrency".into(), "concurrency must be between 1 and 256");
+                None
+            }
+        });
+        let shutdown_grace = raw.and_then(|d| d.shutdown_grace.as_ref()).and_then(|grace| {
+            if grace.get_ref().as_secs() > 3_600 {
+                self.error(file, grace.span(), "daemon.shutdown_grace".into(), "shutdown_grace must be at most 1h");
+                None
+            } else {
+                Some(*grace.get_ref())
+            }
+        });
+        Daemon {
+            listen: listen.unwrap_or(DEFAULT_LISTEN),
+            concurrency: concurrency.unwrap_or(4),
+            jitter: raw.and_then(|d| d.jitter).unwrap_or(Duration::from_secs(30)),
+            check_interval: raw.and_then(|d| d.check_interval).unwrap_or(Duration::from_secs(3_600)),
+            watch_interval: raw.and_then(|d| d.watch_interval).unwrap_or(Duration::from_secs(60)),
+            shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(30)),
+        }
     }
 
     pub(super) fn evidence(

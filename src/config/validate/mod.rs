@@ -107,6 +107,7 @@ impl Loader {
         let vault = raw.vault.map(|vault| self.vault(vault));
         let controller = self.controller(raw.controller.as_ref(), &base);
         let evidence = self.evidence(raw.evidence.as_ref(), &base, &controller.data_dir);
+        let daemon = self.daemon(raw.daemon.as_ref());
 
         let schedules_span = raw.controller.as_ref().and_then(|c| c.get_ref().schedules.as_ref()).map(Spanned::span);
         let files = self.read_schedules(&controller.schedules_dir, schedules_span);
@@ -153,6 +154,7 @@ impl Loader {
             schedule_files,
             controller,
             evidence,
+            daemon,
             aws,
             vault,
             targets: plan_targets,
@@ -342,6 +344,7 @@ impl Loader {
                     self.vault_at = Some(location);
                     raw.vault = self.value(file, &name, value);
                 }
+                raw::TopSection::Daemon => raw.daemon = self.value(file, &name, value),
             }
         }
         Some(raw)

@@ -11,7 +11,7 @@ use super::super::raw;
 use super::super::{ApiKey, DbPassword, JwksTarget, JwtKey, JwtSpec, Named, SecretKind, SecretSpec, Strategy, Target};
 use super::*;
 use crate::jwks::Algorithm;
-use crate::schedule::Duration;
+use crate::schedule::{Duration, Window};
 use crate::secret::{CharClass, PasswordPolicy, StoreKind, resolve_path};
 
 impl Loader {
@@ -49,6 +49,13 @@ impl Loader {
                 format!("cadence {} is shorter than the minimum of 1h", c.get_ref()),
             );
         }
+        let window = common.window.and_then(|w| match Window::parse(w.get_ref()) {
+            Ok(window) => Some(window),
+            Err(err) => {
+                self.error(file, w.span(), field("window"), err.to_string());
+                None
+            }
+        });
         let cadence_value = cadence.unwrap_or_else(|| common.kind.default_cadence());
         let checked_cadence = cadence_ok.then_some(cadence_value);
 
@@ -78,6 +85,7 @@ impl Loader {
             strategy,
             cadence: cadence_value,
             cadence_is_default: cadence.is_none(),
+            window,
             defined_at: self.at(file, def.span.clone()),
         })
     }

@@ -1,0 +1,974 @@
+//! `vigil run`: the scheduled daemon.
+//!
+//! One loop over a [`Timetable`]: rotations by cadence (inside their windows), sagas waiting at
+//! a step (`not_before`) when their time comes, backups and drills by cron, the credential
+//! check, heartbeats and the RPO watch on intervals. At start, and again after every reload or
+//! takeover, the saga registry first finishes or rolls back whatever a crash left in flight;
+//! then what fell due while no daemon ran runs once. Jobs run concurrently up to
+//! `[daemon] concurrency`, never two on one subject.
+//!
+//! Who schedules: the one daemon of a SQLite state store (a lock file beside it), or the leader
+//! of the daemons sharing a PostgreSQL one (`lease.rs`). A standby serves `/healthz`,
+//! `/readyz`, `/metrics` and `/status` (`http.rs`) and takes over when the leader's session
+//! ends.
+
+mod http;
+mod lease;
+mod metrics;
+pub mod status;
+mod store;
+mod timetable;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::{BackupMethod, Plan};
+use crate::context::Ctx;
+use crate::drill::Drills;
+use crate::evidence::{Kind, Ledger, NewRecord, Outcome};
+use crate::rotation::Rotator;
+use crate::saga::{self, Ended, SagaError};
+use crate::state::{Db, StateStore};
+
+pub use metrics::Metrics;
+pub use timetable::{Job, Timetable, Trigger};
+
+/// How the daemon runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Run what is due now (after the catch-up), then return: for Kubernetes CronJobs and
+    /// system cron.
+    pub once: bool,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon runs on this SQLite state store.
+    #[error(
+        "another vigil run (PID {pid}) holds {lock}; stop it first, or share a PostgreSQL state store to run replicas"
+    )]
+    AlreadyRunning {
+        /// The PID the lock file names.
+        pid: String,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// A file could not be used.
+    #[error("{what}: {err}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        err: std::io::Error,
+    },
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr}: {err}; set [daemon] listen to a free address")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The state store.
+    #[error("state store: {0}")]
+    State(#[from] sqlx::Error),
+    /// Reading sagas.
+    #[error(transparent)]
+    Saga(#[from] SagaError),
+    /// The evidence ledger.
+    #[error(transparent)]
+    Evidence(#[from] crate::evidence::EvidenceError),
+}
+
+/// One job the daemon ran, and how it ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobRun {
+    /// The job (`backup:orders`, `rotate:orders-app`, …).
+    pub job: String,
+    /// Whether it did what it is for.
+    pub ok: bool,
+    /// How it ended, in one line.
+    pub outcome: String,
+}
+
+/// What a run of the daemon did: with `--once`, everything; otherwise what ran before it
+/// stopped.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    /// Sagas a crash left in flight, finished or rolled back first.
+    pub resumed: Vec<JobRun>,
+    /// Jobs run, in the order they ended.
+    pub ran: Vec<JobRun>,
+}
+
+impl Summary {
+    /// How many resumptions and jobs failed.
+    pub fn failed(&self) -> usize {
+        self.resumed.iter().chain(&self.ran).filter(|r| !r.ok).count()
+    }
+}
+
+/// What the HTTP endpoints read while the scheduler runs.
+pub struct Shared {
+    /// Every metric.
+    pub metrics: Metrics,
+    plan: RwLock<Arc<Plan>>,
+    db: Db,
+    clock: Arc<dyn Clock>,
+    leading: AtomicBool,
+}
+
+impl Shared {
+    fn plan(&self) -> Arc<Plan> {
+        self.plan.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Runs the daemon until `cancel` (SIGTERM, SIGINT) or, with `--once`, until what is due has
+/// run. `reload` is the configuration file SIGHUP re-reads.
+pub async fn run(
+    plan: Plan,
+    db: Db,
+    ledger: &Ledger,
+    clock: Arc<dyn Clock>,
+    cancel: CancellationToken,
+    options: Options,
+) -> Result<Summary, DaemonError> {
+    let size = crate::evidence::size(&db).await?;
+    let plan = Arc::new(plan);
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(size),
+        plan: RwLock::new(plan.clone()),
+        db: db.clone(),
+        clock: clock.clone(),
+        leading: AtomicBool::new(false),
+    });
+    let server = if options.once {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(plan.daemon.listen)
+            .await
+            .map_err(|err| DaemonError::Listen { addr: plan.daemon.listen, err })?;
+        tracing::info!(address = %plan.daemon.listen, "serving /healthz, /readyz, /metrics and /status");
+        Some(tokio::spawn(http::serve(listener, shared.clone(), cancel.clone())))
+    };
+    let holder = format!("{}:{}", hostname(), std::process::id());
+    let mut summary = Summary::default();
+    let result = match &plan.evidence.store {
+        StateStore::Sqlite { path } => {
+            let _lock = lease::FileLock::acquire(path)?;
+            let epoch = store::next_epoch(&db, &holder, clock.now()).await?;
+            lead(&shared, ledger, &cancel, &options, epoch, None, &mut summary).await
+        }
+        StateStore::Postgres { .. } => replicate(&shared, ledger, &cancel, &options, holder, &mut summary).await,
+    };
+    cancel.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result.map(|()| summary)
+}
+
+/// Stands by until this daemon leads a PostgreSQL store, leads until the lead is lost, and
+/// stands by again, until cancelled.
+async fn replicate(
+    shared: &Arc<Shared>,
+    ledger: &Ledger,
+    cancel: &CancellationToken,
+    options: &Options,
+    holder: String,
+    summary: &mut Summary,
+) -> Result<(), DaemonError> {
+    let Db::Postgres(pool) = &shared.db else { unreachable_store() };
+    let mut candidate: Option<lease::Candidate> = None;
+    while !cancel.is_cancelled() {
+        let attempt = async {
+            if candidate.is_none() {
+                candidate = Some(lease::Candidate::connect(pool, holder.clone()).await?);
+            }
+            let Some(c) = candidate.as_mut() else { return Ok(None) };
+            c.try_lead(shared.clock.now()).await
+        };
+        match attempt.await {
+            Ok(Some(epoch)) => {
+                let Some(mut c) = candidate.take() else { continue };
+                let lost = CancellationToken::new();
+                let leader_cancel = cancel.child_token();
+                let watch = watch_lead(&mut c, epoch, &lost, cancel);
+                let leading = lead(shared, ledger, &leader_cancel, options, epoch, Some(&lost), summary);
+                let (result, ()) = tokio::join!(
+                    async {
+                        let result = leading.await;
+                        lost.cancel();
+                        result
+                    },
+                    watch
+                );
+                // The session ends with the lead: the next leader's lock is free at once.
+                c.close().await;
+                result?;
+                if options.once {
+                    return Ok(());
+                }
+            }
+            Ok(None) => {
+                if options.once {
+                    tracing::info!("another vigil leads this state store; it runs what is due");
+                    return Ok(());
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot reach the state store to stand for leader; retrying");
+                if let Some(c) = candidate.take() {
+                    c.close().await;
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+        }
+    }
+    Ok(())
+}
+
+/// How often a standby tries for the lead, and a leader checks it still has it: well inside
+/// the 15 s a takeover may take.
+const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Cancels `lost` once `candidate` no longer leads at `epoch` (its session failed, or a newer
+/// epoch exists), or ends when `lost` is cancelled by the leader stopping.
+async fn watch_lead(
+    candidate: &mut lease::Candidate,
+    epoch: i64,
+    lost: &CancellationToken,
+    cancel: &CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = lost.cancelled() => return,
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+        }
+        match candidate.still_leads(epoch).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(epoch, "a newer leader took over; this daemon stops scheduling");
+                lost.cancel();
+                return;
+            }
+            Err(err) => {
+                tracing::error!(%err, epoch, "the leader's session to the state store failed; this daemon stops scheduling");
+                lost.cancel();
+                return;
+            }
+        }
+    }
+}
+
+fn unreachable_store() -> ! {
+    // `run` calls `replicate` for a PostgreSQL store only, and `Db::open` made the matching pool.
+    panic!("a PostgreSQL state store opened as another backend")
+}
+
+/// Leads: schedules and runs jobs with `epoch` until cancelled, until the lead is `lost`, or,
+/// with `--once`, until what is due has run. A reload that validates swaps the plan between
+/// eras; one that does not keeps the running plan.
+async fn lead(
+    shared: &Arc<Shared>,
+    ledger: &Ledger,
+    cancel: &CancellationToken,
+    options: &Options,
+    epoch: i64,
+    lost: Option<&CancellationToken>,
+    summary: &mut Summary,
+) -> Result<(), DaemonError> {
+    let stop = cancel.child_token();
+    if let Some(lost) = lost {
+        let (lost, stop) = (lost.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = lost.cancelled() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+    shared.leading.store(true, Ordering::Relaxed);
+    shared.metrics.leader.set(1);
+    shared.metrics.epoch.set(epoch);
+    tracing::info!(epoch, "leading: scheduling every job");
+    note(ledger, Kind::DaemonLeading, Outcome::Info, serde_json::json!({ "epoch": epoch, "pid": std::process::id() }))
+        .await;
+    let mut hangup = hangup_signal();
+    let result = loop {
+        let plan = shared.plan();
+        let era = Era::new(&plan, &shared.db, ledger, shared.clock.as_ref(), stop.child_token(), shared, options);
+        match era.run(&stop, &mut hangup, summary).await {
+            Ok(EraEnd::Reload(next)) => *shared.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(*next),
+            Ok(EraEnd::Stopped) => break Ok(()),
+            Err(err) => break Err(err),
+        }
+    };
+    shared.leading.store(false, Ordering::Relaxed);
+    shared.metrics.leader.set(0);
+    let why = if lost.is_some_and(CancellationToken::is_cancelled) { "leadership lost" } else { "stopped" };
+    note(ledger, Kind::DaemonStopped, Outcome::Info, serde_json::json!({ "epoch": epoch, "why": why })).await;
+    stop.cancel();
+    result
+}
+
+/// Appends a daemon record; a failure is logged, and the daemon goes on (the jobs' own records
+/// are what evidence rests on).
+async fn note(ledger: &Ledger, kind: Kind, outcome: Outcome, details: serde_json::Value) {
+    let record = NewRecord { kind: kind.into(), subject: "daemon".into(), outcome, details };
+    if let Err(err) = ledger.append(record).await {
+        tracing::error!(%err, kind = kind.as_str(), "cannot record the daemon's event in the ledger");
+    }
+}
+
+/// SIGHUP, as a stream; none if the signal cannot be listened for (then reloads need a restart).
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGHUP; a configuration change needs a restart");
+            None
+        }
+    }
+}
+
+async fn hangup(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// How an era (one plan's run) ended.
+enum EraEnd {
+    /// A new configuration validated: run again with it.
+    Reload(Box<Plan>),
+    /// Cancelled, the lead lost, or `--once` done.
+    Stopped,
+}
+
+/// How a job ended.
+struct Ran {
+    ok: bool,
+    outcome: String,
+    /// A rotation or resumed saga now waits until then.
+    waiting: Option<DateTime<Utc>>,
+    /// The soonest time any saga waits for, when the job looked (the waits job).
+    next_wait: Option<DateTime<Utc>>,
+}
+
+impl Ran {
+    fn ok(outcome: impl Into<String>) -> Self {
+        Self { ok: true, outcome: outcome.into(), waiting: None, next_wait: None }
+    }
+
+    fn failed(outcome: impl Into<String>) -> Self {
+        Self { ok: false, outcome: outcome.into(), waiting: None, next_wait: None }
+    }
+}
+
+/// Everything that runs jobs under one plan.
+struct Era<'a> {
+    plan: &'a Plan,
+    rotator: Rotator<'a>,
+    drills: Drills<'a>,
+    shared: &'a Shared,
+    options: &'a Options,
+    clock: &'a dyn Clock,
+}
+
+/// After a failed run, a job waits this long before it runs again, doubling up to an hour.
+const RETRY_FIRST: chrono::Duration = chrono::Duration::minutes(1);
+const RETRY_MAX: chrono::Duration = chrono::Duration::hours(1);
+
+/// The longest the loop sleeps without looking at the clock again: a clock that jumps, a
+/// saga another process left waiting, are noticed within it.
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl<'a> Era<'a> {
+    fn new(
+        plan: &'a Plan,
+        db: &'a Db,
+        ledger: &'a Ledger,
+        clock: &'a dyn Clock,
+        cancel: CancellationToken,
+        shared: &'a Shared,
+        options: &'a Options,
+    ) -> Self {
+        Self {
+            plan,
+            rotator: Rotator::new(Ctx::new(plan, db, ledger, clock, cancel.clone())),
+            drills: Drills::new(Ctx::new(plan, db, ledger, clock, cancel)),
+            shared,
+            options,
+            clock,
+        }
+    }
+
+    fn db(&self) -> &Db {
+        self.rotator.ctx.db
+    }
+
+    async fn run(
+        &self,
+        stop: &CancellationToken,
+        hangup_signal: &mut Option<tokio::signal::unix::Signal>,
+        summary: &mut Summary,
+    ) -> Result<EraEnd, DaemonError> {
+        let mut registry = saga::Registry::default();
+        self.rotator.register(&mut registry);
+        self.drills.register(&mut registry);
+        self.drills.backups().register(&mut registry);
+        // Catch-up, first: what a crash or a signal left in flight.
+        for resumed in registry.resume_all(self.db(), stop).await? {
+            let (ok, outcome) = match &resumed.outcome {
+                Ok(ended) => (!matches!(ended, Ended::RolledBack { .. } | Ended::Stuck { .. }), ended_line(ended)),
+                Err(why) => (false, why.clone()),
+            };
+            summary.resumed.push(JobRun { job: format!("resume:{}", resumed.subject), ok, outcome });
+        }
+        let started = self.clock.now();
+        let mut table = self.timetable(started).await?;
+        let mut retry: BTreeMap<Job, (DateTime<Utc>, chrono::Duration)> = BTreeMap::new();
+        let mut busy: BTreeSet<String> = BTreeSet::new();
+        let mut ran_once: BTreeSet<Job> = BTreeSet::new();
+        let mut running: FuturesUnordered<BoxFuture<'_, (Job, Ran)>> = FuturesUnordered::new();
+        let mut reload: Option<Box<Plan>> = None;
+        let grace = self.plan.daemon.shutdown_grace.to_std();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let stopping = stop.is_cancelled() || reload.is_some();
+            let now = self.clock.now();
+            if !stopping {
+                self.refresh_rotations(&mut table, started, now).await?;
+                for job in table.due(now) {
+                    if running.len() >= self.plan.daemon.concurrency {
+                        break;
+                    }
+                    let subject = job.subject();
+                    let waiting_retry = retry.get(&job).is_some_and(|(at, _)| *at > now);
+                    let already = self.options.once && ran_once.contains(&job);
+                    // A drill waits for a backup of its set in flight: it restores the newest.
+                    let restores_busy = match &job {
+                        Job::Drill(name) => {
+                            self.plan.drills.get(name).is_some_and(|d| busy.contains(&format!("backup:{}", d.backup)))
+                        }
+                        _ => false,
+                    };
+                    if waiting_retry
+                        || already
+                        || restores_busy
+                        || subject.as_ref().is_some_and(|s| busy.contains(s))
+                        || busy.contains(&job.to_string())
+                    {
+                        continue;
+                    }
+                    busy.insert(job.to_string());
+                    if let Some(subject) = subject {
+                        busy.insert(subject);
+                    }
+                    ran_once.insert(job.clone());
+                    tracing::info!(job = %job, "running");
+                    let run = self.execute(job.clone(), busy.clone());
+                    running.push(async move { (job, run.await) }.boxed());
+                }
+            }
+            if running.is_empty() {
+                if let Some(next) = reload.take() {
+                    return Ok(EraEnd::Reload(next));
+                }
+                if stop.is_cancelled() {
+                    return Ok(EraEnd::Stopped);
+                }
+                if self.options.once && self.nothing_due(&table, &retry, &ran_once, self.clock.now()) {
+                    return Ok(EraEnd::Stopped);
+                }
+            }
+            let sleep_for = table
+                .next_wake()
+                .map(|wake| (wake - self.clock.now()).to_std().unwrap_or_default())
+                .map_or(LOOK_AGAIN, |d| d.min(LOOK_AGAIN));
+            let sleep_for =
+                if self.options.once { sleep_for.min(std::time::Duration::from_millis(200)) } else { sleep_for };
+            if stop.is_cancelled() && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + grace);
+            }
+            tokio::select! {
+                Some((job, ran)) = running.next(), if !running.is_empty() => {
+                    busy.remove(&job.to_string());
+                    if let Some(subject) = job.subject() {
+                        busy.remove(&subject);
+                    }
+                    self.finished(&mut table, &mut retry, &job, &ran).await;
+                    summary.ran.push(JobRun { job: job.to_string(), ok: ran.ok, outcome: ran.outcome });
+                }
+                () = stop.cancelled(), if !stop.is_cancelled() => {}
+                () = tokio::time::sleep(sleep_for), if !stopping => {}
+                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    tracing::warn!(jobs = running.len(), "the steps in flight did not finish within shutdown_grace; they resume on the next start");
+                    return Ok(EraEnd::Stopped);
+                }
+                () = hangup(hangup_signal), if reload.is_none() && !stop.is_cancelled() => {
+                    reload = self.reload().await;
+                }
+            }
+        }
+    }
+
+    /// With `--once`: whether nothing is left to run now.
+    fn nothing_due(
+        &self,
+        table: &Timetable,
+        retry: &BTreeMap<Job, (DateTime<Utc>, chrono::Duration)>,
+        ran_once: &BTreeSet<Job>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        table.due(now).iter().all(|job| ran_once.contains(job) || retry.get(job).is_some_and(|(at, _)| *at > now))
+    }
+
+    /// Re-reads the configuration; a valid one ends the era once the jobs in flight finish, an
+    /// invalid one keeps this plan running.
+    async fn reload(&self) -> Option<Box<Plan>> {
+        let path = self.plan.config_file.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path)).await;
+        let metrics = &self.shared.metrics;
+        let ledger = self.rotator.ctx.ledger;
+        match loaded {
+            Ok(Ok(loaded)) => {
+                tracing::info!(config = %self.plan.config_file.display(), "SIGHUP: configuration valid; applying it once the jobs in flight finish");
+                metrics.reloads.get_or_create(&metrics::label("outcome", "applied")).inc();
+                metrics.config_ok.set(1);
+                note(
+                    ledger,
+                    Kind::DaemonReload,
+                    Outcome::Succeeded,
+                    serde_json::json!({ "files": loaded.plan.schedule_files.len() + 1 }),
+                )
+                .await;
+                Some(Box::new(loaded.plan))
+            }
+            Ok(Err(diagnostics)) => {
+                let errors: Vec<String> = diagnostics
+                    .iter()
+                    .filter(|d| d.severity == crate::config::Severity::Error)
+                    .map(ToString::to_string)
+                    .collect();
+                for error in &errors {
+                    tracing::error!("{error}");
+                }
+                tracing::error!(
+                    errors = errors.len(),
+                    "SIGHUP: the configuration has errors; the running one stays in use (`vigil config check` shows them)"
+                );
+                metrics.reloads.get_or_create(&metrics::label("outcome", "refused")).inc();
+                metrics.config_ok.set(0);
+                note(ledger, Kind::DaemonReload, Outcome::Failed, serde_json::json!({ "errors": errors.len() })).await;
+                None
+            }
+            Err(err) => {
+                tracing::error!(%err, "SIGHUP: reading the configuration failed; the running one stays in use");
+                None
+            }
+        }
+    }
+
+    /// The timetable of this plan: each job's persisted next run, or for a job never
+    /// persisted, its first run from its own records.
+    async fn timetable(&self, now: DateTime<Utc>) -> Result<Timetable, DaemonError> {
+        let persisted = store::jobs(self.db()).await?;
+        let jitter = self.plan.daemon.jitter;
+        let mut table = Timetable::default();
+        let mut jobs: Vec<(Job, Trigger, Option<DateTime<Utc>>)> = Vec::new();
+        let backups = self.drills.backups().list(None).await.unwrap_or_default();
+        let newest_backup =
+            |set: &str| backups.iter().filter(|e| e.set == set).filter_map(|e| parse_time(&e.started_at)).max();
+        for (name, set) in &self.plan.backups {
+            let last = newest_backup(name);
+            jobs.push((
+                Job::Backup { set: name.clone(), kind: None },
+                Trigger::Cron(Box::new(set.schedule.clone())),
+                last,
+            ));
+            if let BackupMethod::PgBackRest(pg) = &set.method {
+                for (kind, cron) in &pg.also {
+                    jobs.push((
+                        Job::Backup { set: name.clone(), kind: Some(*kind) },
+                        Trigger::Cron(Box::new(cron.clone())),
+                        last,
+                    ));
+                }
+                if let Some(every) = pg.heartbeat {
+                    jobs.push((Job::Heartbeat(name.clone()), Trigger::Every(every), None));
+                }
+            }
+        }
+        let latest = self.drills.latest().await.unwrap_or_default();
+        for (name, drill) in &self.plan.drills {
+            if let Some(cron) = &drill.schedule {
+                let last = latest.get(name).and_then(Option::as_ref).and_then(|run| parse_time(&run.updated_at));
+                jobs.push((Job::Drill(name.clone()), Trigger::Cron(Box::new(cron.clone())), last));
+            }
+        }
+        if self.plan.secrets.values().any(|s| s.kind.db_password().is_some()) {
+            jobs.push((Job::Check, Trigger::Every(self.plan.daemon.check_interval), None));
+        }
+        if !self.plan.backups.is_empty() {
+            jobs.push((Job::Watch, Trigger::Every(self.plan.daemon.watch_interval), None));
+        }
+        for (job, trigger, last) in jobs {
+            let name = job.to_string();
+            let next = match persisted.get(&name) {
+                Some(row) => row.next_run,
+                None => {
+                    let first = Timetable::first_run(&trigger, last, now);
+                    store::save(self.db(), &name, first, None, now).await?;
+                    first
+                }
+            };
+            table.add(job, trigger, next, jitter);
+        }
+        // Rotations and waits move by what the sagas say, not by a timetable of their own.
+        for name in self.plan.secrets.keys() {
+            table.add(Job::Rotate(name.clone()), Trigger::Given, DateTime::<Utc>::MAX_UTC, jitter);
+        }
+        table.add(Job::Waits, Trigger::Given, now, jitter);
+        Ok(table)
+    }
+
+    /// Sets each secret's next rotation from its history: due at its cadence plus its jitter,
+    /// moved into its window; overdue when the era started, due now.
+    async fn refresh_rotations(
+        &self,
+        table: &mut Timetable,
+        started: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DaemonError> {
+        if self.plan.secrets.is_empty() {
+            return Ok(());
+        }
+        let states = crate::rotation::states(self.plan, self.db(), now).await?;
+        for (name, state) in states {
+            let job = Job::Rotate(name.clone());
+            let spec = &self.plan.secrets[&name];
+            let next = if state.standing.in_flight {
+                // The waits job, or the next era's catch-up, carries it on.
+                DateTime::<Utc>::MAX_UTC
+            } else if state.standing.next <= started {
+                now
+            } else {
+                state.standing.next + table.jitter(&job)
+            };
+            let next = match &spec.window {
+                Some(window) if next != DateTime::<Utc>::MAX_UTC => window.next_open(next),
+                _ => next,
+            };
+            table.set_next(&job, next);
+        }
+        Ok(())
+    }
+
+    /// Moves `job` on after it ran, persists its next run, and counts it.
+    async fn finished(
+        &self,
+        table: &mut Timetable,
+        retry: &mut BTreeMap<Job, (DateTime<Utc>, chrono::Duration)>,
+        job: &Job,
+        ran: &Ran,
+    ) {
+        let now = self.clock.now();
+        if ran.ok {
+            retry.remove(job);
+            tracing::info!(job = %job, outcome = %ran.outcome, "done");
+        } else {
+            let wait = retry.get(job).map_or(RETRY_FIRST, |(_, last)| (*last * 2).min(RETRY_MAX));
+            retry.insert(job.clone(), (now + wait, wait));
+            tracing::error!(job = %job, outcome = %ran.outcome, retry_in_secs = wait.num_seconds(), "failed");
+            let kind = job.to_string().split(':').next().unwrap_or_default().to_owned();
+            self.shared.metrics.job_failures.get_or_create(&metrics::label("job", &kind)).inc();
+        }
+        let next = match job {
+            Job::Waits => {
+                let look = now + chrono::Duration::from_std(LOOK_AGAIN).unwrap_or_default() * 2;
+                let next = ran.next_wait.map_or(look, |wait| wait.min(look));
+                table.set_next(job, next);
+                Some(next)
+            }
+            _ => table.ran(job, now),
+        };
+        if let Some(waiting) = ran.waiting {
+            // A rotation now waiting (a JWT promote, an API key's retire): the waits job looks
+            // then, or sooner.
+            let sooner = table.next(&Job::Waits).map_or(waiting, |n| n.min(waiting));
+            table.set_next(&Job::Waits, sooner);
+        }
+        if let Some(next) = next
+            && !matches!(job, Job::Rotate(_) | Job::Waits)
+            && let Err(err) = store::save(self.db(), &job.to_string(), next, Some((now, &ran.outcome)), now).await
+        {
+            tracing::error!(%err, job = %job, "cannot persist the job's next run; a restart may run it again");
+        }
+    }
+
+    /// Runs one job.
+    fn execute<'s>(&'s self, job: Job, busy: BTreeSet<String>) -> BoxFuture<'s, Ran> {
+        async move {
+            match &job {
+                Job::Rotate(name) => self.rotate(name).await,
+                Job::Backup { set, kind } => self.backup(set, *kind).await,
+                Job::Drill(name) => self.drill(name).await,
+                Job::Heartbeat(set) => match self.drills.backups().heartbeat(set).await {
+                    Ok(at) => Ran::ok(format!("heartbeat {at}")),
+                    Err(err) => Ran::failed(err.to_string()),
+                },
+                Job::Check => self.check().await,
+                Job::Waits => self.waits(&busy).await,
+                Job::Watch => self.watch().await,
+            }
+        }
+        .boxed()
+    }
+
+    async fn rotate(&self, name: &str) -> Ran {
+        let kind = self.plan.secrets.get(name).map_or("unknown", |s| s.kind.as_str());
+        let counted = |outcome: &str| {
+            self.shared.metrics.rotations.get_or_create(&metrics::labels(("kind", kind), ("outcome", outcome))).inc();
+        };
+        match self.rotator.rotate(name, false).await {
+            Ok(report) => {
+                let outcome = ended_name(&report.ended);
+                counted(outcome);
+                let mut ran = if matches!(report.ended, Ended::Done | Ended::Waiting { .. }) {
+                    Ran::ok(format!("rotation {}: {}", report.rotation, ended_line(&report.ended)))
+                } else {
+                    Ran::failed(format!("rotation {}: {}", report.rotation, ended_line(&report.ended)))
+                };
+                ran.waiting = waiting_until(&report.ended);
+                ran
+            }
+            Err(err) => {
+                counted("refused");
+                Ran::failed(err.to_string())
+            }
+        }
+    }
+
+    async fn backup(&self, set: &str, kind: Option<crate::pgbackrest::BackupType>) -> Ran {
+        let metrics = &self.shared.metrics;
+        let began = std::time::Instant::now();
+        let result = self.drills.backups().run_typed(set, kind).await;
+        metrics.backup_duration.get_or_create(&metrics::label("set", set)).set(began.elapsed().as_secs_f64());
+        match result {
+            Ok(report) if report.verified => {
+                metrics.backups.get_or_create(&metrics::labels(("set", set), ("outcome", "verified"))).inc();
+                if let Some(bytes) = report.bytes {
+                    metrics
+                        .backup_bytes
+                        .get_or_create(&metrics::label("set", set))
+                        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                }
+                // Retention applies as backups land; a failure to prune fails no backup.
+                let pruned = match self.drills.backups().prune(false).await {
+                    Ok(pruned) => pruned.len(),
+                    Err(err) => {
+                        tracing::error!(%err, set, "retention could not be applied");
+                        0
+                    }
+                };
+                Ran::ok(format!("backup {} verified; {pruned} pruned", report.backup_id))
+            }
+            Ok(report) => {
+                metrics.backups.get_or_create(&metrics::labels(("set", set), ("outcome", "failed"))).inc();
+                Ran::failed(format!("backup {}: {}", report.backup_id, ended_line(&report.ended)))
+            }
+            Err(err) => {
+                metrics.backups.get_or_create(&metrics::labels(("set", set), ("outcome", "failed"))).inc();
+                Ran::failed(err.to_string())
+            }
+        }
+    }
+
+    async fn drill(&self, name: &str) -> Ran {
+        let metrics = &self.shared.metrics;
+        match self.drills.run(name).await {
+            Ok(report) => {
+                let outcome = if report.passed { "passed" } else { "failed" };
+                metrics.drills.get_or_create(&metrics::labels(("drill", name), ("outcome", outcome))).inc();
+                if let Some(rto) = report.data.rto_secs {
+                    metrics.drill_rto.get_or_create(&metrics::label("drill", name)).set(rto);
+                }
+                if let Some(rpo) = report.data.rpo_secs {
+                    metrics.drill_rpo.get_or_create(&metrics::label("drill", name)).set(rpo as f64);
+                }
+                match report.reason {
+                    None if report.passed => Ran::ok(format!("drill {} passed", report.id)),
+                    reason => Ran::failed(format!("drill {} failed: {}", report.id, reason.unwrap_or_default())),
+                }
+            }
+            Err(err) => {
+                metrics.drills.get_or_create(&metrics::labels(("drill", name), ("outcome", "failed"))).inc();
+                Ran::failed(err.to_string())
+            }
+        }
+    }
+
+    async fn check(&self) -> Ran {
+        match self.rotator.check().await {
+            Ok(reports) => {
+                let drifted: Vec<&str> = reports.iter().filter(|r| !r.ok).map(|r| r.secret.as_str()).collect();
+                self.shared.metrics.drifted.set(i64::try_from(drifted.len()).unwrap_or(i64::MAX));
+                if drifted.is_empty() {
+                    Ran::ok(format!("{} current credentials log in", reports.len()))
+                } else {
+                    Ran::failed(format!("current credentials do not log in: {}", drifted.join(", ")))
+                }
+            }
+            Err(err) => Ran::failed(err.to_string()),
+        }
+    }
+
+    /// Resumes the sagas whose wait has come, except those on a subject a job of this daemon
+    /// is acting on.
+    async fn waits(&self, busy: &BTreeSet<String>) -> Ran {
+        let (due, next_wait) = match saga::waits(self.db(), self.clock.now()).await {
+            Ok(found) => found,
+            Err(err) => return Ran::failed(err.to_string()),
+        };
+        let mut registry = saga::Registry::default();
+        self.rotator.register(&mut registry);
+        self.drills.register(&mut registry);
+        self.drills.backups().register(&mut registry);
+        let (mut done, mut failed, mut soonest) = (Vec::new(), Vec::new(), next_wait);
+        for saga in due {
+            if busy.contains(&saga.subject.to_string()) {
+                continue;
+            }
+            let resumed = registry.resume(saga).await;
+            match &resumed.outcome {
+                Ok(ended @ (Ended::Done | Ended::Waiting { .. })) => {
+                    if let Some(until) = waiting_until(ended) {
+                        soonest = Some(soonest.map_or(until, |s| s.min(until)));
+                    }
+                    done.push(format!("{} {}", resumed.subject, ended_line(ended)));
+                }
+                Ok(ended) => failed.push(format!("{}: {}", resumed.subject, ended_line(ended))),
+                Err(why) => failed.push(format!("{}: {why}", resumed.subject)),
+            }
+        }
+        let mut ran = if failed.is_empty() {
+            Ran::ok(if done.is_empty() { "nothing waiting is due".to_owned() } else { done.join("; ") })
+        } else {
+            Ran::failed(failed.join("; "))
+        };
+        ran.next_wait = soonest;
+        ran
+    }
+
+    /// Measures each backup set's recovery point against the RPO targets of the drills that
+    /// restore it.
+    async fn watch(&self) -> Ran {
+        let metrics = &self.shared.metrics;
+        let now = self.clock.now();
+        let entries = match self.drills.backups().list(None).await {
+            Ok(entries) => entries,
+            Err(err) => return Ran::failed(err.to_string()),
+        };
+        let mut exceeded = Vec::new();
+        for (name, set) in &self.plan.backups {
+            let target = self.plan.drills.values().filter(|d| d.backup == *name).map(|d| d.rpo).min();
+            let age = match &set.method {
+                BackupMethod::PgBackRest(_) => {
+                    let stores = &self.rotator.ctx.stores;
+                    match crate::backup::physical::archive_health(self.plan, stores, self.clock, name).await {
+                        Ok(health) => health.rpo_exposure_secs,
+                        Err(err) => {
+                            tracing::warn!(set = %name, %err, "cannot read the archive's health");
+                            None
+                        }
+                    }
+                }
+                _ => entries
+                    .iter()
+                    .filter(|e| e.set == *name && e.status == crate::backup::catalog::Status::Verified)
+                    .filter_map(|e| parse_time(&e.started_at))
+                    .max()
+                    .map(|at| (now - at).num_milliseconds() as f64 / 1000.0),
+            };
+            if let Some(target) = target {
+                metrics.rpo_target.get_or_create(&metrics::label("set", name)).set(target.as_secs() as f64);
+            }
+            match age {
+                Some(age) => {
+                    metrics.recovery_point_age.get_or_create(&metrics::label("set", name)).set(age);
+                    if let Some(target) = target
+                        && age > target.as_secs() as f64
+                    {
+                        exceeded.push(format!(
+                            "{name}: recovery point {} old, RPO target {}",
+                            crate::drill::human_measured(age),
+                            target
+                        ));
+                    }
+                }
+                None if target.is_some() => exceeded.push(format!("{name}: no verified backup")),
+                None => {}
+            }
+        }
+        if exceeded.is_empty() {
+            Ran::ok("every recovery point is within its RPO target")
+        } else {
+            Ran::failed(format!("RPO exposure above target: {}", exceeded.join("; ")))
+        }
+    }
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|at| at.to_utc())
+}
+
+fn waiting_until(ended: &Ended) -> Option<DateTime<Utc>> {
+    match ended {
+        Ended::Waiting { until, .. } => parse_time(until),
+        _ => None,
+    }
+}
+
+fn ended_name(ended: &Ended) -> &'static str {
+    match ended {
+        Ended::Done => "done",
+        Ended::Waiting { .. } => "waiting",
+        Ended::RolledBack { .. } => "rolled_back",
+        Ended::Stuck { .. } => "stuck",
+    }
+}
+
+fn ended_line(ended: &Ended) -> String {
+    match ended {
+        Ended::Done => "done".into(),
+        Ended::Waiting { step, until } => format!("waiting to {step} until {until}"),
+        Ended::RolledBack { step, reason } => format!("rolled back at {step}: {reason}"),
+        Ended::Stuck { step, reason } => format!("stuck undoing {step}: {reason}"),
+    }
+}
