@@ -34,7 +34,11 @@ pub fn init(format: LogFormat, verbosity: i8) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests that run the CLI in-process) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Human => builder.with_target(false).try_init(),
+        // Colours for a person at a terminal only: a log file or journald gets plain text.
+        LogFormat::Human => {
+            use std::io::IsTerminal as _;
+            builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).try_init()
+        }
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }

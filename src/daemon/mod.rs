@@ -153,6 +153,11 @@ pub async fn run(
         clock: clock.clone(),
         leading: AtomicBool::new(false),
     });
+    // One daemon per SQLite store, checked before anything else: a second one names the first.
+    let _lock = match &plan.evidence.store {
+        StateStore::Sqlite { path } => Some(lease::FileLock::acquire(path)?),
+        StateStore::Postgres { .. } => None,
+    };
     let server = if options.once {
         None
     } else {
@@ -165,8 +170,7 @@ pub async fn run(
     let holder = format!("{}:{}", hostname(), std::process::id());
     let mut summary = Summary::default();
     let result = match &plan.evidence.store {
-        StateStore::Sqlite { path } => {
-            let _lock = lease::FileLock::acquire(path)?;
+        StateStore::Sqlite { .. } => {
             let epoch = store::next_epoch(&db, &holder, clock.now()).await?;
             lead(&shared, ledger, &cancel, &options, epoch, None, &mut summary).await
         }
@@ -464,23 +468,35 @@ impl<'a> Era<'a> {
             let now = self.clock.now();
             if !stopping {
                 self.refresh_rotations(&mut table, started, now).await?;
-                for job in table.due(now) {
+                let due = table.due(now);
+                // Backups in flight, or due and not yet started: what a drill restores and the
+                // RPO watch measures is about to change, so those wait for them.
+                let pending_backups: BTreeSet<String> = due
+                    .iter()
+                    .filter(|job| !(self.options.once && ran_once.contains(*job)))
+                    .filter_map(|job| match job {
+                        Job::Backup { set, .. } => Some(set.clone()),
+                        _ => None,
+                    })
+                    .chain(busy.iter().filter_map(|b| b.strip_prefix("backup:").map(str::to_owned)))
+                    .collect();
+                for job in due {
                     if running.len() >= self.plan.daemon.concurrency {
                         break;
                     }
                     let subject = job.subject();
                     let waiting_retry = retry.get(&job).is_some_and(|(at, _)| *at > now);
                     let already = self.options.once && ran_once.contains(&job);
-                    // A drill waits for a backup of its set in flight: it restores the newest.
-                    let restores_busy = match &job {
+                    let waits_for_backups = match &job {
                         Job::Drill(name) => {
-                            self.plan.drills.get(name).is_some_and(|d| busy.contains(&format!("backup:{}", d.backup)))
+                            self.plan.drills.get(name).is_some_and(|d| pending_backups.contains(&d.backup))
                         }
+                        Job::Watch => !pending_backups.is_empty(),
                         _ => false,
                     };
                     if waiting_retry
                         || already
-                        || restores_busy
+                        || waits_for_backups
                         || subject.as_ref().is_some_and(|s| busy.contains(s))
                         || busy.contains(&job.to_string())
                     {
@@ -676,8 +692,10 @@ impl<'a> Era<'a> {
             let next = if state.standing.in_flight {
                 // The waits job, or the next era's catch-up, carries it on.
                 DateTime::<Utc>::MAX_UTC
-            } else if state.standing.next <= started {
-                now
+            } else if state.status.last_rotated.is_none() || state.standing.next <= started {
+                // Never rotated (nothing proves its age), or overdue when the era started:
+                // the catch-up runs it now.
+                state.standing.next.min(now)
             } else {
                 state.standing.next + table.jitter(&job)
             };
@@ -791,7 +809,7 @@ impl<'a> Era<'a> {
                 }
                 // Retention applies as backups land; a failure to prune fails no backup.
                 let pruned = match self.drills.backups().prune(false).await {
-                    Ok(pruned) => pruned.len(),
+                    Ok(pruned) => pruned.iter().map(|p| p.deleted.len()).sum(),
                     Err(err) => {
                         tracing::error!(%err, set, "retention could not be applied");
                         0

@@ -157,3 +157,57 @@ async fn the_command_rotates_a_key_and_waits_to_retire_the_old_one() {
         assert!(!rotated.all_output().contains(&secret), "a key secret reached the output");
     }
 }
+
+/// The daemon rotates a never-rotated key and retires the old one when the overlap ends, with
+/// nobody running `--resume`: `vigil run --once` inside the window leaves it waiting, the first
+/// one after the window retires it, and the next finds nothing to do for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: cargo xtask test"]
+async fn the_daemon_retires_the_old_key_when_the_overlap_ends() {
+    let services = Services::load();
+    let issuer = Issuer::start().await;
+    let cell = cell(&services, &issuer, Store::Vault).await;
+    let old = current_key(&cell).await;
+    let config = cell.dir.path().join("vigil.toml");
+    let plan = || vigil::config::load(&config).unwrap().plan;
+    let clock = Arc::new(ManualClock::new(DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().to_utc()));
+    let db = Db::open(&plan().evidence.store).await.unwrap();
+    let key_path = cell.dir.path().join("ledger.key");
+    LedgerKey::generate("vigil/keys").save(&key_path).unwrap();
+    let ledger = Ledger::open(db.clone(), LedgerKey::load(&key_path).unwrap(), clock.clone()).await.unwrap();
+    let once = || {
+        let options = vigil::daemon::Options { once: true };
+        vigil::daemon::run(plan(), db.clone(), &ledger, clock.clone(), CancellationToken::new(), options)
+    };
+    let job = format!("rotate:{}", cell.name);
+    // A wait that came due while no daemon ran is the start's catch-up's to resume.
+    let outcome = |summary: &vigil::daemon::Summary, job: &str| {
+        summary.resumed.iter().chain(&summary.ran).find(|r| r.job == job).map(|r| (r.ok, r.outcome.clone()))
+    };
+    let resumed = format!("resume:secret:{}", cell.name);
+
+    let first = once().await.unwrap();
+    let (ok, said) = outcome(&first, &job).unwrap_or_else(|| panic!("{first:?}"));
+    assert!(ok && said.contains("waiting to retire until 2026-11-25T10:00:00Z"), "{said}");
+    let new = current_key(&cell).await;
+    assert!(issuer.accepts(&old) && issuer.accepts(&new), "both keys work through the overlap");
+
+    clock.advance(chrono::Duration::hours(23));
+    let inside = once().await.unwrap();
+    assert!(outcome(&inside, &job).is_none(), "not due again: {inside:?}");
+    let (ok, said) = outcome(&inside, &resumed).unwrap();
+    assert!(ok && said.starts_with("waiting to retire"), "{said}");
+    assert!(issuer.accepts(&old), "not retired early");
+
+    clock.advance(chrono::Duration::hours(2));
+    let after = once().await.unwrap();
+    assert_eq!(outcome(&after, &resumed), Some((true, "done".to_owned())), "{after:?}");
+    assert!(!issuer.accepts(&old), "the old key is revoked after the overlap");
+    assert!(issuer.accepts(&new));
+
+    clock.advance(chrono::Duration::hours(1));
+    let idle = once().await.unwrap();
+    assert!(outcome(&idle, &job).is_none() && outcome(&idle, &resumed).is_none() && idle.failed() == 0, "{idle:?}");
+    let report = vigil::evidence::verify(&db, vigil::evidence::Trust::Genesis).await.unwrap();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+}

@@ -422,3 +422,48 @@ fn jwt_configuration_mistakes_are_named() {
         assert!(run.stderr().contains(expected), "missing {expected:?} in:\n{}", run.stderr());
     }
 }
+
+/// The daemon carries a JWT rotation through its waits with nobody running `--resume`: the
+/// first `vigil run --once` bootstraps the key and leaves it waiting to promote; the start's
+/// catch-up after the JWKS cache time promotes it; one after the tokens it may have signed
+/// expired retires the old key, leaving the JWKS with the new one alone.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: cargo xtask test"]
+async fn the_daemon_promotes_and_retires_a_jwt_key_when_each_wait_ends() {
+    let cell = JwtCell::new("ES256", Store::Vault, Publish::File).await;
+    let config = cell.config.to_str().unwrap().to_owned();
+    let once = |offset: i64| -> Value {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["--config", &config, "--output", "json", "run", "--once"])
+            .current_dir(cell.dir.path())
+            .env("VIGIL_CLOCK_OFFSET", offset.to_string())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let outcome = |summary: &Value, job: &str| -> String {
+        // A wait that came due while no daemon ran is the start's catch-up's to resume.
+        let mut all = summary["resumed"].as_array().unwrap().iter().chain(summary["ran"].as_array().unwrap());
+        let found = all.find(|r| r["job"] == job).cloned();
+        let found = found.unwrap_or_else(|| panic!("{job} did not run: {summary}"));
+        assert_eq!(found["ok"], true, "{summary}");
+        found["outcome"].as_str().unwrap().to_owned()
+    };
+    let (hour, skew) = (3_600, 300);
+
+    let first = once(0);
+    assert!(outcome(&first, &format!("rotate:{}", cell.name)).contains("waiting to promote"), "{first}");
+    assert_eq!(cell.current().await, json!({}), "not promoted before the JWKS cache time");
+
+    let promoted = once(hour + 60);
+    let resumed = format!("resume:secret:{}", cell.name);
+    assert!(outcome(&promoted, &resumed).contains("waiting to retire"), "{promoted}");
+    let kid = cell.current().await["kid"].as_str().unwrap().to_owned();
+
+    let retired = once(hour + 60 + hour + skew + 60);
+    assert_eq!(outcome(&retired, &resumed), "done", "{retired}");
+    assert_eq!(JwtCell::kids(&cell.published().await), vec![kid]);
+    cell.vigil(&["evidence", "verify"]).assert_code(0);
+}

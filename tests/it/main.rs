@@ -7,6 +7,7 @@ mod api_keys;
 mod backups;
 mod cli;
 mod config;
+mod daemon;
 mod drills;
 mod engines;
 mod evidence;
