@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use crate::cargo;
 use crate::services::{self, State};
 
+mod daemon;
 mod keys;
 
 #[derive(Debug, clap::Args)]
@@ -18,6 +19,9 @@ pub struct DemoArgs {
     /// Stop the services when the demo ends (by default they stay up for exploring).
     #[arg(long)]
     down: bool,
+    /// Leave `vigil run` serving at the end, until Ctrl-C, and print its URLs.
+    #[arg(long, conflicts_with = "down")]
+    serve: bool,
 }
 
 impl DemoArgs {
@@ -71,13 +75,14 @@ impl DemoArgs {
         backups(root, &vigil, &demo, &state)?;
         drills(&vigil, &demo, &state)?;
         pitr(root, &vigil, &demo, &state)?;
+        daemon::run(&vigil, &demo, &state, self.serve)?;
 
-        step("25. Commands still to come say so plainly (exit 2)");
+        step("26. Commands still to come say so plainly (exit 2)");
         let output = vigil_command(&vigil, &demo, &state).args(["report", "export"]).output()?;
         print!("   {}", String::from_utf8_lossy(&output.stderr));
 
         if self.down {
-            step("26. Services down");
+            step("27. Services down");
             services::down(root)?;
         } else {
             println!(
