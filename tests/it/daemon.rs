@@ -336,3 +336,78 @@ async fn sigterm_mid_rotation_exits_0_and_the_next_start_completes_it() {
     assert!(status["secrets"][0]["in_flight"].is_null(), "{status}");
     setup.vigil(&["rotate", "--check"]).assert_code(0);
 }
+
+/// Waits up to `within` for the daemon on `port` to answer /readyz with `role`.
+async fn role_within(port: u16, role: &str, within: Duration) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
+            && let Ok(body) = response.json::<Value>().await
+            && body["role"] == role
+        {
+            return Some(body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Two daemons on one PostgreSQL state store: one leads and the other stands by serving
+/// /readyz; `kill -9` of the leader, and the standby leads within 15 s with a newer epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_standby_takes_over_within_15_s_of_the_leader_being_killed() {
+    use sqlx::Connection as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let services = crate::support::Services::load();
+    let pg = &services.postgres;
+    let database = unique("daemon_state").replace('-', "_");
+    let mut conn = sqlx::PgConnection::connect_with(&pg.pg_options()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut conn).await.unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let password = shared.path().join("pg-password");
+    std::fs::write(&password, &pg.password).unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let replica = |dir: &Path| -> u16 {
+        std::fs::create_dir_all(dir.join("schedules")).unwrap();
+        std::fs::write(dir.join("schedules/none.toml"), "").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::write(
+            dir.join("vigil.toml"),
+            format!(
+                "[controller]\ndata_dir = \"data\"\n\n[evidence]\nurl = \"postgres://{}@{}:{}/{database}\"\n\
+                 password = {{ file = \"{}\" }}\n{}\nsigning_key = \"{}\"\n\n[daemon]\nlisten = \"127.0.0.1:{port}\"\n",
+                pg.user,
+                pg.host,
+                pg.port,
+                password.display(),
+                pg.tls_toml(),
+                shared.path().join("evidence.key").display(),
+            ),
+        )
+        .unwrap();
+        port
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (replica(a.path()), replica(b.path()));
+    let first = Daemon::start(a.path(), &[]);
+    let led = role_within(port_a, "leader", Duration::from_secs(30)).await.expect("the first daemon leads");
+    let second = Daemon::start(b.path(), &[]);
+    let standby = role_within(port_b, "standby", Duration::from_secs(30)).await.expect("the second stands by");
+    assert_eq!(standby["leader"]["epoch"], led["leader"]["epoch"], "the standby names the leader's epoch: {standby}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(role_within(port_b, "standby", Duration::from_secs(1)).await.is_some(), "still one leader");
+
+    let killed = Instant::now();
+    first.signal("KILL");
+    let took_over = role_within(port_b, "leader", Duration::from_secs(15)).await;
+    let took_over = took_over.unwrap_or_else(|| panic!("no takeover within 15 s of the kill"));
+    eprintln!("took over {:?} after the kill", killed.elapsed());
+    assert!(
+        took_over["leader"]["epoch"].as_i64().unwrap() > led["leader"]["epoch"].as_i64().unwrap(),
+        "a new epoch: {took_over}"
+    );
+    let (code, _, log) = second.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    drop(first);
+}
