@@ -30,6 +30,9 @@ enum Bench {
     /// A restore drill of the same database against bare `pg_restore` (1 job and `-j 2`), each
     /// phase's share; peak RSS.
     Drill,
+    /// `vigil run` with 100 secrets, idling: time to /readyz, peak and steady RSS, CPU, against
+    /// a bare tokio + axum server.
+    Daemon,
 }
 
 impl BenchArgs {
@@ -41,6 +44,7 @@ impl BenchArgs {
             Bench::Rotation => "rotation",
             Bench::Backup => "backup",
             Bench::Drill => "drill",
+            Bench::Daemon => "daemon",
         };
         let mut bench = cargo();
         bench
