@@ -574,6 +574,13 @@ impl<'a> Era<'a> {
         let ledger = self.rotator.ctx.ledger;
         match loaded {
             Ok(Ok(loaded)) => {
+                // The state store, the ledger and the listener were opened at start.
+                let new = &loaded.plan;
+                if format!("{:?}", new.evidence) != format!("{:?}", self.plan.evidence)
+                    || new.daemon.listen != self.plan.daemon.listen
+                {
+                    tracing::warn!("SIGHUP: [evidence] and [daemon] listen changes take effect at the next start");
+                }
                 tracing::info!(config = %self.plan.config_file.display(), "SIGHUP: configuration valid; applying it once the jobs in flight finish");
                 metrics.reloads.get_or_create(&metrics::label("outcome", "applied")).inc();
                 metrics.config_ok.set(1);

@@ -16,11 +16,13 @@ use crate::backups::{Setup, postgres_database};
 use crate::support::{Database, Store, admin_sql, unique};
 
 /// A database with an application role whose password vigil rotates (secret `app`, in Vault),
-/// a backup set of it, a scratch target and a drill on a daily schedule.
-async fn fleet(setup: &Setup) -> (Database, String) {
+/// a backup set of it, a scratch target and a drill on a daily schedule; returns the drill's
+/// name.
+async fn fleet(setup: &Setup) -> String {
     let pg = setup.services.postgres.clone();
     let database = postgres_database(&setup.services, 1).await;
     let app = unique("daemon_app").replace('-', "_");
+    let drill = app.replace('_', "-");
     admin_sql(
         vigil::engines::Engine::Postgres,
         &Database { database: database.clone(), ..pg.clone() },
@@ -42,11 +44,13 @@ async fn fleet(setup: &Setup) -> (Database, String) {
     schedule.push_str(&setup.set("orders", &database, "local", "local"));
     // The dump's snapshot time is the database server's clock, which a test's
     // VIGIL_CLOCK_OFFSET does not move: an RPO target of 4 days holds across a 3-day offset.
-    schedule.push_str(
-        "[drills.orders-restore]\nbackup = \"orders\"\nscratch = \"scratch\"\nschedule = \"0 3 * * *\"\nrpo = \"4d\"\n\n",
-    );
+    // The drill's name is unique: its scratch database (`vigil_drill_NAME`) is on the server
+    // other tests share.
+    schedule.push_str(&format!(
+        "[drills.{drill}]\nbackup = \"orders\"\nscratch = \"scratch\"\nschedule = \"0 3 * * *\"\nrpo = \"4d\"\n\n"
+    ));
     setup.write_schedule(&schedule);
-    (pg, app)
+    drill
 }
 
 /// Adds `[daemon]` to the test's vigil.toml: listening on a free loopback port, 1 s of jitter.
@@ -93,7 +97,8 @@ fn ran(summary: &Value) -> Vec<(String, bool)> {
 #[ignore = "needs services: cargo xtask test"]
 async fn the_first_start_catches_up_once_and_missed_slots_run_once() {
     let setup = Setup::new().await;
-    fleet(&setup).await;
+    let drill = fleet(&setup).await;
+    let drill_job = format!("drill:{drill}");
     let dir = setup.path().to_owned();
     let (first, _) = tokio::task::spawn_blocking({
         let dir = dir.clone();
@@ -102,13 +107,13 @@ async fn the_first_start_catches_up_once_and_missed_slots_run_once() {
     .await
     .unwrap();
     let jobs = ran(&first);
-    for job in ["rotate:app", "backup:orders", "drill:orders-restore", "check", "watch", "waits"] {
+    for job in ["rotate:app", "backup:orders", drill_job.as_str(), "check", "watch", "waits"] {
         let runs: Vec<_> = jobs.iter().filter(|(j, _)| j == job).collect();
         assert_eq!(runs.len(), 1, "{job} ran once: {first}");
         assert!(runs[0].1, "{job} succeeded: {first}");
     }
     let position = |job: &str| jobs.iter().position(|(j, _)| j == job).unwrap();
-    assert!(position("backup:orders") < position("drill:orders-restore"), "the drill restored the new backup");
+    assert!(position("backup:orders") < position(&drill_job), "the drill restored the new backup");
 
     let (second, _) = tokio::task::spawn_blocking({
         let dir = dir.clone();
@@ -116,8 +121,10 @@ async fn the_first_start_catches_up_once_and_missed_slots_run_once() {
     })
     .await
     .unwrap();
+    // The interval jobs (the RPO watch every minute) may come round again on a slow machine;
+    // nothing scheduled by cadence or cron does.
     let jobs: Vec<String> = ran(&second).into_iter().map(|(j, _)| j).collect();
-    assert_eq!(jobs, vec!["waits".to_owned()], "nothing else is due: {second}");
+    assert!(jobs.iter().all(|j| ["waits", "watch", "check"].contains(&j.as_str())), "nothing else is due: {second}");
 
     let three_days = (3 * 86_400).to_string();
     let (later, _) = tokio::task::spawn_blocking({
@@ -127,7 +134,7 @@ async fn the_first_start_catches_up_once_and_missed_slots_run_once() {
     .await
     .unwrap();
     let jobs = ran(&later);
-    for job in ["backup:orders", "drill:orders-restore"] {
+    for job in ["backup:orders", drill_job.as_str()] {
         assert_eq!(
             jobs.iter().filter(|(j, ok)| j == job && *ok).count(),
             1,
@@ -240,7 +247,7 @@ async fn scrape(port: u16) -> prometheus_parse::Scrape {
 #[ignore = "needs services: cargo xtask test"]
 async fn the_daemon_serves_metrics_and_status_reloads_safely_and_stops_on_sigterm() {
     let setup = Setup::new().await;
-    fleet(&setup).await;
+    let drill = fleet(&setup).await;
     let port = daemon_section(setup.path());
     let mut daemon = Daemon::start(setup.path(), &[]);
     let started = Instant::now();
@@ -255,7 +262,7 @@ async fn the_daemon_serves_metrics_and_status_reloads_safely_and_stops_on_sigter
     };
     assert_eq!(ready["role"], "leader", "{ready}");
     assert_eq!(get(port, "/healthz").await.status(), 200);
-    daemon.wait_for(&["done", "job=drill:orders-restore"], Duration::from_secs(120));
+    daemon.wait_for(&["done", &format!("job=drill:{drill}")], Duration::from_secs(120));
 
     let metrics = scrape(port).await;
     assert_eq!(sample(&metrics, "vigil_rotations_total", ("outcome", "done")), Some(1.0));
