@@ -169,12 +169,12 @@ pub async fn run(
     };
     let holder = format!("{}:{}", hostname(), std::process::id());
     let mut summary = Summary::default();
-    let result = match &plan.evidence.store {
-        StateStore::Sqlite { .. } => {
+    let result = match &db {
+        Db::Sqlite(_) => {
             let epoch = store::next_epoch(&db, &holder, clock.now()).await?;
             lead(&shared, ledger, &cancel, &options, epoch, None, &mut summary).await
         }
-        StateStore::Postgres { .. } => replicate(&shared, ledger, &cancel, &options, holder, &mut summary).await,
+        Db::Postgres(pool) => replicate(pool, &shared, ledger, &cancel, &options, holder, &mut summary).await,
     };
     cancel.cancel();
     if let Some(server) = server {
@@ -186,6 +186,7 @@ pub async fn run(
 /// Stands by until this daemon leads a PostgreSQL store, leads until the lead is lost, and
 /// stands by again, until cancelled.
 async fn replicate(
+    pool: &sqlx::PgPool,
     shared: &Arc<Shared>,
     ledger: &Ledger,
     cancel: &CancellationToken,
@@ -193,7 +194,6 @@ async fn replicate(
     holder: String,
     summary: &mut Summary,
 ) -> Result<(), DaemonError> {
-    let Db::Postgres(pool) = &shared.db else { unreachable_store() };
     let mut candidate: Option<lease::Candidate> = None;
     while !cancel.is_cancelled() {
         let attempt = async {
@@ -278,11 +278,6 @@ async fn watch_lead(
             }
         }
     }
-}
-
-fn unreachable_store() -> ! {
-    // `run` calls `replicate` for a PostgreSQL store only, and `Db::open` made the matching pool.
-    panic!("a PostgreSQL state store opened as another backend")
 }
 
 /// Leads: schedules and runs jobs with `epoch` until cancelled, until the lead is `lost`, or,
