@@ -206,14 +206,14 @@ async fn replicate(
         match attempt.await {
             Ok(Some(epoch)) => {
                 let Some(mut c) = candidate.take() else { continue };
-                let lost = CancellationToken::new();
-                let leader_cancel = cancel.child_token();
-                let watch = watch_lead(&mut c, epoch, &lost, cancel);
-                let leading = lead(shared, ledger, &leader_cancel, options, epoch, Some(&lost), summary);
+                // `leading` ends the lead, whoever ends it; `lost` says it was the lease.
+                let (leading, lost) = (cancel.child_token(), CancellationToken::new());
+                let watch = watch_lead(&mut c, epoch, &leading, &lost);
+                let run = lead(shared, ledger, &leading, options, epoch, Some(&lost), summary);
                 let (result, ()) = tokio::join!(
                     async {
-                        let result = leading.await;
-                        lost.cancel();
+                        let result = run.await;
+                        leading.cancel();
                         result
                     },
                     watch
@@ -250,18 +250,17 @@ async fn replicate(
 /// the 15 s a takeover may take.
 const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Cancels `lost` once `candidate` no longer leads at `epoch` (its session failed, or a newer
-/// epoch exists), or ends when `lost` is cancelled by the leader stopping.
+/// Cancels `leading` and `lost` once `candidate` no longer leads at `epoch` (its session
+/// failed, or a newer epoch exists); ends when `leading` is cancelled otherwise.
 async fn watch_lead(
     candidate: &mut lease::Candidate,
     epoch: i64,
+    leading: &CancellationToken,
     lost: &CancellationToken,
-    cancel: &CancellationToken,
 ) {
     loop {
         tokio::select! {
-            () = lost.cancelled() => return,
-            () = cancel.cancelled() => return,
+            () = leading.cancelled() => return,
             () = tokio::time::sleep(STANDBY_POLL) => {}
         }
         match candidate.still_leads(epoch).await {
@@ -269,19 +268,21 @@ async fn watch_lead(
             Ok(false) => {
                 tracing::error!(epoch, "a newer leader took over; this daemon stops scheduling");
                 lost.cancel();
+                leading.cancel();
                 return;
             }
             Err(err) => {
                 tracing::error!(%err, epoch, "the leader's session to the state store failed; this daemon stops scheduling");
                 lost.cancel();
+                leading.cancel();
                 return;
             }
         }
     }
 }
 
-/// Leads: schedules and runs jobs with `epoch` until cancelled, until the lead is `lost`, or,
-/// with `--once`, until what is due has run. A reload that validates swaps the plan between
+/// Leads: schedules and runs jobs with `epoch` until `cancel` (a signal, or the lease lost,
+/// which `lost` then says), or, with `--once`, until what is due has run. A reload that validates swaps the plan between
 /// eras; one that does not keeps the running plan.
 async fn lead(
     shared: &Arc<Shared>,
@@ -293,15 +294,6 @@ async fn lead(
     summary: &mut Summary,
 ) -> Result<(), DaemonError> {
     let stop = cancel.child_token();
-    if let Some(lost) = lost {
-        let (lost, stop) = (lost.clone(), stop.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                () = lost.cancelled() => stop.cancel(),
-                () = stop.cancelled() => {}
-            }
-        });
-    }
     shared.leading.store(true, Ordering::Relaxed);
     shared.metrics.leader.set(1);
     shared.metrics.epoch.set(epoch);
@@ -391,12 +383,10 @@ impl Ran {
 
 /// Everything that runs jobs under one plan.
 struct Era<'a> {
-    plan: &'a Plan,
     rotator: Rotator<'a>,
     drills: Drills<'a>,
     shared: &'a Shared,
     options: &'a Options,
-    clock: &'a dyn Clock,
 }
 
 /// After a failed run, a job waits this long before it runs again, doubling up to an hour.
@@ -418,17 +408,32 @@ impl<'a> Era<'a> {
         options: &'a Options,
     ) -> Self {
         Self {
-            plan,
             rotator: Rotator::new(Ctx::new(plan, db, ledger, clock, cancel.clone())),
             drills: Drills::new(Ctx::new(plan, db, ledger, clock, cancel)),
             shared,
             options,
-            clock,
         }
     }
 
-    fn db(&self) -> &Db {
+    fn plan(&self) -> &'a Plan {
+        self.rotator.ctx.plan
+    }
+
+    fn db(&self) -> &'a Db {
         self.rotator.ctx.db
+    }
+
+    fn clock(&self) -> &'a dyn Clock {
+        self.rotator.ctx.clock
+    }
+
+    /// Every saga kind, resumed by this era's rotator, drills and backups.
+    fn registry(&self) -> saga::Registry<'_> {
+        let mut registry = saga::Registry::default();
+        self.rotator.register(&mut registry);
+        self.drills.register(&mut registry);
+        self.drills.backups().register(&mut registry);
+        registry
     }
 
     async fn run(
@@ -437,32 +442,34 @@ impl<'a> Era<'a> {
         hangup_signal: &mut Option<tokio::signal::unix::Signal>,
         summary: &mut Summary,
     ) -> Result<EraEnd, DaemonError> {
-        let mut registry = saga::Registry::default();
-        self.rotator.register(&mut registry);
-        self.drills.register(&mut registry);
-        self.drills.backups().register(&mut registry);
         // Catch-up, first: what a crash or a signal left in flight.
-        for resumed in registry.resume_all(self.db(), stop).await? {
+        for resumed in self.registry().resume_all(self.db(), stop).await? {
             let (ok, outcome) = match &resumed.outcome {
                 Ok(ended) => (!matches!(ended, Ended::RolledBack { .. } | Ended::Stuck { .. }), ended_line(ended)),
                 Err(why) => (false, why.clone()),
             };
             summary.resumed.push(JobRun { job: format!("resume:{}", resumed.subject), ok, outcome });
         }
-        let started = self.clock.now();
+        let started = self.clock().now();
         let mut table = self.timetable(started).await?;
         let mut retry: BTreeMap<Job, (DateTime<Utc>, chrono::Duration)> = BTreeMap::new();
         let mut busy: BTreeSet<String> = BTreeSet::new();
         let mut ran_once: BTreeSet<Job> = BTreeSet::new();
         let mut running: FuturesUnordered<BoxFuture<'_, (Job, Ran)>> = FuturesUnordered::new();
         let mut reload: Option<Box<Plan>> = None;
-        let grace = self.plan.daemon.shutdown_grace.to_std();
+        // Whether the secrets' standing must be read again: at the start, after a rotation or
+        // a resumed wait, and at every timed wake (another process may have rotated).
+        let mut stale = true;
+        let grace = self.plan().daemon.shutdown_grace.to_std();
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let stopping = stop.is_cancelled() || reload.is_some();
-            let now = self.clock.now();
+            let now = self.clock().now();
             if !stopping {
-                self.refresh_rotations(&mut table, started, now).await?;
+                if stale {
+                    self.refresh_rotations(&mut table, started, now).await?;
+                    stale = false;
+                }
                 let due = table.due(now);
                 // Backups in flight, or due and not yet started: what a drill restores and the
                 // RPO watch measures is about to change, so those wait for them.
@@ -476,34 +483,30 @@ impl<'a> Era<'a> {
                     .chain(busy.iter().filter_map(|b| b.strip_prefix("backup:").map(str::to_owned)))
                     .collect();
                 for job in due {
-                    if running.len() >= self.plan.daemon.concurrency {
+                    if running.len() >= self.plan().daemon.concurrency {
                         break;
                     }
-                    let subject = job.subject();
+                    let claim = job.claim();
                     let waiting_retry = retry.get(&job).is_some_and(|(at, _)| *at > now);
                     let already = self.options.once && ran_once.contains(&job);
                     let waits_for_backups = match &job {
                         Job::Drill(name) => {
-                            self.plan.drills.get(name).is_some_and(|d| pending_backups.contains(&d.backup))
+                            self.plan().drills.get(name).is_some_and(|d| pending_backups.contains(&d.backup))
                         }
                         Job::Watch => !pending_backups.is_empty(),
                         _ => false,
                     };
-                    if waiting_retry
-                        || already
-                        || waits_for_backups
-                        || subject.as_ref().is_some_and(|s| busy.contains(s))
-                        || busy.contains(&job.to_string())
-                    {
+                    if waiting_retry || already || waits_for_backups || busy.contains(&claim) {
                         continue;
                     }
-                    busy.insert(job.to_string());
-                    if let Some(subject) = subject {
-                        busy.insert(subject);
+                    busy.insert(claim);
+                    if self.options.once {
+                        ran_once.insert(job.clone());
                     }
-                    ran_once.insert(job.clone());
                     tracing::info!(job = %job, "running");
-                    let run = self.execute(job.clone(), busy.clone());
+                    // The waits job skips the subjects the others hold at its start.
+                    let held = if job == Job::Waits { busy.clone() } else { BTreeSet::new() };
+                    let run = self.execute(job.clone(), held);
                     running.push(async move { (job, run.await) }.boxed());
                 }
             }
@@ -514,13 +517,14 @@ impl<'a> Era<'a> {
                 if stop.is_cancelled() {
                     return Ok(EraEnd::Stopped);
                 }
-                if self.options.once && self.nothing_due(&table, &retry, &ran_once, self.clock.now()) {
+                // Every job started is in `ran_once`, failed ones too.
+                if self.options.once && table.due(self.clock().now()).iter().all(|job| ran_once.contains(job)) {
                     return Ok(EraEnd::Stopped);
                 }
             }
             let sleep_for = table
                 .next_wake()
-                .map(|wake| (wake - self.clock.now()).to_std().unwrap_or_default())
+                .map(|wake| (wake - self.clock().now()).to_std().unwrap_or_default())
                 .map_or(LOOK_AGAIN, |d| d.min(LOOK_AGAIN));
             let sleep_for =
                 if self.options.once { sleep_for.min(std::time::Duration::from_millis(200)) } else { sleep_for };
@@ -529,15 +533,15 @@ impl<'a> Era<'a> {
             }
             tokio::select! {
                 Some((job, ran)) = running.next(), if !running.is_empty() => {
-                    busy.remove(&job.to_string());
-                    if let Some(subject) = job.subject() {
-                        busy.remove(&subject);
-                    }
+                    busy.remove(&job.claim());
+                    // A rotation's end, or a wait resumed, moves the secrets' standing.
+                    stale |= matches!(job, Job::Rotate(_) | Job::Waits);
                     self.finished(&mut table, &mut retry, &job, &ran).await;
                     summary.ran.push(JobRun { job: job.to_string(), ok: ran.ok, outcome: ran.outcome });
                 }
                 () = stop.cancelled(), if !stop.is_cancelled() => {}
-                () = tokio::time::sleep(sleep_for), if !stopping => {}
+                // `--once` polls while jobs run; only a daemon looks again for others' rotations.
+                () = tokio::time::sleep(sleep_for), if !stopping => stale |= !self.options.once,
                 () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
                     tracing::warn!(jobs = running.len(), "the steps in flight did not finish within shutdown_grace; they resume on the next start");
                     return Ok(EraEnd::Stopped);
@@ -549,21 +553,10 @@ impl<'a> Era<'a> {
         }
     }
 
-    /// With `--once`: whether nothing is left to run now.
-    fn nothing_due(
-        &self,
-        table: &Timetable,
-        retry: &BTreeMap<Job, (DateTime<Utc>, chrono::Duration)>,
-        ran_once: &BTreeSet<Job>,
-        now: DateTime<Utc>,
-    ) -> bool {
-        table.due(now).iter().all(|job| ran_once.contains(job) || retry.get(job).is_some_and(|(at, _)| *at > now))
-    }
-
     /// Re-reads the configuration; a valid one ends the era once the jobs in flight finish, an
     /// invalid one keeps this plan running.
     async fn reload(&self) -> Option<Box<Plan>> {
-        let path = self.plan.config_file.clone();
+        let path = self.plan().config_file.clone();
         let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path)).await;
         let metrics = &self.shared.metrics;
         let ledger = self.rotator.ctx.ledger;
@@ -571,12 +564,12 @@ impl<'a> Era<'a> {
             Ok(Ok(loaded)) => {
                 // The state store, the ledger and the listener were opened at start.
                 let new = &loaded.plan;
-                if format!("{:?}", new.evidence) != format!("{:?}", self.plan.evidence)
-                    || new.daemon.listen != self.plan.daemon.listen
+                if format!("{:?}", new.evidence) != format!("{:?}", self.plan().evidence)
+                    || new.daemon.listen != self.plan().daemon.listen
                 {
                     tracing::warn!("SIGHUP: [evidence] and [daemon] listen changes take effect at the next start");
                 }
-                tracing::info!(config = %self.plan.config_file.display(), "SIGHUP: configuration valid; applying it once the jobs in flight finish");
+                tracing::info!(config = %self.plan().config_file.display(), "SIGHUP: configuration valid; applying it once the jobs in flight finish");
                 metrics.reloads.get_or_create(&metrics::label("outcome", "applied")).inc();
                 metrics.config_ok.set(1);
                 note(
@@ -617,13 +610,13 @@ impl<'a> Era<'a> {
     /// persisted, its first run from its own records.
     async fn timetable(&self, now: DateTime<Utc>) -> Result<Timetable, DaemonError> {
         let persisted = store::jobs(self.db()).await?;
-        let jitter = self.plan.daemon.jitter;
+        let jitter = self.plan().daemon.jitter;
         let mut table = Timetable::default();
         let mut jobs: Vec<(Job, Trigger, Option<DateTime<Utc>>)> = Vec::new();
         let backups = self.drills.backups().list(None).await.unwrap_or_default();
         let newest_backup =
             |set: &str| backups.iter().filter(|e| e.set == set).filter_map(|e| parse_time(&e.started_at)).max();
-        for (name, set) in &self.plan.backups {
+        for (name, set) in &self.plan().backups {
             let last = newest_backup(name);
             jobs.push((
                 Job::Backup { set: name.clone(), kind: None },
@@ -644,17 +637,17 @@ impl<'a> Era<'a> {
             }
         }
         let latest = self.drills.latest().await.unwrap_or_default();
-        for (name, drill) in &self.plan.drills {
+        for (name, drill) in &self.plan().drills {
             if let Some(cron) = &drill.schedule {
                 let last = latest.get(name).and_then(Option::as_ref).and_then(|run| parse_time(&run.updated_at));
                 jobs.push((Job::Drill(name.clone()), Trigger::Cron(Box::new(cron.clone())), last));
             }
         }
-        if self.plan.secrets.values().any(|s| s.kind.db_password().is_some()) {
-            jobs.push((Job::Check, Trigger::Every(self.plan.daemon.check_interval), None));
+        if self.plan().secrets.values().any(|s| s.kind.db_password().is_some()) {
+            jobs.push((Job::Check, Trigger::Every(self.plan().daemon.check_interval), None));
         }
-        if !self.plan.backups.is_empty() {
-            jobs.push((Job::Watch, Trigger::Every(self.plan.daemon.watch_interval), None));
+        if !self.plan().backups.is_empty() {
+            jobs.push((Job::Watch, Trigger::Every(self.plan().daemon.watch_interval), None));
         }
         for (job, trigger, last) in jobs {
             let name = job.to_string();
@@ -669,7 +662,7 @@ impl<'a> Era<'a> {
             table.add(job, trigger, next, jitter);
         }
         // Rotations and waits move by what the sagas say, not by a timetable of their own.
-        for name in self.plan.secrets.keys() {
+        for name in self.plan().secrets.keys() {
             table.add(Job::Rotate(name.clone()), Trigger::Given, DateTime::<Utc>::MAX_UTC, jitter);
         }
         table.add(Job::Waits, Trigger::Given, now, jitter);
@@ -684,13 +677,13 @@ impl<'a> Era<'a> {
         started: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), DaemonError> {
-        if self.plan.secrets.is_empty() {
+        if self.plan().secrets.is_empty() {
             return Ok(());
         }
-        let states = crate::rotation::states(self.plan, self.db(), now).await?;
+        let states = crate::rotation::states(self.plan(), self.db(), now).await?;
         for (name, state) in states {
             let job = Job::Rotate(name.clone());
-            let spec = &self.plan.secrets[&name];
+            let spec = &self.plan().secrets[&name];
             let next = if state.standing.in_flight {
                 // The waits job, or the next era's catch-up, carries it on.
                 DateTime::<Utc>::MAX_UTC
@@ -718,7 +711,7 @@ impl<'a> Era<'a> {
         job: &Job,
         ran: &Ran,
     ) {
-        let now = self.clock.now();
+        let now = self.clock().now();
         if ran.ok {
             retry.remove(job);
             tracing::info!(job = %job, outcome = %ran.outcome, "done");
@@ -772,7 +765,7 @@ impl<'a> Era<'a> {
     }
 
     async fn rotate(&self, name: &str) -> Ran {
-        let kind = self.plan.secrets.get(name).map_or("unknown", |s| s.kind.as_str());
+        let kind = self.plan().secrets.get(name).map_or("unknown", |s| s.kind.as_str());
         let counted = |outcome: &str| {
             self.shared.metrics.rotations.get_or_create(&metrics::labels(("kind", kind), ("outcome", outcome))).inc();
         };
@@ -872,14 +865,11 @@ impl<'a> Era<'a> {
     /// Resumes the sagas whose wait has come, except those on a subject a job of this daemon
     /// is acting on.
     async fn waits(&self, busy: &BTreeSet<String>) -> Ran {
-        let (due, next_wait) = match saga::waits(self.db(), self.clock.now()).await {
+        let (due, next_wait) = match saga::waits(self.db(), self.clock().now()).await {
             Ok(found) => found,
             Err(err) => return Ran::failed(err.to_string()),
         };
-        let mut registry = saga::Registry::default();
-        self.rotator.register(&mut registry);
-        self.drills.register(&mut registry);
-        self.drills.backups().register(&mut registry);
+        let registry = self.registry();
         let (mut done, mut failed, mut soonest) = (Vec::new(), Vec::new(), next_wait);
         for saga in due {
             if busy.contains(&saga.subject.to_string()) {
@@ -910,30 +900,27 @@ impl<'a> Era<'a> {
     /// restore it.
     async fn watch(&self) -> Ran {
         let metrics = &self.shared.metrics;
-        let now = self.clock.now();
+        let now = self.clock().now();
         let entries = match self.drills.backups().list(None).await {
             Ok(entries) => entries,
             Err(err) => return Ran::failed(err.to_string()),
         };
         let mut exceeded = Vec::new();
-        for (name, set) in &self.plan.backups {
-            let target = self.plan.drills.values().filter(|d| d.backup == *name).map(|d| d.rpo).min();
+        for (name, set) in &self.plan().backups {
+            let target = self.plan().drills.values().filter(|d| d.backup == *name).map(|d| d.rpo).min();
             let age = match &set.method {
-                BackupMethod::PgBackRest(_) => {
-                    let stores = &self.rotator.ctx.stores;
-                    match crate::backup::physical::archive_health(self.plan, stores, self.clock, name).await {
-                        Ok(health) => health.rpo_exposure_secs,
-                        Err(err) => {
-                            tracing::warn!(set = %name, %err, "cannot read the archive's health");
-                            None
-                        }
+                BackupMethod::PgBackRest(_) => match self.drills.backups().archive_health(name).await {
+                    Ok(health) => health.rpo_exposure_secs,
+                    Err(err) => {
+                        tracing::warn!(set = %name, %err, "cannot read the archive's health");
+                        None
                     }
-                }
+                },
+                // The catalog lists the newest first.
                 _ => entries
                     .iter()
-                    .filter(|e| e.set == *name && e.status == crate::backup::catalog::Status::Verified)
-                    .filter_map(|e| parse_time(&e.started_at))
-                    .max()
+                    .find(|e| e.set == *name && e.status == crate::backup::catalog::Status::Verified)
+                    .and_then(|e| parse_time(&e.started_at))
                     .map(|at| (now - at).num_milliseconds() as f64 / 1000.0),
             };
             if let Some(target) = target {

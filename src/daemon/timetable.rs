@@ -35,14 +35,15 @@ pub enum Job {
 }
 
 impl Job {
-    /// The saga subject the job acts on, when it has one: two jobs on one subject never run at
-    /// once.
-    pub fn subject(&self) -> Option<String> {
+    /// What the job holds while it runs: the saga subject it acts on (`secret:NAME`,
+    /// `backup:SET`, `drill:NAME`, so a set's full and incremental backups never run at once),
+    /// else its own name. Two jobs holding one claim never run at once.
+    pub fn claim(&self) -> String {
         match self {
-            Self::Rotate(name) => Some(format!("secret:{name}")),
-            Self::Backup { set, .. } => Some(format!("backup:{set}")),
-            Self::Drill(name) => Some(format!("drill:{name}")),
-            Self::Heartbeat(_) | Self::Check | Self::Waits | Self::Watch => None,
+            Self::Rotate(name) => format!("secret:{name}"),
+            Self::Backup { set, .. } => format!("backup:{set}"),
+            Self::Drill(name) => format!("drill:{name}"),
+            Self::Heartbeat(_) | Self::Check | Self::Waits | Self::Watch => self.to_string(),
         }
     }
 }
