@@ -138,7 +138,7 @@ async fn configure(dir: &Path, secrets: usize, port: u16) {
     let db = vigil::state::Db::open(&plan.evidence.store).await.unwrap();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for i in 0..secrets {
-        let vigil::state::Db::Sqlite(pool) = &db else { unreachable!("the bench's store is SQLite") };
+        let vigil::state::Pool::Sqlite(pool) = db.pool() else { unreachable!("the bench's store is SQLite") };
         sqlx::query(
             "INSERT INTO secret_status (subject, last_rotated, last_rotation, updated_at) VALUES ($1, $2, 'bench', $2)",
         )

@@ -13,8 +13,8 @@ use sqlx::Row as _;
 use vigil::clock::SystemClock;
 use vigil::evidence::{self, Ledger, LedgerKey, NewRecord, Outcome, Trust};
 use vigil::secret::SecretRef;
-use vigil::state::Db;
 use vigil::state::StateStore as EvidenceStore;
+use vigil::state::{Db, Pool};
 
 const BATCH: usize = 1_000;
 
@@ -90,9 +90,9 @@ async fn plain_insert(db: &Db, n: usize) -> f64 {
             n as f64 / start.elapsed().as_secs_f64()
         }};
     }
-    match db {
-        Db::Sqlite(pool) => run!(pool, pool.begin_with("BEGIN IMMEDIATE")),
-        Db::Postgres(pool) => run!(pool, pool.begin()),
+    match db.pool() {
+        Pool::Sqlite(pool) => run!(pool, pool.begin_with("BEGIN IMMEDIATE")),
+        Pool::Postgres(pool) => run!(pool, pool.begin()),
     }
 }
 
@@ -128,9 +128,9 @@ async fn read_only_sqlx(db: &Db) -> Duration {
             start.elapsed()
         }};
     }
-    match db {
-        Db::Sqlite(pool) => run!(pool),
-        Db::Postgres(pool) => run!(pool),
+    match db.pool() {
+        Pool::Sqlite(pool) => run!(pool),
+        Pool::Postgres(pool) => run!(pool),
     }
 }
 

@@ -62,8 +62,13 @@ impl Clock for ManualClock {
 /// An id that sorts by time: the UTC time to the second and 32 random bits
 /// (`20261124T020000Z-00ff00ff`). Backups and drill runs are named so.
 pub fn sortable_id(clock: &dyn Clock) -> String {
+    sortable_id_at(clock.now())
+}
+
+/// [`sortable_id`] for a time already read.
+pub fn sortable_id_at(now: DateTime<Utc>) -> String {
     use rand_core::RngCore as _;
-    format!("{}-{:08x}", clock.now().format("%Y%m%dT%H%M%SZ"), rand_core::OsRng.next_u32())
+    format!("{}-{:08x}", now.format("%Y%m%dT%H%M%SZ"), rand_core::OsRng.next_u32())
 }
 
 #[cfg(test)]

@@ -265,11 +265,22 @@ impl<'a> Backups<'a> {
         name: &str,
         kind: Option<crate::pgbackrest::BackupType>,
     ) -> Result<BackupReport, BackupError> {
+        self.run_as(name, kind, &crate::clock::sortable_id(self.ctx.clock)).await
+    }
+
+    /// Backs up set `name` as backup (and saga) `id`: the daemon's queued work names the saga
+    /// before it starts, so that whoever finds the work item after a crash finds its saga.
+    pub async fn run_as(
+        &self,
+        name: &str,
+        kind: Option<crate::pgbackrest::BackupType>,
+        id: &str,
+    ) -> Result<BackupReport, BackupError> {
         let set = self.set(name)?;
         if kind.is_some() && !matches!(set.method, BackupMethod::PgBackRest(_)) {
             return Err(BackupError::NotPhysical(name.to_owned()));
         }
-        let id = crate::clock::sortable_id(self.ctx.clock);
+        let id = id.to_owned();
         match &set.method {
             BackupMethod::Dump { .. } => {
                 let connected = self.connect(name, set).await?;
@@ -321,8 +332,9 @@ impl<'a> Backups<'a> {
         Ok(reports)
     }
 
-    /// Resumes `saga` if it is a backup (`None` for another kind).
-    async fn resume_one(&self, saga: SagaRow) -> Result<Option<BackupReport>, BackupError> {
+    /// Resumes `saga` if it is a backup (`None` for another kind): for the daemon's queued work
+    /// too, whose backup a crash left in flight.
+    pub async fn resume_one(&self, saga: SagaRow) -> Result<Option<BackupReport>, BackupError> {
         let Subject::Backup(name) = saga.subject.clone() else { return Ok(None) };
         Ok(Some(match saga.kind.as_str() {
             DumpSaga::KIND_NAME => {

@@ -16,6 +16,10 @@ use super::store;
 /// The advisory lock key the leader holds: "vigilrun" in ASCII, apart from the migration lock.
 const LEADER_LOCK: i64 = 0x7669_6769_6c72_756e;
 
+/// How long the leader's session may go unheard before the server ends it and frees the lock.
+/// With the standbys' 2 s poll, a standby leads within 15 s of the leader falling silent.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The lock file of the one daemon of a SQLite state store, held while it runs; the kernel
 /// releases it when the process ends, however it ends.
 #[derive(Debug)]
@@ -59,6 +63,20 @@ fn lock_path(database: &Path) -> PathBuf {
     database.with_file_name(name)
 }
 
+/// A dedicated connection to the state store, made with the pool's settings (TLS, password),
+/// that is a lease: the server ends it once it has been idle for [`LEASE`], which a live daemon
+/// never is (it polls every few seconds), so a paused or partitioned daemon's lock and claims
+/// are freed for the others even though its connection was never closed.
+pub async fn session(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    let lease = format!("SET idle_session_timeout = '{}s'", LEASE.as_secs());
+    if let Err(err) = sqlx::raw_sql(sqlx::AssertSqlSafe(lease)).execute(&mut conn).await {
+        // Before PostgreSQL 14: a session ends only when its connection breaks.
+        tracing::warn!(%err, "the state store cannot end an idle session (PostgreSQL 14 or later can); a paused daemon keeps its lead and claims until its connection breaks");
+    }
+    Ok(conn)
+}
+
 /// A daemon of a PostgreSQL state store, on its own connection (never a pooled one: a session
 /// advisory lock lives as long as the session, and a pooler would hand it to someone else).
 pub struct Candidate {
@@ -68,9 +86,9 @@ pub struct Candidate {
 
 impl Candidate {
     /// A dedicated connection to the state store, made with the pool's settings (TLS, password).
+    /// The session is the lease (see [`session`]).
     pub async fn connect(pool: &PgPool, holder: String) -> Result<Self, sqlx::Error> {
-        let conn = pool.acquire().await?.detach();
-        Ok(Self { conn, holder })
+        Ok(Self { conn: session(pool).await?, holder })
     }
 
     /// Takes the leader's lock if nobody holds it, and with it the next epoch.

@@ -18,10 +18,11 @@ mod metrics;
 pub mod status;
 mod store;
 mod timetable;
+mod work;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -37,7 +38,7 @@ use crate::drill::Drills;
 use crate::evidence::{Kind, Ledger, NewRecord, Outcome};
 use crate::rotation::Rotator;
 use crate::saga::{self, Ended, SagaError};
-use crate::state::{Db, StateStore};
+use crate::state::{Db, Pool, StateStore};
 
 pub use metrics::Metrics;
 pub use timetable::{Job, Timetable, Trigger};
@@ -126,6 +127,11 @@ pub struct Shared {
     db: Db,
     clock: Arc<dyn Clock>,
     leading: AtomicBool,
+    /// The epoch this daemon leads at (0 while it stands by).
+    epoch: AtomicI64,
+    /// The lead was lost and has not ended yet: no work is claimed meanwhile, so that no write
+    /// of the lost lead's jobs passes under a newer epoch.
+    deposed: AtomicBool,
 }
 
 impl Shared {
@@ -152,6 +158,8 @@ pub async fn run(
         db: db.clone(),
         clock: clock.clone(),
         leading: AtomicBool::new(false),
+        epoch: AtomicI64::new(0),
+        deposed: AtomicBool::new(false),
     });
     // One daemon per SQLite store, checked before anything else: a second one names the first.
     let _lock = match &plan.evidence.store {
@@ -169,13 +177,22 @@ pub async fn run(
     };
     let holder = format!("{}:{}", hostname(), std::process::id());
     let mut summary = Summary::default();
-    let result = match &db {
-        Db::Sqlite(_) => {
-            let epoch = store::next_epoch(&db, &holder, clock.now()).await?;
-            lead(&shared, ledger, &cancel, &options, epoch, None, &mut summary).await
-        }
-        Db::Postgres(pool) => replicate(pool, &shared, ledger, &cancel, &options, holder, &mut summary).await,
+    // Every replica works the queue, the leader included, until the scheduling side ends.
+    let working = cancel.child_token();
+    let schedule = async {
+        let result = match db.pool() {
+            Pool::Sqlite(_) => {
+                let epoch = store::next_epoch(&db, &holder, clock.now()).await?;
+                lead(&shared, ledger, &cancel, &options, epoch, None, &mut summary).await
+            }
+            Pool::Postgres(pool) => {
+                replicate(pool, &shared, ledger, &cancel, &options, holder.clone(), &mut summary).await
+            }
+        };
+        working.cancel();
+        result
     };
+    let (result, ()) = tokio::join!(schedule, work::work(&shared, ledger, &working, &holder));
     cancel.cancel();
     if let Some(server) = server {
         let _ = server.await;
@@ -208,7 +225,7 @@ async fn replicate(
                 let Some(mut c) = candidate.take() else { continue };
                 // `leading` ends the lead, whoever ends it; `lost` says it was the lease.
                 let (leading, lost) = (cancel.child_token(), CancellationToken::new());
-                let watch = watch_lead(&mut c, epoch, &leading, &lost);
+                let watch = watch_lead(&mut c, epoch, &leading, &lost, shared);
                 let run = lead(shared, ledger, &leading, options, epoch, Some(&lost), summary);
                 let (result, ()) = tokio::join!(
                     async {
@@ -257,24 +274,28 @@ async fn watch_lead(
     epoch: i64,
     leading: &CancellationToken,
     lost: &CancellationToken,
+    shared: &Shared,
 ) {
+    let deposed = || {
+        shared.deposed.store(true, Ordering::SeqCst);
+        lost.cancel();
+        leading.cancel();
+    };
     loop {
         tokio::select! {
             () = leading.cancelled() => return,
             () = tokio::time::sleep(STANDBY_POLL) => {}
         }
-        match candidate.still_leads(epoch).await {
+        match tokio::time::timeout(lease::LEASE, candidate.still_leads(epoch)).await.unwrap_or(Ok(false)) {
             Ok(true) => {}
             Ok(false) => {
                 tracing::error!(epoch, "a newer leader took over; this daemon stops scheduling");
-                lost.cancel();
-                leading.cancel();
+                deposed();
                 return;
             }
             Err(err) => {
                 tracing::error!(%err, epoch, "the leader's session to the state store failed; this daemon stops scheduling");
-                lost.cancel();
-                leading.cancel();
+                deposed();
                 return;
             }
         }
@@ -294,6 +315,11 @@ async fn lead(
     summary: &mut Summary,
 ) -> Result<(), DaemonError> {
     let stop = cancel.child_token();
+    // From here on every saga write and evidence append of this process carries the epoch, and
+    // is refused once a newer leader took over: a paused or partitioned daemon cannot act after.
+    shared.db.fence(epoch);
+    ledger.db().fence(epoch);
+    shared.epoch.store(epoch, Ordering::SeqCst);
     shared.leading.store(true, Ordering::Relaxed);
     shared.metrics.leader.set(1);
     shared.metrics.epoch.set(epoch);
@@ -303,7 +329,7 @@ async fn lead(
     let mut hangup = hangup_signal();
     let result = loop {
         let plan = shared.plan();
-        let era = Era::new(&plan, &shared.db, ledger, shared.clock.as_ref(), stop.child_token(), shared, options);
+        let era = Era::new(&plan, ledger, stop.child_token(), shared, options, epoch);
         match era.run(&stop, &mut hangup, summary).await {
             Ok(EraEnd::Reload(next)) => *shared.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(*next),
             Ok(EraEnd::Stopped) => break Ok(()),
@@ -311,10 +337,17 @@ async fn lead(
         }
     };
     shared.leading.store(false, Ordering::Relaxed);
+    shared.epoch.store(0, Ordering::SeqCst);
     shared.metrics.leader.set(0);
     let why = if lost.is_some_and(CancellationToken::is_cancelled) { "leadership lost" } else { "stopped" };
+    // Refused by the fence when a newer leader took over: the lost lead writes nothing more.
     note(ledger, Kind::DaemonStopped, Outcome::Info, serde_json::json!({ "epoch": epoch, "why": why })).await;
     stop.cancel();
+    // The lead's jobs have ended: this daemon works on as a standby, its claims guarded by its
+    // session.
+    shared.db.unfence();
+    ledger.db().unfence();
+    shared.deposed.store(false, Ordering::SeqCst);
     result
 }
 
@@ -381,12 +414,14 @@ impl Ran {
     }
 }
 
-/// Everything that runs jobs under one plan.
+/// Everything that schedules jobs under one plan, and runs the light ones (backups and drills
+/// are queued for any replica: `work.rs`).
 struct Era<'a> {
     rotator: Rotator<'a>,
     drills: Drills<'a>,
     shared: &'a Shared,
     options: &'a Options,
+    epoch: i64,
 }
 
 /// After a failed run, a job waits this long before it runs again, doubling up to an hour.
@@ -400,18 +435,19 @@ const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(30);
 impl<'a> Era<'a> {
     fn new(
         plan: &'a Plan,
-        db: &'a Db,
         ledger: &'a Ledger,
-        clock: &'a dyn Clock,
         cancel: CancellationToken,
         shared: &'a Shared,
         options: &'a Options,
+        epoch: i64,
     ) -> Self {
+        let (db, clock) = (&shared.db, shared.clock.as_ref());
         Self {
             rotator: Rotator::new(Ctx::new(plan, db, ledger, clock, cancel.clone())),
             drills: Drills::new(Ctx::new(plan, db, ledger, clock, cancel)),
             shared,
             options,
+            epoch,
         }
     }
 
@@ -442,8 +478,11 @@ impl<'a> Era<'a> {
         hangup_signal: &mut Option<tokio::signal::unix::Signal>,
         summary: &mut Summary,
     ) -> Result<EraEnd, DaemonError> {
-        // Catch-up, first: what a crash or a signal left in flight.
-        for resumed in self.registry().resume_all(self.db(), stop).await? {
+        // Catch-up, first: what a crash or a signal left in flight (queued work's sagas are
+        // resumed by whoever claims the work).
+        let queued = work::open_ids(self.db()).await?;
+        let left: Vec<_> = saga::in_flight(self.db()).await?.into_iter().filter(|s| !queued.contains(&s.id)).collect();
+        for resumed in self.registry().resume_each(left, stop).await {
             let (ok, outcome) = match &resumed.outcome {
                 Ok(ended) => (!matches!(ended, Ended::RolledBack { .. } | Ended::Stuck { .. }), ended_line(ended)),
                 Err(why) => (false, why.clone()),
@@ -455,6 +494,8 @@ impl<'a> Era<'a> {
         let mut retry: BTreeMap<Job, (DateTime<Utc>, chrono::Duration)> = BTreeMap::new();
         let mut busy: BTreeSet<String> = BTreeSet::new();
         let mut ran_once: BTreeSet<Job> = BTreeSet::new();
+        // With `--once`, the work this run queued, until it ends.
+        let mut awaiting: Vec<String> = Vec::new();
         let mut running: FuturesUnordered<BoxFuture<'_, (Job, Ran)>> = FuturesUnordered::new();
         let mut reload: Option<Box<Plan>> = None;
         // Whether the secrets' standing must be read again: at the start, after a rotation or
@@ -471,31 +512,32 @@ impl<'a> Era<'a> {
                     stale = false;
                 }
                 let due = table.due(now);
-                // Backups in flight, or due and not yet started: what a drill restores and the
-                // RPO watch measures is about to change, so those wait for them.
-                let pending_backups: BTreeSet<String> = due
-                    .iter()
-                    .filter(|job| !(self.options.once && ran_once.contains(*job)))
-                    .filter_map(|job| match job {
-                        Job::Backup { set, .. } => Some(set.clone()),
-                        _ => None,
-                    })
-                    .chain(busy.iter().filter_map(|b| b.strip_prefix("backup:").map(str::to_owned)))
-                    .collect();
-                for job in due {
+                // Backups and drills are queued for any replica; a drill's run waits in the
+                // queue for a backup of its set due or running.
+                for job in due.iter().filter(|job| job.queued()) {
+                    if !(self.options.once && ran_once.contains(job)) {
+                        if let Some(id) = self.enqueue(&mut table, job, now).await
+                            && self.options.once
+                        {
+                            awaiting.push(id);
+                        }
+                        if self.options.once {
+                            ran_once.insert(job.clone());
+                        }
+                    }
+                }
+                // Backups queued or running: what the RPO watch measures is about to change, so
+                // it waits for them.
+                let watch_waits = due.contains(&Job::Watch)
+                    && work::open_subjects(self.db(), now).await?.iter().any(|s| s.starts_with("backup:"));
+                for job in due.into_iter().filter(|job| !job.queued()) {
                     if running.len() >= self.plan().daemon.concurrency {
                         break;
                     }
                     let claim = job.claim();
                     let waiting_retry = retry.get(&job).is_some_and(|(at, _)| *at > now);
                     let already = self.options.once && ran_once.contains(&job);
-                    let waits_for_backups = match &job {
-                        Job::Drill(name) => {
-                            self.plan().drills.get(name).is_some_and(|d| pending_backups.contains(&d.backup))
-                        }
-                        Job::Watch => !pending_backups.is_empty(),
-                        _ => false,
-                    };
+                    let waits_for_backups = job == Job::Watch && watch_waits;
                     if waiting_retry || already || waits_for_backups || busy.contains(&claim) {
                         continue;
                     }
@@ -510,6 +552,12 @@ impl<'a> Era<'a> {
                     running.push(async move { (job, run.await) }.boxed());
                 }
             }
+            if !awaiting.is_empty() {
+                for (id, job, ok, outcome) in work::ended(self.db(), &awaiting).await? {
+                    awaiting.retain(|a| *a != id);
+                    summary.ran.push(JobRun { job, ok, outcome });
+                }
+            }
             if running.is_empty() {
                 if let Some(next) = reload.take() {
                     return Ok(EraEnd::Reload(next));
@@ -518,7 +566,10 @@ impl<'a> Era<'a> {
                     return Ok(EraEnd::Stopped);
                 }
                 // Every job started is in `ran_once`, failed ones too.
-                if self.options.once && table.due(self.clock().now()).iter().all(|job| ran_once.contains(job)) {
+                if self.options.once
+                    && awaiting.is_empty()
+                    && table.due(self.clock().now()).iter().all(|job| ran_once.contains(job))
+                {
                     return Ok(EraEnd::Stopped);
                 }
             }
@@ -549,6 +600,31 @@ impl<'a> Era<'a> {
                 () = hangup(hangup_signal), if reload.is_none() && !stop.is_cancelled() => {
                     reload = self.reload().await;
                 }
+            }
+        }
+    }
+
+    /// Queues `job`'s due slot for any replica and moves its next run on, in one transaction:
+    /// the id of the queued run, if this slot was not queued before.
+    async fn enqueue(&self, table: &mut Timetable, job: &Job, now: DateTime<Utc>) -> Option<String> {
+        let slot = table.next(job)?;
+        let next = table.ran(job, now)?;
+        let after = match job {
+            Job::Drill(name) => self.plan().drills.get(name).map(|d| format!("backup:{}", d.backup)),
+            _ => None,
+        };
+        match work::enqueue(self.db(), self.epoch, job, slot, after.as_deref(), next, now).await {
+            Ok(Ok(id)) => {
+                tracing::info!(job = %job, "queued");
+                id
+            }
+            Ok(Err(fenced)) => {
+                tracing::error!(job = %job, %fenced, "not queued");
+                None
+            }
+            Err(err) => {
+                tracing::error!(job = %job, %err, "cannot queue the job; it is tried again at the next start");
+                None
             }
         }
     }
@@ -750,8 +826,7 @@ impl<'a> Era<'a> {
         async move {
             match &job {
                 Job::Rotate(name) => self.rotate(name).await,
-                Job::Backup { set, kind } => self.backup(set, *kind).await,
-                Job::Drill(name) => self.drill(name).await,
+                Job::Backup { .. } | Job::Drill(_) => Ran::failed(format!("{job} is queued work, run by work.rs")),
                 Job::Heartbeat(set) => match self.drills.backups().heartbeat(set).await {
                     Ok(at) => Ran::ok(format!("heartbeat {at}")),
                     Err(err) => Ran::failed(err.to_string()),
@@ -783,65 +858,6 @@ impl<'a> Era<'a> {
             }
             Err(err) => {
                 counted("refused");
-                Ran::failed(err.to_string())
-            }
-        }
-    }
-
-    async fn backup(&self, set: &str, kind: Option<crate::pgbackrest::BackupType>) -> Ran {
-        let metrics = &self.shared.metrics;
-        let began = std::time::Instant::now();
-        let result = self.drills.backups().run_typed(set, kind).await;
-        metrics.backup_duration.get_or_create(&metrics::label("set", set)).set(began.elapsed().as_secs_f64());
-        match result {
-            Ok(report) if report.verified => {
-                metrics.backups.get_or_create(&metrics::labels(("set", set), ("outcome", "verified"))).inc();
-                if let Some(bytes) = report.bytes {
-                    metrics
-                        .backup_bytes
-                        .get_or_create(&metrics::label("set", set))
-                        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-                }
-                // Retention applies as backups land; a failure to prune fails no backup.
-                let pruned = match self.drills.backups().prune(false).await {
-                    Ok(pruned) => pruned.iter().map(|p| p.deleted.len()).sum(),
-                    Err(err) => {
-                        tracing::error!(%err, set, "retention could not be applied");
-                        0
-                    }
-                };
-                Ran::ok(format!("backup {} verified; {pruned} pruned", report.backup_id))
-            }
-            Ok(report) => {
-                metrics.backups.get_or_create(&metrics::labels(("set", set), ("outcome", "failed"))).inc();
-                Ran::failed(format!("backup {}: {}", report.backup_id, ended_line(&report.ended)))
-            }
-            Err(err) => {
-                metrics.backups.get_or_create(&metrics::labels(("set", set), ("outcome", "failed"))).inc();
-                Ran::failed(err.to_string())
-            }
-        }
-    }
-
-    async fn drill(&self, name: &str) -> Ran {
-        let metrics = &self.shared.metrics;
-        match self.drills.run(name).await {
-            Ok(report) => {
-                let outcome = if report.passed { "passed" } else { "failed" };
-                metrics.drills.get_or_create(&metrics::labels(("drill", name), ("outcome", outcome))).inc();
-                if let Some(rto) = report.data.rto_secs {
-                    metrics.drill_rto.get_or_create(&metrics::label("drill", name)).set(rto);
-                }
-                if let Some(rpo) = report.data.rpo_secs {
-                    metrics.drill_rpo.get_or_create(&metrics::label("drill", name)).set(rpo as f64);
-                }
-                match report.reason {
-                    None if report.passed => Ran::ok(format!("drill {} passed", report.id)),
-                    reason => Ran::failed(format!("drill {} failed: {}", report.id, reason.unwrap_or_default())),
-                }
-            }
-            Err(err) => {
-                metrics.drills.get_or_create(&metrics::labels(("drill", name), ("outcome", "failed"))).inc();
                 Ran::failed(err.to_string())
             }
         }

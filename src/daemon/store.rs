@@ -43,6 +43,13 @@ pub async fn jobs(db: &Db) -> Result<BTreeMap<String, JobRow>, sqlx::Error> {
     Ok(rows)
 }
 
+/// Records a job's next run, and, when it just ran, when and how: job, next run, last run,
+/// last outcome, update time.
+pub(super) const SAVE: &str = "INSERT INTO daemon_jobs (job, next_run, last_run, last_outcome, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                               ON CONFLICT (job) DO UPDATE SET next_run = excluded.next_run, \
+                               last_run = coalesce(excluded.last_run, daemon_jobs.last_run), \
+                               last_outcome = coalesce(excluded.last_outcome, daemon_jobs.last_outcome), updated_at = excluded.updated_at";
+
 /// Records `job`'s next run, and, when it just ran, when and how.
 pub async fn save(
     db: &Db,
@@ -51,15 +58,11 @@ pub async fn save(
     ran: Option<(DateTime<Utc>, &str)>,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    const SQL: &str = "INSERT INTO daemon_jobs (job, next_run, last_run, last_outcome, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                       ON CONFLICT (job) DO UPDATE SET next_run = excluded.next_run, \
-                       last_run = coalesce(excluded.last_run, daemon_jobs.last_run), \
-                       last_outcome = coalesce(excluded.last_outcome, daemon_jobs.last_outcome), updated_at = excluded.updated_at";
     let (last_run, outcome) = match ran {
         Some((at, outcome)) => (Some(stamp(at)), Some(outcome.to_owned())),
         None => (None, None),
     };
-    on_pool!(db, pool => sqlx::query(SQL)
+    on_pool!(db, pool => sqlx::query(SAVE)
         .bind(job)
         .bind(stamp(next_run))
         .bind(last_run)

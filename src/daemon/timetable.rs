@@ -48,6 +48,33 @@ impl Job {
     }
 }
 
+impl Job {
+    /// The job a name written by [`Display`](fmt::Display) names: the queued ones (backups,
+    /// drills) are read back from the work queue.
+    pub fn parse(name: &str) -> Option<Self> {
+        let (kind, rest) = name.split_once(':').unwrap_or((name, ""));
+        Some(match (kind, rest) {
+            ("rotate", name) if !name.is_empty() => Self::Rotate(name.to_owned()),
+            ("backup", rest) if !rest.is_empty() => match rest.split_once(':') {
+                Some((set, kind)) => Self::Backup { set: set.to_owned(), kind: Some(kind.parse().ok()?) },
+                None => Self::Backup { set: rest.to_owned(), kind: None },
+            },
+            ("drill", name) if !name.is_empty() => Self::Drill(name.to_owned()),
+            ("heartbeat", name) if !name.is_empty() => Self::Heartbeat(name.to_owned()),
+            ("check", "") => Self::Check,
+            ("waits", "") => Self::Waits,
+            ("watch", "") => Self::Watch,
+            _ => return None,
+        })
+    }
+
+    /// Whether it is queued for any replica to run (backups, drills) rather than run by the
+    /// leader itself.
+    pub fn queued(&self) -> bool {
+        matches!(self, Self::Backup { .. } | Self::Drill(_))
+    }
+}
+
 impl fmt::Display for Job {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -332,6 +332,12 @@ impl<'a> Drills<'a> {
 
     /// Runs drill `name` now, first finishing one of the same drill a crash left in flight.
     pub async fn run(&self, name: &str) -> Result<DrillReport, DrillError> {
+        self.run_as(name, &crate::clock::sortable_id(self.ctx().clock)).await
+    }
+
+    /// Runs drill `name` as run (and saga) `id`, which the daemon's queued work names before
+    /// it starts; a run of the drill a crash left in flight is finished first.
+    pub async fn run_as(&self, name: &str, id: &str) -> Result<DrillReport, DrillError> {
         let drill = self.drill(name)?;
         for saga in saga::in_flight(self.ctx().db).await? {
             if saga.subject == Subject::Drill(name.to_owned()) {
@@ -340,7 +346,6 @@ impl<'a> Drills<'a> {
             }
         }
         let def = DrillSaga { drills: self, name };
-        let id = crate::clock::sortable_id(self.ctx().clock);
         let started_at = self.ctx().clock.now();
         let data = DrillData {
             drill: name.to_owned(),
@@ -352,7 +357,7 @@ impl<'a> Drills<'a> {
                 DrillRestore::Rds { instance, source } => RestoreInto::Instance {
                     source_instance: instance.clone(),
                     source: *source,
-                    instance: rds::instance_id(name, &id),
+                    instance: rds::instance_id(name, id),
                 },
                 DrillRestore::PgBackRest { target, scratch_dir, .. } => RestoreInto::Cluster {
                     stanza: match self.ctx().plan.backups.get(&drill.backup).map(|set| &set.method) {
@@ -374,7 +379,7 @@ impl<'a> Drills<'a> {
             runbook: drill.runbook.as_ref().map(|p| p.display().to_string()),
             ..DrillData::default()
         };
-        let (saga, ended) = self.ctx().executor().start(&def, &id, &Subject::Drill(name.to_owned()), data).await?;
+        let (saga, ended) = self.ctx().executor().start(&def, id, &Subject::Drill(name.to_owned()), data).await?;
         DrillReport::of(&saga, ended)
     }
 
@@ -392,7 +397,8 @@ impl<'a> Drills<'a> {
         Ok(reports)
     }
 
-    async fn resume_one(&self, saga: SagaRow) -> Result<DrillReport, DrillError> {
+    /// Resumes drill run `saga` to its end: for the daemon's queued work too.
+    pub async fn resume_one(&self, saga: SagaRow) -> Result<DrillReport, DrillError> {
         let name = saga.subject.name().to_owned();
         let def = DrillSaga { drills: self, name: &name };
         tracing::info!(drill = %name, run = %saga.id, step = %saga.step, "resuming a drill left in flight");

@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use super::merkle::{Frontier, Hash};
 use super::note::{self, Checkpoint, NoteVerifier};
 use super::record::{Actor, Record, RecordRef};
-use crate::state::{Db, on_pool};
+use crate::state::{Db, Fenced, Pool, StateError, on_pool};
 
 /// The columns of a record, in the order `decode_record` reads them.
 macro_rules! record_columns {
@@ -108,17 +108,22 @@ fn seq_param(seq: u64) -> i64 {
 
 /// Appends records built by `build` (given each record's sequence number and the previous
 /// hash) in one transaction, holding the head row's lock so that concurrent appenders, in this
-/// process or another, take turns and the chain never forks.
+/// process or another, take turns and the chain never forks. A fenced handle (a daemon leading
+/// at an epoch) checks in the same transaction that no newer leader took over.
 pub(super) async fn append(
     db: &Db,
     count: usize,
     mut build: impl FnMut(u64, Hash) -> Record,
 ) -> Result<(Vec<Record>, Frontier), EvidenceError> {
     macro_rules! append_in {
-        ($tx:ident, $read_head:expr) => {{
+        ($tx:ident, $read_head:expr, $read_epoch:expr) => {{
             let row = sqlx::query($read_head)
                 .fetch_one(&mut *$tx)
                 .await?;
+            if let Some(epoch) = db.epoch() {
+                let newest: Option<i64> = sqlx::query_scalar($read_epoch).fetch_optional(&mut *$tx).await?;
+                Fenced::check(epoch, newest).map_err(StateError::from)?;
+            }
             let mut head = Head::decode(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)?;
             let mut written = Vec::with_capacity(count);
             for _ in 0..count {
@@ -154,16 +159,25 @@ pub(super) async fn append(
             (written, head.frontier)
         }};
     }
-    Ok(match db {
-        Db::Sqlite(pool) => {
+    Ok(match db.pool() {
+        Pool::Sqlite(pool) => {
             // BEGIN IMMEDIATE takes the database's write lock before reading the head.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            append_in!(tx, "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1")
+            append_in!(
+                tx,
+                "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1",
+                "SELECT epoch FROM daemon_leader WHERE id = 1"
+            )
         }
-        Db::Postgres(pool) => {
+        Pool::Postgres(pool) => {
             // The row lock on the head serialises appenders across processes.
             let mut tx = pool.begin().await?;
-            append_in!(tx, "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1 FOR UPDATE")
+            // The leader row read FOR SHARE: a new leader's epoch waits for this append to end.
+            append_in!(
+                tx,
+                "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1 FOR UPDATE",
+                "SELECT epoch FROM daemon_leader WHERE id = 1 FOR SHARE"
+            )
         }
     })
 }
@@ -225,13 +239,13 @@ pub(super) async fn verified_head(db: &Db, trusted: &NoteVerifier) -> Result<(He
             (head, max, chain)
         }};
     }
-    let (head, max, chain) = match db {
-        Db::Sqlite(pool) => {
+    let (head, max, chain) = match db.pool() {
+        Pool::Sqlite(pool) => {
             // A deferred transaction in WAL mode reads one snapshot from its first read on.
             let mut tx = pool.begin().await?;
             read_in!(tx)
         }
-        Db::Postgres(pool) => {
+        Pool::Postgres(pool) => {
             let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
             read_in!(tx)
         }
@@ -433,8 +447,8 @@ pub(super) async fn scan<S: Send + 'static>(
     mut state: S,
     step: fn(&mut S, Scanned<'_>) -> ControlFlow<()>,
 ) -> Result<S, EvidenceError> {
-    match db {
-        Db::Sqlite(pool) => {
+    match db.pool() {
+        Pool::Sqlite(pool) => {
             let path = pool.connect_options().get_filename().to_owned();
             Ok(tokio::task::spawn_blocking(move || -> Result<S, EvidenceError> {
                 let conn = rusqlite::Connection::open_with_flags(
@@ -457,7 +471,7 @@ pub(super) async fn scan<S: Send + 'static>(
             })
             .await??)
         }
-        Db::Postgres(pool) => {
+        Pool::Postgres(pool) => {
             let mut rows =
                 sqlx::query(concat!("SELECT ", record_columns!(), " FROM evidence_records ORDER BY seq")).fetch(pool);
             while let Some(row) = rows.next().await {

@@ -51,14 +51,19 @@ impl<'a> Registry<'a> {
         store: &dyn SagaStore,
         cancel: &CancellationToken,
     ) -> Result<Vec<Resumed>, SagaError> {
+        Ok(self.resume_each(store.in_flight().await?, cancel).await)
+    }
+
+    /// Resumes each of `sagas` in turn; stops starting new ones once `cancel` is cancelled.
+    pub async fn resume_each(&self, sagas: Vec<SagaRow>, cancel: &CancellationToken) -> Vec<Resumed> {
         let mut resumed = Vec::new();
-        for saga in store.in_flight().await? {
+        for saga in sagas {
             if cancel.is_cancelled() {
                 break;
             }
             resumed.push(self.resume(saga).await);
         }
-        Ok(resumed)
+        resumed
     }
 
     /// Resumes one saga by its kind's resumer.

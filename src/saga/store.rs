@@ -3,7 +3,8 @@
 //!
 //! Every write names the state it expects the row to be in (its status and its last update
 //! time): a write that finds the row moved on is refused, so two processes resuming one saga
-//! cannot both act, and an illegal transition (a finished saga running again) never lands.
+//! cannot both act, and an illegal transition (a finished saga running again) never lands. A
+//! daemon's writes also carry its leader epoch, and are refused once a newer leader took over.
 
 use std::sync::Mutex;
 
@@ -12,7 +13,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 
 use super::{SagaError, Subject};
-use crate::state::{Db, on_pool};
+use crate::state::{Db, Fenced, fenced, on_pool};
 
 /// Where a saga stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -154,6 +155,11 @@ where
     })
 }
 
+/// A fenced write's outcome as a saga error: refused when a newer daemon leads.
+fn fenced_out<T>(written: Result<T, Fenced>) -> Result<T, SagaError> {
+    written.map_err(|fenced| SagaError::State(fenced.into()))
+}
+
 fn conflict(saga: &SagaRow, expected: &Expected) -> SagaError {
     SagaError::Moved { id: saga.id.clone(), expected: expected.status.as_str() }
 }
@@ -175,21 +181,29 @@ impl SagaStore for Db {
             }
             const SQL: &str = "INSERT INTO sagas (id, kind, subject, step, status, data, error, started_at, updated_at, failed_step, waiting_until) \
                                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-            on_pool!(self, pool => sqlx::query(SQL)
-                .bind(&saga.id)
-                .bind(&saga.kind)
-                .bind(&subject)
-                .bind(&saga.step)
-                .bind(saga.status.as_str())
-                .bind(saga.data.to_string())
-                .bind(&saga.error)
-                .bind(&saga.started_at)
-                .bind(&saga.updated_at)
-                .bind(&saga.failed_step)
-                .bind(&saga.waiting_until)
-                .execute(pool)
-                .await
-                .map(drop))?;
+            macro_rules! insert {
+                ($conn:expr) => {
+                    sqlx::query(SQL)
+                        .bind(&saga.id)
+                        .bind(&saga.kind)
+                        .bind(&subject)
+                        .bind(&saga.step)
+                        .bind(saga.status.as_str())
+                        .bind(saga.data.to_string())
+                        .bind(&saga.error)
+                        .bind(&saga.started_at)
+                        .bind(&saga.updated_at)
+                        .bind(&saga.failed_step)
+                        .bind(&saga.waiting_until)
+                        .execute($conn)
+                        .await
+                        .map(drop)?
+                };
+            }
+            match self.epoch() {
+                None => on_pool!(self, pool => insert!(pool)),
+                Some(epoch) => fenced!(self, epoch, tx => insert!(&mut *tx)).and_then(fenced_out)?,
+            }
             Ok(None)
         }
         .boxed()
@@ -199,20 +213,28 @@ impl SagaStore for Db {
         async move {
             const SQL: &str = "UPDATE sagas SET step = $1, status = $2, data = $3, error = $4, updated_at = $5, failed_step = $6, \
                                waiting_until = $7 WHERE id = $8 AND status = $9 AND updated_at = $10";
-            let changed = on_pool!(self, pool => sqlx::query(SQL)
-                .bind(&saga.step)
-                .bind(saga.status.as_str())
-                .bind(saga.data.to_string())
-                .bind(&saga.error)
-                .bind(&saga.updated_at)
-                .bind(&saga.failed_step)
-                .bind(&saga.waiting_until)
-                .bind(&saga.id)
-                .bind(expected.status.as_str())
-                .bind(&expected.updated_at)
-                .execute(pool)
-                .await?
-                .rows_affected());
+            macro_rules! update {
+                ($conn:expr) => {
+                    sqlx::query(SQL)
+                        .bind(&saga.step)
+                        .bind(saga.status.as_str())
+                        .bind(saga.data.to_string())
+                        .bind(&saga.error)
+                        .bind(&saga.updated_at)
+                        .bind(&saga.failed_step)
+                        .bind(&saga.waiting_until)
+                        .bind(&saga.id)
+                        .bind(expected.status.as_str())
+                        .bind(&expected.updated_at)
+                        .execute($conn)
+                        .await?
+                        .rows_affected()
+                };
+            }
+            let changed = match self.epoch() {
+                None => on_pool!(self, pool => update!(pool)),
+                Some(epoch) => fenced!(self, epoch, tx => update!(&mut *tx)).and_then(fenced_out)?,
+            };
             if changed == 1 { Ok(()) } else { Err(conflict(saga, expected)) }
         }
         .boxed()

@@ -2,7 +2,7 @@
 
 use sqlx::Row as _;
 
-use super::{Db, StateError};
+use super::{Db, Pool, StateError};
 
 struct Migration {
     version: i64,
@@ -49,6 +49,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0006_daemon.sqlite.sql"),
         postgres: include_str!("migrations/0006_daemon.postgres.sql"),
     },
+    Migration {
+        version: 7,
+        name: "daemon work queue",
+        sqlite: include_str!("migrations/0007_daemon_work.sqlite.sql"),
+        postgres: include_str!("migrations/0007_daemon_work.postgres.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS vigil_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
@@ -85,13 +91,13 @@ pub(super) async fn apply(db: &Db) -> Result<(), StateError> {
             $tx.commit().await?;
         }};
     }
-    match db {
-        Db::Sqlite(pool) => {
+    match db.pool() {
+        Pool::Sqlite(pool) => {
             // BEGIN IMMEDIATE takes the write lock first, so two processes migrate one at a time.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             apply_in!(tx, sqlite);
         }
-        Db::Postgres(pool) => {
+        Pool::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_MIGRATION_LOCK).execute(&mut *tx).await?;
             apply_in!(tx, postgres);
@@ -137,7 +143,7 @@ mod tests {
             pool.close().await;
         }
         let db = crate::state::Db::open(&StateStore::Sqlite { path }).await.unwrap();
-        let crate::state::Db::Sqlite(pool) = &db else { panic!("a file path opens an SQLite store") };
+        let crate::state::Pool::Sqlite(pool) = db.pool() else { panic!("a file path opens an SQLite store") };
         let subjects: Vec<String> =
             sqlx::query_scalar("SELECT subject FROM sagas ORDER BY id").fetch_all(pool).await.unwrap();
         assert_eq!(subjects, ["backup:orders2", "secret:orders"]);

@@ -1,14 +1,20 @@
 //! The state store: one SQL database, SQLite (a file under the data dir, the embedded default)
 //! or PostgreSQL (shared by several vigil instances), chosen by the evidence store URL.
 //!
-//! It holds the evidence ledger's tables today; saga state and leases join them with the
-//! capabilities that need them. Migrations are embedded, versioned and applied on open, under
-//! a lock so that two processes opening one database at once apply each migration once.
+//! It holds the evidence ledger, saga state, the backup catalog and the daemon's timetable and
+//! leader epoch. Migrations are embedded, versioned and applied on open, under a lock so that two
+//! processes opening one database at once apply each migration once.
+//!
+//! A daemon that leads the store sets its epoch as the [fence](Db::fence) of its handle: from
+//! then on every saga write and evidence append through it checks, in its own transaction, that
+//! no newer leader took over, and is refused if one did.
 
 mod migrations;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use secrecy::ExposeSecret as _;
@@ -42,21 +48,92 @@ pub enum StateStore {
 /// `$1` placeholders), only the driver types differ.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::state::Db::Sqlite($pool) => $body,
-            $crate::state::Db::Postgres($pool) => $body,
+        match $db.pool() {
+            $crate::state::Pool::Sqlite($pool) => $body,
+            $crate::state::Pool::Postgres($pool) => $body,
         }
     };
 }
 pub(crate) use on_pool;
 
-/// An open state database.
+/// Runs `$body` in a transaction of `$db` that first checks `$epoch` against the newest leader's
+/// (`Ok(Err(Fenced))` when a newer one exists: nothing is written) and commits after it. On
+/// PostgreSQL the leader row is read `FOR SHARE`, so a new leader's epoch waits for the
+/// transaction to end and the check holds until the commit; SQLite's `BEGIN IMMEDIATE` holds
+/// the whole database. `$body` uses `&mut *$tx`.
+macro_rules! fenced {
+    ($db:expr, $epoch:expr, $tx:ident => $body:expr) => {
+        match $db.pool() {
+            $crate::state::Pool::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let newest: Option<i64> = sqlx::query_scalar("SELECT epoch FROM daemon_leader WHERE id = 1")
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+                match $crate::state::Fenced::check($epoch, newest) {
+                    Err(fenced) => Ok(Err(fenced)),
+                    Ok(()) => {
+                        let out = $body;
+                        $tx.commit().await?;
+                        Ok(Ok(out))
+                    }
+                }
+            }
+            $crate::state::Pool::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                let newest: Option<i64> = sqlx::query_scalar("SELECT epoch FROM daemon_leader WHERE id = 1 FOR SHARE")
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+                match $crate::state::Fenced::check($epoch, newest) {
+                    Err(fenced) => Ok(Err(fenced)),
+                    Ok(()) => {
+                        let out = $body;
+                        $tx.commit().await?;
+                        Ok(Ok(out))
+                    }
+                }
+            }
+        }
+    };
+}
+pub(crate) use fenced;
+
+/// An open state database: a pool, and the fence its writes carry.
 #[derive(Debug, Clone)]
-pub enum Db {
+pub struct Db {
+    pool: Pool,
+    /// The epoch this process leads at, shared by every clone (0: none, writes unfenced).
+    fence: Arc<AtomicI64>,
+}
+
+/// The connection pool of a state database.
+#[derive(Debug, Clone)]
+pub enum Pool {
     /// SQLite in WAL mode.
     Sqlite(SqlitePool),
     /// PostgreSQL.
     Postgres(PgPool),
+}
+
+/// A write refused because a newer daemon leads the store: the fencing token check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this daemon led at epoch {epoch}, but another took over at epoch {newer}: its writes are refused; it stops scheduling and stands by"
+)]
+pub struct Fenced {
+    /// The epoch the write carried.
+    pub epoch: i64,
+    /// The newest leader's.
+    pub newer: i64,
+}
+
+impl Fenced {
+    /// Refuses `epoch` when `newest` (the leader row's) is newer.
+    pub fn check(epoch: i64, newest: Option<i64>) -> Result<(), Self> {
+        match newest {
+            Some(newer) if newer > epoch => Err(Self { epoch, newer }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Why the state store could not be opened or used.
@@ -94,6 +171,9 @@ pub enum StateError {
     /// A query failed.
     #[error("state store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// A newer daemon leads the store.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
 }
 
 impl Db {
@@ -141,7 +221,7 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(|source| StateError::Open { target, source })?;
-        Ok(Self::Sqlite(pool))
+        Ok(Self::new(Pool::Sqlite(pool)))
     }
 
     async fn open_postgres(options: PgConnectOptions, url: &str) -> Result<Self, StateError> {
@@ -151,22 +231,49 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(|source| StateError::Open { target: url.to_owned(), source })?;
-        Ok(Self::Postgres(pool))
+        Ok(Self::new(Pool::Postgres(pool)))
+    }
+
+    fn new(pool: Pool) -> Self {
+        Self { pool, fence: Arc::default() }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Fences every later saga write and evidence append through this handle and its clones
+    /// with `epoch`, the fencing token this process took when it became the leader: each is
+    /// refused once a newer epoch exists.
+    pub fn fence(&self, epoch: i64) {
+        self.fence.store(epoch, Ordering::SeqCst);
+    }
+
+    /// Lifts the fence: a daemon that stopped leading (its lead's jobs ended) works on as a
+    /// standby, whose work is guarded by its claim's session instead.
+    pub fn unfence(&self) {
+        self.fence.store(0, Ordering::SeqCst);
+    }
+
+    /// The epoch writes are fenced with, if any.
+    pub fn epoch(&self) -> Option<i64> {
+        Some(self.fence.load(Ordering::SeqCst)).filter(|&epoch| epoch > 0)
     }
 
     /// `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
-        match self {
-            Self::Sqlite(_) => "sqlite",
-            Self::Postgres(_) => "postgres",
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
         }
     }
 
     /// Closes every connection, waiting for queries in flight.
     pub async fn close(&self) {
-        match self {
-            Self::Sqlite(pool) => pool.close().await,
-            Self::Postgres(pool) => pool.close().await,
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
         }
     }
 }

@@ -12,8 +12,8 @@ use vigil::evidence::{
     RecordFilter, Trust, merkle,
 };
 use vigil::secret::SecretRef;
-use vigil::state::Db;
 use vigil::state::StateStore as EvidenceStore;
+use vigil::state::{Db, Pool};
 
 use crate::support::{Services, vigil};
 
@@ -114,9 +114,9 @@ async fn build(db: Db, key: LedgerKey) -> Ledger {
 
 async fn exec(db: &Db, sql: &str) {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    match db {
-        Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-        Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+    match db.pool() {
+        Pool::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        Pool::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
     }
     .unwrap();
 }
@@ -142,18 +142,18 @@ async fn insert(db: &Db, record: &Record) {
                 .map(drop)
         };
     }
-    match db {
-        Db::Sqlite(pool) => run!(pool),
-        Db::Postgres(pool) => run!(pool),
+    match db.pool() {
+        Pool::Sqlite(pool) => run!(pool),
+        Pool::Postgres(pool) => run!(pool),
     }
     .unwrap();
 }
 
 async fn set_note(db: &Db, size: u64, note: &str) {
     let sql = sqlx::AssertSqlSafe(format!("UPDATE evidence_checkpoints SET note = $1 WHERE size = {size}"));
-    match db {
-        Db::Sqlite(pool) => sqlx::query(sql).bind(note).execute(pool).await.map(drop),
-        Db::Postgres(pool) => sqlx::query(sql).bind(note).execute(pool).await.map(drop),
+    match db.pool() {
+        Pool::Sqlite(pool) => sqlx::query(sql).bind(note).execute(pool).await.map(drop),
+        Pool::Postgres(pool) => sqlx::query(sql).bind(note).execute(pool).await.map(drop),
     }
     .unwrap();
 }
@@ -398,9 +398,9 @@ async fn rollover(store: Store) {
     let body = evidence::Checkpoint { origin: "vigil/roll".into(), size: 5, root: merkle::root(&leaves) }.body();
     let forged = old.sign_note(&body);
     const SQL: &str = "INSERT INTO evidence_checkpoints (size, root_hash, key_name, key_id, signed_at, note) VALUES (5, $1, 'vigil/roll', '0', '', $2)";
-    match ledger.db() {
-        Db::Sqlite(pool) => sqlx::query(SQL).bind(vec![0u8]).bind(forged).execute(pool).await.map(drop),
-        Db::Postgres(pool) => sqlx::query(SQL).bind(vec![0u8]).bind(forged).execute(pool).await.map(drop),
+    match ledger.db().pool() {
+        Pool::Sqlite(pool) => sqlx::query(SQL).bind(vec![0u8]).bind(forged).execute(pool).await.map(drop),
+        Pool::Postgres(pool) => sqlx::query(SQL).bind(vec![0u8]).bind(forged).execute(pool).await.map(drop),
     }
     .unwrap();
     let report = evidence::verify(ledger.db(), Trust::Pinned(Box::new(first_verifier))).await.unwrap();

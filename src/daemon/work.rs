@@ -1,0 +1,560 @@
+//! The work queue: backups and drills the leader queued (`daemon_work`), claimed and run by any
+//! replica, so that a fleet of databases spreads its dumps across replicas while scheduling
+//! stays with the leader.
+//!
+//! - The leader queues a job's slot in the transaction that moves the job's next run on, under
+//!   its epoch: a slot is queued exactly once, whoever crashes when.
+//! - A replica claims a row (`FOR UPDATE SKIP LOCKED` on PostgreSQL) with its **session**: on
+//!   PostgreSQL a dedicated connection (its backend's pid and start time), which the server ends
+//!   once it goes silent for [`LEASE`](super::lease::LEASE); on SQLite the one daemon's process.
+//!   Only the newest leader's work is claimed, and never two rows acting on one subject at once.
+//! - The row's id is the id of the saga that runs it, so whoever finds the row after a crash
+//!   finds the saga: in flight, it is resumed; ended, the row is closed with its outcome; absent,
+//!   the job runs. The leader puts the rows of ended sessions back in the queue.
+//! - A failed run queues a retry of its slot after a backoff (1 minute, doubling up to an hour);
+//!   a newer slot of the job supersedes older rows still queued.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use sqlx::Row as _;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ran, Shared, ended_line, lease, metrics, store};
+use crate::context::Ctx;
+use crate::drill::Drills;
+use crate::evidence::Ledger;
+use crate::saga::{self, Subject};
+use crate::state::{Db, Fenced, Pool, fenced};
+
+pub use super::timetable::Job;
+
+/// How often a replica looks for work, and the leader for the work of ended sessions.
+const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// After a failed run, its slot is tried again this long after, doubling up to an hour.
+const RETRY_FIRST: chrono::Duration = chrono::Duration::minutes(1);
+const RETRY_MAX: chrono::Duration = chrono::Duration::hours(1);
+
+fn stamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// One queued run of a job.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The row's id, and the id of the saga that runs it.
+    pub id: String,
+    /// The job.
+    pub job: Job,
+    /// The slot it runs for.
+    pub slot: String,
+    /// 0 for the slot's first run, then one more per retry.
+    pub attempt: i64,
+    /// The saga subject it acts on.
+    pub subject: String,
+    /// The subject it waits for.
+    pub after: Option<String>,
+    /// The epoch of the leader it was queued under.
+    pub epoch: i64,
+}
+
+const ITEM_COLUMNS: &str = "id, job, slot, attempt, subject, after, epoch";
+
+fn decode<'r, R>(row: &'r R) -> Result<Option<Item>, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let job: String = row.try_get(1)?;
+    let Some(job) = Job::parse(&job) else {
+        tracing::error!(%job, "a queued job this vigil does not know; a newer vigil queued it");
+        return Ok(None);
+    };
+    Ok(Some(Item {
+        id: row.try_get(0)?,
+        job,
+        slot: row.try_get(2)?,
+        attempt: row.try_get(3)?,
+        subject: row.try_get(4)?,
+        after: row.try_get(5)?,
+        epoch: row.try_get(6)?,
+    }))
+}
+
+/// Queues `job`'s `slot` under `epoch`, superseding its older rows still queued, and moves its
+/// next run to `next_run`, all in one transaction refused once a newer leader exists. `after`
+/// is the subject the run waits for. Returns the new row's id (none when the slot was queued
+/// before).
+pub async fn enqueue(
+    db: &Db,
+    epoch: i64,
+    job: &Job,
+    slot: DateTime<Utc>,
+    after: Option<&str>,
+    next_run: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Result<Option<String>, Fenced>, sqlx::Error> {
+    const SUPERSEDE: &str = "UPDATE daemon_work SET state = 'superseded', finished_at = $1, outcome = $2 \
+                             WHERE job = $3 AND state = 'queued'";
+    const INSERT: &str = "INSERT INTO daemon_work (id, job, slot, attempt, subject, after, epoch, state, not_before, queued_at) \
+                          VALUES ($1, $2, $3, 0, $4, $5, $6, 'queued', $7, $7) ON CONFLICT (job, slot, attempt) DO NOTHING";
+    let id = crate::clock::sortable_id_at(now);
+    let (name, slot) = (job.to_string(), stamp(slot));
+    let superseded = format!("superseded by the slot of {slot}");
+    fenced!(db, epoch, tx => {
+        sqlx::query(SUPERSEDE).bind(stamp(now)).bind(&superseded).bind(&name).execute(&mut *tx).await?;
+        let inserted = sqlx::query(INSERT)
+            .bind(&id)
+            .bind(&name)
+            .bind(&slot)
+            .bind(job.claim())
+            .bind(after)
+            .bind(epoch)
+            .bind(stamp(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(store::SAVE)
+            .bind(&name)
+            .bind(stamp(next_run))
+            .bind(Some(stamp(now)))
+            .bind(Some("queued"))
+            .bind(stamp(now))
+            .execute(&mut *tx)
+            .await?;
+        (inserted == 1).then_some(id)
+    })
+}
+
+/// Puts back in the queue, under `epoch`, every row whose claimer's session ended, and moves
+/// queued rows of an older leader to it. Returns how many rows were put back.
+pub async fn recover(db: &Db, epoch: i64, session: &Session) -> Result<Result<u64, Fenced>, sqlx::Error> {
+    const RESTAMP: &str = "UPDATE daemon_work SET epoch = $1 WHERE state = 'queued' AND epoch <> $1";
+    const SQLITE: &str = "UPDATE daemon_work SET state = 'queued', session = NULL, worker = NULL, epoch = $1 \
+                          WHERE state = 'running' AND (session IS NULL OR session <> $2)";
+    const POSTGRES: &str = "UPDATE daemon_work SET state = 'queued', session = NULL, worker = NULL, epoch = $1 \
+                            WHERE state = 'running' AND (session IS NULL OR session NOT IN \
+                            (SELECT format('%s@%s', pid, extract(epoch FROM backend_start)) FROM pg_stat_activity \
+                             WHERE backend_start IS NOT NULL)) AND session <> $2";
+    let sql = match db.pool() {
+        Pool::Sqlite(_) => SQLITE,
+        Pool::Postgres(_) => POSTGRES,
+    };
+    fenced!(db, epoch, tx => {
+        sqlx::query(RESTAMP).bind(epoch).execute(&mut *tx).await?;
+        sqlx::query(sql).bind(epoch).bind(&session.token).execute(&mut *tx).await?.rows_affected()
+    })
+}
+
+/// Closes `item` with how its run ended, if `session` still holds it; a failed run queues a
+/// retry of its slot. A run that was stopped (a signal, the lead lost) is put back instead, to
+/// be resumed by the next claimer.
+pub async fn finish(db: &Db, item: &Item, session: &Session, end: End, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    const CLOSE: &str = "UPDATE daemon_work SET state = $1, finished_at = $2, outcome = $3 \
+                         WHERE id = $4 AND session = $5 AND state = 'running'";
+    const RELEASE: &str = "UPDATE daemon_work SET state = 'queued', session = NULL, worker = NULL \
+                           WHERE id = $1 AND session = $2 AND state = 'running'";
+    const RETRY: &str = "INSERT INTO daemon_work (id, job, slot, attempt, subject, after, epoch, state, not_before, queued_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9) ON CONFLICT (job, slot, attempt) DO NOTHING";
+    macro_rules! finish_in {
+        ($tx:ident) => {{
+            let closed = match &end {
+                End::Stopped => {
+                    sqlx::query(RELEASE).bind(&item.id).bind(&session.token).execute(&mut *$tx).await?.rows_affected()
+                }
+                End::Ran(ran) => sqlx::query(CLOSE)
+                    .bind(if ran.ok { "succeeded" } else { "failed" })
+                    .bind(stamp(now))
+                    .bind(&ran.outcome)
+                    .bind(&item.id)
+                    .bind(&session.token)
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected(),
+            };
+            if closed == 0 {
+                tracing::warn!(job = %item.job, run = %item.id, "the work was put back while this replica ran it (its session ended); whoever claimed it next carries it on");
+            } else if let End::Ran(ran) = &end
+                && !ran.ok
+            {
+                let wait = (RETRY_FIRST * 2i32.saturating_pow(u32::try_from(item.attempt.min(10)).unwrap_or(10))).min(RETRY_MAX);
+                sqlx::query(RETRY)
+                    .bind(crate::clock::sortable_id_at(now))
+                    .bind(item.job.to_string())
+                    .bind(&item.slot)
+                    .bind(item.attempt + 1)
+                    .bind(&item.subject)
+                    .bind(&item.after)
+                    .bind(item.epoch)
+                    .bind(stamp(now + wait))
+                    .bind(stamp(now))
+                    .execute(&mut *$tx)
+                    .await?;
+                tracing::info!(job = %item.job, retry_in_secs = wait.num_seconds(), "its slot is tried again");
+            }
+            $tx.commit().await
+        }};
+    }
+    match db.pool() {
+        Pool::Sqlite(pool) => {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            finish_in!(tx)
+        }
+        Pool::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            finish_in!(tx)
+        }
+    }
+}
+
+/// How a claimed run ended.
+pub enum End {
+    /// It ran to an outcome.
+    Ran(Ran),
+    /// It was stopped before its end: its saga is left to resume.
+    Stopped,
+}
+
+/// The subjects of rows running, or queued and due: what the RPO watch waits for.
+pub async fn open_subjects(db: &Db, now: DateTime<Utc>) -> Result<BTreeSet<String>, sqlx::Error> {
+    const SQL: &str = "SELECT DISTINCT subject FROM daemon_work \
+                       WHERE state = 'running' OR (state = 'queued' AND not_before <= $1)";
+    let subjects: Vec<String> =
+        crate::state::on_pool!(db, pool => sqlx::query_scalar(SQL).bind(stamp(now)).fetch_all(pool).await?);
+    Ok(subjects.into_iter().collect())
+}
+
+/// The ids of rows queued or running: their sagas are the queue's to resume, not the
+/// catch-up's.
+pub async fn open_ids(db: &Db) -> Result<BTreeSet<String>, sqlx::Error> {
+    const SQL: &str = "SELECT id FROM daemon_work WHERE state IN ('queued', 'running')";
+    let ids: Vec<String> = crate::state::on_pool!(db, pool => sqlx::query_scalar(SQL).fetch_all(pool).await?);
+    Ok(ids.into_iter().collect())
+}
+
+/// Each of `ids` that has ended: its job, whether it succeeded and its outcome.
+pub async fn ended(db: &Db, ids: &[String]) -> Result<Vec<(String, String, bool, String)>, sqlx::Error> {
+    const SQL: &str = "SELECT id, job, state, coalesce(outcome, '') FROM daemon_work \
+                       WHERE id = $1 AND state IN ('succeeded', 'failed', 'superseded')";
+    let mut out = Vec::new();
+    for id in ids {
+        let row = crate::state::on_pool!(db, pool => match sqlx::query(SQL).bind(id).fetch_optional(pool).await? {
+            Some(row) => Some((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?, row.try_get::<String, _>(3)?)),
+            None => None,
+        });
+        if let Some((id, job, state, outcome)) = row {
+            out.push((id, job, state != "failed", outcome));
+        }
+    }
+    Ok(out)
+}
+
+/// What claims work: a replica's session.
+pub struct Session {
+    /// Who claims, as rows name it.
+    worker: String,
+    /// The session's token: `pid@start` of a PostgreSQL backend, or this process's own.
+    token: String,
+    /// The dedicated PostgreSQL connection the session is (none on SQLite).
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl Session {
+    /// Opens this replica's session: on PostgreSQL a dedicated connection that the server ends
+    /// once it goes silent for the lease (claims keep it busy); on SQLite, this process.
+    pub async fn open(db: &Db, worker: &str, now: DateTime<Utc>) -> Result<Self, sqlx::Error> {
+        match db.pool() {
+            Pool::Sqlite(_) => {
+                Ok(Self { worker: worker.to_owned(), token: crate::clock::sortable_id_at(now), conn: None })
+            }
+            Pool::Postgres(pool) => {
+                let mut conn = lease::session(pool).await?;
+                let token: String = sqlx::query_scalar(
+                    "SELECT format('%s@%s', pid, extract(epoch FROM backend_start)) FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                )
+                .fetch_one(&mut conn)
+                .await?;
+                Ok(Self { worker: worker.to_owned(), token, conn: Some(conn) })
+            }
+        }
+    }
+
+    /// Claims the oldest due row of the newest leader's that no running row shares a subject
+    /// with and whose awaited subject is idle.
+    pub async fn claim(&mut self, db: &Db, now: DateTime<Utc>) -> Result<Option<Item>, sqlx::Error> {
+        macro_rules! claim_sql {
+            ($lock:literal) => {
+                concat!(
+                    "UPDATE daemon_work SET state = 'running', session = $1, worker = $2, claimed_at = $3 WHERE id = (\
+                     SELECT w.id FROM daemon_work w WHERE w.state = 'queued' AND w.not_before <= $3 \
+                     AND w.epoch = (SELECT epoch FROM daemon_leader WHERE id = 1) \
+                     AND NOT EXISTS (SELECT 1 FROM daemon_work r WHERE r.subject = w.subject AND r.state = 'running') \
+                     AND (w.after IS NULL OR NOT EXISTS (SELECT 1 FROM daemon_work b WHERE b.subject = w.after \
+                          AND (b.state = 'running' OR (b.state = 'queued' AND b.not_before <= $3)))) \
+                     ORDER BY w.not_before, w.id LIMIT 1",
+                    $lock,
+                    ") RETURNING id, job, slot, attempt, subject, after, epoch"
+                )
+            };
+        }
+        debug_assert_eq!(ITEM_COLUMNS, "id, job, slot, attempt, subject, after, epoch");
+        let at = stamp(now);
+        let row = match (&mut self.conn, db.pool()) {
+            (Some(conn), _) => {
+                let query = sqlx::query(claim_sql!(" FOR UPDATE SKIP LOCKED"));
+                match query.bind(&self.token).bind(&self.worker).bind(&at).fetch_optional(conn).await? {
+                    Some(row) => decode(&row)?,
+                    None => None,
+                }
+            }
+            (None, Pool::Sqlite(pool)) => {
+                match sqlx::query(claim_sql!(""))
+                    .bind(&self.token)
+                    .bind(&self.worker)
+                    .bind(&at)
+                    .fetch_optional(pool)
+                    .await?
+                {
+                    Some(row) => decode(&row)?,
+                    None => None,
+                }
+            }
+            (None, Pool::Postgres(_)) => return Err(sqlx::Error::PoolClosed),
+        };
+        Ok(row)
+    }
+
+    /// Ends the session.
+    pub async fn close(self) {
+        if let Some(conn) = self.conn {
+            use sqlx::Connection as _;
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// Claims and runs queued work until `stop`, up to `[daemon] concurrency` runs at once; while
+/// this replica leads, also puts back the work of ended sessions. Runs in flight when `stop`
+/// comes finish their step (up to `shutdown_grace`) and are put back.
+pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToken, worker: &str) {
+    let db = &shared.db;
+    let mut session: Option<Session> = None;
+    let mut running: FuturesUnordered<BoxFuture<'_, (Item, End)>> = FuturesUnordered::new();
+    let runs = stop.child_token();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let stopping = stop.is_cancelled();
+        let now = shared.clock.now();
+        // A leader that lost the lead claims nothing until its lead has ended.
+        if !stopping && !shared.deposed.load(Ordering::SeqCst) {
+            if session.is_none() {
+                match Session::open(db, worker, now).await {
+                    Ok(opened) => session = Some(opened),
+                    Err(err) => tracing::warn!(%err, "cannot open a session to claim work; retrying"),
+                }
+            }
+            if let Some(open) = session.as_mut() {
+                let epoch = shared.epoch.load(Ordering::SeqCst);
+                if epoch > 0 {
+                    match recover(db, epoch, open).await {
+                        Ok(Ok(0)) => {}
+                        Ok(Ok(back)) => tracing::warn!(rows = back, "work of ended sessions put back in the queue"),
+                        Ok(Err(fenced)) => tracing::error!(%fenced, "cannot recover work"),
+                        Err(err) => tracing::warn!(%err, "cannot recover the work of ended sessions"),
+                    }
+                }
+                let plan = shared.plan();
+                while running.len() < plan.daemon.concurrency {
+                    match open.claim(db, now).await {
+                        Ok(Some(item)) => {
+                            tracing::info!(job = %item.job, run = %item.id, attempt = item.attempt, "running");
+                            running.push(run(shared, ledger, plan.clone(), item, runs.child_token()).boxed());
+                        }
+                        Ok(None) => break,
+                        Err(err) => {
+                            tracing::warn!(%err, "the work session failed; opening another");
+                            if let Some(lost) = session.take() {
+                                lost.close().await;
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if stopping && running.is_empty() {
+            break;
+        }
+        if stopping && deadline.is_none() {
+            runs.cancel();
+            deadline = Some(tokio::time::Instant::now() + shared.plan().daemon.shutdown_grace.to_std());
+        }
+        tokio::select! {
+            Some((item, end)) = running.next(), if !running.is_empty() => {
+                let close = match &session {
+                    Some(open) => finish(db, &item, open, end, shared.clock.now()).await,
+                    None => Ok(()),
+                };
+                if let Err(err) = close {
+                    tracing::error!(%err, job = %item.job, "cannot record the run's end; the leader puts it back once this session ends");
+                }
+            }
+            () = stop.cancelled(), if !stopping => {}
+            () = tokio::time::sleep(POLL), if !stopping => {}
+            () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                tracing::warn!(runs = running.len(), "the work in flight did not finish within shutdown_grace; it resumes on the next claim");
+                break;
+            }
+        }
+    }
+    drop(running);
+    if let Some(open) = session {
+        open.close().await;
+    }
+}
+
+/// Runs `item` with a context of its own over `plan`.
+async fn run(
+    shared: &Shared,
+    ledger: &Ledger,
+    plan: Arc<crate::config::Plan>,
+    item: Item,
+    cancel: CancellationToken,
+) -> (Item, End) {
+    let drills = Drills::new(Ctx::new(&plan, &shared.db, ledger, shared.clock.as_ref(), cancel.clone()));
+    let ran = execute(&drills, &shared.metrics, &item).await;
+    let end = if cancel.is_cancelled() && !ran.ok { End::Stopped } else { End::Ran(ran) };
+    if let End::Ran(ran) = &end {
+        if ran.ok {
+            tracing::info!(job = %item.job, outcome = %ran.outcome, "done");
+        } else {
+            tracing::error!(job = %item.job, outcome = %ran.outcome, "failed");
+            let kind = item.job.to_string().split(':').next().unwrap_or_default().to_owned();
+            shared.metrics.job_failures.get_or_create(&metrics::label("job", &kind)).inc();
+        }
+    }
+    (item, end)
+}
+
+/// Runs the saga `item` names: resumed if a crash left it in flight, closed with its outcome
+/// if it ended, started otherwise (after a saga an earlier attempt left on the subject).
+async fn execute(drills: &Drills<'_>, metrics: &super::Metrics, item: &Item) -> Ran {
+    let db = drills.ctx().db;
+    let found = match saga::get(db, &item.id).await {
+        Ok(found) => found,
+        Err(err) => return Ran::failed(err.to_string()),
+    };
+    if let Some(saga) = &found
+        && !saga.status.in_flight()
+    {
+        let ok = saga.status == saga::Status::Done;
+        let outcome = format!("{} {} had ended: {}", saga.kind, saga.id, saga.status.as_str());
+        return if ok { Ran::ok(outcome) } else { Ran::failed(outcome) };
+    }
+    match &item.job {
+        Job::Backup { set, kind } => {
+            let began = std::time::Instant::now();
+            let result = async {
+                let left = match found {
+                    Some(saga) => Some(saga),
+                    None => saga::in_flight(db).await?.into_iter().find(|s| s.subject == Subject::Backup(set.clone())),
+                };
+                if let Some(saga) = left {
+                    // This run's own saga, however it ends, or an earlier attempt's that
+                    // completes, is the slot's backup.
+                    let own = saga.id == item.id;
+                    if let Some(report) = drills.backups().resume_one(saga).await?
+                        && (own || matches!(report.ended, saga::Ended::Done))
+                    {
+                        return Ok(report);
+                    }
+                }
+                drills.backups().run_as(set, *kind, &item.id).await
+            }
+            .await;
+            backup_ran(drills, metrics, set, began, result).await
+        }
+        Job::Drill(name) => {
+            let result = match found {
+                Some(saga) => drills.resume_one(saga).await,
+                None => drills.run_as(name, &item.id).await,
+            };
+            drill_ran(metrics, name, result)
+        }
+        other => Ran::failed(format!("{other} is not queued work")),
+    }
+}
+
+async fn backup_ran(
+    drills: &Drills<'_>,
+    metrics: &super::Metrics,
+    set: &str,
+    began: std::time::Instant,
+    result: Result<crate::backup::BackupReport, crate::backup::BackupError>,
+) -> Ran {
+    metrics.backup_duration.get_or_create(&metrics::label("set", set)).set(began.elapsed().as_secs_f64());
+    match result {
+        Ok(report) if report.verified => {
+            metrics.backups.get_or_create(&metrics::labels(("set", set), ("outcome", "verified"))).inc();
+            if let Some(bytes) = report.bytes {
+                metrics
+                    .backup_bytes
+                    .get_or_create(&metrics::label("set", set))
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            // Retention applies as backups land; a failure to prune fails no backup.
+            let pruned = match drills.backups().prune(false).await {
+                Ok(pruned) => pruned.iter().map(|p| p.deleted.len()).sum(),
+                Err(err) => {
+                    tracing::error!(%err, set, "retention could not be applied");
+                    0
+                }
+            };
+            Ran::ok(format!("backup {} verified; {pruned} pruned", report.backup_id))
+        }
+        Ok(report) => {
+            metrics.backups.get_or_create(&metrics::labels(("set", set), ("outcome", "failed"))).inc();
+            Ran::failed(format!("backup {}: {}", report.backup_id, ended_line(&report.ended)))
+        }
+        Err(err) => {
+            metrics.backups.get_or_create(&metrics::labels(("set", set), ("outcome", "failed"))).inc();
+            Ran::failed(err.to_string())
+        }
+    }
+}
+
+fn drill_ran(
+    metrics: &super::Metrics,
+    name: &str,
+    result: Result<crate::drill::DrillReport, crate::drill::DrillError>,
+) -> Ran {
+    match result {
+        Ok(report) => {
+            let outcome = if report.passed { "passed" } else { "failed" };
+            metrics.drills.get_or_create(&metrics::labels(("drill", name), ("outcome", outcome))).inc();
+            if let Some(rto) = report.data.rto_secs {
+                metrics.drill_rto.get_or_create(&metrics::label("drill", name)).set(rto);
+            }
+            if let Some(rpo) = report.data.rpo_secs {
+                metrics.drill_rpo.get_or_create(&metrics::label("drill", name)).set(rpo as f64);
+            }
+            match report.reason {
+                None if report.passed => Ran::ok(format!("drill {} passed", report.id)),
+                reason => Ran::failed(format!("drill {} failed: {}", report.id, reason.unwrap_or_default())),
+            }
+        }
+        Err(err) => {
+            metrics.drills.get_or_create(&metrics::labels(("drill", name), ("outcome", "failed"))).inc();
+            Ran::failed(err.to_string())
+        }
+    }
+}
