@@ -558,3 +558,176 @@ fn drill_ran(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::evidence::{Kind, LedgerKey, NewRecord, Outcome};
+    use crate::saga::{Expected, SagaRow, SagaStore as _, Status};
+    use crate::state::StateStore;
+
+    async fn db() -> (Db, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (Db::open(&StateStore::Sqlite { path: dir.path().join("state.db") }).await.unwrap(), dir)
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+    }
+
+    fn backup(set: &str) -> Job {
+        Job::Backup { set: set.into(), kind: None }
+    }
+
+    fn saga(id: &str) -> SagaRow {
+        SagaRow {
+            id: id.into(),
+            kind: "backup.dump".into(),
+            subject: Subject::Backup(id.into()),
+            step: "write".into(),
+            status: Status::Running,
+            data: serde_json::json!({}),
+            failed_step: None,
+            error: None,
+            started_at: "t0".into(),
+            updated_at: "t0".into(),
+            waiting_until: None,
+        }
+    }
+
+    fn fenced(err: impl std::fmt::Debug) -> bool {
+        format!("{err:?}").contains("Fenced")
+    }
+
+    /// The fencing token: a daemon leading at epoch 1 writes sagas and evidence; once another
+    /// took epoch 2, its next saga insert, saga update and evidence append are each refused and
+    /// leave nothing behind, while the new leader's go through.
+    #[tokio::test]
+    async fn writes_fenced_with_an_older_epoch_are_refused_and_leave_nothing() {
+        let (db, _dir) = db().await;
+        let ledger = crate::evidence::Ledger::open(db.clone(), LedgerKey::generate("test"), Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let now = Utc::now();
+        let old = store::next_epoch(&db, "old", now).await.unwrap();
+        db.fence(old);
+        assert!(db.insert(&saga("a")).await.unwrap().is_none(), "the leader writes");
+        let record = || NewRecord {
+            kind: Kind::DaemonLeading.into(),
+            subject: "daemon".into(),
+            outcome: Outcome::Info,
+            details: serde_json::json!({}),
+        };
+        ledger.append(record()).await.unwrap();
+        let size = crate::evidence::size(&db).await.unwrap();
+
+        let new = store::next_epoch(&db, "new", now).await.unwrap();
+        assert_eq!(new, old + 1);
+        assert!(fenced(db.insert(&saga("b")).await.unwrap_err()));
+        let mut moved = saga("a");
+        moved.step = "verify".into();
+        moved.updated_at = "t1".into();
+        let expected = Expected { status: Status::Running, updated_at: "t0".into() };
+        let refused = db.update(&moved, &expected).await.unwrap_err();
+        assert!(fenced(&refused), "{refused:?}");
+        assert!(refused.to_string().contains("epoch 1") && refused.to_string().contains("epoch 2"), "{refused}");
+        let refused = ledger.append(record()).await.unwrap_err();
+        assert!(fenced(&refused), "{refused:?}");
+        assert_eq!(crate::evidence::size(&db).await.unwrap(), size, "no record landed");
+        let rows = crate::saga::in_flight(&db).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].step, "write", "the update did not land");
+
+        db.fence(new);
+        db.update(&moved, &expected).await.unwrap();
+        ledger.append(record()).await.unwrap();
+        db.unfence();
+        assert!(db.insert(&saga("c")).await.unwrap().is_none(), "an unfenced handle (the CLI) is not refused");
+    }
+
+    /// A slot is queued once however often the leader tries, with the job's next run in the
+    /// same transaction; a newer slot supersedes the older still queued; a leader with an older
+    /// epoch queues nothing.
+    #[tokio::test]
+    async fn a_slot_is_queued_once_and_a_newer_slot_supersedes_it() {
+        let (db, _dir) = db().await;
+        let now = at("2026-11-30T03:00:00Z");
+        let epoch = store::next_epoch(&db, "me", now).await.unwrap();
+        let job = backup("orders");
+        let first = enqueue(&db, epoch, &job, now, None, at("2026-12-01T03:00:00Z"), now).await.unwrap().unwrap();
+        assert!(first.is_some());
+        let again = enqueue(&db, epoch, &job, now, None, at("2026-12-01T03:00:00Z"), now).await.unwrap().unwrap();
+        assert_eq!(again, None, "the same slot is not queued twice");
+        assert_eq!(store::jobs(&db).await.unwrap()["backup:orders"].next_run, at("2026-12-01T03:00:00Z"));
+        let later = at("2026-12-01T03:00:00Z");
+        let second = enqueue(&db, epoch, &job, later, None, at("2026-12-02T03:00:00Z"), later).await.unwrap().unwrap();
+        let first = first.unwrap();
+        assert_eq!(open_ids(&db).await.unwrap().into_iter().collect::<Vec<_>>(), [second.clone().unwrap()]);
+        let ended = ended(&db, &[first]).await.unwrap();
+        assert!(ended[0].3.starts_with("superseded"), "{ended:?}");
+
+        store::next_epoch(&db, "newer", now).await.unwrap();
+        let refused = enqueue(&db, epoch, &backup("other"), now, None, later, now).await.unwrap();
+        assert!(refused.is_err(), "an old leader queues nothing");
+    }
+
+    /// Claims take the oldest due row; never two on one subject; a drill waits while a backup
+    /// of its set is due or running; a failed run queues a retry of its slot a minute on; the
+    /// rows of an ended session go back to the queue; an older leader's rows are not claimed
+    /// until the new leader takes them over.
+    #[tokio::test]
+    async fn claims_respect_subjects_gates_retries_sessions_and_epochs() {
+        let (db, _dir) = db().await;
+        let now = at("2026-11-30T03:00:00Z");
+        let epoch = store::next_epoch(&db, "me", now).await.unwrap();
+        let next = at("2026-12-01T03:00:00Z");
+        let full = Job::Backup { set: "orders".into(), kind: Some(crate::pgbackrest::BackupType::Full) };
+        let drill = Job::Drill("orders-restore".into());
+        enqueue(&db, epoch, &backup("orders"), now, None, next, now).await.unwrap().unwrap();
+        enqueue(&db, epoch, &full, now, None, next, now).await.unwrap().unwrap();
+        enqueue(&db, epoch, &drill, now, Some("backup:orders"), next, now).await.unwrap().unwrap();
+
+        let mut one = Session::open(&db, "one", now).await.unwrap();
+        let mut two = Session::open(&db, "two", now).await.unwrap();
+        let claimed = one.claim(&db, now).await.unwrap().unwrap();
+        assert_eq!(claimed.subject, "backup:orders");
+        assert!(two.claim(&db, now).await.unwrap().is_none(), "the other backup of the set and the drill wait");
+        let ran = Ran { ok: false, outcome: "the store was down".into(), waiting: None, next_wait: None };
+        finish(&db, &claimed, &one, End::Ran(ran), now).await.unwrap();
+        let second = two.claim(&db, now).await.unwrap().unwrap();
+        assert_eq!(second.subject, "backup:orders", "the set's other backup runs once the first ended");
+        assert_ne!(second.job, claimed.job);
+        assert!([backup("orders"), full].contains(&second.job));
+        finish(&db, &second, &two, End::Ran(Ran::ok("verified")), now).await.unwrap();
+        let drill_run = one.claim(&db, now).await.unwrap().unwrap();
+        assert_eq!(drill_run.job, drill, "the drill runs once no backup of its set is due or running");
+        let minute = now + chrono::Duration::minutes(1);
+        let retry = two.claim(&db, minute).await.unwrap().unwrap();
+        assert_eq!((retry.job.clone(), retry.attempt, retry.slot.clone()), (claimed.job.clone(), 1, claimed.slot.clone()));
+
+        // `one` ends (on SQLite, every session but the one daemon's has): its drill goes back to
+        // the queue, and is claimed again with its own id once the set's retry ended.
+        drop(one);
+        assert_eq!(recover(&db, epoch, &two).await.unwrap().unwrap(), 1, "`one`'s drill");
+        assert!(two.claim(&db, minute).await.unwrap().is_none(), "the drill waits for the running retry");
+        finish(&db, &retry, &two, End::Ran(Ran::ok("verified")), minute).await.unwrap();
+        let again = two.claim(&db, minute).await.unwrap().unwrap();
+        assert_eq!(again.id, drill_run.id, "the same run, so its saga is found");
+        finish(&db, &again, &two, End::Stopped, minute).await.unwrap();
+        assert_eq!(two.claim(&db, minute).await.unwrap().unwrap().id, drill_run.id, "a stopped run is put back");
+        let three = Session::open(&db, "three", minute).await.unwrap();
+
+        // A newer leader: nothing of the old epoch is claimed until it takes the rows over.
+        enqueue(&db, epoch, &backup("later"), minute, None, next, minute).await.unwrap().unwrap();
+        let newer = store::next_epoch(&db, "newer", minute).await.unwrap();
+        let mut three = three;
+        assert!(three.claim(&db, minute).await.unwrap().is_none());
+        recover(&db, newer, &three).await.unwrap().unwrap();
+        assert_eq!(three.claim(&db, minute).await.unwrap().unwrap().epoch, newer);
+    }
+}
