@@ -566,9 +566,12 @@ impl<'a> Era<'a> {
                     return Ok(EraEnd::Stopped);
                 }
                 // Every job started is in `ran_once`, failed ones too.
+                // And the queue is idle: work others queued, or this run's catch-up put back,
+                // is done too.
                 if self.options.once
                     && awaiting.is_empty()
                     && table.due(self.clock().now()).iter().all(|job| ran_once.contains(job))
+                    && work::open_subjects(self.db(), self.clock().now()).await?.is_empty()
                 {
                     return Ok(EraEnd::Stopped);
                 }

@@ -66,7 +66,8 @@ pub struct Item {
 
 const ITEM_COLUMNS: &str = "id, job, slot, attempt, subject, after, epoch";
 
-fn decode<'r, R>(row: &'r R) -> Result<Option<Item>, sqlx::Error>
+/// A claimed row: its item, or the id and name of a job this vigil does not know.
+fn decode<'r, R>(row: &'r R) -> Result<Result<Item, (String, String)>, sqlx::Error>
 where
     R: sqlx::Row,
     usize: sqlx::ColumnIndex<R>,
@@ -74,12 +75,9 @@ where
     Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    let job: String = row.try_get(1)?;
-    let Some(job) = Job::parse(&job) else {
-        tracing::error!(%job, "a queued job this vigil does not know; a newer vigil queued it");
-        return Ok(None);
-    };
-    Ok(Some(Item {
+    let name: String = row.try_get(1)?;
+    let Some(job) = Job::parse(&name) else { return Ok(Err((row.try_get(0)?, name))) };
+    Ok(Ok(Item {
         id: row.try_get(0)?,
         job,
         slot: row.try_get(2)?,
@@ -312,7 +310,7 @@ impl Session {
             (Some(conn), _) => {
                 let query = sqlx::query(claim_sql!(" FOR UPDATE SKIP LOCKED"));
                 match query.bind(&self.token).bind(&self.worker).bind(&at).fetch_optional(conn).await? {
-                    Some(row) => decode(&row)?,
+                    Some(row) => Some(decode(&row)?),
                     None => None,
                 }
             }
@@ -324,13 +322,25 @@ impl Session {
                     .fetch_optional(pool)
                     .await?
                 {
-                    Some(row) => decode(&row)?,
+                    Some(row) => Some(decode(&row)?),
                     None => None,
                 }
             }
             (None, Pool::Postgres(_)) => return Err(sqlx::Error::PoolClosed),
         };
-        Ok(row)
+        match row {
+            None => Ok(None),
+            Some(Ok(item)) => Ok(Some(item)),
+            Some(Err((id, job))) => {
+                // Queued by a newer vigil during an upgrade: closed, not retried by this one.
+                tracing::error!(%job, run = %id, "a queued job this vigil does not know; closing it as failed");
+                const FAIL: &str =
+                    "UPDATE daemon_work SET state = 'failed', finished_at = $1, outcome = $2 WHERE id = $3";
+                let outcome = format!("{job} is unknown to vigil {}", env!("CARGO_PKG_VERSION"));
+                crate::state::on_pool!(db, pool => sqlx::query(FAIL).bind(&at).bind(outcome).bind(&id).execute(pool).await.map(drop))?;
+                Ok(None)
+            }
+        }
     }
 
     /// Ends the session.
@@ -708,7 +718,10 @@ mod tests {
         assert_eq!(drill_run.job, drill, "the drill runs once no backup of its set is due or running");
         let minute = now + chrono::Duration::minutes(1);
         let retry = two.claim(&db, minute).await.unwrap().unwrap();
-        assert_eq!((retry.job.clone(), retry.attempt, retry.slot.clone()), (claimed.job.clone(), 1, claimed.slot.clone()));
+        assert_eq!(
+            (retry.job.clone(), retry.attempt, retry.slot.clone()),
+            (claimed.job.clone(), 1, claimed.slot.clone())
+        );
 
         // `one` ends (on SQLite, every session but the one daemon's has): its drill goes back to
         // the queue, and is claimed again with its own id once the set's retry ended.
