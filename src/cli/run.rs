@@ -30,8 +30,9 @@ errors is logged and the running one stays. SIGTERM or Ctrl-C: no new job starts
 flight finish and are recorded (up to [daemon] shutdown_grace, default 30s), exit 0.
 
 With a SQLite state store, one daemon runs per store; a second exits naming the first's PID.
-With a PostgreSQL one, replicas elect one leader; the others serve health and metrics and take
-over within seconds when its session ends.
+With a PostgreSQL one, replicas elect one leader, which schedules; every replica runs the
+backups and drills it queues. A leader whose session ends (killed, or silent for 10 s) is
+replaced within seconds, and its writes are refused from then on.
 
 --once runs what is due now and exits: 0 when everything succeeded, 1 otherwise.")]
 pub struct RunArgs {
