@@ -9,13 +9,14 @@ use crate::state::Db;
 use crate::stores::Stores;
 
 /// Show each secret's last rotation, next due time, and any rotation in flight or needing
-/// attention; and for each pgbackrest backup set, its WAL archiving and RPO exposure.
+/// attention; for each pgbackrest backup set, its WAL archiving and RPO exposure; and the alerts
+/// `vigil run` has firing.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
   vigil status
   vigil status --output json
 
-JSON: {\"secrets\": [...], \"archives\": [...]}. An archive's rpo_exposure_secs is how much
+JSON: {\"secrets\": [...], \"archives\": [...], \"alerts\": [...]}. An archive's rpo_exposure_secs is how much
 committed data a restore now would lose at most: the oldest WAL segment still waiting to be
 archived, plus archive_timeout for the segment being written. Exits 1 when an archive has a
 problem (archiving failing, the source unreadable, no backup yet).")]
@@ -28,10 +29,10 @@ impl StatusArgs {
         let stores = Stores::new(plan.aws.as_ref(), plan.vault.as_ref());
         let status = status::collect(&plan, &db, &stores, &SystemClock).await;
         db.close().await;
-        let Status { secrets: shown, archives } = status?;
+        let Status { secrets: shown, archives, alerts } = status?;
         let healthy = archives.iter().all(|a| a.problems.is_empty());
         match global.output {
-            OutputFormat::Json => print_json(&Status { secrets: shown, archives })?,
+            OutputFormat::Json => print_json(&Status { secrets: shown, archives, alerts })?,
             OutputFormat::Human => {
                 let mut rows = vec![
                     [
@@ -62,6 +63,13 @@ impl StatusArgs {
                 print!("{}", table("", &rows));
                 if !archives.is_empty() {
                     print!("\n{}", archive_lines(&archives));
+                }
+                if !alerts.is_empty() {
+                    let mut rows = vec![["ALERT", "SUBJECT", "SINCE", "SUMMARY"].map(String::from).to_vec()];
+                    for a in &alerts {
+                        rows.push(vec![a.kind.clone(), a.subject.clone(), a.since.clone(), a.summary.clone()]);
+                    }
+                    print!("\n{}", table("", &rows));
                 }
             }
         }

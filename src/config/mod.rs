@@ -56,6 +56,8 @@ pub struct Plan {
     pub evidence: Evidence,
     /// How `vigil run` listens, paces and stops.
     pub daemon: Daemon,
+    /// Where the daemon's alerts are posted (`[alerts.webhooks.NAME]`), by name.
+    pub alerts: Vec<crate::webhooks::Settings>,
     /// AWS settings, when any AWS service is used.
     pub aws: Option<AwsSettings>,
     /// Vault or OpenBao settings, when Vault is used.
@@ -93,6 +95,8 @@ pub struct Daemon {
     pub check_interval: Duration,
     /// How often backup sets' recovery points are measured against their drills' RPO targets.
     pub watch_interval: Duration,
+    /// How often the whole evidence ledger is verified (an alert when it does not).
+    pub verify_interval: Duration,
     /// How long a SIGTERM waits for the steps in flight to finish and be recorded.
     pub shutdown_grace: Duration,
 }

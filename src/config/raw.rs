@@ -23,6 +23,7 @@ pub(super) struct ControllerFile {
     pub aws: Option<Spanned<AwsSection>>,
     pub vault: Option<Spanned<VaultSection>>,
     pub daemon: Option<Spanned<DaemonSection>>,
+    pub alerts: Option<Spanned<AlertsSection>>,
 }
 
 /// A top-level section of `vigil.toml`.
@@ -33,16 +34,35 @@ pub(super) enum TopSection {
     Aws,
     Vault,
     Daemon,
+    Alerts,
 }
 
 /// The top-level sections `vigil.toml` may have, by name.
-pub(super) const CONTROLLER_SECTIONS: [(&str, TopSection); 5] = [
+pub(super) const CONTROLLER_SECTIONS: [(&str, TopSection); 6] = [
     ("controller", TopSection::Controller),
     ("evidence", TopSection::Evidence),
     ("aws", TopSection::Aws),
     ("vault", TopSection::Vault),
     ("daemon", TopSection::Daemon),
+    ("alerts", TopSection::Alerts),
 ];
+
+/// `[alerts]`: where the daemon's alerts go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AlertsSection {
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, Spanned<Webhook>>,
+}
+
+/// `[alerts.webhooks.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Webhook {
+    pub url: Spanned<SecretRef>,
+    pub format: Option<Spanned<String>>,
+    pub allow_insecure_http: Option<bool>,
+}
 
 /// `[daemon]`: how `vigil run` listens, paces and stops.
 #[derive(Debug, Deserialize)]
@@ -53,6 +73,7 @@ pub(super) struct DaemonSection {
     pub jitter: Option<Duration>,
     pub check_interval: Option<Duration>,
     pub watch_interval: Option<Duration>,
+    pub verify_interval: Option<Duration>,
     pub shutdown_grace: Option<Spanned<Duration>>,
 }
 

@@ -73,6 +73,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         }
         Err(err) => tracing::warn!(%err, "cannot read the secrets' standing for /metrics"),
     }
+    match crate::alerts::firing(&shared.db).await {
+        Ok(firing) => {
+            metrics.alerts_firing.clear();
+            for alert in &firing {
+                metrics.alerts_firing.get_or_create(&super::metrics::label("kind", &alert.kind)).inc();
+            }
+        }
+        Err(err) => tracing::warn!(%err, "cannot read the alerts firing for /metrics"),
+    }
     if let Ok(size) = crate::evidence::size(&shared.db).await {
         metrics.ledger_size(size);
     }

@@ -59,6 +59,10 @@ pub struct Metrics {
     pub reloads: Family<Labels, Counter>,
     /// 1 when the last reload (or the start) loaded its configuration, 0 when it was refused.
     pub config_ok: Gauge,
+    /// Alerts firing, by kind (read from the state store at each scrape).
+    pub alerts_firing: Family<Labels, Gauge>,
+    /// Alert notices posted to webhooks, by outcome (`delivered`, `failed`).
+    pub alerts_sent: Family<Labels, Counter>,
     /// The ledger's size when last seen, to turn it into the counter above.
     ledger_seen: AtomicU64,
 }
@@ -87,6 +91,8 @@ impl Metrics {
             checkpoint_age: Seconds::default(),
             reloads: Family::default(),
             config_ok: Gauge::default(),
+            alerts_firing: Family::default(),
+            alerts_sent: Family::default(),
             ledger_seen: AtomicU64::new(ledger_size),
             registry: Registry::default(),
         };
@@ -142,6 +148,12 @@ impl Metrics {
             "config_loaded",
             "1 when the configuration in use is the newest on disk, 0 after a refused reload",
             metrics.config_ok.clone(),
+        );
+        r.register("alerts_firing", "Alerts firing, by kind", metrics.alerts_firing.clone());
+        r.register(
+            "alert_notices",
+            "Alert notices posted to webhooks, by outcome (after retries)",
+            metrics.alerts_sent.clone(),
         );
         Self { registry, ..metrics }
     }

@@ -31,6 +31,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::{AlertKind, Alerts, Outbox};
 use crate::clock::Clock;
 use crate::config::{BackupMethod, Plan};
 use crate::context::Ctx;
@@ -123,6 +124,8 @@ impl Summary {
 pub struct Shared {
     /// Every metric.
     pub metrics: Metrics,
+    /// Where jobs raise and clear alerts.
+    alerts: Alerts,
     plan: RwLock<Arc<Plan>>,
     db: Db,
     clock: Arc<dyn Clock>,
@@ -152,8 +155,10 @@ pub async fn run(
 ) -> Result<Summary, DaemonError> {
     let size = crate::evidence::size(&db).await?;
     let plan = Arc::new(plan);
+    let (alerts, outbox) = Alerts::new(db.clone(), clock.clone());
     let shared = Arc::new(Shared {
         metrics: Metrics::new(size),
+        alerts,
         plan: RwLock::new(plan.clone()),
         db: db.clone(),
         clock: clock.clone(),
@@ -192,7 +197,14 @@ pub async fn run(
         working.cancel();
         result
     };
-    let (result, ()) = tokio::join!(schedule, work::work(&shared, ledger, &working, &holder));
+    // Alerts are delivered until the jobs that raise them have ended.
+    let jobs_ended = CancellationToken::new();
+    let jobs = async {
+        let (result, ()) = tokio::join!(schedule, work::work(&shared, ledger, &working, &holder));
+        jobs_ended.cancel();
+        result
+    };
+    let (result, ()) = tokio::join!(jobs, deliver_alerts(&shared, ledger, outbox, &jobs_ended));
     cancel.cancel();
     if let Some(server) = server {
         let _ = server.await;
@@ -326,6 +338,9 @@ async fn lead(
     tracing::info!(epoch, "leading: scheduling every job");
     note(ledger, Kind::DaemonLeading, Outcome::Info, serde_json::json!({ "epoch": epoch, "pid": std::process::id() }))
         .await;
+    if lost.is_some() {
+        leadership_lost(shared, epoch).await;
+    }
     let mut hangup = hangup_signal();
     let result = loop {
         let plan = shared.plan();
@@ -349,6 +364,82 @@ async fn lead(
     ledger.db().unfence();
     shared.deposed.store(false, Ordering::SeqCst);
     result
+}
+
+/// Posts each alert raised to every webhook of the running plan and records it in the ledger,
+/// until `stop`; what is still waiting then is delivered within `shutdown_grace`.
+async fn deliver_alerts(shared: &Shared, ledger: &Ledger, mut outbox: Outbox, stop: &CancellationToken) {
+    let client = crate::webhooks::client();
+    let deliver_one = |notice: crate::alerts::Notice| {
+        let client = &client;
+        async move {
+            let plan = shared.plan();
+            let stores = crate::stores::Stores::new(plan.aws.as_ref(), plan.vault.as_ref());
+            let mut webhooks = Vec::new();
+            for webhook in &plan.alerts {
+                let url = stores.resolve(&webhook.url).await.map_err(|err| err.to_string());
+                webhooks.push((webhook.clone(), url));
+            }
+            let deliveries = crate::alerts::deliver(client, &webhooks, &notice).await;
+            for delivery in &deliveries {
+                let outcome = if delivery.delivered { "delivered" } else { "failed" };
+                shared.metrics.alerts_sent.get_or_create(&metrics::label("outcome", outcome)).inc();
+            }
+            if let Err(err) = crate::alerts::record(ledger, &notice, &deliveries).await {
+                tracing::error!(%err, alert = notice.kind.as_str(), "cannot record the alert in the ledger");
+            }
+        }
+    };
+    loop {
+        let notice = tokio::select! {
+            notice = outbox.next() => notice,
+            () = stop.cancelled() => break,
+        };
+        let Some(notice) = notice else { return };
+        deliver_one(notice).await;
+    }
+    let grace = shared.plan().daemon.shutdown_grace.to_std();
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(notice) = outbox.try_next() {
+            deliver_one(notice).await;
+        }
+    });
+    if drained.await.is_err() {
+        tracing::warn!(
+            "alerts still waiting at shutdown were not delivered within shutdown_grace; `vigil status` lists the alerts firing"
+        );
+    }
+}
+
+/// Sends a `leadership_lost` alert when the leader before `epoch` did not step down (it was
+/// killed, paused past its lease, or cut off): a leader that stops records `daemon.stopped`.
+async fn leadership_lost(shared: &Shared, epoch: i64) {
+    let previous = epoch - 1;
+    if previous < 1 {
+        return;
+    }
+    let records =
+        |kind: Kind| crate::evidence::RecordFilter { kind: Some(kind.into()), limit: 20, ..Default::default() };
+    let of = |kind: Kind| {
+        let filter = records(kind);
+        async move {
+            let found = crate::evidence::list(&shared.db, &filter).await.unwrap_or_default();
+            found
+                .into_iter()
+                .rev()
+                .find(|r| serde_json::from_str::<serde_json::Value>(&r.details).is_ok_and(|d| d["epoch"] == previous))
+        }
+    };
+    if of(Kind::DaemonStopped).await.is_some() {
+        return;
+    }
+    let holder = of(Kind::DaemonLeading).await.map(|r| format!(" ({}, PID {})", r.actor.host, r.actor.pid));
+    let summary = format!(
+        "the leader at epoch {previous}{} stopped leading without stepping down (killed, paused or cut off); {} leads at epoch {epoch}",
+        holder.unwrap_or_default(),
+        hostname(),
+    );
+    shared.alerts.event(AlertKind::LeadershipLost, "daemon", &summary);
 }
 
 /// Appends a daemon record; a failure is logged, and the daemon goes on (the jobs' own records
@@ -728,6 +819,7 @@ impl<'a> Era<'a> {
         if !self.plan().backups.is_empty() {
             jobs.push((Job::Watch, Trigger::Every(self.plan().daemon.watch_interval), None));
         }
+        jobs.push((Job::Verify, Trigger::Every(self.plan().daemon.verify_interval), None));
         for (job, trigger, last) in jobs {
             let name = job.to_string();
             let next = match persisted.get(&name) {
@@ -761,6 +853,12 @@ impl<'a> Era<'a> {
         }
         let states = crate::rotation::states(self.plan(), self.db(), now).await?;
         for (name, state) in states {
+            let subject = format!("secret:{name}");
+            let alerts = &self.shared.alerts;
+            let overdue = state.standing.overdue_days();
+            let overdue = (overdue > 0).then(|| format!("{overdue} days past due ({})", state.standing.next));
+            alerts.settle(AlertKind::Overdue, &subject, overdue.as_deref()).await;
+            alerts.settle(AlertKind::NeedsAttention, &subject, state.status.needs_attention.as_deref()).await;
             let job = Job::Rotate(name.clone());
             let spec = &self.plan().secrets[&name];
             let next = if state.standing.in_flight {
@@ -837,6 +935,7 @@ impl<'a> Era<'a> {
                 Job::Check => self.check().await,
                 Job::Waits => self.waits(&busy).await,
                 Job::Watch => self.watch().await,
+                Job::Verify => self.verify().await,
             }
         }
         .boxed()
@@ -847,7 +946,7 @@ impl<'a> Era<'a> {
         let counted = |outcome: &str| {
             self.shared.metrics.rotations.get_or_create(&metrics::labels(("kind", kind), ("outcome", outcome))).inc();
         };
-        match self.rotator.rotate(name, false).await {
+        let ran = match self.rotator.rotate(name, false).await {
             Ok(report) => {
                 let outcome = ended_name(&report.ended);
                 counted(outcome);
@@ -863,12 +962,22 @@ impl<'a> Era<'a> {
                 counted("refused");
                 Ran::failed(err.to_string())
             }
-        }
+        };
+        let problem = (!ran.ok).then_some(ran.outcome.as_str());
+        self.shared.alerts.settle(AlertKind::RotationFailed, &format!("secret:{name}"), problem).await;
+        ran
     }
 
     async fn check(&self) -> Ran {
         match self.rotator.check().await {
             Ok(reports) => {
+                for report in &reports {
+                    let problem = (!report.ok).then(|| {
+                        report.problem.clone().unwrap_or_else(|| "the current credential does not log in".into())
+                    });
+                    let subject = format!("secret:{}", report.secret);
+                    self.shared.alerts.settle(AlertKind::CredentialCheckFailed, &subject, problem.as_deref()).await;
+                }
                 let drifted: Vec<&str> = reports.iter().filter(|r| !r.ok).map(|r| r.secret.as_str()).collect();
                 self.shared.metrics.drifted.set(i64::try_from(drifted.len()).unwrap_or(i64::MAX));
                 if drifted.is_empty() {
@@ -945,27 +1054,55 @@ impl<'a> Era<'a> {
             if let Some(target) = target {
                 metrics.rpo_target.get_or_create(&metrics::label("set", name)).set(target.as_secs() as f64);
             }
-            match age {
+            let problem = match age {
                 Some(age) => {
                     metrics.recovery_point_age.get_or_create(&metrics::label("set", name)).set(age);
-                    if let Some(target) = target
-                        && age > target.as_secs() as f64
-                    {
-                        exceeded.push(format!(
+                    match target {
+                        Some(target) if age > target.as_secs() as f64 => Some(format!(
                             "{name}: recovery point {} old, RPO target {}",
                             crate::drill::human_measured(age),
                             target
-                        ));
+                        )),
+                        _ => None,
                     }
                 }
-                None if target.is_some() => exceeded.push(format!("{name}: no verified backup")),
-                None => {}
-            }
+                None if target.is_some() => Some(format!("{name}: no verified backup")),
+                None => None,
+            };
+            self.shared.alerts.settle(AlertKind::RpoExceeded, &format!("backup:{name}"), problem.as_deref()).await;
+            exceeded.extend(problem);
         }
         if exceeded.is_empty() {
             Ran::ok("every recovery point is within its RPO target")
         } else {
             Ran::failed(format!("RPO exposure above target: {}", exceeded.join("; ")))
+        }
+    }
+}
+
+impl Era<'_> {
+    /// Verifies the whole evidence ledger, from the pinned key when one is configured.
+    async fn verify(&self) -> Ran {
+        let trust = match &self.plan().evidence.trusted_vkey {
+            Some(vkey) => match crate::evidence::NoteVerifier::parse(vkey) {
+                Ok(key) => crate::evidence::Trust::Pinned(Box::new(key)),
+                Err(err) => return Ran::failed(format!("evidence.trusted_vkey: {err}")),
+            },
+            None => crate::evidence::Trust::Genesis,
+        };
+        match crate::evidence::verify(self.db(), trust).await {
+            Ok(verification) => {
+                let problem = verification.problem.as_ref().map(|p| format!("record {}: {}", p.seq, p.what));
+                self.shared.alerts.settle(AlertKind::EvidenceVerificationFailed, "evidence", problem.as_deref()).await;
+                match problem {
+                    None => Ran::ok(format!(
+                        "{} records verified, {} checkpoints",
+                        verification.records, verification.checkpoints_verified
+                    )),
+                    Some(problem) => Ran::failed(format!("the evidence ledger does not verify: {problem}")),
+                }
+            }
+            Err(err) => Ran::failed(err.to_string()),
         }
     }
 }

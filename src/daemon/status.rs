@@ -19,6 +19,8 @@ pub struct Status {
     pub secrets: Vec<SecretShown>,
     /// By pgbackrest set name.
     pub archives: Vec<ArchiveHealth>,
+    /// Alerts firing, by kind and subject.
+    pub alerts: Vec<crate::alerts::Firing>,
 }
 
 /// One secret's standing.
@@ -97,5 +99,6 @@ pub async fn collect(plan: &Plan, db: &Db, stores: &Stores<'_>, clock: &dyn Cloc
             archives.push(physical::archive_health(plan, stores, clock, name).await?);
         }
     }
-    Ok(Status { secrets, archives })
+    let alerts = crate::alerts::firing(db).await.map_err(SagaError::from)?;
+    Ok(Status { secrets, archives, alerts })
 }

@@ -32,6 +32,8 @@ pub enum Job {
     Waits,
     /// Measure every backup set's recovery point against its drills' RPO targets.
     Watch,
+    /// Verify the whole evidence ledger.
+    Verify,
 }
 
 impl Job {
@@ -43,7 +45,7 @@ impl Job {
             Self::Rotate(name) => format!("secret:{name}"),
             Self::Backup { set, .. } => format!("backup:{set}"),
             Self::Drill(name) => format!("drill:{name}"),
-            Self::Heartbeat(_) | Self::Check | Self::Waits | Self::Watch => self.to_string(),
+            Self::Heartbeat(_) | Self::Check | Self::Waits | Self::Watch | Self::Verify => self.to_string(),
         }
     }
 }
@@ -64,6 +66,7 @@ impl Job {
             ("check", "") => Self::Check,
             ("waits", "") => Self::Waits,
             ("watch", "") => Self::Watch,
+            ("verify", "") => Self::Verify,
             _ => return None,
         })
     }
@@ -86,6 +89,7 @@ impl fmt::Display for Job {
             Self::Check => f.write_str("check"),
             Self::Waits => f.write_str("waits"),
             Self::Watch => f.write_str("watch"),
+            Self::Verify => f.write_str("verify"),
         }
     }
 }

@@ -26,6 +26,7 @@ use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 
 use super::{Ran, Shared, ended_line, lease, metrics, store};
+use crate::alerts::AlertKind;
 use crate::context::Ctx;
 use crate::drill::Drills;
 use crate::evidence::Ledger;
@@ -444,6 +445,11 @@ async fn run(
     let ran = execute(&drills, &shared.metrics, &item).await;
     let end = if cancel.is_cancelled() && !ran.ok { End::Stopped } else { End::Ran(ran) };
     if let End::Ran(ran) = &end {
+        let kind = match &item.job {
+            Job::Drill(_) => AlertKind::DrillFailed,
+            _ => AlertKind::BackupFailed,
+        };
+        shared.alerts.settle(kind, &item.subject, (!ran.ok).then_some(ran.outcome.as_str())).await;
         if ran.ok {
             tracing::info!(job = %item.job, outcome = %ran.outcome, "done");
         } else {

@@ -52,6 +52,8 @@ pub enum Kind {
     DaemonStopped,
     /// A daemon reloaded its configuration, or refused a new one.
     DaemonReload,
+    /// An alert started, ended or happened, and where it was delivered.
+    AlertSent,
 }
 
 impl Kind {
@@ -84,6 +86,7 @@ impl Kind {
             Self::DaemonLeading => "daemon.leading",
             Self::DaemonStopped => "daemon.stopped",
             Self::DaemonReload => "daemon.reload",
+            Self::AlertSent => "alert.sent",
         }
     }
 }
@@ -139,6 +142,7 @@ mod tests {
             Kind::DaemonLeading,
             Kind::DaemonStopped,
             Kind::DaemonReload,
+            Kind::AlertSent,
         ];
         let names: std::collections::BTreeSet<_> = all.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), all.len());

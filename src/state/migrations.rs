@@ -55,6 +55,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0007_daemon_work.sqlite.sql"),
         postgres: include_str!("migrations/0007_daemon_work.postgres.sql"),
     },
+    Migration {
+        version: 8,
+        name: "alerts firing",
+        sqlite: include_str!("migrations/0008_alerts.sqlite.sql"),
+        postgres: include_str!("migrations/0008_alerts.postgres.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS vigil_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";

@@ -13,6 +13,7 @@ use crate::objects;
 use crate::secret::resolve_path;
 use crate::state::StateStore as EvidenceStore;
 use crate::stores::VaultSettings as Vault;
+use crate::webhooks;
 
 /// Where `vigil run` serves health and metrics unless `[daemon] listen` says otherwise:
 /// loopback only.
@@ -67,8 +68,43 @@ impl Loader {
             jitter: raw.and_then(|d| d.jitter).unwrap_or(Duration::from_secs(30)),
             check_interval: raw.and_then(|d| d.check_interval).unwrap_or(Duration::from_secs(3_600)),
             watch_interval: raw.and_then(|d| d.watch_interval).unwrap_or(Duration::from_secs(60)),
+            verify_interval: raw.and_then(|d| d.verify_interval).unwrap_or(Duration::from_secs(3_600)),
             shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(30)),
         }
+    }
+
+    pub(super) fn alerts(&mut self, raw: Option<&Spanned<raw::AlertsSection>>) -> Vec<webhooks::Settings> {
+        let file = self.config_file;
+        let base = self.folder_of(file);
+        let mut out = Vec::new();
+        let Some(raw) = raw.map(Spanned::get_ref) else { return out };
+        for (name, webhook) in &raw.webhooks {
+            let field = |f: &str| format!("alerts.webhooks.{name}.{f}");
+            if let Err(why) = check_name(name) {
+                self.error(file, webhook.span(), format!("alerts.webhooks.{name}"), why);
+            }
+            let webhook = webhook.get_ref();
+            self.check_ref(&webhook.url, file, field("url"));
+            let format = match &webhook.format {
+                None => Some(webhooks::Format::Json),
+                Some(format) => match format.get_ref().parse() {
+                    Ok(format) => Some(format),
+                    Err(why) => {
+                        self.error(file, format.span(), field("format"), why);
+                        None
+                    }
+                },
+            };
+            if let Some(format) = format {
+                out.push(webhooks::Settings {
+                    name: name.clone(),
+                    url: webhook.url.get_ref().clone().rebase(&base),
+                    format,
+                    allow_insecure_http: webhook.allow_insecure_http.unwrap_or(false),
+                });
+            }
+        }
+        out
     }
 
     pub(super) fn evidence(

@@ -108,6 +108,7 @@ impl Loader {
         let controller = self.controller(raw.controller.as_ref(), &base);
         let evidence = self.evidence(raw.evidence.as_ref(), &base, &controller.data_dir);
         let daemon = self.daemon(raw.daemon.as_ref());
+        let alerts = self.alerts(raw.alerts.as_ref());
 
         let schedules_span = raw.controller.as_ref().and_then(|c| c.get_ref().schedules.as_ref()).map(Spanned::span);
         let files = self.read_schedules(&controller.schedules_dir, schedules_span);
@@ -155,6 +156,7 @@ impl Loader {
             controller,
             evidence,
             daemon,
+            alerts,
             aws,
             vault,
             targets: plan_targets,
@@ -345,6 +347,7 @@ impl Loader {
                     raw.vault = self.value(file, &name, value);
                 }
                 raw::TopSection::Daemon => raw.daemon = self.value(file, &name, value),
+                raw::TopSection::Alerts => raw.alerts = self.value(file, &name, value),
             }
         }
         Some(raw)
