@@ -20,7 +20,7 @@ mod store;
 mod timetable;
 mod work;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -588,6 +588,15 @@ impl<'a> Era<'a> {
         // With `--once`, the work this run queued, until it ends.
         let mut awaiting: Vec<String> = Vec::new();
         let mut running: FuturesUnordered<BoxFuture<'_, (Job, Ran)>> = FuturesUnordered::new();
+        // Jobs that ended, waiting to be recorded.
+        let mut done: VecDeque<(Job, Ran)> = VecDeque::new();
+        // Everything the loop awaits, it awaits while the jobs run on: a job may hold a lock
+        // (SQLite's write lock, a row) that the awaited query waits for.
+        macro_rules! meanwhile {
+            ($work:expr) => {
+                alongside(&mut running, &mut done, $work).await
+            };
+        }
         let mut reload: Option<Box<Plan>> = None;
         // Whether the secrets' standing must be read again: at the start, after a rotation or
         // a resumed wait, and at every timed wake (another process may have rotated).
@@ -595,11 +604,18 @@ impl<'a> Era<'a> {
         let grace = self.plan().daemon.shutdown_grace.to_std();
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
+            while let Some((job, ran)) = done.pop_front() {
+                busy.remove(&job.claim());
+                // A rotation's end, or a wait resumed, moves the secrets' standing.
+                stale |= matches!(job, Job::Rotate(_) | Job::Waits);
+                meanwhile!(self.finished(&mut table, &mut retry, &job, &ran));
+                summary.ran.push(JobRun { job: job.to_string(), ok: ran.ok, outcome: ran.outcome });
+            }
             let stopping = stop.is_cancelled() || reload.is_some();
             let now = self.clock().now();
             if !stopping {
                 if stale {
-                    self.refresh_rotations(&mut table, started, now).await?;
+                    meanwhile!(self.refresh_rotations(&mut table, started, now))?;
                     stale = false;
                 }
                 let due = table.due(now);
@@ -607,7 +623,7 @@ impl<'a> Era<'a> {
                 // queue for a backup of its set due or running.
                 for job in due.iter().filter(|job| job.queued()) {
                     if !(self.options.once && ran_once.contains(job)) {
-                        if let Some(id) = self.enqueue(&mut table, job, now).await
+                        if let Some(id) = meanwhile!(self.enqueue(&mut table, job, now))
                             && self.options.once
                         {
                             awaiting.push(id);
@@ -620,7 +636,7 @@ impl<'a> Era<'a> {
                 // Backups queued or running: what the RPO watch measures is about to change, so
                 // it waits for them.
                 let watch_waits = due.contains(&Job::Watch)
-                    && work::open_subjects(self.db(), now).await?.iter().any(|s| s.starts_with("backup:"));
+                    && meanwhile!(work::open_subjects(self.db(), now))?.iter().any(|s| s.starts_with("backup:"));
                 for job in due.into_iter().filter(|job| !job.queued()) {
                     if running.len() >= self.plan().daemon.concurrency {
                         break;
@@ -644,12 +660,12 @@ impl<'a> Era<'a> {
                 }
             }
             if !awaiting.is_empty() {
-                for (id, job, ok, outcome) in work::ended(self.db(), &awaiting).await? {
+                for (id, job, ok, outcome) in meanwhile!(work::ended(self.db(), &awaiting))? {
                     awaiting.retain(|a| *a != id);
                     summary.ran.push(JobRun { job, ok, outcome });
                 }
             }
-            if running.is_empty() {
+            if running.is_empty() && done.is_empty() {
                 if let Some(next) = reload.take() {
                     return Ok(EraEnd::Reload(next));
                 }
@@ -663,6 +679,7 @@ impl<'a> Era<'a> {
                     && awaiting.is_empty()
                     && table.due(self.clock().now()).iter().all(|job| ran_once.contains(job))
                     && work::open_subjects(self.db(), self.clock().now()).await?.is_empty()
+                    && done.is_empty()
                 {
                     return Ok(EraEnd::Stopped);
                 }
@@ -677,13 +694,7 @@ impl<'a> Era<'a> {
                 deadline = Some(tokio::time::Instant::now() + grace);
             }
             tokio::select! {
-                Some((job, ran)) = running.next(), if !running.is_empty() => {
-                    busy.remove(&job.claim());
-                    // A rotation's end, or a wait resumed, moves the secrets' standing.
-                    stale |= matches!(job, Job::Rotate(_) | Job::Waits);
-                    self.finished(&mut table, &mut retry, &job, &ran).await;
-                    summary.ran.push(JobRun { job: job.to_string(), ok: ran.ok, outcome: ran.outcome });
-                }
+                Some(ended) = running.next(), if !running.is_empty() => done.push_back(ended),
                 () = stop.cancelled(), if !stop.is_cancelled() => {}
                 // `--once` polls while jobs run; only a daemon looks again for others' rotations.
                 () = tokio::time::sleep(sleep_for), if !stopping => stale |= !self.options.once,
@@ -692,7 +703,7 @@ impl<'a> Era<'a> {
                     return Ok(EraEnd::Stopped);
                 }
                 () = hangup(hangup_signal), if reload.is_none() && !stop.is_cancelled() => {
-                    reload = self.reload().await;
+                    reload = meanwhile!(self.reload());
                 }
             }
         }
@@ -856,7 +867,10 @@ impl<'a> Era<'a> {
             let subject = format!("secret:{name}");
             let alerts = &self.shared.alerts;
             let overdue = state.standing.overdue_days();
-            let overdue = (overdue > 0).then(|| format!("{overdue} days past due ({})", state.standing.next));
+            let overdue = (overdue > 0).then(|| {
+                let due = state.standing.next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                format!("{overdue} days past due (due {due})")
+            });
             alerts.settle(AlertKind::Overdue, &subject, overdue.as_deref()).await;
             alerts.settle(AlertKind::NeedsAttention, &subject, state.status.needs_attention.as_deref()).await;
             let job = Job::Rotate(name.clone());
@@ -892,10 +906,17 @@ impl<'a> Era<'a> {
         if ran.ok {
             retry.remove(job);
             tracing::info!(job = %job, outcome = %ran.outcome, "done");
-        } else {
+        } else if matches!(job, Job::Rotate(_) | Job::Waits) {
+            // What these act on failed, perhaps for a while: tried again with backoff. The
+            // interval jobs (checks, the watch, heartbeats) report a state, and look again at
+            // their next interval.
             let wait = retry.get(job).map_or(RETRY_FIRST, |(_, last)| (*last * 2).min(RETRY_MAX));
             retry.insert(job.clone(), (now + wait, wait));
             tracing::error!(job = %job, outcome = %ran.outcome, retry_in_secs = wait.num_seconds(), "failed");
+        } else {
+            tracing::error!(job = %job, outcome = %ran.outcome, "failed");
+        }
+        if !ran.ok {
             let kind = job.to_string().split(':').next().unwrap_or_default().to_owned();
             self.shared.metrics.job_failures.get_or_create(&metrics::label("job", &kind)).inc();
         }
@@ -1103,6 +1124,23 @@ impl Era<'_> {
                 }
             }
             Err(err) => Ran::failed(err.to_string()),
+        }
+    }
+}
+
+/// Awaits `work` while the futures in `running` go on, keeping those that end in `done`: a
+/// loop that awaited its own queries while its jobs stood still would wait forever for a lock
+/// one of them holds.
+async fn alongside<'f, I, T>(
+    running: &mut FuturesUnordered<BoxFuture<'f, I>>,
+    done: &mut VecDeque<I>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            Some(ended) = running.next(), if !running.is_empty() => done.push_back(ended),
         }
     }
 }

@@ -14,7 +14,7 @@
 //! - A failed run queues a retry of its slot after a backoff (1 minute, doubling up to an hour);
 //!   a newer slot of the job supersedes older rows still queued.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -25,7 +25,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ran, Shared, ended_line, lease, metrics, store};
+use super::{Ran, Shared, alongside, ended_line, lease, metrics, store};
 use crate::alerts::AlertKind;
 use crate::context::Ctx;
 use crate::drill::Drills;
@@ -360,15 +360,31 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
     let db = &shared.db;
     let mut session: Option<Session> = None;
     let mut running: FuturesUnordered<BoxFuture<'_, (Item, End)>> = FuturesUnordered::new();
+    let mut done: VecDeque<(Item, End)> = VecDeque::new();
+    // The loop's own queries run while the runs go on: a run may hold a lock they wait for.
+    macro_rules! meanwhile {
+        ($work:expr) => {
+            alongside(&mut running, &mut done, $work).await
+        };
+    }
     let runs = stop.child_token();
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
+        while let Some((item, end)) = done.pop_front() {
+            let close = match &session {
+                Some(open) => meanwhile!(finish(db, &item, open, end, shared.clock.now())),
+                None => Ok(()),
+            };
+            if let Err(err) = close {
+                tracing::error!(%err, job = %item.job, "cannot record the run's end; the leader puts it back once this session ends");
+            }
+        }
         let stopping = stop.is_cancelled();
         let now = shared.clock.now();
         // A leader that lost the lead claims nothing until its lead has ended.
         if !stopping && !shared.deposed.load(Ordering::SeqCst) {
             if session.is_none() {
-                match Session::open(db, worker, now).await {
+                match meanwhile!(Session::open(db, worker, now)) {
                     Ok(opened) => session = Some(opened),
                     Err(err) => tracing::warn!(%err, "cannot open a session to claim work; retrying"),
                 }
@@ -376,7 +392,7 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
             if let Some(open) = session.as_mut() {
                 let epoch = shared.epoch.load(Ordering::SeqCst);
                 if epoch > 0 {
-                    match recover(db, epoch, open).await {
+                    match meanwhile!(recover(db, epoch, open)) {
                         Ok(Ok(0)) => {}
                         Ok(Ok(back)) => tracing::warn!(rows = back, "work of ended sessions put back in the queue"),
                         Ok(Err(fenced)) => tracing::error!(%fenced, "cannot recover work"),
@@ -385,7 +401,7 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
                 }
                 let plan = shared.plan();
                 while running.len() < plan.daemon.concurrency {
-                    match open.claim(db, now).await {
+                    match meanwhile!(open.claim(db, now)) {
                         Ok(Some(item)) => {
                             tracing::info!(job = %item.job, run = %item.id, attempt = item.attempt, "running");
                             running.push(run(shared, ledger, plan.clone(), item, runs.child_token()).boxed());
@@ -402,7 +418,7 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
                 }
             }
         }
-        if stopping && running.is_empty() {
+        if stopping && running.is_empty() && done.is_empty() {
             break;
         }
         if stopping && deadline.is_none() {
@@ -410,15 +426,7 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
             deadline = Some(tokio::time::Instant::now() + shared.plan().daemon.shutdown_grace.to_std());
         }
         tokio::select! {
-            Some((item, end)) = running.next(), if !running.is_empty() => {
-                let close = match &session {
-                    Some(open) => finish(db, &item, open, end, shared.clock.now()).await,
-                    None => Ok(()),
-                };
-                if let Err(err) = close {
-                    tracing::error!(%err, job = %item.job, "cannot record the run's end; the leader puts it back once this session ends");
-                }
-            }
+            Some(ended) = running.next(), if !running.is_empty() => done.push_back(ended),
             () = stop.cancelled(), if !stopping => {}
             () = tokio::time::sleep(POLL), if !stopping => {}
             () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {

@@ -466,12 +466,17 @@ fn services_config(setup: &Setup) -> String {
 }
 
 /// Two daemons on one PostgreSQL state store: one leads and the other stands by serving
-/// /readyz; `kill -9` of the leader, and the standby leads within 15 s with a newer epoch.
+/// /readyz; `kill -9` of the leader, and the standby leads within 15 s with a newer epoch and
+/// sends a `leadership_lost` alert (the leader killed never stepped down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: cargo xtask test"]
 async fn a_standby_takes_over_within_15_s_of_the_leader_being_killed() {
     let state = PgState::new().await;
-    let ((a, port_a), (b, port_b)) = (state.replica("", "", ""), state.replica("", "", ""));
+    let (hooks, hook_port) = Hooks::start().await;
+    let url = crate::support::secret_file(state.shared.path(), "hook", &format!("http://127.0.0.1:{hook_port}/hook"));
+    let vigil::secret::SecretRef::File { path: url } = url else { unreachable!() };
+    let alerts = format!("[alerts.webhooks.ops]\nurl = {{ file = \"{}\" }}\n", url.display());
+    let ((a, port_a), (b, port_b)) = (state.replica(&alerts, "", ""), state.replica(&alerts, "", ""));
     let first = Daemon::start(a.path(), &[]);
     let led = role_within(port_a, "leader", Duration::from_secs(30)).await.expect("the first daemon leads");
     let second = Daemon::start(b.path(), &[]);
@@ -489,6 +494,9 @@ async fn a_standby_takes_over_within_15_s_of_the_leader_being_killed() {
         took_over["leader"]["epoch"].as_i64().unwrap() > led["leader"]["epoch"].as_i64().unwrap(),
         "a new epoch: {took_over}"
     );
+    let lost = hooks.wait("/hook", "event", "leadership_lost", "daemon", Duration::from_secs(30)).await;
+    let epoch = led["leader"]["epoch"].to_string();
+    assert!(lost["summary"].as_str().unwrap().contains(&format!("epoch {epoch}")), "{lost}");
     let (code, _, log) = second.terminate();
     assert_eq!(code, Some(0), "{log}");
     drop(first);
@@ -672,4 +680,223 @@ async fn twenty_kills_under_load_run_nothing_twice_and_lose_nothing() {
     let kills_survived = slots.values().filter(|(n, _)| *n == 1).count();
     eprintln!("{total} slots queued, {kills_survived} backed up, {} backups started", ids.len());
     assert!(kills_survived >= 20, "the load ran: {kills_survived} slots backed up");
+}
+
+/// A webhook receiver on loopback: every POST's path and JSON body, in arrival order. The first
+/// post to a path under `/flaky/` is answered 503, so its sender must retry.
+#[derive(Clone, Default)]
+struct Hooks {
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    refused: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl Hooks {
+    async fn start() -> (Self, u16) {
+        let receiver = Self::default();
+        let state = receiver.clone();
+        let app = axum::Router::new().fallback(axum::routing::post(
+            move |uri: axum::http::Uri, axum::Json(body): axum::Json<Value>| {
+                let state = state.clone();
+                async move {
+                    let path = uri.path().to_owned();
+                    if path.starts_with("/flaky/") && state.refused.lock().unwrap().insert(path.clone()) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    state.got.lock().unwrap().push((path, body));
+                    axum::http::StatusCode::OK
+                }
+            },
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (receiver, port)
+    }
+
+    /// The JSON notices received on `path`.
+    fn notices(&self, path: &str) -> Vec<Value> {
+        self.got.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, b)| b.clone()).collect()
+    }
+
+    /// Waits up to `within` for a notice on `path` of `status`, `kind` and `subject`.
+    async fn wait(&self, path: &str, status: &str, kind: &str, subject: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self
+                .notices(path)
+                .into_iter()
+                .find(|n| n["status"] == status && n["kind"] == kind && n["subject"] == subject);
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {status} {kind} on {subject} within {within:?}; received: {:#?}",
+                self.notices(path)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Alerts end to end, one daemon and a webhook receiver: each failure kind fires once (a
+/// rotation that fails and needs attention, an overdue secret, a credential changed out of band,
+/// a backup that fails, the RPO exposure of a set without a backup, a drill that fails, a ledger
+/// that no longer verifies), each resolves when its condition clears, a Slack-format webhook that
+/// first answers 503 gets every notice after a retry, each notice is an `alert.sent` record, and
+/// no payload carries a secret value or a webhook's URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: cargo xtask test"]
+async fn alerts_fire_once_per_failure_kind_resolve_when_cleared_and_carry_no_secret() {
+    let setup = Setup::new().await;
+    fleet(&setup).await;
+    let pg = setup.services.postgres.clone();
+    let (receiver, hook_port) = Hooks::start().await;
+
+    // `broken`: its stored credential names a user the configuration does not (needs attention).
+    let broken = unique("alert_broken").replace('-', "_");
+    let value = serde_json::json!({ "username": "someone_else", "password": "broken-secret-value-9" });
+    setup.services.seed(Store::Vault, setup.path(), &format!("daemon/{broken}"), &value).await;
+    // `lost`: a set whose database does not exist yet, and a drill of it every 3 s.
+    let lost_db = unique("alert_lost").replace('-', "_");
+    let lost_drill = lost_db.replace('_', "-");
+    let schedule_path = setup.path().join("schedules/backups.toml");
+    let mut schedule = std::fs::read_to_string(&schedule_path).unwrap();
+    let orders_db =
+        schedule.split("[backups.orders]\ntarget = \"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    schedule.push_str(&format!(
+        "[secrets.broken]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"daemon/{broken}\"\n\
+         target = \"{orders_db}\"\nusername = \"nobody\"\n\n"
+    ));
+    schedule.push_str(&setup.target("postgres", &pg, &lost_db));
+    schedule.push_str(&setup.set("lost", &lost_db, "local", "local").replace("0 2 * * *", "*/2 * * * * *"));
+    schedule.push_str(&format!(
+        "[drills.{lost_drill}]\nbackup = \"lost\"\nscratch = \"scratch\"\nschedule = \"*/3 * * * * *\"\nrpo = \"1h\"\n\n"
+    ));
+    setup.write_schedule(&schedule);
+
+    let json_url = format!("http://127.0.0.1:{hook_port}/hook/JSON-T0KEN-1234");
+    let slack_url = format!("http://127.0.0.1:{hook_port}/flaky/SLACK-T0KEN-5678");
+    let json_ref = crate::support::secret_file(setup.path(), "hook-json", &json_url);
+    let slack_ref = crate::support::secret_file(setup.path(), "hook-slack", &slack_url);
+    let file_of = |r: &vigil::secret::SecretRef| match r {
+        vigil::secret::SecretRef::File { path } => path.display().to_string(),
+        _ => unreachable!(),
+    };
+    daemon_section(setup.path());
+    let config = setup.path().join("vigil.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "check_interval = \"1s\"\nwatch_interval = \"1s\"\nverify_interval = \"1s\"\n\n\
+         [alerts.webhooks.ops]\nurl = {{ file = \"{}\" }}\n\n\
+         [alerts.webhooks.chat]\nurl = {{ file = \"{}\" }}\nformat = \"slack\"\n",
+        file_of(&json_ref),
+        file_of(&slack_ref),
+    ));
+    std::fs::write(&config, text).unwrap();
+
+    // `app` rotated 40 days ago (by the book, then its record moved back): 10 days overdue.
+    setup.vigil(&["rotate", "app"]).assert_code(0);
+    let state = setup.path().join("data/evidence.db");
+    let sqlite = || async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&state).busy_timeout(Duration::from_secs(30));
+        sqlx::SqlitePool::connect_with(options).await.unwrap()
+    };
+    let forty_days_ago = (chrono::Utc::now() - chrono::Duration::days(40)).to_rfc3339();
+    sqlx::query("UPDATE secret_status SET last_rotated = $1 WHERE subject = 'secret:app'")
+        .bind(&forty_days_ago)
+        .execute(&sqlite().await)
+        .await
+        .unwrap();
+
+    let daemon = Daemon::start(setup.path(), &[]);
+    let within = Duration::from_secs(90);
+    let hook = "/hook/JSON-T0KEN-1234";
+    receiver.wait(hook, "firing", "overdue", "secret:app", within).await;
+    receiver.wait(hook, "resolved", "overdue", "secret:app", within).await;
+    receiver.wait(hook, "firing", "rotation_failed", "secret:broken", within).await;
+    receiver.wait(hook, "firing", "needs_attention", "secret:broken", within).await;
+    receiver.wait(hook, "firing", "backup_failed", "backup:lost", within).await;
+    receiver.wait(hook, "firing", "rpo_exceeded", "backup:lost", within).await;
+    receiver.wait(hook, "firing", "drill_failed", &format!("drill:{lost_drill}"), within).await;
+
+    // The application's password changed out of band, then put back.
+    let app = schedule.split("username = \"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    admin_sql(vigil::engines::Engine::Postgres, &pg, &[format!("ALTER ROLE {app} PASSWORD 'drifted-password-7'")])
+        .await;
+    receiver.wait(hook, "firing", "credential_check_failed", "secret:app", within).await;
+    let current = setup.services.vault_get(&format!("secret/data/daemon/{app}")).await;
+    let current = current["data"]["data"]["password"].as_str().unwrap().to_owned();
+    admin_sql(vigil::engines::Engine::Postgres, &pg, &[format!("ALTER ROLE {app} PASSWORD '{current}'")]).await;
+    receiver.wait(hook, "resolved", "credential_check_failed", "secret:app", within).await;
+
+    // The lost database appears: its backups verify, its exposure is within target, its drill passes.
+    admin_sql(vigil::engines::Engine::Postgres, &pg, &[format!("CREATE DATABASE {lost_db}")]).await;
+    admin_sql(
+        vigil::engines::Engine::Postgres,
+        &Database { database: lost_db.clone(), ..pg.clone() },
+        &["CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 10) g".to_owned()],
+    )
+    .await;
+    receiver.wait(hook, "resolved", "backup_failed", "backup:lost", within).await;
+    receiver.wait(hook, "resolved", "rpo_exceeded", "backup:lost", within).await;
+    receiver.wait(hook, "resolved", "drill_failed", &format!("drill:{lost_drill}"), within).await;
+
+    // A record signed long ago is changed, then changed back.
+    let pool = sqlite().await;
+    let (original,): (String,) =
+        sqlx::query_as("SELECT details FROM evidence_records WHERE seq = 2").fetch_one(&pool).await.unwrap();
+    sqlx::query("UPDATE evidence_records SET details = $1 WHERE seq = 2")
+        .bind(format!("{original} "))
+        .execute(&pool)
+        .await
+        .unwrap();
+    receiver.wait(hook, "firing", "evidence_verification_failed", "evidence", within).await;
+    sqlx::query("UPDATE evidence_records SET details = $1 WHERE seq = 2").bind(&original).execute(&pool).await.unwrap();
+    receiver.wait(hook, "resolved", "evidence_verification_failed", "evidence", within).await;
+
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    let notices = receiver.notices(hook);
+    let mut firing = std::collections::BTreeMap::<(String, String), usize>::new();
+    for notice in notices.iter().filter(|n| n["status"] == "firing") {
+        let key = (notice["kind"].as_str().unwrap().to_owned(), notice["subject"].as_str().unwrap().to_owned());
+        *firing.entry(key).or_default() += 1;
+    }
+    assert!(firing.values().all(|n| *n == 1), "each condition fires once while it lasts: {firing:?}");
+    let kinds: std::collections::BTreeSet<&str> = firing.keys().map(|(k, _)| k.as_str()).collect();
+    for kind in [
+        "rotation_failed",
+        "needs_attention",
+        "overdue",
+        "credential_check_failed",
+        "backup_failed",
+        "rpo_exceeded",
+        "drill_failed",
+        "evidence_verification_failed",
+    ] {
+        assert!(kinds.contains(kind), "{kind} fired: {kinds:?}");
+    }
+    let slack = receiver.notices("/flaky/SLACK-T0KEN-5678");
+    assert_eq!(slack.len(), notices.len(), "the Slack webhook got every notice, the first after a 503");
+    assert!(slack.iter().all(|n| n.as_object().unwrap().len() == 1 && n["text"].is_string()), "{slack:?}");
+
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM evidence_records WHERE kind = 'alert.sent'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, i64::try_from(notices.len()).unwrap(), "each notice is an alert.sent record");
+    let everything = format!("{notices:?}{slack:?}{log}");
+    for secret in [
+        "app-password-1",
+        current.as_str(),
+        "drifted-password-7",
+        "broken-secret-value-9",
+        "JSON-T0KEN-1234",
+        "SLACK-T0KEN-5678",
+        pg.password.as_str(),
+    ] {
+        assert!(!everything.contains(secret), "a secret value reached a payload or the log");
+    }
 }
