@@ -344,6 +344,15 @@ impl Session {
         }
     }
 
+    /// Says the session is alive: a replica whose runs fill its concurrency claims nothing, and
+    /// a session silent for the lease would be ended under its runs.
+    pub async fn ping(&mut self) -> Result<(), sqlx::Error> {
+        if let Some(conn) = &mut self.conn {
+            sqlx::query("SELECT 1").execute(conn).await?;
+        }
+        Ok(())
+    }
+
     /// Ends the session.
     pub async fn close(self) {
         if let Some(conn) = self.conn {
@@ -381,6 +390,15 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
         }
         let stopping = stop.is_cancelled();
         let now = shared.clock.now();
+        // Kept alive while runs finish after a stop too: they hold their claims by it.
+        if let Some(open) = session.as_mut()
+            && let Err(err) = meanwhile!(open.ping())
+        {
+            tracing::warn!(%err, "the work session failed; opening another");
+            if let Some(lost) = session.take() {
+                lost.close().await;
+            }
+        }
         // A leader that lost the lead claims nothing until its lead has ended.
         if !stopping && !shared.deposed.load(Ordering::SeqCst) {
             if session.is_none() {
@@ -428,7 +446,7 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
         tokio::select! {
             Some(ended) = running.next(), if !running.is_empty() => done.push_back(ended),
             () = stop.cancelled(), if !stopping => {}
-            () = tokio::time::sleep(POLL), if !stopping => {}
+            () = tokio::time::sleep(POLL) => {}
             () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
                 tracing::warn!(runs = running.len(), "the work in flight did not finish within shutdown_grace; it resumes on the next claim");
                 break;

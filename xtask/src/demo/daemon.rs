@@ -1,6 +1,7 @@
 //! Step 25: `vigil run` on the demo's state: the catch-up runs what fell due (a new hourly set
-//! never backed up, its drill), the RPO watch raises the demo drill's 1-second target, `/status`
-//! and `/metrics` answer, and SIGTERM stops it cleanly.
+//! never backed up, its drill), the RPO watch raises the demo drill's 1-second target as an
+//! alert that a webhook receiver here prints, `/status` and `/metrics` answer, and SIGTERM stops
+//! it cleanly.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
@@ -14,11 +15,20 @@ use super::{State, step, vigil_command};
 
 /// The demo's daemon: listening on a free port, an hourly set and a drill of it that no run has
 /// touched, so the catch-up has work to show.
-fn configure(demo: &Path) -> anyhow::Result<u16> {
+fn configure(demo: &Path, hook_port: u16) -> anyhow::Result<u16> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // A webhook URL carries a token, so it is a secret: a 0600 file the configuration names.
+    let url = demo.join("alert-webhook-url");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&url)?;
+    writeln!(file, "http://127.0.0.1:{hook_port}/demo-hook")?;
     let config = demo.join("vigil.toml");
     let mut text = std::fs::read_to_string(&config)?;
-    text.push_str(&format!("\n[daemon]\nlisten = \"127.0.0.1:{port}\"\njitter = \"1s\"\nshutdown_grace = \"30s\"\n"));
+    text.push_str(&format!(
+        "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\njitter = \"1s\"\nshutdown_grace = \"30s\"\n\n\
+         [alerts.webhooks.demo]\nurl = {{ file = \"{}\" }}\n",
+        url.display()
+    ));
     std::fs::write(&config, text)?;
     std::fs::write(
         demo.join("schedules/demo-daemon.toml"),
@@ -44,6 +54,39 @@ fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((code, body.to_owned()))
 }
 
+/// A webhook receiver on loopback: each POST's JSON body, answered 200.
+fn receive_alerts() -> anyhow::Result<(u16, Receiver<serde_json::Value>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let (sender, bodies) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if let Ok(body) = serde_json::from_slice(&body)
+                && sender.send(body).is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok((port, bodies))
+}
+
 /// Prints the daemon's log lines as they come until one contains `marker`.
 fn follow(lines: &Receiver<String>, marker: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
@@ -58,9 +101,14 @@ fn follow(lines: &Receiver<String>, marker: &str, within: Duration) -> anyhow::R
 }
 
 pub(super) fn run(vigil: &Path, demo: &Path, state: &State, serve: bool) -> anyhow::Result<()> {
-    step("25. vigil run: the daemon catches up on what fell due, serves /status and /metrics, and stops on SIGTERM");
-    let port = configure(demo)?;
-    println!("   (added [daemon] listen = 127.0.0.1:{port} to vigil.toml, and an hourly set and drill never run)");
+    step(
+        "25. vigil run: the daemon catches up on what fell due, alerts a webhook, serves /status and /metrics, and stops on SIGTERM",
+    );
+    let (hook_port, alerts) = receive_alerts()?;
+    let port = configure(demo, hook_port)?;
+    println!(
+        "   (added [daemon] listen = 127.0.0.1:{port} and [alerts.webhooks.demo] (a receiver on port {hook_port}) to vigil.toml,\n    and an hourly set and drill never run)"
+    );
     println!("   $ vigil run");
     let started = Instant::now();
     let mut child =
@@ -91,6 +139,20 @@ pub(super) fn run(vigil: &Path, demo: &Path, state: &State, serve: bool) -> anyh
     follow(&lines, "job=drill:orders-hourly-restore", Duration::from_secs(300))?;
 
     println!(
+        "\n   The webhook receiver got (the demo drill's RPO target is 1 second, so its set's exposure is over it):"
+    );
+    let first = alerts.recv_timeout(Duration::from_secs(120)).context("no alert reached the webhook")?;
+    for alert in std::iter::once(first).chain(std::iter::from_fn(|| alerts.recv_timeout(Duration::from_secs(3)).ok())) {
+        println!(
+            "     {} {} {}: {}",
+            alert["status"].as_str().unwrap_or_default(),
+            alert["kind"].as_str().unwrap_or_default(),
+            alert["subject"].as_str().unwrap_or_default(),
+            alert["summary"].as_str().unwrap_or_default()
+        );
+    }
+
+    println!(
         "\n   $ curl -s http://127.0.0.1:{port}/status   (the secrets, as `vigil status --output json` gives them)"
     );
     let (_, status) = get(port, "/status")?;
@@ -113,6 +175,7 @@ pub(super) fn run(vigil: &Path, demo: &Path, state: &State, serve: bool) -> anyh
         "vigil_secret_due_seconds{secret=\"orders-app\"",
         "vigil_leader ",
         "vigil_evidence_records_appended_total",
+        "vigil_alerts_firing",
     ];
     for line in metrics.lines().filter(|l| !l.starts_with('#') && wanted.iter().any(|w| l.starts_with(w))) {
         println!("     {line}");
