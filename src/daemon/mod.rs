@@ -833,11 +833,21 @@ impl<'a> Era<'a> {
         jobs.push((Job::Verify, Trigger::Every(self.plan().daemon.verify_interval), None));
         for (job, trigger, last) in jobs {
             let name = job.to_string();
+            let schedule = trigger.describe();
             let next = match persisted.get(&name) {
-                Some(row) => row.next_run,
-                None => {
+                Some(row) if row.schedule.is_some() && row.schedule == schedule => row.next_run,
+                Some(row) if row.schedule.is_none() => {
+                    // Kept from before schedules were: this one is taken as the one it came from.
+                    store::save(self.db(), &name, row.next_run, None, schedule.as_deref(), now).await?;
+                    row.next_run
+                }
+                changed => {
+                    // New, or its schedule changed: planned from its own records.
                     let first = Timetable::first_run(&trigger, last, now);
-                    store::save(self.db(), &name, first, None, now).await?;
+                    if changed.is_some() {
+                        tracing::info!(job = %name, schedule = schedule.as_deref().unwrap_or_default(), next = %first, "the job's schedule changed; its next run is planned again");
+                    }
+                    store::save(self.db(), &name, first, None, schedule.as_deref(), now).await?;
                     first
                 }
             };
@@ -937,7 +947,7 @@ impl<'a> Era<'a> {
         }
         if let Some(next) = next
             && !matches!(job, Job::Rotate(_) | Job::Waits)
-            && let Err(err) = store::save(self.db(), &job.to_string(), next, Some((now, &ran.outcome)), now).await
+            && let Err(err) = store::save(self.db(), &job.to_string(), next, Some((now, &ran.outcome)), None, now).await
         {
             tracing::error!(%err, job = %job, "cannot persist the job's next run; a restart may run it again");
         }

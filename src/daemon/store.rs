@@ -17,6 +17,8 @@ pub struct JobRow {
     pub last_run: Option<String>,
     /// How that ended, in one line.
     pub last_outcome: Option<String>,
+    /// The schedule `next_run` was computed from (none in rows from before it was kept).
+    pub schedule: Option<String>,
 }
 
 fn stamp(at: DateTime<Utc>) -> String {
@@ -26,7 +28,7 @@ fn stamp(at: DateTime<Utc>) -> String {
 /// Every persisted job, by its name (`backup:orders`). A row whose time does not parse is left
 /// out: the job is then planned as if new, from its own records.
 pub async fn jobs(db: &Db) -> Result<BTreeMap<String, JobRow>, sqlx::Error> {
-    const SQL: &str = "SELECT job, next_run, last_run, last_outcome FROM daemon_jobs";
+    const SQL: &str = "SELECT job, next_run, last_run, last_outcome, schedule FROM daemon_jobs";
     let rows = on_pool!(db, pool => {
         let mut out = BTreeMap::new();
         for row in sqlx::query(SQL).fetch_all(pool).await? {
@@ -34,7 +36,12 @@ pub async fn jobs(db: &Db) -> Result<BTreeMap<String, JobRow>, sqlx::Error> {
             if let Ok(next_run) = DateTime::parse_from_rfc3339(&next) {
                 out.insert(
                     row.try_get::<String, _>(0)?,
-                    JobRow { next_run: next_run.to_utc(), last_run: row.try_get(2)?, last_outcome: row.try_get(3)? },
+                    JobRow {
+                        next_run: next_run.to_utc(),
+                        last_run: row.try_get(2)?,
+                        last_outcome: row.try_get(3)?,
+                        schedule: row.try_get(4)?,
+                    },
                 );
             }
         }
@@ -44,18 +51,22 @@ pub async fn jobs(db: &Db) -> Result<BTreeMap<String, JobRow>, sqlx::Error> {
 }
 
 /// Records a job's next run, and, when it just ran, when and how: job, next run, last run,
-/// last outcome, update time.
-pub(super) const SAVE: &str = "INSERT INTO daemon_jobs (job, next_run, last_run, last_outcome, updated_at) VALUES ($1, $2, $3, $4, $5) \
+/// last outcome, update time, and the schedule the next run comes from (each but the first two
+/// kept when NULL).
+pub(super) const SAVE: &str = "INSERT INTO daemon_jobs (job, next_run, last_run, last_outcome, updated_at, schedule) VALUES ($1, $2, $3, $4, $5, $6) \
                                ON CONFLICT (job) DO UPDATE SET next_run = excluded.next_run, \
                                last_run = coalesce(excluded.last_run, daemon_jobs.last_run), \
-                               last_outcome = coalesce(excluded.last_outcome, daemon_jobs.last_outcome), updated_at = excluded.updated_at";
+                               last_outcome = coalesce(excluded.last_outcome, daemon_jobs.last_outcome), updated_at = excluded.updated_at, \
+                               schedule = coalesce(excluded.schedule, daemon_jobs.schedule)";
 
-/// Records `job`'s next run, and, when it just ran, when and how.
+/// Records `job`'s next run, and, when it just ran, when and how; with `schedule`, the schedule
+/// that next run comes from.
 pub async fn save(
     db: &Db,
     job: &str,
     next_run: DateTime<Utc>,
     ran: Option<(DateTime<Utc>, &str)>,
+    schedule: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let (last_run, outcome) = match ran {
@@ -68,6 +79,7 @@ pub async fn save(
         .bind(last_run)
         .bind(outcome)
         .bind(stamp(now))
+        .bind(schedule)
         .execute(pool)
         .await
         .map(drop))

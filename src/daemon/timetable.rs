@@ -106,6 +106,17 @@ pub enum Trigger {
     Given,
 }
 
+impl Trigger {
+    /// What moves the job, as kept beside its next run: a changed schedule is noticed.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Self::Cron(cron) => Some(format!("cron {cron}")),
+            Self::Every(interval) => Some(format!("every {interval}")),
+            Self::Given => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     trigger: Trigger,

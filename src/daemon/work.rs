@@ -128,6 +128,7 @@ pub async fn enqueue(
             .bind(Some(stamp(now)))
             .bind(Some("queued"))
             .bind(stamp(now))
+            .bind(None::<String>)
             .execute(&mut *tx)
             .await?;
         (inserted == 1).then_some(id)

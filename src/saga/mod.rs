@@ -389,11 +389,54 @@ impl Executor<'_> {
             });
         }
         self.record::<D>(&saga, "saga", "started", Outcome::Started, serde_json::json!({ "saga": D::KIND })).await?;
-        self.run(def, saga).await
+        self.drive(def, saga).await
     }
 
-    /// Runs (or resumes) `saga` to its end.
+    /// Resumes `saga` to its end. A saga whose end is already in the ledger (a crash came between
+    /// recording it and marking the row) is only marked: nothing acts again.
     pub async fn run<D: SagaDef>(&self, def: &D, mut saga: SagaRow) -> Result<(SagaRow, Ended), SagaError> {
+        if saga.status.in_flight()
+            && let Some(ended) = self.recorded_end::<D>(&saga).await?
+        {
+            let (step, status) = match &ended {
+                Ended::Done => (saga.step.clone(), Status::Done),
+                _ => (D::Step::ALL[0].name().to_owned(), Status::RolledBack),
+            };
+            let error = saga.error.clone();
+            self.set(&mut saga, &step, status, error.as_deref()).await?;
+            return Ok((saga, ended));
+        }
+        self.drive(def, saga).await
+    }
+
+    /// The end the ledger records for `saga`, if it records one.
+    async fn recorded_end<D: SagaDef>(&self, saga: &SagaRow) -> Result<Option<Ended>, SagaError> {
+        for kind in [Kind::SagaFinished(D::AREA), Kind::SagaRolledBack(D::AREA)] {
+            let filter = crate::evidence::RecordFilter {
+                kind: Some(kind.into()),
+                subject: Some(saga.subject.name().to_owned()),
+                since: Some(saga.started_at.clone()),
+                limit: 1_000,
+            };
+            for record in crate::evidence::list(self.ledger.db(), &filter).await? {
+                let details: serde_json::Value = serde_json::from_str(&record.details).unwrap_or_default();
+                if details["saga"] != saga.id.as_str() {
+                    continue;
+                }
+                return Ok(Some(match kind {
+                    Kind::SagaFinished(_) => Ended::Done,
+                    _ => Ended::RolledBack {
+                        step: details["detail"]["step"].as_str().unwrap_or(&saga.step).to_owned(),
+                        reason: details["detail"]["error"].as_str().unwrap_or_default().to_owned(),
+                    },
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs `saga` from its recorded step to its end.
+    async fn drive<D: SagaDef>(&self, def: &D, mut saga: SagaRow) -> Result<(SagaRow, Ended), SagaError> {
         let steps = D::Step::ALL;
         let position = |name: &str| {
             D::Step::parse(name)
@@ -448,9 +491,11 @@ impl Executor<'_> {
                         failpoint(D::KIND, "after", step.name());
                         index += 1;
                         if index == steps.len() {
-                            self.set(&mut saga, step.name(), Status::Done, None).await?;
+                            // Recorded first: a crash before the row says done leaves a saga
+                            // whose resumption finds its end in the ledger (`run`).
                             self.record::<D>(&saga, "saga", "finished", Outcome::Succeeded, serde_json::Value::Null)
                                 .await?;
+                            self.set(&mut saga, step.name(), Status::Done, None).await?;
                             self.ledger.checkpoint().await?;
                             return Ok((saga, Ended::Done));
                         }
@@ -505,7 +550,6 @@ impl Executor<'_> {
             }
             index -= 1;
         }
-        self.set(&mut saga, steps[0].name(), Status::RolledBack, Some(&reason)).await?;
         self.record::<D>(
             &saga,
             "saga",
@@ -514,6 +558,7 @@ impl Executor<'_> {
             serde_json::json!({ "step": failed_step, "error": reason }),
         )
         .await?;
+        self.set(&mut saga, steps[0].name(), Status::RolledBack, Some(&reason)).await?;
         self.ledger.checkpoint().await?;
         Ok((saga, Ended::RolledBack { step: failed_step, reason }))
     }

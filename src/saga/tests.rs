@@ -199,12 +199,14 @@ async fn repeating_every_act_and_undo_ends_the_same() {
 /// (a step whose intent is recorded may or may not have acted: both are tried).
 #[tokio::test]
 async fn a_crash_after_any_event_resumes_to_the_same_end() {
-    let (ledger, _dir) = ledger().await;
+    let (reference_ledger, _dir) = ledger().await;
     for fail_at in [None, Some(Toy::Charge), Some(Toy::Ship)] {
         let full = MemoryStore::default();
         let reference = ToyDef { fail_at, ..ToyDef::default() };
-        let (_, want) =
-            executor(&full, &ledger).start(&reference, "r", &secret("orders"), ToyData::default()).await.unwrap();
+        let (_, want) = executor(&full, &reference_ledger)
+            .start(&reference, "r", &secret("orders"), ToyData::default())
+            .await
+            .unwrap();
         let log = full.log();
         for events in 1..log.len() {
             let cut = &log[events - 1];
@@ -212,6 +214,9 @@ async fn a_crash_after_any_event_resumes_to_the_same_end() {
                 continue;
             }
             for acted in [false, true] {
+                // The ledger of the crashed process, without the reference run's records: the
+                // replay's own are what its resumption may find.
+                let (ledger, _replay_dir) = ledger().await;
                 let store = MemoryStore::replayed(&log, events);
                 let def = ToyDef { fail_at, ..ToyDef::default() };
                 // The world as the crashed process left it. Running at a step: every step before
@@ -235,6 +240,31 @@ async fn a_crash_after_any_event_resumes_to_the_same_end() {
                 assert!(!row.status.in_flight());
             }
         }
+    }
+}
+
+/// The end of a saga is recorded before its row says so: a crash between the two leaves a
+/// saga whose resumption finds the end in the ledger and only marks the row, acting on nothing
+/// again and recording nothing twice.
+#[tokio::test]
+async fn a_saga_whose_end_is_recorded_is_marked_ended_without_acting_again() {
+    for fail_at in [None, Some(Toy::Ship)] {
+        let (ledger, _dir) = ledger().await;
+        let full = MemoryStore::default();
+        let reference = ToyDef { fail_at, ..ToyDef::default() };
+        let (_, want) =
+            executor(&full, &ledger).start(&reference, "e", &secret("orders"), ToyData::default()).await.unwrap();
+        let log = full.log();
+        // The row as it was just before its last write (done, or rolled back).
+        let store = MemoryStore::replayed(&log, log.len() - 1);
+        let resumed = store.in_flight().await.unwrap().pop().expect("in flight before its last write");
+        let records = crate::evidence::size(ledger.db()).await.unwrap();
+        let def = ToyDef { fail_at, ..ToyDef::default() };
+        let (row, ended) = executor(&store, &ledger).run(&def, resumed).await.unwrap();
+        assert_eq!(ended, want);
+        assert!(!row.status.in_flight(), "{row:?}");
+        assert!(def.calls.lock().unwrap().is_empty(), "nothing acted again: {:?}", def.calls.lock().unwrap());
+        assert_eq!(crate::evidence::size(ledger.db()).await.unwrap(), records, "nothing recorded twice");
     }
 }
 

@@ -1,25 +1,30 @@
 //! Cron expressions, validated when configuration loads with the same parser settings the
 //! daemon's scheduler (tokio-cron-scheduler, built on croner) uses, so that a schedule
 //! `vigil config check` accepts is one the daemon can run.
+//!
+//! UTC unless the expression starts with a time zone, as cron and Kubernetes write it:
+//! `TZ=Europe/Berlin 0 3 * * *` (or `CRON_TZ=`) fires at 03:00 Berlin time, summer and winter.
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 
-/// A validated cron schedule in UTC.
+/// A validated cron schedule, in UTC or the time zone it names.
 #[derive(Clone)]
 pub struct CronSchedule {
-    /// Always six fields (seconds first), the form the scheduler takes.
+    /// Always six fields (seconds first), after `TZ=ZONE ` when it names one.
     normalized: String,
     cron: Cron,
+    zone: Option<Tz>,
 }
 
 /// Why a cron expression was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "`{expression}` is not a valid cron schedule ({reason}); write 5 fields `min hour day month weekday` or 6 with seconds first, e.g. `0 3 * * *`"
+    "`{expression}` is not a valid cron schedule ({reason}); write 5 fields `min hour day month weekday` or 6 with seconds first, e.g. `0 3 * * *`, after `TZ=Area/City ` for a time zone other than UTC"
 )]
 pub struct CronError {
     expression: String,
@@ -27,28 +32,46 @@ pub struct CronError {
 }
 
 impl CronSchedule {
-    /// Parses a 5-field (minute first) or 6-field (seconds first) expression.
+    /// Parses a 5-field (minute first) or 6-field (seconds first) expression, optionally after
+    /// `TZ=ZONE ` or `CRON_TZ=ZONE ` (an IANA name such as `Europe/Berlin`).
     pub fn parse(expression: &str) -> Result<Self, CronError> {
-        let fields = expression.split_whitespace().count();
-        let normalized = match fields {
-            5 => format!("0 {}", expression.trim()),
-            6 => expression.split_whitespace().collect::<Vec<_>>().join(" "),
-            n => {
-                return Err(CronError { expression: expression.to_owned(), reason: format!("{n} fields") });
+        let refuse = |reason: String| CronError { expression: expression.to_owned(), reason };
+        let mut words: Vec<&str> = expression.split_whitespace().collect();
+        let zone = match words.first().and_then(|w| w.strip_prefix("CRON_TZ=").or_else(|| w.strip_prefix("TZ="))) {
+            Some(name) => {
+                let zone = parse_zone(name).map_err(refuse)?;
+                words.remove(0);
+                Some(zone)
             }
+            None => None,
+        };
+        let fields = match words.len() {
+            5 => format!("0 {}", words.join(" ")),
+            6 => words.join(" "),
+            n => return Err(refuse(format!("{n} fields"))),
         };
         let cron = CronParser::builder()
             .seconds(Seconds::Required)
             .dom_and_dow(true)
             .build()
-            .parse(&normalized)
-            .map_err(|err| CronError { expression: expression.to_owned(), reason: err.to_string() })?;
-        Ok(Self { normalized, cron })
+            .parse(&fields)
+            .map_err(|err| refuse(err.to_string()))?;
+        let normalized = match zone {
+            Some(zone) => format!("TZ={} {fields}", zone.name()),
+            None => fields,
+        };
+        Ok(Self { normalized, cron, zone })
     }
 
     /// The first time strictly after `after` that the schedule fires, if any.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron.find_next_occurrence(&after, false).ok()
+        match self.zone {
+            None => self.cron.find_next_occurrence(&after, false).ok(),
+            Some(zone) => {
+                let local = after.with_timezone(&zone);
+                self.cron.find_next_occurrence(&local, false).ok().map(|next| next.to_utc())
+            }
+        }
     }
 
     /// The longest time between two firings from `from` on, over about a year or 10,000
@@ -66,7 +89,7 @@ impl CronSchedule {
         longest
     }
 
-    /// The six-field form, seconds first.
+    /// The six-field form, seconds first, after `TZ=ZONE ` when it names one.
     pub fn as_str(&self) -> &str {
         &self.normalized
     }
@@ -96,9 +119,41 @@ impl PartialEq for CronSchedule {
     }
 }
 
+/// An IANA time zone name (`Europe/Berlin`, `UTC`).
+pub(super) fn parse_zone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| format!("`{name}` is not a time zone; write an IANA name such as Europe/Berlin or UTC"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A zone's schedule follows its clock across daylight saving time, and fires once on the
+    /// days the clock jumps.
+    #[test]
+    fn a_time_zone_moves_the_firings_with_its_clock() {
+        let berlin = CronSchedule::parse("TZ=Europe/Berlin 0 3 * * *").unwrap();
+        assert_eq!(berlin.to_string(), "TZ=Europe/Berlin 0 0 3 * * *");
+        assert_eq!(berlin.next_after(at("2026-01-05T00:00:00Z")), Some(at("2026-01-05T02:00:00Z")));
+        assert_eq!(berlin.next_after(at("2026-07-06T00:00:00Z")), Some(at("2026-07-06T01:00:00Z")));
+        assert_eq!(CronSchedule::parse("CRON_TZ=UTC 0 3 * * *").unwrap().to_string(), "TZ=UTC 0 0 3 * * *");
+        // 02:30 does not exist in Berlin on 2026-03-29 and happens twice on 2026-10-25: one
+        // firing each day all the same.
+        let night = CronSchedule::parse("TZ=Europe/Berlin 30 2 * * *").unwrap();
+        for (from, to) in
+            [("2026-03-27T12:00:00Z", "2026-03-31T12:00:00Z"), ("2026-10-23T12:00:00Z", "2026-10-27T12:00:00Z")]
+        {
+            let (mut t, mut fired) = (at(from), 0);
+            while let Some(next) = night.next_after(t).filter(|n| *n < at(to)) {
+                fired += 1;
+                t = next;
+            }
+            assert!((3..=4).contains(&fired), "{from}: {fired} firings in four days");
+        }
+        let err = CronSchedule::parse("TZ=Mars/Olympus 0 3 * * *").unwrap_err().to_string();
+        assert!(err.contains("`Mars/Olympus` is not a time zone"), "{err}");
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()

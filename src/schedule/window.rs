@@ -1,10 +1,12 @@
 //! Allowed windows for rotations: `Mon-Fri 02:00-05:00`, `Sat,Sun 00:00-06:00`, `01:00-04:00`
-//! (every day), in UTC. A window whose end is before its start runs past midnight into the
-//! next day (`Fri 22:00-02:00` opens Friday night and closes Saturday morning).
+//! (every day), in UTC unless a time zone follows (`Mon-Fri 02:00-05:00 Europe/Berlin`: Berlin's
+//! clock, summer and winter). A window whose end is before its start runs past midnight into
+//! the next day (`Fri 22:00-02:00` opens Friday night and closes Saturday morning).
 
 use std::fmt;
 
-use chrono::{DateTime, Datelike, Duration, NaiveTime, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone as _, Timelike, Utc};
+use chrono_tz::Tz;
 
 /// Days of the week and a time of day during which a job may start.
 #[derive(Clone, PartialEq, Eq)]
@@ -14,13 +16,15 @@ pub struct Window {
     /// Minutes after midnight.
     start: u32,
     end: u32,
+    /// Whose clock the days and times are on.
+    zone: Tz,
     text: String,
 }
 
 /// Why a window was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "`{text}` is not a valid window ({reason}); write days and a time range in UTC, e.g. `Mon-Fri 02:00-05:00`, `Sat,Sun 00:00-06:00` or `01:00-04:00` for every day"
+    "`{text}` is not a valid window ({reason}); write days and a time range, e.g. `Mon-Fri 02:00-05:00`, `Sat,Sun 00:00-06:00` or `01:00-04:00` for every day, in UTC unless a time zone follows: `Mon-Fri 02:00-05:00 Europe/Berlin`"
 )]
 pub struct WindowError {
     text: String,
@@ -30,10 +34,20 @@ pub struct WindowError {
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 impl Window {
-    /// Parses `[DAYS ]HH:MM-HH:MM`, where DAYS is a comma-separated list of days or day ranges.
+    /// Parses `[DAYS ]HH:MM-HH:MM[ ZONE]`, where DAYS is a comma-separated list of days or day
+    /// ranges and ZONE an IANA time zone.
     pub fn parse(text: &str) -> Result<Self, WindowError> {
         let refuse = |reason: String| WindowError { text: text.to_owned(), reason };
-        let parts: Vec<&str> = text.split_whitespace().collect();
+        let mut parts: Vec<&str> = text.split_whitespace().collect();
+        // A time range has a digit first; a zone never does.
+        let zone = match parts.last() {
+            Some(last) if parts.len() > 1 && !last.starts_with(|c: char| c.is_ascii_digit()) => {
+                let zone = super::cron::parse_zone(last).map_err(refuse)?;
+                parts.pop();
+                zone
+            }
+            _ => Tz::UTC,
+        };
         let (days, times) = match parts.as_slice() {
             [times] => ([true; 7], *times),
             [days, times] => (parse_days(days).map_err(refuse)?, *times),
@@ -44,11 +58,12 @@ impl Window {
         if start == end {
             return Err(refuse("the window is empty: its start and end are the same time".into()));
         }
-        Ok(Self { days, start, end, text: text.trim().to_owned() })
+        Ok(Self { days, start, end, zone, text: text.split_whitespace().collect::<Vec<_>>().join(" ") })
     }
 
     /// Whether a job may start at `at`.
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        let at = at.with_timezone(&self.zone);
         let minute = at.hour() * 60 + at.minute();
         let today = at.weekday().num_days_from_monday() as usize;
         let yesterday = (today + 6) % 7;
@@ -65,11 +80,21 @@ impl Window {
         if self.contains(at) {
             return at;
         }
-        let midnight = at.date_naive().and_time(NaiveTime::MIN).and_utc();
-        (0..=7)
-            .map(|day| midnight + Duration::days(day) + Duration::minutes(i64::from(self.start)))
-            .find(|open| *open >= at && self.days[open.weekday().num_days_from_monday() as usize])
-            // Parsing refuses a window with no day, so one of eight days opens it.
+        let today = at.with_timezone(&self.zone).date_naive();
+        (0..=8)
+            .filter_map(|day| {
+                let date = today + Duration::days(day);
+                let local = date.and_time(NaiveTime::MIN) + Duration::minutes(i64::from(self.start));
+                // A start the clock skips (spring forward) opens when the clock reaches it.
+                let open = self
+                    .zone
+                    .from_local_datetime(&local)
+                    .earliest()
+                    .or_else(|| self.zone.from_local_datetime(&(local + Duration::hours(1))).earliest())?;
+                self.days[date.weekday().num_days_from_monday() as usize].then(|| open.to_utc())
+            })
+            .find(|open| *open >= at)
+            // Parsing refuses a window with no day, so one of nine days opens it.
             .unwrap_or(at)
     }
 }
@@ -169,6 +194,24 @@ mod tests {
         assert!(!window.contains(at("2026-12-07T05:00:00Z")));
         let wrapping = Window::parse("Sat-Mon 00:00-06:00").unwrap();
         assert!(wrapping.contains(at("2026-12-07T05:00:00Z")), "Monday is in Sat-Mon");
+    }
+
+    /// A zone's window follows its clock: 02:00-05:00 in Berlin is 01:00-04:00 UTC in winter
+    /// and 00:00-03:00 UTC in summer.
+    #[test]
+    fn a_window_in_a_time_zone_follows_its_clock() {
+        let window = Window::parse("Mon-Fri 02:00-05:00 Europe/Berlin").unwrap();
+        assert_eq!(window.to_string(), "Mon-Fri 02:00-05:00 Europe/Berlin");
+        // 2026-01-05 and 2026-07-06 are Mondays.
+        assert!(window.contains(at("2026-01-05T01:30:00Z")) && !window.contains(at("2026-01-05T04:30:00Z")));
+        assert!(window.contains(at("2026-07-06T00:30:00Z")) && !window.contains(at("2026-07-06T03:30:00Z")));
+        assert!(!window.contains(at("2026-01-05T00:30:00Z")), "Monday 01:30 in Berlin is before it opens");
+        assert_eq!(window.next_open(at("2026-01-05T06:00:00Z")), at("2026-01-06T01:00:00Z"));
+        assert_eq!(window.next_open(at("2026-07-10T06:00:00Z")), at("2026-07-13T00:00:00Z"), "Friday to Monday");
+        // 02:30 is skipped in Berlin on Sunday 2026-03-29: the window opens when the clock gets there.
+        let skipped = Window::parse("Sun 02:30-04:00 Europe/Berlin").unwrap();
+        assert_eq!(skipped.next_open(at("2026-03-28T12:00:00Z")), at("2026-03-29T01:30:00Z"));
+        assert!(Window::parse("Mon 02:00-05:00 Mars/Olympus").unwrap_err().to_string().contains("not a time zone"));
     }
 
     #[test]

@@ -61,6 +61,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0008_alerts.sqlite.sql"),
         postgres: include_str!("migrations/0008_alerts.postgres.sql"),
     },
+    Migration {
+        version: 9,
+        name: "daemon job schedules",
+        sqlite: include_str!("migrations/0009_daemon_job_schedules.sqlite.sql"),
+        postgres: include_str!("migrations/0009_daemon_job_schedules.postgres.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS vigil_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";

@@ -144,6 +144,21 @@ async fn the_first_start_catches_up_once_and_missed_slots_run_once() {
     assert!(!jobs.iter().any(|(j, _)| j == "rotate:app"), "the password is 3 days into a 30-day cadence: {later}");
     let backups = setup.vigil(&["--output", "json", "backup", "list"]).json();
     assert_eq!(backups.as_array().unwrap().len(), 2, "{backups}");
+
+    // The set's schedule changes from daily to hourly: its next run is planned from the new
+    // one (an hour after its newest backup), not left at the old daily slot.
+    let schedule = setup.path().join("schedules/backups.toml");
+    let text = std::fs::read_to_string(&schedule).unwrap();
+    std::fs::write(&schedule, text.replacen("schedule = \"0 2 * * *\"", "schedule = \"0 * * * *\"", 1)).unwrap();
+    let hour_on = (3 * 86_400 + 3_660).to_string();
+    let (hourly, _) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || once(&dir, &[("VIGIL_CLOCK_OFFSET", &hour_on)])
+    })
+    .await
+    .unwrap();
+    let jobs = ran(&hourly);
+    assert_eq!(jobs.iter().filter(|(j, ok)| j == "backup:orders" && *ok).count(), 1, "{hourly}");
     setup.vigil(&["evidence", "verify"]).assert_code(0);
 }
 
