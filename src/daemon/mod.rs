@@ -369,9 +369,10 @@ async fn lead(
 /// Posts each alert raised to every webhook of the running plan and records it in the ledger,
 /// until `stop`; what is still waiting then is delivered within `shutdown_grace`.
 async fn deliver_alerts(shared: &Shared, ledger: &Ledger, mut outbox: Outbox, stop: &CancellationToken) {
-    let client = crate::webhooks::client();
+    // Made on the first notice: its TLS roots are memory an idle daemon without alerts needs not hold.
+    let client = std::sync::OnceLock::new();
     let deliver_one = |notice: crate::alerts::Notice| {
-        let client = &client;
+        let client = client.get_or_init(crate::webhooks::client);
         async move {
             let plan = shared.plan();
             let stores = crate::stores::Stores::new(plan.aws.as_ref(), plan.vault.as_ref());

@@ -35,8 +35,11 @@ use crate::state::{Db, Fenced, Pool, fenced};
 
 pub use super::timetable::Job;
 
-/// How often a replica looks for work, and the leader for the work of ended sessions.
+/// How often a replica looks for work (and its session says it is alive).
 const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often the leader looks for the work of ended sessions.
+const RECOVER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// After a failed run, its slot is tried again this long after, doubling up to an hour.
 const RETRY_FIRST: chrono::Duration = chrono::Duration::minutes(1);
@@ -233,6 +236,14 @@ pub async fn open_subjects(db: &Db, now: DateTime<Utc>) -> Result<BTreeSet<Strin
     Ok(subjects.into_iter().collect())
 }
 
+/// Whether any row is queued and due: the read a replica makes before it tries to claim.
+pub async fn due_work(db: &Db, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    const SQL: &str = "SELECT count(*) FROM daemon_work WHERE state = 'queued' AND not_before <= $1";
+    let count: i64 =
+        crate::state::on_pool!(db, pool => sqlx::query_scalar(SQL).bind(stamp(now)).fetch_one(pool).await?);
+    Ok(count > 0)
+}
+
 /// The ids of rows queued or running: their sagas are the queue's to resume, not the
 /// catch-up's.
 pub async fn open_ids(db: &Db) -> Result<BTreeSet<String>, sqlx::Error> {
@@ -379,6 +390,8 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
     }
     let runs = stop.child_token();
     let mut deadline: Option<tokio::time::Instant> = None;
+    // The epoch last recovered under, and when.
+    let mut recovered: Option<(i64, tokio::time::Instant)> = None;
     loop {
         while let Some((item, end)) = done.pop_front() {
             let close = match &session {
@@ -410,7 +423,14 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
             }
             if let Some(open) = session.as_mut() {
                 let epoch = shared.epoch.load(Ordering::SeqCst);
-                if epoch > 0 {
+                // SQLite has one daemon: what its predecessor left is put back once per lead.
+                let due = match recovered {
+                    Some((last, _)) if last != epoch => true,
+                    Some((_, when)) => open.conn.is_some() && when.elapsed() >= RECOVER,
+                    None => true,
+                };
+                if epoch > 0 && due {
+                    recovered = Some((epoch, tokio::time::Instant::now()));
                     match meanwhile!(recover(db, epoch, open)) {
                         Ok(Ok(0)) => {}
                         Ok(Ok(back)) => tracing::warn!(rows = back, "work of ended sessions put back in the queue"),
@@ -419,7 +439,15 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
                     }
                 }
                 let plan = shared.plan();
-                while running.len() < plan.daemon.concurrency {
+                // A read first: an idle replica takes no write lock once a second.
+                let waiting = match meanwhile!(due_work(db, now)) {
+                    Ok(waiting) => waiting,
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot look for work");
+                        false
+                    }
+                };
+                while waiting && running.len() < plan.daemon.concurrency {
                     match meanwhile!(open.claim(db, now)) {
                         Ok(Some(item)) => {
                             tracing::info!(job = %item.job, run = %item.id, attempt = item.attempt, "running");
