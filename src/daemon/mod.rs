@@ -188,10 +188,10 @@ pub async fn run(
         let result = match db.pool() {
             Pool::Sqlite(_) => {
                 let epoch = store::next_epoch(&db, &holder, clock.now()).await?;
-                lead(&shared, ledger, &cancel, &options, epoch, None, &mut summary).await
+                Box::pin(lead(&shared, ledger, &cancel, &options, epoch, None, &mut summary)).await
             }
             Pool::Postgres(pool) => {
-                replicate(pool, &shared, ledger, &cancel, &options, holder.clone(), &mut summary).await
+                Box::pin(replicate(pool, &shared, ledger, &cancel, &options, holder.clone(), &mut summary)).await
             }
         };
         working.cancel();
@@ -200,11 +200,13 @@ pub async fn run(
     // Alerts are delivered until the jobs that raise them have ended.
     let jobs_ended = CancellationToken::new();
     let jobs = async {
-        let (result, ()) = tokio::join!(schedule, work::work(&shared, ledger, &working, &holder));
+        // Each loop's state lives on the heap: together they are too large for a thread's stack in
+        // a debug build.
+        let (result, ()) = tokio::join!(schedule, Box::pin(work::work(&shared, ledger, &working, &holder)));
         jobs_ended.cancel();
         result
     };
-    let (result, ()) = tokio::join!(jobs, deliver_alerts(&shared, ledger, outbox, &jobs_ended));
+    let (result, ()) = tokio::join!(jobs, Box::pin(deliver_alerts(&shared, ledger, outbox, &jobs_ended)));
     cancel.cancel();
     if let Some(server) = server {
         let _ = server.await;
@@ -238,7 +240,7 @@ async fn replicate(
                 // `leading` ends the lead, whoever ends it; `lost` says it was the lease.
                 let (leading, lost) = (cancel.child_token(), CancellationToken::new());
                 let watch = watch_lead(&mut c, epoch, &leading, &lost, shared);
-                let run = lead(shared, ledger, &leading, options, epoch, Some(&lost), summary);
+                let run = Box::pin(lead(shared, ledger, &leading, options, epoch, Some(&lost), summary));
                 let (result, ()) = tokio::join!(
                     async {
                         let result = run.await;
@@ -345,7 +347,7 @@ async fn lead(
     let result = loop {
         let plan = shared.plan();
         let era = Era::new(&plan, ledger, stop.child_token(), shared, options, epoch);
-        match era.run(&stop, &mut hangup, summary).await {
+        match Box::pin(era.run(&stop, &mut hangup, summary)).await {
             Ok(EraEnd::Reload(next)) => *shared.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(*next),
             Ok(EraEnd::Stopped) => break Ok(()),
             Err(err) => break Err(err),
