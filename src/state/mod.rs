@@ -65,35 +65,25 @@ macro_rules! fenced {
     ($db:expr, $epoch:expr, $tx:ident => $body:expr) => {
         match $db.pool() {
             $crate::state::Pool::Sqlite(pool) => {
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let newest: Option<i64> = sqlx::query_scalar("SELECT epoch FROM daemon_leader WHERE id = 1")
-                    .fetch_optional(&mut *$tx)
-                    .await?;
-                match $crate::state::Fenced::check($epoch, newest) {
-                    Err(fenced) => Ok(Err(fenced)),
-                    Ok(()) => {
-                        let out = $body;
-                        $tx.commit().await?;
-                        Ok(Ok(out))
-                    }
-                }
+                fenced!(@in pool.begin_with("BEGIN IMMEDIATE"), "", $epoch, $tx => $body)
             }
-            $crate::state::Pool::Postgres(pool) => {
-                let mut $tx = pool.begin().await?;
-                let newest: Option<i64> = sqlx::query_scalar("SELECT epoch FROM daemon_leader WHERE id = 1 FOR SHARE")
-                    .fetch_optional(&mut *$tx)
-                    .await?;
-                match $crate::state::Fenced::check($epoch, newest) {
-                    Err(fenced) => Ok(Err(fenced)),
-                    Ok(()) => {
-                        let out = $body;
-                        $tx.commit().await?;
-                        Ok(Ok(out))
-                    }
-                }
-            }
+            $crate::state::Pool::Postgres(pool) => fenced!(@in pool.begin(), " FOR SHARE", $epoch, $tx => $body),
         }
     };
+    (@in $begin:expr, $lock:literal, $epoch:expr, $tx:ident => $body:expr) => {{
+        let mut $tx = $begin.await?;
+        let newest: Option<i64> = sqlx::query_scalar(concat!("SELECT epoch FROM daemon_leader WHERE id = 1", $lock))
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match $crate::state::Fenced::check($epoch, newest) {
+            Err(fenced) => Ok(Err(fenced)),
+            Ok(()) => {
+                let out = $body;
+                $tx.commit().await?;
+                Ok(Ok(out))
+            }
+        }
+    }};
 }
 pub(crate) use fenced;
 
