@@ -29,5 +29,6 @@ pub mod backup;
 pub mod drill;
 pub mod alerts;
 pub mod daemon;
+pub mod report;
 pub mod telemetry;
 pub mod cli;

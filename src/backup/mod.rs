@@ -814,6 +814,7 @@ impl DumpSaga<'_> {
                     "point": manifest.consistency.point,
                     "row_counts": manifest.consistency.row_counts,
                     "stream": manifest.stream,
+                    "encryption": manifest.encryption,
                     "key_service": manifest.key.service,
                     "key_id": manifest.key.key_id,
                 }),

@@ -23,6 +23,8 @@ use crate::state::Db;
 #[command(after_long_help = "Examples:
   vigil evidence list --kind rotation.step --since 2026-11-01
   vigil evidence verify --vkey \"$(cat vigil.vkey)\"
+  vigil evidence verify --bundle q3-report/bundle.tar --vkey-file vigil.vkey
+  vigil evidence consistency q2-report/bundle.tar q3-report/bundle.tar --vkey-file vigil.vkey
   vigil evidence prove 42 --output json
   vigil evidence pubkey --vkey > vigil.vkey")]
 pub struct EvidenceArgs {
@@ -54,6 +56,10 @@ enum EvidenceCommand {
     },
     /// Check every record's hash and link, and every checkpoint's signature and root.
     /// Exits 1 naming the first bad record.
+    ///
+    /// With --bundle, check a report's evidence bundle instead, offline (no configuration, no
+    /// database, no network): the checkpoint's signature by the pinned key, the records
+    /// against it, every number of the JSON report recomputed, every file rendered again.
     Verify {
         /// The verifier key to trust (from `vigil evidence pubkey --vkey`, obtained out of band).
         /// Without it, the key announced by the ledger's first record is trusted.
@@ -62,6 +68,29 @@ enum EvidenceCommand {
         /// Read the verifier key from a file.
         #[arg(long, value_name = "PATH")]
         vkey_file: Option<PathBuf>,
+        /// A bundle written by `vigil report export` (`bundle.tar`); needs --vkey or --vkey-file.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+    },
+    /// Check that the ledger only grew between two signed checkpoints (RFC 9162 consistency).
+    ///
+    /// OLD and NEW are signed checkpoints (`vigil evidence checkpoint` output) or report
+    /// bundles. The proof is computed from the ledger the configuration names, or read from
+    /// --proof (`--output json` of an earlier run), which needs no configuration.
+    Consistency {
+        /// The older checkpoint, or a bundle holding it.
+        old: PathBuf,
+        /// The newer checkpoint, or a bundle holding it.
+        new: PathBuf,
+        /// The verifier key both must be signed by (default: the configuration's pinned key).
+        #[arg(long, value_name = "VKEY", conflicts_with = "vkey_file")]
+        vkey: Option<String>,
+        /// Read the verifier key from a file.
+        #[arg(long, value_name = "PATH")]
+        vkey_file: Option<PathBuf>,
+        /// A consistency proof saved earlier, instead of computing it from the ledger.
+        #[arg(long, value_name = "FILE")]
+        proof: Option<PathBuf>,
     },
     /// Sign a checkpoint of the ledger as it is now and print it as a signed note.
     Checkpoint,
@@ -107,6 +136,27 @@ enum OutcomeArg {
 
 impl EvidenceArgs {
     pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
+        // What an auditor runs offline never reads the configuration.
+        match &self.command {
+            EvidenceCommand::Verify { vkey, vkey_file, bundle: Some(bundle) } => {
+                let Some(vkey) = read_vkey(vkey.as_deref(), vkey_file.as_deref())? else {
+                    bail!(
+                        "a bundle is checked against a key you pinned: give --vkey or --vkey-file, obtained from the report's owner out of band"
+                    );
+                };
+                return verify_bundle(bundle, &vkey, global.output);
+            }
+            EvidenceCommand::Consistency { old, new, vkey, vkey_file, proof: Some(proof) } => {
+                let Some(vkey) = read_vkey(vkey.as_deref(), vkey_file.as_deref())? else {
+                    bail!(
+                        "checking a saved proof needs the key both checkpoints are signed by: give --vkey or --vkey-file"
+                    );
+                };
+                let proof = read_proof(proof)?;
+                return consistency(old, new, &vkey, Some(proof), None, global.output).await;
+            }
+            _ => {}
+        }
         let plan = load_plan(global)?;
         let db = Db::open(&plan.evidence.store).await?;
         let result = self.command.run(&plan, &db, global.output).await;
@@ -134,7 +184,16 @@ impl EvidenceCommand {
                     OutputFormat::Human => print!("{}", show_record(&record)),
                 }
             }
-            Self::Verify { vkey, vkey_file } => {
+            Self::Consistency { old, new, vkey, vkey_file, proof: _ } => {
+                let pinned =
+                    vkey.as_deref().or(if vkey_file.is_none() { plan.evidence.trusted_vkey.as_deref() } else { None });
+                let vkey = match read_vkey(pinned, vkey_file.as_deref())? {
+                    Some(vkey) => vkey,
+                    None => open_ledger(plan, db).await?.verifier(),
+                };
+                return consistency(old, new, &vkey, None, Some(db), output).await;
+            }
+            Self::Verify { vkey, vkey_file, bundle: _ } => {
                 // --vkey or --vkey-file first, then the configuration's pinned key.
                 let vkey =
                     vkey.as_deref().or(if vkey_file.is_none() { plan.evidence.trusted_vkey.as_deref() } else { None });
@@ -282,6 +341,142 @@ async fn verify(
     Ok(Exit::Success)
 }
 
+/// The verifier key from --vkey or --vkey-file, if either is given.
+fn read_vkey(vkey: Option<&str>, vkey_file: Option<&Path>) -> anyhow::Result<Option<NoteVerifier>> {
+    let text = match (vkey, vkey_file) {
+        (Some(vkey), _) => vkey.to_owned(),
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).with_context(|| format!("read the verifier key {}", path.display()))?
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(NoteVerifier::parse(text.trim()).context("the verifier key given")?))
+}
+
+fn verify_bundle(path: &Path, vkey: &NoteVerifier, output: OutputFormat) -> anyhow::Result<Exit> {
+    let file = std::fs::File::open(path).with_context(|| format!("open the bundle {}", path.display()))?;
+    let verified = crate::report::verify_bundle(std::io::BufReader::new(file), vkey)
+        .with_context(|| format!("bundle verification failed for {}", path.display()))?;
+    match output {
+        OutputFormat::Json => print_json(&verified)?,
+        OutputFormat::Human => {
+            println!("period       {} to {}", verified.period.from, verified.period.to);
+            println!(
+                "records      {} to {}, each hash recomputed and linked to the one before",
+                verified.first_seq, verified.last_seq
+            );
+            println!("checkpoint   size {}, signed by the pinned key {}", verified.checkpoint_size, verified.signed_by);
+            println!("proof        the records are the ones that checkpoint covers, none left out at either end");
+            println!("witness      {} copies identical to the checkpoint", verified.witness_copies);
+            println!(
+                "report       {} numbers recomputed from the records; every file rendered again and identical",
+                verified.numbers
+            );
+            println!("files        {} SHA-256 hashes match the manifest", verified.files);
+            println!("ok: the bundle verifies");
+        }
+    }
+    Ok(Exit::Success)
+}
+
+/// A signed checkpoint: the file itself, or the one inside a bundle.
+fn read_checkpoint(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    // A tar archive says `ustar` at offset 257 of its first header.
+    if bytes.get(257..262) == Some(b"ustar".as_slice()) {
+        return crate::report::bundle::checkpoint_of(bytes.as_slice())
+            .with_context(|| format!("read the checkpoint in the bundle {}", path.display()));
+    }
+    String::from_utf8(bytes)
+        .with_context(|| format!("{} is neither a signed checkpoint nor a report bundle", path.display()))
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct ConsistencyShown {
+    old_size: u64,
+    new_size: u64,
+    old_root: String,
+    new_root: String,
+    proof: Vec<String>,
+}
+
+fn read_proof(path: &Path) -> anyhow::Result<ConsistencyShown> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read the proof {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a proof from `vigil evidence consistency --output json`", path.display()))
+}
+
+async fn consistency(
+    old: &Path,
+    new: &Path,
+    vkey: &NoteVerifier,
+    saved: Option<ConsistencyShown>,
+    db: Option<&Db>,
+    output: OutputFormat,
+) -> anyhow::Result<Exit> {
+    let open = |path: &Path| -> anyhow::Result<evidence::Checkpoint> {
+        let note = read_checkpoint(path)?;
+        let (body, _) = evidence::note::open(&note, std::slice::from_ref(vkey)).with_context(|| {
+            format!("{} is not signed by the pinned key {}+{:08x}", path.display(), vkey.name(), vkey.id())
+        })?;
+        evidence::Checkpoint::parse_body(body).with_context(|| format!("read the checkpoint in {}", path.display()))
+    };
+    let (old_cp, new_cp) = (open(old)?, open(new)?);
+    if old_cp.origin != new_cp.origin {
+        bail!("the checkpoints are of two different logs: {} and {}", old_cp.origin, new_cp.origin);
+    }
+    if old_cp.size > new_cp.size {
+        bail!("OLD covers {} records and NEW only {}: give the older checkpoint first", old_cp.size, new_cp.size);
+    }
+    let proof: Vec<evidence::merkle::Hash> = match (saved, db) {
+        (Some(saved), _) => {
+            if saved.old_size != old_cp.size || saved.new_size != new_cp.size {
+                bail!(
+                    "the saved proof is from {} to {} records, not {} to {}",
+                    saved.old_size,
+                    saved.new_size,
+                    old_cp.size,
+                    new_cp.size
+                );
+            }
+            saved
+                .proof
+                .iter()
+                .map(|h| hex::decode(h).ok().and_then(|b| b.try_into().ok()))
+                .collect::<Option<_>>()
+                .context("the saved proof holds a hash that is not 32 bytes of hex")?
+        }
+        (None, Some(db)) => evidence::consistency(db, old_cp.size, new_cp.size).await?,
+        (None, None) => bail!("no proof: give --proof, or run with the configuration of the ledger"),
+    };
+    if !evidence::merkle::verify_consistency(old_cp.size, new_cp.size, &old_cp.root, &new_cp.root, &proof) {
+        bail!(
+            "consistency check failed: the log of {} records is not an extension of the log of {} records; history was rewritten",
+            new_cp.size,
+            old_cp.size
+        );
+    }
+    let shown = ConsistencyShown {
+        old_size: old_cp.size,
+        new_size: new_cp.size,
+        old_root: hex::encode(old_cp.root),
+        new_root: hex::encode(new_cp.root),
+        proof: proof.iter().map(hex::encode).collect(),
+    };
+    match output {
+        OutputFormat::Json => print_json(&shown)?,
+        OutputFormat::Human => println!(
+            "ok: the log of {} records extends the log of {} records, both signed by {}+{:08x} ({} proof hashes)",
+            shown.new_size,
+            shown.old_size,
+            vkey.name(),
+            vkey.id(),
+            shown.proof.len()
+        ),
+    }
+    Ok(Exit::Success)
+}
+
 /// Opens the ledger for writing with its signing key (see `evidence::lifecycle`).
 pub(super) async fn open_ledger(plan: &Plan, db: &Db) -> anyhow::Result<Ledger> {
     let ledger = evidence::lifecycle::open(db, &plan.evidence.signing_key, Arc::new(SystemClock)).await?;
@@ -292,7 +487,7 @@ pub(super) async fn open_ledger(plan: &Plan, db: &Db) -> anyhow::Result<Ledger> 
 }
 
 /// The checkpoint witness the configuration names, connected.
-async fn witness(plan: &Plan) -> anyhow::Result<Option<Box<dyn crate::objects::ObjectStore>>> {
+pub(super) async fn witness(plan: &Plan) -> anyhow::Result<Option<Box<dyn crate::objects::ObjectStore>>> {
     let Some(settings) = &plan.evidence.witness else { return Ok(None) };
     let store = crate::objects::connect(settings, plan.aws.as_ref())
         .await

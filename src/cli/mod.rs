@@ -118,10 +118,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// Prints a failed command's error chain on one line and picks its exit code.
+/// Prints a failed command's error chain on one line.
 fn report(err: &anyhow::Error) -> Exit {
     eprintln!("vigil: error: {err:#}");
-    if err.downcast_ref::<NotYetAvailable>().is_some() { Exit::Unavailable } else { Exit::Failure }
+    Exit::Failure
 }
 
 /// How vigil ended, as its exit code.
@@ -131,8 +131,6 @@ pub enum Exit {
     Success = 0,
     /// The command ran and failed, or found problems (bad configuration, failed verification).
     Failure = 1,
-    /// The command line was wrong, or the command is not available yet.
-    Unavailable = 2,
     /// Stopped by Ctrl-C.
     Interrupted = 130,
 }
@@ -166,14 +164,6 @@ fn load_plan(global: &GlobalArgs) -> anyhow::Result<crate::config::Plan> {
             )
         }
     }
-}
-
-/// A command that a later part of the roadmap delivers.
-#[derive(Debug, thiserror::Error)]
-#[error("`vigil {command}` is not available yet; it arrives with {arrives}")]
-pub struct NotYetAvailable {
-    command: &'static str,
-    arrives: &'static str,
 }
 
 /// vigil rotates credentials, backs up databases, drills restores, and proves all of it.

@@ -2,11 +2,21 @@
 
 use std::path::PathBuf;
 
-use super::{Exit, GlobalArgs, NotYetAvailable};
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+
+use super::evidence::{open_ledger, witness};
+use super::output::print_json;
+use super::{Exit, GlobalArgs, OutputFormat, load_plan};
+use crate::report::{self, Period};
+use crate::state::Db;
 
 /// Export a compliance report that an auditor verifies offline.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = "Example:\n  vigil report export --since 2026-01-01 -o q1-report/")]
+#[command(after_long_help = "Examples:
+  vigil report export --from 2026-07-01 --to 2026-10-01 --out q3-report/
+  vigil report export --from 2026-01-01 --to 2027-01-01 --format html,json --out 2026/
+  vigil evidence verify --bundle q3-report/bundle.tar --vkey \"$(cat vigil.vkey)\"")]
 pub struct ReportArgs {
     #[command(subcommand)]
     command: ReportCommand,
@@ -14,19 +24,138 @@ pub struct ReportArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum ReportCommand {
-    /// Write the report bundle: evidence, checkpoints, the public key and a summary.
+    /// Write the report (HTML, JSON, CSV, OSCAL) and the evidence bundle (`bundle.tar`) into a folder.
+    ///
+    /// The bundle holds the period's records, the newest signed checkpoint and its witness
+    /// copy, a proof tying the records to the checkpoint, and the report's files; `vigil
+    /// evidence verify --bundle` checks it with the verifier key alone.
     Export {
-        /// The first day covered (RFC 3339 date).
+        /// The first instant covered: an RFC 3339 time, or a date (midnight UTC).
         #[arg(long)]
-        since: Option<String>,
-        /// The folder to write the bundle into.
-        #[arg(short, long)]
-        output_dir: Option<PathBuf>,
+        from: String,
+        /// The first instant not covered: an RFC 3339 time, or a date (midnight UTC).
+        #[arg(long)]
+        to: String,
+        /// Which report files to keep beside the bundle (the bundle always holds them all).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Format::Html, Format::Json, Format::Csv, Format::Oscal])]
+        format: Vec<Format>,
+        /// The folder to write into (created if missing; files of an earlier export are replaced).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Html,
+    Json,
+    Csv,
+    /// OSCAL Assessment Results (JSON).
+    Oscal,
+}
+
 impl ReportArgs {
-    pub(super) async fn run(&self, _global: &GlobalArgs) -> anyhow::Result<Exit> {
-        Err(NotYetAvailable { command: "report", arrives: "compliance reports, after the daemon" }.into())
+    pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
+        let ReportCommand::Export { from, to, format, out } = &self.command;
+        let (from, to) = (instant(from, "--from")?, instant(to, "--to")?);
+        let Some(period) = Period::new(from, to) else {
+            bail!("--from must be before --to");
+        };
+        let plan = load_plan(global)?;
+        let db = Db::open(&plan.evidence.store).await?;
+        let result = async {
+            let ledger = open_ledger(&plan, &db).await?;
+            let witness = witness(&plan).await?;
+            let generated_at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+            let exported =
+                report::export(&ledger, witness.as_deref(), report::policy(&plan), period, generated_at, out)
+                    .await
+                    .with_context(|| format!("export the report into {}", out.display()))?;
+            // The bundle holds every format; the loose copies are the ones asked for.
+            let keep = |path: &std::path::Path| {
+                let name = path.to_string_lossy();
+                (name.ends_with(".html") && format.contains(&Format::Html))
+                    || (name.ends_with("report.json") && format.contains(&Format::Json))
+                    || (name.ends_with("oscal.json") && format.contains(&Format::Oscal))
+                    || (name.ends_with(".csv") && format.contains(&Format::Csv))
+                    || path == exported.bundle
+            };
+            let mut kept = Vec::new();
+            for file in &exported.files {
+                if keep(file) {
+                    kept.push(file.clone());
+                } else {
+                    std::fs::remove_file(file).with_context(|| format!("remove {}", file.display()))?;
+                }
+            }
+            if !format.contains(&Format::Csv) {
+                let _ = std::fs::remove_dir(out.join("report/csv"));
+            }
+            match global.output {
+                OutputFormat::Json => {
+                    #[derive(serde::Serialize)]
+                    struct Shown<'a> {
+                        files: &'a [PathBuf],
+                        bundle: &'a PathBuf,
+                        records: u64,
+                        first_seq: u64,
+                        last_seq: u64,
+                        checkpoint_size: u64,
+                        exceptions: usize,
+                        witness_copies: usize,
+                    }
+                    let r = &exported.report;
+                    print_json(&Shown {
+                        files: &kept,
+                        bundle: &exported.bundle,
+                        records: r.records,
+                        first_seq: r.integrity.first_seq,
+                        last_seq: r.integrity.last_seq,
+                        checkpoint_size: r.integrity.checkpoint_size,
+                        exceptions: r.exceptions.len(),
+                        witness_copies: exported.witness_copies,
+                    })?;
+                }
+                OutputFormat::Human => {
+                    let r = &exported.report;
+                    println!(
+                        "report {} to {}: {} records ({} to {}), {} secrets, {} backup sets, {} drill runs, {} exceptions",
+                        r.period.from,
+                        r.period.to,
+                        r.records,
+                        r.integrity.first_seq,
+                        r.integrity.last_seq,
+                        r.rotation.len(),
+                        r.backups.len(),
+                        r.drills.runs.len(),
+                        r.exceptions.len()
+                    );
+                    for file in &kept {
+                        println!("  {}", file.display());
+                    }
+                    println!(
+                        "signed checkpoint of size {} ({} witness copies); verify with:\n  vigil evidence verify --bundle {} --vkey \"$(cat vigil.vkey)\"",
+                        r.integrity.checkpoint_size,
+                        exported.witness_copies,
+                        exported.bundle.display()
+                    );
+                }
+            }
+            anyhow::Ok(Exit::Success)
+        }
+        .await;
+        db.close().await;
+        result
     }
+}
+
+/// An RFC 3339 time, or a date taken as midnight UTC.
+fn instant(text: &str, flag: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    if let Some(at) = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)) {
+        return Ok(at.and_utc());
+    }
+    bail!("{flag} {text:?} is neither an RFC 3339 time nor a YYYY-MM-DD date")
 }

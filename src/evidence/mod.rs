@@ -483,6 +483,53 @@ pub async fn consistency(db: &Db, old_size: u64, new_size: u64) -> Result<Vec<Ha
     Ok(merkle::consistency_proof(&leaves, usize::try_from(old_size).unwrap_or(leaves.len())))
 }
 
+/// Feeds the first `size` records to `visit` in order, each with its Merkle leaf hash: one
+/// streaming pass, as the verifier's scan reads them. An unreadable record stops it.
+pub async fn for_each_record<S: Send + 'static>(
+    db: &Db,
+    size: u64,
+    state: S,
+    visit: fn(&mut S, &RecordRef<'_>, Hash),
+) -> Result<S, EvidenceError> {
+    struct Walk<S> {
+        state: S,
+        visit: fn(&mut S, &RecordRef<'_>, Hash),
+        wanted: u64,
+        seen: u64,
+        buffer: Vec<u8>,
+        unreadable: Option<(u64, String)>,
+    }
+    let walk = Walk { state, visit, wanted: size, seen: 0, buffer: Vec::new(), unreadable: None };
+    let walk = store::scan(db, walk, |walk, scanned| {
+        if walk.seen >= walk.wanted {
+            return std::ops::ControlFlow::Break(());
+        }
+        match scanned {
+            store::Scanned::Record(record) => {
+                let (_, leaf) = record.hashes(&mut walk.buffer);
+                (walk.visit)(&mut walk.state, &record, leaf);
+                walk.seen += 1;
+                std::ops::ControlFlow::Continue(())
+            }
+            store::Scanned::Unreadable { seq, why } => {
+                walk.unreadable = Some((seq, why));
+                std::ops::ControlFlow::Break(())
+            }
+        }
+    })
+    .await?;
+    if let Some((seq, why)) = walk.unreadable {
+        return Err(EvidenceError::Refused {
+            kind: "export".into(),
+            why: format!("record {seq} cannot be read ({why}); run `vigil evidence verify`"),
+        });
+    }
+    if walk.seen < size {
+        return Err(EvidenceError::Incomplete { size, readable: walk.seen });
+    }
+    Ok(walk.state)
+}
+
 /// The leaf hashes of the first `size` records, read by the verifier's scan.
 ///
 /// Memory grows with the records actually read, never with `size` itself: a stored

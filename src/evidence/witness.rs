@@ -24,6 +24,15 @@ pub(super) async fn record(witness: &dyn ObjectStore, checkpoint: &StoredCheckpo
     witness.put(LATEST, checkpoint.note.clone().into_bytes(), &options).await
 }
 
+/// The witness's copy of `checkpoint`, if it holds one.
+pub async fn copy_of(witness: &dyn ObjectStore, checkpoint: &StoredCheckpoint) -> Result<Option<Vec<u8>>, ObjectError> {
+    match witness.get(&key(checkpoint)).await {
+        Ok(note) => Ok(Some(note.to_vec())),
+        Err(ObjectError::NotFound { .. }) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 /// A witness used for the first time (it holds no newest checkpoint) receives every checkpoint
 /// the database has, so that a ledger older than its witness, or one whose first checkpoint was
 /// signed as it opened, is covered from the start. Afterwards only new checkpoints are written.

@@ -1,16 +1,22 @@
-//! The command line as people meet it: help with examples, plain refusals for what is not
-//! built yet, exit codes, and completions.
+//! The command line as people meet it: help with examples, one-line refusals, exit codes, and
+//! completions.
 
 use crate::support::{repo_root, vigil};
 
 #[test]
-fn commands_not_built_yet_say_so_and_exit_2() {
+fn a_report_period_that_makes_no_sense_is_refused_in_one_line() {
     let root = repo_root();
-    let run = vigil(&root, &["report", "export"]);
-    run.assert_code(2);
-    let stderr = run.stderr();
-    assert_eq!(stderr.lines().count(), 1, "one line, not {stderr:?}");
-    assert!(stderr.contains("is not available yet") && stderr.contains("compliance reports"), "{stderr}");
+    for (from, to, why) in [
+        ("2026-02-01", "2026-01-01", "--from must be before --to"),
+        ("yesterday", "2026-01-01", "--from \"yesterday\" is neither an RFC 3339 time nor a YYYY-MM-DD date"),
+    ] {
+        let run = vigil(&root, &["report", "export", "--from", from, "--to", to, "--out", "unused"]);
+        run.assert_code(1);
+        let stderr = run.stderr();
+        assert_eq!(stderr.lines().count(), 1, "one line, not {stderr:?}");
+        assert!(stderr.contains(why), "{stderr}");
+    }
+    assert!(!root.join("unused").exists());
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod engines;
 mod evidence;
 mod jwt;
 mod pitr;
+mod report;
 mod robustness;
 mod rotation;
 mod services;

@@ -17,6 +17,16 @@ pub struct Services {
     pub mariadb: Database,
     /// The pgBackRest stanza the private PostgreSQL archives its WAL to.
     pub pgbackrest: PgBackRest,
+    /// compliance-trestle and Chromium, for the report tests.
+    pub report_tools: ReportTools,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReportTools {
+    pub trestle: PathBuf,
+    /// A Python with `jsonschema`.
+    pub python: PathBuf,
+    pub chromium: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -77,9 +77,7 @@ impl DemoArgs {
         pitr(root, &vigil, &demo, &state)?;
         daemon::run(&vigil, &demo, &state, self.serve)?;
 
-        step("26. Commands still to come say so plainly (exit 2)");
-        let output = vigil_command(&vigil, &demo, &state).args(["report", "export"]).output()?;
-        print!("   {}", String::from_utf8_lossy(&output.stderr));
+        report(&vigil, &demo, &state)?;
 
         if self.down {
             step("27. Services down");
@@ -91,6 +89,58 @@ impl DemoArgs {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Step 26: the compliance report of the demo's day, its bundle verified offline, and an edited
+/// copy caught.
+fn report(vigil: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
+    step("26. The compliance report: exported, its bundle verified offline, an edited copy caught");
+    let now = chrono::Utc::now();
+    let from = (now - chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
+    let to = (now + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let out = demo.join("report");
+    let exported = show(vigil, demo, state, &["report", "export", "--from", &from, "--to", &to, "--out", "report"])?;
+    if !exported.status.success() {
+        bail!("vigil report export failed");
+    }
+    let vkey = vigil_command(vigil, demo, state).args(["evidence", "pubkey", "--vkey"]).output()?;
+    std::fs::write(demo.join("vigil.vkey"), &vkey.stdout)?;
+    println!(
+        "   open {} in a browser; the JSON, CSV and OSCAL files are beside it",
+        out.join("report/report.html").display()
+    );
+
+    // The auditor's side: a folder with the bundle and the key, no configuration.
+    let auditor = demo.join("auditor");
+    let _ = std::fs::remove_dir_all(&auditor);
+    std::fs::create_dir_all(&auditor)?;
+    std::fs::copy(out.join("bundle.tar"), auditor.join("bundle.tar"))?;
+    std::fs::copy(demo.join("vigil.vkey"), auditor.join("vigil.vkey"))?;
+    let offline = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        println!("   (in {}, no configuration) $ vigil {}", auditor.display(), args.join(" "));
+        let output = Command::new(vigil).current_dir(&auditor).env_remove("VIGIL_CONFIG").args(args).output()?;
+        for line in
+            String::from_utf8_lossy(&output.stdout).lines().chain(String::from_utf8_lossy(&output.stderr).lines())
+        {
+            println!("     {line}");
+        }
+        Ok(output)
+    };
+    if !offline(&["evidence", "verify", "--bundle", "bundle.tar", "--vkey-file", "vigil.vkey"])?.status.success() {
+        bail!("the demo's bundle did not verify");
+    }
+    // A backup's size edited in place in a copy of the bundle.
+    let mut bytes = std::fs::read(auditor.join("bundle.tar"))?;
+    let marker = b"plaintext_bytes\\\":";
+    let at = bytes.windows(marker.len()).position(|w| w == marker).context("a backup record in the bundle")?;
+    let digit = at + marker.len();
+    bytes[digit] = if bytes[digit] == b'9' { b'8' } else { b'9' };
+    std::fs::write(auditor.join("edited.tar"), &bytes)?;
+    println!("   a copy with one backup's size changed in records.jsonl:");
+    if offline(&["evidence", "verify", "--bundle", "edited.tar", "--vkey-file", "vigil.vkey"])?.status.success() {
+        bail!("the edited bundle verified");
+    }
+    Ok(())
 }
 
 /// Steps 7 to 9: the evidence ledger, from its first record to a caught forgery.

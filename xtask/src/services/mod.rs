@@ -37,6 +37,9 @@ pub struct State {
     /// The repository the private PostgreSQL archives its WAL to; recreated with it.
     #[serde(default)]
     pub pgbackrest: Option<pgbackrest::PgBackRest>,
+    /// Tools, not processes: the OSCAL validator and the browser the report tests use.
+    #[serde(default)]
+    pub report_tools: Option<tools::ReportTools>,
 }
 
 /// A private database server and its superuser.
@@ -257,6 +260,8 @@ pub fn up(root: &Path) -> anyhow::Result<State> {
             state.mariadb = Some(mariadb::start(&mut ctx, &certs)?);
             ctx.save(&state)?;
         }
+        state.report_tools = Some(tools::report_tools(&ctx)?);
+        ctx.save(&state)?;
         Ok(())
     })();
     ctx.save(&state)?;
@@ -332,6 +337,9 @@ fn print_summary(state: &State) {
     }
     if let Some(r) = &state.pgbackrest {
         eprintln!("  pgbackrest stanza {}  {}", r.stanza, r.config.display());
+    }
+    if let Some(t) = &state.report_tools {
+        eprintln!("  report    {}  {}", t.trestle.display(), t.chromium.display());
     }
     if let Some(d) = &state.mariadb {
         eprintln!("  mariadb   127.0.0.1:{} user {}  (pid {})", d.port, d.user, d.pid);

@@ -1,6 +1,6 @@
 //! What the services need installed: a Python virtualenv with moto and OpenBao, Debian's
-//! database server packages, and an unprivileged account to run the databases as; and the AWS
-//! CLI for the backup benchmark's baseline.
+//! database server packages, and an unprivileged account to run the databases as; the AWS CLI
+//! for the backup benchmark's baseline; compliance-trestle and Chromium for the report tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +38,30 @@ const BENCH_PACKAGES: [&str; 1] = ["awscli==1.45.11"];
 /// The `aws` binary, in `target/services/bench-venv`, installed on first use.
 pub fn aws_cli(ctx: &Context) -> anyhow::Result<PathBuf> {
     Ok(python_venv(ctx, "bench-venv", &BENCH_PACKAGES)?.join("bin/aws"))
+}
+
+/// The independent OSCAL validator the report tests run, pinned like the emulators.
+const REPORT_PACKAGES: [&str; 2] = ["compliance-trestle==5.2.0", "jsonschema==4.26.0"];
+
+/// What the report tests check the report with, from outside vigil: compliance-trestle's
+/// `trestle` (OSCAL validation) and a Python with `jsonschema` (the JSON report against its
+/// schema), in `target/services/report-venv`; and Debian's headless Chromium.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReportTools {
+    pub trestle: PathBuf,
+    pub python: PathBuf,
+    pub chromium: PathBuf,
+}
+
+/// Installs the report tools when missing.
+pub fn report_tools(ctx: &Context) -> anyhow::Result<ReportTools> {
+    ensure_debian_packages(&[("/usr/bin/chromium", "chromium")])?;
+    let venv = python_venv(ctx, "report-venv", &REPORT_PACKAGES)?;
+    let trestle = venv.join("bin/trestle");
+    if !trestle.is_file() {
+        bail!("{} is missing; remove {} and run again", trestle.display(), venv.display());
+    }
+    Ok(ReportTools { trestle, python: venv.join("bin/python"), chromium: PathBuf::from("/usr/bin/chromium") })
 }
 
 /// `target/services/NAME`, a virtualenv holding exactly `packages`, created or recreated when the
