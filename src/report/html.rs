@@ -90,7 +90,7 @@ pub fn render(report: &Report) -> Result<String, askama::Error> {
                     .iter()
                     .map(|f| {
                         let cleared = f.resolved_by.map_or("not cleared".into(), |seq| format!("cleared by #{seq}"));
-                        format!("#{} {}: {} at {}; {cleared}", f.seq, f.at, f.step, f.reason)
+                        format!("#{} at {}: step {} failed: {}; {cleared}", f.seq, f.at, f.step, f.reason)
                     })
                     .collect(),
             }
