@@ -16,7 +16,7 @@ use crate::state::Db;
 #[command(after_long_help = "Examples:
   vigil report export --from 2026-07-01 --to 2026-10-01 --out q3-report/
   vigil report export --from 2026-01-01 --to 2027-01-01 --format html,json --out 2026/
-  vigil evidence verify --bundle q3-report/bundle.tar --vkey \"$(cat vigil.vkey)\"")]
+  vigil evidence verify --bundle q3-report/bundle.tar --vkey-file vigil.vkey")]
 pub struct ReportArgs {
     #[command(subcommand)]
     command: ReportCommand,
@@ -89,7 +89,7 @@ impl ReportArgs {
                 }
             }
             if !format.contains(&Format::Csv) {
-                let _ = std::fs::remove_dir(out.join("report/csv"));
+                let _ = std::fs::remove_dir(out.join("csv"));
             }
             match global.output {
                 OutputFormat::Json => {
@@ -134,7 +134,7 @@ impl ReportArgs {
                         println!("  {}", file.display());
                     }
                     println!(
-                        "signed checkpoint of size {} ({} witness copies); verify with:\n  vigil evidence verify --bundle {} --vkey \"$(cat vigil.vkey)\"",
+                        "signed checkpoint of size {} ({} witness copies); verify with:\n  vigil evidence verify --bundle {} --vkey-file vigil.vkey",
                         r.integrity.checkpoint_size,
                         exported.witness_copies,
                         exported.bundle.display()

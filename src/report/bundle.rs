@@ -316,7 +316,7 @@ pub async fn export(
         let path = path.to_owned();
         move |source| ExportError::Write { path, source }
     };
-    std::fs::create_dir_all(out.join("report/csv")).map_err(write_err(out))?;
+    std::fs::create_dir_all(out.join("csv")).map_err(write_err(out))?;
     let checkpoint = ledger.checkpoint().await?;
     let verifier = ledger.verifier();
     // The checkpoint was just signed by this key: its body parses.
@@ -418,9 +418,10 @@ pub async fn export(
             bytes: bytes.len() as u64,
         });
     }
-    // The report's files also sit loose in the folder, for reading.
-    for (path, bytes) in contents.iter().chain(&others).filter(|(path, _)| path.starts_with("report/")) {
-        let target = out.join(path);
+    // The report's files also sit loose in the folder, for reading: `report.html`, `csv/`, ...
+    for (path, bytes) in contents.iter().chain(&others) {
+        let Some(loose) = path.strip_prefix("report/") else { continue };
+        let target = out.join(loose);
         std::fs::write(&target, bytes).map_err(write_err(&target))?;
         files.push(target);
     }

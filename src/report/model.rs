@@ -391,6 +391,8 @@ struct Details {
 struct Subject {
     /// Sagas by id, in the order first seen.
     runs: Vec<Run>,
+    /// Where each saga is in `runs`: a year of hourly backups is 8,760 runs of one set.
+    index: std::collections::HashMap<String, usize>,
     /// Rolled-back runs' failure records.
     failures: Vec<Failure>,
     /// Records about it in the period.
@@ -481,9 +483,10 @@ impl Builder {
             "started" | "finished" | "rolled_back" => {
                 let Some(saga) = details.saga.clone() else { return };
                 let at = record.time.to_owned();
-                let index = match subject.runs.iter().position(|run| run.saga == saga) {
-                    Some(index) => index,
+                let index = match subject.index.get(&saga) {
+                    Some(index) => *index,
                     None => {
+                        subject.index.insert(saga.clone(), subject.runs.len());
                         subject.runs.push(Run {
                             saga,
                             started_seq: None,

@@ -31,7 +31,9 @@ impl Events {
     async fn new(dir: &std::path::Path, key: LedgerKey) -> Self {
         let db = Db::open(&StateStore::Sqlite { path: dir.join("state.db") }).await.unwrap();
         let clock = Arc::new(ManualClock::new(t("2025-12-31T00:00:00Z")));
-        let ledger = Ledger::open(db, key, clock.clone()).await.unwrap();
+        // Every checkpoint is also written to a witness folder beside the ledger.
+        let ledger =
+            Ledger::open(db, key, clock.clone()).await.unwrap().with_witness(witness(dir).await).await.unwrap();
         Self { clock, ledger, next_saga: 0 }
     }
 
@@ -207,11 +209,21 @@ async fn known_ledger(dir: &std::path::Path, key: LedgerKey) -> Events {
     e
 }
 
+async fn witness(dir: &std::path::Path) -> Box<dyn vigil::objects::ObjectStore> {
+    let settings = vigil::objects::Settings::Local { path: dir.join("witness") };
+    vigil::objects::connect(&settings, None).await.unwrap()
+}
+
 async fn export_known(dir: &std::path::Path, key: LedgerKey) -> (Report, std::path::PathBuf, NoteVerifier) {
     let events = known_ledger(dir, key).await;
     let verifier = events.ledger.verifier();
     let out = dir.join("out");
-    let exported = export(&events.ledger, None, policy(), period(), "2026-01-12T00:00:00Z".into(), &out).await.unwrap();
+    let witness = witness(dir).await;
+    let exported =
+        export(&events.ledger, Some(witness.as_ref()), policy(), period(), "2026-01-12T00:00:00Z".into(), &out)
+            .await
+            .unwrap();
+    assert_eq!(exported.witness_copies, 1);
     (exported.report, exported.bundle, verifier)
 }
 
@@ -297,7 +309,7 @@ async fn an_intact_bundle_verifies_with_the_pinned_key_alone() {
     assert_eq!((verified.first_seq, verified.last_seq), (report.integrity.first_seq, report.integrity.last_seq));
     assert!(verified.numbers > 100, "{} numbers", verified.numbers);
     // The loose files are the bundle's.
-    let html = std::fs::read_to_string(dir.path().join("out/report/report.html")).unwrap();
+    let html = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
     assert!(html.contains("<section id=\"drills\">") && html.contains("<svg"));
     assert!(!dir.path().join("out/.records.jsonl.partial").exists());
 }
@@ -401,6 +413,10 @@ async fn any_edit_to_a_bundle_fails_verification_and_is_named() {
     // One byte of a CSV file.
     let why = failure(&forge(&files, "report/csv/backups.csv", replace("0.75", "0.95")), &vkey);
     assert!(why.contains("report/csv/backups.csv does not match"), "{why}");
+
+    // The witness's copy of the checkpoint.
+    let why = failure(&forge(&files, "witness/checkpoint.note", |b| b.extend_from_slice(b"\n")), &vkey);
+    assert!(why.contains("witness/checkpoint.note differs from the checkpoint"), "{why}");
 
     // A file edited without the manifest: named by its hash.
     let mut careless = files.clone();
@@ -508,13 +524,7 @@ async fn an_auditor_verifies_a_bundle_offline_and_two_reports_are_consistent() {
     // No schedules, so no cadence: the failures, the verification, the exposure over the default
     // 15-minute target and the drill, but no late or overdue rotation.
     assert_eq!(shown["exceptions"], 5, "{shown}");
-    for file in [
-        "q1/report/report.html",
-        "q1/report/report.json",
-        "q1/report/oscal.json",
-        "q1/report/csv/drills.csv",
-        "q1/bundle.tar",
-    ] {
+    for file in ["q1/report.html", "q1/report.json", "q1/oscal.json", "q1/csv/drills.csv", "q1/bundle.tar"] {
         assert!(dir.path().join(file).is_file(), "{file} written");
     }
     let vkey = run(&["--config", config, "evidence", "pubkey", "--vkey"]).assert_code(0).stdout();
@@ -629,7 +639,7 @@ async fn the_html_report_renders_in_headless_chromium_with_its_sections_and_char
     let services = crate::support::Services::load();
     let dir = tempfile::tempdir().unwrap();
     let out = exported_known(dir.path()).await;
-    let html = out.join("report/report.html");
+    let html = out.join("report.html");
     let url = format!("file://{}", html.display());
     let chromium = |extra: &[&str]| {
         let output = std::process::Command::new(&services.report_tools.chromium)
@@ -681,7 +691,7 @@ async fn the_oscal_document_passes_trestle_validate() {
     assert!(init.status.success(), "trestle init: {}", String::from_utf8_lossy(&init.stderr));
     let model = workspace.join("assessment-results/vigil");
     std::fs::create_dir_all(&model).unwrap();
-    std::fs::copy(out.join("report/oscal.json"), model.join("assessment-results.json")).unwrap();
+    std::fs::copy(out.join("oscal.json"), model.join("assessment-results.json")).unwrap();
     let validated = trestle(&["validate", "-f", "assessment-results/vigil/assessment-results.json"]);
     let said = format!("{}{}", String::from_utf8_lossy(&validated.stdout), String::from_utf8_lossy(&validated.stderr));
     assert!(validated.status.success() && said.contains("VALID"), "trestle validate: {said}");
@@ -705,7 +715,7 @@ async fn the_json_report_is_valid_against_its_documented_schema() {
              print('valid')",
         ])
         .arg(&schema)
-        .arg(out.join("report/report.json"))
+        .arg(out.join("report.json"))
         .output()
         .expect("run python");
     assert!(

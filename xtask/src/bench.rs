@@ -33,6 +33,9 @@ enum Bench {
     /// `vigil run` with 100 secrets, idling: time to /readyz, peak and steady RSS, CPU, against
     /// a bare tokio + axum server.
     Daemon,
+    /// A year of a fleet (~950,000 records): `vigil report export` against reading the records
+    /// into JSON lines, and `vigil evidence verify --bundle` against `sha256sum` of the bundle.
+    Report,
 }
 
 impl BenchArgs {
@@ -45,6 +48,7 @@ impl BenchArgs {
             Bench::Backup => "backup",
             Bench::Drill => "drill",
             Bench::Daemon => "daemon",
+            Bench::Report => "report",
         };
         let mut bench = cargo();
         bench

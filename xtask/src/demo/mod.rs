@@ -105,10 +105,7 @@ fn report(vigil: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
     }
     let vkey = vigil_command(vigil, demo, state).args(["evidence", "pubkey", "--vkey"]).output()?;
     std::fs::write(demo.join("vigil.vkey"), &vkey.stdout)?;
-    println!(
-        "   open {} in a browser; the JSON, CSV and OSCAL files are beside it",
-        out.join("report/report.html").display()
-    );
+    println!("   open {} in a browser; the JSON, CSV and OSCAL files are beside it", out.join("report.html").display());
 
     // The auditor's side: a folder with the bundle and the key, no configuration.
     let auditor = demo.join("auditor");
