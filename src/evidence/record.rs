@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::merkle::{self, Hash};
@@ -18,7 +18,8 @@ const DOMAIN: &[u8] = b"vigil.evidence.v1\n";
 pub const MAX_DETAILS_BYTES: usize = 64 * 1024;
 
 /// Who wrote a record: the host, the process and the vigil version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Actor {
     /// Host name.
     pub host: String,
@@ -88,8 +89,10 @@ pub struct NewRecord {
     pub details: serde_json::Value,
 }
 
-/// A stored record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A stored record; its JSON form (hashes in hex) is what `vigil evidence list --output json`
+/// prints and a report bundle's `records.jsonl` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Record {
     /// Position in the ledger, from 1, without gaps.
     pub seq: u64,
@@ -106,15 +109,23 @@ pub struct Record {
     /// Details as canonical JSON text, exactly as hashed.
     pub details: String,
     /// The previous record's hash (zeros for the first).
-    #[serde(serialize_with = "hex_hash")]
+    #[serde(serialize_with = "hex_hash", deserialize_with = "from_hex")]
     pub prev_hash: Hash,
     /// This record's hash.
-    #[serde(serialize_with = "hex_hash")]
+    #[serde(serialize_with = "hex_hash", deserialize_with = "from_hex")]
     pub hash: Hash,
 }
 
 fn hex_hash<S: serde::Serializer>(hash: &Hash, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&hex::encode(hash))
+}
+
+fn from_hex<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Hash, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    hex::decode(&text)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| serde::de::Error::custom("a hash is 64 hex digits"))
 }
 
 /// A record's fields borrowed from wherever they are stored: what hashing and verification read.
@@ -145,6 +156,25 @@ pub struct RecordRef<'a> {
 }
 
 impl RecordRef<'_> {
+    /// The record, owned.
+    pub fn to_record(&self) -> Record {
+        Record {
+            seq: self.seq,
+            time: self.time.to_owned(),
+            kind: self.kind.to_owned(),
+            subject: self.subject.to_owned(),
+            actor: Actor {
+                host: self.actor_host.to_owned(),
+                pid: self.actor_pid,
+                version: self.actor_version.to_owned(),
+            },
+            outcome: self.outcome.to_owned(),
+            details: self.details.to_owned(),
+            prev_hash: *self.prev_hash,
+            hash: *self.hash,
+        }
+    }
+
     /// Writes the canonical encoding into `out` (cleared first): the domain line, then each
     /// field in order, strings as a 4-byte big-endian length and their UTF-8 bytes, numbers
     /// big-endian, the previous hash last.

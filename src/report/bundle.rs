@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::evidence::merkle::{self, Hash};
-use crate::evidence::{self, Checkpoint, EvidenceError, Ledger, NoteVerifier, RecordRef};
+use crate::evidence::{self, Checkpoint, EvidenceError, Ledger, NoteVerifier, Record, RecordRef};
 use crate::objects::ObjectStore;
 
 use super::model::{Builder, Integrity, ModelError, Period, Policy, Report};
@@ -77,71 +77,6 @@ struct Proof {
     hashes: Vec<String>,
 }
 
-/// One line of `records.jsonl`: a record as `vigil evidence list --output json` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    seq: u64,
-    time: String,
-    kind: String,
-    subject: String,
-    actor: LineActor,
-    outcome: String,
-    details: String,
-    prev_hash: String,
-    hash: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LineActor {
-    host: String,
-    pid: u32,
-    version: String,
-}
-
-impl Line {
-    fn of(record: &RecordRef<'_>) -> Self {
-        Self {
-            seq: record.seq,
-            time: record.time.to_owned(),
-            kind: record.kind.to_owned(),
-            subject: record.subject.to_owned(),
-            actor: LineActor {
-                host: record.actor_host.to_owned(),
-                pid: record.actor_pid,
-                version: record.actor_version.to_owned(),
-            },
-            outcome: record.outcome.to_owned(),
-            details: record.details.to_owned(),
-            prev_hash: hex::encode(record.prev_hash),
-            hash: hex::encode(record.hash),
-        }
-    }
-
-    /// The record, with its hashes decoded; `None` when a hash is not 32 bytes of hex.
-    fn hashes(&self) -> Option<(Hash, Hash)> {
-        let decode = |text: &str| -> Option<Hash> { hex::decode(text).ok()?.try_into().ok() };
-        Some((decode(&self.prev_hash)?, decode(&self.hash)?))
-    }
-
-    fn as_ref<'a>(&'a self, prev_hash: &'a Hash, hash: &'a Hash) -> RecordRef<'a> {
-        RecordRef {
-            seq: self.seq,
-            time: &self.time,
-            kind: &self.kind,
-            subject: &self.subject,
-            actor_host: &self.actor.host,
-            actor_pid: self.actor.pid,
-            actor_version: &self.actor.version,
-            outcome: &self.outcome,
-            details: &self.details,
-            prev_hash,
-            hash,
-        }
-    }
-}
-
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -196,23 +131,23 @@ struct Scan {
     out: BufWriter<std::fs::File>,
     error: Option<std::io::Error>,
     /// The newest record before the period, while the period's first is not found.
-    before: Option<Line>,
+    before: Option<Record>,
     /// The record right after `before`, when the period turns out empty.
-    after_empty: Option<Line>,
+    after_empty: Option<Record>,
     /// The period's first and last record so far.
     first: Option<u64>,
     last: u64,
     /// Records after the newest of the period, held until a later record of the period comes
     /// (clocks of two writers may disagree by a little) or the scan ends. Past `MAX_PENDING`
     /// the period is taken to have ended.
-    pending: Vec<Line>,
+    pending: Vec<Record>,
     closed: bool,
     /// The bundle's first and last record.
     written: Option<SeqRange>,
 }
 
 impl Scan {
-    fn write(&mut self, line: &Line) {
+    fn write(&mut self, line: &Record) {
         if self.error.is_some() {
             return;
         }
@@ -238,10 +173,10 @@ impl Scan {
         match (self.first, in_period) {
             (None, false) => {
                 if time.is_none_or(|t| t < self.from) {
-                    self.before = Some(Line::of(record));
+                    self.before = Some(record.to_record());
                     self.after_empty = None;
                 } else if self.after_empty.is_none() {
-                    self.after_empty = Some(Line::of(record));
+                    self.after_empty = Some(record.to_record());
                 }
             }
             (None, true) => {
@@ -253,14 +188,13 @@ impl Scan {
             }
             (Some(_), true) => {
                 for line in std::mem::take(&mut self.pending) {
-                    let (prev, hash) = line.hashes().unwrap_or_default();
-                    self.builder.feed(&line.as_ref(&prev, &hash));
+                    self.builder.feed(&line.as_ref());
                     self.write(&line);
                 }
                 self.include(record);
             }
             (Some(_), false) => {
-                self.pending.push(Line::of(record));
+                self.pending.push(record.to_record());
                 if self.pending.len() > MAX_PENDING {
                     self.closed = true;
                 }
@@ -271,7 +205,7 @@ impl Scan {
     fn include(&mut self, record: &RecordRef<'_>) {
         self.builder.feed(record);
         self.last = record.seq;
-        self.write(&Line::of(record));
+        self.write(&record.to_record());
     }
 
     /// Writes the closing fence, and returns the period's range.
@@ -790,13 +724,10 @@ fn read_records(
             break;
         }
         number += 1;
-        let line: Line = serde_json::from_str(&text)
+        let line: Record = serde_json::from_str(&text)
             .map_err(|err| BundleError::Mismatch(format!("{RECORDS} line {number} is not a record: {err}")))?;
-        let seq = line.seq;
-        let (prev_hash, hash) = line
-            .hashes()
-            .ok_or_else(|| BundleError::Mismatch(format!("record {seq}: a hash is not 32 bytes of hex")))?;
-        let record = line.as_ref(&prev_hash, &hash);
+        let (seq, prev_hash, hash) = (line.seq, line.prev_hash, line.hash);
+        let record = line.as_ref();
         let (computed, leaf) = record.hashes(&mut buffer);
         if computed != hash {
             return Err(BundleError::Mismatch(format!("record {seq} was changed: its contents do not give its hash")));
