@@ -698,10 +698,7 @@ fn secret_section(
             section: Section::Rotation,
             subject: name.clone(),
             what: failure_text("rotation", failure),
-            records: failure.resolved_by.into_iter().fold(vec![failure.seq], |mut v, s| {
-                v.push(s);
-                v
-            }),
+            records: std::iter::once(failure.seq).chain(failure.resolved_by).collect(),
         });
     }
     SecretSection {
@@ -736,10 +733,7 @@ fn backup_section(
             section: Section::Backups,
             subject: name.clone(),
             what: failure_text("backup", failure),
-            records: failure.resolved_by.into_iter().fold(vec![failure.seq], |mut v, s| {
-                v.push(s);
-                v
-            }),
+            records: std::iter::once(failure.seq).chain(failure.resolved_by).collect(),
         });
     }
     if !subject.verification_failed.is_empty() {
