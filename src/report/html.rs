@@ -90,7 +90,8 @@ pub fn render(report: &Report) -> Result<String, askama::Error> {
                     .iter()
                     .map(|f| {
                         let cleared = f.resolved_by.map_or("not cleared".into(), |seq| format!("cleared by #{seq}"));
-                        format!("#{} at {}: step {} failed: {}; {cleared}", f.seq, f.at, f.step, f.reason)
+                        let how = if f.stuck { "could not be undone (stuck)" } else { "failed" };
+                        format!("#{} at {}: step {} {how}: {}; {cleared}", f.seq, f.at, f.step, f.reason)
                     })
                     .collect(),
             }

@@ -163,7 +163,7 @@ pub struct SecretSection {
     pub rotations: Vec<Run>,
     /// Rotations that finished.
     pub succeeded: u64,
-    /// Rotations rolled back.
+    /// Rotations rolled back or left stuck.
     pub failed: u64,
     /// The longest time without a successful rotation, within the period.
     pub longest_interval_secs: i64,
@@ -188,7 +188,8 @@ pub struct Run {
     pub ended_seq: Option<u64>,
     /// When it ended.
     pub ended_at: Option<String>,
-    /// `succeeded`, `failed`, or `in_flight` when the period holds no end.
+    /// `succeeded`, `failed` (rolled back), `stuck` (an undo failed), or `in_flight` when the
+    /// period holds no end.
     pub outcome: String,
 }
 
@@ -203,6 +204,9 @@ pub struct Failure {
     pub step: String,
     /// Why, as recorded.
     pub reason: String,
+    /// Whether it was left stuck (an undo failed, so it needed an operator) rather than
+    /// rolled back.
+    pub stuck: bool,
     /// The next successful run of the same subject, which cleared it; none when still open.
     pub resolved_by: Option<u64>,
 }
@@ -218,7 +222,7 @@ pub struct BackupSection {
     pub runs: u64,
     /// Runs that finished.
     pub succeeded: u64,
-    /// Runs rolled back.
+    /// Runs rolled back or left stuck.
     pub failed: u64,
     /// `succeeded / (succeeded + failed)`, to four decimals; none without an ended run.
     pub success_rate: Option<f64>,
@@ -367,6 +371,10 @@ struct Details {
     #[serde(default)]
     saga: Option<String>,
     #[serde(default)]
+    step: Option<String>,
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default)]
     detail: Option<serde_json::Value>,
     #[serde(default)]
     data: Option<serde_json::Value>,
@@ -404,6 +412,28 @@ struct Subject {
     newest_verified: Option<Verified>,
     pruned: u64,
     encryption: std::collections::BTreeSet<Encryption>,
+}
+
+impl Subject {
+    /// The run of `saga`, added as in flight when first met.
+    fn run(&mut self, saga: String) -> &mut Run {
+        let index = match self.index.get(&saga) {
+            Some(index) => *index,
+            None => {
+                self.index.insert(saga.clone(), self.runs.len());
+                self.runs.push(Run {
+                    saga,
+                    started_seq: None,
+                    started_at: None,
+                    ended_seq: None,
+                    ended_at: None,
+                    outcome: "in_flight".into(),
+                });
+                self.runs.len() - 1
+            }
+        };
+        &mut self.runs[index]
+    }
 }
 
 #[derive(Debug)]
@@ -474,39 +504,41 @@ impl Builder {
         };
         let subject = subjects.entry(record.subject.to_owned()).or_default();
         subject.records += 1;
-        // Steps are most of the ledger and carry nothing the report counts: not parsed.
-        if event == "step" || event == "check" || event == "watch" {
+        // Steps are most of the ledger and, but for a failed undo, carry nothing the report
+        // counts: not parsed.
+        if (event == "step" && record.outcome != "failed") || event == "check" || event == "watch" {
             return;
         }
         let details: Details = serde_json::from_str(record.details).unwrap_or_default();
         match event {
+            // An undo that failed leaves the saga stuck: it needs an operator.
+            "step" => {
+                let (Some(saga), Some("undo")) = (details.saga.clone(), details.phase.as_deref()) else { return };
+                subject.run(saga).outcome = "stuck".into();
+                let error = details.detail.as_ref().and_then(|d| d.get("error")).and_then(|e| e.as_str());
+                subject.failures.push(Failure {
+                    seq: record.seq,
+                    at: record.time.to_owned(),
+                    step: details.step.unwrap_or_default(),
+                    reason: error.unwrap_or_default().to_owned(),
+                    stuck: true,
+                    resolved_by: None,
+                });
+            }
             "started" | "finished" | "rolled_back" => {
                 let Some(saga) = details.saga.clone() else { return };
                 let at = record.time.to_owned();
-                let index = match subject.index.get(&saga) {
-                    Some(index) => *index,
-                    None => {
-                        subject.index.insert(saga.clone(), subject.runs.len());
-                        subject.runs.push(Run {
-                            saga,
-                            started_seq: None,
-                            started_at: None,
-                            ended_seq: None,
-                            ended_at: None,
-                            outcome: "in_flight".into(),
-                        });
-                        subject.runs.len() - 1
-                    }
-                };
-                let run = &mut subject.runs[index];
+                let run = subject.run(saga);
                 if event == "started" {
                     run.started_seq = Some(record.seq);
                     run.started_at = Some(at);
                 } else {
+                    // A stuck saga an operator later rolled back is one failure, not two.
+                    let was_stuck = run.outcome == "stuck";
                     run.ended_seq = Some(record.seq);
                     run.ended_at = Some(at.clone());
                     run.outcome = if event == "finished" { "succeeded" } else { "failed" }.into();
-                    if event == "rolled_back" {
+                    if event == "rolled_back" && !was_stuck {
                         let detail = details.detail.unwrap_or_default();
                         let text = |key: &str| detail.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
                         subject.failures.push(Failure {
@@ -514,6 +546,7 @@ impl Builder {
                             at,
                             step: text("step"),
                             reason: text("error"),
+                            stuck: false,
                             resolved_by: None,
                         });
                     }
@@ -793,7 +826,8 @@ fn failure_text(what: &str, failure: &Failure) -> String {
         Some(seq) => format!("cleared by the {what} ending at record {seq}"),
         None => "not cleared in the period".into(),
     };
-    format!("{what} failed at step {}: {}; {cleared}", failure.step, failure.reason)
+    let how = if failure.stuck { "stuck, needing an operator," } else { "failed" };
+    format!("{what} {how} at step {}: {}; {cleared}", failure.step, failure.reason)
 }
 
 /// The exposure over `[from, end]`: piecewise linear, rising at one second per second, falling

@@ -724,3 +724,36 @@ async fn the_json_report_is_valid_against_its_documented_schema() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_stuck_rotation_is_a_failure_until_a_later_one_clears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = Events::new(dir.path(), LedgerKey::generate("vigil/test")).await;
+    let stuck = json!({ "saga": "saga-stuck", "step": "set", "phase": "undo", "data": {}, "detail": { "error": "admin login refused" } });
+    e.at(
+        "2026-01-02T00:00:00Z",
+        "rotation.started",
+        "db",
+        Outcome::Started,
+        json!({ "saga": "saga-stuck", "step": "saga", "phase": "started" }),
+    )
+    .await;
+    e.at("2026-01-02T00:00:00Z", "rotation.step", "db", Outcome::Failed, stuck).await;
+    e.saga("rotation", "db", "2026-01-03T00:00:00Z", None, json!({})).await;
+    // An operator rolls the stuck one back later: still one failure.
+    e.at("2026-01-04T00:00:00Z", "rotation.rolled_back", "db", Outcome::Failed, json!({
+        "saga": "saga-stuck", "step": "saga", "phase": "rolled_back", "detail": { "step": "set", "error": "admin login refused" },
+    }))
+    .await;
+    let exported = export(&e.ledger, None, policy(), period(), "2026-01-12T00:00:00Z".into(), &dir.path().join("out"))
+        .await
+        .unwrap();
+    let db = exported.report.rotation.iter().find(|s| s.name == "db").unwrap();
+    assert_eq!((db.succeeded, db.failed), (1, 1));
+    let failure = &db.failures[0];
+    assert!(failure.stuck && failure.step == "set" && failure.reason == "admin login refused", "{failure:?}");
+    assert!(failure.resolved_by.is_some());
+    let what: Vec<&str> = exported.report.exceptions.iter().map(|e| e.what.as_str()).collect();
+    assert!(what.iter().any(|w| w.starts_with("rotation stuck, needing an operator, at step set")), "{what:?}");
+    assert!(verify_bundle(std::fs::File::open(&exported.bundle).unwrap(), &e.ledger.verifier()).is_ok());
+}
