@@ -54,6 +54,8 @@ pub enum Kind {
     DaemonReload,
     /// An alert started, ended or happened, and where it was delivered.
     AlertSent,
+    /// A compliance report was exported: its period, range and the hash of its bundle's manifest.
+    ReportExported,
 }
 
 impl Kind {
@@ -87,6 +89,7 @@ impl Kind {
             Self::DaemonStopped => "daemon.stopped",
             Self::DaemonReload => "daemon.reload",
             Self::AlertSent => "alert.sent",
+            Self::ReportExported => "report.exported",
         }
     }
 }
@@ -143,6 +146,7 @@ mod tests {
             Kind::DaemonStopped,
             Kind::DaemonReload,
             Kind::AlertSent,
+            Kind::ReportExported,
         ];
         let names: std::collections::BTreeSet<_> = all.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), all.len());

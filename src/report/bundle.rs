@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::evidence::merkle::{self, Hash};
-use crate::evidence::{self, Checkpoint, EvidenceError, Ledger, NoteVerifier, Record, RecordRef};
+use crate::evidence::{
+    self, Checkpoint, EvidenceError, Kind, Ledger, NewRecord, NoteVerifier, Outcome, Record, RecordRef,
+};
 use crate::objects::ObjectStore;
 
 use super::model::{Builder, Integrity, ModelError, Period, Policy, Report};
@@ -390,6 +392,25 @@ pub async fn export(
     tar.into_inner().and_then(|mut w| w.flush()).map_err(write_err(&bundle))?;
     std::fs::remove_file(&records_path).map_err(write_err(&records_path))?;
     files.push(bundle.clone());
+    // The export is an action like any other: recorded, with the manifest's hash (which covers
+    // every file of the bundle), and signed for at once.
+    ledger
+        .append(NewRecord {
+            kind: Kind::ReportExported.into(),
+            subject: "report".into(),
+            outcome: Outcome::Succeeded,
+            details: serde_json::json!({
+                "from": report.period.from,
+                "to": report.period.to,
+                "first_seq": report.integrity.first_seq,
+                "last_seq": report.integrity.last_seq,
+                "checkpoint_size": report.integrity.checkpoint_size,
+                "exceptions": report.exceptions.len(),
+                "manifest_sha256": hex::encode(Sha256::digest(&manifest_json)),
+            }),
+        })
+        .await?;
+    ledger.checkpoint().await?;
     Ok(Exported { report, files, bundle, witness_copies })
 }
 

@@ -86,7 +86,7 @@ fn rotations(report: &Report) -> String {
                 opt(started_at.as_ref()),
                 opt(*ended_seq),
                 opt(ended_at.as_ref()),
-                outcome.clone(),
+                outcome.as_str().to_owned(),
                 opt(resolved),
             ]);
         }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use askama::Template;
 
-use super::model::{Report, human_secs, micros};
+use super::model::{Report, RunOutcome, human_secs, micros};
 
 #[derive(Template)]
 #[template(path = "report.html")]
@@ -201,10 +201,10 @@ fn rotation_chart(report: &Report) -> String {
             WIDTH - 10.0
         );
         for run in &s.rotations {
-            let color = match run.outcome.as_str() {
-                "succeeded" => "#2a7d2a",
-                "failed" => "#c0392b",
-                _ => "#999",
+            let color = match run.outcome {
+                RunOutcome::Succeeded => "#2a7d2a",
+                RunOutcome::Failed | RunOutcome::Stuck => "#c0392b",
+                RunOutcome::InFlight => "#999",
             };
             if let Some(x) = x(run.ended_at.as_deref().or(run.started_at.as_deref())) {
                 let _ = write!(

@@ -188,9 +188,34 @@ pub struct Run {
     pub ended_seq: Option<u64>,
     /// When it ended.
     pub ended_at: Option<String>,
-    /// `succeeded`, `failed` (rolled back), `stuck` (an undo failed), or `in_flight` when the
-    /// period holds no end.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: RunOutcome,
+}
+
+/// How a saga run ended, as far as the period's records tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Every step acted.
+    Succeeded,
+    /// A step failed and every step taken was undone.
+    Failed,
+    /// An undo failed: an operator was needed.
+    Stuck,
+    /// The period holds no end.
+    InFlight,
+}
+
+impl RunOutcome {
+    /// The name the JSON and CSV use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Stuck => "stuck",
+            Self::InFlight => "in_flight",
+        }
+    }
 }
 
 /// A failed run and what cleared it.
@@ -427,7 +452,7 @@ impl Subject {
                     started_at: None,
                     ended_seq: None,
                     ended_at: None,
-                    outcome: "in_flight".into(),
+                    outcome: RunOutcome::InFlight,
                 });
                 self.runs.len() - 1
             }
@@ -514,7 +539,7 @@ impl Builder {
             // An undo that failed leaves the saga stuck: it needs an operator.
             "step" => {
                 let (Some(saga), Some("undo")) = (details.saga.clone(), details.phase.as_deref()) else { return };
-                subject.run(saga).outcome = "stuck".into();
+                subject.run(saga).outcome = RunOutcome::Stuck;
                 let error = details.detail.as_ref().and_then(|d| d.get("error")).and_then(|e| e.as_str());
                 subject.failures.push(Failure {
                     seq: record.seq,
@@ -534,10 +559,10 @@ impl Builder {
                     run.started_at = Some(at);
                 } else {
                     // A stuck saga an operator later rolled back is one failure, not two.
-                    let was_stuck = run.outcome == "stuck";
+                    let was_stuck = run.outcome == RunOutcome::Stuck;
                     run.ended_seq = Some(record.seq);
                     run.ended_at = Some(at.clone());
-                    run.outcome = if event == "finished" { "succeeded" } else { "failed" }.into();
+                    run.outcome = if event == "finished" { RunOutcome::Succeeded } else { RunOutcome::Failed };
                     if event == "rolled_back" && !was_stuck {
                         let detail = details.detail.unwrap_or_default();
                         let text = |key: &str| detail.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
@@ -687,7 +712,7 @@ fn secret_section(
     let mut successes: Vec<(i64, u64)> = subject
         .runs
         .iter()
-        .filter(|run| run.outcome == "succeeded")
+        .filter(|run| run.outcome == RunOutcome::Succeeded)
         .filter_map(|run| Some((micros(run.ended_at.as_deref()?)?, run.ended_seq?)))
         .collect();
     successes.sort_unstable();
@@ -757,7 +782,7 @@ fn backup_section(
 ) -> BackupSection {
     subject.runs.sort_by_key(|run| run.started_seq.or(run.ended_seq));
     resolve(&mut subject.failures, &subject.runs);
-    let succeeded = subject.runs.iter().filter(|run| run.outcome == "succeeded").count() as u64;
+    let succeeded = subject.runs.iter().filter(|run| run.outcome == RunOutcome::Succeeded).count() as u64;
     let failed = subject.failures.len() as u64;
     let target = policy.as_ref().map_or(DEFAULT_RPO_TARGET_SECS, |p| p.rpo_target_secs);
     let exposure = exposure(&mut subject.written, from, end, target);
@@ -815,7 +840,7 @@ fn resolve(failures: &mut [Failure], runs: &[Run]) {
     for failure in failures {
         failure.resolved_by = runs
             .iter()
-            .filter(|run| run.outcome == "succeeded" && run.started_seq.is_some_and(|s| s > failure.seq))
+            .filter(|run| run.outcome == RunOutcome::Succeeded && run.started_seq.is_some_and(|s| s > failure.seq))
             .filter_map(|run| run.ended_seq)
             .min();
     }

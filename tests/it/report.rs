@@ -527,6 +527,15 @@ async fn an_auditor_verifies_a_bundle_offline_and_two_reports_are_consistent() {
     for file in ["q1/report.html", "q1/report.json", "q1/oscal.json", "q1/csv/drills.csv", "q1/bundle.tar"] {
         assert!(dir.path().join(file).is_file(), "{file} written");
     }
+    // The export is recorded, naming its bundle by the manifest's hash.
+    let recorded = run(&["--config", config, "--output", "json", "evidence", "list", "--kind", "report.exported"]);
+    let recorded = recorded.assert_code(0).json();
+    let details: serde_json::Value = serde_json::from_str(recorded[0]["details"].as_str().unwrap()).unwrap();
+    let manifest = unpack(&dir.path().join("q1/bundle.tar")).remove(0);
+    assert_eq!(manifest.0, "manifest.json");
+    use sha2::Digest as _;
+    assert_eq!(details["manifest_sha256"], hex::encode(sha2::Sha256::digest(&manifest.1)));
+    assert_eq!((details["from"].as_str(), details["exceptions"].as_u64()), (Some("2026-01-01T00:00:00Z"), Some(5)));
     let vkey = run(&["--config", config, "evidence", "pubkey", "--vkey"]).assert_code(0).stdout();
     std::fs::write(dir.path().join("vigil.vkey"), &vkey).unwrap();
 
