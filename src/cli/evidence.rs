@@ -185,20 +185,16 @@ impl EvidenceCommand {
                 }
             }
             Self::Consistency { old, new, vkey, vkey_file, proof: _ } => {
-                let pinned =
-                    vkey.as_deref().or(if vkey_file.is_none() { plan.evidence.trusted_vkey.as_deref() } else { None });
-                let vkey = match read_vkey(pinned, vkey_file.as_deref())? {
+                let vkey = match pinned_vkey(plan, vkey.as_deref(), vkey_file.as_deref())? {
                     Some(vkey) => vkey,
                     None => open_ledger(plan, db).await?.verifier(),
                 };
                 return consistency(old, new, &vkey, None, Some(db), output).await;
             }
             Self::Verify { vkey, vkey_file, bundle: _ } => {
-                // --vkey or --vkey-file first, then the configuration's pinned key.
-                let vkey =
-                    vkey.as_deref().or(if vkey_file.is_none() { plan.evidence.trusted_vkey.as_deref() } else { None });
+                let vkey = pinned_vkey(plan, vkey.as_deref(), vkey_file.as_deref())?;
                 let witness = witness(plan).await?;
-                return verify(db, vkey, vkey_file.as_deref(), witness.as_deref(), output).await;
+                return verify(db, vkey, witness.as_deref(), output).await;
             }
             Self::Checkpoint => {
                 let ledger = open_ledger(plan, db).await?;
@@ -290,27 +286,19 @@ impl EvidenceCommand {
 
 async fn verify(
     db: &Db,
-    vkey: Option<&str>,
-    vkey_file: Option<&Path>,
+    vkey: Option<NoteVerifier>,
     witness: Option<&dyn crate::objects::ObjectStore>,
     output: OutputFormat,
 ) -> anyhow::Result<Exit> {
-    let vkey = match (vkey, vkey_file) {
-        (Some(vkey), _) => Some(vkey.to_owned()),
-        (None, Some(path)) => {
-            Some(std::fs::read_to_string(path).with_context(|| format!("read the verifier key {}", path.display()))?)
-        }
-        (None, None) => None,
-    };
-    let trust = match &vkey {
-        Some(vkey) => Trust::Pinned(Box::new(NoteVerifier::parse(vkey).context("the verifier key given")?)),
+    let pinned = if vkey.is_some() { "pinned" } else { "trusted on first use from the genesis record" };
+    let trust = match vkey {
+        Some(vkey) => Trust::Pinned(Box::new(vkey)),
         None => Trust::Genesis,
     };
     let report = evidence::verify(db, trust).await?;
     match output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Human => {
-            let pinned = if vkey.is_some() { "pinned" } else { "trusted on first use from the genesis record" };
             println!("records      {}", report.records);
             println!(
                 "checkpoints  {} verified, newest covers {}",
@@ -341,6 +329,12 @@ async fn verify(
     Ok(Exit::Success)
 }
 
+/// The key to trust: --vkey or --vkey-file first, then the configuration's pinned key.
+fn pinned_vkey(plan: &Plan, vkey: Option<&str>, vkey_file: Option<&Path>) -> anyhow::Result<Option<NoteVerifier>> {
+    let configured = if vkey_file.is_none() { plan.evidence.trusted_vkey.as_deref() } else { None };
+    read_vkey(vkey.or(configured), vkey_file)
+}
+
 /// The verifier key from --vkey or --vkey-file, if either is given.
 fn read_vkey(vkey: Option<&str>, vkey_file: Option<&Path>) -> anyhow::Result<Option<NoteVerifier>> {
     let text = match (vkey, vkey_file) {
@@ -350,7 +344,7 @@ fn read_vkey(vkey: Option<&str>, vkey_file: Option<&Path>) -> anyhow::Result<Opt
         }
         (None, None) => return Ok(None),
     };
-    Ok(Some(NoteVerifier::parse(text.trim()).context("the verifier key given")?))
+    Ok(Some(NoteVerifier::parse(&text).context("the verifier key given")?))
 }
 
 fn verify_bundle(path: &Path, vkey: &NoteVerifier, output: OutputFormat) -> anyhow::Result<Exit> {

@@ -54,6 +54,17 @@ enum Format {
     Oscal,
 }
 
+impl Format {
+    fn to_report(self) -> report::Format {
+        match self {
+            Self::Html => report::Format::Html,
+            Self::Json => report::Format::Json,
+            Self::Csv => report::Format::Csv,
+            Self::Oscal => report::Format::Oscal,
+        }
+    }
+}
+
 impl ReportArgs {
     pub(super) async fn run(&self, global: &GlobalArgs) -> anyhow::Result<Exit> {
         let ReportCommand::Export { from, to, format, out } = &self.command;
@@ -67,30 +78,12 @@ impl ReportArgs {
             let ledger = open_ledger(&plan, &db).await?;
             let witness = witness(&plan).await?;
             let generated_at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+            let loose: Vec<report::Format> = format.iter().map(|f| f.to_report()).collect();
             let exported =
-                report::export(&ledger, witness.as_deref(), report::policy(&plan), period, generated_at, out)
+                report::export(&ledger, witness.as_deref(), report::policy(&plan), period, generated_at, out, &loose)
                     .await
                     .with_context(|| format!("export the report into {}", out.display()))?;
-            // The bundle holds every format; the loose copies are the ones asked for.
-            let keep = |path: &std::path::Path| {
-                let name = path.to_string_lossy();
-                (name.ends_with(".html") && format.contains(&Format::Html))
-                    || (name.ends_with("report.json") && format.contains(&Format::Json))
-                    || (name.ends_with("oscal.json") && format.contains(&Format::Oscal))
-                    || (name.ends_with(".csv") && format.contains(&Format::Csv))
-                    || path == exported.bundle
-            };
-            let mut kept = Vec::new();
-            for file in &exported.files {
-                if keep(file) {
-                    kept.push(file.clone());
-                } else {
-                    std::fs::remove_file(file).with_context(|| format!("remove {}", file.display()))?;
-                }
-            }
-            if !format.contains(&Format::Csv) {
-                let _ = std::fs::remove_dir(out.join("csv"));
-            }
+            let kept = &exported.files;
             match global.output {
                 OutputFormat::Json => {
                     #[derive(serde::Serialize)]
@@ -106,7 +99,7 @@ impl ReportArgs {
                     }
                     let r = &exported.report;
                     print_json(&Shown {
-                        files: &kept,
+                        files: kept,
                         bundle: &exported.bundle,
                         records: r.records,
                         first_seq: r.integrity.first_seq,
@@ -130,7 +123,7 @@ impl ReportArgs {
                         r.drills.runs.len(),
                         r.exceptions.len()
                     );
-                    for file in &kept {
+                    for file in kept {
                         println!("  {}", file.display());
                     }
                     println!(

@@ -25,6 +25,7 @@ use crate::evidence::{
 };
 use crate::objects::ObjectStore;
 
+use super::Format;
 use super::model::{Builder, Integrity, ModelError, Period, Policy, Report};
 
 /// The bundle format, in the manifest's `format` field.
@@ -235,7 +236,8 @@ impl Scan {
     }
 }
 
-/// Exports the report of `period` into `out`: the report's files, then `bundle.tar`.
+/// Exports the report of `period` into `out`: the report's files of the formats in `loose`, then
+/// `bundle.tar`, which holds them all.
 ///
 /// A checkpoint is signed first, so the bundle's checkpoint covers every record there is. The
 /// ledger is read once, streaming; memory grows with the number of records (32 bytes each, for
@@ -247,12 +249,14 @@ pub async fn export(
     period: Period,
     generated_at: String,
     out: &Path,
+    loose: &[Format],
 ) -> Result<Exported, ExportError> {
     let write_err = |path: &Path| {
         let path = path.to_owned();
         move |source| ExportError::Write { path, source }
     };
-    std::fs::create_dir_all(out.join("csv")).map_err(write_err(out))?;
+    let folder = if loose.contains(&Format::Csv) { out.join("csv") } else { out.to_owned() };
+    std::fs::create_dir_all(&folder).map_err(write_err(&folder))?;
     let checkpoint = ledger.checkpoint().await?;
     let verifier = ledger.verifier();
     // The checkpoint was just signed by this key: its body parses.
@@ -354,12 +358,23 @@ pub async fn export(
             bytes: bytes.len() as u64,
         });
     }
-    // The report's files also sit loose in the folder, for reading: `report.html`, `csv/`, ...
+    // The report's files of the formats asked for also sit loose in the folder, for reading
+    // (`report.html`, `csv/`, ...); those of an earlier export in other formats are removed.
     for (path, bytes) in contents.iter().chain(&others) {
-        let Some(loose) = path.strip_prefix("report/") else { continue };
-        let target = out.join(loose);
-        std::fs::write(&target, bytes).map_err(write_err(&target))?;
-        files.push(target);
+        let (Some(name), Some(format)) = (path.strip_prefix("report/"), Format::of(path)) else { continue };
+        let target = out.join(name);
+        if loose.contains(&format) {
+            std::fs::write(&target, bytes).map_err(write_err(&target))?;
+            files.push(target);
+        } else if let Err(err) = std::fs::remove_file(&target)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(ExportError::Write { path: target, source: err });
+        }
+    }
+    if !loose.contains(&Format::Csv) {
+        // Only when empty: nothing but an earlier export's files is ever removed.
+        let _ = std::fs::remove_dir(out.join("csv"));
     }
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -493,8 +508,8 @@ pub fn verify_bundle(reader: impl Read, trusted: &NoteVerifier) -> Result<Bundle
     let expected: BTreeMap<&str, &FileEntry> = manifest.files.iter().map(|f| (f.path.as_str(), f)).collect();
     let mut seen = std::collections::BTreeSet::new();
 
-    let mut report_json: Option<serde_json::Value> = None;
-    let mut builder: Option<Builder> = None;
+    // The JSON report as bundled, when it was made, and the recomputation it starts.
+    let mut bundled: Option<(serde_json::Value, String, Builder)> = None;
     let mut checkpoint_note: Option<String> = None;
     let mut witness_notes: Vec<(String, Vec<u8>)> = Vec::new();
     let mut proof: Option<Proof> = None;
@@ -514,7 +529,7 @@ pub fn verify_bundle(reader: impl Read, trusted: &NoteVerifier) -> Result<Bundle
         }
         let mut hashing = HashingReader { inner: &mut entry, hasher: Sha256::new(), bytes: 0 };
         if path == RECORDS {
-            let Some(builder) = builder.as_mut() else {
+            let Some((_, _, builder)) = bundled.as_mut() else {
                 return Err(malformed("records.jsonl comes before report/report.json"));
             };
             let ends = read_records(&mut hashing, &manifest, builder, &mut leaves)?;
@@ -531,11 +546,9 @@ pub fn verify_bundle(reader: impl Read, trusted: &NoteVerifier) -> Result<Bundle
                 if declared.period != manifest.period {
                     return Err(mismatch(format!("{REPORT_JSON}: the period differs from the manifest's")));
                 }
-                builder = Some(
-                    Builder::new(declared.period, declared.policy)
-                        .map_err(|err| mismatch(format!("{REPORT_JSON}: {err}")))?,
-                );
-                report_json = Some(value);
+                let builder = Builder::new(declared.period, declared.policy)
+                    .map_err(|err| mismatch(format!("{REPORT_JSON}: {err}")))?;
+                bundled = Some((value, declared.generated_at, builder));
             } else if path == CHECKPOINT {
                 checkpoint_note = Some(String::from_utf8(bytes).map_err(|_| malformed("checkpoint.note is not text"))?);
             } else if path.starts_with("witness/") {
@@ -632,9 +645,7 @@ pub fn verify_bundle(reader: impl Read, trusted: &NoteVerifier) -> Result<Bundle
     }
 
     // Every number recomputes: the report again from the records, compared field by field.
-    let bundled = report_json.ok_or_else(|| malformed("no report/report.json"))?;
-    let declared: Declared =
-        serde_json::from_value(bundled.clone()).map_err(|err| mismatch(format!("{REPORT_JSON}: {err}")))?;
+    let (bundled, generated_at, builder) = bundled.ok_or_else(|| malformed("no report/report.json"))?;
     let integrity = Integrity {
         first_seq: range.first,
         last_seq: range.last,
@@ -644,8 +655,7 @@ pub fn verify_bundle(reader: impl Read, trusted: &NoteVerifier) -> Result<Bundle
         vkey: signer.vkey(),
         fingerprint: signer.fingerprint(),
     };
-    let builder = builder.ok_or_else(|| malformed("no report/report.json"))?;
-    let recomputed = builder.finish(&declared.generated_at, integrity);
+    let recomputed = builder.finish(&generated_at, integrity);
     // Through text and back, as the bundled report came: both numbers then pass the same parse.
     let value: serde_json::Value = serde_json::to_string(&recomputed)
         .and_then(|text| serde_json::from_str(&text))

@@ -178,6 +178,14 @@ fn escape(text: &str) -> String {
 const WIDTH: f64 = 760.0;
 const LABEL: f64 = 160.0;
 
+/// A chart's opening tag, `height` tall, labelled for screen readers.
+fn svg_open(label: &str, height: impl std::fmt::Display) -> String {
+    format!(
+        r#"<svg class="chart" role="img" aria-label="{}" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" xmlns="http://www.w3.org/2000/svg">"#,
+        escape(label)
+    )
+}
+
 /// One row per secret across the period: a green tick at each successful rotation, a red one
 /// at each failure.
 fn rotation_chart(report: &Report) -> String {
@@ -188,9 +196,7 @@ fn rotation_chart(report: &Report) -> String {
     let x = |at: Option<&str>| at.and_then(micros).map(|t| LABEL + (t - from) as f64 / span * (WIDTH - LABEL - 10.0));
     let rows = report.rotation.len().max(1);
     let height = 20 * rows + 24;
-    let mut svg = format!(
-        r#"<svg class="chart" role="img" aria-label="Rotation timeline" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" xmlns="http://www.w3.org/2000/svg">"#
-    );
+    let mut svg = svg_open("Rotation timeline", height);
     for (i, s) in report.rotation.iter().enumerate() {
         let y = 20 * i + 14;
         let _ = write!(
@@ -233,10 +239,7 @@ fn exposure_chart(name: &str, chart: &[i64], target_secs: u64) -> String {
     let (height, plot) = (140.0, 110.0);
     let top = chart.iter().copied().max().unwrap_or(0).max(target_secs as i64).max(1) as f64 * 1.1;
     let bar = (WIDTH - 50.0) / chart.len().max(1) as f64;
-    let mut svg = format!(
-        r#"<svg class="chart" role="img" aria-label="RPO exposure of {}" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" xmlns="http://www.w3.org/2000/svg">"#,
-        escape(name)
-    );
+    let mut svg = svg_open(&format!("RPO exposure of {name}"), height);
     for (i, &age) in chart.iter().enumerate() {
         let h = age as f64 / top * plot;
         let color = if age > target_secs as i64 { "#c0392b" } else { "#4a78b5" };
@@ -266,9 +269,7 @@ fn drill_chart(report: &Report) -> String {
     let top =
         runs.iter().map(|d| d.rto_secs.unwrap_or(0.0).max(d.rto_target_secs as f64)).fold(1.0_f64, f64::max) * 1.1;
     let bar = (WIDTH - 50.0) / runs.len().max(1) as f64;
-    let mut svg = format!(
-        r#"<svg class="chart" role="img" aria-label="Drill RTO against target" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" xmlns="http://www.w3.org/2000/svg">"#
-    );
+    let mut svg = svg_open("Drill RTO against target", height);
     for (i, d) in runs.iter().enumerate() {
         let rto = d.rto_secs.unwrap_or(0.0);
         let h = rto / top * plot;

@@ -18,6 +18,36 @@ pub use bundle::{BundleError, BundleVerification, ExportError, Exported, export,
 pub use model::{Period, Policy, Report};
 pub use policy::policy;
 
+/// A format of the report's files: an export leaves those asked for beside its bundle, which
+/// holds them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `report.html`.
+    Html,
+    /// `report.json`.
+    Json,
+    /// `csv/*.csv`.
+    Csv,
+    /// `oscal.json`.
+    Oscal,
+}
+
+impl Format {
+    /// Every format.
+    pub const ALL: [Self; 4] = [Self::Html, Self::Json, Self::Csv, Self::Oscal];
+
+    /// The format of the file [`render`] names `path`.
+    fn of(path: &str) -> Option<Self> {
+        match path {
+            "report/report.html" => Some(Self::Html),
+            "report/report.json" => Some(Self::Json),
+            "report/oscal.json" => Some(Self::Oscal),
+            p if p.starts_with("report/csv/") => Some(Self::Csv),
+            _ => None,
+        }
+    }
+}
+
 /// The report's files, as (path in the bundle and output folder, contents), in a fixed order.
 pub fn render(report: &Report) -> Result<Vec<(String, Vec<u8>)>, askama::Error> {
     let mut json = serde_json::to_string_pretty(report).map_err(|err| askama::Error::Custom(Box::new(err)))?;

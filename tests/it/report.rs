@@ -13,7 +13,7 @@ use vigil::clock::{Clock, ManualClock};
 use vigil::evidence::{Ledger, LedgerKey, NewRecord, NoteVerifier, Outcome};
 use vigil::report::bundle::BundleError;
 use vigil::report::model::{BackupPolicy, DrillPolicy, Period, Policy, SecretPolicy};
-use vigil::report::{Report, export, verify_bundle};
+use vigil::report::{Format, Report, export, verify_bundle};
 use vigil::state::{Db, StateStore};
 
 fn t(text: &str) -> DateTime<Utc> {
@@ -219,10 +219,17 @@ async fn export_known(dir: &std::path::Path, key: LedgerKey) -> (Report, std::pa
     let verifier = events.ledger.verifier();
     let out = dir.join("out");
     let witness = witness(dir).await;
-    let exported =
-        export(&events.ledger, Some(witness.as_ref()), policy(), period(), "2026-01-12T00:00:00Z".into(), &out)
-            .await
-            .unwrap();
+    let exported = export(
+        &events.ledger,
+        Some(witness.as_ref()),
+        policy(),
+        period(),
+        "2026-01-12T00:00:00Z".into(),
+        &out,
+        &Format::ALL,
+    )
+    .await
+    .unwrap();
     assert_eq!(exported.witness_copies, 1);
     (exported.report, exported.bundle, verifier)
 }
@@ -754,9 +761,17 @@ async fn a_stuck_rotation_is_a_failure_until_a_later_one_clears_it() {
         "saga": "saga-stuck", "step": "saga", "phase": "rolled_back", "detail": { "step": "set", "error": "admin login refused" },
     }))
     .await;
-    let exported = export(&e.ledger, None, policy(), period(), "2026-01-12T00:00:00Z".into(), &dir.path().join("out"))
-        .await
-        .unwrap();
+    let exported = export(
+        &e.ledger,
+        None,
+        policy(),
+        period(),
+        "2026-01-12T00:00:00Z".into(),
+        &dir.path().join("out"),
+        &Format::ALL,
+    )
+    .await
+    .unwrap();
     let db = exported.report.rotation.iter().find(|s| s.name == "db").unwrap();
     assert_eq!((db.succeeded, db.failed), (1, 1));
     let failure = &db.failures[0];
