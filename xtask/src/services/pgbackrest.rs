@@ -43,6 +43,12 @@ pub fn ensure_installed() -> anyhow::Result<()> {
 /// Writes the configuration for a server whose private folder is `dir` (data in `dir/data`,
 /// socket in `dir`) listening on `port`; returns the repository settings. Everything it names
 /// sits inside `dir`, owned by the server's account.
+///
+/// `archive-push` is asynchronous with two processes, as pgBackRest's user guide advises for a
+/// busy server: the suite and the drill benchmark restore gigabytes of dumps into this cluster,
+/// and one synchronous push per 1 MiB segment fell thousands of segments behind, so that a
+/// backup (which waits `archive-timeout` for its own segment) failed. `archive-get` stays
+/// synchronous: drills restoring at the same time would otherwise share one spool queue.
 pub fn configure(dir: &Path, port: u16, cipher_pass: String) -> anyhow::Result<PgBackRest> {
     let root = dir.join("pgbackrest");
     let config = root.join("pgbackrest.conf");
@@ -59,6 +65,10 @@ pub fn configure(dir: &Path, port: u16, cipher_pass: String) -> anyhow::Result<P
          log-level-file=off\n\
          start-fast=y\n\
          compress-type=lz4\n\
+         \n\
+         [global:archive-push]\n\
+         archive-async=y\n\
+         process-max=2\n\
          \n\
          [{STANZA}]\n\
          pg1-path={data}\n\
