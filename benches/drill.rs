@@ -16,9 +16,14 @@
 //! - by `vigil drill run`, whose restore phase does the same three things (its restore-to-ready),
 //!   with each phase's share.
 //!
-//! Each figure is the median of `--runs` (3) interleaved runs. Targets: restore phase <= 1.10x
-//! the best bare `pg_restore`; peak RSS <= 64 MiB; pgBackRest restore-to-ready <= 1.05x the
-//! bare sequence.
+//! Each figure is the median of `--runs` (3) interleaved runs of the dump case and
+//! `--pgbackrest-runs` (8) of the pgBackRest case, whose restores are shorter and noisier; an
+//! even number lets bare and vigil go first equally often (whichever goes first is slower here).
+//! The private server archives its WAL into the stanza, and every restore into the cluster
+//! writes WAL that `archive-push` compresses and encrypts beside it: archiving is stopped during
+//! the dump case (a drill's scratch server archives nothing) and let catch up before each
+//! pgBackRest measurement. Targets: restore phase <= 1.10x the best bare `pg_restore`; peak RSS
+//! <= 64 MiB; pgBackRest restore-to-ready <= 1.05x the bare sequence.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,18 +41,23 @@ const TARGET_PGBACKREST: f64 = 1.05;
 struct Args {
     size_mib: u64,
     runs: usize,
+    /// Runs of the pgBackRest case.
+    pgbackrest_runs: usize,
     /// Only the pgBackRest case.
     pgbackrest_only: bool,
 }
 
 fn args() -> Args {
-    let mut args = Args { size_mib: 1024, runs: 3, pgbackrest_only: false };
+    let mut args = Args { size_mib: 1024, runs: 3, pgbackrest_runs: 8, pgbackrest_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--size-mib" => args.size_mib = it.next().and_then(|n| n.parse().ok()).expect("a number"),
             "--pgbackrest-only" => args.pgbackrest_only = true,
             "--runs" => args.runs = it.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0).expect("a number"),
+            "--pgbackrest-runs" => {
+                args.pgbackrest_runs = it.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0).expect("a number");
+            }
             // cargo bench passes --bench; nothing else is ours.
             _ => {}
         }
@@ -174,7 +184,7 @@ async fn main() {
     println!("drill benchmark: a PostgreSQL database of ~{} MiB of dump, {} runs", args.size_mib, args.runs);
     let database = ensure_database(&services, args.size_mib);
     if args.pgbackrest_only {
-        pgbackrest_case(&services, &database, args.runs);
+        pgbackrest_case(&services, &database, args.pgbackrest_runs);
         return;
     }
     let setup = Setup::new(&services, &database);
@@ -187,13 +197,17 @@ async fn main() {
 
     let [mut single, mut two, mut best, mut drill, mut restore] = std::array::from_fn(|_| Series::default());
     let mut shares: Vec<Vec<(String, Duration)>> = Vec::new();
+    let paused = ArchivingPaused::new(&services);
     for run in 1..=args.runs {
         eprintln!("  run {run} of {}", args.runs);
+        sync();
         let one = bare_restore(&services, &dump, 1);
+        sync();
         let jobs = bare_restore(&services, &dump, 2);
         single.push(one, None);
         two.push(jobs, None);
         best.push(one.min(jobs), None);
+        sync();
         let ran = vigil_drill(&setup, "bench");
         drill.push(ran.elapsed, Some(ran.peak_rss));
         let phase = |name: &str| ran.phases.iter().find(|(p, _)| p == name).map(|(_, d)| *d).unwrap_or_default();
@@ -223,7 +237,8 @@ async fn main() {
         "\n  peak RSS of the vigil process: {rss:.1} MiB, target <= {TARGET_RSS_MIB} MiB: {}",
         if rss <= TARGET_RSS_MIB { "ok" } else { "OVER" }
     );
-    pgbackrest_case(&services, &database, args.runs);
+    drop(paused);
+    pgbackrest_case(&services, &database, args.pgbackrest_runs);
 }
 
 /// A folder the server's account owns, with a pgbackrest set of the private cluster and a drill
@@ -315,9 +330,82 @@ fn bare_pgbackrest(services: &Services, folder: &std::path::Path, bin: &std::pat
     elapsed
 }
 
+/// Waits until the server has archived every finished WAL segment. The dump case above restores
+/// gigabytes into the same cluster, faster than one `archive-push` per segment keeps up; a backup
+/// started behind that queue fails (pgBackRest waits `archive-timeout` for its own segment), and
+/// each restore would replay a different length of archive.
+fn await_archive(services: &Services) {
+    let waiting = || {
+        services
+            .psql("postgres", "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let mut shown: Option<std::time::Instant> = None;
+    loop {
+        let left = waiting();
+        if left == 0 {
+            break;
+        }
+        if shown.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            eprintln!("  waiting for the archive to catch up: {left} WAL segment(s) to archive");
+            shown = Some(std::time::Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if shown.is_some() {
+        eprintln!("  the archive caught up in {:.0} s", started.elapsed().as_secs_f64());
+    }
+}
+
 /// Writes every dirty page out, so the next measurement starts from a quiet disk.
 fn sync() {
     let _ = std::process::Command::new("sync").status();
+}
+
+/// The private cluster's archiving, stopped (`pgbackrest stop`) while the dump case restores
+/// into it, and started again when dropped, a panic included. Each restore writes about as much
+/// WAL as it loads, and `archive-push` compressing and encrypting it takes CPU from the restore
+/// it runs beside; vigil's streamed restore, which decrypts and decompresses on the same two
+/// cores, loses more of it than a bare `pg_restore` does. A drill's scratch target is a server
+/// of its own in practice, one that archives nothing. The server keeps the WAL until the
+/// archive is started again.
+struct ArchivingPaused<'a>(&'a Services);
+
+impl<'a> ArchivingPaused<'a> {
+    fn new(services: &'a Services) -> Self {
+        pgbackrest_control(services, "stop");
+        Self(services)
+    }
+}
+
+impl Drop for ArchivingPaused<'_> {
+    fn drop(&mut self) {
+        pgbackrest_control(self.0, "start");
+    }
+}
+
+/// `pgbackrest stop` or `start` for the services' stanza, as the server's account.
+fn pgbackrest_control(services: &Services, command: &str) {
+    let mut pgbackrest = std::process::Command::new("pgbackrest");
+    pgbackrest
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .arg(format!("--config={}", services.pgbackrest_config))
+        .arg(format!("--stanza={}", services.pgbackrest_stanza))
+        .arg(command);
+    let out = services.as_pg_account(pgbackrest).output().unwrap();
+    assert!(out.status.success(), "pgbackrest {command}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Lets the machine settle before a measurement: the archive current (its `archive-push`
+/// processes would otherwise compete for the two cores with whatever runs next) and every dirty
+/// page written out.
+fn settle(services: &Services) {
+    await_archive(services);
+    sync();
 }
 
 /// The pgBackRest case: a full backup of the cluster, then bare restores and vigil drills of it,
@@ -327,25 +415,33 @@ fn pgbackrest_case(services: &Services, database: &str, runs: usize) {
     let setup = pgbackrest_setup(services, database);
     let as_account = |args: &[&str]| {
         let out = services.as_pg_account(setup.vigil(args)).output().unwrap();
-        assert!(out.status.success(), "vigil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "vigil {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
+    await_archive(services);
     let backup = as_account(&["backup", "run", "pitr", "--type", "full"]);
     let label = backup[0]["location"].as_str().unwrap().to_owned();
     let bin = std::path::Path::new("/usr/lib/postgresql/15/bin");
     let folder = setup.dir.path().join("bare");
     let [mut bare, mut vigil, mut whole] = std::array::from_fn(|_| Series::default());
     let mut last = Vec::new();
+    // Each run's ratio, by who went first (bare, vigil).
+    let mut by_order: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for run in 1..=runs {
         eprintln!("  pgBackRest run {run} of {runs}");
-        // Each writes the whole cluster: whichever goes second would pay for the first one's
-        // dirty pages. Both start from a synced disk, and they take turns going first.
+        // Each writes the whole cluster. Both start from a synced disk and a current archive, and
+        // they take turns going first: here the first of a pair is the slower, whichever it is.
         let bare_run = || {
-            sync();
+            settle(services);
             bare_pgbackrest(services, &folder, bin)
         };
         let vigil_run = || {
-            sync();
+            settle(services);
             let measured = measure("vigil drill run pitr", || {
                 vec![
                     services
@@ -379,6 +475,14 @@ fn pgbackrest_case(services: &Services, database: &str, runs: usize) {
         let restore = phases.iter().find(|(p, _)| p == "restore").map(|(_, d)| *d).unwrap();
         vigil.push(restore, None);
         whole.push(measured.elapsed, Some(measured.peak_rss));
+        let vigil_first = run % 2 == 0;
+        eprintln!(
+            "    bare {:.2} s, vigil restore-to-ready {:.2} s ({} first)",
+            bare_time.as_secs_f64(),
+            restore.as_secs_f64(),
+            if vigil_first { "vigil" } else { "bare" }
+        );
+        by_order[usize::from(vigil_first)].push(restore.as_secs_f64() / bare_time.as_secs_f64());
         last = phases;
     }
     println!("  backup {label}; medians of {runs} runs\n");
@@ -386,6 +490,16 @@ fn pgbackrest_case(services: &Services, database: &str, runs: usize) {
     row("bare: pgbackrest restore + start + recovery", &bare, None);
     row("vigil drill: restore phase (restore-to-ready)", &vigil, Some((&bare, TARGET_PGBACKREST)));
     row("vigil drill: whole run (with checks)", &whole, None);
+    let median = |ratios: &mut Vec<f64>| {
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        if n == 0 { f64::NAN } else { (ratios[(n - 1) / 2] + ratios[n / 2]) / 2.0 }
+    };
+    println!(
+        "  restore-to-ready over bare, median by order: {:.2}x when bare went first, {:.2}x when vigil did",
+        median(&mut by_order[0]),
+        median(&mut by_order[1])
+    );
     let total: Duration = last.iter().filter(|(p, _)| !p.starts_with("restore.")).map(|(_, d)| *d).sum();
     println!("\n  phases of the last drill (restore.* are parts of restore):");
     for (phase, took) in &last {
