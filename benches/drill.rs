@@ -18,7 +18,8 @@
 //!
 //! Each figure is the median of `--runs` (3) interleaved runs of the dump case and
 //! `--pgbackrest-runs` (8) of the pgBackRest case, whose restores are shorter and noisier; an
-//! even number lets bare and vigil go first equally often (whichever goes first is slower here).
+//! even number lets bare and vigil go first equally often (the first of a pair was at times the
+//! slower here, whichever it was).
 //! The private server archives its WAL into the stanza, and every restore into the cluster
 //! writes WAL that `archive-push` compresses and encrypts beside it: archiving is stopped during
 //! the dump case (a drill's scratch server archives nothing) and let catch up before each
@@ -331,9 +332,9 @@ fn bare_pgbackrest(services: &Services, folder: &std::path::Path, bin: &std::pat
 }
 
 /// Waits until the server has archived every finished WAL segment. The dump case above restores
-/// gigabytes into the same cluster, faster than one `archive-push` per segment keeps up; a backup
-/// started behind that queue fails (pgBackRest waits `archive-timeout` for its own segment), and
-/// each restore would replay a different length of archive.
+/// gigabytes into the same cluster, faster than `archive-push` keeps up; a backup started behind
+/// that queue fails (pgBackRest waits `archive-timeout` for its own segment), and each restore
+/// would replay a different length of archive.
 fn await_archive(services: &Services) {
     let waiting = || {
         services
@@ -367,10 +368,9 @@ fn sync() {
 
 /// The private cluster's archiving, stopped (`pgbackrest stop`) while the dump case restores
 /// into it, and started again when dropped, a panic included. Each restore writes about as much
-/// WAL as it loads, and `archive-push` compressing and encrypting it takes CPU from the restore
-/// it runs beside; vigil's streamed restore, which decrypts and decompresses on the same two
-/// cores, loses more of it than a bare `pg_restore` does. A drill's scratch target is a server
-/// of its own in practice, one that archives nothing. The server keeps the WAL until the
+/// WAL as it loads, and `archive-push` compressing and encrypting it takes CPU from the restores
+/// that follow, by however far the archive has fallen behind. A drill's scratch target is a
+/// server of its own in practice, one that archives nothing. The server keeps the WAL until the
 /// archive is started again.
 struct ArchivingPaused<'a>(&'a Services);
 
@@ -435,7 +435,7 @@ fn pgbackrest_case(services: &Services, database: &str, runs: usize) {
     for run in 1..=runs {
         eprintln!("  pgBackRest run {run} of {runs}");
         // Each writes the whole cluster. Both start from a synced disk and a current archive, and
-        // they take turns going first: here the first of a pair is the slower, whichever it is.
+        // they take turns going first: the first of a pair was at times the slower here.
         let bare_run = || {
             settle(services);
             bare_pgbackrest(services, &folder, bin)

@@ -45,9 +45,9 @@ pub fn ensure_installed() -> anyhow::Result<()> {
 /// sits inside `dir`, owned by the server's account.
 ///
 /// `archive-push` is asynchronous with two processes, as pgBackRest's user guide advises for a
-/// busy server: the suite and the drill benchmark restore gigabytes of dumps into this cluster,
-/// and one synchronous push per 1 MiB segment fell thousands of segments behind, so that a
-/// backup (which waits `archive-timeout` for its own segment) failed. `archive-get` stays
+/// busy server: the drill benchmark restores gigabytes of dumps into this cluster (the suite many
+/// smaller ones), and one synchronous push per 1 MiB segment fell thousands of segments behind,
+/// so that a backup (which waits `archive-timeout` for its own segment) failed. `archive-get` stays
 /// synchronous: drills restoring at the same time would otherwise share one spool queue.
 pub fn configure(dir: &Path, port: u16, cipher_pass: String) -> anyhow::Result<PgBackRest> {
     let root = dir.join("pgbackrest");
