@@ -281,16 +281,12 @@ fn bare_pgbackrest(services: &Services, folder: &std::path::Path, bin: &std::pat
     assert!(services.as_pg_account(mkdir).status().unwrap().success());
     std::fs::write(folder.join("hba.conf"), "local all all trust\n").unwrap();
     let started = std::time::Instant::now();
-    let mut restore = std::process::Command::new("pgbackrest");
+    let mut restore = pgbackrest(services);
     restore
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
         .env("PGBACKREST_REPO1_CIPHER_PASS", &services.pgbackrest_cipher_pass)
-        .arg(format!("--config={}", services.pgbackrest_config))
-        .arg(format!("--stanza={}", services.pgbackrest_stanza))
         .arg(format!("--pg1-path={}", data.display()))
         .args(["--type=default", "--archive-mode=off", "--log-level-console=error", "restore"]);
-    let out = services.as_pg_account(restore).output().unwrap();
+    let out = restore.output().unwrap();
     assert!(out.status.success(), "pgbackrest restore: {}", String::from_utf8_lossy(&out.stderr));
     let mut postgres = std::process::Command::new(bin.join("postgres"));
     postgres
@@ -387,16 +383,20 @@ impl Drop for ArchivingPaused<'_> {
     }
 }
 
-/// `pgbackrest stop` or `start` for the services' stanza, as the server's account.
-fn pgbackrest_control(services: &Services, command: &str) {
+/// `pgbackrest` for the services' stanza, as the server's account, in a cleared environment.
+fn pgbackrest(services: &Services) -> std::process::Command {
     let mut pgbackrest = std::process::Command::new("pgbackrest");
     pgbackrest
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .arg(format!("--config={}", services.pgbackrest_config))
-        .arg(format!("--stanza={}", services.pgbackrest_stanza))
-        .arg(command);
-    let out = services.as_pg_account(pgbackrest).output().unwrap();
+        .arg(format!("--stanza={}", services.pgbackrest_stanza));
+    services.as_pg_account(pgbackrest)
+}
+
+/// `pgbackrest stop` or `start` for the services' stanza.
+fn pgbackrest_control(services: &Services, command: &str) {
+    let out = pgbackrest(services).arg(command).output().unwrap();
     assert!(out.status.success(), "pgbackrest {command}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -430,8 +430,8 @@ fn pgbackrest_case(services: &Services, database: &str, runs: usize) {
     let folder = setup.dir.path().join("bare");
     let [mut bare, mut vigil, mut whole] = std::array::from_fn(|_| Series::default());
     let mut last = Vec::new();
-    // Each run's ratio, by who went first (bare, vigil).
-    let mut by_order: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // The same runs, by who went first: [bare, vigil], each (bare, vigil).
+    let mut by_order: [(Series, Series); 2] = Default::default();
     for run in 1..=runs {
         eprintln!("  pgBackRest run {run} of {runs}");
         // Each writes the whole cluster. Both start from a synced disk and a current archive, and
@@ -482,7 +482,9 @@ fn pgbackrest_case(services: &Services, database: &str, runs: usize) {
             restore.as_secs_f64(),
             if vigil_first { "vigil" } else { "bare" }
         );
-        by_order[usize::from(vigil_first)].push(restore.as_secs_f64() / bare_time.as_secs_f64());
+        let (order_bare, order_vigil) = &mut by_order[usize::from(vigil_first)];
+        order_bare.push(bare_time, None);
+        order_vigil.push(restore, None);
         last = phases;
     }
     println!("  backup {label}; medians of {runs} runs\n");
@@ -490,16 +492,14 @@ fn pgbackrest_case(services: &Services, database: &str, runs: usize) {
     row("bare: pgbackrest restore + start + recovery", &bare, None);
     row("vigil drill: restore phase (restore-to-ready)", &vigil, Some((&bare, TARGET_PGBACKREST)));
     row("vigil drill: whole run (with checks)", &whole, None);
-    let median = |ratios: &mut Vec<f64>| {
-        ratios.sort_by(f64::total_cmp);
-        let n = ratios.len();
-        if n == 0 { f64::NAN } else { (ratios[(n - 1) / 2] + ratios[n / 2]) / 2.0 }
-    };
-    println!(
-        "  restore-to-ready over bare, median by order: {:.2}x when bare went first, {:.2}x when vigil did",
-        median(&mut by_order[0]),
-        median(&mut by_order[1])
-    );
+    if runs >= 2 {
+        let [(bare_first, vigil_second), (bare_second, vigil_first)] = &by_order;
+        println!(
+            "  restore-to-ready over bare, median by order: {:.2}x when bare went first, {:.2}x when vigil did",
+            median_ratio(vigil_second, bare_first),
+            median_ratio(vigil_first, bare_second)
+        );
+    }
     let total: Duration = last.iter().filter(|(p, _)| !p.starts_with("restore.")).map(|(_, d)| *d).sum();
     println!("\n  phases of the last drill (restore.* are parts of restore):");
     for (phase, took) in &last {

@@ -83,7 +83,6 @@ impl ReportArgs {
                 report::export(&ledger, witness.as_deref(), report::policy(&plan), period, generated_at, out, &loose)
                     .await
                     .with_context(|| format!("export the report into {}", out.display()))?;
-            let kept = &exported.files;
             match global.output {
                 OutputFormat::Json => {
                     #[derive(serde::Serialize)]
@@ -99,7 +98,7 @@ impl ReportArgs {
                     }
                     let r = &exported.report;
                     print_json(&Shown {
-                        files: kept,
+                        files: &exported.files,
                         bundle: &exported.bundle,
                         records: r.records,
                         first_seq: r.integrity.first_seq,
@@ -123,7 +122,7 @@ impl ReportArgs {
                         r.drills.runs.len(),
                         r.exceptions.len()
                     );
-                    for file in kept {
+                    for file in &exported.files {
                         println!("  {}", file.display());
                     }
                     println!(
