@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::Clock;
 use crate::evidence::{Kind, Ledger, NewRecord, Outcome};
-use crate::state::{Db, on_pool};
+use crate::state::{Db, Fenced, StateError, fenced, on_pool};
 use crate::webhooks::{self, Format};
 
 /// What an alert is about.
@@ -176,18 +176,19 @@ impl Alerts {
     }
 
     /// Fires `kind` on `subject` unless it fires already (then nothing is sent).
-    pub async fn raise(&self, kind: AlertKind, subject: &str, summary: &str) -> Result<(), sqlx::Error> {
+    pub async fn raise(&self, kind: AlertKind, subject: &str, summary: &str) -> Result<(), StateError> {
         const SQL: &str = "INSERT INTO alerts (kind, subject, since, summary) VALUES ($1, $2, $3, $4) \
                            ON CONFLICT (kind, subject) DO NOTHING";
         let now = stamp(self.clock.now());
-        let new = on_pool!(self.db, pool => sqlx::query(SQL)
+        let written: Result<Result<u64, Fenced>, StateError> = fenced!(self.db, self.db.guard(), tx => sqlx::query(SQL)
             .bind(kind.as_str())
             .bind(subject)
             .bind(&now)
             .bind(summary)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected());
+        let new = written??;
         if new == 1 {
             tracing::warn!(alert = kind.as_str(), subject, summary, "alert firing");
             self.send(Status::Firing, kind, subject, summary.to_owned(), now.clone(), now);
@@ -196,17 +197,27 @@ impl Alerts {
     }
 
     /// Resolves `kind` on `subject` if it fires.
-    pub async fn clear(&self, kind: AlertKind, subject: &str) -> Result<(), sqlx::Error> {
+    pub async fn clear(&self, kind: AlertKind, subject: &str) -> Result<(), StateError> {
         const SQL: &str = "DELETE FROM alerts WHERE kind = $1 AND subject = $2 RETURNING since, summary";
-        let ended = on_pool!(self.db, pool => match sqlx::query(SQL).bind(kind.as_str()).bind(subject).fetch_optional(pool).await? {
-            Some(row) => Some((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)),
-            None => None,
+        let written: Result<Result<_, Fenced>, StateError> = fenced!(self.db, self.db.guard(), tx => {
+            match sqlx::query(SQL).bind(kind.as_str()).bind(subject).fetch_optional(&mut *tx).await? {
+                Some(row) => Some((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)),
+                None => None,
+            }
         });
+        let ended = written??;
         if let Some((since, summary)) = ended {
             tracing::info!(alert = kind.as_str(), subject, "alert resolved");
             self.send(Status::Resolved, kind, subject, summary, since, stamp(self.clock.now()));
         }
         Ok(())
+    }
+
+    /// These alerts written through `db` (a claimed run's handle): refused, and nothing sent,
+    /// once the run's claim is lost, so a replica that was paused while another took its run
+    /// over raises no alert for the run it no longer owns.
+    pub fn through(&self, db: Db) -> Self {
+        Self { db, ..self.clone() }
     }
 
     /// Raises `kind` on `subject` when `problem` says what is wrong, and clears it otherwise.

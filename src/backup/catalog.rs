@@ -1,6 +1,6 @@
 //! The backup catalog in the state store: every backup taken, where it is, and its state.
 
-use crate::state::{Db, StateError, on_pool};
+use crate::state::{Db, Fenced, StateError, fenced, on_pool};
 
 /// A backup's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -127,18 +127,18 @@ pub struct Started<'a> {
 pub async fn started(db: &Db, backup: &Started<'_>, now: &str) -> Result<(), StateError> {
     const SQL: &str = "INSERT INTO backups (id, set_name, target, method, status, location, started_at, updated_at) \
         VALUES ($1, $2, $3, $4, 'writing', $5, $6, $6) ON CONFLICT (id) DO UPDATE SET status = 'writing', \
-        started_at = $6, updated_at = $6, error = NULL";
-    on_pool!(db, pool => sqlx::query(SQL)
+        location = excluded.location, started_at = $6, updated_at = $6, error = NULL";
+    let written = fenced!(db, db.guard(), tx => sqlx::query(SQL)
         .bind(backup.id)
         .bind(backup.set)
         .bind(backup.target)
         .bind(backup.method)
         .bind(backup.location)
         .bind(now)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
-        .map(drop))?;
-    Ok(())
+        .map(drop)?);
+    settled(written)
 }
 
 /// Records a backup written, with its manifest.
@@ -153,25 +153,32 @@ pub async fn written(
     const SQL: &str = "UPDATE backups SET status = 'written', finished_at = $2, bytes = $3, manifest = $4, \
         manifest_sha256 = $5, updated_at = $2 WHERE id = $1";
     let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-    on_pool!(db, pool => sqlx::query(SQL).bind(id).bind(now).bind(bytes).bind(manifest).bind(manifest_sha256)
-        .execute(pool).await.map(drop))?;
-    Ok(())
+    let written = fenced!(db, db.guard(), tx => sqlx::query(SQL).bind(id).bind(now).bind(bytes).bind(manifest)
+        .bind(manifest_sha256).execute(&mut *tx).await.map(drop)?);
+    settled(written)
 }
 
 /// Records where a backup is, once known (a pgBackRest label is known after the backup).
 pub async fn located(db: &Db, id: &str, location: &str) -> Result<(), StateError> {
     const SQL: &str = "UPDATE backups SET location = $2 WHERE id = $1";
-    on_pool!(db, pool => sqlx::query(SQL).bind(id).bind(location).execute(pool).await.map(drop))?;
-    Ok(())
+    let written =
+        fenced!(db, db.guard(), tx => sqlx::query(SQL).bind(id).bind(location).execute(&mut *tx).await.map(drop)?);
+    settled(written)
 }
 
 /// Moves a backup to `status`, with the reason when it failed.
 pub async fn set_status(db: &Db, id: &str, status: Status, error: Option<&str>, now: &str) -> Result<(), StateError> {
     const SQL: &str = "UPDATE backups SET status = $2, error = $3, updated_at = $4, \
         verified_at = CASE WHEN $2 = 'verified' THEN $4 ELSE verified_at END WHERE id = $1";
-    on_pool!(db, pool => sqlx::query(SQL).bind(id).bind(status.as_str()).bind(error).bind(now)
-        .execute(pool).await.map(drop))?;
-    Ok(())
+    let written = fenced!(db, db.guard(), tx => sqlx::query(SQL).bind(id).bind(status.as_str()).bind(error)
+        .bind(now).execute(&mut *tx).await.map(drop)?);
+    settled(written)
+}
+
+/// A catalog write through a fenced handle (a leader's, a claimed run's): refused, and nothing
+/// written, once its fence no longer holds.
+fn settled<T>(written: Result<Result<T, Fenced>, StateError>) -> Result<(), StateError> {
+    written?.map(drop).map_err(StateError::from)
 }
 
 /// One backup, by id.

@@ -285,8 +285,8 @@ impl<'a> Backups<'a> {
             BackupMethod::Dump { .. } => {
                 let connected = self.connect(name, set).await?;
                 let def = DumpSaga { backups: self, name, set, connected: &connected };
-                let object = object_key(name, &id);
-                let data = DumpData { set: name.to_owned(), backup_id: id.clone(), object, manifest_sha256: None };
+                let data =
+                    DumpData { set: name.to_owned(), backup_id: id.clone(), object: None, manifest_sha256: None };
                 let (saga, ended) = self.executor().start(&def, &id, &Subject::Backup(name.to_owned()), data).await?;
                 self.dump_report(name, &saga, ended, &connected).await
             }
@@ -307,9 +307,14 @@ impl<'a> Backups<'a> {
         let data: DumpData = saga.decode()?;
         let id = data.backup_id;
         let entry = catalog::get(self.ctx.db, &id).await?;
+        let location = match (&data.object, &entry) {
+            (Some(object), _) => connected.store.location(object),
+            (None, Some(entry)) => entry.location.clone(),
+            (None, None) => String::new(),
+        };
         Ok(BackupReport {
             set: name.to_owned(),
-            location: connected.store.location(&data.object),
+            location,
             bytes: entry.as_ref().and_then(|e| e.bytes),
             verified: entry.is_some_and(|e| e.status == Status::Verified),
             backup_id: id,
@@ -618,16 +623,17 @@ impl<'a> Backups<'a> {
                     BackupMethod::RdsSnapshot { .. } | BackupMethod::PgBackRest(_) => None,
                 };
                 for entry in &doomed {
-                    match &connected {
-                        Some(connected) => {
-                            let object = object_key(&entry.set, &entry.id);
-                            connected.store.delete(&object).await?;
-                            connected.store.delete(&Globals::object_key(&object)).await?;
-                            connected.store.delete(&manifest_key(&object)).await?;
-                        }
-                        None => rds::delete(self, entry).await?,
-                    }
+                    // The catalog first, through the caller's fence: a run that lost its claim
+                    // is refused here and deletes nothing a verified backup names.
                     catalog::set_status(self.ctx.db, &entry.id, Status::Pruned, None, &self.now()).await?;
+                    let deleted = match &connected {
+                        Some(connected) => delete_objects(connected, &stored_object(entry)).await,
+                        None => rds::delete(self, entry).await,
+                    };
+                    if let Err(err) = deleted {
+                        catalog::set_status(self.ctx.db, &entry.id, Status::Verified, None, &self.now()).await?;
+                        return Err(err);
+                    }
                     self.ctx.ledger
                         .append(NewRecord {
                             kind: Kind::BackupPruned.into(),
@@ -677,9 +683,35 @@ fn manifest_key(object: &str) -> String {
     format!("{}.manifest.json", object.trim_end_matches(".vbk"))
 }
 
-/// The object's key: one folder per set.
-fn object_key(set: &str, id: &str) -> String {
-    format!("{set}/{id}.vbk")
+/// The object's key: one folder per set, and a name of its own for each attempt at writing
+/// it, so that a run paused mid-write that wakes after another took its work over writes beside
+/// the other's object, never over it; the catalog's manifest names the attempt that won.
+fn object_key(set: &str, id: &str, attempt: &str) -> String {
+    format!("{set}/{id}.{attempt}.vbk")
+}
+
+/// A fresh attempt's name.
+fn attempt_name() -> String {
+    use rand_core::RngCore as _;
+    format!("{:08x}", rand_core::OsRng.next_u32())
+}
+
+/// The object a catalog entry's manifest names; backups from before attempts had names of
+/// their own sit at `SET/ID.vbk`.
+fn stored_object(entry: &Entry) -> String {
+    entry
+        .manifest
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<Manifest>(text).ok())
+        .map_or_else(|| format!("{}/{}.vbk", entry.set, entry.id), |manifest| manifest.object)
+}
+
+/// Deletes a dump object, its globals and its manifest (each absent one is fine).
+async fn delete_objects(connected: &Connected, object: &str) -> Result<(), BackupError> {
+    connected.store.delete(object).await?;
+    connected.store.delete(&Globals::object_key(object)).await?;
+    connected.store.delete(&manifest_key(object)).await?;
+    Ok(())
 }
 
 /// The dump saga of one set.
@@ -690,13 +722,15 @@ struct DumpSaga<'a> {
     connected: &'a Connected,
 }
 
-/// What a dump saga records: the backup's id and object key, and the manifest's hash once
-/// written.
+/// What a dump saga records: the backup's id, and once written the object key of the attempt
+/// that won and the manifest's hash.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct DumpData {
     set: String,
     backup_id: String,
-    object: String,
+    /// Sagas from before attempts had names of their own hold `SET/ID.vbk` here from the start.
+    #[serde(default)]
+    object: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     manifest_sha256: Option<String>,
 }
@@ -706,7 +740,8 @@ impl DumpSaga<'_> {
 
     async fn write(&self, data: &DumpData) -> Result<Option<DumpData>, StepError> {
         let backups = self.backups;
-        let (id, object) = (data.backup_id.clone(), data.object.clone());
+        let id = data.backup_id.clone();
+        let object = object_key(self.name, &id, &attempt_name());
         let target = &self.set.target.value;
         let started_at = backups.now();
         let location = self.connected.store.location(&object);
@@ -783,19 +818,14 @@ impl DumpSaga<'_> {
             globals,
             extra: Default::default(),
         };
-        let pretty = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
-        let json = objects::PutOptions { content_type: Some("application/json".into()), cache_control: None };
-        self.connected.store.put(&manifest_key(&object), pretty, &json).await?;
         let sha = manifest.sha256();
-        catalog::written(
-            backups.ctx.db,
-            &id,
-            &manifest.canonical(),
-            &sha,
-            manifest.stream.ciphertext_bytes,
-            &backups.now(),
-        )
-        .await?;
+        if let Err(err) = self.commit(&id, &manifest, &sha).await {
+            // This attempt's objects are its own: no other run names them.
+            if let Err(cleanup) = delete_objects(self.connected, &object).await {
+                tracing::warn!(%cleanup, object, "cannot remove the objects of a backup attempt that did not commit");
+            }
+            return Err(err);
+        }
         // The record carries the manifest's hash and what a drill or auditor compares; the
         // wrapped key stays in the manifest.
         backups
@@ -821,7 +851,20 @@ impl DumpSaga<'_> {
             })
             .await
             .map_err(|err| StepError::Transient(err.to_string()))?;
-        Ok(Some(DumpData { manifest_sha256: Some(sha), ..data.clone() }))
+        Ok(Some(DumpData { object: Some(object), manifest_sha256: Some(sha), ..data.clone() }))
+    }
+
+    /// Stores `manifest` beside its object and commits it to the catalog, which names this
+    /// attempt as the backup's from then on. The commit goes through the run's fence: a run
+    /// whose claim was lost is refused here, and the caller removes what it wrote.
+    async fn commit(&self, id: &str, manifest: &Manifest, sha: &str) -> Result<(), StepError> {
+        let pretty = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
+        let json = objects::PutOptions { content_type: Some("application/json".into()), cache_control: None };
+        self.connected.store.put(&manifest_key(&manifest.object), pretty, &json).await?;
+        let now = self.backups.now();
+        catalog::written(self.backups.ctx.db, id, &manifest.canonical(), sha, manifest.stream.ciphertext_bytes, &now)
+            .await?;
+        Ok(())
     }
 
     /// Seals the cluster's globals beside the dump, under a data key of their own.
@@ -905,10 +948,15 @@ impl SagaDef for DumpSaga<'_> {
             // Verification changes nothing to undo; the written backup is removed next.
             DumpStep::Verify => Ok(()),
             DumpStep::Write => {
-                let (id, object) = (&data.backup_id, &data.object);
-                self.connected.store.delete(object).await?;
-                self.connected.store.delete(&Globals::object_key(object)).await?;
-                self.connected.store.delete(&manifest_key(object)).await?;
+                let id = &data.backup_id;
+                // The attempt the catalog names (a crash may have come after its commit and
+                // before the saga's data said so), and the one the saga's data names.
+                let entry = catalog::get(self.backups.ctx.db, id).await?;
+                for object in
+                    entry.iter().filter(|e| e.manifest.is_some()).map(stored_object).chain(data.object.clone())
+                {
+                    delete_objects(self.connected, &object).await.map_err(|err| StepError::Failed(err.to_string()))?;
+                }
                 let reason = saga.error.clone().unwrap_or_else(|| "rolled back".into());
                 Ok(catalog::set_status(self.backups.ctx.db, id, Status::Failed, Some(&reason), &self.backups.now())
                     .await?)
@@ -927,5 +975,9 @@ mod tests {
             manifest_key("orders/20261124T020000Z-00ff00ff.vbk"),
             "orders/20261124T020000Z-00ff00ff.manifest.json"
         );
+        let object = object_key("orders", "20261124T020000Z-00ff00ff", "0badcafe");
+        assert_eq!(object, "orders/20261124T020000Z-00ff00ff.0badcafe.vbk");
+        assert_eq!(manifest_key(&object), "orders/20261124T020000Z-00ff00ff.0badcafe.manifest.json");
+        assert_ne!(attempt_name(), attempt_name(), "each attempt writes under a name of its own");
     }
 }

@@ -18,7 +18,7 @@ const LEADER_LOCK: i64 = 0x7669_6769_6c72_756e;
 
 /// How long the leader's session may go unheard before the server ends it and frees the lock.
 /// With the standbys' 2 s poll, a standby leads within 15 s of the leader falling silent.
-pub const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+pub const LEASE: std::time::Duration = crate::state::LEASE;
 
 /// The lock file of the one daemon of a SQLite state store, held while it runs; the kernel
 /// releases it when the process ends, however it ends.

@@ -90,6 +90,9 @@ pub enum DaemonError {
     /// The evidence ledger.
     #[error(transparent)]
     Evidence(#[from] crate::evidence::EvidenceError),
+    /// A write of the daemon's own refused, or the state store failing under it.
+    #[error(transparent)]
+    Store(#[from] crate::state::StateError),
 }
 
 /// One job the daemon ran, and how it ended.
@@ -182,16 +185,21 @@ pub async fn run(
     };
     let holder = format!("{}:{}", hostname(), std::process::id());
     let mut summary = Summary::default();
+    // Listened for from the start, by every replica: SIGHUP's default action ends a process,
+    // and a standby that never led must reload, not die.
+    let mut hangup = hangup_signal();
     // Every replica works the queue, the leader included, until the scheduling side ends.
     let working = cancel.child_token();
     let schedule = async {
         let result = match db.pool() {
             Pool::Sqlite(_) => {
                 let epoch = store::next_epoch(&db, &holder, clock.now()).await?;
-                Box::pin(lead(&shared, ledger, &cancel, &options, epoch, None, &mut summary)).await
+                let lead = lead(&shared, ledger, &cancel, &options, epoch, None, &mut hangup, &mut summary);
+                Box::pin(lead).await
             }
             Pool::Postgres(pool) => {
-                Box::pin(replicate(pool, &shared, ledger, &cancel, &options, holder.clone(), &mut summary)).await
+                let replicas = Replica { shared: &shared, ledger, cancel: &cancel, options: &options };
+                Box::pin(replicas.replicate(pool, holder.clone(), &mut hangup, &mut summary)).await
             }
         };
         working.cancel();
@@ -214,67 +222,83 @@ pub async fn run(
     result.map(|()| summary)
 }
 
-/// Stands by until this daemon leads a PostgreSQL store, leads until the lead is lost, and
-/// stands by again, until cancelled.
-async fn replicate(
-    pool: &sqlx::PgPool,
-    shared: &Arc<Shared>,
-    ledger: &Ledger,
-    cancel: &CancellationToken,
-    options: &Options,
-    holder: String,
-    summary: &mut Summary,
-) -> Result<(), DaemonError> {
-    let mut candidate: Option<lease::Candidate> = None;
-    while !cancel.is_cancelled() {
-        let attempt = async {
-            if candidate.is_none() {
-                candidate = Some(lease::Candidate::connect(pool, holder.clone()).await?);
-            }
-            let Some(c) = candidate.as_mut() else { return Ok(None) };
-            c.try_lead(shared.clock.now()).await
-        };
-        match attempt.await {
-            Ok(Some(epoch)) => {
-                let Some(mut c) = candidate.take() else { continue };
-                // `leading` ends the lead, whoever ends it; `lost` says it was the lease.
-                let (leading, lost) = (cancel.child_token(), CancellationToken::new());
-                let watch = watch_lead(&mut c, epoch, &leading, &lost, shared);
-                let run = Box::pin(lead(shared, ledger, &leading, options, epoch, Some(&lost), summary));
-                let (result, ()) = tokio::join!(
-                    async {
-                        let result = run.await;
-                        leading.cancel();
-                        result
-                    },
-                    watch
-                );
-                // The session ends with the lead: the next leader's lock is free at once.
-                c.close().await;
-                result?;
-                if options.once {
-                    return Ok(());
+/// A daemon of a PostgreSQL state store, leading or standing by.
+struct Replica<'a> {
+    shared: &'a Arc<Shared>,
+    ledger: &'a Ledger,
+    cancel: &'a CancellationToken,
+    options: &'a Options,
+}
+
+impl Replica<'_> {
+    /// Stands by until this daemon leads a PostgreSQL store, leads until the lead is lost, and
+    /// stands by again, until cancelled. A standby reloads its configuration on SIGHUP (its work
+    /// runs use it); a leader's era does.
+    async fn replicate(
+        &self,
+        pool: &sqlx::PgPool,
+        holder: String,
+        hangup_signal: &mut Option<tokio::signal::unix::Signal>,
+        summary: &mut Summary,
+    ) -> Result<(), DaemonError> {
+        let Self { shared, ledger, cancel, options } = *self;
+        let mut candidate: Option<lease::Candidate> = None;
+        while !cancel.is_cancelled() {
+            let attempt = async {
+                if candidate.is_none() {
+                    candidate = Some(lease::Candidate::connect(pool, holder.clone()).await?);
                 }
-            }
-            Ok(None) => {
-                if options.once {
-                    tracing::info!("another vigil leads this state store; it runs what is due");
-                    return Ok(());
-                }
-            }
-            Err(err) => {
-                tracing::warn!(%err, "cannot reach the state store to stand for leader; retrying");
-                if let Some(c) = candidate.take() {
+                let Some(c) = candidate.as_mut() else { return Ok(None) };
+                c.try_lead(shared.clock.now()).await
+            };
+            match attempt.await {
+                Ok(Some(epoch)) => {
+                    let Some(mut c) = candidate.take() else { continue };
+                    // `leading` ends the lead, whoever ends it; `lost` says it was the lease.
+                    let (leading, lost) = (cancel.child_token(), CancellationToken::new());
+                    let watch = watch_lead(&mut c, epoch, &leading, &lost, shared);
+                    let run =
+                        Box::pin(lead(shared, ledger, &leading, options, epoch, Some(&lost), hangup_signal, summary));
+                    let (result, ()) = tokio::join!(
+                        async {
+                            let result = run.await;
+                            leading.cancel();
+                            result
+                        },
+                        watch
+                    );
+                    // The session ends with the lead: the next leader's lock is free at once.
                     c.close().await;
+                    result?;
+                    if options.once {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => {
+                    if options.once {
+                        tracing::info!("another vigil leads this state store; it runs what is due");
+                        return Ok(());
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cannot reach the state store to stand for leader; retrying");
+                    if let Some(c) = candidate.take() {
+                        c.close().await;
+                    }
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = tokio::time::sleep(STANDBY_POLL) => {}
+                () = hangup(hangup_signal) => {
+                    if let Some(next) = reload(shared, ledger).await {
+                        *shared.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(*next);
+                    }
                 }
             }
         }
-        tokio::select! {
-            () = cancel.cancelled() => {}
-            () = tokio::time::sleep(STANDBY_POLL) => {}
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// How often a standby tries for the lead, and a leader checks it still has it: well inside
@@ -326,6 +350,7 @@ async fn lead(
     options: &Options,
     epoch: i64,
     lost: Option<&CancellationToken>,
+    hangup: &mut Option<tokio::signal::unix::Signal>,
     summary: &mut Summary,
 ) -> Result<(), DaemonError> {
     let stop = cancel.child_token();
@@ -343,11 +368,10 @@ async fn lead(
     if lost.is_some() {
         leadership_lost(shared, epoch).await;
     }
-    let mut hangup = hangup_signal();
     let result = loop {
         let plan = shared.plan();
         let era = Era::new(&plan, ledger, stop.child_token(), shared, options, epoch);
-        match Box::pin(era.run(&stop, &mut hangup, summary)).await {
+        match Box::pin(era.run(&stop, hangup, summary)).await {
             Ok(EraEnd::Reload(next)) => *shared.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(*next),
             Ok(EraEnd::Stopped) => break Ok(()),
             Err(err) => break Err(err),
@@ -451,6 +475,59 @@ async fn note(ledger: &Ledger, kind: Kind, outcome: Outcome, details: serde_json
     let record = NewRecord { kind: kind.into(), subject: "daemon".into(), outcome, details };
     if let Err(err) = ledger.append(record).await {
         tracing::error!(%err, kind = kind.as_str(), "cannot record the daemon's event in the ledger");
+    }
+}
+
+/// Re-reads the configuration on SIGHUP: the plan it validates to, or none (the running plan
+/// stays) when it has errors.
+async fn reload(shared: &Shared, ledger: &Ledger) -> Option<Box<Plan>> {
+    let running = shared.plan();
+    let path = running.config_file.clone();
+    let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path)).await;
+    let metrics = &shared.metrics;
+    match loaded {
+        Ok(Ok(loaded)) => {
+            // The state store, the ledger and the listener were opened at start.
+            let new = &loaded.plan;
+            if format!("{:?}", new.evidence) != format!("{:?}", running.evidence)
+                || new.daemon.listen != running.daemon.listen
+            {
+                tracing::warn!("SIGHUP: [evidence] and [daemon] listen changes take effect at the next start");
+            }
+            tracing::info!(config = %running.config_file.display(), "SIGHUP: configuration valid; applying it once the jobs in flight finish");
+            metrics.reloads.get_or_create(&metrics::label("outcome", "applied")).inc();
+            metrics.config_ok.set(1);
+            note(
+                ledger,
+                Kind::DaemonReload,
+                Outcome::Succeeded,
+                serde_json::json!({ "files": loaded.plan.schedule_files.len() + 1 }),
+            )
+            .await;
+            Some(Box::new(loaded.plan))
+        }
+        Ok(Err(diagnostics)) => {
+            let errors: Vec<String> = diagnostics
+                .iter()
+                .filter(|d| d.severity == crate::config::Severity::Error)
+                .map(ToString::to_string)
+                .collect();
+            for error in &errors {
+                tracing::error!("{error}");
+            }
+            tracing::error!(
+                errors = errors.len(),
+                "SIGHUP: the configuration has errors; the running one stays in use (`vigil config check` shows them)"
+            );
+            metrics.reloads.get_or_create(&metrics::label("outcome", "refused")).inc();
+            metrics.config_ok.set(0);
+            note(ledger, Kind::DaemonReload, Outcome::Failed, serde_json::json!({ "errors": errors.len() })).await;
+            None
+        }
+        Err(err) => {
+            tracing::error!(%err, "SIGHUP: reading the configuration failed; the running one stays in use");
+            None
+        }
     }
 }
 
@@ -740,54 +817,7 @@ impl<'a> Era<'a> {
     /// Re-reads the configuration; a valid one ends the era once the jobs in flight finish, an
     /// invalid one keeps this plan running.
     async fn reload(&self) -> Option<Box<Plan>> {
-        let path = self.plan().config_file.clone();
-        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path)).await;
-        let metrics = &self.shared.metrics;
-        let ledger = self.rotator.ctx.ledger;
-        match loaded {
-            Ok(Ok(loaded)) => {
-                // The state store, the ledger and the listener were opened at start.
-                let new = &loaded.plan;
-                if format!("{:?}", new.evidence) != format!("{:?}", self.plan().evidence)
-                    || new.daemon.listen != self.plan().daemon.listen
-                {
-                    tracing::warn!("SIGHUP: [evidence] and [daemon] listen changes take effect at the next start");
-                }
-                tracing::info!(config = %self.plan().config_file.display(), "SIGHUP: configuration valid; applying it once the jobs in flight finish");
-                metrics.reloads.get_or_create(&metrics::label("outcome", "applied")).inc();
-                metrics.config_ok.set(1);
-                note(
-                    ledger,
-                    Kind::DaemonReload,
-                    Outcome::Succeeded,
-                    serde_json::json!({ "files": loaded.plan.schedule_files.len() + 1 }),
-                )
-                .await;
-                Some(Box::new(loaded.plan))
-            }
-            Ok(Err(diagnostics)) => {
-                let errors: Vec<String> = diagnostics
-                    .iter()
-                    .filter(|d| d.severity == crate::config::Severity::Error)
-                    .map(ToString::to_string)
-                    .collect();
-                for error in &errors {
-                    tracing::error!("{error}");
-                }
-                tracing::error!(
-                    errors = errors.len(),
-                    "SIGHUP: the configuration has errors; the running one stays in use (`vigil config check` shows them)"
-                );
-                metrics.reloads.get_or_create(&metrics::label("outcome", "refused")).inc();
-                metrics.config_ok.set(0);
-                note(ledger, Kind::DaemonReload, Outcome::Failed, serde_json::json!({ "errors": errors.len() })).await;
-                None
-            }
-            Err(err) => {
-                tracing::error!(%err, "SIGHUP: reading the configuration failed; the running one stays in use");
-                None
-            }
-        }
+        reload(self.shared, self.rotator.ctx.ledger).await
     }
 
     /// The timetable of this plan: each job's persisted next run, or for a job never

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 
-use crate::state::{Db, on_pool};
+use crate::state::{Db, Fenced, StateError, fenced, on_pool};
 
 /// One persisted job.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -68,21 +68,23 @@ pub async fn save(
     ran: Option<(DateTime<Utc>, &str)>,
     schedule: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StateError> {
     let (last_run, outcome) = match ran {
         Some((at, outcome)) => (Some(stamp(at)), Some(outcome.to_owned())),
         None => (None, None),
     };
-    on_pool!(db, pool => sqlx::query(SAVE)
+    // The leader's own write: refused, like its sagas and appends, once a newer one leads.
+    let written: Result<Result<(), Fenced>, StateError> = fenced!(db, db.guard(), tx => sqlx::query(SAVE)
         .bind(job)
         .bind(stamp(next_run))
         .bind(last_run)
         .bind(outcome)
         .bind(stamp(now))
         .bind(schedule)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
-        .map(drop))
+        .map(drop)?);
+    Ok(written??)
 }
 
 const NEXT_EPOCH: &str = "INSERT INTO daemon_leader (id, epoch, holder, since) VALUES (1, 1, $1, $2) \

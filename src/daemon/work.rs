@@ -31,7 +31,7 @@ use crate::context::Ctx;
 use crate::drill::Drills;
 use crate::evidence::Ledger;
 use crate::saga::{self, Subject};
-use crate::state::{Db, Fenced, Pool, fenced};
+use crate::state::{Claim, Db, Fence, Fenced, Pool, fenced};
 
 pub use super::timetable::Job;
 
@@ -112,7 +112,7 @@ pub async fn enqueue(
     let id = crate::clock::sortable_id_at(now);
     let (name, slot) = (job.to_string(), stamp(slot));
     let superseded = format!("superseded by the slot of {slot}");
-    fenced!(db, epoch, tx => {
+    fenced!(db, Some(Fence::Epoch(epoch)), tx => {
         sqlx::query(SUPERSEDE).bind(stamp(now)).bind(&superseded).bind(&name).execute(&mut *tx).await?;
         let inserted = sqlx::query(INSERT)
             .bind(&id)
@@ -152,7 +152,7 @@ pub async fn recover(db: &Db, epoch: i64, session: &Session) -> Result<Result<u6
         Pool::Sqlite(_) => SQLITE,
         Pool::Postgres(_) => POSTGRES,
     };
-    fenced!(db, epoch, tx => {
+    fenced!(db, Some(Fence::Epoch(epoch)), tx => {
         sqlx::query(RESTAMP).bind(epoch).execute(&mut *tx).await?;
         sqlx::query(sql).bind(epoch).bind(&session.token).execute(&mut *tx).await?.rows_affected()
     })
@@ -377,11 +377,18 @@ impl Session {
 /// Claims and runs queued work until `stop`, up to `[daemon] concurrency` runs at once; while
 /// this replica leads, also puts back the work of ended sessions. Runs in flight when `stop`
 /// comes finish their step (up to `shutdown_grace`) and are put back.
+///
+/// Runs end with their session: when it fails, its runs are cancelled and no new session claims
+/// anything until they have stopped (or, after the lease, been dropped), since the leader puts
+/// their rows back for another replica to resume.
 pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToken, worker: &str) {
     let db = &shared.db;
     let mut session: Option<Session> = None;
     let mut running: FuturesUnordered<BoxFuture<'_, (Item, End)>> = FuturesUnordered::new();
     let mut done: VecDeque<(Item, End)> = VecDeque::new();
+    // Runs of a session that failed, cancelled, and when they are dropped if still running.
+    let mut orphaned: FuturesUnordered<BoxFuture<'_, (Item, End)>> = FuturesUnordered::new();
+    let mut orphaned_until = tokio::time::Instant::now();
     // The loop's own queries run while the runs go on: a run may hold a lock they wait for.
     macro_rules! meanwhile {
         ($work:expr) => {
@@ -389,6 +396,25 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
         };
     }
     let runs = stop.child_token();
+    // The runs of the session in use: cancelled when it fails.
+    let mut session_runs = runs.child_token();
+    macro_rules! lose_session {
+        () => {{
+            if let Some(lost) = session.take() {
+                lost.close().await;
+            }
+            session_runs.cancel();
+            session_runs = runs.child_token();
+            if !running.is_empty() {
+                tracing::warn!(
+                    runs = running.len(),
+                    "the work session failed: its runs are stopped, and nothing is claimed until they have"
+                );
+                orphaned.extend(std::mem::take(&mut running));
+                orphaned_until = tokio::time::Instant::now() + lease::LEASE;
+            }
+        }};
+    }
     let mut deadline: Option<tokio::time::Instant> = None;
     // The epoch last recovered under, and when.
     let mut recovered: Option<(i64, tokio::time::Instant)> = None;
@@ -408,60 +434,30 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
         if let Some(open) = session.as_mut()
             && let Err(err) = meanwhile!(open.ping())
         {
-            tracing::warn!(%err, "the work session failed; opening another");
-            if let Some(lost) = session.take() {
-                lost.close().await;
-            }
+            tracing::warn!(%err, "the work session failed");
+            lose_session!();
         }
         // A leader that lost the lead claims nothing until its lead has ended.
-        if !stopping && !shared.deposed.load(Ordering::SeqCst) {
+        if !stopping && !shared.deposed.load(Ordering::SeqCst) && orphaned.is_empty() {
             if session.is_none() {
                 match meanwhile!(Session::open(db, worker, now)) {
                     Ok(opened) => session = Some(opened),
                     Err(err) => tracing::warn!(%err, "cannot open a session to claim work; retrying"),
                 }
             }
-            if let Some(open) = session.as_mut() {
-                let epoch = shared.epoch.load(Ordering::SeqCst);
-                // SQLite has one daemon: what its predecessor left is put back once per lead.
-                let due = match recovered {
-                    Some((last, _)) if last != epoch => true,
-                    Some((_, when)) => open.conn.is_some() && when.elapsed() >= RECOVER,
-                    None => true,
-                };
-                if epoch > 0 && due {
-                    recovered = Some((epoch, tokio::time::Instant::now()));
-                    match meanwhile!(recover(db, epoch, open)) {
-                        Ok(Ok(0)) => {}
-                        Ok(Ok(back)) => tracing::warn!(rows = back, "work of ended sessions put back in the queue"),
-                        Ok(Err(fenced)) => tracing::error!(%fenced, "cannot recover work"),
-                        Err(err) => tracing::warn!(%err, "cannot recover the work of ended sessions"),
-                    }
+            let claimed = match session.as_mut() {
+                Some(open) => {
+                    let claims = Claims { shared, ledger, runs: &session_runs, now, recovered: &mut recovered };
+                    let busy = running.len();
+                    meanwhile!(claims.take(open, busy))
                 }
-                let plan = shared.plan();
-                // A read first: an idle replica takes no write lock once a second.
-                let waiting = match meanwhile!(due_work(db, now)) {
-                    Ok(waiting) => waiting,
-                    Err(err) => {
-                        tracing::warn!(%err, "cannot look for work");
-                        false
-                    }
-                };
-                while waiting && running.len() < plan.daemon.concurrency {
-                    match meanwhile!(open.claim(db, now)) {
-                        Ok(Some(item)) => {
-                            tracing::info!(job = %item.job, run = %item.id, attempt = item.attempt, "running");
-                            running.push(run(shared, ledger, plan.clone(), item, runs.child_token()).boxed());
-                        }
-                        Ok(None) => break,
-                        Err(err) => {
-                            tracing::warn!(%err, "the work session failed; opening another");
-                            if let Some(lost) = session.take() {
-                                lost.close().await;
-                            }
-                            break;
-                        }
-                    }
+                None => Ok(Vec::new()),
+            };
+            match claimed {
+                Ok(claimed) => running.extend(claimed),
+                Err(err) => {
+                    tracing::warn!(%err, "the work session failed");
+                    lose_session!();
                 }
             }
         }
@@ -474,6 +470,13 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
         }
         tokio::select! {
             Some(ended) = running.next(), if !running.is_empty() => done.push_back(ended),
+            Some((item, _)) = orphaned.next(), if !orphaned.is_empty() => {
+                tracing::warn!(job = %item.job, run = %item.id, "a run of the failed session stopped; whoever claims it next resumes it");
+            }
+            () = tokio::time::sleep_until(orphaned_until), if !orphaned.is_empty() => {
+                tracing::warn!(runs = orphaned.len(), "runs of the failed session did not stop within the lease; dropped, to be resumed by whoever claims them next");
+                orphaned = FuturesUnordered::new();
+            }
             () = stop.cancelled(), if !stopping => {}
             () = tokio::time::sleep(POLL) => {}
             () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
@@ -483,28 +486,87 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
         }
     }
     drop(running);
+    drop(orphaned);
     if let Some(open) = session {
         open.close().await;
     }
 }
 
-/// Runs `item` with a context of its own over `plan`.
+/// One look for work by a session: what `work` hands it.
+struct Claims<'s, 'r> {
+    shared: &'s Arc<Shared>,
+    ledger: &'s Ledger,
+    /// The session's runs' token.
+    runs: &'r CancellationToken,
+    now: DateTime<Utc>,
+    /// The epoch last recovered under, and when.
+    recovered: &'r mut Option<(i64, tokio::time::Instant)>,
+}
+
+impl<'s> Claims<'s, '_> {
+    /// While leading, puts back the work of ended sessions (on SQLite once per lead); then
+    /// claims due rows until `running` reaches the concurrency. An error is the session's.
+    async fn take(self, open: &mut Session, running: usize) -> Result<Vec<BoxFuture<'s, (Item, End)>>, sqlx::Error> {
+        let (shared, db, now) = (self.shared, &self.shared.db, self.now);
+        let epoch = shared.epoch.load(Ordering::SeqCst);
+        let due = match *self.recovered {
+            Some((last, _)) if last != epoch => true,
+            Some((_, when)) => open.conn.is_some() && when.elapsed() >= RECOVER,
+            None => true,
+        };
+        if epoch > 0 && due {
+            *self.recovered = Some((epoch, tokio::time::Instant::now()));
+            match recover(db, epoch, open).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(back)) => tracing::warn!(rows = back, "work of ended sessions put back in the queue"),
+                Ok(Err(fenced)) => tracing::error!(%fenced, "cannot recover work"),
+                Err(err) => tracing::warn!(%err, "cannot recover the work of ended sessions"),
+            }
+        }
+        let plan = shared.plan();
+        // A read first: an idle replica takes no write lock once a second.
+        let waiting = due_work(db, now).await.unwrap_or_else(|err| {
+            tracing::warn!(%err, "cannot look for work");
+            false
+        });
+        let mut claimed = Vec::new();
+        while waiting && running + claimed.len() < plan.daemon.concurrency {
+            let Some(item) = open.claim(db, now).await? else { break };
+            tracing::info!(job = %item.job, run = %item.id, attempt = item.attempt, "running");
+            let claim = Claim { run: item.id.clone(), session: open.token.clone() };
+            claimed.push(run(shared, self.ledger, plan.clone(), item, claim, self.runs.child_token()).boxed());
+        }
+        Ok(claimed)
+    }
+}
+
+/// Runs `item` with a context of its own over `plan`, every write of it through `claim`: once
+/// the claim is lost (this replica paused or cut off past its lease, the row put back and
+/// claimed by another), its saga writes, catalog writes, records and alerts are refused, and its
+/// end is reported as stopped, for whoever holds the claim now to report.
 async fn run(
     shared: &Shared,
     ledger: &Ledger,
     plan: Arc<crate::config::Plan>,
     item: Item,
+    claim: Claim,
     cancel: CancellationToken,
 ) -> (Item, End) {
-    let drills = Drills::new(Ctx::new(&plan, &shared.db, ledger, shared.clock.as_ref(), cancel.clone()));
-    let ran = execute(&drills, &shared.metrics, &item).await;
+    let db = shared.db.claimed(claim);
+    let ledger = ledger.claimed(db.clone());
+    let alerts = shared.alerts.through(db.clone());
+    let drills = Drills::new(Ctx::new(&plan, &db, &ledger, shared.clock.as_ref(), cancel.clone()));
+    let Some(ran) = execute(&drills, &shared.metrics, &item).await else {
+        tracing::warn!(job = %item.job, run = %item.id, "this replica lost the run's claim while it ran; whoever claimed it next carries it on");
+        return (item, End::Stopped);
+    };
     let end = if cancel.is_cancelled() && !ran.ok { End::Stopped } else { End::Ran(ran) };
     if let End::Ran(ran) = &end {
         let kind = match &item.job {
             Job::Drill(_) => AlertKind::DrillFailed,
             _ => AlertKind::BackupFailed,
         };
-        shared.alerts.settle(kind, &item.subject, (!ran.ok).then_some(ran.outcome.as_str())).await;
+        alerts.settle(kind, &item.subject, (!ran.ok).then_some(ran.outcome.as_str())).await;
         if ran.ok {
             tracing::info!(job = %item.job, outcome = %ran.outcome, "done");
         } else {
@@ -516,20 +578,28 @@ async fn run(
     (item, end)
 }
 
+/// Whether the run's claim was lost: asked before anything about its end is said (a metric, an
+/// alert, the row). A store that cannot be reached loses no claim here: what is said then is
+/// refused by the fence anyway.
+async fn claim_lost(db: &Db) -> bool {
+    matches!(db.check_fence().await, Err(crate::state::StateError::Fenced(_)))
+}
+
 /// Runs the saga `item` names: resumed if a crash left it in flight, closed with its outcome
-/// if it ended, started otherwise (after a saga an earlier attempt left on the subject).
-async fn execute(drills: &Drills<'_>, metrics: &super::Metrics, item: &Item) -> Ran {
+/// if it ended, started otherwise (after a saga an earlier attempt left on the subject). `None`
+/// when the run's claim was lost by its end.
+async fn execute(drills: &Drills<'_>, metrics: &super::Metrics, item: &Item) -> Option<Ran> {
     let db = drills.ctx().db;
     let found = match saga::get(db, &item.id).await {
         Ok(found) => found,
-        Err(err) => return Ran::failed(err.to_string()),
+        Err(err) => return Some(Ran::failed(err.to_string())),
     };
     if let Some(saga) = &found
         && !saga.status.in_flight()
     {
         let ok = saga.status == saga::Status::Done;
         let outcome = format!("{} {} had ended: {}", saga.kind, saga.id, saga.status.as_str());
-        return if ok { Ran::ok(outcome) } else { Ran::failed(outcome) };
+        return Some(if ok { Ran::ok(outcome) } else { Ran::failed(outcome) });
     }
     match &item.job {
         Job::Backup { set, kind } => {
@@ -552,16 +622,22 @@ async fn execute(drills: &Drills<'_>, metrics: &super::Metrics, item: &Item) -> 
                 drills.backups().run_as(set, *kind, &item.id).await
             }
             .await;
-            backup_ran(drills, metrics, set, began, result).await
+            if claim_lost(db).await {
+                return None;
+            }
+            Some(backup_ran(drills, metrics, set, began, result).await)
         }
         Job::Drill(name) => {
             let result = match found {
                 Some(saga) => drills.resume_one(saga).await,
                 None => drills.run_as(name, &item.id).await,
             };
-            drill_ran(metrics, name, result)
+            if claim_lost(db).await {
+                return None;
+            }
+            Some(drill_ran(metrics, name, result))
         }
-        other => Ran::failed(format!("{other} is not queued work")),
+        other => Some(Ran::failed(format!("{other} is not queued work"))),
     }
 }
 

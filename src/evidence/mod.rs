@@ -123,6 +123,9 @@ pub enum EvidenceError {
     /// The append that was writing this record with others' was dropped before it finished.
     #[error("the evidence write carrying this record was abandoned before it finished; the record was not written")]
     Abandoned,
+    /// The ledger's key or witness was to change while a claimed run shares it.
+    #[error("the ledger is in use by a running job; change its key or witness when nothing runs")]
+    Shared,
 }
 
 /// An inclusion proof of one record against a signed checkpoint.
@@ -151,8 +154,17 @@ fn hex_hashes<S: serde::Serializer>(hashes: &[Hash], serializer: S) -> Result<S:
 }
 
 /// The ledger, open for appending and signing.
+///
+/// Clones made by [`Ledger::claimed`] share everything but the handle their appends go through,
+/// so a claimed run's records carry its claim as their fence.
 pub struct Ledger {
+    core: Arc<Core>,
+    /// The state store handle appends and checkpoints go through, and the fence they carry.
     db: Db,
+}
+
+/// What every handle of one ledger shares.
+struct Core {
     key: LedgerKey,
     clock: Arc<dyn Clock>,
     actor: Actor,
@@ -169,6 +181,8 @@ pub struct Ledger {
 /// One append's validated records, and where its outcome goes.
 struct Waiting {
     records: Vec<(NewRecord, String)>,
+    /// The handle it was appended through: its fence is checked with the records.
+    db: Db,
     done: tokio::sync::oneshot::Sender<Result<Vec<Record>, Arc<EvidenceError>>>,
 }
 
@@ -179,8 +193,7 @@ impl Ledger {
     /// Opens the ledger in `db`, signing with `key`. An empty ledger gets its genesis record,
     /// announcing the key, and a first checkpoint.
     pub async fn open(db: Db, key: LedgerKey, clock: Arc<dyn Clock>) -> Result<Self, EvidenceError> {
-        let ledger = Self {
-            db,
+        let core = Core {
             key,
             clock,
             actor: Actor::current(),
@@ -189,12 +202,13 @@ impl Ledger {
             writer: tokio::sync::Mutex::default(),
             witness: None,
         };
+        let ledger = Self { core: Arc::new(core), db };
         if size(&ledger.db).await? == 0 {
-            let verifier = ledger.key.verifier();
+            let verifier = ledger.core.key.verifier();
             ledger
                 .write(vec![NewRecord {
                     kind: Kind::Genesis.into(),
-                    subject: ledger.key.name().into(),
+                    subject: ledger.core.key.name().into(),
                     outcome: Outcome::Info,
                     details: serde_json::json!({
                         "format": "vigil.evidence.v1",
@@ -205,13 +219,13 @@ impl Ledger {
                 .await?;
             ledger.checkpoint().await?;
         } else if let Some(newest) = store::newest_checkpoint(&ledger.db).await? {
-            let ours = ledger.key.verifier();
+            let ours = ledger.core.key.verifier();
             let ours = format!("{}+{:08x}", ours.name(), ours.id());
             if newest.key != ours {
                 return Err(EvidenceError::WrongKey { ours, theirs: newest.key });
             }
             let signed_at = DateTime::parse_from_rfc3339(&newest.signed_at).ok().map(|at| at.with_timezone(&Utc));
-            *ledger.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = signed_at;
+            *ledger.core.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = signed_at;
         }
         Ok(ledger)
     }
@@ -220,8 +234,20 @@ impl Ledger {
     /// time receives the checkpoints the ledger already has.
     pub async fn with_witness(mut self, witness: Box<dyn crate::objects::ObjectStore>) -> Result<Self, EvidenceError> {
         witness::adopt(&self.db, witness.as_ref()).await?;
-        self.witness = Some(witness);
+        self.core_mut()?.witness = Some(witness);
         Ok(self)
+    }
+
+    /// The ledger for one claimed run of queued work: its appends and checkpoints go through
+    /// `db` (a [claimed](Db::claimed) handle), so they are refused once the claim is lost;
+    /// everything else is shared with this ledger.
+    pub fn claimed(&self, db: Db) -> Self {
+        Self { core: self.core.clone(), db }
+    }
+
+    /// The shared part, to change: only a ledger no claimed run shares (set-up, rollovers).
+    fn core_mut(&mut self) -> Result<&mut Core, EvidenceError> {
+        Arc::get_mut(&mut self.core).ok_or(EvidenceError::Shared)
     }
 
     /// The store this ledger writes to.
@@ -231,7 +257,7 @@ impl Ledger {
 
     /// The signing key's public half.
     pub fn verifier(&self) -> NoteVerifier {
-        self.key.verifier()
+        self.core.key.verifier()
     }
 
     /// Appends one record.
@@ -274,10 +300,14 @@ impl Ledger {
         // writer sends every outcome before it lets go, so whoever finds its records taken by
         // an earlier writer finds its outcome waiting.
         let (done, outcome) = tokio::sync::oneshot::channel();
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Waiting { records: prepared, done });
+        self.core.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Waiting {
+            records: prepared,
+            db: self.db.clone(),
+            done,
+        });
         {
-            let _writer = self.writer.lock().await;
-            let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            let _writer = self.core.writer.lock().await;
+            let batch = std::mem::take(&mut *self.core.queue.lock().unwrap_or_else(|p| p.into_inner()));
             if !batch.is_empty() {
                 self.write_batch(batch).await;
             }
@@ -289,10 +319,27 @@ impl Ledger {
         }
     }
 
-    /// Writes every waiting append's records in one transaction and tells each its outcome.
+    /// Writes every waiting append's records, one transaction per fence they carry (almost
+    /// always one), and tells each its outcome.
     async fn write_batch(&self, batch: Vec<Waiting>) {
-        let time = self.clock.now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut groups: Vec<(Option<crate::state::Fence>, Vec<Waiting>)> = Vec::new();
+        for waiting in batch {
+            let guard = waiting.db.guard();
+            match groups.iter_mut().find(|(g, _)| *g == guard) {
+                Some((_, group)) => group.push(waiting),
+                None => groups.push((guard, vec![waiting])),
+            }
+        }
+        for (_, group) in groups {
+            self.write_group(group).await;
+        }
+    }
+
+    /// Writes appends that carry one fence in one transaction, and tells each its outcome.
+    async fn write_group(&self, batch: Vec<Waiting>) {
+        let time = self.core.clock.now().to_rfc3339_opts(SecondsFormat::Micros, true);
         let count = batch.iter().map(|w| w.records.len()).sum();
+        let Some(db) = batch.first().map(|w| w.db.clone()) else { return };
         let mut sizes = Vec::with_capacity(batch.len());
         let mut dones = Vec::with_capacity(batch.len());
         let mut prepared = Vec::with_capacity(count);
@@ -302,14 +349,14 @@ impl Ledger {
             prepared.extend(waiting.records);
         }
         let mut prepared = prepared.into_iter();
-        let appended = store::append(&self.db, count, |seq, prev_hash| {
+        let appended = store::append(&db, count, |seq, prev_hash| {
             let (new, details) = prepared.next().expect("append asks for as many records as it was given");
             let mut record = Record {
                 seq,
                 time: time.clone(),
                 kind: new.kind,
                 subject: new.subject,
-                actor: self.actor.clone(),
+                actor: self.core.actor.clone(),
                 outcome: new.outcome.as_str().into(),
                 details,
                 prev_hash,
@@ -336,25 +383,25 @@ impl Ledger {
     }
 
     fn checkpoint_due(&self) -> bool {
-        let last = *self.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
-        last.is_none_or(|at| self.clock.now() - at >= CHECKPOINT_INTERVAL)
+        let last = *self.core.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+        last.is_none_or(|at| self.core.clock.now() - at >= CHECKPOINT_INTERVAL)
     }
 
     /// Signs and stores a checkpoint of the ledger as it is now.
     pub async fn checkpoint(&self) -> Result<StoredCheckpoint, EvidenceError> {
-        let verifier = self.key.verifier();
+        let verifier = self.core.key.verifier();
         let (head, problem) = store::verified_head(&self.db, &verifier).await?;
         if let Some(problem) = problem {
             return Err(EvidenceError::Unsigned { problem });
         }
         let checkpoint =
-            Checkpoint { origin: self.key.name().into(), size: head.frontier.size(), root: head.frontier.root() };
-        let note = self.key.sign_note(&checkpoint.body());
-        let now = self.clock.now();
+            Checkpoint { origin: self.core.key.name().into(), size: head.frontier.size(), root: head.frontier.root() };
+        let note = self.core.key.sign_note(&checkpoint.body());
+        let now = self.core.clock.now();
         let signed_at = now.to_rfc3339_opts(SecondsFormat::Micros, true);
         let id = store::insert_checkpoint(&self.db, &head.frontier, verifier.name(), verifier.id(), &signed_at, &note)
             .await?;
-        *self.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+        *self.core.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         let stored = StoredCheckpoint {
             id,
             size: checkpoint.size,
@@ -362,7 +409,7 @@ impl Ledger {
             signed_at,
             note,
         };
-        if let Some(witness) = &self.witness
+        if let Some(witness) = &self.core.witness
             && let Err(err) = witness::record(witness.as_ref(), &stored).await
         {
             // The checkpoint stands in the database; `vigil evidence verify` names the one the
@@ -379,7 +426,7 @@ impl Ledger {
         &mut self,
         new_key: LedgerKey,
     ) -> Result<(StoredCheckpoint, StoredCheckpoint), EvidenceError> {
-        self.append(rollover_record(&self.key, &new_key.verifier())).await?;
+        self.append(rollover_record(&self.core.key, &new_key.verifier())).await?;
         self.complete_rollover(new_key).await
     }
 
@@ -391,7 +438,7 @@ impl Ledger {
         new_key: LedgerKey,
     ) -> Result<(StoredCheckpoint, StoredCheckpoint), EvidenceError> {
         let by_old = self.checkpoint().await?;
-        self.key = new_key;
+        self.core_mut()?.key = new_key;
         let by_new = self.checkpoint().await?;
         Ok((by_old, by_new))
     }

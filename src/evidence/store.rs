@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use super::merkle::{Frontier, Hash};
 use super::note::{self, Checkpoint, NoteVerifier};
 use super::record::{Actor, Record, RecordRef};
-use crate::state::{Db, Fenced, Pool, StateError, on_pool};
+use crate::state::{Db, Pool, StateError, check_fence, fenced, on_pool};
 
 /// The columns of a record, in the order `decode_record` reads them.
 macro_rules! record_columns {
@@ -109,21 +109,19 @@ fn seq_param(seq: u64) -> i64 {
 /// Appends records built by `build` (given each record's sequence number and the previous
 /// hash) in one transaction, holding the head row's lock so that concurrent appenders, in this
 /// process or another, take turns and the chain never forks. A fenced handle (a daemon leading
-/// at an epoch) checks in the same transaction that no newer leader took over.
+/// at an epoch, or a claimed work run) checks in the same transaction that its fence holds.
 pub(super) async fn append(
     db: &Db,
     count: usize,
     mut build: impl FnMut(u64, Hash) -> Record,
 ) -> Result<(Vec<Record>, Frontier), EvidenceError> {
     macro_rules! append_in {
-        ($tx:ident, $read_head:expr, $read_epoch:expr) => {{
+        ($tx:ident, $read_head:expr, $lock:literal) => {{
             let row = sqlx::query($read_head)
                 .fetch_one(&mut *$tx)
                 .await?;
-            if let Some(epoch) = db.epoch() {
-                let newest: Option<i64> = sqlx::query_scalar($read_epoch).fetch_optional(&mut *$tx).await?;
-                Fenced::check(epoch, newest).map_err(StateError::from)?;
-            }
+            let guard = db.guard();
+            check_fence!(guard.as_ref(), &mut *$tx, $lock).map_err(StateError::from)?;
             let mut head = Head::decode(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)?;
             let mut written = Vec::with_capacity(count);
             for _ in 0..count {
@@ -163,21 +161,14 @@ pub(super) async fn append(
         Pool::Sqlite(pool) => {
             // BEGIN IMMEDIATE takes the database's write lock before reading the head.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            append_in!(
-                tx,
-                "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1",
-                "SELECT epoch FROM daemon_leader WHERE id = 1"
-            )
+            append_in!(tx, "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1", "")
         }
         Pool::Postgres(pool) => {
             // The row lock on the head serialises appenders across processes.
             let mut tx = pool.begin().await?;
-            // The leader row read FOR SHARE: a new leader's epoch waits for this append to end.
-            append_in!(
-                tx,
-                "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1 FOR UPDATE",
-                "SELECT epoch FROM daemon_leader WHERE id = 1 FOR SHARE"
-            )
+            // The fence's row read FOR SHARE: a new leader's epoch, or a claim put back, waits for
+            // this append to end.
+            append_in!(tx, "SELECT size, last_hash, frontier FROM evidence_head WHERE id = 1 FOR UPDATE", " FOR SHARE")
         }
     })
 }
@@ -399,7 +390,8 @@ pub(super) async fn insert_checkpoint(
     const SQL: &str = "INSERT INTO evidence_checkpoints (size, root_hash, key_name, key_id, signed_at, note, frontier) \
                        VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
     let key_id = format!("{key_id:08x}");
-    let id: i64 = on_pool!(db, pool => sqlx::query(SQL)
+    // A fenced handle's checkpoint (a leader's, a claimed run's) is refused with its appends.
+    let written: Result<Result<i64, crate::state::Fenced>, EvidenceError> = fenced!(db, db.guard(), tx => sqlx::query(SQL)
         .bind(seq_param(frontier.size()))
         .bind(frontier.root().to_vec())
         .bind(key_name)
@@ -407,10 +399,10 @@ pub(super) async fn insert_checkpoint(
         .bind(signed_at)
         .bind(note)
         .bind(frontier.to_bytes())
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?
         .try_get(0)?);
-    Ok(id)
+    Ok(written?.map_err(StateError::from)?)
 }
 
 /// Every checkpoint, by size then signing order.

@@ -108,10 +108,14 @@ pub enum StepError {
     Cancelled(String),
 }
 
-/// The state store failing within a step may pass: the executor needs it to go on anyway.
+/// The state store failing within a step may pass: the executor needs it to go on anyway. A
+/// write refused by its fence will not: this process no longer owns the saga.
 impl From<StateError> for StepError {
     fn from(err: StateError) -> Self {
-        Self::Transient(err.to_string())
+        match err {
+            StateError::Fenced(_) => Self::Failed(err.to_string()),
+            err => Self::Transient(err.to_string()),
+        }
     }
 }
 

@@ -200,9 +200,9 @@ impl SagaStore for Db {
                         .map(drop)?
                 };
             }
-            match self.epoch() {
+            match self.guard() {
                 None => on_pool!(self, pool => insert!(pool)),
-                Some(epoch) => fenced!(self, epoch, tx => insert!(&mut *tx)).and_then(fenced_out)?,
+                Some(guard) => fenced!(self, Some(guard), tx => insert!(&mut *tx)).and_then(fenced_out)?,
             }
             Ok(None)
         }
@@ -231,9 +231,9 @@ impl SagaStore for Db {
                         .rows_affected()
                 };
             }
-            let changed = match self.epoch() {
+            let changed = match self.guard() {
                 None => on_pool!(self, pool => update!(pool)),
-                Some(epoch) => fenced!(self, epoch, tx => update!(&mut *tx)).and_then(fenced_out)?,
+                Some(guard) => fenced!(self, Some(guard), tx => update!(&mut *tx)).and_then(fenced_out)?,
             };
             if changed == 1 { Ok(()) } else { Err(conflict(saga, expected)) }
         }

@@ -56,26 +56,54 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// Runs `$body` in a transaction of `$db` that first checks `$epoch` against the newest leader's
-/// (`Ok(Err(Fenced))` when a newer one exists: nothing is written) and commits after it. On
-/// PostgreSQL the leader row is read `FOR SHARE`, so a new leader's epoch waits for the
-/// transaction to end and the check holds until the commit; SQLite's `BEGIN IMMEDIATE` holds
-/// the whole database. `$body` uses `&mut *$tx`.
-macro_rules! fenced {
-    ($db:expr, $epoch:expr, $tx:ident => $body:expr) => {
-        match $db.pool() {
-            $crate::state::Pool::Sqlite(pool) => {
-                fenced!(@in pool.begin_with("BEGIN IMMEDIATE"), "", $epoch, $tx => $body)
+/// Checks `$guard` (an `Option<&Fence>`) inside the transaction `$tx`: `Err(Fenced)` when a
+/// newer leader exists (an epoch) or the work run's row was put back or taken by another session
+/// (a claim). `$lock` is ` FOR SHARE` on PostgreSQL, so a new leader's epoch, or the leader's
+/// putting the row back, waits for the transaction to end and the check holds until the commit;
+/// SQLite's `BEGIN IMMEDIATE` holds the whole database.
+macro_rules! check_fence {
+    ($guard:expr, $tx:expr, $lock:literal) => {
+        match $guard {
+            None => Ok(()),
+            Some($crate::state::Fence::Epoch(epoch)) => {
+                let newest: Option<i64> =
+                    sqlx::query_scalar(concat!("SELECT epoch FROM daemon_leader WHERE id = 1", $lock))
+                        .fetch_optional($tx)
+                        .await?;
+                $crate::state::Fenced::check(*epoch, newest)
             }
-            $crate::state::Pool::Postgres(pool) => fenced!(@in pool.begin(), " FOR SHARE", $epoch, $tx => $body),
+            Some($crate::state::Fence::Claim(claim)) => {
+                let held: Option<String> = sqlx::query_scalar(concat!(
+                    "SELECT id FROM daemon_work WHERE id = $1 AND session = $2 AND state = 'running'",
+                    $lock
+                ))
+                .bind(&claim.run)
+                .bind(&claim.session)
+                .fetch_optional($tx)
+                .await?;
+                claim.check(held.is_some())
+            }
         }
     };
-    (@in $begin:expr, $lock:literal, $epoch:expr, $tx:ident => $body:expr) => {{
+}
+pub(crate) use check_fence;
+
+/// Runs `$body` in a transaction of `$db` that first checks `$guard` (an `Option<Fence>`: the
+/// handle's own is `db.guard()`) and commits after it; `Ok(Err(Fenced))` when the guard no
+/// longer holds: nothing is written. `$body` uses `&mut *$tx`.
+macro_rules! fenced {
+    ($db:expr, $guard:expr, $tx:ident => $body:expr) => {
+        match $db.pool() {
+            $crate::state::Pool::Sqlite(pool) => {
+                fenced!(@in pool.begin_with("BEGIN IMMEDIATE"), "", $guard, $tx => $body)
+            }
+            $crate::state::Pool::Postgres(pool) => fenced!(@in pool.begin(), " FOR SHARE", $guard, $tx => $body),
+        }
+    };
+    (@in $begin:expr, $lock:literal, $guard:expr, $tx:ident => $body:expr) => {{
+        let guard: Option<$crate::state::Fence> = $guard;
         let mut $tx = $begin.await?;
-        let newest: Option<i64> = sqlx::query_scalar(concat!("SELECT epoch FROM daemon_leader WHERE id = 1", $lock))
-            .fetch_optional(&mut *$tx)
-            .await?;
-        match $crate::state::Fenced::check($epoch, newest) {
+        match $crate::state::check_fence!(guard.as_ref(), &mut *$tx, $lock) {
             Err(fenced) => Ok(Err(fenced)),
             Ok(()) => {
                 let out = $body;
@@ -87,12 +115,64 @@ macro_rules! fenced {
 }
 pub(crate) use fenced;
 
+/// How long a session of the PostgreSQL state store may sit idle inside a transaction, or have
+/// data unacknowledged by a silent peer, before the server ends it. No transaction of vigil's
+/// waits on anything but the state store, so one idle this long is a paused or cut-off process:
+/// its row locks (a leader row read `FOR SHARE`, a claimed row) must not outlive its lease, or
+/// no standby can take over while it sleeps.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// The settings every connection to a PostgreSQL state store starts with, so that a paused or
+/// partitioned vigil loses its locks and claims within [`LEASE`]:
+/// `idle_in_transaction_session_timeout` ends a session paused inside a transaction (which
+/// `idle_session_timeout`, set on the lease connections, does not), and TCP keepalives with
+/// `tcp_user_timeout` end one whose peer stopped answering mid-query.
+fn session_settings() -> [(&'static str, String); 5] {
+    let lease = LEASE.as_secs();
+    [
+        ("idle_in_transaction_session_timeout", format!("{}", LEASE.as_millis())),
+        ("tcp_keepalives_idle", format!("{}", lease / 2)),
+        ("tcp_keepalives_interval", "1".to_owned()),
+        ("tcp_keepalives_count", format!("{}", lease / 2)),
+        ("tcp_user_timeout", format!("{}", LEASE.as_millis())),
+    ]
+}
+
 /// An open state database: a pool, and the fence its writes carry.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: Pool,
     /// The epoch this process leads at, shared by every clone (0: none, writes unfenced).
     fence: Arc<AtomicI64>,
+    /// The work run this handle writes for, if it is one: its writes are guarded by the claim
+    /// instead of the epoch.
+    claim: Option<Arc<Claim>>,
+}
+
+/// What a handle's writes are checked against, in their own transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fence {
+    /// The epoch of the leader this process is: refused once a newer one exists.
+    Epoch(i64),
+    /// A claimed run of queued work: refused once its row is no longer running under the
+    /// session that claimed it.
+    Claim(Arc<Claim>),
+}
+
+/// A claim on a row of the work queue: the fencing token of one run (Kleppmann's, for leases).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The row's id (the run's saga id).
+    pub run: String,
+    /// The session that claimed it.
+    pub session: String,
+}
+
+impl Claim {
+    /// Refuses the write when the row is no longer `held` by this claim.
+    pub fn check(&self, held: bool) -> Result<(), Fenced> {
+        if held { Ok(()) } else { Err(Fenced::Claim { run: self.run.clone() }) }
+    }
 }
 
 /// The connection pool of a state database.
@@ -104,23 +184,35 @@ pub enum Pool {
     Postgres(PgPool),
 }
 
-/// A write refused because a newer daemon leads the store: the fencing token check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "this daemon led at epoch {epoch}, but another took over at epoch {newer}: its writes are refused; it stops scheduling and stands by"
-)]
-pub struct Fenced {
-    /// The epoch the write carried.
-    pub epoch: i64,
-    /// The newest leader's.
-    pub newer: i64,
+/// A write refused by its fencing token: a newer daemon leads the store, or the work run it
+/// belongs to was taken from this replica.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fenced {
+    /// A newer leader took over.
+    #[error(
+        "this daemon led at epoch {epoch}, but another took over at epoch {newer}: its writes are refused; it stops scheduling and stands by"
+    )]
+    Epoch {
+        /// The epoch the write carried.
+        epoch: i64,
+        /// The newest leader's.
+        newer: i64,
+    },
+    /// The run's claim was lost (its session ended, the row was put back or claimed again).
+    #[error(
+        "work run {run} is no longer this replica's (its session lost the claim): its writes are refused; whoever claimed it next carries it on"
+    )]
+    Claim {
+        /// The run.
+        run: String,
+    },
 }
 
 impl Fenced {
     /// Refuses `epoch` when `newest` (the leader row's) is newer.
     pub fn check(epoch: i64, newest: Option<i64>) -> Result<(), Self> {
         match newest {
-            Some(newer) if newer > epoch => Err(Self { epoch, newer }),
+            Some(newer) if newer > epoch => Err(Self::Epoch { epoch, newer }),
             _ => Ok(()),
         }
     }
@@ -215,6 +307,7 @@ impl Db {
     }
 
     async fn open_postgres(options: PgConnectOptions, url: &str) -> Result<Self, StateError> {
+        let options = options.options(session_settings());
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
@@ -225,7 +318,30 @@ impl Db {
     }
 
     fn new(pool: Pool) -> Self {
-        Self { pool, fence: Arc::default() }
+        Self { pool, fence: Arc::default(), claim: None }
+    }
+
+    /// A handle for one claimed run of queued work: every saga write, catalog write and evidence
+    /// append through it is refused once `claim` no longer holds its row, so a replica that was
+    /// paused or cut off while another took the run over cannot write for it afterwards.
+    pub fn claimed(&self, claim: Claim) -> Self {
+        Self { pool: self.pool.clone(), fence: Arc::default(), claim: Some(Arc::new(claim)) }
+    }
+
+    /// Checks this handle's fence now, outside any write: what a run asks immediately before
+    /// an effect outside the state store, and before it reports how it ended.
+    pub async fn check_fence(&self) -> Result<(), StateError> {
+        let guard = self.guard();
+        let checked: Result<(), Fenced> = on_pool!(self, pool => check_fence!(guard.as_ref(), pool, ""));
+        Ok(checked?)
+    }
+
+    /// What this handle's writes are checked against: its claim, or the epoch it leads at.
+    pub fn guard(&self) -> Option<Fence> {
+        match &self.claim {
+            Some(claim) => Some(Fence::Claim(claim.clone())),
+            None => self.epoch().map(Fence::Epoch),
+        }
     }
 
     /// The connection pool.
