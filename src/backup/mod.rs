@@ -819,6 +819,7 @@ impl DumpSaga<'_> {
             extra: Default::default(),
         };
         let sha = manifest.sha256();
+        crate::state::pause_point("backup.dump:commit").await;
         if let Err(err) = self.commit(&id, &manifest, &sha).await {
             // This attempt's objects are its own: no other run names them.
             if let Err(cleanup) = delete_objects(self.connected, &object).await {

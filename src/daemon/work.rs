@@ -797,6 +797,79 @@ mod tests {
         assert!(db.insert(&saga("c")).await.unwrap().is_none(), "an unfenced handle (the CLI) is not refused");
     }
 
+    /// The claim as fencing token: a run claimed by session `one` writes its saga, a record, a
+    /// catalog row and an alert through its claimed handle; once the row went back to the queue
+    /// (its session ended) and `two` claimed it, each of `one`'s writes is refused and leaves
+    /// nothing, and `two`'s go through.
+    #[tokio::test]
+    async fn writes_of_a_run_whose_claim_was_lost_are_refused_and_leave_nothing() {
+        let (db, _dir) = db().await;
+        let ledger = crate::evidence::Ledger::open(db.clone(), LedgerKey::generate("test"), Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let now = at("2026-11-30T03:00:00Z");
+        let epoch = store::next_epoch(&db, "me", now).await.unwrap();
+        enqueue(&db, epoch, &backup("orders"), now, None, at("2026-12-01T03:00:00Z"), now).await.unwrap().unwrap();
+        let mut one = Session::open(&db, "one", now).await.unwrap();
+        let item = one.claim(&db, now).await.unwrap().unwrap();
+        let first = db.claimed(Claim { run: item.id.clone(), session: one.token.clone() });
+        let first_ledger = ledger.claimed(first.clone());
+        let record = || NewRecord {
+            kind: Kind::BackupWritten.into(),
+            subject: "orders".into(),
+            outcome: Outcome::Info,
+            details: serde_json::json!({}),
+        };
+        assert!(first.insert(&saga(&item.id)).await.unwrap().is_none(), "the claimer writes");
+        first_ledger.append(record()).await.unwrap();
+        first.check_fence().await.unwrap();
+
+        // `one` falls silent; the leader puts its row back and `two` claims it.
+        let mut two = Session::open(&db, "two", now).await.unwrap();
+        assert_eq!(recover(&db, epoch, &two).await.unwrap().unwrap(), 1);
+        let again = two.claim(&db, now).await.unwrap().unwrap();
+        assert_eq!(again.id, item.id);
+        let size = crate::evidence::size(&db).await.unwrap();
+        let refused = |err: &dyn std::fmt::Display| err.to_string().contains("no longer this replica's");
+
+        let mut moved = saga(&item.id);
+        moved.step = "verify".into();
+        moved.updated_at = "t1".into();
+        let expected = Expected { status: Status::Running, updated_at: "t0".into() };
+        let err = first.update(&moved, &expected).await.unwrap_err();
+        assert!(refused(&err), "{err}");
+        let err = first_ledger.append(record()).await.unwrap_err();
+        assert!(refused(&err), "{err}");
+        let err = first_ledger.checkpoint().await.unwrap_err();
+        assert!(refused(&err), "{err}");
+        let started = crate::backup::catalog::Started {
+            id: &item.id,
+            set: "orders",
+            target: "db",
+            method: "dump",
+            location: "somewhere",
+        };
+        let err = crate::backup::catalog::started(&first, &started, "t1").await.unwrap_err();
+        assert!(refused(&err), "{err}");
+        let (alerts, mut outbox) = crate::alerts::Alerts::new(db.clone(), Arc::new(SystemClock));
+        let err = alerts.through(first.clone()).raise(AlertKind::BackupFailed, "backup:orders", "x").await.unwrap_err();
+        assert!(refused(&err), "{err}");
+        assert!(outbox.try_next().is_none(), "no alert sent for a run this replica lost");
+        assert!(matches!(first.check_fence().await, Err(crate::state::StateError::Fenced(_))));
+        assert!(claim_lost(&first).await);
+
+        assert_eq!(crate::evidence::size(&db).await.unwrap(), size, "no record landed");
+        assert!(crate::backup::catalog::get(&db, &item.id).await.unwrap().is_none(), "no catalog row");
+        assert!(crate::alerts::firing(&db).await.unwrap().is_empty(), "no alert row");
+        assert_eq!(crate::saga::in_flight(&db).await.unwrap()[0].step, "write", "the update did not land");
+
+        let second = db.claimed(Claim { run: again.id.clone(), session: two.token.clone() });
+        second.update(&moved, &expected).await.unwrap();
+        ledger.claimed(second.clone()).append(record()).await.unwrap();
+        crate::backup::catalog::started(&second, &started, "t1").await.unwrap();
+        assert!(!claim_lost(&second).await);
+    }
+
     /// A slot is queued once however often the leader tries, with the job's next run in the
     /// same transaction; a newer slot supersedes the older still queued; a leader with an older
     /// epoch queues nothing.

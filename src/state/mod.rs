@@ -88,6 +88,22 @@ macro_rules! check_fence {
 }
 pub(crate) use check_fence;
 
+/// Pauses here when the `failpoints` feature is on and `VIGIL_PAUSE=POINT:MILLISECONDS` names
+/// `point`: how tests stop a process (SIGSTOP) at an exact place, such as inside a fenced
+/// transaction or between a backup's upload and its commit. Release builds do not have it.
+pub async fn pause_point(point: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Ok(spec) = std::env::var("VIGIL_PAUSE")
+        && let Some((at, millis)) = spec.rsplit_once(':')
+        && at == point
+        && let Ok(millis) = millis.parse::<u64>()
+    {
+        tracing::info!(point, millis, "failpoint: pausing");
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+    }
+    let _ = point;
+}
+
 /// Runs `$body` in a transaction of `$db` that first checks `$guard` (an `Option<Fence>`: the
 /// handle's own is `db.guard()`) and commits after it; `Ok(Err(Fenced))` when the guard no
 /// longer holds: nothing is written. `$body` uses `&mut *$tx`.
@@ -106,6 +122,9 @@ macro_rules! fenced {
         match $crate::state::check_fence!(guard.as_ref(), &mut *$tx, $lock) {
             Err(fenced) => Ok(Err(fenced)),
             Ok(()) => {
+                if guard.is_some() {
+                    $crate::state::pause_point("state:fenced").await;
+                }
                 let out = $body;
                 $tx.commit().await?;
                 Ok(Ok(out))

@@ -562,6 +562,126 @@ async fn a_leader_paused_past_its_lease_has_its_next_write_refused() {
     }
 }
 
+/// A replica paused (SIGSTOP) between a backup's upload and its commit, past its lease: the
+/// other replica takes the run over, writes and verifies the backup. Woken, the paused one
+/// clobbers nothing: its attempt wrote under a name of its own, its commit is refused by the
+/// claim, and it removes what it wrote. Three rounds; after each, every verified backup still
+/// verifies, only the winning attempt's objects remain, nothing the paused process wrote landed
+/// after the takeover, and no backup_failed alert fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_replica_paused_mid_backup_clobbers_nothing_and_writes_nothing_after_the_takeover() {
+    let setup = Setup::new().await;
+    let state = PgState::new().await;
+    let schedule = state.backup_sets(&setup, &["paused".to_owned()], "*/5 * * * * *").await;
+    let config = services_config(&setup);
+    let ((a, _), (b, _)) = (state.replica(&config, "", &schedule), state.replica(&config, "", &schedule));
+    crate::support::vigil(a.path(), &["evidence", "checkpoint"]).assert_code(0);
+    let objects = state.shared.path().join("backups/paused");
+    for round in 0..3 {
+        // Shorter than a takeover takes: the pause has ended when the process is woken, so it
+        // goes straight on to its commit.
+        let mut first = Daemon::start(a.path(), &[("VIGIL_PAUSE", "backup.dump:commit:12000")]);
+        first.wait_for(&["failpoint: pausing", "backup.dump:commit"], Duration::from_secs(90));
+        first.signal("STOP");
+        let run: String = sqlx::query_scalar("SELECT id FROM daemon_work WHERE state = 'running'")
+            .fetch_one(&mut state.connect().await)
+            .await
+            .unwrap();
+        let second = Daemon::start(b.path(), &[]);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
+                .bind(&run)
+                .fetch_optional(&mut state.connect().await)
+                .await
+                .unwrap();
+            if status.as_deref() == Some("done") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: run {run} was not taken over: {status:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let leading = state.records("daemon.leading").await;
+        let (since, _, _) = *leading.last().unwrap();
+        let files = |dir: &Path| -> std::collections::BTreeMap<String, Vec<u8>> {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{run}.")))
+                .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+                .collect()
+        };
+        let won = files(&objects);
+        first.signal("CONT");
+        first.wait_for(&["lost the run's claim", &run], Duration::from_secs(60));
+        let pid = i64::from(first.child.id());
+        let (_, _, first_log) = first.terminate();
+        let (_, _, second_log) = second.terminate();
+
+        let late: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, kind FROM evidence_records WHERE actor_pid = $1 AND seq > $2 ORDER BY seq")
+                .bind(pid)
+                .bind(since)
+                .fetch_all(&mut state.connect().await)
+                .await
+                .unwrap();
+        assert!(late.is_empty(), "round {round}: the paused replica wrote after the takeover: {late:?}\n{first_log}");
+        let alerts: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE kind = 'backup_failed'")
+            .fetch_one(&mut state.connect().await)
+            .await
+            .unwrap();
+        assert_eq!(alerts, 0, "round {round}: a false alert\n{first_log}\n{second_log}");
+        let attempts: std::collections::BTreeSet<String> = std::fs::read_dir(&objects)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter_map(|name| {
+                name.strip_prefix(&format!("{run}.")).map(|rest| rest.split('.').next().unwrap().to_owned())
+            })
+            .collect();
+        assert_eq!(attempts.len(), 1, "round {round}: only the winning attempt's objects remain: {attempts:?}");
+        // What remains is the winner's, as it was before the paused replica woke.
+        let after = files(&objects);
+        assert!(after.iter().all(|(name, bytes)| won.get(name) == Some(bytes)), "round {round}: an object changed");
+        let verified: Vec<String> = sqlx::query_scalar("SELECT id FROM backups WHERE status = 'verified'")
+            .fetch_all(&mut state.connect().await)
+            .await
+            .unwrap();
+        assert!(verified.contains(&run), "round {round}: {verified:?}");
+        for id in &verified {
+            crate::support::vigil(b.path(), &["backup", "verify", id]).assert_code(0);
+        }
+    }
+}
+
+/// A leader paused (SIGSTOP) inside a transaction that holds the leader row `FOR SHARE`: the
+/// server ends its session after 10 s idle in the transaction, so a standby leads within 15 s of
+/// the pause (before `idle_in_transaction_session_timeout`, never while it slept). The standby,
+/// which never led, reloads its configuration on SIGHUP and runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_leader_paused_inside_a_transaction_is_taken_over_within_15_s() {
+    let state = PgState::new().await;
+    let ((a, port_a), (b, port_b)) = (state.replica("", "", ""), state.replica("", "", ""));
+    let mut first = Daemon::start(a.path(), &[("VIGIL_PAUSE", "state:fenced:40000")]);
+    first.wait_for(&["leading"], Duration::from_secs(30));
+    first.wait_for(&["failpoint: pausing", "state:fenced"], Duration::from_secs(30));
+    assert!(role_within(port_a, "leader", Duration::from_secs(5)).await.is_some(), "{}", first.seen);
+    first.signal("STOP");
+    let paused = Instant::now();
+    let mut second = Daemon::start(b.path(), &[]);
+    second.wait_for(&["serving /healthz"], Duration::from_secs(30));
+    second.signal("HUP");
+    second.wait_for(&["SIGHUP: configuration valid"], Duration::from_secs(30));
+    let left = Duration::from_secs(15).saturating_sub(paused.elapsed());
+    let took_over = role_within(port_b, "leader", left).await;
+    assert!(took_over.is_some(), "no takeover within 15 s of the pause inside a transaction");
+    eprintln!("took over {:?} after the pause", paused.elapsed());
+    first.signal("CONT");
+    let (code, _, log) = second.terminate();
+    assert_eq!(code, Some(0), "the standby reloaded on SIGHUP and ran on: {log}");
+}
+
 /// Three replicas and 30 backup sets due in the same slot: the leader queues them, every
 /// replica claims some, and each set is backed up exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
