@@ -194,8 +194,8 @@ pub async fn run(
         let result = match db.pool() {
             Pool::Sqlite(_) => {
                 let epoch = store::next_epoch(&db, &holder, clock.now()).await?;
-                let lead = lead(&shared, ledger, &cancel, &options, epoch, None, &mut hangup, &mut summary);
-                Box::pin(lead).await
+                let one = Replica { shared: &shared, ledger, cancel: &cancel, options: &options };
+                Box::pin(one.lead(epoch, None, &mut hangup, &mut summary)).await
             }
             Pool::Postgres(pool) => {
                 let replicas = Replica { shared: &shared, ledger, cancel: &cancel, options: &options };
@@ -222,7 +222,7 @@ pub async fn run(
     result.map(|()| summary)
 }
 
-/// A daemon of a PostgreSQL state store, leading or standing by.
+/// A daemon: of a PostgreSQL state store, leading or standing by; of a SQLite one, leading.
 struct Replica<'a> {
     shared: &'a Arc<Shared>,
     ledger: &'a Ledger,
@@ -257,8 +257,8 @@ impl Replica<'_> {
                     // `leading` ends the lead, whoever ends it; `lost` says it was the lease.
                     let (leading, lost) = (cancel.child_token(), CancellationToken::new());
                     let watch = watch_lead(&mut c, epoch, &leading, &lost, shared);
-                    let run =
-                        Box::pin(lead(shared, ledger, &leading, options, epoch, Some(&lost), hangup_signal, summary));
+                    let leader = Replica { shared, ledger, cancel: &leading, options };
+                    let run = Box::pin(leader.lead(epoch, Some(&lost), hangup_signal, summary));
                     let (result, ()) = tokio::join!(
                         async {
                             let result = run.await;
@@ -340,56 +340,62 @@ async fn watch_lead(
     }
 }
 
-/// Leads: schedules and runs jobs with `epoch` until `cancel` (a signal, or the lease lost,
-/// which `lost` then says), or, with `--once`, until what is due has run. A reload that validates swaps the plan between
-/// eras; one that does not keeps the running plan.
-async fn lead(
-    shared: &Arc<Shared>,
-    ledger: &Ledger,
-    cancel: &CancellationToken,
-    options: &Options,
-    epoch: i64,
-    lost: Option<&CancellationToken>,
-    hangup: &mut Option<tokio::signal::unix::Signal>,
-    summary: &mut Summary,
-) -> Result<(), DaemonError> {
-    let stop = cancel.child_token();
-    // From here on every saga write and evidence append of this process carries the epoch, and
-    // is refused once a newer leader took over: a paused or partitioned daemon cannot act after.
-    shared.db.fence(epoch);
-    ledger.db().fence(epoch);
-    shared.epoch.store(epoch, Ordering::SeqCst);
-    shared.leading.store(true, Ordering::Relaxed);
-    shared.metrics.leader.set(1);
-    shared.metrics.epoch.set(epoch);
-    tracing::info!(epoch, "leading: scheduling every job");
-    note(ledger, Kind::DaemonLeading, Outcome::Info, serde_json::json!({ "epoch": epoch, "pid": std::process::id() }))
+impl Replica<'_> {
+    /// Leads: schedules and runs jobs with `epoch` until `cancel` (a signal, or the lease lost,
+    /// which `lost` then says), or, with `--once`, until what is due has run. A reload that
+    /// validates swaps the plan between eras (SIGHUP, `hangup`); one that does not keeps the
+    /// running plan.
+    async fn lead(
+        &self,
+        epoch: i64,
+        lost: Option<&CancellationToken>,
+        hangup: &mut Option<tokio::signal::unix::Signal>,
+        summary: &mut Summary,
+    ) -> Result<(), DaemonError> {
+        let Self { shared, ledger, cancel, options } = *self;
+        let stop = cancel.child_token();
+        // From here on every saga write and evidence append of this process carries the epoch, and
+        // is refused once a newer leader took over: a paused or partitioned daemon cannot act after.
+        shared.db.fence(epoch);
+        ledger.db().fence(epoch);
+        shared.epoch.store(epoch, Ordering::SeqCst);
+        shared.leading.store(true, Ordering::Relaxed);
+        shared.metrics.leader.set(1);
+        shared.metrics.epoch.set(epoch);
+        tracing::info!(epoch, "leading: scheduling every job");
+        note(
+            ledger,
+            Kind::DaemonLeading,
+            Outcome::Info,
+            serde_json::json!({ "epoch": epoch, "pid": std::process::id() }),
+        )
         .await;
-    if lost.is_some() {
-        leadership_lost(shared, epoch).await;
-    }
-    let result = loop {
-        let plan = shared.plan();
-        let era = Era::new(&plan, ledger, stop.child_token(), shared, options, epoch);
-        match Box::pin(era.run(&stop, hangup, summary)).await {
-            Ok(EraEnd::Reload(next)) => *shared.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(*next),
-            Ok(EraEnd::Stopped) => break Ok(()),
-            Err(err) => break Err(err),
+        if lost.is_some() {
+            leadership_lost(shared, epoch).await;
         }
-    };
-    shared.leading.store(false, Ordering::Relaxed);
-    shared.epoch.store(0, Ordering::SeqCst);
-    shared.metrics.leader.set(0);
-    let why = if lost.is_some_and(CancellationToken::is_cancelled) { "leadership lost" } else { "stopped" };
-    // Refused by the fence when a newer leader took over: the lost lead writes nothing more.
-    note(ledger, Kind::DaemonStopped, Outcome::Info, serde_json::json!({ "epoch": epoch, "why": why })).await;
-    stop.cancel();
-    // The lead's jobs have ended: this daemon works on as a standby, its claims guarded by its
-    // session.
-    shared.db.unfence();
-    ledger.db().unfence();
-    shared.deposed.store(false, Ordering::SeqCst);
-    result
+        let result = loop {
+            let plan = shared.plan();
+            let era = Era::new(&plan, ledger, stop.child_token(), shared, options, epoch);
+            match Box::pin(era.run(&stop, hangup, summary)).await {
+                Ok(EraEnd::Reload(next)) => *shared.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(*next),
+                Ok(EraEnd::Stopped) => break Ok(()),
+                Err(err) => break Err(err),
+            }
+        };
+        shared.leading.store(false, Ordering::Relaxed);
+        shared.epoch.store(0, Ordering::SeqCst);
+        shared.metrics.leader.set(0);
+        let why = if lost.is_some_and(CancellationToken::is_cancelled) { "leadership lost" } else { "stopped" };
+        // Refused by the fence when a newer leader took over: the lost lead writes nothing more.
+        note(ledger, Kind::DaemonStopped, Outcome::Info, serde_json::json!({ "epoch": epoch, "why": why })).await;
+        stop.cancel();
+        // The lead's jobs have ended: this daemon works on as a standby, its claims guarded by its
+        // session.
+        shared.db.unfence();
+        ledger.db().unfence();
+        shared.deposed.store(false, Ordering::SeqCst);
+        result
+    }
 }
 
 /// Posts each alert raised to every webhook of the running plan and records it in the ledger,
