@@ -99,6 +99,9 @@ pub struct Daemon {
     pub verify_interval: Duration,
     /// How long a SIGTERM waits for the steps in flight to finish and be recorded.
     pub shutdown_grace: Duration,
+    /// The bearer token `/status` asks for, by reference (a file or an environment variable);
+    /// none: `/status` answers anyone who reaches `listen`.
+    pub status_token: Option<crate::secret::SecretRef>,
 }
 
 /// Evidence ledger settings.

@@ -75,6 +75,7 @@ pub(super) struct DaemonSection {
     pub watch_interval: Option<Duration>,
     pub verify_interval: Option<Duration>,
     pub shutdown_grace: Option<Spanned<Duration>>,
+    pub status_token: Option<Spanned<SecretRef>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Shared, status};
 use crate::state::{Db, on_pool};
-use crate::stores::Stores;
+use secrecy::ExposeSecret as _;
 
 /// Serves until `cancel`.
 pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
@@ -49,6 +49,11 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         "config_loaded": shared.metrics.config_ok.get() == 1,
     });
     (code, axum::Json(body)).into_response()
+}
+
+/// Whether two tokens are equal, in time that does not depend on where they differ.
+fn same(given: &[u8], token: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(given, token).is_ok()
 }
 
 async fn ping(db: &Db) -> Result<(), sqlx::Error> {
@@ -95,11 +100,30 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// What `vigil status --output json` prints.
-async fn status(State(shared): State<Arc<Shared>>) -> Response {
+/// What `vigil status --output json` prints, with the archives as the RPO watch last measured
+/// them (a standby, which runs no watch, shows none). With `[daemon] status_token`, only to a
+/// request that carries it as `Authorization: Bearer …`.
+async fn status(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
     let plan = shared.plan();
-    let stores = Stores::new(plan.aws.as_ref(), plan.vault.as_ref());
-    match status::collect(&plan, &shared.db, &stores, shared.clock.as_ref()).await {
+    if let Some(token) = &plan.daemon.status_token {
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match token.resolve_local() {
+            Ok(token) if given.is_some_and(|given| same(given.as_bytes(), token.expose_secret().as_bytes())) => {}
+            Ok(_) => {
+                let body =
+                    serde_json::json!({ "error": "this /status asks for the bearer token of [daemon] status_token" });
+                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], axum::Json(body))
+                    .into_response();
+            }
+            Err(err) => {
+                let body = serde_json::json!({ "error": format!("cannot read [daemon] status_token: {err}") });
+                return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();
+            }
+        }
+    }
+    let archives = shared.archives.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    match status::cached(&plan, &shared.db, shared.clock.as_ref(), archives).await {
         Ok(status) => axum::Json(status).into_response(),
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(serde_json::json!({ "error": err.to_string() })))
             .into_response(),

@@ -138,6 +138,9 @@ pub struct Shared {
     /// The lead was lost and has not ended yet: no work is claimed meanwhile, so that no write
     /// of the lost lead's jobs passes under a newer epoch.
     deposed: AtomicBool,
+    /// Each pgbackrest set's archive health as the RPO watch last measured it: what `/status`
+    /// serves, so that no request logs in to a source database or runs pgBackRest.
+    archives: std::sync::Mutex<BTreeMap<String, crate::backup::physical::ArchiveHealth>>,
 }
 
 impl Shared {
@@ -168,6 +171,7 @@ pub async fn run(
         leading: AtomicBool::new(false),
         epoch: AtomicI64::new(0),
         deposed: AtomicBool::new(false),
+        archives: std::sync::Mutex::default(),
     });
     // One daemon per SQLite store, checked before anything else: a second one names the first.
     let _lock = match &plan.evidence.store {
@@ -1108,7 +1112,11 @@ impl<'a> Era<'a> {
             let target = self.plan().drills.values().filter(|d| d.backup == *name).map(|d| d.rpo).min();
             let age = match &set.method {
                 BackupMethod::PgBackRest(_) => match self.drills.backups().archive_health(name).await {
-                    Ok(health) => health.rpo_exposure_secs,
+                    Ok(health) => {
+                        let exposure = health.rpo_exposure_secs;
+                        self.shared.archives.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), health);
+                        exposure
+                    }
                     Err(err) => {
                         tracing::warn!(set = %name, %err, "cannot read the archive's health");
                         None

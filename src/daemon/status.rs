@@ -89,6 +89,19 @@ pub async fn secrets(plan: &Plan, db: &Db, clock: &dyn Clock) -> Result<Vec<Secr
     Ok(shown)
 }
 
+/// The status the daemon serves: secrets and alerts from the state store, and the archives'
+/// health as the RPO watch last measured it (`archives`), so that a request logs in nowhere.
+pub async fn cached(
+    plan: &Plan,
+    db: &Db,
+    clock: &dyn Clock,
+    archives: Vec<ArchiveHealth>,
+) -> Result<Status, StatusError> {
+    let secrets = secrets(plan, db, clock).await?;
+    let alerts = crate::alerts::firing(db).await.map_err(SagaError::from)?;
+    Ok(Status { secrets, archives, alerts })
+}
+
 /// The whole status: secrets from the state store, archives from each source database and
 /// pgBackRest repository.
 pub async fn collect(plan: &Plan, db: &Db, stores: &Stores<'_>, clock: &dyn Clock) -> Result<Status, StatusError> {

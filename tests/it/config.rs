@@ -253,6 +253,42 @@ fn disabled_tls_to_another_host_is_warned_about() {
     assert_eq!(targets["local"]["tls"]["mode"], "disable", "{targets}");
 }
 
+/// A daemon listening beyond loopback is warned about: `/status` names every secret and what
+/// fails, so the warning says to set `status_token` (and says less once it is set). A status
+/// token kept in a secret store is refused: it is read at each request.
+#[test]
+fn a_daemon_listening_beyond_loopback_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    let base = std::fs::read_to_string(repo_root().join("tests/data/config/base/vigil.toml")).unwrap();
+    let listen = |daemon: &str| {
+        std::fs::write(dir.path().join("vigil.toml"), format!("{base}\n[daemon]\nlisten = \"0.0.0.0:9746\"\n{daemon}"))
+            .unwrap();
+        let run = vigil(dir.path(), &["--output", "json", "config", "check"]);
+        let report = run.json();
+        let found: Vec<serde_json::Value> = report["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["field"].as_str().is_some_and(|f| f.starts_with("daemon.")))
+            .cloned()
+            .collect();
+        (run.code(), found)
+    };
+    let (code, found) = listen("");
+    assert_eq!(code, 0, "{found:?}");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0]["field"].as_str(), found[0]["severity"].as_str()), (Some("daemon.listen"), Some("warning")));
+    assert!(found[0]["message"].as_str().unwrap().contains("set status_token"), "{found:?}");
+    crate::support::secret_file(dir.path(), "token", "t0ken");
+    let (code, found) = listen("status_token = { file = \"token\" }\n");
+    assert_eq!(code, 0, "{found:?}");
+    assert!(found[0]["message"].as_str().unwrap().contains("asks for the status token"), "{found:?}");
+    let (code, found) = listen("status_token = { store = \"vault_kv\", path = \"vigil/status\", key = \"token\" }\n");
+    assert_eq!(code, 1, "{found:?}");
+    assert!(found.iter().any(|d| d["field"] == "daemon.status_token" && d["severity"] == "error"), "{found:?}");
+}
+
 /// A token goes to Vault and the API-key issuer over https, unless the host is this machine or
 /// `allow_insecure_http = true` (warned about) says otherwise.
 #[test]

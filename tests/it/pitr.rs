@@ -354,3 +354,67 @@ async fn a_killed_pitr_drill_leaves_no_server_and_no_folder() {
         assert_eq!(list["killed"]["status"], "done", "{failpoint}: {list}");
     }
 }
+
+/// The daemon's `/status` serves each pgbackrest set's archive health as the RPO watch last
+/// measured it: five requests run pgBackRest (and so log in to the source) not once. With
+/// `[daemon] status_token`, a request without the token, or with another, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: cargo xtask test"]
+async fn status_serves_the_watched_archive_health_and_asks_for_its_token() {
+    let pitr = Pitr::new(None).await;
+    // pgBackRest through a wrapper that counts its runs.
+    let (runs, wrapper) = (pitr.path().join("pgbackrest-runs"), pitr.path().join("pgbackrest-counting"));
+    std::fs::write(&runs, "").unwrap();
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\necho \"$1\" >> {}\nexec /usr/bin/pgbackrest \"$@\"\n", runs.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    crate::support::secret_file(pitr.path(), "status-token", "s3cret-status-token");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        pitr.path().join("vigil.toml"),
+        format!(
+            "[controller]\ndata_dir = \"data\"\n\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nwatch_interval = \"1h\"\n\
+             status_token = {{ file = \"status-token\" }}\n"
+        ),
+    )
+    .unwrap();
+    pitr.write_schedule(&format!("pgbackrest_bin = \"{}\"\n", wrapper.display()));
+    let mut daemon = pitr.command(&["run"], None).stderr(std::process::Stdio::null()).spawn().unwrap();
+
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/status");
+    let status = |token: Option<&'static str>| {
+        let request = client.get(&url);
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move { request.send().await }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Ok(response) = status(Some("s3cret-status-token")).await
+            && response.status() == 200
+        {
+            let body: Value = response.json().await.unwrap();
+            if body["archives"].as_array().is_some_and(|a| !a.is_empty()) {
+                break body;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the watch never measured the archive");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(first["archives"][0]["set"], "pitr", "{first}");
+    let before = std::fs::read_to_string(&runs).unwrap().lines().count();
+    for _ in 0..5 {
+        assert_eq!(status(Some("s3cret-status-token")).await.unwrap().status(), 200);
+    }
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), before, "a request ran pgBackRest");
+    assert_eq!(status(None).await.unwrap().status(), 401);
+    assert_eq!(status(Some("another-token")).await.unwrap().status(), 401);
+    let _ = std::process::Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    let _ = daemon.wait();
+}

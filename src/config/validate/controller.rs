@@ -35,7 +35,7 @@ impl Loader {
     pub(super) fn daemon(&mut self, raw: Option<&Spanned<raw::DaemonSection>>) -> Daemon {
         let file = self.config_file;
         let raw = raw.map(Spanned::get_ref);
-        let listen = raw.and_then(|d| d.listen.as_ref()).and_then(|listen| match listen.get_ref().parse() {
+        let listen = raw.and_then(|d| d.listen.as_ref()).and_then(|listen| match listen.get_ref().parse::<std::net::SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
                 self.error(
@@ -62,7 +62,28 @@ impl Loader {
                 Some(*grace.get_ref())
             }
         });
+        let status_token = raw.and_then(|d| d.status_token.as_ref()).and_then(|token| {
+            if matches!(token.get_ref(), crate::secret::SecretRef::Store { .. }) {
+                let why = "the status token is read at each request: give it as { file = \"…\" } or { env = \"…\" }";
+                self.error(file, token.span(), "daemon.status_token".into(), why);
+                return None;
+            }
+            self.check_ref(token, file, "daemon.status_token".into());
+            Some(token.get_ref().clone().rebase(&self.folder_of(file)))
+        });
+        if let Some(addr) = listen
+            && !addr.ip().is_loopback()
+            && let Some(span) = raw.and_then(|d| d.listen.as_ref()).map(Spanned::span)
+        {
+            let why = if status_token.is_some() {
+                "listens beyond this machine: /healthz, /readyz and /metrics answer anyone who reaches it (/status asks for the status token)"
+            } else {
+                "listens beyond this machine: /status (the secrets, their stores, what fails) and /metrics answer anyone who reaches it; set status_token, or listen on 127.0.0.1 behind a proxy"
+            };
+            self.warnings.push(Diagnostic::warning(self.at(file, span), "daemon.listen".to_owned(), why));
+        }
         Daemon {
+            status_token,
             listen: listen.unwrap_or(DEFAULT_LISTEN),
             concurrency: concurrency.unwrap_or(4),
             jitter: raw.and_then(|d| d.jitter).unwrap_or(Duration::from_secs(30)),
