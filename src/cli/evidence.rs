@@ -62,7 +62,8 @@ enum EvidenceCommand {
     /// against it, every number of the JSON report recomputed, every file rendered again.
     Verify {
         /// The verifier key to trust (from `vigil evidence pubkey --vkey`, obtained out of band).
-        /// Without it, the key announced by the ledger's first record is trusted.
+        /// Without it (and without `[evidence] trusted_vkey`), the public half of the configured
+        /// signing key: the ledger verifies only if that key's checkpoints vouch for it.
         #[arg(long, value_name = "VKEY", conflicts_with = "vkey_file")]
         vkey: Option<String>,
         /// Read the verifier key from a file.
@@ -192,9 +193,12 @@ impl EvidenceCommand {
                 return consistency(old, new, &vkey, None, Some(db), output).await;
             }
             Self::Verify { vkey, vkey_file, bundle: _ } => {
-                let vkey = pinned_vkey(plan, vkey.as_deref(), vkey_file.as_deref())?;
+                let trust = match pinned_vkey(plan, vkey.as_deref(), vkey_file.as_deref())? {
+                    Some(vkey) => Trust::Pinned(Box::new(vkey)),
+                    None => Trust::Configured(Box::new(configured_verifier(plan)?)),
+                };
                 let witness = witness(plan).await?;
-                return verify(db, vkey, witness.as_deref(), output).await;
+                return verify(db, trust, witness.as_deref(), output).await;
             }
             Self::Checkpoint => {
                 let ledger = open_ledger(plan, db).await?;
@@ -286,14 +290,14 @@ impl EvidenceCommand {
 
 async fn verify(
     db: &Db,
-    vkey: Option<NoteVerifier>,
+    trust: Trust,
     witness: Option<&dyn crate::objects::ObjectStore>,
     output: OutputFormat,
 ) -> anyhow::Result<Exit> {
-    let pinned = if vkey.is_some() { "pinned" } else { "trusted on first use from the genesis record" };
-    let trust = match vkey {
-        Some(vkey) => Trust::Pinned(Box::new(vkey)),
-        None => Trust::Genesis,
+    let pinned = match &trust {
+        Trust::Pinned(_) => "pinned",
+        Trust::Configured(_) => "announced by the genesis record; the configured signing key vouches for it",
+        Trust::Genesis => "trusted on first use from the genesis record",
     };
     let report = evidence::verify(db, trust).await?;
     match output {
@@ -333,6 +337,15 @@ async fn verify(
 fn pinned_vkey(plan: &Plan, vkey: Option<&str>, vkey_file: Option<&Path>) -> anyhow::Result<Option<NoteVerifier>> {
     let configured = if vkey_file.is_none() { plan.evidence.trusted_vkey.as_deref() } else { None };
     read_vkey(vkey.or(configured), vkey_file)
+}
+
+/// The public half of the configured signing key: what `evidence verify` trusts when no key is
+/// pinned. Never a key read from the database, which whoever can write to it could replace.
+fn configured_verifier(plan: &Plan) -> anyhow::Result<NoteVerifier> {
+    let key = evidence::LedgerKey::load(&plan.evidence.signing_key).with_context(|| {
+        "no key to verify against: give --vkey or --vkey-file, or set [evidence] trusted_vkey; the configured signing key cannot be read"
+    })?;
+    Ok(key.verifier())
 }
 
 /// The verifier key from --vkey or --vkey-file, if either is given.
