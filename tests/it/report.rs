@@ -781,3 +781,44 @@ async fn a_stuck_rotation_is_a_failure_until_a_later_one_clears_it() {
     assert!(what.iter().any(|w| w.starts_with("rotation stuck, needing an operator, at step set")), "{what:?}");
     assert!(verify_bundle(std::fs::File::open(&exported.bundle).unwrap(), &e.ledger.verifier()).is_ok());
 }
+
+/// `--from` and `--to` keep their fractions of a second: exactly the records between the two
+/// instants are reported, none left out or let in by a cut to whole seconds.
+#[tokio::test]
+async fn sub_second_from_and_to_keep_the_records_inside_the_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = LedgerKey::generate("vigil/report-test");
+    key.save(&dir.path().join("evidence.key")).unwrap();
+    let events = Events::new(dir.path(), key).await;
+    // Records 2 to 5: one before the period, two inside it, one after.
+    for time in ["2026-01-05T12:00:00.1Z", "2026-01-05T12:00:00.7Z", "2026-01-05T12:00:01.2Z", "2026-01-05T12:00:01.6Z"]
+    {
+        events.at(time, "manual.note", "ops", Outcome::Info, json!({ "at": time })).await;
+    }
+    events.ledger.db().close().await;
+    let config = write_config(dir.path());
+    let exported = crate::support::vigil(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            "json",
+            "report",
+            "export",
+            "--from",
+            "2026-01-05T12:00:00.6Z",
+            "--to",
+            "2026-01-05T12:00:01.5Z",
+            "--out",
+            "sub",
+        ],
+    );
+    exported.assert_code(0);
+    let shown = exported.json();
+    assert_eq!((shown["first_seq"].as_u64(), shown["last_seq"].as_u64()), (Some(3), Some(4)), "{shown}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("sub/report.json")).unwrap()).unwrap();
+    assert_eq!(report["period"], json!({ "from": "2026-01-05T12:00:00.600Z", "to": "2026-01-05T12:00:01.500Z" }));
+    assert_eq!(report["records"], 2);
+}
