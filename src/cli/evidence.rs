@@ -373,13 +373,23 @@ fn verify_bundle(path: &Path, vkey: &NoteVerifier, output: OutputFormat) -> anyh
                 verified.first_seq, verified.last_seq
             );
             println!("checkpoint   size {}, signed by the pinned key {}", verified.checkpoint_size, verified.signed_by);
-            println!("proof        the records are the ones that checkpoint covers, none left out at either end");
+            println!(
+                "proof        the records are the ones that checkpoint covers: the range and a fence on each side, none left out at either end"
+            );
+            println!("generated    {}, after every record the bundle holds", verified.generated_at);
+            println!(
+                "policy       sha256 {} (declared by the exporter, not checked: compare it with the configuration under review)",
+                verified.policy_sha256
+            );
             println!("witness      {} copies identical to the checkpoint", verified.witness_copies);
             println!(
                 "report       {} numbers recomputed from the records; every file rendered again and identical",
                 verified.numbers
             );
-            println!("files        {} SHA-256 hashes match the manifest", verified.files);
+            println!(
+                "files        {} SHA-256 hashes match the manifest, which the pinned key signed; no other member",
+                verified.files
+            );
             println!("ok: the bundle verifies");
         }
     }

@@ -70,6 +70,17 @@ pub struct Policy {
     pub drills: Vec<DrillPolicy>,
 }
 
+impl Policy {
+    /// The SHA-256 (hex) of the policy in canonical JSON (`evidence::canonical_json`): what
+    /// `report export` and `evidence verify --bundle` print, so that the declared inputs of two
+    /// reports, or of a report and the exporter's word, compare as one line.
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let value = serde_json::to_value(self).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(crate::evidence::canonical_json(&value)))
+    }
+}
+
 /// A secret's declared settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretPolicy {
