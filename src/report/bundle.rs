@@ -520,12 +520,16 @@ fn write_loose<'a>(
     files: impl Iterator<Item = &'a (String, Vec<u8>)>,
 ) -> Result<Vec<PathBuf>, ExportError> {
     let mut written = Vec::new();
+    // An earlier export's CSV files are removed only from a real folder, never through a link.
+    let csv_folder = std::fs::symlink_metadata(out.join("csv")).is_ok_and(|m| m.is_dir());
     for (path, bytes) in files {
         let (Some(name), Some(format)) = (path.strip_prefix("report/"), Format::of(path)) else { continue };
         let target = out.join(name);
         if loose.contains(&format) {
             write_private(&target, bytes)?;
             written.push(target);
+        } else if format == Format::Csv && !csv_folder {
+            continue;
         } else if let Err(err) = std::fs::remove_file(&target)
             && err.kind() != std::io::ErrorKind::NotFound
         {

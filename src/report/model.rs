@@ -129,9 +129,10 @@ pub struct DrillPolicy {
 /// The ledger range a report is built from and the checkpoint that signs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Integrity {
-    /// The first record of the period (0 when the period has none).
+    /// The range's first record: the one after the last record dated before the period.
     pub first_seq: u64,
-    /// The last record of the period (0 when the period has none).
+    /// The range's last record: the period's last (one less than `first_seq` when the period
+    /// has none).
     pub last_seq: u64,
     /// The size of the tree the checkpoint signs.
     pub checkpoint_size: u64,
