@@ -33,7 +33,7 @@ use super::model::{Builder, Integrity, ModelError, Period, Policy, Report};
 
 /// The bundle format, in the manifest's `format` field.
 pub const FORMAT: &str = "vigil.bundle.v2";
-/// Records held back while looking for the period's last record (see [`Scan`]).
+/// Records outside the period held back while the range may go on (see [`Scan`]).
 const MAX_PENDING: usize = 10_000;
 
 const MANIFEST: &str = "manifest.json";
