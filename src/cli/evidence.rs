@@ -58,8 +58,9 @@ enum EvidenceCommand {
     /// Exits 1 naming the first bad record.
     ///
     /// With --bundle, check a report's evidence bundle instead, offline (no configuration, no
-    /// database, no network): the checkpoint's signature by the pinned key, the records
-    /// against it, every number of the JSON report recomputed, every file rendered again.
+    /// database, no network): the manifest's and the checkpoint's signatures by the pinned key,
+    /// only the bundle's own files, the records against the checkpoint and the period, every
+    /// number of the JSON report recomputed, every file rendered again.
     Verify {
         /// The verifier key to trust (from `vigil evidence pubkey --vkey`, obtained out of band).
         /// Without it (and without `[evidence] trusted_vkey`), the public half of the configured

@@ -39,7 +39,8 @@ enum ReportCommand {
         /// Which report files to keep beside the bundle (the bundle always holds them all).
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Format::Html, Format::Json, Format::Csv, Format::Oscal])]
         format: Vec<Format>,
-        /// The folder to write into (created if missing; files of an earlier export are replaced).
+        /// The folder to write into: created 0700 if missing, else one only its owner can enter.
+        /// Files (0600) of an earlier export are replaced, never written through.
         #[arg(long)]
         out: PathBuf,
     },
