@@ -58,11 +58,13 @@ enum EvidenceCommand {
     /// Exits 1 naming the first bad record.
     ///
     /// With --bundle, check a report's evidence bundle instead, offline (no configuration, no
-    /// database, no network): the checkpoint's signature by the pinned key, the records
-    /// against it, every number of the JSON report recomputed, every file rendered again.
+    /// database, no network): the manifest's and the checkpoint's signatures by the pinned key,
+    /// only the bundle's own files, the records against the checkpoint and the period, every
+    /// number of the JSON report recomputed, every file rendered again.
     Verify {
         /// The verifier key to trust (from `vigil evidence pubkey --vkey`, obtained out of band).
-        /// Without it, the key announced by the ledger's first record is trusted.
+        /// Without it (and without `[evidence] trusted_vkey`), the public half of the configured
+        /// signing key: the ledger verifies only if that key's checkpoints vouch for it.
         #[arg(long, value_name = "VKEY", conflicts_with = "vkey_file")]
         vkey: Option<String>,
         /// Read the verifier key from a file.
@@ -192,9 +194,12 @@ impl EvidenceCommand {
                 return consistency(old, new, &vkey, None, Some(db), output).await;
             }
             Self::Verify { vkey, vkey_file, bundle: _ } => {
-                let vkey = pinned_vkey(plan, vkey.as_deref(), vkey_file.as_deref())?;
+                let trust = match pinned_vkey(plan, vkey.as_deref(), vkey_file.as_deref())? {
+                    Some(vkey) => Trust::Pinned(Box::new(vkey)),
+                    None => Trust::Configured(Box::new(configured_verifier(plan)?)),
+                };
                 let witness = witness(plan).await?;
-                return verify(db, vkey, witness.as_deref(), output).await;
+                return verify(db, trust, witness.as_deref(), output).await;
             }
             Self::Checkpoint => {
                 let ledger = open_ledger(plan, db).await?;
@@ -286,14 +291,14 @@ impl EvidenceCommand {
 
 async fn verify(
     db: &Db,
-    vkey: Option<NoteVerifier>,
+    trust: Trust,
     witness: Option<&dyn crate::objects::ObjectStore>,
     output: OutputFormat,
 ) -> anyhow::Result<Exit> {
-    let pinned = if vkey.is_some() { "pinned" } else { "trusted on first use from the genesis record" };
-    let trust = match vkey {
-        Some(vkey) => Trust::Pinned(Box::new(vkey)),
-        None => Trust::Genesis,
+    let pinned = match &trust {
+        Trust::Pinned(_) => "pinned",
+        Trust::Configured(_) => "announced by the genesis record; the configured signing key vouches for it",
+        Trust::Genesis => "trusted on first use from the genesis record",
     };
     let report = evidence::verify(db, trust).await?;
     match output {
@@ -335,6 +340,15 @@ fn pinned_vkey(plan: &Plan, vkey: Option<&str>, vkey_file: Option<&Path>) -> any
     read_vkey(vkey.or(configured), vkey_file)
 }
 
+/// The public half of the configured signing key: what `evidence verify` trusts when no key is
+/// pinned. Never a key read from the database, which whoever can write to it could replace.
+fn configured_verifier(plan: &Plan) -> anyhow::Result<NoteVerifier> {
+    let key = evidence::LedgerKey::load(&plan.evidence.signing_key).with_context(|| {
+        "no key to verify against: give --vkey or --vkey-file, or set [evidence] trusted_vkey; the configured signing key cannot be read"
+    })?;
+    Ok(key.verifier())
+}
+
 /// The verifier key from --vkey or --vkey-file, if either is given.
 fn read_vkey(vkey: Option<&str>, vkey_file: Option<&Path>) -> anyhow::Result<Option<NoteVerifier>> {
     let text = match (vkey, vkey_file) {
@@ -360,13 +374,23 @@ fn verify_bundle(path: &Path, vkey: &NoteVerifier, output: OutputFormat) -> anyh
                 verified.first_seq, verified.last_seq
             );
             println!("checkpoint   size {}, signed by the pinned key {}", verified.checkpoint_size, verified.signed_by);
-            println!("proof        the records are the ones that checkpoint covers, none left out at either end");
+            println!(
+                "proof        the records are the ones that checkpoint covers: the range and a fence on each side, none left out at either end"
+            );
+            println!("generated    {}, after every record the bundle holds", verified.generated_at);
+            println!(
+                "policy       sha256 {} (declared by the exporter, not checked: compare it with the configuration under review)",
+                verified.policy_sha256
+            );
             println!("witness      {} copies identical to the checkpoint", verified.witness_copies);
             println!(
                 "report       {} numbers recomputed from the records; every file rendered again and identical",
                 verified.numbers
             );
-            println!("files        {} SHA-256 hashes match the manifest", verified.files);
+            println!(
+                "files        {} SHA-256 hashes match the manifest, which the pinned key signed; no other member",
+                verified.files
+            );
             println!("ok: the bundle verifies");
         }
     }

@@ -39,7 +39,8 @@ enum ReportCommand {
         /// Which report files to keep beside the bundle (the bundle always holds them all).
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Format::Html, Format::Json, Format::Csv, Format::Oscal])]
         format: Vec<Format>,
-        /// The folder to write into (created if missing; files of an earlier export are replaced).
+        /// The folder to write into: created 0700 if missing, else one only its owner can enter.
+        /// Files (0600) of an earlier export are replaced, never written through.
         #[arg(long)]
         out: PathBuf,
     },
@@ -77,7 +78,9 @@ impl ReportArgs {
         let result = async {
             let ledger = open_ledger(&plan, &db).await?;
             let witness = witness(&plan).await?;
-            let generated_at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+            // To the microsecond, as records are stamped: a bundle's report is never dated
+            // before a record it holds.
+            let generated_at = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
             let loose: Vec<report::Format> = format.iter().map(|f| f.to_report()).collect();
             let exported =
                 report::export(&ledger, witness.as_deref(), report::policy(&plan), period, generated_at, out, &loose)
@@ -95,6 +98,7 @@ impl ReportArgs {
                         checkpoint_size: u64,
                         exceptions: usize,
                         witness_copies: usize,
+                        policy_sha256: String,
                     }
                     let r = &exported.report;
                     print_json(&Shown {
@@ -106,6 +110,7 @@ impl ReportArgs {
                         checkpoint_size: r.integrity.checkpoint_size,
                         exceptions: r.exceptions.len(),
                         witness_copies: exported.witness_copies,
+                        policy_sha256: r.policy.digest(),
                     })?;
                 }
                 OutputFormat::Human => {
@@ -125,6 +130,7 @@ impl ReportArgs {
                     for file in &exported.files {
                         println!("  {}", file.display());
                     }
+                    println!("declared policy sha256 {}", r.policy.digest());
                     println!(
                         "signed checkpoint of size {} ({} witness copies); verify with:\n  vigil evidence verify --bundle {} --vkey-file vigil.vkey",
                         r.integrity.checkpoint_size,

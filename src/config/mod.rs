@@ -112,7 +112,8 @@ pub struct Evidence {
     /// The ed25519 signing key file, created on first use when missing.
     pub signing_key: PathBuf,
     /// The verifier key `vigil evidence verify` trusts (from `vigil evidence pubkey --vkey`,
-    /// kept apart from the ledger); without one it trusts the genesis record's key on first use.
+    /// kept apart from the ledger); without one it trusts the public half of `signing_key`,
+    /// never a key read from the database.
     pub trusted_vkey: Option<String>,
     /// Where each checkpoint is also written, outside the database.
     pub witness: Option<objects::Settings>,

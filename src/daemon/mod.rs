@@ -1159,14 +1159,15 @@ impl<'a> Era<'a> {
 }
 
 impl Era<'_> {
-    /// Verifies the whole evidence ledger, from the pinned key when one is configured.
+    /// Verifies the whole evidence ledger, from the pinned key when one is configured, else from
+    /// the signing key the daemon holds (never the key the database's genesis record names).
     async fn verify(&self) -> Ran {
         let trust = match &self.plan().evidence.trusted_vkey {
             Some(vkey) => match crate::evidence::NoteVerifier::parse(vkey) {
                 Ok(key) => crate::evidence::Trust::Pinned(Box::new(key)),
                 Err(err) => return Ran::failed(format!("evidence.trusted_vkey: {err}")),
             },
-            None => crate::evidence::Trust::Genesis,
+            None => crate::evidence::Trust::Configured(Box::new(self.rotator.ctx.ledger.verifier())),
         };
         match crate::evidence::verify(self.db(), trust).await {
             Ok(verification) => {

@@ -909,6 +909,11 @@ impl SagaDef for DrillSaga<'_, '_> {
         Ok(Some(Self::timed(&data, step, started)))
     }
 
+    fn finished_outcome(&self, data: &DrillData) -> crate::evidence::Outcome {
+        let passed = data.verdict.as_ref().is_some_and(|v| v.passed);
+        if passed { crate::evidence::Outcome::Succeeded } else { crate::evidence::Outcome::Failed }
+    }
+
     async fn undo(&self, _saga: &SagaRow, data: &DrillData, step: DrillStep) -> Result<(), StepError> {
         match step {
             DrillStep::Restore => self.remove(data).await,

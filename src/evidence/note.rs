@@ -191,6 +191,13 @@ pub fn rollover_body(origin: &str, new_vkey: &str) -> String {
     format!("vigil.evidence.v1 key rollover\n{origin}\n{new_vkey}\n")
 }
 
+/// The statement the ledger's key signs to vouch for a report bundle: the ledger's origin and
+/// the SHA-256 of the bundle's `manifest.json`, which names every other member with its size and
+/// hash. Its first line keeps it from reading as a checkpoint or a rollover endorsement.
+pub fn manifest_body(origin: &str, manifest_sha256: &Hash) -> String {
+    format!("vigil.bundle.v2 manifest\n{origin}\n{}\n", hex::encode(manifest_sha256))
+}
+
 /// Checks that `note` carries a valid signature by one of `trusted`, and returns its body and
 /// the verifier that checked it.
 pub fn open<'a, 'n>(note: &'n str, trusted: &'a [NoteVerifier]) -> Result<(&'n str, &'a NoteVerifier), NoteError> {

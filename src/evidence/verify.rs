@@ -22,6 +22,11 @@ pub enum Trust {
     Pinned(Box<NoteVerifier>),
     /// The key the genesis record announces (trust on first use).
     Genesis,
+    /// The public half of the signing key this installation is configured with, and the keys
+    /// it endorsed by rollover. The keys before it are followed from the genesis record, but
+    /// trusted only once a checkpoint this key signed covers them: a database whose history no
+    /// checkpoint of this key vouches for is refused, whatever key its genesis record names.
+    Configured(Box<NoteVerifier>),
 }
 
 /// What verification found.
@@ -65,8 +70,10 @@ struct Walk {
     last_hash: Hash,
     verified_size: u64,
     checkpoints_verified: usize,
-    /// Whether the genesis record's key is the root of trust.
+    /// Whether the genesis record's key starts the walk (for `Genesis` and `Configured`).
     trust_genesis: bool,
+    /// The configured key (`Trust::Configured`), and whether a checkpoint it signed verified.
+    configured: Option<(NoteVerifier, bool)>,
     /// Every checkpoint, by size; `next_checkpoint` is the first not yet checked.
     checkpoints: Vec<store::StoredCheckpoint>,
     next_checkpoint: usize,
@@ -91,7 +98,7 @@ impl Walk {
         let first_unverified = if stored.size == self.verified_size { stored.size } else { self.verified_size + 1 };
         let bad = |what: String| Problem { seq: first_unverified, what };
         let candidates: Vec<NoteVerifier> = self.trusted.iter().chain(&self.promoted).cloned().collect();
-        let (body, _) = note::open(&stored.note, &candidates).map_err(|err| {
+        let (body, signer) = note::open(&stored.note, &candidates).map_err(|err| {
             bad(format!(
                 "checkpoint #{} (size {}) is not vouched for: {err}; records {first_unverified}..={} are unproven",
                 stored.id, stored.size, stored.size
@@ -112,6 +119,9 @@ impl Walk {
                 "checkpoint #{} signs a root over {} records that the stored records do not hash to: a record in {first_unverified}..={} was changed, inserted or removed after it was signed",
                 stored.id, signed.size, signed.size
             )));
+        }
+        if let Some((configured, signed_by_it)) = &mut self.configured {
+            *signed_by_it |= signer == configured;
         }
         self.checkpoints_verified += 1;
         self.verified_size = signed.size;
@@ -140,14 +150,17 @@ pub async fn verify(db: &Db, trust: Trust) -> Result<Verification, EvidenceError
         last_hash: [0; 32],
         verified_size: 0,
         checkpoints_verified: 0,
-        trust_genesis: matches!(trust, Trust::Genesis),
+        trust_genesis: !matches!(trust, Trust::Pinned(_)),
+        configured: None,
         checkpoints,
         next_checkpoint: 0,
         buffer: Vec::with_capacity(1024),
         problem: None,
     };
-    if let Trust::Pinned(verifier) = trust {
-        walk.trust(*verifier);
+    match trust {
+        Trust::Pinned(verifier) => walk.trust(*verifier),
+        Trust::Configured(verifier) => walk.configured = Some((*verifier, false)),
+        Trust::Genesis => {}
     }
     let mut walk = store::scan(db, walk, |walk, scanned| match walk.step(scanned) {
         Ok(()) => ControlFlow::Continue(()),
@@ -171,6 +184,9 @@ pub async fn verify(db: &Db, trust: Trust) -> Result<Verification, EvidenceError
         );
         walk.problem = Some(Problem { seq, what });
     }
+    if walk.problem.is_none() {
+        walk.problem = walk.unvouched();
+    }
     Ok(Verification {
         records: walk.frontier.size(),
         checkpoints_verified: walk.checkpoints_verified,
@@ -182,6 +198,26 @@ pub async fn verify(db: &Db, trust: Trust) -> Result<Verification, EvidenceError
 }
 
 impl Walk {
+    /// Under `Trust::Configured`, the problem when the configured key vouches for nothing
+    /// read: it is not the genesis record's key and signed no checkpoint that verified.
+    fn unvouched(&self) -> Option<Problem> {
+        let (configured, signed_by_it) = self.configured.as_ref()?;
+        if self.frontier.size() == 0 {
+            return None;
+        }
+        let id = format!("{}+{:08x}", configured.name(), configured.id());
+        if *signed_by_it || self.keys.first() == Some(&id) {
+            return None;
+        }
+        let genesis = self.keys.first().map_or("no key", String::as_str);
+        Some(Problem {
+            seq: 1,
+            what: format!(
+                "the genesis record announces key {genesis}, and no checkpoint signed by the configured signing key {id} covers it: this is not the ledger that key signs, or its history was replaced; verify with --vkey naming the key you trust"
+            ),
+        })
+    }
+
     /// Checks one record, then every checkpoint of the size the ledger has reached with it.
     fn step(&mut self, scanned: Scanned<'_>) -> Result<(), Problem> {
         let expected = self.frontier.size() + 1;

@@ -1,14 +1,17 @@
 //! The evidence bundle: one tar archive holding the period's records, the newest signed
 //! checkpoint and its witness copies, a compact range proof tying the records to that
-//! checkpoint, and the report's files, each with its SHA-256 in `manifest.json`.
+//! checkpoint, and the report's files, each with its SHA-256 in `manifest.json`, whose own
+//! SHA-256 the ledger's key signs in `manifest.note`.
 //!
 //! [`verify_bundle`] needs nothing but the archive and the pinned verifier key: no database, no
-//! configuration, no network. It reads the archive once, in order (`manifest.json`, the JSON
-//! report, the checkpoint and its copies, the proof, the records, the other report files), so a
-//! bundle of a million records is checked in one pass and bounded memory.
+//! configuration, no network. It reads the archive once, in order (`manifest.json` and its
+//! signature, the JSON report, the checkpoint and its copies, the proof, the records, the other
+//! report files), so a bundle of a million records is checked in one pass and bounded memory.
+//! It accepts only the exact members an export writes: regular files under their own relative
+//! names, each once, each of the size the signed manifest says, compared before it is read.
 //!
-//! The records are a contiguous slice of the ledger: the period's records (from the first
-//! appended at or after its start to the last appended before its end) and, as fences, the
+//! The records are a contiguous slice of the ledger: the range (from the record after the last
+//! appended before the period's start to the last appended before its end) and, as fences, the
 //! record just before and the one just after, so that no record of the period can be left out
 //! at either end without the proof failing.
 
@@ -29,15 +32,17 @@ use super::Format;
 use super::model::{Builder, Integrity, ModelError, Period, Policy, Report};
 
 /// The bundle format, in the manifest's `format` field.
-pub const FORMAT: &str = "vigil.bundle.v1";
-/// Records held back while looking for the period's last record (see [`Scan`]).
+pub const FORMAT: &str = "vigil.bundle.v2";
+/// Records outside the period held back while the range may go on (see [`Scan`]).
 const MAX_PENDING: usize = 10_000;
 
 const MANIFEST: &str = "manifest.json";
+const MANIFEST_NOTE: &str = "manifest.note";
 const CHECKPOINT: &str = "checkpoint.note";
 const PROOF: &str = "proof.json";
 const RECORDS: &str = "records.jsonl";
 const REPORT_JSON: &str = "report/report.json";
+const WITNESS: &str = "witness/checkpoint.note";
 
 /// What `manifest.json` says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,9 +50,11 @@ const REPORT_JSON: &str = "report/report.json";
 struct Manifest {
     format: String,
     period: Period,
-    /// The records of the period.
+    /// The records the report is computed from: the period's, and any between them dated
+    /// outside it by a skewed clock.
     range: SeqRange,
-    /// The records in the bundle: the range and its fences.
+    /// The records in the bundle: exactly the range and a fence on each side where the log
+    /// has one.
     records: SeqRange,
     checkpoint_size: u64,
     files: Vec<FileEntry>,
@@ -103,6 +110,18 @@ pub enum ExportError {
     /// The witness could not be read.
     #[error("cannot read the checkpoint's witness copy: {0}")]
     Witness(String),
+    /// A record the bundle holds is dated after the export's own time.
+    #[error(
+        "record {seq} is dated {time}, after this export's time {generated_at}: the clock of the process that wrote it is ahead of this one; correct it, and export again once this clock has passed that time"
+    )]
+    Skewed {
+        /// The record.
+        seq: u64,
+        /// Its time.
+        time: String,
+        /// The export's time.
+        generated_at: String,
+    },
     /// The records read do not give the root the checkpoint signs.
     #[error(
         "the ledger's records do not give the root its newest checkpoint signs: a record was changed outside vigil; run `vigil evidence verify` to find it"
@@ -123,7 +142,7 @@ pub struct Exported {
     pub witness_copies: usize,
 }
 
-/// What the scan over the ledger keeps: the leaf hashes (for the proof), the period's records
+/// What the scan over the ledger keeps: the leaf hashes (for the proof), the range's records
 /// fed to the report and written to `records.jsonl`, and the fences.
 struct Scan {
     /// The period, in microseconds since the epoch.
@@ -133,20 +152,22 @@ struct Scan {
     leaves: Vec<Hash>,
     out: BufWriter<std::fs::File>,
     error: Option<std::io::Error>,
-    /// The newest record before the period, while the period's first is not found.
+    /// The newest record before the period, while the period's first is not found: the fence
+    /// before the range.
     before: Option<Record>,
-    /// The record right after `before`, when the period turns out empty.
-    after_empty: Option<Record>,
-    /// The period's first and last record so far.
+    /// The range's first and the period's last record so far.
     first: Option<u64>,
     last: u64,
-    /// Records after the newest of the period, held until a later record of the period comes
-    /// (clocks of two writers may disagree by a little) or the scan ends. Past `MAX_PENDING`
-    /// the period is taken to have ended.
+    /// Records outside the period held back: after the fence while the period's first is not
+    /// found, or after the period's newest. They join the range when a record of the period
+    /// follows (clocks of two writers may disagree by a little); the first of them is the fence
+    /// after it. Past `MAX_PENDING` the period is taken to have ended.
     pending: Vec<Record>,
     closed: bool,
     /// The bundle's first and last record.
     written: Option<SeqRange>,
+    /// The bundle's newest record by time: the report cannot be dated before it.
+    newest: Option<(u64, String, i64)>,
 }
 
 impl Scan {
@@ -164,6 +185,10 @@ impl Scan {
             Some(range) => SeqRange { first: range.first, last: line.seq },
             None => SeqRange { first: line.seq, last: line.seq },
         });
+        let at = super::model::micros(&line.time).unwrap_or(i64::MAX);
+        if self.newest.as_ref().is_none_or(|(_, _, newest)| at > *newest) {
+            self.newest = Some((line.seq, line.time.clone(), at));
+        }
     }
 
     fn visit(&mut self, record: &RecordRef<'_>, leaf: Hash) {
@@ -174,34 +199,37 @@ impl Scan {
         let time = super::model::micros(record.time);
         let in_period = time.is_some_and(|t| t >= self.from && t < self.to);
         match (self.first, in_period) {
-            (None, false) => {
-                if time.is_none_or(|t| t < self.from) {
-                    self.before = Some(record.to_record());
-                    self.after_empty = None;
-                } else if self.after_empty.is_none() {
-                    self.after_empty = Some(record.to_record());
-                }
+            (None, false) if time.is_none_or(|t| t < self.from) => {
+                self.before = Some(record.to_record());
+                self.pending.clear();
             }
             (None, true) => {
+                // Every record from the fence on: one dated after the period that comes before
+                // the period's first (a skewed clock) is part of the range, not skipped.
                 if let Some(before) = self.before.take() {
                     self.write(&before);
                 }
-                self.first = Some(record.seq);
+                self.first = Some(self.pending.first().map_or(record.seq, |r| r.seq));
+                self.include_pending();
                 self.include(record);
             }
             (Some(_), true) => {
-                for line in std::mem::take(&mut self.pending) {
-                    self.builder.feed(&line.as_ref());
-                    self.write(&line);
-                }
+                self.include_pending();
                 self.include(record);
             }
-            (Some(_), false) => {
+            (_, false) => {
                 self.pending.push(record.to_record());
                 if self.pending.len() > MAX_PENDING {
                     self.closed = true;
                 }
             }
+        }
+    }
+
+    fn include_pending(&mut self) {
+        for line in std::mem::take(&mut self.pending) {
+            self.builder.feed(&line.as_ref());
+            self.write(&line);
         }
     }
 
@@ -211,28 +239,24 @@ impl Scan {
         self.write(&record.to_record());
     }
 
-    /// Writes the closing fence, and returns the period's range.
+    /// Writes the closing fence, and returns the range: the records between the fences.
     fn finish(&mut self) -> SeqRange {
-        match self.first {
-            Some(first) => {
-                if let Some(after) = self.pending.first().cloned() {
-                    self.write(&after);
-                }
-                SeqRange { first, last: self.last }
-            }
+        let range = match self.first {
+            Some(first) => SeqRange { first, last: self.last },
             None => {
                 let before = self.before.take();
                 let next = before.as_ref().map_or(1, |b| b.seq + 1);
                 if let Some(before) = &before {
                     self.write(before);
                 }
-                let after = self.after_empty.take().filter(|a| a.seq == next);
-                if let Some(after) = &after {
-                    self.write(after);
-                }
                 SeqRange { first: next, last: next - 1 }
             }
+        };
+        // The record right after the range, if any: the first held back.
+        if let Some(after) = self.pending.first().cloned() {
+            self.write(&after);
         }
+        range
     }
 }
 
@@ -242,6 +266,10 @@ impl Scan {
 /// A checkpoint is signed first, so the bundle's checkpoint covers every record there is. The
 /// ledger is read once, streaming; memory grows with the number of records (32 bytes each, for
 /// the proof) and with the report's own size, not with the records' contents.
+///
+/// `out` is created 0700 (an existing folder must be private already), and every file is
+/// written 0600 to a new temporary name beside its own and renamed over it, so that nothing
+/// planted at a fixed name (a symbolic link) is written through.
 pub async fn export(
     ledger: &Ledger,
     witness: Option<&dyn ObjectStore>,
@@ -251,12 +279,10 @@ pub async fn export(
     out: &Path,
     loose: &[Format],
 ) -> Result<Exported, ExportError> {
-    let write_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| ExportError::Write { path, source }
-    };
-    let folder = if loose.contains(&Format::Csv) { out.join("csv") } else { out.to_owned() };
-    std::fs::create_dir_all(&folder).map_err(write_err(&folder))?;
+    private_folder(out, true)?;
+    if loose.contains(&Format::Csv) {
+        private_folder(&out.join("csv"), false)?;
+    }
     let checkpoint = ledger.checkpoint().await?;
     let verifier = ledger.verifier();
     // The checkpoint was just signed by this key: its body parses.
@@ -267,49 +293,15 @@ pub async fn export(
 
     // Staged beside the bundle, and removed once it is packed.
     let records_path = out.join(".records.jsonl.partial");
-    let file = std::fs::File::create(&records_path).map_err(write_err(&records_path))?;
-    let scan = Scan {
-        from: super::model::micros(&period.from).ok_or(ModelError::BadPeriod("from"))?,
-        to: super::model::micros(&period.to).ok_or(ModelError::BadPeriod("to"))?,
-        builder: Builder::new(period.clone(), policy)?,
-        leaves: Vec::new(),
-        out: BufWriter::new(file),
-        error: None,
-        before: None,
-        after_empty: None,
-        first: None,
-        last: 0,
-        pending: Vec::new(),
-        closed: false,
-        written: None,
-    };
-    let mut scan =
-        evidence::for_each_record(ledger.db(), signed.size, scan, |scan, record, leaf| scan.visit(record, leaf))
-            .await?;
-    let range = scan.finish();
-    if let Some(err) = scan.error.take() {
-        return Err(ExportError::Write { path: records_path, source: err });
+    let Scanned { range, written, proof, builder, newest } =
+        scan(ledger, &signed, policy, &period, &records_path).await?;
+    // `verify_bundle` refuses a report dated before a record it holds.
+    if let Some((seq, time, at)) = newest
+        && super::model::micros(&generated_at).is_none_or(|made| at > made)
+    {
+        let _ = std::fs::remove_file(&records_path);
+        return Err(ExportError::Skewed { seq, time, generated_at });
     }
-    scan.out.flush().map_err(write_err(&records_path))?;
-    // Records checkpointed long ago are read again here: a bundle of records the checkpoint
-    // does not cover would only fail in the auditor's hands.
-    if merkle::root(&scan.leaves) != signed.root {
-        return Err(ExportError::Tampered);
-    }
-    // The ledger always holds its genesis record, so the bundle holds at least one.
-    let written = scan.written.unwrap_or(SeqRange { first: 1, last: 0 });
-    let proof = if written.first <= written.last {
-        let (start, end) = (to_index(written.first - 1), to_index(written.last));
-        merkle::range_proof(&scan.leaves, start, end)
-    } else {
-        Vec::new()
-    };
-    let proof = Proof {
-        size: signed.size,
-        start: written.first.saturating_sub(1),
-        hashes: proof.iter().map(hex::encode).collect(),
-    };
-
     let integrity = Integrity {
         first_seq: range.first,
         last_seq: range.last,
@@ -319,63 +311,20 @@ pub async fn export(
         vkey: verifier.vkey(),
         fingerprint: verifier.fingerprint(),
     };
-    let report = scan.builder.finish(&generated_at, integrity);
+    let report = builder.finish(&generated_at, integrity);
 
-    let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
-    let rendered = super::render(&report)?;
-    let (json, others): (Vec<_>, Vec<_>) = rendered.into_iter().partition(|(path, _)| path == REPORT_JSON);
-    contents.extend(json);
-    contents.push((CHECKPOINT.into(), checkpoint.note.clone().into_bytes()));
-    let mut witness_copies = 0;
-    if let Some(witness) = witness {
-        let copy = evidence::witness::copy_of(witness, &checkpoint)
-            .await
-            .map_err(|err| ExportError::Witness(err.to_string()))?;
-        if let Some(copy) = copy {
-            contents.push(("witness/checkpoint.note".into(), copy));
-            witness_copies += 1;
-        }
-    }
-    let mut proof_json = serde_json::to_vec_pretty(&proof).unwrap_or_default();
-    proof_json.push(b'\n');
-    contents.push((PROOF.into(), proof_json));
-
-    let mut files = Vec::new();
-    let mut entries = Vec::new();
-    for (path, bytes) in &contents {
-        entries.push(FileEntry {
-            path: path.clone(),
-            sha256: hex::encode(Sha256::digest(bytes)),
-            bytes: bytes.len() as u64,
-        });
-    }
+    let (contents, others) = contents(&report, &checkpoint, witness, &proof).await?;
+    let witness_copies = contents.iter().filter(|(path, _)| path == WITNESS).count();
+    let entry = |(path, bytes): &(String, Vec<u8>)| FileEntry {
+        path: path.clone(),
+        sha256: hex::encode(Sha256::digest(bytes)),
+        bytes: bytes.len() as u64,
+    };
+    let mut entries: Vec<FileEntry> = contents.iter().map(entry).collect();
     let records_sha = sha256_file(&records_path).map_err(write_err(&records_path))?;
     entries.push(FileEntry { path: RECORDS.into(), sha256: records_sha.0, bytes: records_sha.1 });
-    for (path, bytes) in &others {
-        entries.push(FileEntry {
-            path: path.clone(),
-            sha256: hex::encode(Sha256::digest(bytes)),
-            bytes: bytes.len() as u64,
-        });
-    }
-    // The report's files of the formats asked for also sit loose in the folder, for reading
-    // (`report.html`, `csv/`, ...); those of an earlier export in other formats are removed.
-    for (path, bytes) in contents.iter().chain(&others) {
-        let (Some(name), Some(format)) = (path.strip_prefix("report/"), Format::of(path)) else { continue };
-        let target = out.join(name);
-        if loose.contains(&format) {
-            std::fs::write(&target, bytes).map_err(write_err(&target))?;
-            files.push(target);
-        } else if let Err(err) = std::fs::remove_file(&target)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(ExportError::Write { path: target, source: err });
-        }
-    }
-    if !loose.contains(&Format::Csv) {
-        // Only when empty: nothing but an earlier export's files is ever removed.
-        let _ = std::fs::remove_dir(out.join("csv"));
-    }
+    entries.extend(others.iter().map(entry));
+    let mut files = write_loose(out, loose, contents.iter().chain(&others))?;
     let manifest = Manifest {
         format: FORMAT.into(),
         period,
@@ -386,26 +335,13 @@ pub async fn export(
     };
     let mut manifest_json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     manifest_json.push(b'\n');
+    let manifest_sha256: Hash = Sha256::digest(&manifest_json).into();
+    let manifest_note = ledger.sign_manifest(&manifest_sha256);
 
     let bundle = out.join("bundle.tar");
-    let file = std::fs::File::create(&bundle).map_err(write_err(&bundle))?;
-    let mut tar = tar::Builder::new(BufWriter::new(file));
-    // The order `verify_bundle` reads in: the manifest and the JSON report before the records.
-    tar.append_data(&mut entry_header(manifest_json.len()), MANIFEST, manifest_json.as_slice())
-        .map_err(write_err(&bundle))?;
-    for (path, bytes) in &contents {
-        tar.append_data(&mut entry_header(bytes.len()), path, bytes.as_slice()).map_err(write_err(&bundle))?;
-    }
-    let records = std::fs::File::open(&records_path).map_err(write_err(&records_path))?;
-    let mut header = entry_header(0);
-    header.set_size(records_sha.1);
-    header.set_cksum();
-    tar.append_data(&mut header, RECORDS, records).map_err(write_err(&bundle))?;
-    for (path, bytes) in &others {
-        tar.append_data(&mut entry_header(bytes.len()), path, bytes.as_slice()).map_err(write_err(&bundle))?;
-    }
-    tar.into_inner().and_then(|mut w| w.flush()).map_err(write_err(&bundle))?;
-    std::fs::remove_file(&records_path).map_err(write_err(&records_path))?;
+    let members =
+        Members { manifest: &manifest_json, note: manifest_note.as_bytes(), contents: &contents, others: &others };
+    pack(&bundle, &members, &records_path, records_sha.1)?;
     files.push(bundle.clone());
     // The export is an action like any other: recorded, with the manifest's hash (which covers
     // every file of the bundle), and signed for at once.
@@ -421,7 +357,7 @@ pub async fn export(
                 "last_seq": report.integrity.last_seq,
                 "checkpoint_size": report.integrity.checkpoint_size,
                 "exceptions": report.exceptions.len(),
-                "manifest_sha256": hex::encode(Sha256::digest(&manifest_json)),
+                "manifest_sha256": hex::encode(manifest_sha256),
             }),
         })
         .await?;
@@ -429,11 +365,224 @@ pub async fn export(
     Ok(Exported { report, files, bundle, witness_copies })
 }
 
-/// A tar header for a file of `size` bytes: mode 0644 and time 0, so the same report always
-/// packs to the same bytes.
-fn entry_header(size: usize) -> tar::Header {
+/// A bundle's members as (path, bytes): those before the records (the JSON report, the
+/// checkpoint and its witness copy, the proof), and the other report files, after them.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// The bundle's members but the manifest, its signature and the records.
+async fn contents(
+    report: &Report,
+    checkpoint: &evidence::StoredCheckpoint,
+    witness: Option<&dyn ObjectStore>,
+    proof: &Proof,
+) -> Result<(Files, Files), ExportError> {
+    let rendered = super::render(report)?;
+    let (mut contents, others): (Files, Files) = rendered.into_iter().partition(|(path, _)| path == REPORT_JSON);
+    contents.push((CHECKPOINT.into(), checkpoint.note.clone().into_bytes()));
+    if let Some(witness) = witness {
+        let copy = evidence::witness::copy_of(witness, checkpoint)
+            .await
+            .map_err(|err| ExportError::Witness(err.to_string()))?;
+        contents.extend(copy.map(|copy| (WITNESS.to_owned(), copy)));
+    }
+    let mut proof_json = serde_json::to_vec_pretty(proof).unwrap_or_default();
+    proof_json.push(b'\n');
+    contents.push((PROOF.into(), proof_json));
+    Ok((contents, others))
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError {
+    let path = path.to_owned();
+    move |source| ExportError::Write { path, source }
+}
+
+/// Reads the ledger once up to the signed checkpoint: the range's records and its fences into
+/// `records_path`, fed to the report's builder; returns the range, the bundle's records and
+/// their proof.
+async fn scan(
+    ledger: &Ledger,
+    signed: &Checkpoint,
+    policy: Policy,
+    period: &Period,
+    records_path: &Path,
+) -> Result<Scanned, ExportError> {
+    let file = create_private_file(records_path)?;
+    let scan = Scan {
+        from: super::model::micros(&period.from).ok_or(ModelError::BadPeriod("from"))?,
+        to: super::model::micros(&period.to).ok_or(ModelError::BadPeriod("to"))?,
+        builder: Builder::new(period.clone(), policy)?,
+        leaves: Vec::new(),
+        out: BufWriter::new(file),
+        error: None,
+        before: None,
+        first: None,
+        last: 0,
+        pending: Vec::new(),
+        closed: false,
+        written: None,
+        newest: None,
+    };
+    let mut scan =
+        evidence::for_each_record(ledger.db(), signed.size, scan, |scan, record, leaf| scan.visit(record, leaf))
+            .await?;
+    let range = scan.finish();
+    if let Some(err) = scan.error.take() {
+        return Err(ExportError::Write { path: records_path.to_owned(), source: err });
+    }
+    scan.out.flush().map_err(write_err(records_path))?;
+    // Records checkpointed long ago are read again here: a bundle of records the checkpoint
+    // does not cover would only fail in the auditor's hands.
+    if merkle::root(&scan.leaves) != signed.root {
+        return Err(ExportError::Tampered);
+    }
+    // The ledger always holds its genesis record, so the bundle holds at least one.
+    let written = scan.written.unwrap_or(SeqRange { first: 1, last: 0 });
+    let hashes = if written.first <= written.last {
+        let (start, end) = (to_index(written.first - 1), to_index(written.last));
+        merkle::range_proof(&scan.leaves, start, end)
+    } else {
+        Vec::new()
+    };
+    let proof = Proof {
+        size: signed.size,
+        start: written.first.saturating_sub(1),
+        hashes: hashes.iter().map(hex::encode).collect(),
+    };
+    Ok(Scanned { range, written, proof, builder: scan.builder, newest: scan.newest })
+}
+
+/// What the scan over the ledger gives the export.
+struct Scanned {
+    range: SeqRange,
+    written: SeqRange,
+    proof: Proof,
+    builder: Builder,
+    newest: Option<(u64, String, i64)>,
+}
+
+/// Makes `path` a folder only its owner can enter: created 0700 (with its parents when
+/// `parents`), or an existing folder refused unless it is private already, since its files
+/// would be written where others can replace them.
+fn private_folder(path: &Path, parents: bool) -> Result<(), ExportError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let refuse = |why: String| ExportError::Write { path: path.to_owned(), source: std::io::Error::other(why) };
+    match std::fs::DirBuilder::new().recursive(parents).mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(write_err(path)(err)),
+    }
+    // Inside the output folder, a fixed name is never followed: a link there was planted.
+    let metadata = if parents { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) };
+    let metadata = metadata.map_err(write_err(path))?;
+    if !metadata.is_dir() {
+        return Err(refuse("it is not a folder (a symbolic link or a file is in its place); remove it".into()));
+    }
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(refuse(format!(
+            "group or others may enter it (mode {mode:03o}); `chmod 700` it or export into a new folder"
+        )));
+    }
+    Ok(())
+}
+
+/// A new 0600 file at `path` (`secret::create_private`: never an existing file, never through a
+/// link), after removing what an interrupted export left there.
+fn create_private_file(path: &Path) -> Result<std::fs::File, ExportError> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(write_err(path)(err)),
+        _ => {}
+    }
+    crate::secret::create_private(path).map_err(write_err(path))
+}
+
+/// Where a file is written before it is renamed to `path`: a hidden name beside it.
+fn partial_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial"))
+}
+
+/// Writes `bytes` to a new 0600 file and renames it to `path`, replacing whatever is there (a
+/// link itself, never its target).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let partial = partial_path(path);
+    let mut file = create_private_file(&partial)?;
+    file.write_all(bytes).map_err(write_err(&partial))?;
+    drop(file);
+    std::fs::rename(&partial, path).map_err(write_err(path))
+}
+
+/// Writes the report's files of the formats asked for loose in `out`, for reading
+/// (`report.html`, `csv/`, ...), and removes those of an earlier export in other formats.
+fn write_loose<'a>(
+    out: &Path,
+    loose: &[Format],
+    files: impl Iterator<Item = &'a (String, Vec<u8>)>,
+) -> Result<Vec<PathBuf>, ExportError> {
+    let mut written = Vec::new();
+    // An earlier export's CSV files are removed only from a real folder, never through a link.
+    let csv_folder = std::fs::symlink_metadata(out.join("csv")).is_ok_and(|m| m.is_dir());
+    for (path, bytes) in files {
+        let (Some(name), Some(format)) = (path.strip_prefix("report/"), Format::of(path)) else { continue };
+        let target = out.join(name);
+        if loose.contains(&format) {
+            write_private(&target, bytes)?;
+            written.push(target);
+        } else if format == Format::Csv && !csv_folder {
+            continue;
+        } else if let Err(err) = std::fs::remove_file(&target)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(ExportError::Write { path: target, source: err });
+        }
+    }
+    if !loose.contains(&Format::Csv) {
+        // Only when empty: nothing but an earlier export's files is ever removed.
+        let _ = std::fs::remove_dir(out.join("csv"));
+    }
+    Ok(written)
+}
+
+/// The members of a bundle, in the order `verify_bundle` reads them.
+struct Members<'a> {
+    manifest: &'a [u8],
+    note: &'a [u8],
+    /// The JSON report, the checkpoint and its witness copy, the proof.
+    contents: &'a [(String, Vec<u8>)],
+    /// The other report files, after the records.
+    others: &'a [(String, Vec<u8>)],
+}
+
+/// Packs the bundle at `bundle` (through a temporary name) and removes the staged records.
+fn pack(bundle: &Path, members: &Members<'_>, records_path: &Path, records_bytes: u64) -> Result<(), ExportError> {
+    let partial = partial_path(bundle);
+    let file = create_private_file(&partial)?;
+    let mut tar = tar::Builder::new(BufWriter::new(file));
+    let fail = write_err(&partial);
+    let result = (|| {
+        tar.append_data(&mut entry_header(members.manifest.len() as u64), MANIFEST, members.manifest)?;
+        tar.append_data(&mut entry_header(members.note.len() as u64), MANIFEST_NOTE, members.note)?;
+        for (path, bytes) in members.contents {
+            tar.append_data(&mut entry_header(bytes.len() as u64), path, bytes.as_slice())?;
+        }
+        let records = std::fs::File::open(records_path)?;
+        tar.append_data(&mut entry_header(records_bytes), RECORDS, records)?;
+        for (path, bytes) in members.others {
+            tar.append_data(&mut entry_header(bytes.len() as u64), path, bytes.as_slice())?;
+        }
+        tar.into_inner().and_then(|mut w| w.flush())
+    })();
+    result.map_err(fail)?;
+    std::fs::rename(&partial, bundle).map_err(write_err(bundle))?;
+    std::fs::remove_file(records_path).map_err(write_err(records_path))
+}
+
+/// A tar header for a regular file of `size` bytes: mode 0644 and time 0, so the same report
+/// always packs to the same bytes.
+fn entry_header(size: u64) -> tar::Header {
     let mut header = tar::Header::new_gnu();
-    header.set_size(size as u64);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
     header.set_mode(0o644);
     header.set_mtime(0);
     header.set_cksum();
@@ -470,14 +619,19 @@ pub enum BundleError {
 pub struct BundleVerification {
     /// The period.
     pub period: Period,
-    /// The period's first and last record.
+    /// The range's first record.
     pub first_seq: u64,
-    /// The period's last record.
+    /// The range's last record.
     pub last_seq: u64,
     /// The checkpoint's tree size.
     pub checkpoint_size: u64,
     /// The key that signed it.
     pub signed_by: String,
+    /// When the report says it was made (no earlier than its newest record).
+    pub generated_at: String,
+    /// The SHA-256 of the declared policy in canonical JSON ([`Policy::digest`]): an input the
+    /// report is computed from, not checked by it.
+    pub policy_sha256: String,
     /// Witness copies found identical to the checkpoint.
     pub witness_copies: usize,
     /// Files whose hash matched.
@@ -486,81 +640,292 @@ pub struct BundleVerification {
     pub numbers: usize,
 }
 
+/// The longest `manifest.json`, `manifest.note`, checkpoint, witness copy or `proof.json` read:
+/// each is a few kilobytes in a real bundle.
+const MAX_SMALL_BYTES: u64 = 1 << 20;
+/// The longest other report file (JSON, HTML, CSV, OSCAL), each read whole.
+const MAX_REPORT_BYTES: u64 = 256 << 20;
+/// The longest line of `records.jsonl`: a record's details are at most 64 KiB of canonical
+/// JSON, escaped once more as a JSON string, beside a few short fields.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// The one archive entry a member name may be, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    ReportJson,
+    Checkpoint,
+    Witness,
+    Proof,
+    Records,
+    /// `report/report.html`, `report/oscal.json`, `report/csv/NAME.csv`.
+    ReportFile,
+}
+
+impl Member {
+    /// What `path` is in a bundle, if anything: the exact set of names an export writes.
+    fn of(path: &str) -> Option<Self> {
+        match path {
+            REPORT_JSON => Some(Self::ReportJson),
+            CHECKPOINT => Some(Self::Checkpoint),
+            WITNESS => Some(Self::Witness),
+            PROOF => Some(Self::Proof),
+            RECORDS => Some(Self::Records),
+            "report/report.html" | "report/oscal.json" => Some(Self::ReportFile),
+            _ => path
+                .strip_prefix("report/csv/")
+                .and_then(|name| name.strip_suffix(".csv"))
+                .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+                .map(|_| Self::ReportFile),
+        }
+    }
+
+    /// The most bytes this member may hold (`records.jsonl` is read a line at a time).
+    fn cap(self) -> u64 {
+        match self {
+            Self::Checkpoint | Self::Witness | Self::Proof => MAX_SMALL_BYTES,
+            Self::ReportJson | Self::ReportFile => MAX_REPORT_BYTES,
+            Self::Records => u64::MAX,
+        }
+    }
+}
+
+/// What the members after the manifest give, read once in order.
+#[derive(Default)]
+struct Unpacked {
+    /// The JSON report as bundled, its declared inputs, and the recomputation they start.
+    report: Option<(serde_json::Value, Declared, Builder)>,
+    checkpoint: Option<String>,
+    witness: Vec<(String, Vec<u8>)>,
+    proof: Option<Proof>,
+    leaves: Vec<Hash>,
+    ends: Ends,
+    others: Vec<(String, Vec<u8>)>,
+}
+
 /// Verifies the bundle read from `reader` with the pinned key `trusted` alone.
+///
+/// Every check comes before anything it protects is believed: the manifest's signature before
+/// its list, each member's name, type and size before a byte of it is read, and every read
+/// bounded, so a hostile archive costs at most its own size in memory and never more.
 pub fn verify_bundle(reader: impl Read, trusted: &NoteVerifier) -> Result<BundleVerification, BundleError> {
     let mut archive = tar::Archive::new(reader);
-    let mut entries = archive.entries()?;
-    let malformed = |what: &str| BundleError::Malformed(what.to_owned());
-    let mismatch = |what: String| BundleError::Mismatch(what);
+    // Raw: each header is an entry of its own, so no PAX or GNU long-name header renames the
+    // member after it, and no sparse map is expanded; all are refused as not regular files.
+    let mut entries = archive.entries()?.raw(true);
+    let manifest_bytes = read_first(&mut entries, MANIFEST)?;
+    let manifest = parse_manifest(&manifest_bytes)?;
+    let note = read_first(&mut entries, MANIFEST_NOTE)?;
+    let note = String::from_utf8(note).map_err(|_| malformed("manifest.note is not text"))?;
+    let manifest_sha256: Hash = Sha256::digest(&manifest_bytes).into();
+    let (body, _) = evidence::note::open(&note, std::slice::from_ref(trusted))
+        .map_err(|err| mismatch(format!("manifest.note is not signed by the pinned key {}: {err}", key_id(trusted))))?;
+    if body != evidence::note::manifest_body(trusted.name(), &manifest_sha256) {
+        return Err(mismatch(
+            "manifest.json was changed: manifest.note signs another manifest (its SHA-256 differs)".into(),
+        ));
+    }
+    let read = read_members(entries, &manifest)?;
+    check_contents(manifest, read, trusted)
+}
 
-    let mut first = entries.next().ok_or_else(|| malformed("the archive is empty"))??;
-    if first.path()?.to_str() != Some(MANIFEST) {
-        return Err(malformed("the first file is not manifest.json"));
+/// The checks once every member is read: the checkpoint, the proof, the range and its fences,
+/// the export time, and the report recomputed and rendered again.
+fn check_contents(
+    manifest: Manifest,
+    read: Unpacked,
+    trusted: &NoteVerifier,
+) -> Result<BundleVerification, BundleError> {
+    let files = manifest.files.len();
+    let note = read.checkpoint.ok_or_else(|| malformed("no checkpoint.note"))?;
+    let (body, signer) = evidence::note::open(&note, std::slice::from_ref(trusted)).map_err(|err| {
+        mismatch(format!("the checkpoint is not signed by the pinned key {}: {err}", key_id(trusted)))
+    })?;
+    let checkpoint = Checkpoint::parse_body(body).map_err(|err| mismatch(format!("checkpoint.note: {err}")))?;
+    if checkpoint.size != manifest.checkpoint_size {
+        return Err(mismatch(format!(
+            "the checkpoint signs {} records, the manifest says {}",
+            checkpoint.size, manifest.checkpoint_size
+        )));
     }
-    let mut text = Vec::new();
-    first.read_to_end(&mut text)?;
-    drop(first);
+    for (path, copy) in &read.witness {
+        if copy != note.as_bytes() {
+            return Err(mismatch(format!("{path} differs from the checkpoint it is a witness copy of")));
+        }
+    }
+    check_proof(read.proof.as_ref(), &read.leaves, &checkpoint, &manifest)?;
+    check_range(&manifest, &read.ends, checkpoint.size)?;
+
+    // Every number recomputes: the report again from the records, compared field by field.
+    let (bundled, declared, builder) = read.report.ok_or_else(|| malformed("no report/report.json"))?;
+    check_generated_at(&declared.generated_at, &read.ends)?;
+    let (range, period) = (manifest.range, manifest.period);
+    let integrity = Integrity {
+        first_seq: range.first,
+        last_seq: range.last,
+        checkpoint_size: checkpoint.size,
+        checkpoint_root: hex::encode(checkpoint.root),
+        origin: checkpoint.origin.clone(),
+        vkey: signer.vkey(),
+        fingerprint: signer.fingerprint(),
+    };
+    let recomputed = builder.finish(&declared.generated_at, integrity);
+    // Through text and back, as the bundled report came: both numbers then pass the same parse.
+    let value: serde_json::Value = serde_json::to_string(&recomputed)
+        .and_then(|text| serde_json::from_str(&text))
+        .map_err(|err| malformed(&err.to_string()))?;
+    if let Some(difference) = first_difference("", &bundled, &value) {
+        return Err(mismatch(format!("{REPORT_JSON}: {difference}")));
+    }
+    let numbers = count_numbers(&value);
+    check_rendered(&recomputed, &read.others)?;
+    Ok(BundleVerification {
+        period,
+        first_seq: range.first,
+        last_seq: range.last,
+        checkpoint_size: checkpoint.size,
+        signed_by: key_id(signer),
+        generated_at: declared.generated_at,
+        policy_sha256: declared.policy.digest(),
+        witness_copies: read.witness.len(),
+        files,
+        numbers,
+    })
+}
+
+fn key_id(key: &NoteVerifier) -> String {
+    format!("{}+{:08x}", key.name(), key.id())
+}
+
+fn malformed(what: &str) -> BundleError {
+    BundleError::Malformed(what.to_owned())
+}
+
+fn mismatch(what: String) -> BundleError {
+    BundleError::Mismatch(what)
+}
+
+/// The next archive entry, refused unless it is a regular file with a normalised relative name.
+fn next_entry<'a, R: Read>(
+    entries: &mut tar::Entries<'a, R>,
+) -> Result<Option<(String, tar::Entry<'a, R>)>, BundleError> {
+    let Some(entry) = entries.next() else { return Ok(None) };
+    let entry = entry?;
+    let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    if let Some(why) = unsafe_name(&name) {
+        return Err(mismatch(format!(
+            "the bundle holds a member named {name:?}, {why}; a bundle holds only its own relative names"
+        )));
+    }
+    let kind = entry.header().entry_type();
+    if kind != tar::EntryType::Regular {
+        let what = match kind {
+            tar::EntryType::Symlink => "a symbolic link",
+            tar::EntryType::Link => "a hard link",
+            tar::EntryType::GNUSparse => "a sparse file",
+            tar::EntryType::Directory => "a directory",
+            tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => "a PAX extended header",
+            tar::EntryType::GNULongName | tar::EntryType::GNULongLink => "a GNU long-name header",
+            _ => "not a regular file",
+        };
+        return Err(mismatch(format!("{name} is {what}; a bundle holds regular files only")));
+    }
+    Ok(Some((name, entry)))
+}
+
+/// Why `name` is not a plain relative path, if it is not.
+fn unsafe_name(name: &str) -> Option<&'static str> {
+    if name.starts_with('/') {
+        return Some("an absolute path");
+    }
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.contains(&"..") {
+        return Some("which climbs out of the folder it is unpacked into");
+    }
+    if parts.iter().any(|p| p.is_empty() || *p == ".") || name.contains(['\\', '\0']) {
+        return Some("which is not a normalised relative path");
+    }
+    None
+}
+
+/// Reads the entry that must come next, `name` (the manifest and its signature), whole.
+fn read_first<R: Read>(entries: &mut tar::Entries<'_, R>, name: &str) -> Result<Vec<u8>, BundleError> {
+    let Some((path, entry)) = next_entry(entries)? else {
+        return Err(malformed(&format!("the archive ends before {name}")));
+    };
+    if path != name {
+        return Err(malformed(&format!("{path} comes where {name} must be")));
+    }
+    let size = entry.header().entry_size()?;
+    if size > MAX_SMALL_BYTES {
+        return Err(mismatch(format!("{name} is {size} bytes; a bundle's is at most {MAX_SMALL_BYTES}")));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    entry.take(size).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The manifest, refused unless it names each member a bundle holds once, by its exact name.
+fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
+    let format: FormatOnly =
+        serde_json::from_slice(bytes).map_err(|err| BundleError::Malformed(format!("manifest.json: {err}")))?;
+    if format.format == "vigil.bundle.v1" {
+        return Err(BundleError::Malformed(
+            "manifest.json: format vigil.bundle.v1, whose manifest is unsigned; export the report again with this vigil".into(),
+        ));
+    }
+    if format.format != FORMAT {
+        return Err(BundleError::Malformed(format!("manifest.json: format {:?}, not {FORMAT}", format.format)));
+    }
     let manifest: Manifest =
-        serde_json::from_slice(&text).map_err(|err| BundleError::Malformed(format!("manifest.json: {err}")))?;
-    if manifest.format != FORMAT {
-        return Err(BundleError::Malformed(format!("manifest.json: format {:?}, not {FORMAT}", manifest.format)));
+        serde_json::from_slice(bytes).map_err(|err| BundleError::Malformed(format!("manifest.json: {err}")))?;
+    let mut names = std::collections::BTreeSet::new();
+    for file in &manifest.files {
+        if Member::of(&file.path).is_none() {
+            return Err(mismatch(format!("manifest.json names {:?}, which is not a member a bundle holds", file.path)));
+        }
+        if !names.insert(file.path.as_str()) {
+            return Err(mismatch(format!("manifest.json names {} twice", file.path)));
+        }
     }
+    for required in [REPORT_JSON, CHECKPOINT, PROOF, RECORDS] {
+        if !names.contains(required) {
+            return Err(mismatch(format!("manifest.json does not name {required}")));
+        }
+    }
+    Ok(manifest)
+}
+
+/// Reads every member after the manifest's signature, in order, each checked against the
+/// manifest before a byte of it is read and hashed as it is read.
+fn read_members<R: Read>(mut entries: tar::Entries<'_, R>, manifest: &Manifest) -> Result<Unpacked, BundleError> {
     let expected: BTreeMap<&str, &FileEntry> = manifest.files.iter().map(|f| (f.path.as_str(), f)).collect();
     let mut seen = std::collections::BTreeSet::new();
-
-    // The JSON report as bundled, when it was made, and the recomputation it starts.
-    let mut bundled: Option<(serde_json::Value, String, Builder)> = None;
-    let mut checkpoint_note: Option<String> = None;
-    let mut witness_notes: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut proof: Option<Proof> = None;
-    let mut leaves: Vec<Hash> = Vec::new();
-    let mut first_line: Option<(u64, String)> = None;
-    let mut last_line: Option<(u64, String)> = None;
-    let mut others: Vec<(String, Vec<u8>)> = Vec::new();
-
-    for entry in entries {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let Some(file) = expected.get(path.as_str()) else {
+    let mut read = Unpacked::default();
+    while let Some((path, mut entry)) = next_entry(&mut entries)? {
+        let (Some(file), Some(member)) = (expected.get(path.as_str()), Member::of(&path)) else {
             return Err(mismatch(format!("{path} is in the bundle but not in its manifest")));
         };
         if !seen.insert(path.clone()) {
             return Err(mismatch(format!("{path} appears twice in the bundle")));
         }
-        let mut hashing = HashingReader { inner: &mut entry, hasher: Sha256::new(), bytes: 0 };
-        if path == RECORDS {
-            let Some((_, _, builder)) = bundled.as_mut() else {
+        let size = entry.header().entry_size()?;
+        if size != file.bytes {
+            return Err(mismatch(format!("{path} is {size} bytes in the archive; the manifest says {}", file.bytes)));
+        }
+        if size > member.cap() {
+            return Err(mismatch(format!("{path} is {size} bytes; a bundle's is at most {}", member.cap())));
+        }
+        // Never more than the header says, whatever the reader below would give.
+        let mut hashing = HashingReader { inner: (&mut entry).take(size + 1), hasher: Sha256::new(), bytes: 0 };
+        if member == Member::Records {
+            let Some((_, _, builder)) = read.report.as_mut() else {
                 return Err(malformed("records.jsonl comes before report/report.json"));
             };
-            let ends = read_records(&mut hashing, &manifest, builder, &mut leaves)?;
-            first_line = ends.0;
-            last_line = ends.1;
+            read.ends = read_records(&mut hashing, manifest, builder, &mut read.leaves)?;
         } else {
-            let mut bytes = Vec::new();
+            let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             hashing.read_to_end(&mut bytes)?;
-            if path == REPORT_JSON {
-                let value: serde_json::Value = serde_json::from_slice(&bytes)
-                    .map_err(|err| mismatch(format!("{REPORT_JSON} is not JSON: {err}")))?;
-                let declared: Declared =
-                    serde_json::from_value(value.clone()).map_err(|err| mismatch(format!("{REPORT_JSON}: {err}")))?;
-                if declared.period != manifest.period {
-                    return Err(mismatch(format!("{REPORT_JSON}: the period differs from the manifest's")));
-                }
-                let builder = Builder::new(declared.period, declared.policy)
-                    .map_err(|err| mismatch(format!("{REPORT_JSON}: {err}")))?;
-                bundled = Some((value, declared.generated_at, builder));
-            } else if path == CHECKPOINT {
-                checkpoint_note = Some(String::from_utf8(bytes).map_err(|_| malformed("checkpoint.note is not text"))?);
-            } else if path.starts_with("witness/") {
-                witness_notes.push((path.clone(), bytes));
-            } else if path == PROOF {
-                proof = Some(
-                    serde_json::from_slice(&bytes)
-                        .map_err(|err| BundleError::Malformed(format!("proof.json: {err}")))?,
-                );
-            } else {
-                others.push((path.clone(), bytes));
-            }
+            keep(&mut read, member, &path, bytes, manifest)?;
         }
         let (sha, bytes) = (hex::encode(hashing.hasher.finalize()), hashing.bytes);
         if sha != file.sha256 || bytes != file.bytes {
@@ -573,30 +938,52 @@ pub fn verify_bundle(reader: impl Read, trusted: &NoteVerifier) -> Result<Bundle
     if let Some(missing) = expected.keys().find(|path| !seen.contains(**path)) {
         return Err(mismatch(format!("{missing} is in the manifest but not in the bundle")));
     }
+    Ok(read)
+}
 
-    // The checkpoint, by the pinned key alone.
-    let note = checkpoint_note.ok_or_else(|| malformed("no checkpoint.note"))?;
-    let (body, signer) = evidence::note::open(&note, std::slice::from_ref(trusted)).map_err(|err| {
-        mismatch(format!(
-            "the checkpoint is not signed by the pinned key {}+{:08x}: {err}",
-            trusted.name(),
-            trusted.id()
-        ))
-    })?;
-    let checkpoint = Checkpoint::parse_body(body).map_err(|err| mismatch(format!("checkpoint.note: {err}")))?;
-    if checkpoint.size != manifest.checkpoint_size {
-        return Err(mismatch(format!(
-            "the checkpoint signs {} records, the manifest says {}",
-            checkpoint.size, manifest.checkpoint_size
-        )));
-    }
-    for (path, copy) in &witness_notes {
-        if copy != note.as_bytes() {
-            return Err(mismatch(format!("{path} differs from the checkpoint it is a witness copy of")));
+/// Keeps a member read whole where the later checks find it.
+fn keep(
+    read: &mut Unpacked,
+    member: Member,
+    path: &str,
+    bytes: Vec<u8>,
+    manifest: &Manifest,
+) -> Result<(), BundleError> {
+    match member {
+        Member::ReportJson => {
+            let value: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|err| mismatch(format!("{REPORT_JSON} is not JSON: {err}")))?;
+            let declared: Declared =
+                serde_json::from_value(value.clone()).map_err(|err| mismatch(format!("{REPORT_JSON}: {err}")))?;
+            if declared.period != manifest.period {
+                return Err(mismatch(format!("{REPORT_JSON}: the period differs from the manifest's")));
+            }
+            let builder = Builder::new(declared.period.clone(), declared.policy.clone())
+                .map_err(|err| mismatch(format!("{REPORT_JSON}: {err}")))?;
+            read.report = Some((value, declared, builder));
         }
+        Member::Checkpoint => {
+            read.checkpoint = Some(String::from_utf8(bytes).map_err(|_| malformed("checkpoint.note is not text"))?);
+        }
+        Member::Witness => read.witness.push((path.to_owned(), bytes)),
+        Member::Proof => {
+            read.proof = Some(
+                serde_json::from_slice(&bytes).map_err(|err| BundleError::Malformed(format!("proof.json: {err}")))?,
+            );
+        }
+        Member::ReportFile => read.others.push((path.to_owned(), bytes)),
+        Member::Records => {}
     }
+    Ok(())
+}
 
-    // The records are the slice of the signed tree the proof says.
+/// The records are the slice of the signed tree the proof says.
+fn check_proof(
+    proof: Option<&Proof>,
+    leaves: &[Hash],
+    checkpoint: &Checkpoint,
+    manifest: &Manifest,
+) -> Result<(), BundleError> {
     let proof = proof.ok_or_else(|| malformed("no proof.json"))?;
     let hashes: Vec<Hash> = proof
         .hashes
@@ -607,68 +994,77 @@ pub fn verify_bundle(reader: impl Read, trusted: &NoteVerifier) -> Result<Bundle
     if proof.size != checkpoint.size || proof.start + 1 != manifest.records.first {
         return Err(mismatch("proof.json does not describe the bundle's records and checkpoint".into()));
     }
-    if merkle::range_root(checkpoint.size, proof.start, &leaves, &hashes) != Some(checkpoint.root) {
+    if merkle::range_root(checkpoint.size, proof.start, leaves, &hashes) != Some(checkpoint.root) {
         return Err(mismatch(format!(
             "records {} to {} are not the ones the signed checkpoint of size {} covers: a record was changed, added or removed",
             manifest.records.first, manifest.records.last, checkpoint.size
         )));
     }
+    Ok(())
+}
 
-    // Nothing of the period is left out at either end.
-    let (range, period) = (manifest.range, &manifest.period);
-    let before = super::model::micros;
-    match &first_line {
-        Some((seq, time)) if *seq < range.first && before(time) >= before(&period.from) => {
-            return Err(mismatch(format!("record {seq} is in the period but left out of its range")));
-        }
-        Some((seq, _)) if *seq < range.first => {}
-        _ if range.first != 1 && range.first <= range.last => {
-            return Err(mismatch(format!(
-                "the bundle starts at record {}, without the record before it that shows where the period begins",
-                range.first
-            )));
-        }
-        _ => {}
+/// The bundle's records are exactly the range and a fence on each side where the signed log
+/// has one, and each fence lies outside the period: nothing of the period is left out at either
+/// end.
+fn check_range(manifest: &Manifest, ends: &Ends, size: u64) -> Result<(), BundleError> {
+    let (range, records, period) = (manifest.range, manifest.records, &manifest.period);
+    if range.first == 0 || range.first > range.last.saturating_add(1) || range.last > size {
+        return Err(mismatch(format!(
+            "the manifest's range {} to {} is not a range of the signed log of {size} records",
+            range.first, range.last
+        )));
     }
-    match &last_line {
-        Some((seq, time)) if *seq > range.last && before(time) < before(&period.to) => {
-            return Err(mismatch(format!("record {seq} is in the period but left out of its range")));
-        }
-        Some((seq, _)) if *seq > range.last => {}
-        _ if range.last != checkpoint.size => {
-            return Err(mismatch(format!(
-                "the bundle ends at record {}, without the record after it that shows where the period ends",
-                range.last
-            )));
-        }
-        _ => {}
-    }
-
-    // Every number recomputes: the report again from the records, compared field by field.
-    let (bundled, generated_at, builder) = bundled.ok_or_else(|| malformed("no report/report.json"))?;
-    let integrity = Integrity {
-        first_seq: range.first,
-        last_seq: range.last,
-        checkpoint_size: checkpoint.size,
-        checkpoint_root: hex::encode(checkpoint.root),
-        origin: checkpoint.origin.clone(),
-        vkey: signer.vkey(),
-        fingerprint: signer.fingerprint(),
+    let fenced = SeqRange {
+        first: if range.first > 1 { range.first - 1 } else { 1 },
+        last: if range.last < size { range.last + 1 } else { range.last },
     };
-    let recomputed = builder.finish(&generated_at, integrity);
-    // Through text and back, as the bundled report came: both numbers then pass the same parse.
-    let value: serde_json::Value = serde_json::to_string(&recomputed)
-        .and_then(|text| serde_json::from_str(&text))
-        .map_err(|err| malformed(&err.to_string()))?;
-    if let Some(difference) = first_difference("", &bundled, &value) {
-        return Err(mismatch(format!("{REPORT_JSON}: {difference}")));
+    if records != fenced {
+        return Err(mismatch(format!(
+            "the bundle holds records {} to {}, but its range {} to {} needs exactly records {} to {}: the range was moved away from its fences",
+            records.first, records.last, range.first, range.last, fenced.first, fenced.last
+        )));
     }
-    let numbers = count_numbers(&value);
+    let at = super::model::micros;
+    if range.first > 1
+        && let Some((seq, time)) = &ends.first
+        && at(time).is_none_or(|t| t >= at(&period.from).unwrap_or(i64::MIN))
+    {
+        return Err(mismatch(format!(
+            "record {seq}, the fence before the range, is dated {time}, in the period: it is left out of the range"
+        )));
+    }
+    if range.last < size
+        && let Some((seq, time)) = &ends.last
+        && at(time).is_none_or(|t| t < at(&period.to).unwrap_or(i64::MAX))
+    {
+        return Err(mismatch(format!(
+            "record {seq}, the fence after the range, is dated {time}, in the period: it is left out of the range"
+        )));
+    }
+    Ok(())
+}
 
-    // Every other report file renders again to the same bytes.
-    let rendered = super::render(&recomputed).map_err(|err| malformed(&err.to_string()))?;
-    let files = seen.len();
-    for (path, bytes) in rendered.iter().filter(|(path, _)| path != REPORT_JSON) {
+/// The report cannot have been made before a record it holds.
+fn check_generated_at(generated_at: &str, ends: &Ends) -> Result<(), BundleError> {
+    let Some(made) = super::model::micros(generated_at) else {
+        return Err(mismatch(format!("{REPORT_JSON}: generated_at {generated_at:?} is not an RFC 3339 time")));
+    };
+    if let Some((seq, time, at)) = &ends.newest
+        && *at > made
+    {
+        return Err(mismatch(format!(
+            "{REPORT_JSON} says it was generated at {generated_at}, before record {seq} (dated {time}) that the bundle holds"
+        )));
+    }
+    Ok(())
+}
+
+/// Every other report file renders again from the recomputed report to the same bytes, and the
+/// bundle holds no file the report does not have.
+fn check_rendered(recomputed: &Report, others: &[(String, Vec<u8>)]) -> Result<(), BundleError> {
+    let rendered = super::render(recomputed).map_err(|err| malformed(&err.to_string()))?;
+    let rendered: Vec<_> = rendered.into_iter().filter(|(path, _)| path != REPORT_JSON).collect();
+    for (path, bytes) in &rendered {
         match others.iter().find(|(p, _)| p == path) {
             None => return Err(mismatch(format!("{path} is missing from the bundle"))),
             Some((_, theirs)) if theirs != bytes => {
@@ -680,33 +1076,36 @@ pub fn verify_bundle(reader: impl Read, trusted: &NoteVerifier) -> Result<Bundle
             Some(_) => {}
         }
     }
-    Ok(BundleVerification {
-        period: manifest.period,
-        first_seq: range.first,
-        last_seq: range.last,
-        checkpoint_size: checkpoint.size,
-        signed_by: format!("{}+{:08x}", signer.name(), signer.id()),
-        witness_copies: witness_notes.len(),
-        files,
-        numbers,
-    })
+    if let Some((extra, _)) = others.iter().find(|(path, _)| !rendered.iter().any(|(p, _)| p == path)) {
+        return Err(mismatch(format!("{extra} is in the bundle but is not a file of the report")));
+    }
+    Ok(())
 }
 
 /// The signed checkpoint inside the bundle read from `reader`, unverified (the caller checks
-/// its signature with the key it pins).
+/// its signature with the key it pins). Read with the verifier's limits: regular members only,
+/// and a checkpoint of at most 1 MiB.
 pub fn checkpoint_of(reader: impl Read) -> Result<String, BundleError> {
     let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if entry.path()?.to_str() == Some(CHECKPOINT) {
+    let mut entries = archive.entries()?.raw(true);
+    while let Some((path, entry)) = next_entry(&mut entries)? {
+        if path == CHECKPOINT {
+            let size = entry.header().entry_size()?;
+            if size > MAX_SMALL_BYTES {
+                return Err(mismatch(format!("{CHECKPOINT} is {size} bytes; a bundle's is at most {MAX_SMALL_BYTES}")));
+            }
             let mut note = String::new();
-            entry
-                .read_to_string(&mut note)
-                .map_err(|_| BundleError::Malformed("checkpoint.note is not text".into()))?;
+            entry.take(size).read_to_string(&mut note).map_err(|_| malformed("checkpoint.note is not text"))?;
             return Ok(note);
         }
     }
     Err(BundleError::Malformed("the bundle holds no checkpoint.note".into()))
+}
+
+/// The manifest's format alone, read before the rest so that an older format is named.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: String,
 }
 
 /// The parts of the JSON report that are inputs rather than results.
@@ -732,72 +1131,89 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// A record's number and time.
 type LineEnd = Option<(u64, String)>;
 
-/// Reads `records.jsonl`: each record's hash recomputed, each link checked, numbers without
-/// gaps; the period's records fed to `builder`, every leaf hash kept for the proof.
+/// The bundle's first and last record, and its newest by time (with its time in microseconds).
+#[derive(Default)]
+struct Ends {
+    first: LineEnd,
+    last: LineEnd,
+    newest: Option<(u64, String, i64)>,
+}
+
+/// Reads `records.jsonl`, a bounded line at a time: each record's hash recomputed, each link
+/// checked, numbers without gaps; the range's records fed to `builder`, every leaf hash kept for
+/// the proof.
 fn read_records(
     reader: impl Read,
     manifest: &Manifest,
     builder: &mut Builder,
     leaves: &mut Vec<Hash>,
-) -> Result<(LineEnd, LineEnd), BundleError> {
+) -> Result<Ends, BundleError> {
     let mut lines = BufReader::with_capacity(1 << 16, reader);
-    let mut text = String::new();
+    let mut text = Vec::new();
     let mut buffer = Vec::new();
     let mut previous: Option<(u64, Hash)> = None;
-    let mut first: LineEnd = None;
-    let mut last: LineEnd = None;
+    let mut ends = Ends::default();
     let mut number = 0u64;
     loop {
         text.clear();
-        if lines.read_line(&mut text)? == 0 {
+        if (&mut lines).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut text)? == 0 {
             break;
         }
         number += 1;
-        let line: Record = serde_json::from_str(&text)
-            .map_err(|err| BundleError::Mismatch(format!("{RECORDS} line {number} is not a record: {err}")))?;
-        let (seq, prev_hash, hash) = (line.seq, line.prev_hash, line.hash);
+        if text.len() > MAX_LINE_BYTES {
+            return Err(mismatch(format!("{RECORDS} line {number} is longer than {MAX_LINE_BYTES} bytes")));
+        }
+        let line: Record = serde_json::from_slice(&text)
+            .map_err(|err| mismatch(format!("{RECORDS} line {number} is not a record: {err}")))?;
+        check_link(&line, previous, manifest, &mut buffer)?;
         let record = line.as_ref();
-        let (computed, leaf) = record.hashes(&mut buffer);
-        if computed != hash {
-            return Err(BundleError::Mismatch(format!("record {seq} was changed: its contents do not give its hash")));
-        }
-        match previous {
-            None if seq != manifest.records.first => {
-                return Err(BundleError::Mismatch(format!(
-                    "{RECORDS} starts at record {seq}, the manifest says {}",
-                    manifest.records.first
-                )));
-            }
-            Some((p, _)) if seq != p + 1 => {
-                return Err(BundleError::Mismatch(format!("record {} is missing: {p} is followed by {seq}", p + 1)));
-            }
-            Some((_, p)) if p != prev_hash => {
-                return Err(BundleError::Mismatch(format!(
-                    "record {seq} does not link to record {}: the chain is broken",
-                    seq - 1
-                )));
-            }
-            _ => {}
-        }
-        if (manifest.range.first..=manifest.range.last).contains(&seq) {
+        if (manifest.range.first..=manifest.range.last).contains(&record.seq) {
             builder.feed(&record);
         }
-        leaves.push(leaf);
-        if first.is_none() {
-            first = Some((seq, line.time.clone()));
+        leaves.push(record.hashes(&mut buffer).1);
+        let at = super::model::micros(&line.time).unwrap_or(i64::MAX);
+        if ends.newest.as_ref().is_none_or(|(_, _, newest)| at > *newest) {
+            ends.newest = Some((line.seq, line.time.clone(), at));
         }
-        last = Some((seq, line.time));
-        previous = Some((seq, hash));
+        if ends.first.is_none() {
+            ends.first = Some((line.seq, line.time.clone()));
+        }
+        previous = Some((line.seq, line.hash));
+        ends.last = Some((line.seq, line.time));
     }
     if previous.map(|(seq, _)| seq) != Some(manifest.records.last) && manifest.records.first <= manifest.records.last {
-        return Err(BundleError::Mismatch(format!(
+        return Err(mismatch(format!(
             "{RECORDS} ends before record {}, which the manifest names",
             manifest.records.last
         )));
     }
-    Ok((first, last))
+    Ok(ends)
+}
+
+/// One record's hash recomputed and its place after `previous` checked.
+fn check_link(
+    line: &Record,
+    previous: Option<(u64, Hash)>,
+    manifest: &Manifest,
+    buffer: &mut Vec<u8>,
+) -> Result<(), BundleError> {
+    let seq = line.seq;
+    if line.as_ref().hashes(buffer).0 != line.hash {
+        return Err(mismatch(format!("record {seq} was changed: its contents do not give its hash")));
+    }
+    match previous {
+        None if seq != manifest.records.first => {
+            Err(mismatch(format!("{RECORDS} starts at record {seq}, the manifest says {}", manifest.records.first)))
+        }
+        Some((p, _)) if seq != p + 1 => Err(mismatch(format!("record {} is missing: {p} is followed by {seq}", p + 1))),
+        Some((_, p)) if p != line.prev_hash => {
+            Err(mismatch(format!("record {seq} does not link to record {}: the chain is broken", seq - 1)))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The first place two JSON documents differ, as a JSON pointer and both values.
@@ -843,4 +1259,493 @@ fn count_numbers(value: &serde_json::Value) -> usize {
 fn first_different_line(a: &[u8], b: &[u8]) -> usize {
     let at = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
     1 + a[..at].iter().filter(|&&c| c == b'\n').count()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::clock::{Clock as _, ManualClock};
+    use crate::evidence::LedgerKey;
+    use crate::state::{Db, StateStore};
+
+    fn t(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+    }
+
+    /// A ledger whose records are appended at the times given.
+    struct Events {
+        dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        ledger: Ledger,
+    }
+
+    impl Events {
+        async fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(&StateStore::Sqlite { path: dir.path().join("state.db") }).await.unwrap();
+            let clock = Arc::new(ManualClock::new(t("2025-12-31T00:00:00Z")));
+            let ledger = Ledger::open(db, LedgerKey::generate("vigil/bundle-test"), clock.clone()).await.unwrap();
+            Self { dir, clock, ledger }
+        }
+
+        /// Appends a record dated `time` (the clock may go back: a writer with a skewed clock).
+        async fn at(&self, time: &str, kind: &str, outcome: Outcome, details: serde_json::Value) -> u64 {
+            self.clock.advance(t(time) - self.clock.now());
+            let record = NewRecord { kind: kind.into(), subject: "orders".into(), outcome, details };
+            self.ledger.append(record).await.unwrap().seq
+        }
+
+        async fn export(&self, out: &str) -> Exported {
+            let period = Period::new(t("2026-01-01T00:00:00Z"), t("2026-01-11T00:00:00Z")).unwrap();
+            let out = self.dir.path().join(out);
+            export(&self.ledger, None, Policy::default(), period, "2026-01-12T00:00:00Z".into(), &out, &Format::ALL)
+                .await
+                .unwrap()
+        }
+    }
+
+    /// A backup set's period: a failed run between two good ones, and a record on each side.
+    async fn known() -> Events {
+        let e = Events::new().await;
+        let saga = |n: u32, phase: &str| serde_json::json!({ "saga": format!("s{n}"), "step": "saga", "phase": phase });
+        e.at("2025-12-31T12:00:00Z", "manual.note", Outcome::Info, serde_json::json!({})).await;
+        e.at("2026-01-02T06:00:00Z", "backup.started", Outcome::Started, saga(1, "started")).await;
+        e.at("2026-01-02T06:00:00Z", "backup.finished", Outcome::Succeeded, saga(1, "finished")).await;
+        e.at("2026-01-03T06:00:00Z", "backup.started", Outcome::Started, saga(2, "started")).await;
+        let mut failed = saga(2, "rolled_back");
+        failed["detail"] = serde_json::json!({ "step": "write", "error": "bucket unreachable" });
+        e.at("2026-01-03T06:00:00Z", "backup.rolled_back", Outcome::Failed, failed).await;
+        e.at("2026-01-04T06:00:00Z", "backup.started", Outcome::Started, saga(3, "started")).await;
+        e.at("2026-01-04T06:00:00Z", "backup.finished", Outcome::Succeeded, saga(3, "finished")).await;
+        e.at("2026-01-11T00:00:01Z", "manual.note", Outcome::Info, serde_json::json!({})).await;
+        e
+    }
+
+    /// A bundle's members, to forge.
+    struct Bundle(Vec<(String, Vec<u8>)>);
+
+    impl Bundle {
+        fn read(path: &Path) -> Self {
+            let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+            let members = archive.entries().unwrap().raw(true).map(|entry| {
+                let mut entry = entry.unwrap();
+                let name = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).unwrap();
+                (name, bytes)
+            });
+            Self(members.collect())
+        }
+
+        fn get(&self, path: &str) -> &[u8] {
+            &self.0.iter().find(|(p, _)| p == path).unwrap_or_else(|| panic!("{path} in the bundle")).1
+        }
+
+        fn set(&mut self, path: &str, bytes: Vec<u8>) {
+            self.0.iter_mut().find(|(p, _)| p == path).unwrap_or_else(|| panic!("{path} in the bundle")).1 = bytes;
+        }
+
+        fn manifest(&self) -> serde_json::Value {
+            serde_json::from_slice(self.get(MANIFEST)).unwrap()
+        }
+
+        /// The manifest edited, its entries made to match the members, and signed again by the
+        /// ledger's key: what reaches the later checks had the exporter itself been fooled.
+        fn sign(&mut self, ledger: &Ledger, edit: impl FnOnce(&mut serde_json::Value)) {
+            let mut manifest = self.manifest();
+            for entry in manifest["files"].as_array_mut().unwrap() {
+                if let Some((_, bytes)) = self.0.iter().find(|(p, _)| *p == entry["path"]) {
+                    entry["sha256"] = hex::encode(Sha256::digest(bytes)).into();
+                    entry["bytes"] = bytes.len().into();
+                }
+            }
+            edit(&mut manifest);
+            let mut json = serde_json::to_vec_pretty(&manifest).unwrap();
+            json.push(b'\n');
+            let note = ledger.sign_manifest(&Sha256::digest(&json).into());
+            self.set(MANIFEST, json);
+            self.set(MANIFEST_NOTE, note.into_bytes());
+        }
+
+        /// Every report file computed again, as a careful forger would, from the bundle's
+        /// records in `range` and the report's time.
+        fn report_again(&mut self, range: SeqRange, generated_at: &str) {
+            let mut bundled: serde_json::Value = serde_json::from_slice(self.get(REPORT_JSON)).unwrap();
+            let declared: Declared = serde_json::from_value(bundled.clone()).unwrap();
+            let mut builder = Builder::new(declared.period, declared.policy).unwrap();
+            for line in self.get(RECORDS).split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let record: Record = serde_json::from_slice(line).unwrap();
+                if (range.first..=range.last).contains(&record.seq) {
+                    builder.feed(&record.as_ref());
+                }
+            }
+            bundled["integrity"]["first_seq"] = range.first.into();
+            bundled["integrity"]["last_seq"] = range.last.into();
+            let integrity: Integrity = serde_json::from_value(bundled["integrity"].clone()).unwrap();
+            for (path, bytes) in super::super::render(&builder.finish(generated_at, integrity)).unwrap() {
+                self.set(&path, bytes);
+            }
+        }
+
+        fn tar(&self) -> Vec<u8> {
+            let members: Vec<_> = self.0.iter().map(|(p, b)| member(p, tar::EntryType::Regular, b, None)).collect();
+            pack_raw(&members)
+        }
+    }
+
+    /// A member as given: the name written into the header as it is (the tar crate's own
+    /// setter refuses `..` and absolute names, as a forger's tool would not).
+    fn member(name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) -> (tar::Header, Vec<u8>) {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        if let Some(link) = link {
+            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        header.set_cksum();
+        (header, data.to_vec())
+    }
+
+    fn pack_raw(members: &[(tar::Header, Vec<u8>)]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (header, data) in members {
+            tar.append(header, data.as_slice()).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    /// Why `bundle` does not verify.
+    fn refusal(bundle: &[u8], vkey: &NoteVerifier) -> String {
+        match verify_bundle(bundle, vkey) {
+            Ok(verified) => panic!("the forged bundle verified: {verified:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    fn assert_says(why: &str, says: &str) {
+        assert!(why.contains(says), "{why:?} does not say {says:?}");
+    }
+
+    #[tokio::test]
+    async fn an_exported_bundle_verifies_and_shows_its_declared_policy_and_time() {
+        let e = known().await;
+        let exported = e.export("out").await;
+        let verified = verify_bundle(std::fs::File::open(&exported.bundle).unwrap(), &e.ledger.verifier()).unwrap();
+        assert_eq!((verified.first_seq, verified.last_seq), (3, 8), "the genesis record and the fence before");
+        assert_eq!(verified.generated_at, "2026-01-12T00:00:00Z");
+        assert_eq!(verified.policy_sha256, Policy::default().digest());
+        assert_eq!(Bundle::read(&exported.bundle).0[1].0, MANIFEST_NOTE, "the signature follows the manifest");
+    }
+
+    /// The finding: genuine records and proof, the range moved past the period's failed run and
+    /// every report file computed again without it, the manifest signed: the bundle's records
+    /// no longer are the range and its fences.
+    #[tokio::test]
+    async fn a_range_moved_past_records_of_the_period_is_refused() {
+        let e = known().await;
+        let mut bundle = Bundle::read(&e.export("out").await.bundle);
+        let moved = SeqRange { first: 7, last: 8 };
+        bundle.report_again(moved, "2026-01-12T00:00:00Z");
+        bundle.sign(&e.ledger, |m| m["range"]["first"] = 7.into());
+        let why = refusal(&bundle.tar(), &e.ledger.verifier());
+        assert_says(&why, "the bundle holds records 2 to 9, but its range 7 to 8 needs exactly records 6 to 9");
+        // The records cut to fit the moved range: the proof no longer holds.
+        let lines: Vec<&[u8]> = bundle.get(RECORDS).split_inclusive(|&b| b == b'\n').skip(4).collect();
+        bundle.set(RECORDS, lines.concat());
+        bundle.sign(&e.ledger, |m| m["records"]["first"] = 6.into());
+        let why = refusal(&bundle.tar(), &e.ledger.verifier());
+        assert_says(&why, "proof.json does not describe the bundle's records");
+    }
+
+    /// The range cut short at the end (records and proof genuine) is refused like one moved at
+    /// the start; a period stretched over the fence after it (every report file computed again
+    /// for it, the manifest signed) leaves that fence in the period, and is refused naming it.
+    #[tokio::test]
+    async fn a_range_cut_short_or_a_fence_inside_the_period_is_refused() {
+        let e = known().await;
+        let genuine = Bundle::read(&e.export("out").await.bundle);
+        let mut short = Bundle(genuine.0.clone());
+        short.report_again(SeqRange { first: 3, last: 7 }, "2026-01-12T00:00:00Z");
+        short.sign(&e.ledger, |m| m["range"]["last"] = 7.into());
+        let why = refusal(&short.tar(), &e.ledger.verifier());
+        assert_says(&why, "the bundle holds records 2 to 9, but its range 3 to 7 needs exactly records 2 to 8");
+
+        let mut stretched = Bundle(genuine.0);
+        let text = String::from_utf8(stretched.get(REPORT_JSON).to_vec()).unwrap();
+        let text = text.replace("\"to\": \"2026-01-11T00:00:00Z\"", "\"to\": \"2026-01-11T00:00:02Z\"");
+        stretched.set(REPORT_JSON, text.into_bytes());
+        stretched.report_again(SeqRange { first: 3, last: 8 }, "2026-01-12T00:00:00Z");
+        stretched.sign(&e.ledger, |m| m["period"]["to"] = "2026-01-11T00:00:02Z".into());
+        let why = refusal(&stretched.tar(), &e.ledger.verifier());
+        assert_says(&why, "record 9, the fence after the range, is dated 2026-01-11T00:00:01.000000Z, in the period");
+    }
+
+    /// Members no export writes, under names that would unpack outside the folder or over a
+    /// real member, or that are not files at all, are each refused by name.
+    #[tokio::test]
+    async fn members_that_are_not_the_bundles_own_regular_files_are_refused() {
+        let e = known().await;
+        let bundle = Bundle::read(&e.export("out").await.bundle);
+        let vkey = e.ledger.verifier();
+        let regular = |b: &Bundle| -> Vec<(tar::Header, Vec<u8>)> {
+            b.0.iter().map(|(p, d)| member(p, tar::EntryType::Regular, d, None)).collect()
+        };
+        let with = |extra: (tar::Header, Vec<u8>)| {
+            let mut members = regular(&bundle);
+            members.push(extra);
+            pack_raw(&members)
+        };
+        let forged = b"<html>forged</html>".as_slice();
+        let cases = [
+            (member("../x", tar::EntryType::Regular, forged, None), "named \"../x\", which climbs out of the folder"),
+            (
+                member("/etc/cron.d/x", tar::EntryType::Regular, forged, None),
+                "named \"/etc/cron.d/x\", an absolute path",
+            ),
+            (
+                member("./report/report.html", tar::EntryType::Regular, forged, None),
+                "named \"./report/report.html\", which is not a normalised relative path",
+            ),
+            (member("report/report.html", tar::EntryType::Regular, forged, None), "report/report.html appears twice"),
+            (
+                member("report/x.html", tar::EntryType::Regular, forged, None),
+                "report/x.html is in the bundle but not in its manifest",
+            ),
+        ];
+        for (extra, says) in cases {
+            assert_says(&refusal(&with(extra), &vkey), says);
+        }
+        // A real member's name, as a link or a folder.
+        let replaced = |path: &str, kind: tar::EntryType, link: Option<&str>| {
+            let mut members = regular(&bundle);
+            let at = bundle.0.iter().position(|(p, _)| p == path).unwrap();
+            members[at] = member(path, kind, &[], link);
+            pack_raw(&members)
+        };
+        let cases = [
+            (
+                replaced("report/report.html", tar::EntryType::Symlink, Some("/tmp/forged.html")),
+                "report/report.html is a symbolic link",
+            ),
+            (
+                replaced("report/oscal.json", tar::EntryType::Link, Some(REPORT_JSON)),
+                "report/oscal.json is a hard link",
+            ),
+            (replaced("report/report.html", tar::EntryType::Directory, None), "report/report.html is a directory"),
+        ];
+        for (forged, says) in cases {
+            assert_says(&refusal(&forged, &vkey), says);
+        }
+        // A manifest that names a member no export writes, signed.
+        let mut named = Bundle(bundle.0.clone());
+        named.sign(&e.ledger, |m| {
+            let files = m["files"].as_array_mut().unwrap();
+            let mut extra = files[0].clone();
+            extra["path"] = "../x".into();
+            files.push(extra);
+        });
+        assert_says(
+            &refusal(&named.tar(), &vkey),
+            "manifest.json names \"../x\", which is not a member a bundle holds",
+        );
+    }
+
+    /// A member's size in its header is compared with the manifest before it is read.
+    #[tokio::test]
+    async fn a_member_whose_size_is_not_the_manifests_is_refused_before_it_is_read() {
+        let e = known().await;
+        let mut bundle = Bundle::read(&e.export("out").await.bundle);
+        let mut html = bundle.get("report/report.html").to_vec();
+        html.extend_from_slice(b"<p>added</p>");
+        bundle.set("report/report.html", html.clone());
+        let why = refusal(&bundle.tar(), &e.ledger.verifier());
+        assert_says(
+            &why,
+            &format!(
+                "report/report.html is {} bytes in the archive; the manifest says {}",
+                html.len(),
+                html.len() - 12
+            ),
+        );
+    }
+
+    /// The finding: a 3 GiB `records.jsonl` held sparse in a few kilobytes. Refused by its
+    /// header, before anything is expanded.
+    #[tokio::test]
+    async fn a_sparse_member_is_refused_unread() {
+        let e = known().await;
+        let mut bundle = Bundle::read(&e.export("out").await.bundle);
+        let real: u64 = 3 << 30;
+        bundle.sign(&e.ledger, |m| {
+            let records = m["files"].as_array_mut().unwrap().iter_mut().find(|f| f["path"] == RECORDS).unwrap();
+            records["bytes"] = real.into();
+        });
+        let mut members: Vec<_> = bundle.0.iter().map(|(p, d)| member(p, tar::EntryType::Regular, d, None)).collect();
+        let at = bundle.0.iter().position(|(p, _)| p == RECORDS).unwrap();
+        members[at] = sparse(RECORDS, real);
+        let why = refusal(&pack_raw(&members), &e.ledger.verifier());
+        assert_says(&why, "records.jsonl is a sparse file; a bundle holds regular files only");
+    }
+
+    /// A GNU sparse member of `real` bytes, all of it a hole but its last 512.
+    pub(crate) fn sparse(name: &str, real: u64) -> (tar::Header, Vec<u8>) {
+        let (mut header, _) = member(name, tar::EntryType::GNUSparse, &[b'\n'; 512], None);
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.set_real_size(real);
+        gnu.sparse[0].set_offset(real - 512);
+        gnu.sparse[0].set_length(512);
+        header.set_cksum();
+        (header, vec![b'\n'; 512])
+    }
+
+    /// JSON members and record lines are bounded: a padded proof (still valid JSON) is refused
+    /// by its size, a record line by its length.
+    #[tokio::test]
+    async fn oversized_json_members_and_record_lines_are_refused() {
+        let e = known().await;
+        let genuine = Bundle::read(&e.export("out").await.bundle);
+        let vkey = e.ledger.verifier();
+        let mut bundle = Bundle(genuine.0.clone());
+        let mut proof = bundle.get(PROOF).to_vec();
+        proof.extend(std::iter::repeat_n(b' ', 2 << 20));
+        bundle.set(PROOF, proof);
+        bundle.sign(&e.ledger, |_| {});
+        assert_says(&refusal(&bundle.tar(), &vkey), "proof.json is 2097");
+        assert_says(&refusal(&bundle.tar(), &vkey), "bytes; a bundle's is at most 1048576");
+
+        let mut bundle = Bundle(genuine.0.clone());
+        let records = bundle.get(RECORDS);
+        let first_line = records.iter().position(|&b| b == b'\n').unwrap();
+        let mut padded = records[..first_line].to_vec();
+        padded.extend(std::iter::repeat_n(b' ', MAX_LINE_BYTES));
+        padded.extend_from_slice(&records[first_line..]);
+        bundle.set(RECORDS, padded);
+        bundle.sign(&e.ledger, |_| {});
+        assert_says(&refusal(&bundle.tar(), &vkey), "records.jsonl line 1 is longer than 1048576 bytes");
+
+        let mut bundle = Bundle(genuine.0);
+        let mut manifest = bundle.get(MANIFEST).to_vec();
+        manifest.extend(std::iter::repeat_n(b' ', 2 << 20));
+        bundle.set(MANIFEST, manifest);
+        let size = bundle.get(MANIFEST).len();
+        assert_says(
+            &refusal(&bundle.tar(), &vkey),
+            &format!("manifest.json is {size} bytes; a bundle's is at most 1048576"),
+        );
+    }
+
+    /// The manifest is signed: one edited, one without its signature, one signed by another
+    /// key and one of the unsigned first format are each refused, named.
+    #[tokio::test]
+    async fn an_unsigned_or_altered_manifest_is_refused() {
+        let e = known().await;
+        let genuine = Bundle::read(&e.export("out").await.bundle);
+        let vkey = e.ledger.verifier();
+
+        let mut altered = Bundle(genuine.0.clone());
+        let text = String::from_utf8(altered.get(MANIFEST).to_vec()).unwrap();
+        altered.set(MANIFEST, text.replacen("\"first\": 3", "\"first\": 7", 1).into_bytes());
+        assert_says(&refusal(&altered.tar(), &vkey), "manifest.json was changed: manifest.note signs another manifest");
+
+        let mut unsigned = Bundle(genuine.0.clone());
+        unsigned.0.remove(1);
+        assert_says(&refusal(&unsigned.tar(), &vkey), "report/report.json comes where manifest.note must be");
+
+        let other = Events::new().await;
+        let mut foreign = Bundle(genuine.0.clone());
+        foreign
+            .set(MANIFEST_NOTE, other.ledger.sign_manifest(&Sha256::digest(genuine.get(MANIFEST)).into()).into_bytes());
+        assert_says(
+            &refusal(&foreign.tar(), &vkey),
+            "manifest.note is not signed by the pinned key vigil/bundle-test+",
+        );
+
+        let mut old = Bundle(genuine.0);
+        let text = String::from_utf8(old.get(MANIFEST).to_vec()).unwrap();
+        old.set(MANIFEST, text.replacen(FORMAT, "vigil.bundle.v1", 1).into_bytes());
+        old.0.remove(1);
+        assert_says(&refusal(&old.tar(), &vkey), "format vigil.bundle.v1, whose manifest is unsigned");
+    }
+
+    /// A report dated before a record it holds (every file computed again for that date, the
+    /// manifest signed) is refused.
+    #[tokio::test]
+    async fn a_report_generated_before_its_newest_record_is_refused() {
+        let e = known().await;
+        let mut bundle = Bundle::read(&e.export("out").await.bundle);
+        bundle.report_again(SeqRange { first: 3, last: 8 }, "2026-01-10T00:00:00Z");
+        let text = String::from_utf8(bundle.get(REPORT_JSON).to_vec()).unwrap();
+        assert!(text.contains("\"generated_at\": \"2026-01-10T00:00:00Z\""), "{text}");
+        bundle.sign(&e.ledger, |_| {});
+        let why = refusal(&bundle.tar(), &e.ledger.verifier());
+        assert_says(&why, "says it was generated at 2026-01-10T00:00:00Z, before record 9 (dated 2026-01-11T00:00:01");
+    }
+
+    /// The smaller finding: the record before the period's first is followed by one dated after
+    /// the period (a writer's clock ahead). The export writes every record from the fence on,
+    /// and its bundle verifies.
+    #[tokio::test]
+    async fn a_record_dated_after_the_period_before_its_first_is_bundled_and_verifies() {
+        let e = Events::new().await;
+        let fence = e.at("2025-12-31T12:00:00Z", "manual.note", Outcome::Info, serde_json::json!({})).await;
+        let skewed = e.at("2026-01-11T00:00:05Z", "manual.note", Outcome::Info, serde_json::json!({})).await;
+        e.at("2026-01-02T00:00:00Z", "manual.note", Outcome::Info, serde_json::json!({})).await;
+        e.at("2026-01-12T00:00:00Z", "manual.note", Outcome::Info, serde_json::json!({})).await;
+        let exported = e.export("out").await;
+        assert_eq!(exported.report.integrity.first_seq, skewed, "the range starts right after the fence {fence}");
+        let verified = verify_bundle(std::fs::File::open(&exported.bundle).unwrap(), &e.ledger.verifier()).unwrap();
+        assert_eq!((verified.first_seq, verified.last_seq), (skewed, skewed + 1));
+        // The fence after the period dated after the export's own time: refused at export, not
+        // in the auditor's hands.
+        let e = Events::new().await;
+        e.at("2026-01-02T00:00:00Z", "manual.note", Outcome::Info, serde_json::json!({})).await;
+        e.at("2026-01-13T00:00:00Z", "manual.note", Outcome::Info, serde_json::json!({})).await;
+        let period = Period::new(t("2026-01-01T00:00:00Z"), t("2026-01-11T00:00:00Z")).unwrap();
+        let out = e.dir.path().join("out");
+        let err = export(&e.ledger, None, Policy::default(), period, "2026-01-12T00:00:00Z".into(), &out, &Format::ALL)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("is dated 2026-01-13T00:00:00.000000Z, after this export's time"), "{err}");
+    }
+
+    /// The export's files are 0600 in a 0700 folder, written to new names and renamed: a link
+    /// planted at a fixed name is replaced, its target untouched; a folder others may enter is
+    /// refused.
+    #[tokio::test]
+    async fn exported_files_are_private_and_a_planted_link_is_not_written_through() {
+        let e = known().await;
+        let exported = e.export("new/out").await;
+        let mode = |path: &Path| std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777;
+        let out = e.dir.path().join("new/out");
+        assert_eq!((mode(&out), mode(&out.join("csv"))), (0o700, 0o700));
+        assert!(exported.files.len() > 4, "{:?}", exported.files);
+        for file in &exported.files {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+
+        let victim = e.dir.path().join("victim.html");
+        std::fs::write(&victim, "the victim's own page").unwrap();
+        for planted in ["report.html", "bundle.tar", ".report.json.partial"] {
+            let _ = std::fs::remove_file(out.join(planted));
+            std::os::unix::fs::symlink(&victim, out.join(planted)).unwrap();
+        }
+        e.export("new/out").await;
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "the victim's own page");
+        assert!(std::fs::symlink_metadata(out.join("report.html")).unwrap().file_type().is_file());
+        assert_eq!(mode(&out.join("report.html")), 0o600);
+
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let period = Period::new(t("2026-01-01T00:00:00Z"), t("2026-01-11T00:00:00Z")).unwrap();
+        let err = export(&e.ledger, None, Policy::default(), period, "2026-01-12T00:00:00Z".into(), &out, &Format::ALL)
+            .await
+            .unwrap_err();
+        assert_says(&err.to_string(), "group or others may enter it (mode 755); `chmod 700` it");
+    }
 }

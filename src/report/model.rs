@@ -41,9 +41,20 @@ pub struct Period {
 
 impl Period {
     /// The period between two instants; `None` unless `from` is before `to`.
+    ///
+    /// Sub-second instants are kept: each is rounded up to the whole microsecond, the precision
+    /// records are stamped with, which leaves the records in the period exactly those that fall
+    /// between the two instants given.
     pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Option<Self> {
+        let (from, to) = (micro_ceiling(from), micro_ceiling(to));
         (from < to).then(|| Self { from: rfc3339(from), to: rfc3339(to) })
     }
+}
+
+/// `time`, or the next whole microsecond after it.
+fn micro_ceiling(time: DateTime<Utc>) -> DateTime<Utc> {
+    let below = time.timestamp_subsec_nanos() % 1_000;
+    if below == 0 { time } else { time + chrono::Duration::nanoseconds(i64::from(1_000 - below)) }
 }
 
 /// What the exporter declares about each secret, backup set and drill: the settings the
@@ -57,6 +68,17 @@ pub struct Policy {
     pub backup_sets: Vec<BackupPolicy>,
     /// Each drill.
     pub drills: Vec<DrillPolicy>,
+}
+
+impl Policy {
+    /// The SHA-256 (hex) of the policy in canonical JSON (`evidence::canonical_json`): what
+    /// `report export` and `evidence verify --bundle` print, so that the declared inputs of two
+    /// reports, or of a report and the exporter's word, compare as one line.
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let value = serde_json::to_value(self).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(crate::evidence::canonical_json(&value)))
+    }
 }
 
 /// A secret's declared settings.
@@ -107,9 +129,10 @@ pub struct DrillPolicy {
 /// The ledger range a report is built from and the checkpoint that signs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Integrity {
-    /// The first record of the period (0 when the period has none).
+    /// The range's first record: the one after the last record dated before the period.
     pub first_seq: u64,
-    /// The last record of the period (0 when the period has none).
+    /// The range's last record: the period's last (one less than `first_seq` when the period
+    /// has none).
     pub last_seq: u64,
     /// The size of the tree the checkpoint signs.
     pub checkpoint_size: u64,
@@ -976,8 +999,9 @@ fn to_secs(micros: i64) -> i64 {
     micros.div_euclid(1_000_000)
 }
 
+/// Whole seconds as before (`2026-01-01T00:00:00Z`), a fraction only when there is one.
 fn rfc3339(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Secs, true)
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// `3d 4h`, `12m 5s`: the two largest units.
@@ -1002,4 +1026,25 @@ pub(super) fn human(micros: i64) -> String {
 /// [`human`] of whole seconds.
 pub(super) fn human_secs(secs: i64) -> String {
     human(secs.saturating_mul(1_000_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+    }
+
+    #[test]
+    fn a_period_keeps_sub_second_instants_to_the_microsecond() {
+        let p = Period::new(t("2026-01-05T12:00:00.6Z"), t("2026-01-05T12:00:01.5Z")).unwrap();
+        assert_eq!((p.from.as_str(), p.to.as_str()), ("2026-01-05T12:00:00.600Z", "2026-01-05T12:00:01.500Z"));
+        let whole = Period::new(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z")).unwrap();
+        assert_eq!((whole.from.as_str(), whole.to.as_str()), ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"));
+        // Below a microsecond, rounded up: the first record at or after it is stamped .000001.
+        let p = Period::new(t("2026-01-05T12:00:00.0000005Z"), t("2026-01-05T12:00:01Z")).unwrap();
+        assert_eq!(p.from, "2026-01-05T12:00:00.000001Z");
+        assert!(Period::new(t("2026-01-05T12:00:00.0000005Z"), t("2026-01-05T12:00:00.0000009Z")).is_none());
+    }
 }

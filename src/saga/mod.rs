@@ -157,6 +157,14 @@ pub trait SagaDef: Send + Sync {
         None
     }
 
+    /// How the saga's `finished` record says it turned out: succeeded, unless the saga's own
+    /// result says otherwise (a drill that ran to its end and failed a check), so that a ledger
+    /// filtered on failures finds it.
+    fn finished_outcome(&self, data: &Self::Data) -> Outcome {
+        let _ = data;
+        Outcome::Succeeded
+    }
+
     /// Reverses `step` (which may have acted in part, or not at all).
     fn undo(
         &self,
@@ -497,8 +505,8 @@ impl Executor<'_> {
                         if index == steps.len() {
                             // Recorded first: a crash before the row says done leaves a saga
                             // whose resumption finds its end in the ledger (`run`).
-                            self.record::<D>(&saga, "saga", "finished", Outcome::Succeeded, serde_json::Value::Null)
-                                .await?;
+                            let outcome = def.finished_outcome(&data);
+                            self.record::<D>(&saga, "saga", "finished", outcome, serde_json::Value::Null).await?;
                             self.set(&mut saga, step.name(), Status::Done, None).await?;
                             self.ledger.checkpoint().await?;
                             return Ok((saga, Ended::Done));

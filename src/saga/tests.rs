@@ -55,6 +55,8 @@ struct ToyDef {
     /// Runs every act and undo twice, as steno's `RepeatInjected` does: the contract says a
     /// repeat leaves the same state.
     repeat: bool,
+    /// What the saga's result says when it ran to its end (a drill that failed a check).
+    finished_as: Option<Outcome>,
 }
 
 impl ToyDef {
@@ -95,6 +97,10 @@ impl SagaDef for ToyDef {
             return Err(StepError::Transient(format!("{} is busy", step.name())));
         }
         Ok(Some(ToyData { last: Some(step.name().to_owned()) }))
+    }
+
+    fn finished_outcome(&self, _: &ToyData) -> Outcome {
+        self.finished_as.unwrap_or(Outcome::Succeeded)
     }
 
     async fn undo(&self, _: &SagaRow, _: &ToyData, step: Toy) -> Result<(), StepError> {
@@ -146,6 +152,29 @@ async fn a_saga_runs_every_step_in_order_and_records_each() {
         "the first intent is written before acting"
     );
     assert!(store.in_flight().await.unwrap().is_empty());
+}
+
+/// A saga that ran to its end but whose result failed (a drill that failed a check) says so in
+/// its `finished` record's outcome, so a ledger filtered on failures finds it.
+#[tokio::test]
+async fn a_finished_saga_whose_result_failed_is_recorded_as_failed() {
+    let (ledger, _dir) = ledger().await;
+    let store = MemoryStore::default();
+    for (subject, finished_as, outcome) in [("good", None, "succeeded"), ("bad", Some(Outcome::Failed), "failed")] {
+        let def = ToyDef { finished_as, ..ToyDef::default() };
+        let (_, ended) =
+            executor(&store, &ledger).start(&def, subject, &secret(subject), ToyData::default()).await.unwrap();
+        assert_eq!(ended, Ended::Done, "the saga itself completed");
+        let filter = crate::evidence::RecordFilter {
+            kind: Some("rotation.finished".into()),
+            subject: Some(subject.into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let finished = crate::evidence::list(ledger.db(), &filter).await.unwrap();
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].outcome, outcome, "{subject}");
+    }
 }
 
 #[tokio::test]

@@ -219,6 +219,12 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     assert!(wrong.stderr().contains("drill orders-wrong failed: assertion 1 failed"), "{}", wrong.stderr());
     assert!(wrong.stderr().contains("expected \"7\""), "{}", wrong.stderr());
     assert!(!exists(Postgres, &pg, "vigil_drill_orders_wrong").await);
+    // Its `drill.finished` record says it failed, so a ledger filtered on failures finds it.
+    let ends = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "drill.finished"]).json();
+    let outcome =
+        |subject: &str| ends.as_array().unwrap().iter().find(|r| r["subject"] == subject).map(|r| r["outcome"].clone());
+    assert_eq!(outcome("orders-wrong"), Some("failed".into()), "{ends}");
+    assert_eq!(outcome("orders-restore"), Some("succeeded".into()), "{ends}");
 
     // A user the restored database grants nothing: its probe is refused, and the drill says so.
     let stranger_run = setup.vigil(&["drill", "run", "orders-stranger"]);

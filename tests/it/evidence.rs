@@ -746,7 +746,8 @@ async fn a_proof_against_an_edited_checkpoint_size_is_an_error_not_a_crash() {
 }
 
 /// `evidence.trusted_vkey` pins the key `vigil evidence verify` trusts: a ledger signed end to
-/// end by another key passes trust on first use (as the output says), and fails when pinned.
+/// end by the configured key passes without it (as the output says), and fails when another
+/// key is pinned.
 #[test]
 fn a_configured_trusted_vkey_pins_verification() {
     let store = Store::sqlite();
@@ -759,9 +760,9 @@ fn a_configured_trusted_vkey_pins_verification() {
     };
     run(&config, &["evidence", "append", "--kind", "manual.note", "--subject", "x"]).assert_code(0);
     let trusted = LedgerKey::generate("vigil/elsewhere").verifier().vkey();
-    let tofu = run(&config, &["evidence", "verify"]);
-    tofu.assert_code(0);
-    assert!(tofu.stdout().contains("trusted on first use from the genesis record"), "{}", tofu.stdout());
+    let configured = run(&config, &["evidence", "verify"]);
+    configured.assert_code(0);
+    assert!(configured.stdout().contains("the configured signing key vouches for it"), "{}", configured.stdout());
     let pinned = dir.join("pinned.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&pinned, text.replace("[evidence]\n", &format!("[evidence]\ntrusted_vkey = \"{trusted}\"\n")))
@@ -774,6 +775,51 @@ fn a_configured_trusted_vkey_pins_verification() {
     let check = run(&broken, &["config", "check"]);
     check.assert_code(1);
     assert!(check.stderr().contains("evidence.trusted_vkey: not a verifier key"), "{}", check.stderr());
+}
+
+/// Without a pinned key, `vigil evidence verify` trusts the configured signing key, never the
+/// key a database's genesis record names: a ledger made and signed throughout by another key
+/// (all of it consistent) is refused. After
+/// a rollover the configured (new) key vouches for the old key's checkpoints.
+#[test]
+fn verify_without_a_pinned_key_trusts_the_configured_key_not_the_genesis_record() {
+    let store = Store::sqlite();
+    let config = store.write_config();
+    let dir = store.dir.path();
+    let cfg = config.to_str().unwrap();
+    let key_path = dir.join("data/evidence.key");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The database was made, and signed throughout, by a key that is not the configured one.
+    rt.block_on(async {
+        let db = store.open().await;
+        build(db.clone(), LedgerKey::generate("vigil/impostor")).await.checkpoint().await.unwrap();
+        db.close().await;
+    });
+    LedgerKey::generate("vigil/configured").save(&key_path).unwrap();
+    let refused = vigil(dir, &["--config", cfg, "evidence", "verify"]);
+    assert_eq!(refused.code(), 1, "{}", refused.all_output());
+    assert!(
+        refused.stderr().contains("genesis record announces key vigil/impostor+")
+            && refused.stderr().contains("no checkpoint signed by the configured signing key vigil/configured+"),
+        "{}",
+        refused.stderr()
+    );
+
+    // The configured key's own ledger verifies, after a rollover too.
+    let store = Store::sqlite();
+    let config = store.write_config();
+    let dir = store.dir.path();
+    let cfg = config.to_str().unwrap();
+    vigil(dir, &["--config", cfg, "evidence", "append", "--kind", "manual.note", "--subject", "x"]).assert_code(0);
+    vigil(dir, &["--config", cfg, "evidence", "rollover-key"]).assert_code(0);
+    let verified = vigil(dir, &["--config", cfg, "--output", "json", "evidence", "verify"]);
+    verified.assert_code(0);
+    assert_eq!(verified.json()["keys"].as_array().unwrap().len(), 2, "{}", verified.stdout());
+    // Without a key file, nothing is trusted.
+    std::fs::remove_file(dir.join("data/evidence.key")).unwrap();
+    let keyless = vigil(dir, &["--config", cfg, "evidence", "verify"]);
+    assert_eq!(keyless.code(), 1, "{}", keyless.all_output());
+    assert!(keyless.stderr().contains("give --vkey or --vkey-file"), "{}", keyless.stderr());
 }
 
 /// A rollover record a database writer inserted (its hashes right, so vigil's next checkpoint

@@ -214,7 +214,7 @@ async fn witness(dir: &std::path::Path) -> Box<dyn vigil::objects::ObjectStore> 
     vigil::objects::connect(&settings, None).await.unwrap()
 }
 
-async fn export_known(dir: &std::path::Path, key: LedgerKey) -> (Report, std::path::PathBuf, NoteVerifier) {
+async fn export_known(dir: &std::path::Path, key: LedgerKey) -> (Report, std::path::PathBuf, NoteVerifier, Events) {
     let events = known_ledger(dir, key).await;
     let verifier = events.ledger.verifier();
     let out = dir.join("out");
@@ -231,13 +231,13 @@ async fn export_known(dir: &std::path::Path, key: LedgerKey) -> (Report, std::pa
     .await
     .unwrap();
     assert_eq!(exported.witness_copies, 1);
-    (exported.report, exported.bundle, verifier)
+    (exported.report, exported.bundle, verifier, events)
 }
 
 #[tokio::test]
 async fn the_reports_numbers_are_exactly_those_of_the_known_events() {
     let dir = tempfile::tempdir().unwrap();
-    let (report, _, _) = export_known(dir.path(), LedgerKey::generate("vigil/test")).await;
+    let (report, _, _, _) = export_known(dir.path(), LedgerKey::generate("vigil/test")).await;
 
     let api = &report.rotation[0];
     assert_eq!((api.name.as_str(), api.succeeded, api.failed, api.late), ("api", 2, 1, 1));
@@ -311,7 +311,7 @@ async fn the_reports_numbers_are_exactly_those_of_the_known_events() {
 #[tokio::test]
 async fn an_intact_bundle_verifies_with_the_pinned_key_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let (report, bundle, vkey) = export_known(dir.path(), LedgerKey::generate("vigil/test")).await;
+    let (report, bundle, vkey, _) = export_known(dir.path(), LedgerKey::generate("vigil/test")).await;
     let verified = verify_bundle(std::fs::File::open(&bundle).unwrap(), &vkey).unwrap();
     assert_eq!((verified.first_seq, verified.last_seq), (report.integrity.first_seq, report.integrity.last_seq));
     assert!(verified.numbers > 100, "{} numbers", verified.numbers);
@@ -337,9 +337,10 @@ fn unpack(bundle: &std::path::Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// The bundle with `path` edited, and the manifest's hash of it updated, as a careful forger
-/// would.
-fn forge(files: &[(String, Vec<u8>)], path: &str, edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+/// The bundle with `path` edited, the manifest's hash of it updated and the manifest signed
+/// again with the ledger's key: a forger who got that far, so that the checks behind the
+/// manifest's signature are the ones tested.
+fn forge(ledger: &Ledger, files: &[(String, Vec<u8>)], path: &str, edit: &dyn Fn(&mut Vec<u8>)) -> Vec<u8> {
     use sha2::Digest as _;
     let mut files = files.to_vec();
     let at = files.iter().position(|(p, _)| p == path).unwrap_or_else(|| panic!("{path} in the bundle"));
@@ -354,6 +355,8 @@ fn forge(files: &[(String, Vec<u8>)], path: &str, edit: impl Fn(&mut Vec<u8>)) -
         }
     }
     files[0].1 = serde_json::to_vec_pretty(&manifest).unwrap();
+    assert_eq!(files[1].0, "manifest.note");
+    files[1].1 = ledger.sign_manifest(&sha2::Sha256::digest(&files[0].1).into()).into_bytes();
     pack(&files)
 }
 
@@ -388,11 +391,13 @@ fn failure(bundle: &[u8], vkey: &NoteVerifier) -> String {
 #[tokio::test]
 async fn any_edit_to_a_bundle_fails_verification_and_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let (report, bundle, vkey) = export_known(dir.path(), LedgerKey::generate("vigil/test")).await;
+    let (report, bundle, vkey, events) = export_known(dir.path(), LedgerKey::generate("vigil/test")).await;
     let files = unpack(&bundle);
+    let forge =
+        |files: &[(String, Vec<u8>)], path: &str, edit: &dyn Fn(&mut Vec<u8>)| forge(&events.ledger, files, path, edit);
 
     // A record's contents.
-    let why = failure(&forge(&files, "records.jsonl", replace("bucket unreachable", "bucket reachable")), &vkey);
+    let why = failure(&forge(&files, "records.jsonl", &replace("bucket unreachable", "bucket reachable")), &vkey);
     assert!(why.contains("was changed: its contents do not give its hash"), "{why}");
 
     // A record's contents and its hash recomputed: the next record's link breaks.
@@ -400,29 +405,29 @@ async fn any_edit_to_a_bundle_fails_verification_and_is_named() {
     let lines: Vec<&str> = records.lines().collect();
     let seq_of_failure = lines.iter().position(|l| l.contains("bucket unreachable")).unwrap();
     let forged_records = rehash_line(&lines, seq_of_failure, "bucket unreachable", "bucket reachable");
-    let why = failure(&forge(&files, "records.jsonl", |b| *b = forged_records.clone().into_bytes()), &vkey);
+    let why = failure(&forge(&files, "records.jsonl", &|b| *b = forged_records.clone().into_bytes()), &vkey);
     assert!(why.contains("does not link to record"), "{why}");
 
     // The period's last record left out.
     let shortened: String = lines.iter().take(lines.len() - 2).chain(lines.last()).map(|l| format!("{l}\n")).collect();
-    let why = failure(&forge(&files, "records.jsonl", |b| *b = shortened.clone().into_bytes()), &vkey);
+    let why = failure(&forge(&files, "records.jsonl", &|b| *b = shortened.clone().into_bytes()), &vkey);
     assert!(why.contains("is missing"), "{why}");
 
     // A number in the JSON report.
     let overdue = format!("\"overdue_secs\": {}", report.rotation[0].overdue_secs);
-    let why = failure(&forge(&files, "report/report.json", replace(&overdue, "\"overdue_secs\": 0")), &vkey);
+    let why = failure(&forge(&files, "report/report.json", &replace(&overdue, "\"overdue_secs\": 0")), &vkey);
     assert!(why.contains("report/report.json: /rotation/0/overdue_secs is 0; the records give 172800"), "{why}");
 
     // One byte of the HTML.
-    let why = failure(&forge(&files, "report/report.html", replace("Exceptions", "Exceptionz")), &vkey);
+    let why = failure(&forge(&files, "report/report.html", &replace("Exceptions", "Exceptionz")), &vkey);
     assert!(why.contains("report/report.html does not match the report its records give"), "{why}");
 
     // One byte of a CSV file.
-    let why = failure(&forge(&files, "report/csv/backups.csv", replace("0.75", "0.95")), &vkey);
+    let why = failure(&forge(&files, "report/csv/backups.csv", &replace("0.75", "0.95")), &vkey);
     assert!(why.contains("report/csv/backups.csv does not match"), "{why}");
 
     // The witness's copy of the checkpoint.
-    let why = failure(&forge(&files, "witness/checkpoint.note", |b| b.extend_from_slice(b"\n")), &vkey);
+    let why = failure(&forge(&files, "witness/checkpoint.note", &|b| b.extend_from_slice(b"\n")), &vkey);
     assert!(why.contains("witness/checkpoint.note differs from the checkpoint"), "{why}");
 
     // A file edited without the manifest: named by its hash.
@@ -442,7 +447,7 @@ async fn any_edit_to_a_bundle_fails_verification_and_is_named() {
 async fn a_bundle_signed_by_another_key_fails_against_the_pinned_one() {
     let dir = tempfile::tempdir().unwrap();
     let pinned = LedgerKey::generate("vigil/test").verifier();
-    let (_, bundle, theirs) = export_known(dir.path(), LedgerKey::generate("vigil/test")).await;
+    let (_, bundle, theirs, _) = export_known(dir.path(), LedgerKey::generate("vigil/test")).await;
     assert!(verify_bundle(std::fs::File::open(&bundle).unwrap(), &theirs).is_ok());
     let err = verify_bundle(std::fs::File::open(&bundle).unwrap(), &pinned).unwrap_err();
     assert!(matches!(err, BundleError::Mismatch(ref why) if why.contains("not signed by the pinned key")), "{err}");
@@ -645,7 +650,7 @@ async fn an_auditor_verifies_a_bundle_offline_and_two_reports_are_consistent() {
 
 /// The bundle exported from the known ledger, for the tools below.
 async fn exported_known(dir: &std::path::Path) -> std::path::PathBuf {
-    let (_, bundle, _) = export_known(dir, LedgerKey::generate("vigil/test")).await;
+    let (_, bundle, _, _) = export_known(dir, LedgerKey::generate("vigil/test")).await;
     bundle.parent().unwrap().to_owned()
 }
 
@@ -780,4 +785,136 @@ async fn a_stuck_rotation_is_a_failure_until_a_later_one_clears_it() {
     let what: Vec<&str> = exported.report.exceptions.iter().map(|e| e.what.as_str()).collect();
     assert!(what.iter().any(|w| w.starts_with("rotation stuck, needing an operator, at step set")), "{what:?}");
     assert!(verify_bundle(std::fs::File::open(&exported.bundle).unwrap(), &e.ledger.verifier()).is_ok());
+}
+
+/// `--from` and `--to` keep their fractions of a second: exactly the records between the two
+/// instants are reported, none left out or let in by a cut to whole seconds.
+#[tokio::test]
+async fn sub_second_from_and_to_keep_the_records_inside_the_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = LedgerKey::generate("vigil/report-test");
+    key.save(&dir.path().join("evidence.key")).unwrap();
+    let events = Events::new(dir.path(), key).await;
+    // Records 2 to 5: one before the period, two inside it, one after.
+    for time in ["2026-01-05T12:00:00.1Z", "2026-01-05T12:00:00.7Z", "2026-01-05T12:00:01.2Z", "2026-01-05T12:00:01.6Z"]
+    {
+        events.at(time, "manual.note", "ops", Outcome::Info, json!({ "at": time })).await;
+    }
+    events.ledger.db().close().await;
+    let config = write_config(dir.path());
+    let exported = crate::support::vigil(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            "json",
+            "report",
+            "export",
+            "--from",
+            "2026-01-05T12:00:00.6Z",
+            "--to",
+            "2026-01-05T12:00:01.5Z",
+            "--out",
+            "sub",
+        ],
+    );
+    exported.assert_code(0);
+    let shown = exported.json();
+    assert_eq!((shown["first_seq"].as_u64(), shown["last_seq"].as_u64()), (Some(3), Some(4)), "{shown}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("sub/report.json")).unwrap()).unwrap();
+    assert_eq!(report["period"], json!({ "from": "2026-01-05T12:00:00.600Z", "to": "2026-01-05T12:00:01.500Z" }));
+    assert_eq!(report["records"], 2);
+}
+
+/// The finding: a bundle of a few kilobytes holding a 3 GiB sparse `records.jsonl` (its manifest
+/// signed, as if the exporter itself had been fooled) made the verifier run out of memory. The
+/// real binary refuses it, naming the sparse member, with a peak RSS under 64 MiB.
+#[tokio::test]
+async fn a_sparse_bundle_is_refused_by_the_binary_in_bounded_memory() {
+    use sha2::Digest as _;
+    const REAL: u64 = 3 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bundle, vkey, events) = export_known(dir.path(), LedgerKey::generate("vigil/test")).await;
+    let mut files = unpack(&bundle);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&files[0].1).unwrap();
+    for entry in manifest["files"].as_array_mut().unwrap() {
+        if entry["path"] == "records.jsonl" {
+            entry["bytes"] = REAL.into();
+        }
+    }
+    files[0].1 = serde_json::to_vec_pretty(&manifest).unwrap();
+    files[1].1 = events.ledger.sign_manifest(&sha2::Sha256::digest(&files[0].1).into()).into_bytes();
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in &files {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(path).unwrap();
+        header.set_mode(0o644);
+        if path == "records.jsonl" {
+            // All of it a hole but its last 512 bytes.
+            header.set_entry_type(tar::EntryType::GNUSparse);
+            header.set_size(512);
+            let gnu = header.as_gnu_mut().unwrap();
+            gnu.set_real_size(REAL);
+            gnu.sparse[0].set_offset(REAL - 512);
+            gnu.sparse[0].set_length(512);
+            header.set_cksum();
+            tar.append(&header, [b'\n'; 512].as_slice()).unwrap();
+        } else {
+            header.set_size(bytes.len() as u64);
+            header.set_cksum();
+            tar.append(&header, bytes.as_slice()).unwrap();
+        }
+    }
+    let sparse = tar.into_inner().unwrap();
+    assert!(sparse.len() < 1 << 20, "a small bundle: {} bytes", sparse.len());
+    std::fs::write(dir.path().join("sparse.tar"), &sparse).unwrap();
+    std::fs::write(dir.path().join("vigil.vkey"), vkey.vkey()).unwrap();
+
+    let (code, stderr, peak_kib) =
+        peak_rss(dir.path(), &["evidence", "verify", "--bundle", "sparse.tar", "--vkey-file", "vigil.vkey"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("records.jsonl is a sparse file; a bundle holds regular files only"), "{stderr}");
+    assert!(peak_kib < 64 * 1024, "the verifier's peak RSS was {peak_kib} KiB");
+}
+
+/// Runs the real binary in `dir` and returns its exit code, its stderr and its peak RSS in KiB
+/// (`wait4`'s `ru_maxrss` of that child alone). A child passing 1 GiB is killed, so a verifier
+/// that expands what it reads fails this test rather than the machine.
+#[expect(clippy::zombie_processes, reason = "the child is reaped by wait4, which also gives its peak RSS")]
+fn peak_rss(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, i64) {
+    let stderr_path = dir.join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("VIGIL_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    loop {
+        // SAFETY: `pid` is this test's own child, not yet reaped; status and usage are ours.
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if reaped == pid {
+            break;
+        }
+        // Until reaped, the pid is still this child's: reading and killing it is safe.
+        let hwm = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib: i64 = hwm
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        if kib > 1 << 20 {
+            let _ = child.kill();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, std::fs::read_to_string(&stderr_path).unwrap(), usage.ru_maxrss)
 }

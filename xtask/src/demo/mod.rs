@@ -99,6 +99,8 @@ fn report(vigil: &Path, demo: &Path, state: &State) -> anyhow::Result<()> {
     let from = (now - chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
     let to = (now + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let out = demo.join("report");
+    // A fresh folder: the export makes it 0700 and refuses one an earlier vigil left open (0755).
+    let _ = std::fs::remove_dir_all(&out);
     let exported = show(vigil, demo, state, &["report", "export", "--from", &from, "--to", &to, "--out", "report"])?;
     if !exported.status.success() {
         bail!("vigil report export failed");
