@@ -422,7 +422,7 @@ impl Ledger {
     /// Signs the statement that vouches for a report bundle whose `manifest.json` has this
     /// SHA-256 (`note::manifest_body`), as a signed note.
     pub fn sign_manifest(&self, manifest_sha256: &Hash) -> String {
-        self.key.sign_note(&note::manifest_body(self.key.name(), manifest_sha256))
+        self.core.key.sign_note(&note::manifest_body(self.core.key.name(), manifest_sha256))
     }
 
     /// Moves signing to `new_key`: a record announces it, a checkpoint signed with the old key
