@@ -29,8 +29,10 @@ pub fn init(format: LogFormat, verbosity: i8) {
     };
     // vaultrs and rustify log every non-2xx answer at ERROR, including the 404s vigil expects
     // when it asks whether a value is staged; vigil reports the failures that matter itself.
+    // sqlx logs each PostgreSQL NOTICE at INFO ("database … does not exist, skipping", from the
+    // `IF EXISTS` vigil writes on purpose): only the server's warnings and errors are shown.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},vaultrs=off,rustify=off")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},vaultrs=off,rustify=off,sqlx::postgres::notice=warn")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests that run the CLI in-process) keeps the first subscriber.
     let _ = match format {

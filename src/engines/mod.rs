@@ -127,7 +127,7 @@ impl EngineError {
 
     /// Sorts an sqlx error into login refusal, statement refusal or transient failure.
     pub(crate) fn from_sqlx(what: &str, user: &str, err: sqlx::Error) -> Self {
-        let reason = err.to_string();
+        let reason = reason(&err);
         match &err {
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
@@ -145,6 +145,16 @@ impl EngineError {
             }
             _ => Self::Refused { what: what.to_owned(), reason },
         }
+    }
+}
+
+/// What a database said, as people read it (terminals, the ledger, reports, alerts): for the
+/// server's own errors its message alone, since sqlx appends the line of the server's C source
+/// that raised it ("… at line 948"), which tells an operator nothing; sqlx's wording otherwise.
+pub fn reason(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => format!("error returned from database: {}", db.message()),
+        other => other.to_string(),
     }
 }
 

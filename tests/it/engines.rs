@@ -131,3 +131,17 @@ async fn postgres_counts_sessions_and_compares_grants() {
 async fn mariadb_counts_sessions_and_compares_grants() {
     sessions_and_grants(Engine::Mysql, &Services::load().mariadb).await;
 }
+
+/// What a server's error says reaches people as the server's message: sqlx's own wording adds
+/// the line of PostgreSQL's C source that raised it, which the reason leaves out.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_database_error_reads_without_the_servers_source_line() {
+    use sqlx::Connection as _;
+    let services = Services::load();
+    let mut conn = sqlx::PgConnection::connect_with(&services.postgres.pg_options()).await.unwrap();
+    let err = sqlx::query("SELECT * FROM vigil_no_such_table").execute(&mut conn).await.unwrap_err();
+    assert!(err.to_string().contains(" at line "), "sqlx's own wording has it: {err}");
+    let reason = engines::reason(&err);
+    assert_eq!(reason, "error returned from database: relation \"vigil_no_such_table\" does not exist");
+}
