@@ -42,7 +42,11 @@ pub struct ArchiverStatus {
 const TIME: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
 
 async fn connect(endpoint: &Endpoint, credential: &Credential, what: &str) -> Result<sqlx::PgConnection, EngineError> {
-    let options = super::postgres_options(endpoint, credential).application_name("vigil-archive");
+    // Row security off: no policy of the database's roles is ever evaluated in these sessions;
+    // a read a policy would filter fails instead.
+    let options = super::postgres_options(endpoint, credential)
+        .options([("row_security", "off")])
+        .application_name("vigil-archive");
     sqlx::PgConnection::connect_with(&options)
         .await
         .map_err(|err| EngineError::connecting(endpoint, what, &credential.username, err))
@@ -59,10 +63,10 @@ pub async fn archiver_status(endpoint: &Endpoint, credential: &Credential) -> Re
            a.archived_count, a.last_archived_wal, to_char(a.last_archived_time AT TIME ZONE 'UTC', {TIME}), \
            a.failed_count, a.last_failed_wal, to_char(a.last_failed_time AT TIME ZONE 'UTC', {TIME}), \
            COALESCE(a.last_failed_time > a.last_archived_time OR (a.last_archived_time IS NULL AND a.last_failed_time IS NOT NULL), false), \
-           (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), \
-           COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(modification))::float8 FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), 0), \
+           (SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), \
+           COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(modification))::float8 FROM pg_catalog.pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), 0), \
            to_char(now() AT TIME ZONE 'UTC', {TIME}) \
-         FROM pg_stat_archiver a"
+         FROM pg_catalog.pg_stat_archiver a"
     );
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_one(&mut conn)
@@ -135,7 +139,7 @@ pub async fn last_replayed(endpoint: &Endpoint, credential: &Credential) -> Resu
     let what = "read the last replayed transaction";
     let mut conn = connect(endpoint, credential, what).await?;
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', {TIME})"
+        "SELECT pg_catalog.to_char(pg_catalog.pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', {TIME})"
     )))
     .fetch_one(&mut conn)
     .await
@@ -147,7 +151,7 @@ pub async fn last_replayed(endpoint: &Endpoint, credential: &Credential) -> Resu
 pub async fn bootstrap_superuser(endpoint: &Endpoint, credential: &Credential) -> Result<String, EngineError> {
     let what = "find the bootstrap superuser";
     let mut conn = connect(endpoint, credential, what).await?;
-    sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE oid = 10")
+    sqlx::query_scalar("SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = 10")
         .fetch_one(&mut conn)
         .await
         .map_err(|err| EngineError::from_sqlx(what, &credential.username, err))
