@@ -173,8 +173,9 @@ impl DrillSaga<'_, '_> {
         checks.extend(self.queries(drill, &scratch).await?);
         let beat = archive::last_beat(&endpoint, &as_super, &data.backup_set).await.map_err(engine_step)?;
         let point = match (&beat, pg.heartbeat) {
-            (Some(at), _) => {
-                checks.push(Check::ran("heartbeat", true, format!("the restored copy's newest heartbeat is {at}")));
+            (Some((at, table)), _) => {
+                let detail = format!("the restored copy's newest heartbeat is {at} ({table})");
+                checks.push(Check::ran("heartbeat", true, detail));
                 Some(RecoveryPoint { at: at.clone(), source: "heartbeat".into() })
             }
             (None, Some(interval)) => {
