@@ -600,6 +600,10 @@ impl DrillSaga<'_, '_> {
                     continue;
                 }
             };
+            if scratch.engine() == Engine::Postgres {
+                // The scratch database refuses PUBLIC: the application's role is let in by name.
+                scratch.grant_connect(&credential.username).await.map_err(engine_step)?;
+            }
             let engine = crate::engines::connect(scratch.engine(), scratch.endpoint(), scratch.admin().clone());
             let detail = match engine.test_login(&credential, &probes).await {
                 Ok(()) => Ok(format!(
@@ -667,14 +671,14 @@ impl DrillSaga<'_, '_> {
         let scratch = self.scratch(data).await?;
         scratch.recreate().await.map_err(engine_step)?;
         let folder = self.folder().await?;
-        let jobs = match self.drill()?.restore {
-            DrillRestore::Dump { jobs, .. } => jobs,
-            DrillRestore::Rds { .. } | DrillRestore::PgBackRest { .. } => 1,
+        let (jobs, grants) = match self.drill()?.restore {
+            DrillRestore::Dump { jobs, grants, .. } => (jobs, grants),
+            DrillRestore::Rds { .. } | DrillRestore::PgBackRest { .. } => (1, false),
         };
         if jobs > 1 {
-            return self.restore_parallel(&scratch, located, &folder, jobs).await;
+            return self.restore_parallel(&scratch, located, &folder, jobs, grants).await;
         }
-        let (sink, restore) = Restore::start(scratch.engine(), &scratch.endpoint(), scratch.admin(), &folder)
+        let (sink, restore) = Restore::start(scratch.engine(), &scratch.endpoint(), scratch.admin(), &folder, grants)
             .map_err(|err| StepError::Failed(err.to_string()))?;
         let fetched = self.drills.backups.fetch(&located.backup_id, sink).await;
         // The sink is closed once fetch returns: the tool sees the end of its input and exits.
@@ -700,6 +704,7 @@ impl DrillSaga<'_, '_> {
         located: &Located,
         folder: &std::path::Path,
         jobs: u32,
+        grants: bool,
     ) -> Result<(), StepError> {
         let staged = Staged(folder.join(format!("drill-{}.dump", scratch.name())));
         // A retried step finds its own earlier attempt's file: start over.
@@ -708,7 +713,7 @@ impl DrillSaga<'_, '_> {
             .map_err(|err| StepError::Failed(format!("cannot stage the dump at {}: {err}", staged.0.display())))?;
         let sink = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
         self.drills.backups.fetch(&located.backup_id, sink).await.map_err(|err| unreadable(located, err))?;
-        let restore = Restore::start_parallel(&scratch.endpoint(), scratch.admin(), folder, &staged.0, jobs)
+        let restore = Restore::start_parallel(&scratch.endpoint(), scratch.admin(), folder, &staged.0, jobs, grants)
             .map_err(|err| StepError::Failed(err.to_string()))?;
         tokio::task::spawn_blocking(move || restore.finish())
             .await

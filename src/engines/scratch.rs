@@ -60,14 +60,55 @@ impl ScratchDb {
         &self.admin
     }
 
-    /// Drops the database if it exists (ending its sessions) and creates it empty.
+    /// Drops the database if it exists (ending its sessions) and creates it empty. On
+    /// PostgreSQL, `PUBLIC` may not connect to it (nor make temporary tables): it is created
+    /// refusing every connection, the grants revoked, and only then opened, so no role of the
+    /// scratch server is ever in it but the admin and those a drill grants `CONNECT`. (MariaDB
+    /// has no `PUBLIC`: only accounts granted the database may enter.)
     pub async fn recreate(&self) -> Result<(), EngineError> {
         self.drop().await?;
-        let create = match self.engine {
-            Engine::Postgres => format!("CREATE DATABASE {}", super::postgres::quote_ident(&self.name)),
-            Engine::Mysql => format!("CREATE DATABASE {}", super::mysql::quote_ident(&self.name)),
+        let what = format!("create scratch database {}", self.name);
+        match self.engine {
+            Engine::Postgres => {
+                let name = super::postgres::quote_ident(&self.name);
+                self.on_server(&what, &format!("CREATE DATABASE {name} WITH ALLOW_CONNECTIONS false")).await?;
+                self.on_server(
+                    &what,
+                    &format!(
+                        "REVOKE ALL ON DATABASE {name} FROM PUBLIC; ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
+                    ),
+                )
+                .await
+            }
+            Engine::Mysql => {
+                self.on_server(&what, &format!("CREATE DATABASE {}", super::mysql::quote_ident(&self.name))).await
+            }
+        }
+    }
+
+    /// Lets `user` connect to the database (PostgreSQL), as a `check_credentials` login must;
+    /// nothing when no such role exists, whose login then fails on its own.
+    pub async fn grant_connect(&self, user: &str) -> Result<(), EngineError> {
+        let what = format!("let {user} connect to scratch database {}", self.name);
+        let mut conn = self.connect_pg(&self.server, &what).await?;
+        let found = sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1")
+            .bind(user)
+            .fetch_optional(&mut conn)
+            .await;
+        let done = match found {
+            Ok(Some(_)) => {
+                let grant = format!(
+                    "GRANT CONNECT ON DATABASE {} TO {}",
+                    super::postgres::quote_ident(&self.name),
+                    super::postgres::quote_ident(user)
+                );
+                sqlx::raw_sql(sqlx::AssertSqlSafe(grant)).execute(&mut conn).await.map(drop)
+            }
+            Ok(None) => Ok(()),
+            Err(err) => Err(err),
         };
-        self.on_server(&format!("create scratch database {}", self.name), &create).await
+        let _ = conn.close().await;
+        done.map_err(|err| EngineError::from_sqlx(&what, &self.admin.username, err))
     }
 
     /// Drops the database if it exists, ending its sessions. Idempotent.

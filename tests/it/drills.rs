@@ -137,7 +137,7 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     schedule.push_str(&drill(
         "orders-restore",
         "orders",
-        "assertions = [{ sql = \"SELECT count(*) FROM pgbench_branches\", expect = \"1\" }]\ncheck_credentials = [\"app\"]",
+        "assertions = [{ sql = \"SELECT count(*) FROM pgbench_branches\", expect = \"1\" }]\ncheck_credentials = [\"app\"]\nrestore_grants = true",
     ));
     schedule.push_str(&drill("orders-stranger", "orders", "check_credentials = [\"stranger\"]"));
     schedule.push_str(&drill("orders-parallel", "orders", "restore_jobs = 2"));
