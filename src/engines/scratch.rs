@@ -120,6 +120,15 @@ impl ScratchDb {
         let made = super::checker::make(&mut conn, &self.name, role).await;
         let _ = conn.close().await;
         made.map_err(|err| match err {
+            // 42501: insufficient privilege, i.e. an admin set up before drills made this role.
+            super::checker::MakeError::Sql(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+                let reason = format!(
+                    "{}; the scratch admin {} needs CREATEROLE to make the drill's checking role (docs/privileges.md)",
+                    db.message(),
+                    self.admin.username
+                );
+                EngineError::Refused { what, reason }
+            }
             super::checker::MakeError::Sql(err) => EngineError::from_sqlx(&what, &self.admin.username, err),
             super::checker::MakeError::Unfit(reason) => EngineError::Refused { what, reason },
         })
@@ -129,7 +138,23 @@ impl ScratchDb {
     /// read: it then holds no privilege anywhere. Idempotent.
     pub async fn drop_checker(&self, role: &str) -> Result<(), EngineError> {
         let what = format!("drop the checking role {role}");
-        self.on_server(&what, &format!("DROP ROLE IF EXISTS {}", super::postgres::quote_ident(role))).await
+        let mut conn = self.connect_pg(&self.server, &self.admin, &[], &what).await?;
+        // Looked up first: DROP ROLE IF EXISTS asks for CREATEROLE even when there is nothing
+        // to drop, and a drill that never made its role must still roll back.
+        let found = sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_optional(&mut conn)
+            .await;
+        let done = match found {
+            Ok(Some(_)) => {
+                let statement = format!("DROP ROLE IF EXISTS {}", super::postgres::quote_ident(role));
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.map(drop)
+            }
+            Ok(None) => Ok(()),
+            Err(err) => Err(err),
+        };
+        let _ = conn.close().await;
+        done.map_err(|err| EngineError::from_sqlx(&what, &self.admin.username, err))
     }
 
     /// Drops the database if it exists, ending its sessions. Idempotent.

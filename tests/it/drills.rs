@@ -433,7 +433,8 @@ async fn rds_drills_restore_into_a_temporary_instance_and_delete_it() {
 }
 
 /// Drills run with a scratch admin holding exactly the grants `docs/privileges.md` lists:
-/// PostgreSQL `CREATEDB` and `CREATEROLE` (for the drill's checking role), MariaDB `ALL` on `vigil\_drill\_%`.*. The MariaDB drill passes. The
+/// PostgreSQL `CREATEDB` and `CREATEROLE` (for the drill's checking role: without it the drill
+/// rolls back naming it), MariaDB `ALL` on `vigil\_drill\_%`.*. The MariaDB drill passes. The
 /// PostgreSQL drill restores and counts every row; its pg_amcheck check fails, saying that the
 /// untrusted amcheck extension must be put in template1 by a superuser, as the document says.
 #[tokio::test]
@@ -449,7 +450,7 @@ async fn drills_work_with_a_scratch_admin_holding_only_the_documented_grants() {
         let user = unique("drill").replace('-', "_");
         let password = format!("Drill-{}", unique("pw"));
         let grants = match engine {
-            Postgres => vec![format!("CREATE ROLE {user} LOGIN CREATEDB CREATEROLE PASSWORD '{password}'")],
+            Postgres => vec![format!("CREATE ROLE {user} LOGIN CREATEDB PASSWORD '{password}'")],
             Mysql => vec![
                 format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"),
                 format!("GRANT ALL PRIVILEGES ON `vigil\\_drill\\_%`.* TO '{user}'@'%'"),
@@ -469,6 +470,15 @@ async fn drills_work_with_a_scratch_admin_holding_only_the_documented_grants() {
         schedule.push_str(&drill(&name, &name, ""));
         setup.write_schedule(&schedule);
         setup.backup(&name);
+        if engine == Postgres {
+            // Without CREATEROLE (as documented before drills made a checking role), the drill
+            // rolls back saying what the admin lacks, and leaves no database.
+            let refused = setup.vigil(&["drill", "run", &name]);
+            refused.assert_code(1);
+            assert!(refused.stderr().contains(&format!("{user} needs CREATEROLE")), "{}", refused.stderr());
+            assert!(!exists(engine, &server, &format!("vigil_drill_least_{kind}")).await);
+            admin_sql(engine, &server, &[format!("ALTER ROLE {user} CREATEROLE")]).await;
+        }
         let run = setup.vigil(&["--output", "json", "drill", "run", &name]);
         let report = &run.json()[0];
         assert_eq!(check(report, "row_counts")["passed"], true, "{engine:?}: {report}");
