@@ -427,6 +427,8 @@ pub enum DrillRestore {
         /// `pg_restore -j`: above 1, the dump is staged to a 0600 file first (a parallel
         /// restore needs to seek); 1 streams it straight in.
         jobs: u32,
+        /// Restore the dump's grants (`restore_grants`); `pg_restore --no-acl` when false.
+        grants: bool,
     },
     /// A pgBackRest stanza, into a temporary PostgreSQL server on a scratch data directory,
     /// recovered to `target`, stopped and removed afterwards.

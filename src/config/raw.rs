@@ -441,6 +441,7 @@ pub(super) struct Drill {
     pub scratch: Option<Spanned<String>>,
     pub source: Option<Spanned<RdsSource>>,
     pub restore_jobs: Option<Spanned<u32>>,
+    pub restore_grants: Option<Spanned<bool>>,
     pub target_time: Option<Spanned<String>>,
     pub scratch_dir: Option<Spanned<PathBuf>>,
     pub postgres_bin: Option<Spanned<PathBuf>>,

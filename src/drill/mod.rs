@@ -38,7 +38,7 @@ use crate::config::{Drill, DrillRestore, Named, RdsSource, Target};
 use crate::context::Ctx;
 use crate::engines::dump::{DumpError, Integrity, Restore, pg_amcheck};
 use crate::engines::scratch::{ScratchDb, scratch_name};
-use crate::engines::{Engine, EngineError};
+use crate::engines::{Engine, EngineError, checker};
 use crate::evidence::Area;
 use crate::saga::{self, Ended, SagaDef, SagaError, SagaRow, StepError, Subject};
 use crate::secret::Credential;
@@ -122,6 +122,10 @@ pub struct DrillData {
     /// otherwise the backup's snapshot time is the recovery point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point: Option<RecoveryPoint>,
+    /// The role the checks run as (PostgreSQL; `engines::checker`), named when the drill
+    /// starts, so that whichever step a crash stops at knows what to drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_role: Option<String>,
     /// What is wrong with the source's WAL archiving, when something is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_problem: Option<String>,
@@ -377,6 +381,7 @@ impl<'a> Drills<'a> {
             rpo_target_secs: drill.rpo.as_secs(),
             rto_target_secs: drill.rto.as_secs(),
             runbook: drill.runbook.as_ref().map(|p| p.display().to_string()),
+            check_role: Some(checker::random_name()),
             ..DrillData::default()
         };
         let (saga, ended) = self.ctx().executor().start(&def, id, &Subject::Drill(name.to_owned()), data).await?;
@@ -541,10 +546,19 @@ impl DrillSaga<'_, '_> {
         Ok(ScratchDb::new(target.value.engine, target.value.endpoint(), admin, database.clone()))
     }
 
-    /// Drops the scratch database or deletes the temporary instance; idempotent.
+    /// Drops the scratch database (and then the checking role, which could read only it) or
+    /// deletes the temporary instance; idempotent. A temporary server's checking role goes
+    /// with the cluster.
     async fn remove(&self, data: &DrillData) -> Result<(), StepError> {
         match data.into {
-            RestoreInto::Database { .. } => self.scratch(data).await?.drop().await.map_err(engine_step),
+            RestoreInto::Database { .. } => {
+                let scratch = self.scratch(data).await?;
+                scratch.drop().await.map_err(engine_step)?;
+                match scratch.engine() {
+                    Engine::Postgres => scratch.drop_checker(&check_role(data)).await.map_err(engine_step),
+                    Engine::Mysql => Ok(()),
+                }
+            }
             RestoreInto::Instance { .. } => self.rds_delete(data).await,
             RestoreInto::Cluster { .. } => self.physical_remove(data).await,
         }
@@ -600,6 +614,10 @@ impl DrillSaga<'_, '_> {
                     continue;
                 }
             };
+            if scratch.engine() == Engine::Postgres {
+                // The scratch database refuses PUBLIC: the application's role is let in by name.
+                scratch.grant_connect(&credential.username).await.map_err(engine_step)?;
+            }
             let engine = crate::engines::connect(scratch.engine(), scratch.endpoint(), scratch.admin().clone());
             let detail = match engine.test_login(&credential, &probes).await {
                 Ok(()) => Ok(format!(
@@ -667,14 +685,14 @@ impl DrillSaga<'_, '_> {
         let scratch = self.scratch(data).await?;
         scratch.recreate().await.map_err(engine_step)?;
         let folder = self.folder().await?;
-        let jobs = match self.drill()?.restore {
-            DrillRestore::Dump { jobs, .. } => jobs,
-            DrillRestore::Rds { .. } | DrillRestore::PgBackRest { .. } => 1,
+        let (jobs, grants) = match self.drill()?.restore {
+            DrillRestore::Dump { jobs, grants, .. } => (jobs, grants),
+            DrillRestore::Rds { .. } | DrillRestore::PgBackRest { .. } => (1, false),
         };
         if jobs > 1 {
-            return self.restore_parallel(&scratch, located, &folder, jobs).await;
+            return self.restore_parallel(&scratch, located, &folder, jobs, grants).await;
         }
-        let (sink, restore) = Restore::start(scratch.engine(), &scratch.endpoint(), scratch.admin(), &folder)
+        let (sink, restore) = Restore::start(scratch.engine(), &scratch.endpoint(), scratch.admin(), &folder, grants)
             .map_err(|err| StepError::Failed(err.to_string()))?;
         let fetched = self.drills.backups.fetch(&located.backup_id, sink).await;
         // The sink is closed once fetch returns: the tool sees the end of its input and exits.
@@ -700,6 +718,7 @@ impl DrillSaga<'_, '_> {
         located: &Located,
         folder: &std::path::Path,
         jobs: u32,
+        grants: bool,
     ) -> Result<(), StepError> {
         let staged = Staged(folder.join(format!("drill-{}.dump", scratch.name())));
         // A retried step finds its own earlier attempt's file: start over.
@@ -708,7 +727,7 @@ impl DrillSaga<'_, '_> {
             .map_err(|err| StepError::Failed(format!("cannot stage the dump at {}: {err}", staged.0.display())))?;
         let sink = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
         self.drills.backups.fetch(&located.backup_id, sink).await.map_err(|err| unreadable(located, err))?;
-        let restore = Restore::start_parallel(&scratch.endpoint(), scratch.admin(), folder, &staged.0, jobs)
+        let restore = Restore::start_parallel(&scratch.endpoint(), scratch.admin(), folder, &staged.0, jobs, grants)
             .map_err(|err| StepError::Failed(err.to_string()))?;
         tokio::task::spawn_blocking(move || restore.finish())
             .await
@@ -733,7 +752,8 @@ impl DrillSaga<'_, '_> {
                     .collect(),
             }
         };
-        let restored = by_table(scratch.count_rows().await.map_err(engine_step)?);
+        let reader = self.reader(&scratch, data).await?;
+        let restored = by_table(scratch.count_rows(&reader).await.map_err(engine_step)?);
         let expected = &by_table(manifest.consistency.row_counts.clone());
         let differing: Vec<String> = expected
             .keys()
@@ -754,16 +774,28 @@ impl DrillSaga<'_, '_> {
         checks.push(Check::ran("row_counts", differing.is_empty(), detail));
 
         checks.extend(self.integrity(&scratch).await?);
-        checks.extend(self.queries(drill, &scratch).await?);
+        checks.extend(self.queries(drill, &scratch, &reader).await?);
         Ok(self.verdict(data, checks))
     }
 
-    /// The checks any restored database gets: `check_credentials` and the SQL assertions.
-    async fn queries(&self, drill: &Drill, scratch: &ScratchDb) -> Result<Vec<Check>, StepError> {
+    /// Who reads the restored data for the checks: on PostgreSQL the drill's checking role,
+    /// made ready now by the admin of `scratch`; on MariaDB the scratch admin, whose grants
+    /// reach only drills' databases (MariaDB has no `search_path`; vigil's own statements name
+    /// the database).
+    async fn reader(&self, scratch: &ScratchDb, data: &DrillData) -> Result<Credential, StepError> {
+        match scratch.engine() {
+            Engine::Postgres => scratch.make_checker(&check_role(data)).await.map_err(engine_step),
+            Engine::Mysql => Ok(scratch.admin().clone()),
+        }
+    }
+
+    /// The checks any restored database gets: `check_credentials` and the SQL assertions, the
+    /// latter run as `reader`.
+    async fn queries(&self, drill: &Drill, scratch: &ScratchDb, reader: &Credential) -> Result<Vec<Check>, StepError> {
         let mut checks = self.credentials(drill, scratch).await?;
         for (i, assertion) in drill.assertions.iter().enumerate() {
             let name = format!("assertion {}", i + 1);
-            let check = match scratch.first_value(&assertion.sql).await {
+            let check = match scratch.first_value(reader, &assertion.sql).await {
                 Ok(value) => {
                     let got = value.unwrap_or_else(|| "NULL".to_owned());
                     let detail = format!("{} returned {got:?}, expected {:?}", assertion.sql, assertion.expect);
@@ -840,6 +872,12 @@ impl Drop for Staged {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// The drill run's checking role: the one it named when it started, or for a run that began
+/// before vigil named one, a name derived from the run.
+fn check_role(data: &DrillData) -> String {
+    data.check_role.clone().unwrap_or_else(|| checker::derived_name(&format!("{}@{}", data.drill, data.started_at)))
 }
 
 fn located(data: &DrillData) -> Result<&Located, StepError> {

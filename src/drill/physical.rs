@@ -110,7 +110,7 @@ impl DrillSaga<'_, '_> {
         let restored = clock.elapsed();
         let drill = self.drill()?;
         let user = self.source_admin(data).await?.username;
-        let mut started = server.start(&self.password_roles(drill), &repo.server_env())?;
+        let mut started = server.start(&self.password_roles(drill, data), &repo.server_env())?;
         let within = Duration::from_secs(data.rto_target_secs) + RECOVERY_GRACE;
         server.await_promoted(&mut started, &user, within).await.map_err(|err| match (&err, target) {
             (ServerError::Recovery { log, .. }, RecoveryTarget::Time(at))
@@ -134,13 +134,14 @@ impl DrillSaga<'_, '_> {
     }
 
     /// The roles asked for a password on the temporary server: those whose credentials the
-    /// drill checks (everyone else logs in over the private socket).
-    fn password_roles(&self, drill: &crate::config::Drill) -> Vec<String> {
+    /// drill checks, and its checking role (everyone else logs in over the private socket).
+    fn password_roles(&self, drill: &crate::config::Drill, data: &DrillData) -> Vec<String> {
         drill
             .check_credentials
             .iter()
             .filter_map(|name| self.drills.ctx().plan.secrets.get(name))
             .filter_map(|spec| spec.kind.db_password().map(|db| db.username.clone()))
+            .chain([super::check_role(data)])
             .collect()
     }
 
@@ -150,7 +151,10 @@ impl DrillSaga<'_, '_> {
     }
 
     /// Checks the restored cluster: amcheck, the credentials and assertions of every drill, and
-    /// the heartbeat; the recovery point it reached gives RPO.
+    /// the heartbeat; the recovery point it reached gives RPO. The bootstrap superuser only
+    /// makes the checking role ready and runs pg_amcheck; everything read from the copy
+    /// (assertions, the heartbeat, the last replayed transaction) is read as that role, since
+    /// the copy's objects are the source's roles' and the server runs as vigil's account.
     pub(super) async fn physical_check(&self, data: &DrillData) -> Result<DrillData, StepError> {
         let set = self.set(data)?;
         let pg = self.physical_set(data)?;
@@ -168,13 +172,15 @@ impl DrillSaga<'_, '_> {
         let endpoint = server.endpoint(Some(database.clone()));
         let scratch = ScratchDb::new(Engine::Postgres, server.endpoint(None), as_super.clone(), database);
 
+        let reader = self.reader(&scratch, data).await?;
         let mut checks = Vec::new();
         checks.extend(self.integrity(&scratch).await?);
-        checks.extend(self.queries(drill, &scratch).await?);
-        let beat = archive::last_beat(&endpoint, &as_super, &data.backup_set).await.map_err(engine_step)?;
+        checks.extend(self.queries(drill, &scratch, &reader).await?);
+        let beat = archive::last_beat(&endpoint, &reader, &data.backup_set).await.map_err(engine_step)?;
         let point = match (&beat, pg.heartbeat) {
-            (Some(at), _) => {
-                checks.push(Check::ran("heartbeat", true, format!("the restored copy's newest heartbeat is {at}")));
+            (Some((at, table)), _) => {
+                let detail = format!("the restored copy's newest heartbeat is {at} ({table})");
+                checks.push(Check::ran("heartbeat", true, detail));
                 Some(RecoveryPoint { at: at.clone(), source: "heartbeat".into() })
             }
             (None, Some(interval)) => {
@@ -189,7 +195,7 @@ impl DrillSaga<'_, '_> {
         };
         let point = match point {
             Some(point) => Some(point),
-            None => archive::last_replayed(&endpoint, &as_super)
+            None => archive::last_replayed(&endpoint, &reader)
                 .await
                 .map_err(engine_step)?
                 .map(|at| RecoveryPoint { at, source: "last replayed transaction".into() }),

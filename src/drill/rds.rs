@@ -178,7 +178,9 @@ impl DrillSaga<'_, '_> {
                 let database = target.value.database.clone().unwrap_or_else(|| "postgres".into());
                 let server = Endpoint { host, port, database: Some(database.clone()), tls: target.value.tls.clone() };
                 let restored = ScratchDb::new(target.value.engine, server, admin, database);
-                self.queries(drill, &restored).await?
+                // The checking role goes with the temporary instance.
+                let reader = self.reader(&restored, data).await?;
+                self.queries(drill, &restored, &reader).await?
             }
         };
         Ok(self.verdict(data, checks))

@@ -127,7 +127,9 @@ async fn start_postgres(
     admin: &Credential,
     scratch: &Path,
 ) -> Result<(Dump, ChildStdout), DumpError> {
-    let options = crate::engines::postgres_options(endpoint, admin);
+    // Row security off, as pg_dump sets it: a table with policies makes the count fail, as it
+    // makes the dump fail, rather than count fewer rows or evaluate a policy's functions.
+    let options = crate::engines::postgres_options(endpoint, admin).options([("row_security", "off")]);
     let mut conn = sqlx::PgConnection::connect_with(&options)
         .await
         .map_err(|err| EngineError::connecting(endpoint, "connect for the dump", &admin.username, err))?;
@@ -296,6 +298,18 @@ impl Dump {
     }
 }
 
+/// `pg_restore`'s flags for a drill. `--no-owner`: objects are owned by the restoring role, so
+/// no superuser is needed to restore. `--no-acl` unless `grants`: the dump's grants name roles
+/// of the source, and the same names on the scratch server may be other people's; a drill
+/// whose `check_credentials` probes read tables asks for them (`restore_grants`).
+fn pg_restore_args(grants: bool) -> Vec<&'static str> {
+    let mut args = vec!["--format=custom", "--no-password", "--exit-on-error", "--no-owner"];
+    if !grants {
+        args.push("--no-acl");
+    }
+    args
+}
+
 /// A running restore: the engine's own tool reading a dump on its standard input into the
 /// database its endpoint names (`pg_restore` for a custom archive, `mariadb` for SQL), with the
 /// same cleared environment and 0600 password file as a dump.
@@ -307,12 +321,14 @@ pub struct Restore {
 
 impl Restore {
     /// Starts restoring into `endpoint.database` as `credential`; returns where to write the
-    /// dump. `scratch` is a private folder for the password file.
+    /// dump. `scratch` is a private folder for the password file; `grants` restores the dump's
+    /// grants (PostgreSQL; see [`pg_restore_args`]).
     pub fn start(
         engine: Engine,
         endpoint: &Endpoint,
         credential: &Credential,
         scratch: &Path,
+        grants: bool,
     ) -> Result<(Box<dyn Write + Send>, Self), DumpError> {
         let database = endpoint.database.as_deref().unwrap_or_default();
         let (mut command, tool, password_file) = match engine {
@@ -320,9 +336,7 @@ impl Restore {
                 let password_file = PasswordFile::pgpass(scratch, credential)?;
                 let mut command = tool("pg_restore");
                 command
-                    // Objects are owned by the restoring role: no superuser is needed to restore,
-                    // and the grants in the dump are still given.
-                    .args(["--format=custom", "--no-password", "--exit-on-error", "--no-owner"])
+                    .args(pg_restore_args(grants))
                     .arg(format!("--host={}", endpoint.host))
                     .arg(format!("--port={}", endpoint.port))
                     .arg(format!("--username={}", credential.username))
@@ -358,18 +372,19 @@ impl Restore {
 
     /// Starts `pg_restore -j JOBS` of the PostgreSQL custom archive `file` into
     /// `endpoint.database` as `credential`: a parallel restore seeks in its archive, so it
-    /// reads a file, not a pipe.
+    /// reads a file, not a pipe. `grants` as for [`Self::start`].
     pub fn start_parallel(
         endpoint: &Endpoint,
         credential: &Credential,
         scratch: &Path,
         file: &Path,
         jobs: u32,
+        grants: bool,
     ) -> Result<Self, DumpError> {
         const TOOL: &str = "pg_restore";
         let password_file = PasswordFile::pgpass(scratch, credential)?;
         let child = tool(TOOL)
-            .args(["--format=custom", "--no-password", "--exit-on-error", "--no-owner"])
+            .args(pg_restore_args(grants))
             .arg(format!("--jobs={jobs}"))
             .arg(format!("--host={}", endpoint.host))
             .arg(format!("--port={}", endpoint.port))

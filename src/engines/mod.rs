@@ -7,6 +7,7 @@
 //! here, MariaDB a `mysql_native_password` hash.
 
 pub mod archive;
+pub mod checker;
 pub mod dump;
 pub mod mysql;
 pub mod postgres;

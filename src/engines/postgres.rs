@@ -17,7 +17,7 @@ use super::{Credential, DbEngine, Endpoint, EngineError};
 use crate::secret::SecretString;
 
 /// PostgreSQL's default SCRAM iteration count.
-const SCRAM_ITERATIONS: u32 = 4096;
+pub(crate) const SCRAM_ITERATIONS: u32 = 4096;
 
 /// A PostgreSQL server administered by one role.
 pub struct PostgresEngine {
@@ -28,8 +28,22 @@ pub struct PostgresEngine {
     pool: PgPool,
 }
 
-/// How to log in to the server at `endpoint` as `credential`; also what backups connect with.
+/// The `search_path` of every session vigil runs its own SQL on (admin, backup, scratch and
+/// drill connections): the catalog, then temporary objects last. Anything a database's roles
+/// create (a `public.count`, a table shadowing a catalog) is never found by an unqualified name,
+/// so no code of theirs runs under vigil's privileges (CVE-2018-1058).
+pub const SAFE_SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
+/// How to log in to the server at `endpoint` as `credential` for vigil's own SQL, with
+/// [`SAFE_SEARCH_PATH`] set from the session's start: what admin, backup, scratch and drill
+/// connections use.
 pub(crate) fn connect_options(endpoint: &Endpoint, credential: &Credential) -> PgConnectOptions {
+    login_options(endpoint, credential).options([("search_path", SAFE_SEARCH_PATH)])
+}
+
+/// How an application logs in as `credential`: the database's own `search_path`, for a
+/// credential under test and its probes, which are the application's queries.
+pub(crate) fn login_options(endpoint: &Endpoint, credential: &Credential) -> PgConnectOptions {
     let mut options = PgConnectOptions::new()
         .host(&endpoint.host)
         .port(endpoint.port)
@@ -52,7 +66,7 @@ impl PostgresEngine {
     }
 
     fn options(&self, credential: &Credential) -> PgConnectOptions {
-        connect_options(&self.endpoint, credential)
+        login_options(&self.endpoint, credential)
     }
 
     async fn admin(&self, what: &str) -> Result<PoolConnection<Postgres>, EngineError> {
@@ -72,7 +86,8 @@ pub fn quote_ident(name: &str) -> String {
 /// or transaction it holds): what a backup records and a restore is checked against.
 pub async fn count_rows(conn: &mut PgConnection) -> Result<std::collections::BTreeMap<String, u64>, sqlx::Error> {
     let tables: Vec<(String, String)> = sqlx::query_as(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+        "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1, 2",
     )
@@ -147,10 +162,11 @@ impl DbEngine for PostgresEngine {
         async move {
             let what = format!("count the sessions of role {user}");
             let mut conn = self.admin(&what).await?;
-            let count: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
-                .bind(user)
-                .fetch_one(&mut *conn)
-                .await;
+            let count: Result<i64, _> =
+                sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1")
+                    .bind(user)
+                    .fetch_one(&mut *conn)
+                    .await;
             drop(conn);
             let count = count.map_err(|err| EngineError::from_sqlx(&what, user, err))?;
             Ok(u64::try_from(count).unwrap_or(0))
@@ -161,17 +177,17 @@ impl DbEngine for PostgresEngine {
     fn grants<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<String>, EngineError>> {
         async move {
             const SQL: &str = "\
-                SELECT 'member of ' || g.rolname FROM pg_auth_members m \
-                  JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1 \
-                UNION ALL SELECT 'attribute ' || a FROM pg_roles r, LATERAL (VALUES \
+                SELECT 'member of ' || g.rolname FROM pg_catalog.pg_auth_members m \
+                  JOIN pg_catalog.pg_roles g ON g.oid = m.roleid JOIN pg_catalog.pg_roles r ON r.oid = m.member WHERE r.rolname = $1 \
+                UNION ALL SELECT 'attribute ' || a FROM pg_catalog.pg_roles r, LATERAL (VALUES \
                   (CASE WHEN r.rolsuper THEN 'superuser' END), (CASE WHEN r.rolcreatedb THEN 'createdb' END), \
                   (CASE WHEN r.rolcreaterole THEN 'createrole' END), (CASE WHEN r.rolcanlogin THEN 'login' END), \
                   (CASE WHEN r.rolreplication THEN 'replication' END), (CASE WHEN r.rolbypassrls THEN 'bypassrls' END)) v(a) \
                   WHERE r.rolname = $1 AND a IS NOT NULL \
                 UNION ALL SELECT privilege_type || ' on ' || table_schema || '.' || table_name \
                   FROM information_schema.role_table_grants WHERE grantee = $1 \
-                UNION ALL SELECT 'database ' || d.datname || ': ' || p.privilege_type FROM pg_database d, \
-                  LATERAL aclexplode(d.datacl) p JOIN pg_roles r ON r.oid = p.grantee WHERE r.rolname = $1";
+                UNION ALL SELECT 'database ' || d.datname || ': ' || p.privilege_type FROM pg_catalog.pg_database d, \
+                  LATERAL pg_catalog.aclexplode(d.datacl) p JOIN pg_catalog.pg_roles r ON r.oid = p.grantee WHERE r.rolname = $1";
             let what = format!("list the privileges of role {user}");
             let mut conn = self.admin(&what).await?;
             let rows: Result<Vec<String>, _> = sqlx::query_scalar(SQL).bind(user).fetch_all(&mut *conn).await;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use sqlx::ConnectOptions as _;
 use sqlx::Connection as _;
 
 use super::{Credential, Endpoint, Engine, EngineError};
@@ -60,14 +61,100 @@ impl ScratchDb {
         &self.admin
     }
 
-    /// Drops the database if it exists (ending its sessions) and creates it empty.
+    /// Drops the database if it exists (ending its sessions) and creates it empty. On
+    /// PostgreSQL, `PUBLIC` may not connect to it (nor make temporary tables): it is created
+    /// refusing every connection, the grants revoked, and only then opened, so no role of the
+    /// scratch server is ever in it but the admin and those a drill grants `CONNECT`. (MariaDB
+    /// has no `PUBLIC`: only accounts granted the database may enter.)
     pub async fn recreate(&self) -> Result<(), EngineError> {
         self.drop().await?;
-        let create = match self.engine {
-            Engine::Postgres => format!("CREATE DATABASE {}", super::postgres::quote_ident(&self.name)),
-            Engine::Mysql => format!("CREATE DATABASE {}", super::mysql::quote_ident(&self.name)),
+        let what = format!("create scratch database {}", self.name);
+        match self.engine {
+            Engine::Postgres => {
+                let name = super::postgres::quote_ident(&self.name);
+                self.on_server(&what, &format!("CREATE DATABASE {name} WITH ALLOW_CONNECTIONS false")).await?;
+                self.on_server(
+                    &what,
+                    &format!(
+                        "REVOKE ALL ON DATABASE {name} FROM PUBLIC; ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
+                    ),
+                )
+                .await
+            }
+            Engine::Mysql => {
+                self.on_server(&what, &format!("CREATE DATABASE {}", super::mysql::quote_ident(&self.name))).await
+            }
+        }
+    }
+
+    /// Lets `user` connect to the database (PostgreSQL), as a `check_credentials` login must;
+    /// nothing when no such role exists, whose login then fails on its own.
+    pub async fn grant_connect(&self, user: &str) -> Result<(), EngineError> {
+        let what = format!("let {user} connect to scratch database {}", self.name);
+        let mut conn = self.connect_pg(&self.server, &self.admin, &[], &what).await?;
+        let found = sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1")
+            .bind(user)
+            .fetch_optional(&mut conn)
+            .await;
+        let done = match found {
+            Ok(Some(_)) => {
+                let grant = format!(
+                    "GRANT CONNECT ON DATABASE {} TO {}",
+                    super::postgres::quote_ident(&self.name),
+                    super::postgres::quote_ident(user)
+                );
+                sqlx::raw_sql(sqlx::AssertSqlSafe(grant)).execute(&mut conn).await.map(drop)
+            }
+            Ok(None) => Ok(()),
+            Err(err) => Err(err),
         };
-        self.on_server(&format!("create scratch database {}", self.name), &create).await
+        let _ = conn.close().await;
+        done.map_err(|err| EngineError::from_sqlx(&what, &self.admin.username, err))
+    }
+
+    /// Makes `role` the drill's checking role and returns its credential, with a password made
+    /// now (PostgreSQL). See [`checker`](super::checker).
+    pub async fn make_checker(&self, role: &str) -> Result<Credential, EngineError> {
+        let what = format!("make the checking role {role} in {}", self.name);
+        let mut conn = self.connect_pg(&self.endpoint(), &self.admin, &[], &what).await?;
+        let made = super::checker::make(&mut conn, &self.name, role).await;
+        let _ = conn.close().await;
+        made.map_err(|err| match err {
+            // 42501: insufficient privilege, i.e. an admin set up before drills made this role.
+            super::checker::MakeError::Sql(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+                let reason = format!(
+                    "{}; the scratch admin {} needs CREATEROLE to make the drill's checking role (docs/privileges.md)",
+                    db.message(),
+                    self.admin.username
+                );
+                EngineError::Refused { what, reason }
+            }
+            super::checker::MakeError::Sql(err) => EngineError::from_sqlx(&what, &self.admin.username, err),
+            super::checker::MakeError::Unfit(reason) => EngineError::Refused { what, reason },
+        })
+    }
+
+    /// Drops the checking role `role` if it exists (PostgreSQL), after the database it could
+    /// read: it then holds no privilege anywhere. Idempotent.
+    pub async fn drop_checker(&self, role: &str) -> Result<(), EngineError> {
+        let what = format!("drop the checking role {role}");
+        let mut conn = self.connect_pg(&self.server, &self.admin, &[], &what).await?;
+        // Looked up first: DROP ROLE IF EXISTS asks for CREATEROLE even when there is nothing
+        // to drop, and a drill that never made its role must still roll back.
+        let found = sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_optional(&mut conn)
+            .await;
+        let done = match found {
+            Ok(Some(_)) => {
+                let statement = format!("DROP ROLE IF EXISTS {}", super::postgres::quote_ident(role));
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.map(drop)
+            }
+            Ok(None) => Ok(()),
+            Err(err) => Err(err),
+        };
+        let _ = conn.close().await;
+        done.map_err(|err| EngineError::from_sqlx(&what, &self.admin.username, err))
     }
 
     /// Drops the database if it exists, ending its sessions. Idempotent.
@@ -92,20 +179,22 @@ impl ScratchDb {
         }
     }
 
-    /// Every user table's rows in the restored database, as the backup counted them.
-    pub async fn count_rows(&self) -> Result<BTreeMap<String, u64>, EngineError> {
+    /// Every user table's rows in the restored database, as the backup counted them, read as
+    /// `reader` (the drill's checking role). Row security is off, as for the backup's count: a
+    /// policy the reader is subject to fails the count rather than hide rows or run.
+    pub async fn count_rows(&self, reader: &Credential) -> Result<BTreeMap<String, u64>, EngineError> {
         let what = format!("count the rows of scratch database {}", self.name);
-        let failed = |err| EngineError::from_sqlx(&what, &self.admin.username, err);
+        let failed = |err| EngineError::from_sqlx(&what, &reader.username, err);
         let inside = self.endpoint();
         match self.engine {
             Engine::Postgres => {
-                let mut conn = self.connect_pg(&inside, &what).await?;
+                let mut conn = self.connect_pg(&inside, reader, &[("row_security", "off")], &what).await?;
                 let counts = super::postgres::count_rows(&mut conn).await.map_err(failed);
                 let _ = conn.close().await;
                 counts
             }
             Engine::Mysql => {
-                let mut conn = self.connect_mysql(&inside, &what).await?;
+                let mut conn = self.connect_mysql(&inside, reader, &what).await?;
                 let counts = super::mysql::count_rows(&mut conn).await.map_err(failed);
                 let _ = conn.close().await;
                 counts
@@ -113,17 +202,25 @@ impl ScratchDb {
         }
     }
 
-    /// Runs `sql` in the restored database and returns its first row's first column as text
-    /// (`None` for no row or SQL NULL), in a read-only transaction that is rolled back: a
-    /// drill's assertion reads, it never changes what it checks.
-    pub async fn first_value(&self, sql: &str) -> Result<Option<String>, EngineError> {
+    /// Runs `sql` in the restored database as `reader` and returns its first row's first column
+    /// as text (`None` for no row or SQL NULL), in a read-only transaction that is rolled back:
+    /// a drill's assertion reads, it never changes what it checks. On PostgreSQL the reader is
+    /// the drill's checking role, on the database's own `search_path`: an assertion is the
+    /// operator's query of the application's tables, and names them as the application does;
+    /// what it reaches runs as a role that can harm nothing.
+    pub async fn first_value(&self, reader: &Credential, sql: &str) -> Result<Option<String>, EngineError> {
         let what = "run the assertion".to_owned();
-        let failed = |err| EngineError::from_sqlx(&what, &self.admin.username, err);
+        let failed = |err| EngineError::from_sqlx(&what, &reader.username, err);
         let inside = self.endpoint();
         let query = sqlx::AssertSqlSafe(sql.to_owned());
         match self.engine {
             Engine::Postgres => {
-                let mut conn = self.connect_pg(&inside, &what).await?;
+                // Row security off here too: no policy is evaluated, and a read one would
+                // filter fails instead of passing on fewer rows.
+                let options = super::postgres::login_options(&inside, reader).options([("row_security", "off")]);
+                let mut conn = sqlx::PgConnection::connect_with(&options.disable_statement_logging())
+                    .await
+                    .map_err(|err| EngineError::connecting(&inside, &what, &reader.username, err))?;
                 let mut tx = conn.begin_with("BEGIN READ ONLY").await.map_err(failed)?;
                 let row = sqlx::query(query).fetch_optional(&mut *tx).await.map_err(failed)?;
                 let value = row.map(|row| text_of::<sqlx::Postgres>(&row)).transpose().map_err(failed)?.flatten();
@@ -132,7 +229,7 @@ impl ScratchDb {
                 Ok(value)
             }
             Engine::Mysql => {
-                let mut conn = self.connect_mysql(&inside, &what).await?;
+                let mut conn = self.connect_mysql(&inside, reader, &what).await?;
                 let mut tx = conn.begin_with("START TRANSACTION READ ONLY").await.map_err(failed)?;
                 let row = sqlx::query(query).fetch_optional(&mut *tx).await.map_err(failed)?;
                 let value = row.map(|row| text_of::<sqlx::MySql>(&row)).transpose().map_err(failed)?.flatten();
@@ -148,7 +245,14 @@ impl ScratchDb {
     /// `template1`, from which every new database inherits it.
     pub async fn ensure_amcheck(&self) -> Result<(), EngineError> {
         let what = format!("create the amcheck extension in {}", self.name);
-        self.execute(&self.endpoint(), &what, "CREATE EXTENSION IF NOT EXISTS amcheck").await
+        // In a schema of its own: the pinned search_path would otherwise make pg_catalog the
+        // extension's schema, and `public` may be the application's, or gone.
+        self.execute(
+            &self.endpoint(),
+            &what,
+            "CREATE SCHEMA IF NOT EXISTS vigil_amcheck; CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA vigil_amcheck",
+        )
+        .await
     }
 
     /// Runs `statement` on the server, as the admin, in its own database.
@@ -162,13 +266,13 @@ impl ScratchDb {
         let statement = sqlx::AssertSqlSafe(statement.to_owned());
         match self.engine {
             Engine::Postgres => {
-                let mut conn = self.connect_pg(endpoint, what).await?;
+                let mut conn = self.connect_pg(endpoint, &self.admin, &[], what).await?;
                 let done = sqlx::raw_sql(statement).execute(&mut conn).await.map(drop).map_err(failed);
                 let _ = conn.close().await;
                 done
             }
             Engine::Mysql => {
-                let mut conn = self.connect_mysql(endpoint, what).await?;
+                let mut conn = self.connect_mysql(endpoint, &self.admin, what).await?;
                 let done = sqlx::raw_sql(statement).execute(&mut conn).await.map(drop).map_err(failed);
                 let _ = conn.close().await;
                 done
@@ -176,20 +280,30 @@ impl ScratchDb {
         }
     }
 
-    async fn connect_pg(&self, endpoint: &Endpoint, what: &str) -> Result<sqlx::PgConnection, EngineError> {
-        use sqlx::ConnectOptions as _;
-        let options = super::postgres_options(endpoint, &self.admin).disable_statement_logging();
-        sqlx::PgConnection::connect_with(&options)
+    /// A connection to `endpoint` as `who`, on the pinned `search_path`, with `settings`.
+    async fn connect_pg(
+        &self,
+        endpoint: &Endpoint,
+        who: &Credential,
+        settings: &[(&str, &str)],
+        what: &str,
+    ) -> Result<sqlx::PgConnection, EngineError> {
+        let options = super::postgres_options(endpoint, who).options(settings.iter().copied());
+        sqlx::PgConnection::connect_with(&options.disable_statement_logging())
             .await
-            .map_err(|err| EngineError::connecting(endpoint, what, &self.admin.username, err))
+            .map_err(|err| EngineError::connecting(endpoint, what, &who.username, err))
     }
 
-    async fn connect_mysql(&self, endpoint: &Endpoint, what: &str) -> Result<sqlx::MySqlConnection, EngineError> {
-        use sqlx::ConnectOptions as _;
-        let options = super::mysql_options(endpoint, &self.admin).disable_statement_logging();
+    async fn connect_mysql(
+        &self,
+        endpoint: &Endpoint,
+        who: &Credential,
+        what: &str,
+    ) -> Result<sqlx::MySqlConnection, EngineError> {
+        let options = super::mysql_options(endpoint, who).disable_statement_logging();
         sqlx::MySqlConnection::connect_with(&options)
             .await
-            .map_err(|err| EngineError::connecting(endpoint, what, &self.admin.username, err))
+            .map_err(|err| EngineError::connecting(endpoint, what, &who.username, err))
     }
 }
 

@@ -100,7 +100,11 @@ impl TempServer {
     }
 
     /// Creates `root` empty and 0700 (removing what a crashed drill left), and checks that the
-    /// socket's path fits.
+    /// socket's path fits. A `root` already there is removed only when it is a real folder of
+    /// this account's, 0700, as a crashed drill leaves it; a symbolic link, another account's
+    /// folder or one others may enter is refused, never followed or emptied. `root` itself is
+    /// made non-recursively (its parents may be made), so nothing another account made in the
+    /// meantime is taken for it, and is checked again once made.
     pub fn prepare(&self) -> Result<(), ServerError> {
         let socket = self.socket_dir().join(format!(".s.PGSQL.{PORT}"));
         if socket.as_os_str().len() > SOCKET_PATH_MAX {
@@ -109,12 +113,50 @@ impl TempServer {
                 socket.display()
             )));
         }
-        self.remove()?;
+        if std::fs::symlink_metadata(&self.root).is_ok() {
+            self.check_root()?;
+            self.remove()?;
+        }
         use std::os::unix::fs::DirBuilderExt as _;
+        if let Some(parent) = self.root.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|err| self.folder_error(err.to_string()))?;
+        }
         let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true).mode(0o700);
+        builder.mode(0o700);
         builder.create(&self.root).map_err(|err| self.folder_error(err.to_string()))?;
+        self.check_root()?;
         builder.create(self.socket_dir()).map_err(|err| self.folder_error(err.to_string()))?;
+        Ok(())
+    }
+
+    /// Refuses `root` unless it is a folder (not a link to one) of this process's account, which
+    /// no one else may enter: the server's socket, configuration and data live there.
+    fn check_root(&self) -> Result<(), ServerError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::symlink_metadata(&self.root).map_err(|err| self.folder_error(err.to_string()))?;
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let refuse = |why: String| {
+            Err(self.folder_error(format!(
+                "{why}; vigil makes this folder itself: remove it (or choose another scratch_dir) and run the drill again"
+            )))
+        };
+        if meta.file_type().is_symlink() {
+            return refuse("it is a symbolic link".into());
+        }
+        if !meta.is_dir() {
+            return refuse("it is not a folder".into());
+        }
+        if meta.uid() != me {
+            return refuse(format!("it belongs to uid {}, not to vigil's account (uid {me})", meta.uid()));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return refuse(format!("its mode is {:o}; others may enter it", meta.mode() & 0o7777));
+        }
         Ok(())
     }
 
@@ -136,8 +178,8 @@ impl TempServer {
         // A cluster whose configuration lived outside its data directory (Debian's
         // /etc/postgresql) was backed up without one: the server needs the file to exist.
         let config = data.join("postgresql.conf");
-        if !config.exists() {
-            std::fs::write(&config, "").map_err(|err| self.folder_error(err.to_string()))?;
+        if std::fs::symlink_metadata(&config).is_err() {
+            write_new(&config, "").map_err(|err| self.folder_error(err.to_string()))?;
         }
         let mut hba = String::new();
         for role in password_roles {
@@ -145,11 +187,11 @@ impl TempServer {
         }
         hba.push_str("local all all trust\n");
         let hba_file = self.root.join("hba.conf");
-        std::fs::write(&hba_file, hba).map_err(|err| self.folder_error(err.to_string()))?;
+        write_new(&hba_file, &hba).map_err(|err| self.folder_error(err.to_string()))?;
         // An empty ident map: the source's may name OS users this host does not have.
-        std::fs::write(self.root.join("ident.conf"), "").map_err(|err| self.folder_error(err.to_string()))?;
+        write_new(&self.root.join("ident.conf"), "").map_err(|err| self.folder_error(err.to_string()))?;
         let settings = self.recovery_settings()?;
-        let log = std::fs::File::create(self.log_path()).map_err(|err| self.folder_error(err.to_string()))?;
+        let log = open_new(&self.log_path()).map_err(|err| self.folder_error(err.to_string()))?;
         let log_err = log.try_clone().map_err(|err| self.folder_error(err.to_string()))?;
         let program = self.bin_dir.join("postgres");
         let mut command = std::process::Command::new(&program);
@@ -313,6 +355,26 @@ impl TempServer {
     }
 }
 
+/// Opens `path` for writing, 0600, created or emptied, never through a symbolic link
+/// (`O_NOFOLLOW`): a restored data directory is the source's, and a link in it must not make
+/// vigil write elsewhere.
+fn open_new(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Writes `text` to `path` as [`open_new`] opens it.
+fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    open_new(path)?.write_all(text.as_bytes())
+}
+
 /// A server this process started. It runs until teardown stops it by its data directory; when
 /// this is dropped a thread reaps it once it exits, so it never lingers as a zombie of a
 /// long-lived daemon.
@@ -349,6 +411,65 @@ mod tests {
         let err = server.prepare().unwrap_err();
         assert!(err.to_string().contains("scratch_dir to a shorter path"), "{err}");
         assert!(!root.exists());
+    }
+
+    /// A root already there is refused unless it is this account's own 0700 folder: a
+    /// symbolic link is neither followed nor emptied, a folder others may enter (or another
+    /// account's, when the test runs as root and can make one) is left as it is.
+    #[test]
+    fn a_root_that_is_a_link_or_not_private_is_refused_and_left_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = tempfile::tempdir().unwrap();
+        let elsewhere = base.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("keep"), "someone's").unwrap();
+        let linked = base.path().join("linked");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        let server = TempServer::new(PathBuf::from("/nonexistent"), linked.clone(), "15".into());
+        let err = server.prepare().unwrap_err().to_string();
+        assert!(err.contains("symbolic link") && err.contains("remove it"), "{err}");
+        assert!(elsewhere.join("keep").exists() && std::fs::symlink_metadata(&linked).unwrap().is_symlink());
+
+        let open = base.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(open.join("keep"), "").unwrap();
+        let server = TempServer::new(PathBuf::from("/nonexistent"), open.clone(), "15".into());
+        let err = server.prepare().unwrap_err().to_string();
+        assert!(err.contains("mode is 755"), "{err}");
+        assert!(open.join("keep").exists());
+
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = base.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let server = TempServer::new(PathBuf::from("/nonexistent"), theirs.clone(), "15".into());
+            let err = server.prepare().unwrap_err().to_string();
+            assert!(err.contains("belongs to uid 65534"), "{err}");
+        }
+
+        // Its own 0700 folder, as a crashed drill leaves it, is emptied and made again.
+        let own = base.path().join("own");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(own.join("left"), "").unwrap();
+        TempServer::new(PathBuf::from("/nonexistent"), own.clone(), "15".into()).prepare().unwrap();
+        assert!(!own.join("left").exists() && own.join("s").is_dir());
+    }
+
+    /// The server's configuration files are never written through a link a restored data
+    /// directory (or anything else in the folder) holds.
+    #[test]
+    fn configuration_is_not_written_through_a_link() {
+        let base = tempfile::tempdir().unwrap();
+        let target = base.path().join("target");
+        std::fs::write(&target, "untouched").unwrap();
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(write_new(&link, "overwritten").is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
     }
 
     #[tokio::test]

@@ -137,7 +137,7 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     schedule.push_str(&drill(
         "orders-restore",
         "orders",
-        "assertions = [{ sql = \"SELECT count(*) FROM pgbench_branches\", expect = \"1\" }]\ncheck_credentials = [\"app\"]",
+        "assertions = [{ sql = \"SELECT count(*) FROM pgbench_branches\", expect = \"1\" }]\ncheck_credentials = [\"app\"]\nrestore_grants = true",
     ));
     schedule.push_str(&drill("orders-stranger", "orders", "check_credentials = [\"stranger\"]"));
     schedule.push_str(&drill("orders-parallel", "orders", "restore_jobs = 2"));
@@ -439,7 +439,8 @@ async fn rds_drills_restore_into_a_temporary_instance_and_delete_it() {
 }
 
 /// Drills run with a scratch admin holding exactly the grants `docs/privileges.md` lists:
-/// PostgreSQL `CREATEDB`, MariaDB `ALL` on `vigil\_drill\_%`.*. The MariaDB drill passes. The
+/// PostgreSQL `CREATEDB` and `CREATEROLE` (for the drill's checking role: without it the drill
+/// rolls back naming it), MariaDB `ALL` on `vigil\_drill\_%`.*. The MariaDB drill passes. The
 /// PostgreSQL drill restores and counts every row; its pg_amcheck check fails, saying that the
 /// untrusted amcheck extension must be put in template1 by a superuser, as the document says.
 #[tokio::test]
@@ -475,6 +476,15 @@ async fn drills_work_with_a_scratch_admin_holding_only_the_documented_grants() {
         schedule.push_str(&drill(&name, &name, ""));
         setup.write_schedule(&schedule);
         setup.backup(&name);
+        if engine == Postgres {
+            // Without CREATEROLE (as documented before drills made a checking role), the drill
+            // rolls back saying what the admin lacks, and leaves no database.
+            let refused = setup.vigil(&["drill", "run", &name]);
+            refused.assert_code(1);
+            assert!(refused.stderr().contains(&format!("{user} needs CREATEROLE")), "{}", refused.stderr());
+            assert!(!exists(engine, &server, &format!("vigil_drill_least_{kind}")).await);
+            admin_sql(engine, &server, &[format!("ALTER ROLE {user} CREATEROLE")]).await;
+        }
         let run = setup.vigil(&["--output", "json", "drill", "run", &name]);
         let report = &run.json()[0];
         assert_eq!(check(report, "row_counts")["passed"], true, "{engine:?}: {report}");
@@ -532,4 +542,100 @@ async fn a_backup_older_than_the_rpo_target_fails_the_drill() {
     assert_eq!(late.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("drill late failed: RPO 1h exceeds the target 15m"), "{stderr}");
     assert!(!stderr.contains("row_counts failed"), "the data itself was fine: {stderr}");
+}
+
+/// A database whose owner plants code for a drill to run: a view an assertion reads, calling a
+/// function that returns `current_user`. Stopped after its restore (failpoints), the drill's
+/// scratch database already refuses `PUBLIC` (a role of the scratch server granted nothing
+/// cannot connect). Resumed, the assertion reads the view as the drill's own checking role,
+/// never as the scratch admin (a superuser here); the `check_credentials` user is let in by
+/// name; afterwards neither the database nor the checking role is left.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_dump_drill_reads_planted_code_as_its_own_role_in_a_database_closed_to_public() {
+    use sqlx::Connection as _;
+    use vigil::engines::Engine::Postgres;
+    let setup = Setup::new().await;
+    let pg = setup.services.postgres.clone();
+    let (database, owner) = (unique("planted").replace('-', "_"), unique("planter").replace('-', "_"));
+    admin_sql(
+        Postgres,
+        &pg,
+        &[
+            format!("CREATE ROLE {owner} LOGIN PASSWORD 'planter-password-1'"),
+            format!("CREATE DATABASE {database} OWNER {owner}"),
+        ],
+    )
+    .await;
+    let planter = Database {
+        database: database.clone(),
+        user: owner.clone(),
+        password: "planter-password-1".into(),
+        ..pg.clone()
+    };
+    admin_sql(
+        Postgres,
+        &planter,
+        &[
+            "CREATE TABLE items AS SELECT g AS id FROM generate_series(1, 10) g".to_owned(),
+            "CREATE FUNCTION whoami() RETURNS text LANGUAGE sql AS 'SELECT current_user::text'".to_owned(),
+            "CREATE VIEW shadow AS SELECT whoami() AS who".to_owned(),
+        ],
+    )
+    .await;
+    let value = serde_json::json!({ "username": owner, "password": "planter-password-1" });
+    setup.services.seed(Store::Vault, setup.path(), &format!("drills/{owner}"), &value).await;
+    let mut schedule = setup.target("postgres", &pg, &database);
+    schedule.push_str(&scratch_target(&setup, "postgres", &pg));
+    schedule.push_str(&format!(
+        "[secrets.planter]\nkind = \"postgres_password\"\nstore = \"vault_kv\"\npath = \"drills/{owner}\"\n\
+         target = \"{database}\"\nusername = \"{owner}\"\n\n"
+    ));
+    schedule.push_str(&setup.set("planted", &database, "local", "local"));
+    schedule.push_str(&drill(
+        "planted",
+        "planted",
+        "assertions = [{ sql = \"SELECT who FROM shadow\", expect = \"anyone\" }]\ncheck_credentials = [\"planter\"]",
+    ));
+    setup.write_schedule(&schedule);
+    setup.backup("planted");
+
+    let killed = drill_run_with(&setup, "planted", ("VIGIL_FAILPOINT", "drill.restore:after:restore"));
+    assert!(!killed.status.success());
+    let scratch = "vigil_drill_planted";
+    let mut conn = sqlx::PgConnection::connect_with(&pg.pg_options()).await.unwrap();
+    let public: bool = sqlx::query_scalar("SELECT has_database_privilege('public', $1, 'CONNECT')")
+        .bind(scratch)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!public, "PUBLIC may connect to the scratch database");
+    let outsider = unique("outsider").replace('-', "_");
+    admin_sql(Postgres, &pg, &[format!("CREATE ROLE {outsider} LOGIN PASSWORD 'outsider-password-1'")]).await;
+    let as_outsider = Database {
+        database: scratch.into(),
+        user: outsider.clone(),
+        password: "outsider-password-1".into(),
+        ..pg.clone()
+    };
+    let refused = sqlx::PgConnection::connect_with(&as_outsider.pg_options()).await.err().map(|e| e.to_string());
+    assert!(refused.as_deref().is_some_and(|e| e.contains("permission denied for database")), "{refused:?}");
+
+    setup.vigil(&["drill", "resume"]).assert_code(1);
+    let runs = setup.vigil(&["--output", "json", "drill", "list"]).json();
+    let data = &runs["planted"]["data"];
+    let role = data["check_role"].as_str().unwrap().to_owned();
+    let assertion = data["checks"].as_array().unwrap().iter().find(|c| c["name"] == "assertion 1").unwrap();
+    let detail = assertion["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("returned \"{role}\"")), "the view ran as {detail}, not the checking role");
+    let credential = data["checks"].as_array().unwrap().iter().find(|c| c["name"] == "credential planter").unwrap();
+    assert_eq!(credential["passed"], true, "{credential}");
+    assert!(!exists(Postgres, &pg, scratch).await, "the scratch database outlived its drill");
+    let left: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(&role)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, None, "the checking role {role} outlived its drill");
 }

@@ -145,3 +145,110 @@ async fn a_database_error_reads_without_the_servers_source_line() {
     let reason = engines::reason(&err);
     assert_eq!(reason, "error returned from database: relation \"vigil_no_such_table\" does not exist");
 }
+
+/// The heartbeat is written only to `vigil.heartbeat` in a schema the admin owns, whatever the
+/// database's owner planted: a `public.vigil_heartbeat` with a trigger (what vigil wrote before)
+/// is never written, so its trigger never runs as the admin; a schema `vigil` or a table in it
+/// that is not the admin's, or a trigger on it, is refused before anything is written. Reading
+/// a restored copy, the new table comes first; a copy that has only the old table (a backup
+/// from before the upgrade) is dated by it; a view of that name is not read.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn the_heartbeat_is_written_only_where_the_admin_owns_everything() {
+    let services = Services::load();
+    let pg = &services.postgres;
+    let (database, owner) = (unique("beat"), unique("beat_owner"));
+    admin_sql(
+        Engine::Postgres,
+        pg,
+        &[
+            format!("CREATE ROLE {owner} LOGIN PASSWORD 'owner-password-1'"),
+            format!("CREATE DATABASE {database} OWNER {owner}"),
+        ],
+    )
+    .await;
+    let as_owner =
+        Database { database: database.clone(), user: owner.clone(), password: "owner-password-1".into(), ..pg.clone() };
+    let as_admin = Database { database: database.clone(), ..pg.clone() };
+    admin_sql(
+        Engine::Postgres,
+        &as_owner,
+        &[
+            "CREATE TABLE public.plant_log (who text, via text)".to_owned(),
+            "CREATE FUNCTION public.plant() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO public.plant_log VALUES (current_user, session_user); RETURN NEW; END $$"
+                .to_owned(),
+            "CREATE TABLE public.vigil_heartbeat (set_name text PRIMARY KEY, beat_at timestamptz NOT NULL)".to_owned(),
+            "CREATE TRIGGER plant BEFORE INSERT OR UPDATE ON public.vigil_heartbeat FOR EACH ROW EXECUTE FUNCTION public.plant()"
+                .to_owned(),
+        ],
+    )
+    .await;
+    let endpoint = as_admin.endpoint();
+    let admin = Credential { username: pg.user.clone(), password: secret(&pg.password) };
+    let beat = engines::archive::beat(&endpoint, &admin, "orders").await.unwrap();
+    engines::archive::beat(&endpoint, &admin, "orders").await.unwrap();
+    let planted = || async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect_with(&as_admin.pg_options()).await.unwrap();
+        sqlx::query_as::<_, (String, String)>("SELECT who, via FROM public.plant_log")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(planted().await, vec![], "the planted trigger ran");
+    let read = engines::archive::last_beat(&endpoint, &admin, "orders").await.unwrap();
+    assert_eq!(read.as_ref().map(|(_, table)| *table), Some("vigil.heartbeat"), "{read:?}");
+    assert!(read.unwrap().0 >= beat);
+
+    // Planted in vigil's place: refused, naming what is wrong, and nothing runs.
+    admin_sql(Engine::Postgres, &as_admin, &[format!("ALTER TABLE vigil.heartbeat OWNER TO {owner}")]).await;
+    let err = engines::archive::beat(&endpoint, &admin, "orders").await.unwrap_err().to_string();
+    assert!(err.contains(&format!("vigil.heartbeat is owned by {owner}")) && err.contains("beat again"), "{err}");
+    admin_sql(
+        Engine::Postgres,
+        &as_admin,
+        &[
+            format!("ALTER TABLE vigil.heartbeat OWNER TO {}", pg.user),
+            "CREATE TRIGGER plant BEFORE INSERT OR UPDATE ON vigil.heartbeat FOR EACH ROW EXECUTE FUNCTION public.plant()"
+                .to_owned(),
+        ],
+    )
+    .await;
+    let err = engines::archive::beat(&endpoint, &admin, "orders").await.unwrap_err().to_string();
+    assert!(err.contains("vigil.heartbeat has a trigger"), "{err}");
+    admin_sql(
+        Engine::Postgres,
+        &as_admin,
+        &["DROP TRIGGER plant ON vigil.heartbeat".to_owned(), format!("ALTER SCHEMA vigil OWNER TO {owner}")],
+    )
+    .await;
+    let err = engines::archive::beat(&endpoint, &admin, "orders").await.unwrap_err().to_string();
+    assert!(err.contains(&format!("schema vigil is owned by {owner}")), "{err}");
+    assert_eq!(planted().await, vec![], "a refused heartbeat ran the trigger");
+
+    // A copy from before the upgrade holds only the old table: it still dates the copy. A view
+    // in its place is not read.
+    admin_sql(
+        Engine::Postgres,
+        &as_admin,
+        &[
+            "DROP SCHEMA vigil CASCADE".to_owned(),
+            "ALTER TABLE public.vigil_heartbeat DISABLE TRIGGER plant".to_owned(),
+            "INSERT INTO public.vigil_heartbeat VALUES ('orders', '2026-11-30T10:00:00Z')".to_owned(),
+        ],
+    )
+    .await;
+    let old = engines::archive::last_beat(&endpoint, &admin, "orders").await.unwrap();
+    assert_eq!(old, Some(("2026-11-30T10:00:00.000000Z".to_owned(), "public.vigil_heartbeat")));
+    admin_sql(
+        Engine::Postgres,
+        &as_owner,
+        &[
+            "ALTER TABLE public.vigil_heartbeat RENAME TO beats".to_owned(),
+            "CREATE VIEW public.vigil_heartbeat AS SELECT * FROM public.beats".to_owned(),
+        ],
+    )
+    .await;
+    assert_eq!(engines::archive::last_beat(&endpoint, &admin, "orders").await.unwrap(), None);
+}

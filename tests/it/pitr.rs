@@ -418,3 +418,100 @@ async fn status_serves_the_watched_archive_health_and_asks_for_its_token() {
     let _ = std::process::Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
     let _ = daemon.wait();
 }
+
+/// An application role that owns the database plants code for vigil to run with its privileges:
+/// `public.vigil_heartbeat` (where vigil wrote the heartbeat before) with a trigger, later
+/// swapped for a view that a heartbeat check would read, and a view an assertion reads. Each
+/// calls a function that logs `current_user` to a table and, when it can (as a superuser),
+/// writes a file with `COPY … TO`, as an attack on vigil's data folder would. The heartbeat
+/// runs nothing of it as the admin (a superuser here); the drill runs nothing of it as the
+/// restored cluster's superuser: the assertion's view runs as the drill's checking role, and the
+/// heartbeat is read from `vigil.heartbeat`.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn planted_code_never_runs_as_the_admin_or_the_restored_superuser() {
+    let pitr = Pitr::new(Some("1m")).await;
+    let pg = &pitr.services.postgres;
+    let owner = unique("planter").replace('-', "_");
+    let exfil = pitr.path().join("exfil");
+    std::fs::create_dir(&exfil).unwrap();
+    std::fs::set_permissions(&exfil, std::fs::Permissions::from_mode(0o777)).unwrap();
+    pitr.sql(&[
+        &format!("CREATE ROLE {owner} LOGIN PASSWORD 'planter-password-1'"),
+        &format!("ALTER DATABASE {} OWNER TO {owner}", pitr.database),
+    ])
+    .await;
+    let planter = crate::support::Database {
+        database: pitr.database.clone(),
+        user: owner.clone(),
+        password: "planter-password-1".into(),
+        ..pg.clone()
+    };
+    let plant = format!(
+        "CREATE FUNCTION public.plant(via text) RETURNS text LANGUAGE plpgsql AS $f$ BEGIN \
+           BEGIN INSERT INTO public.plant_log VALUES (current_user, via); EXCEPTION WHEN OTHERS THEN NULL; END; \
+           BEGIN EXECUTE pg_catalog.format('COPY (SELECT %L) TO %L', current_user, '{}/' || via); \
+           EXCEPTION WHEN OTHERS THEN NULL; END; \
+           RETURN current_user; END $f$",
+        exfil.display()
+    );
+    admin_sql(
+        vigil::engines::Engine::Postgres,
+        &planter,
+        &[
+            "CREATE TABLE public.plant_log (who text, via text)".to_owned(),
+            "GRANT INSERT ON public.plant_log TO PUBLIC".to_owned(),
+            plant,
+            "CREATE FUNCTION public.plant_trigger() RETURNS trigger LANGUAGE plpgsql AS \
+             $f$ BEGIN PERFORM public.plant('heartbeat-trigger'); RETURN NEW; END $f$"
+                .to_owned(),
+            "CREATE TABLE public.vigil_heartbeat (set_name text PRIMARY KEY, beat_at timestamptz NOT NULL)".to_owned(),
+            "CREATE TRIGGER plant BEFORE INSERT OR UPDATE ON public.vigil_heartbeat \
+             FOR EACH ROW EXECUTE FUNCTION public.plant_trigger()"
+                .to_owned(),
+            "CREATE VIEW public.shadow AS SELECT public.plant('assertion-view') AS who".to_owned(),
+        ],
+    )
+    .await;
+    async fn ran(pitr: &Pitr) -> Vec<(String, String)> {
+        let mut conn = pitr.connect().await;
+        sqlx::query_as("SELECT who, via FROM public.plant_log").fetch_all(&mut conn).await.unwrap()
+    }
+    let files = || std::fs::read_dir(&exfil).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>();
+
+    pitr.vigil(&["backup", "heartbeat", "pitr"]).assert_code(0);
+    assert_eq!(ran(&pitr).await, vec![], "the planted trigger ran as the admin");
+    assert_eq!(files(), Vec::<std::ffi::OsString>::new(), "the planted code wrote files as a superuser");
+
+    // The old table swapped for a view: a copy's heartbeat check must not read it as a superuser.
+    admin_sql(
+        vigil::engines::Engine::Postgres,
+        &planter,
+        &[
+            "ALTER TABLE public.vigil_heartbeat RENAME TO old_beats".to_owned(),
+            "CREATE VIEW public.vigil_heartbeat AS SELECT set_name, beat_at FROM public.old_beats \
+             WHERE public.plant('heartbeat-view') IS NOT NULL"
+                .to_owned(),
+        ],
+    )
+    .await;
+    pitr.backup("full");
+    pitr.vigil(&["backup", "heartbeat", "pitr"]).assert_code(0);
+    tokio::time::sleep(Duration::from_secs(pitr.services.pgbackrest.archive_timeout_secs + 4)).await;
+    pitr.write_schedule(&drill("planted", None, "15m", &[("SELECT who FROM shadow", "anyone")]));
+    let run = pitr.vigil(&["--output", "json", "drill", "run", "planted"]);
+    let report = run.json()[0].clone();
+    let checks = report["data"]["checks"].as_array().unwrap().clone();
+    let role = report["data"]["check_role"].as_str().unwrap_or("the checking role").to_owned();
+    let assertion = checks.iter().find(|c| c["name"] == "assertion 1").unwrap();
+    assert!(
+        assertion["detail"].as_str().unwrap().contains(&format!("returned \"{role}\"")),
+        "the assertion's view ran as another role: {assertion}"
+    );
+    let heartbeat = checks.iter().find(|c| c["name"] == "heartbeat").unwrap();
+    assert_eq!(heartbeat["passed"], true, "{report}");
+    assert!(heartbeat["detail"].as_str().unwrap().contains("(vigil.heartbeat)"), "{heartbeat}");
+    assert_eq!(files(), Vec::<std::ffi::OsString>::new(), "the planted code wrote files as a superuser");
+    assert_eq!(ran(&pitr).await, vec![], "the planted code ran on the source");
+    assert!(!pitr.drill_folder("planted").exists(), "teardown removes the drill's folder");
+}

@@ -14,6 +14,42 @@ use super::*;
 use crate::secret::resolve_path;
 
 impl Loader {
+    /// A dump drill's `restore_jobs` and `restore_grants`, each PostgreSQL's only.
+    fn dump_restore(
+        &mut self,
+        file: usize,
+        raw: &raw::Drill,
+        source: Engine,
+        field: &dyn Fn(&str) -> String,
+    ) -> (u32, bool) {
+        let jobs = match (&raw.restore_jobs, source) {
+            (None, _) => 1,
+            (Some(jobs), Engine::Postgres) if (1..=64).contains(jobs.get_ref()) => *jobs.get_ref(),
+            (Some(jobs), Engine::Postgres) => {
+                self.error(file, jobs.span(), field("restore_jobs"), "restore_jobs is 1 to 64");
+                1
+            }
+            (Some(jobs), Engine::Mysql) => {
+                self.error(
+                    file,
+                    jobs.span(),
+                    field("restore_jobs"),
+                    "restore_jobs applies to PostgreSQL (pg_restore -j); a MariaDB dump replays in one session",
+                );
+                1
+            }
+        };
+        let grants = match (&raw.restore_grants, source) {
+            (None, _) => false,
+            (Some(grants), Engine::Postgres) => *grants.get_ref(),
+            (Some(grants), Engine::Mysql) => {
+                self.error(file, grants.span(), field("restore_grants"), "restore_grants applies to PostgreSQL (pg_restore without --no-acl); a MariaDB dump holds no grants");
+                false
+            }
+        };
+        (jobs, grants)
+    }
+
     pub(super) fn drill(
         &mut self,
         name: &str,
@@ -52,6 +88,7 @@ impl Loader {
                             ("scratch", raw.scratch.as_ref().map(Spanned::span)),
                             ("source", raw.source.as_ref().map(Spanned::span)),
                             ("restore_jobs", raw.restore_jobs.as_ref().map(Spanned::span)),
+                            ("restore_grants", raw.restore_grants.as_ref().map(Spanned::span)),
                         ] {
                             if let Some(span) = span {
                                 self.error(file, span, field(name), format!("backup set `{backup_name}` is a pgbackrest set: its drill restores the cluster into a temporary server on scratch_dir, so {name} does not apply"));
@@ -77,13 +114,18 @@ impl Loader {
                         if let Some(scratch) = &raw.scratch {
                             self.error(file, scratch.span(), field("scratch"), format!("backup set `{backup_name}` takes RDS snapshots: its drill restores into a temporary instance, so scratch applies to drills of dump sets only"));
                         }
-                        if let Some(jobs) = &raw.restore_jobs {
-                            self.error(
-                                file,
-                                jobs.span(),
-                                field("restore_jobs"),
-                                "restore_jobs applies to drills of dump sets; RDS restores the instance itself",
-                            );
+                        for (name, span) in [
+                            ("restore_jobs", raw.restore_jobs.as_ref().map(Spanned::span)),
+                            ("restore_grants", raw.restore_grants.as_ref().map(Spanned::span)),
+                        ] {
+                            if let Some(span) = span {
+                                self.error(
+                                    file,
+                                    span,
+                                    field(name),
+                                    format!("{name} applies to drills of dump sets; RDS restores the instance itself"),
+                                );
+                            }
                         }
                         let source = match raw.source.as_ref().map(|s| *s.get_ref()) {
                             None | Some(raw::RdsSource::Snapshot) => RdsSource::Snapshot,
@@ -115,21 +157,8 @@ impl Loader {
                             Some(scratch) => {
                                 let source = backup.target.value.engine;
                                 self.check_target_ref(file, scratch, &field("scratch"), source, raw_targets, targets);
-                                let jobs = match (&raw.restore_jobs, source) {
-                                    (None, _) => 1,
-                                    (Some(jobs), Engine::Postgres) if (1..=64).contains(jobs.get_ref()) => {
-                                        *jobs.get_ref()
-                                    }
-                                    (Some(jobs), Engine::Postgres) => {
-                                        self.error(file, jobs.span(), field("restore_jobs"), "restore_jobs is 1 to 64");
-                                        1
-                                    }
-                                    (Some(jobs), Engine::Mysql) => {
-                                        self.error(file, jobs.span(), field("restore_jobs"), "restore_jobs applies to PostgreSQL (pg_restore -j); a MariaDB dump replays in one session");
-                                        1
-                                    }
-                                };
-                                restore = Some(DrillRestore::Dump { scratch: scratch.get_ref().clone(), jobs });
+                                let (jobs, grants) = self.dump_restore(file, raw, source, &field);
+                                restore = Some(DrillRestore::Dump { scratch: scratch.get_ref().clone(), jobs, grants });
                             }
                         }
                     }
