@@ -226,7 +226,10 @@ impl Repo {
             .arg(command)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+            .stderr(std::process::Stdio::piped())
+            // A run dropped (its claim lost past the lease, a shutdown's deadline) takes its
+            // pgBackRest with it, rather than leaving a backup running that nobody records.
+            .kill_on_drop(true);
         cmd
     }
 

@@ -738,7 +738,10 @@ struct DumpData {
 impl DumpSaga<'_> {
     const KIND_NAME: &'static str = "backup.dump";
 
-    async fn write(&self, data: &DumpData) -> Result<Option<DumpData>, StepError> {
+    async fn write(&self, saga: &SagaRow, data: &DumpData) -> Result<Option<DumpData>, StepError> {
+        if let Some(adopted) = self.adopt(saga, data).await? {
+            return Ok(Some(adopted));
+        }
         let backups = self.backups;
         let id = data.backup_id.clone();
         let object = object_key(self.name, &id, &attempt_name());
@@ -827,9 +830,44 @@ impl DumpSaga<'_> {
             }
             return Err(err);
         }
-        // The record carries the manifest's hash and what a drill or auditor compares; the
-        // wrapped key stays in the manifest.
-        backups
+        crate::state::pause_point("backup.dump:committed").await;
+        self.record_written(&id, &location, &manifest, &sha).await?;
+        Ok(Some(DumpData { object: Some(object), manifest_sha256: Some(sha), ..data.clone() }))
+    }
+
+    /// The attempt a crash or a pause left committed (the catalog holds its manifest, written,
+    /// though the saga never said so): adopted, with its `backup.written` record appended if the
+    /// crash came before it, rather than another written beside it and this one orphaned.
+    async fn adopt(&self, saga: &SagaRow, data: &DumpData) -> Result<Option<DumpData>, StepError> {
+        let backups = self.backups;
+        let Some(entry) = catalog::get(backups.ctx.db, &data.backup_id).await? else { return Ok(None) };
+        let (Some(text), Some(sha), Status::Written) = (&entry.manifest, &entry.manifest_sha256, entry.status) else {
+            return Ok(None);
+        };
+        let Ok(manifest) = serde_json::from_str::<Manifest>(text) else { return Ok(None) };
+        let filter = crate::evidence::RecordFilter {
+            kind: Some(Kind::BackupWritten.into()),
+            subject: Some(self.name.to_owned()),
+            since: Some(saga.started_at.clone()),
+            limit: 1_000,
+        };
+        let records =
+            crate::evidence::list(backups.ctx.db, &filter).await.map_err(|e| StepError::Transient(e.to_string()))?;
+        let recorded = records.iter().any(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.details)
+                .is_ok_and(|d| d["backup_id"] == data.backup_id.as_str())
+        });
+        if !recorded {
+            self.record_written(&data.backup_id, &entry.location, &manifest, sha).await?;
+        }
+        tracing::info!(backup = %data.backup_id, object = %manifest.object, "adopting the backup an interrupted attempt committed");
+        Ok(Some(DumpData { object: Some(manifest.object), manifest_sha256: Some(sha.clone()), ..data.clone() }))
+    }
+
+    /// The `backup.written` record: the manifest's hash and what a drill or auditor compares;
+    /// the wrapped key stays in the manifest.
+    async fn record_written(&self, id: &str, location: &str, manifest: &Manifest, sha: &str) -> Result<(), StepError> {
+        self.backups
             .ctx
             .ledger
             .append(NewRecord {
@@ -852,7 +890,7 @@ impl DumpSaga<'_> {
             })
             .await
             .map_err(|err| StepError::Transient(err.to_string()))?;
-        Ok(Some(DumpData { object: Some(object), manifest_sha256: Some(sha), ..data.clone() }))
+        Ok(())
     }
 
     /// Stores `manifest` beside its object and commits it to the catalog, which names this
@@ -937,9 +975,9 @@ impl SagaDef for DumpSaga<'_> {
     const AREA: crate::evidence::Area = crate::evidence::Area::Backup;
     const RESUME: &'static str = "vigil backup resume";
 
-    async fn act(&self, _: &SagaRow, data: &DumpData, step: DumpStep) -> Result<Option<DumpData>, StepError> {
+    async fn act(&self, saga: &SagaRow, data: &DumpData, step: DumpStep) -> Result<Option<DumpData>, StepError> {
         match step {
-            DumpStep::Write => self.write(data).await,
+            DumpStep::Write => self.write(saga, data).await,
             DumpStep::Verify => self.verify(data).await.map(|()| None),
         }
     }

@@ -144,6 +144,12 @@ impl PhysicalSaga<'_> {
                 // incremental's slot): wait for it, within a bound, rather than fail.
                 let deadline = tokio::time::Instant::now() + LOCK_WAIT;
                 loop {
+                    // Asked before each try: a run woken after another took its saga over (and
+                    // perhaps took the backup) starts no second one, nor one after a stop.
+                    backups.ctx.db.check_fence().await?;
+                    if backups.ctx.cancel.is_cancelled() {
+                        return Err(StepError::Cancelled("stopped while waiting for the stanza's lock".into()));
+                    }
                     match self.repo.backup(data.backup_type, login).await {
                         Err(err) if err.is_transient() && tokio::time::Instant::now() < deadline => {
                             tracing::info!(set = %data.set, "another pgBackRest process holds the stanza's lock; waiting");

@@ -144,10 +144,12 @@ pub async fn recover(db: &Db, epoch: i64, session: &Session) -> Result<Result<u6
     const RESTAMP: &str = "UPDATE daemon_work SET epoch = $1 WHERE state = 'queued' AND epoch <> $1";
     const SQLITE: &str = "UPDATE daemon_work SET state = 'queued', session = NULL, worker = NULL, epoch = $1 \
                           WHERE state = 'running' AND (session IS NULL OR session <> $2)";
+    // pg_stat_activity shows backend_start of the sessions of one's own role (or with
+    // pg_read_all_stats): replicas share the state store's role (docs/privileges.md).
     const POSTGRES: &str = "UPDATE daemon_work SET state = 'queued', session = NULL, worker = NULL, epoch = $1 \
-                            WHERE state = 'running' AND (session IS NULL OR session NOT IN \
+                            WHERE state = 'running' AND (session IS NULL OR (session <> $2 AND session NOT IN \
                             (SELECT format('%s@%s', pid, extract(epoch FROM backend_start)) FROM pg_stat_activity \
-                             WHERE backend_start IS NOT NULL)) AND session <> $2";
+                             WHERE backend_start IS NOT NULL)))";
     let sql = match db.pool() {
         Pool::Sqlite(_) => SQLITE,
         Pool::Postgres(_) => POSTGRES,
@@ -398,11 +400,16 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
     let runs = stop.child_token();
     // The runs of the session in use: cancelled when it fails.
     let mut session_runs = runs.child_token();
+    // The epoch last recovered under, and when.
+    let mut recovered: Option<(i64, tokio::time::Instant)> = None;
     macro_rules! lose_session {
         () => {{
             if let Some(lost) = session.take() {
                 lost.close().await;
             }
+            // The next session recovers at once (on SQLite too, where it would otherwise wait for
+            // the next lead): the failed session's rows are its to put back.
+            recovered = None;
             session_runs.cancel();
             session_runs = runs.child_token();
             if !running.is_empty() {
@@ -416,8 +423,6 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
         }};
     }
     let mut deadline: Option<tokio::time::Instant> = None;
-    // The epoch last recovered under, and when.
-    let mut recovered: Option<(i64, tokio::time::Instant)> = None;
     loop {
         while let Some((item, end)) = done.pop_front() {
             let close = match &session {

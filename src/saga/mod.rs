@@ -667,6 +667,11 @@ impl Executor<'_> {
                         () = tokio::time::sleep(self.retry.backoff(tries)) => {}
                         () = self.cancel.cancelled() => return Err(StepError::Cancelled(reason)),
                     }
+                    // Refused by the fence (the saga taken over while this process waited or
+                    // slept): the step is no longer this process's to repeat.
+                    if let Err(SagaError::State(StateError::Fenced(fenced))) = self.store.fence_holds().await {
+                        return Err(StepError::Failed(fenced.to_string()));
+                    }
                 }
                 other => return other,
             }

@@ -117,6 +117,13 @@ pub trait SagaStore: Send + Sync {
 
     /// Every saga still running or unwinding, oldest first.
     fn in_flight(&self) -> BoxFuture<'_, Result<Vec<SagaRow>, SagaError>>;
+
+    /// Whether the fence this store's writes carry still holds (a leader's epoch, a work run's
+    /// claim): asked before a step acts again after a transient failure, so that a process
+    /// woken after another took its saga over repeats no effect. Unfenced stores always hold.
+    fn fence_holds(&self) -> BoxFuture<'_, Result<(), SagaError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The state a row must be in for an update to apply.
@@ -165,6 +172,10 @@ fn conflict(saga: &SagaRow, expected: &Expected) -> SagaError {
 }
 
 impl SagaStore for Db {
+    fn fence_holds(&self) -> BoxFuture<'_, Result<(), SagaError>> {
+        async move { self.check_fence().await.map_err(SagaError::State) }.boxed()
+    }
+
     fn insert<'a>(&'a self, saga: &'a SagaRow) -> BoxFuture<'a, Result<Option<SagaRow>, SagaError>> {
         async move {
             // Only this subject's row is read: the partial unique index refuses a second one
