@@ -626,13 +626,21 @@ impl<'a> Backups<'a> {
                     // The catalog first, through the caller's fence: a run that lost its claim
                     // is refused here and deletes nothing a verified backup names.
                     catalog::set_status(self.ctx.db, &entry.id, Status::Pruned, None, &self.now()).await?;
-                    let deleted = match &connected {
-                        Some(connected) => delete_objects(connected, &stored_object(entry)).await,
+                    let object = stored_object(entry);
+                    // Back to verified only while nothing is gone: the dump first, and once it
+                    // is deleted the entry stays pruned whatever else fails (named, left over).
+                    let first = match &connected {
+                        Some(connected) => connected.store.delete(&object).await.map_err(BackupError::from),
                         None => rds::delete(self, entry).await,
                     };
-                    if let Err(err) = deleted {
+                    if let Err(err) = first {
                         catalog::set_status(self.ctx.db, &entry.id, Status::Verified, None, &self.now()).await?;
                         return Err(err);
+                    }
+                    if let Some(connected) = &connected
+                        && let Err(err) = delete_objects(connected, &object).await
+                    {
+                        tracing::warn!(%err, backup = %entry.id, "the pruned backup's dump is deleted, but its globals or manifest are left over");
                     }
                     self.ctx.ledger
                         .append(NewRecord {

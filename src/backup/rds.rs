@@ -250,8 +250,12 @@ pub(super) async fn delete(backups: &Backups<'_>, entry: &Entry) -> Result<(), B
     };
     let (rds, copy_rds) = clients(backups, copy).await?;
     rds.delete(&entry.location).await?;
-    if let Some(copy_rds) = copy_rds {
-        copy_rds.delete(&entry.location).await?;
+    // The snapshot is gone, so the backup is: a copy that cannot be deleted now is named and
+    // left over, not a reason to call the backup verified again.
+    if let Some(copy_rds) = copy_rds
+        && let Err(err) = copy_rds.delete(&entry.location).await
+    {
+        tracing::warn!(%err, backup = %entry.id, "the pruned backup's snapshot is deleted, but its copy in the other region is left over");
     }
     Ok(())
 }

@@ -309,76 +309,16 @@ impl Ledger {
             let _writer = self.core.writer.lock().await;
             let batch = std::mem::take(&mut *self.core.queue.lock().unwrap_or_else(|p| p.into_inner()));
             if !batch.is_empty() {
-                self.write_batch(batch).await;
+                // On a task of its own: an appender dropped while it writes (a run dropped after
+                // its claim's lease, a shutdown's deadline) takes nobody else's records with it.
+                let written = tokio::spawn(write_batch(self.core.clock.clone(), self.core.actor.clone(), batch));
+                let _ = written.await;
             }
         }
         match outcome.await {
             Ok(Ok(written)) => Ok(written),
             Ok(Err(err)) => Err(EvidenceError::Batch(err)),
             Err(_) => Err(EvidenceError::Abandoned),
-        }
-    }
-
-    /// Writes every waiting append's records, one transaction per fence they carry (almost
-    /// always one), and tells each its outcome.
-    async fn write_batch(&self, batch: Vec<Waiting>) {
-        let mut groups: Vec<(Option<crate::state::Fence>, Vec<Waiting>)> = Vec::new();
-        for waiting in batch {
-            let guard = waiting.db.guard();
-            match groups.iter_mut().find(|(g, _)| *g == guard) {
-                Some((_, group)) => group.push(waiting),
-                None => groups.push((guard, vec![waiting])),
-            }
-        }
-        for (_, group) in groups {
-            self.write_group(group).await;
-        }
-    }
-
-    /// Writes appends that carry one fence in one transaction, and tells each its outcome.
-    async fn write_group(&self, batch: Vec<Waiting>) {
-        let time = self.core.clock.now().to_rfc3339_opts(SecondsFormat::Micros, true);
-        let count = batch.iter().map(|w| w.records.len()).sum();
-        let Some(db) = batch.first().map(|w| w.db.clone()) else { return };
-        let mut sizes = Vec::with_capacity(batch.len());
-        let mut dones = Vec::with_capacity(batch.len());
-        let mut prepared = Vec::with_capacity(count);
-        for waiting in batch {
-            sizes.push(waiting.records.len());
-            dones.push(waiting.done);
-            prepared.extend(waiting.records);
-        }
-        let mut prepared = prepared.into_iter();
-        let appended = store::append(&db, count, |seq, prev_hash| {
-            let (new, details) = prepared.next().expect("append asks for as many records as it was given");
-            let mut record = Record {
-                seq,
-                time: time.clone(),
-                kind: new.kind,
-                subject: new.subject,
-                actor: self.core.actor.clone(),
-                outcome: new.outcome.as_str().into(),
-                details,
-                prev_hash,
-                hash: [0; 32],
-            };
-            record.hash = record.compute_hash();
-            record
-        })
-        .await;
-        match appended {
-            Ok((written, _)) => {
-                let mut written = written.into_iter();
-                for (size, done) in sizes.into_iter().zip(dones) {
-                    let _ = done.send(Ok(written.by_ref().take(size).collect()));
-                }
-            }
-            Err(err) => {
-                let err = Arc::new(err);
-                for done in dones {
-                    let _ = done.send(Err(err.clone()));
-                }
-            }
         }
     }
 
@@ -447,6 +387,69 @@ impl Ledger {
         self.core_mut()?.key = new_key;
         let by_new = self.checkpoint().await?;
         Ok((by_old, by_new))
+    }
+}
+
+/// Writes every waiting append's records, one transaction per fence they carry (almost
+/// always one), and tells each its outcome.
+async fn write_batch(clock: Arc<dyn Clock>, actor: Actor, batch: Vec<Waiting>) {
+    let mut groups: Vec<(Option<crate::state::Fence>, Vec<Waiting>)> = Vec::new();
+    for waiting in batch {
+        let guard = waiting.db.guard();
+        match groups.iter_mut().find(|(g, _)| *g == guard) {
+            Some((_, group)) => group.push(waiting),
+            None => groups.push((guard, vec![waiting])),
+        }
+    }
+    for (_, group) in groups {
+        write_group(clock.as_ref(), &actor, group).await;
+    }
+}
+
+/// Writes appends that carry one fence in one transaction, and tells each its outcome.
+async fn write_group(clock: &dyn Clock, actor: &Actor, batch: Vec<Waiting>) {
+    let time = clock.now().to_rfc3339_opts(SecondsFormat::Micros, true);
+    let count = batch.iter().map(|w| w.records.len()).sum();
+    let Some(db) = batch.first().map(|w| w.db.clone()) else { return };
+    let mut sizes = Vec::with_capacity(batch.len());
+    let mut dones = Vec::with_capacity(batch.len());
+    let mut prepared = Vec::with_capacity(count);
+    for waiting in batch {
+        sizes.push(waiting.records.len());
+        dones.push(waiting.done);
+        prepared.extend(waiting.records);
+    }
+    let mut prepared = prepared.into_iter();
+    let appended = store::append(&db, count, |seq, prev_hash| {
+        let (new, details) = prepared.next().expect("append asks for as many records as it was given");
+        let mut record = Record {
+            seq,
+            time: time.clone(),
+            kind: new.kind,
+            subject: new.subject,
+            actor: actor.clone(),
+            outcome: new.outcome.as_str().into(),
+            details,
+            prev_hash,
+            hash: [0; 32],
+        };
+        record.hash = record.compute_hash();
+        record
+    })
+    .await;
+    match appended {
+        Ok((written, _)) => {
+            let mut written = written.into_iter();
+            for (size, done) in sizes.into_iter().zip(dones) {
+                let _ = done.send(Ok(written.by_ref().take(size).collect()));
+            }
+        }
+        Err(err) => {
+            let err = Arc::new(err);
+            for done in dones {
+                let _ = done.send(Err(err.clone()));
+            }
+        }
     }
 }
 
