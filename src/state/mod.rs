@@ -146,6 +146,9 @@ pub const LEASE: Duration = Duration::from_secs(10);
 /// `idle_in_transaction_session_timeout` ends a session paused inside a transaction (which
 /// `idle_session_timeout`, set on the lease connections, does not), and TCP keepalives with
 /// `tcp_user_timeout` end one whose peer stopped answering mid-query.
+///
+/// Each is `SET` after connecting rather than sent at startup, which a pooler (PgBouncer) refuses,
+/// and one the server does not know (before PostgreSQL 12) is skipped with a warning.
 fn session_settings() -> [(&'static str, String); 5] {
     let lease = LEASE.as_secs();
     [
@@ -155,6 +158,20 @@ fn session_settings() -> [(&'static str, String); 5] {
         ("tcp_keepalives_count", format!("{}", lease / 2)),
         ("tcp_user_timeout", format!("{}", LEASE.as_millis())),
     ]
+}
+
+/// Sets [`session_settings`] on a new connection; one the server refuses is warned about once
+/// per process, and the connection is used without it.
+async fn set_lease(conn: &mut sqlx::PgConnection) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    for (name, value) in session_settings() {
+        let set = format!("SET {name} = {value}");
+        if let Err(err) = sqlx::raw_sql(sqlx::AssertSqlSafe(set)).execute(&mut *conn).await
+            && !WARNED.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(setting = name, %err, "the state store refused a setting that ends a paused vigil's session within the lease; a paused daemon keeps its locks until its connection breaks");
+        }
+    }
 }
 
 /// An open state database: a pool, and the fence its writes carry.
@@ -326,8 +343,13 @@ impl Db {
     }
 
     async fn open_postgres(options: PgConnectOptions, url: &str) -> Result<Self, StateError> {
-        let options = options.options(session_settings());
         let pool = PgPoolOptions::new()
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    set_lease(conn).await;
+                    Ok(())
+                })
+            })
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
