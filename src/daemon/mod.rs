@@ -659,10 +659,14 @@ impl<'a> Era<'a> {
         hangup_signal: &mut Option<tokio::signal::unix::Signal>,
         summary: &mut Summary,
     ) -> Result<EraEnd, DaemonError> {
-        // Catch-up, first: what a crash or a signal left in flight (queued work's sagas are
-        // resumed by whoever claims the work).
-        let queued = work::open_ids(self.db()).await?;
-        let left: Vec<_> = saga::in_flight(self.db()).await?.into_iter().filter(|s| !queued.contains(&s.id)).collect();
+        // Catch-up, first: what a crash or a signal left in flight (queued work's sagas, and
+        // those on a subject with work queued or running, are resumed by whoever claims it).
+        let queued = work::open_work(self.db()).await?;
+        let left: Vec<_> = saga::in_flight(self.db())
+            .await?
+            .into_iter()
+            .filter(|s| !queued.ids.contains(&s.id) && !queued.subjects.contains(&s.subject.to_string()))
+            .collect();
         for resumed in self.registry().resume_each(left, stop).await {
             let (ok, outcome) = match &resumed.outcome {
                 Ok(ended) => (!matches!(ended, Ended::RolledBack { .. } | Ended::Stuck { .. }), ended_line(ended)),

@@ -246,12 +246,23 @@ pub async fn due_work(db: &Db, now: DateTime<Utc>) -> Result<bool, sqlx::Error> 
     Ok(count > 0)
 }
 
-/// The ids of rows queued or running: their sagas are the queue's to resume, not the
-/// catch-up's.
-pub async fn open_ids(db: &Db) -> Result<BTreeSet<String>, sqlx::Error> {
-    const SQL: &str = "SELECT id FROM daemon_work WHERE state IN ('queued', 'running')";
-    let ids: Vec<String> = crate::state::on_pool!(db, pool => sqlx::query_scalar(SQL).fetch_all(pool).await?);
-    Ok(ids.into_iter().collect())
+/// The rows queued or running: their sagas are the queue's to resume, not the catch-up's, and so
+/// is a saga on one of their subjects under another id (an earlier attempt's, which a retry
+/// adopts).
+pub struct Open {
+    /// The rows' ids (their sagas' ids).
+    pub ids: BTreeSet<String>,
+    /// Their subjects, as sagas name them (`backup:SET`, `drill:NAME`).
+    pub subjects: BTreeSet<String>,
+}
+
+/// The rows queued or running.
+pub async fn open_work(db: &Db) -> Result<Open, sqlx::Error> {
+    const SQL: &str = "SELECT id, subject FROM daemon_work WHERE state IN ('queued', 'running')";
+    let rows: Vec<(String, String)> =
+        crate::state::on_pool!(db, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
+    let (ids, subjects) = rows.into_iter().unzip();
+    Ok(Open { ids, subjects })
 }
 
 /// Each of `ids` that has ended: its job, whether it succeeded and its outcome.
@@ -892,7 +903,7 @@ mod tests {
         let later = at("2026-12-01T03:00:00Z");
         let second = enqueue(&db, epoch, &job, later, None, at("2026-12-02T03:00:00Z"), later).await.unwrap().unwrap();
         let first = first.unwrap();
-        assert_eq!(open_ids(&db).await.unwrap().into_iter().collect::<Vec<_>>(), [second.clone().unwrap()]);
+        assert_eq!(open_work(&db).await.unwrap().ids.into_iter().collect::<Vec<_>>(), [second.clone().unwrap()]);
         let ended = ended(&db, &[first]).await.unwrap();
         assert!(ended[0].3.starts_with("superseded"), "{ended:?}");
 

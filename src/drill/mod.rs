@@ -356,7 +356,7 @@ impl<'a> Drills<'a> {
             backup_set: drill.backup.clone(),
             into: match &drill.restore {
                 DrillRestore::Dump { scratch, .. } => {
-                    RestoreInto::Database { scratch_target: scratch.clone(), database: scratch_name(name) }
+                    RestoreInto::Database { scratch_target: scratch.clone(), database: scratch_name(name, id) }
                 }
                 DrillRestore::Rds { instance, source } => RestoreInto::Instance {
                     source_instance: instance.clone(),
@@ -371,7 +371,7 @@ impl<'a> Drills<'a> {
                     folder: scratch_dir
                         .clone()
                         .unwrap_or_else(|| self.ctx().plan.controller.data_dir.join("drills"))
-                        .join(name),
+                        .join(format!("{name}-{}", crate::engines::scratch::run_suffix(id))),
                     target_time: target
                         .resolve(started_at)
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
@@ -683,6 +683,9 @@ impl DrillSaga<'_, '_> {
     async fn restore(&self, data: &DrillData) -> Result<(), StepError> {
         let located = located(data)?;
         let scratch = self.scratch(data).await?;
+        // Asked right before the scratch database is dropped and made again: a run woken after
+        // another took it over acts on nothing.
+        self.drills.ctx().db.check_fence().await?;
         scratch.recreate().await.map_err(engine_step)?;
         let folder = self.folder().await?;
         let (jobs, grants) = match self.drill()?.restore {

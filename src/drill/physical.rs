@@ -99,6 +99,9 @@ impl DrillSaga<'_, '_> {
         let pg = self.physical_set(data)?;
         let repo = self.drills.backups.repo(pg).await?;
         let server = self.server(data, Self::version(data)?)?;
+        // Asked right before the folder is emptied: a run woken after another took it over
+        // stops no server and removes nothing.
+        self.drills.ctx().db.check_fence().await?;
         server.stop().await?;
         server.prepare()?;
         let target = match target_time {

@@ -20,19 +20,28 @@ pub struct ScratchDb {
     name: String,
 }
 
-/// The scratch database's name for drill `drill`: `vigil_drill_` and the drill's name with
-/// every character but ASCII letters and digits made `_`; a long name is cut and given a hash
-/// of the whole, within both engines' 63-character limit. A fixed name per drill, so that a
-/// drill finds and drops what a crashed run of itself left.
-pub fn scratch_name(drill: &str) -> String {
+/// The scratch database's name for run `run` of drill `drill`: `vigil_drill_`, the drill's
+/// name with every character but ASCII letters and digits made `_` (a long one cut and given a
+/// hash of the whole), and [`run_suffix`], within both engines' 63-character limit. A name per
+/// run, recorded in the run's saga before it acts: a resumed run finds what its crash left, and
+/// a run woken after another took it over, or after the next run began, never drops or
+/// recreates a database another run is checking.
+pub fn scratch_name(drill: &str, run: &str) -> String {
     use sha2::Digest as _;
     let safe: String =
         drill.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let run = run_suffix(run);
     if safe.len() <= 40 {
-        return format!("vigil_drill_{safe}");
+        return format!("vigil_drill_{safe}_{run}");
     }
     let hash = hex::encode(&sha2::Sha256::digest(drill.as_bytes())[..4]);
-    format!("vigil_drill_{}_{hash}", &safe[..32])
+    format!("vigil_drill_{}_{hash}_{run}", &safe[..32])
+}
+
+/// Eight hex digits naming run `run` of a drill in its scratch database's and folder's names.
+pub fn run_suffix(run: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(run.as_bytes())[..4])
 }
 
 impl ScratchDb {
@@ -346,9 +355,12 @@ mod tests {
 
     #[test]
     fn scratch_names_are_plain_identifiers() {
-        assert_eq!(scratch_name("orders-restore"), "vigil_drill_orders_restore");
-        assert_eq!(scratch_name("Ünï"), "vigil_drill__n_");
-        let long = scratch_name(&"a".repeat(63));
-        assert!(long.len() <= 63 && long != scratch_name(&format!("{}b", "a".repeat(62))), "{long}");
+        let run = "20261208T020000Z-0badcafe";
+        let suffix = run_suffix(run);
+        assert_eq!(scratch_name("orders-restore", run), format!("vigil_drill_orders_restore_{suffix}"));
+        assert_eq!(scratch_name("Ünï", run), format!("vigil_drill__n__{suffix}"));
+        assert_ne!(scratch_name("orders", run), scratch_name("orders", "20261208T020001Z-0badcafe"), "a name per run");
+        let long = scratch_name(&"a".repeat(63), run);
+        assert!(long.len() <= 63 && long != scratch_name(&format!("{}b", "a".repeat(62)), run), "{long}");
     }
 }

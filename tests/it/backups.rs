@@ -121,8 +121,22 @@ impl Setup {
         .unwrap()
     }
 
+    /// Backup `id`'s dump object in the local store: `SET/ID.ATTEMPT.vbk`, the one attempt
+    /// written.
     pub(crate) fn local_object(&self, set: &str, id: &str) -> PathBuf {
-        self.path().join(format!("backups/{set}/{id}.vbk"))
+        let folder = self.path().join(format!("backups/{set}"));
+        let objects: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.strip_prefix(&format!("{id}.")).is_some_and(|rest| {
+                    rest.strip_suffix(".vbk").is_some_and(|attempt| attempt.len() == 8 && !attempt.contains('.'))
+                })
+            })
+            .collect();
+        assert_eq!(objects.len(), 1, "one object of backup {id} in {}: {objects:?}", folder.display());
+        objects.into_iter().next().unwrap()
     }
 }
 
@@ -892,7 +906,9 @@ async fn postgres_backups_carry_the_cluster_globals_without_passwords() {
     setup.write_schedule(&schedule);
     let id = setup.backup("pg");
     let manifest = setup.local_manifest("pg", &id);
-    assert_eq!(manifest["globals"]["object"], format!("pg/{id}.globals.vbk"), "{manifest}");
+    let globals = manifest["object"].as_str().unwrap().replace(".vbk", ".globals.vbk");
+    assert!(globals.starts_with(&format!("pg/{id}.")), "{manifest}");
+    assert_eq!(manifest["globals"]["object"], globals.as_str(), "{manifest}");
 
     let roles = setup.path().join("roles.sql");
     setup.vigil(&["backup", "fetch", &id, "--globals", "-o", roles.to_str().unwrap()]).assert_code(0);
@@ -903,7 +919,7 @@ async fn postgres_backups_carry_the_cluster_globals_without_passwords() {
     assert!(!sql.contains("globals-secret-pw") && !sql.contains("SCRAM-SHA-256$"), "no password or hash: {sql}");
 
     // A changed globals object fails verification, naming the globals.
-    let object = setup.path().join(format!("backups/pg/{id}.globals.vbk"));
+    let object = setup.path().join("backups").join(&globals);
     let mut bytes = std::fs::read(&object).unwrap();
     let last = bytes.len() - 20;
     bytes[last] ^= 1;

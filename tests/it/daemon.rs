@@ -44,7 +44,7 @@ async fn fleet(setup: &Setup) -> String {
     schedule.push_str(&setup.set("orders", &database, "local", "local"));
     // The dump's snapshot time is the database server's clock, which a test's
     // VIGIL_CLOCK_OFFSET does not move: an RPO target of 4 days holds across a 3-day offset.
-    // The drill's name is unique: its scratch database (`vigil_drill_NAME`) is on the server
+    // The drill's name is unique: its scratch databases (`vigil_drill_NAME_RUN`) are on the server
     // other tests share.
     schedule.push_str(&format!(
         "[drills.{drill}]\nbackup = \"orders\"\nscratch = \"scratch\"\nschedule = \"0 3 * * *\"\nrpo = \"4d\"\n\n"

@@ -15,6 +15,40 @@ fn scratch_target(setup: &Setup, engine: &str, db: &Database) -> String {
 }
 
 /// Whether `database` exists on the private server of `engine`.
+/// The scratch databases of drill `drill`'s runs on the server at `db` (`vigil_drill_NAME_` and
+/// eight hex digits per run).
+async fn drill_databases(engine: vigil::engines::Engine, db: &Database, drill: &str) -> Vec<String> {
+    use sqlx::Connection as _;
+    let prefix = format!("vigil_drill_{}_", drill.replace('-', "_"));
+    let names: Vec<String> = match engine {
+        vigil::engines::Engine::Postgres => {
+            let mut conn = sqlx::PgConnection::connect_with(&db.pg_options()).await.unwrap();
+            sqlx::query_scalar("SELECT datname::text FROM pg_database").fetch_all(&mut conn).await.unwrap()
+        }
+        vigil::engines::Engine::Mysql => {
+            let mut conn = sqlx::MySqlConnection::connect_with(&db.mysql_options()).await.unwrap();
+            sqlx::query_scalar("SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    names
+        .into_iter()
+        .filter(|name| {
+            name.strip_prefix(&prefix).is_some_and(|run| run.len() == 8 && run.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .collect()
+}
+
+/// The one scratch database of drill `drill` a stopped run left.
+#[cfg(feature = "failpoints")]
+async fn left_database(engine: vigil::engines::Engine, db: &Database, drill: &str) -> String {
+    let mut left = drill_databases(engine, db, drill).await;
+    assert_eq!(left.len(), 1, "one run's scratch database: {left:?}");
+    left.remove(0)
+}
+
 async fn exists(engine: vigil::engines::Engine, db: &Database, database: &str) -> bool {
     use sqlx::Connection as _;
     match engine {
@@ -181,7 +215,8 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     let (rpo, rto) = (report["data"]["rpo_secs"].as_i64().unwrap(), report["data"]["rto_secs"].as_f64().unwrap());
     assert!((0..900).contains(&rpo) && rto > 0.0 && rto < 3600.0, "{report}");
     let scratch = report["data"]["into"]["database"].as_str().unwrap().to_owned();
-    assert_eq!(scratch, "vigil_drill_orders_restore");
+    let run_id = report["id"].as_str().unwrap();
+    assert_eq!(scratch, vigil::engines::scratch::scratch_name("orders-restore", run_id), "a name per run");
     assert!(!exists(Postgres, &pg, &scratch).await, "the scratch database outlived its drill");
 
     // The evidence: started, every phase, and finished with the whole report.
@@ -218,7 +253,7 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     wrong.assert_code(1);
     assert!(wrong.stderr().contains("drill orders-wrong failed: assertion 1 failed"), "{}", wrong.stderr());
     assert!(wrong.stderr().contains("expected \"7\""), "{}", wrong.stderr());
-    assert!(!exists(Postgres, &pg, "vigil_drill_orders_wrong").await);
+    assert!(drill_databases(Postgres, &pg, "orders-wrong").await.is_empty());
     // Its `drill.finished` record says it failed, so a ledger filtered on failures finds it.
     let ends = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "drill.finished"]).json();
     let outcome =
@@ -248,7 +283,10 @@ async fn postgres_drills_pass_on_a_fresh_backup_and_fail_naming_the_cause() {
     corrupt.assert_code(1);
     assert!(corrupt.stderr().contains("restore:"), "{}", corrupt.stderr());
     assert!(corrupt.stderr().contains("authenticat"), "names the failed check: {}", corrupt.stderr());
-    assert!(!exists(Postgres, &pg, &scratch).await, "the unwound restore dropped its database");
+    assert!(
+        drill_databases(Postgres, &pg, "orders-restore").await.is_empty(),
+        "the unwound restore dropped its database"
+    );
     let rolled_back = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "drill.rolled_back"]).json();
     assert_eq!(rolled_back.as_array().unwrap().len(), 2, "the empty and the corrupt drill");
     setup.vigil(&["evidence", "verify"]).assert_code(0);
@@ -279,7 +317,7 @@ async fn a_mariadb_drill_passes_on_a_fresh_backup() {
     assert_eq!(report["passed"], true, "{report}");
     let counts = check(report, "row_counts");
     assert!(counts["detail"].as_str().unwrap().contains("2 tables, 160000 rows"), "{counts}");
-    assert!(!exists(Mysql, &maria, "vigil_drill_shop_restore").await);
+    assert!(drill_databases(Mysql, &maria, "shop-restore").await.is_empty());
 }
 
 /// A drill killed after each phase (failpoints) leaves its scratch database behind only until
@@ -292,7 +330,6 @@ async fn a_killed_drill_is_finished_by_the_next_run_and_leaves_no_scratch_databa
     use vigil::engines::Engine::Postgres;
     let setup = Setup::new().await;
     let pg = backed_up_postgres_drill(&setup, "killed").await;
-    let scratch = "vigil_drill_killed";
     for (when, step) in [
         ("before", "locate"),
         ("after", "locate"),
@@ -305,11 +342,15 @@ async fn a_killed_drill_is_finished_by_the_next_run_and_leaves_no_scratch_databa
         let killed = drill_run_with(&setup, "killed", ("VIGIL_FAILPOINT", &failpoint));
         assert!(!killed.status.success(), "{failpoint}: the process was meant to die");
         let restored = matches!((when, step), ("after", "restore" | "check") | ("before", "teardown"));
-        assert_eq!(exists(Postgres, &pg, scratch).await, restored, "{failpoint}: left behind as the kill left it");
+        let left = drill_databases(Postgres, &pg, "killed").await;
+        assert_eq!(left.len(), usize::from(restored), "{failpoint}: left behind as the kill left it: {left:?}");
         let next = if step == "check" { vec!["drill", "resume"] } else { vec!["drill", "run", "killed"] };
         let again = setup.vigil(&next);
         again.assert_code(0);
-        assert!(!exists(Postgres, &pg, scratch).await, "{failpoint}: the scratch database survived");
+        assert!(
+            drill_databases(Postgres, &pg, "killed").await.is_empty(),
+            "{failpoint}: the scratch database survived"
+        );
         let list = setup.vigil(&["--output", "json", "drill", "list"]).json();
         assert_eq!(list["killed"]["status"], "done", "{failpoint}: {list}");
     }
@@ -351,7 +392,7 @@ async fn pg_amcheck_failing_on_the_restored_database_fails_the_drill() {
     setup.backup("items");
     let killed = drill_run_with(&setup, "items-restore", ("VIGIL_FAILPOINT", "drill.restore:before:check"));
     assert!(!killed.status.success());
-    let scratch = Database { database: "vigil_drill_items_restore".into(), ..pg.clone() };
+    let scratch = Database { database: left_database(Postgres, &pg, "items-restore").await, ..pg.clone() };
     admin_sql(
         Postgres,
         &scratch,
@@ -361,7 +402,7 @@ async fn pg_amcheck_failing_on_the_restored_database_fails_the_drill() {
     let resumed = setup.vigil(&["drill", "resume"]);
     resumed.assert_code(1);
     assert!(resumed.stderr().contains("pg_amcheck failed: corruption"), "{}", resumed.stderr());
-    assert!(!exists(Postgres, &pg, "vigil_drill_items_restore").await);
+    assert!(drill_databases(Postgres, &pg, "items-restore").await.is_empty());
 }
 
 /// RDS drills against moto: from the set's newest snapshot, and to the instance's latest
@@ -482,7 +523,7 @@ async fn drills_work_with_a_scratch_admin_holding_only_the_documented_grants() {
             let refused = setup.vigil(&["drill", "run", &name]);
             refused.assert_code(1);
             assert!(refused.stderr().contains(&format!("{user} needs CREATEROLE")), "{}", refused.stderr());
-            assert!(!exists(engine, &server, &format!("vigil_drill_least_{kind}")).await);
+            assert!(drill_databases(engine, &server, &format!("least-{kind}")).await.is_empty());
             admin_sql(engine, &server, &[format!("ALTER ROLE {user} CREATEROLE")]).await;
         }
         let run = setup.vigil(&["--output", "json", "drill", "run", &name]);
@@ -497,9 +538,8 @@ async fn drills_work_with_a_scratch_admin_holding_only_the_documented_grants() {
                 assert_eq!(report["reason"].as_str().unwrap().matches("failed").count(), 1, "only amcheck: {report}");
             }
         }
-        let scratch_db = format!("vigil_drill_least_{kind}");
         assert!(
-            !exists(engine, &server, &scratch_db).await,
+            drill_databases(engine, &server, &format!("least-{kind}")).await.is_empty(),
             "{engine:?}: the scratch database outlived its drill: {report}"
         );
     }
@@ -517,7 +557,7 @@ async fn a_restored_copy_whose_rows_differ_from_the_backup_fails_the_drill() {
     let pg = backed_up_postgres_drill(&setup, "counted").await;
     let killed = drill_run_with(&setup, "counted", ("VIGIL_FAILPOINT", "drill.restore:before:check"));
     assert!(!killed.status.success());
-    let scratch = Database { database: "vigil_drill_counted".into(), ..pg.clone() };
+    let scratch = Database { database: left_database(Postgres, &pg, "counted").await, ..pg.clone() };
     admin_sql(Postgres, &scratch, &["DELETE FROM pgbench_branches".to_owned()]).await;
     let resumed = setup.vigil(&["drill", "resume"]);
     resumed.assert_code(1);
@@ -526,7 +566,7 @@ async fn a_restored_copy_whose_rows_differ_from_the_backup_fails_the_drill() {
         "{}",
         resumed.stderr()
     );
-    assert!(!exists(Postgres, &pg, "vigil_drill_counted").await);
+    assert!(drill_databases(Postgres, &pg, "counted").await.is_empty());
 }
 
 /// The newest verified backup older than the RPO target fails the drill with the figures: run an
@@ -603,10 +643,10 @@ async fn a_dump_drill_reads_planted_code_as_its_own_role_in_a_database_closed_to
 
     let killed = drill_run_with(&setup, "planted", ("VIGIL_FAILPOINT", "drill.restore:after:restore"));
     assert!(!killed.status.success());
-    let scratch = "vigil_drill_planted";
+    let scratch = left_database(Postgres, &pg, "planted").await;
     let mut conn = sqlx::PgConnection::connect_with(&pg.pg_options()).await.unwrap();
     let public: bool = sqlx::query_scalar("SELECT has_database_privilege('public', $1, 'CONNECT')")
-        .bind(scratch)
+        .bind(&scratch)
         .fetch_one(&mut conn)
         .await
         .unwrap();
@@ -614,7 +654,7 @@ async fn a_dump_drill_reads_planted_code_as_its_own_role_in_a_database_closed_to
     let outsider = unique("outsider").replace('-', "_");
     admin_sql(Postgres, &pg, &[format!("CREATE ROLE {outsider} LOGIN PASSWORD 'outsider-password-1'")]).await;
     let as_outsider = Database {
-        database: scratch.into(),
+        database: scratch.clone(),
         user: outsider.clone(),
         password: "outsider-password-1".into(),
         ..pg.clone()
@@ -631,7 +671,7 @@ async fn a_dump_drill_reads_planted_code_as_its_own_role_in_a_database_closed_to
     assert!(detail.contains(&format!("returned \"{role}\"")), "the view ran as {detail}, not the checking role");
     let credential = data["checks"].as_array().unwrap().iter().find(|c| c["name"] == "credential planter").unwrap();
     assert_eq!(credential["passed"], true, "{credential}");
-    assert!(!exists(Postgres, &pg, scratch).await, "the scratch database outlived its drill");
+    assert!(!exists(Postgres, &pg, &scratch).await, "the scratch database outlived its drill");
     let left: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
         .bind(&role)
         .fetch_optional(&mut conn)

@@ -142,9 +142,21 @@ impl Pitr {
         (run.code(), run.json())
     }
 
-    /// The drill's folder under the data dir.
-    fn drill_folder(&self, drill: &str) -> PathBuf {
-        self.path().join("data/drills").join(drill)
+    /// Whether a server runs in a folder of one of drill `drill`'s runs (one left running).
+    fn drill_server_running(&self, drill: &str) -> bool {
+        server_running_in(&self.path().join("data/drills").join(format!("{drill}-")))
+    }
+
+    /// The folders of drill `drill`'s runs under the data dir (`NAME-` and 8 hex digits each).
+    fn drill_folders(&self, drill: &str) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.path().join("data/drills")) else { return Vec::new() };
+        let prefix = format!("{drill}-");
+        entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name().unwrap().to_string_lossy().strip_prefix(&prefix).is_some_and(|run| run.len() == 8)
+            })
+            .collect()
     }
 }
 
@@ -270,8 +282,8 @@ async fn pgbackrest_backups_drills_to_a_point_in_time_and_a_broken_archive() {
     }
     let phases: Vec<&str> = data["phases"].as_array().unwrap().iter().filter_map(|p| p["phase"].as_str()).collect();
     assert!(phases.contains(&"restore.pgbackrest") && phases.contains(&"restore.recovery"), "{report}");
-    assert!(!pitr.drill_folder("latest").exists(), "teardown removes the drill's folder");
-    assert!(!server_running_in(&pitr.drill_folder("latest")), "teardown stops the server");
+    assert!(pitr.drill_folders("latest").is_empty(), "teardown removes the drill's folder");
+    assert!(!pitr.drill_server_running("latest"), "teardown stops the server");
 
     let at_target = pitr.vigil(&["--output", "json", "drill", "run", "at_target"]);
     at_target.assert_code(0);
@@ -327,7 +339,6 @@ async fn a_killed_pitr_drill_leaves_no_server_and_no_folder() {
     let pitr = Pitr::new(None).await;
     pitr.backup("full");
     pitr.write_schedule(&drill("killed", None, "15m", &[]));
-    let folder = pitr.drill_folder("killed");
     for (when, step) in [
         ("before", "locate"),
         ("after", "locate"),
@@ -341,15 +352,15 @@ async fn a_killed_pitr_drill_leaves_no_server_and_no_folder() {
         let killed = pitr.command(&["drill", "run", "killed"], Some(("VIGIL_FAILPOINT", &failpoint))).output().unwrap();
         assert!(!killed.status.success(), "{failpoint}: the process was meant to die");
         let left = matches!((when, step), ("after", "restore" | "check") | ("before", "check" | "teardown"));
-        assert_eq!(server_running_in(&folder), left, "{failpoint}: the server is left as the kill left it");
+        assert_eq!(pitr.drill_server_running("killed"), left, "{failpoint}: the server is left as the kill left it");
         assert!(
             !any_command_line_holds(&pitr.services.pgbackrest.cipher_pass),
             "{failpoint}: the repository passphrase is on a command line"
         );
         let next = if step == "check" { vec!["drill", "resume"] } else { vec!["drill", "run", "killed"] };
         pitr.vigil(&next).assert_code(0);
-        assert!(!server_running_in(&folder), "{failpoint}: a server survived");
-        assert!(!folder.exists(), "{failpoint}: the drill's folder survived");
+        assert!(!pitr.drill_server_running("killed"), "{failpoint}: a server survived");
+        assert!(pitr.drill_folders("killed").is_empty(), "{failpoint}: the drill's folder survived");
         let list = pitr.vigil(&["--output", "json", "drill", "list"]).json();
         assert_eq!(list["killed"]["status"], "done", "{failpoint}: {list}");
     }
@@ -513,5 +524,5 @@ async fn planted_code_never_runs_as_the_admin_or_the_restored_superuser() {
     assert!(heartbeat["detail"].as_str().unwrap().contains("(vigil.heartbeat)"), "{heartbeat}");
     assert_eq!(files(), Vec::<std::ffi::OsString>::new(), "the planted code wrote files as a superuser");
     assert_eq!(ran(&pitr).await, vec![], "the planted code ran on the source");
-    assert!(!pitr.drill_folder("planted").exists(), "teardown removes the drill's folder");
+    assert!(pitr.drill_folders("planted").is_empty(), "teardown removes the drill's folder");
 }
