@@ -259,8 +259,7 @@ pub struct Open {
 /// The rows queued or running.
 pub async fn open_work(db: &Db) -> Result<Open, sqlx::Error> {
     const SQL: &str = "SELECT id, subject FROM daemon_work WHERE state IN ('queued', 'running')";
-    let rows: Vec<(String, String)> =
-        crate::state::on_pool!(db, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
+    let rows: Vec<(String, String)> = crate::state::on_pool!(db, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
     let (ids, subjects) = rows.into_iter().unzip();
     Ok(Open { ids, subjects })
 }

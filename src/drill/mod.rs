@@ -670,6 +670,10 @@ impl DrillSaga<'_, '_> {
             )));
         };
         let manifest = self.drills.backups.manifest(&entry.id).await?;
+        // The scratch target is reached before anything is made on it: one that cannot be (a
+        // wrong database name, a refused login) ends the drill here, rolled back, rather than
+        // after a restore whose undo could not connect either.
+        self.scratch(data).await?.reach().await.map_err(engine_step)?;
         let mut found = data.clone();
         found.backup = Some(Located {
             backup_id: entry.id.clone(),

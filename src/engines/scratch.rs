@@ -70,6 +70,13 @@ impl ScratchDb {
         &self.admin
     }
 
+    /// Logs in to the server as the admin, touching nothing: what a drill asks before it
+    /// restores, so that a scratch target it cannot reach (a wrong database name, a refused
+    /// login) fails the drill cleanly instead of leaving an undo that cannot connect either.
+    pub async fn reach(&self) -> Result<(), EngineError> {
+        self.on_server(&format!("reach the scratch server {}:{}", self.server.host, self.server.port), "SELECT 1").await
+    }
+
     /// Drops the database if it exists (ending its sessions) and creates it empty. On
     /// PostgreSQL, `PUBLIC` may not connect to it (nor make temporary tables): it is created
     /// refusing every connection, the grants revoked, and only then opened, so no role of the

@@ -121,6 +121,16 @@ impl Setup {
         .unwrap()
     }
 
+    /// Every file of backup `id` in the local store, of any attempt: dump, globals, manifest,
+    /// a partial write.
+    pub(crate) fn local_files(&self, set: &str, id: &str) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.path().join(format!("backups/{set}"))) else { return Vec::new() };
+        entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{id}.")))
+            .collect()
+    }
+
     /// Backup `id`'s dump object in the local store: `SET/ID.ATTEMPT.vbk`, the one attempt
     /// written.
     pub(crate) fn local_object(&self, set: &str, id: &str) -> PathBuf {
@@ -495,7 +505,7 @@ async fn a_backup_that_cannot_dump_is_rolled_back_and_leaves_nothing() {
     assert!(report[0]["ended"]["reason"].as_str().unwrap().contains("no_such_database"), "{report}");
     let id = report[0]["backup_id"].as_str().unwrap();
     assert_eq!(setup.entry(id)["status"], "failed");
-    assert!(!setup.local_object("broken", id).exists());
+    assert!(setup.local_files("broken", id).is_empty(), "{:?}", setup.local_files("broken", id));
     assert!(!run.all_output().contains(&setup.services.postgres.password), "the admin password was logged");
     // No password file is left once the dump has ended (the per-process folders may stay).
     let scratch = setup.path().join("data/tmp");
@@ -599,7 +609,7 @@ async fn prune_keeps_the_retention_and_the_newest_and_records_each_deletion() {
     oldest.sort();
     assert_eq!(deleted, oldest);
     for id in &ids[..2] {
-        assert!(!setup.local_object("p", id).exists());
+        assert!(setup.local_files("p", id).is_empty(), "{:?}", setup.local_files("p", id));
         assert_eq!(setup.entry(id)["status"], "pruned");
     }
     for id in &ids[2..] {

@@ -14,7 +14,6 @@ fn scratch_target(setup: &Setup, engine: &str, db: &Database) -> String {
     setup.target(engine, db, "scratch").replace("database = \"scratch\"", &format!("database = \"{admin_db}\""))
 }
 
-/// Whether `database` exists on the private server of `engine`.
 /// The scratch databases of drill `drill`'s runs on the server at `db` (`vigil_drill_NAME_` and
 /// eight hex digits per run).
 async fn drill_databases(engine: vigil::engines::Engine, db: &Database, drill: &str) -> Vec<String> {
@@ -49,6 +48,7 @@ async fn left_database(engine: vigil::engines::Engine, db: &Database, drill: &st
     left.remove(0)
 }
 
+/// Whether `database` exists on the private server of `engine`.
 async fn exists(engine: vigil::engines::Engine, db: &Database, database: &str) -> bool {
     use sqlx::Connection as _;
     match engine {
@@ -678,4 +678,32 @@ async fn a_dump_drill_reads_planted_code_as_its_own_role_in_a_database_closed_to
         .await
         .unwrap();
     assert_eq!(left, None, "the checking role {role} outlived its drill");
+}
+
+/// A drill whose scratch target cannot be reached (its database does not exist) fails before
+/// anything is made on it, naming the target, and rolls back: never stuck at an undo that cannot
+/// connect either, and a later run fails the same clean way instead of on the first one's undo.
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_drill_whose_scratch_target_cannot_be_reached_rolls_back_and_never_sticks() {
+    let setup = Setup::new().await;
+    let pg = setup.services.postgres.clone();
+    let database = postgres_database(&setup.services, 1).await;
+    let mut schedule = setup.target("postgres", &pg, &database);
+    schedule.push_str(
+        &setup.target("postgres", &pg, "scratch").replace("database = \"scratch\"", "database = \"vigil_no_such_db\""),
+    );
+    schedule.push_str(&setup.set("orders", &database, "local", "local"));
+    schedule.push_str(&drill("unreachable", "orders", ""));
+    setup.write_schedule(&schedule);
+    setup.backup("orders");
+    for _ in 0..2 {
+        let run = setup.vigil(&["drill", "run", "unreachable"]);
+        run.assert_code(1);
+        let stderr = run.stderr();
+        assert!(stderr.contains("locate:") && stderr.contains("vigil_no_such_db"), "{stderr}");
+        assert!(!stderr.contains("undoing") && !stderr.contains(" at line "), "{stderr}");
+        let list = setup.vigil(&["--output", "json", "drill", "list"]).json();
+        assert_eq!(list["unreachable"]["status"], "rolled_back", "{list}");
+    }
 }
