@@ -565,8 +565,8 @@ async fn a_leader_paused_past_its_lease_has_its_next_write_refused() {
 /// A replica paused (SIGSTOP) between a backup's upload and its commit, past its lease: the
 /// other replica takes the run over, writes and verifies the backup. Woken, the paused one
 /// clobbers nothing: its attempt wrote under a name of its own, its commit is refused by the
-/// claim, and it removes what it wrote. Paused after its commit instead (round 1), the other
-/// adopts its attempt and the woken one's record is refused. Three rounds; after each, every verified backup still
+/// claim, and it removes what it wrote. Paused after its commit instead (every third round), the
+/// other adopts its attempt and the woken one's record is refused. Ten rounds; after each, every verified backup still
 /// verifies, only the winning attempt's objects remain, nothing the paused process wrote landed
 /// after the takeover, and no backup_failed alert fires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,11 +579,11 @@ async fn a_replica_paused_mid_backup_clobbers_nothing_and_writes_nothing_after_t
     let ((a, _), (b, _)) = (state.replica(&config, "", &schedule), state.replica(&config, "", &schedule));
     crate::support::vigil(a.path(), &["evidence", "checkpoint"]).assert_code(0);
     let objects = state.shared.path().join("backups/paused");
-    for round in 0..3 {
+    for round in 0..10 {
         // Before the commit (the other writes its own attempt), or after it and before its record
         // (the other adopts this attempt). Shorter than a takeover takes: the pause has ended
         // when the process is woken, so it goes straight on.
-        let point = if round == 1 { "backup.dump:committed" } else { "backup.dump:commit" };
+        let point = if round % 3 == 1 { "backup.dump:committed" } else { "backup.dump:commit" };
         let mut first = Daemon::start(a.path(), &[("VIGIL_PAUSE", &format!("{point}:12000"))]);
         first.wait_for(&["failpoint: pausing", &format!("\"{point}\"")], Duration::from_secs(90));
         first.signal("STOP");
@@ -621,7 +621,7 @@ async fn a_replica_paused_mid_backup_clobbers_nothing_and_writes_nothing_after_t
         let pid = i64::from(first.child.id());
         let (_, _, first_log) = first.terminate();
         let (_, _, second_log) = second.terminate();
-        if round == 1 {
+        if round % 3 == 1 {
             assert!(second_log.contains("adopting the backup an interrupted attempt committed"), "{second_log}");
         }
 
