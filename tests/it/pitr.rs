@@ -393,7 +393,18 @@ async fn status_serves_the_watched_archive_health_and_asks_for_its_token() {
     )
     .unwrap();
     pitr.write_schedule(&format!("pgbackrest_bin = \"{}\"\n", wrapper.display()));
-    let mut daemon = pitr.command(&["run"], None).stderr(std::process::Stdio::null()).spawn().unwrap();
+    // Backed up first: a set never backed up is due at once, and the watch waits for its backup.
+    pitr.backup("incr");
+    let log = std::fs::File::create(pitr.path().join("daemon.log")).unwrap();
+    /// The daemon, ended however the test ends.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let _ = self.0.wait();
+        }
+    }
+    let daemon = Running(pitr.command(&["run"], None).stderr(log).spawn().unwrap());
 
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/status");
@@ -405,7 +416,7 @@ async fn status_serves_the_watched_archive_health_and_asks_for_its_token() {
         };
         async move { request.send().await }
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let first = loop {
         if let Ok(response) = status(Some("s3cret-status-token")).await
             && response.status() == 200
@@ -415,7 +426,11 @@ async fn status_serves_the_watched_archive_health_and_asks_for_its_token() {
                 break body;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "the watch never measured the archive");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch never measured the archive:\n{}",
+            std::fs::read_to_string(pitr.path().join("daemon.log")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(first["archives"][0]["set"], "pitr", "{first}");
@@ -426,8 +441,7 @@ async fn status_serves_the_watched_archive_health_and_asks_for_its_token() {
     assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), before, "a request ran pgBackRest");
     assert_eq!(status(None).await.unwrap().status(), 401);
     assert_eq!(status(Some("another-token")).await.unwrap().status(), 401);
-    let _ = std::process::Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-    let _ = daemon.wait();
+    drop(daemon);
 }
 
 /// An application role that owns the database plants code for vigil to run with its privileges:
