@@ -461,6 +461,17 @@ impl PgState {
         schedule
     }
 
+    /// The records process `pid` appended after record `since`: each one's sequence number and
+    /// kind (what a fenced process must never have written).
+    async fn written_after(&self, pid: i64, since: i64) -> Vec<(i64, String)> {
+        sqlx::query_as("SELECT seq, kind FROM evidence_records WHERE actor_pid = $1 AND seq > $2 ORDER BY seq")
+            .bind(pid)
+            .bind(since)
+            .fetch_all(&mut self.connect().await)
+            .await
+            .unwrap()
+    }
+
     /// The evidence ledger's records of `kind`: each one's sequence number, actor PID and
     /// details.
     async fn records(&self, kind: &str) -> Vec<(i64, i64, Value)> {
@@ -546,13 +557,7 @@ async fn a_leader_paused_past_its_lease_has_its_next_write_refused() {
     let leading = state.records("daemon.leading").await;
     let (since, _, _) = *leading.iter().find(|(_, _, d)| d["epoch"] == new).expect("the new leader's record");
     let pid = i64::from(first.child.id());
-    let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT seq, kind FROM evidence_records WHERE actor_pid = $1 AND seq > $2 ORDER BY seq")
-            .bind(pid)
-            .bind(since)
-            .fetch_all(&mut state.connect().await)
-            .await
-            .unwrap();
+    let rows = state.written_after(pid, since).await;
     assert!(rows.is_empty(), "the fenced leader wrote after the takeover: {rows:?}");
     let stopped = state.records("daemon.stopped").await;
     assert!(!stopped.iter().any(|(_, p, d)| *p == pid && d["epoch"] == old), "refused: {stopped:?}");
@@ -625,13 +630,7 @@ async fn a_replica_paused_mid_backup_clobbers_nothing_and_writes_nothing_after_t
             assert!(second_log.contains("adopting the backup an interrupted attempt committed"), "{second_log}");
         }
 
-        let late: Vec<(i64, String)> =
-            sqlx::query_as("SELECT seq, kind FROM evidence_records WHERE actor_pid = $1 AND seq > $2 ORDER BY seq")
-                .bind(pid)
-                .bind(since)
-                .fetch_all(&mut state.connect().await)
-                .await
-                .unwrap();
+        let late = state.written_after(pid, since).await;
         assert!(late.is_empty(), "round {round}: the paused replica wrote after the takeover: {late:?}\n{first_log}");
         let alerts: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE kind = 'backup_failed'")
             .fetch_one(&mut state.connect().await)
