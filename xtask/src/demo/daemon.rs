@@ -22,11 +22,16 @@ fn configure(demo: &Path, hook_port: u16) -> anyhow::Result<u16> {
     let url = demo.join("alert-webhook-url");
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&url)?;
     writeln!(file, "http://127.0.0.1:{hook_port}/demo-hook")?;
+    // /status names every secret and what fails: it asks for a bearer token, kept like one.
+    let token = demo.join("status-token");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&token)?;
+    writeln!(file, "{STATUS_TOKEN}")?;
     let config = demo.join("vigil.toml");
     let mut text = std::fs::read_to_string(&config)?;
     text.push_str(&format!(
-        "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\njitter = \"1s\"\nshutdown_grace = \"30s\"\n\n\
-         [alerts.webhooks.demo]\nurl = {{ file = \"{}\" }}\n",
+        "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\njitter = \"1s\"\nshutdown_grace = \"30s\"\n\
+         status_token = {{ file = \"{}\" }}\n\n[alerts.webhooks.demo]\nurl = {{ file = \"{}\" }}\n",
+        token.display(),
         url.display()
     ));
     std::fs::write(&config, text)?;
@@ -42,11 +47,20 @@ fn configure(demo: &Path, hook_port: u16) -> anyhow::Result<u16> {
     Ok(port)
 }
 
+/// The demo's bearer token for `/status` (a throwaway: the demo's services are too).
+const STATUS_TOKEN: &str = "demo-status-token";
+
 /// A plain HTTP GET on loopback: the status code and body.
 fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    get_as(port, path, None)
+}
+
+/// [`get`] with a bearer token.
+fn get_as(port: u16, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
@@ -102,12 +116,12 @@ fn follow(lines: &Receiver<String>, marker: &str, within: Duration) -> anyhow::R
 
 pub(super) fn run(vigil: &Path, demo: &Path, state: &State, serve: bool) -> anyhow::Result<()> {
     step(
-        "25. vigil run: the daemon catches up on what fell due, alerts a webhook, serves /status and /metrics, and stops on SIGTERM",
+        "25. vigil run: the daemon catches up on what fell due, alerts a webhook, serves /status (to its token) and /metrics, and stops on SIGTERM",
     );
     let (hook_port, alerts) = receive_alerts()?;
     let port = configure(demo, hook_port)?;
     println!(
-        "   (added [daemon] listen = 127.0.0.1:{port} and [alerts.webhooks.demo] (a receiver on port {hook_port}) to vigil.toml,\n    and an hourly set and drill never run)"
+        "   (added [daemon] listen = 127.0.0.1:{port}, status_token and [alerts.webhooks.demo] (a receiver on port {hook_port})\n    to vigil.toml, and an hourly set and drill never run)"
     );
     println!("   $ vigil run");
     let started = Instant::now();
@@ -152,10 +166,16 @@ pub(super) fn run(vigil: &Path, demo: &Path, state: &State, serve: bool) -> anyh
         );
     }
 
+    println!("\n   $ curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/status   (no token)");
+    let (refused, _) = get(port, "/status")?;
+    println!("     {refused}   ([daemon] status_token is set: /status names every secret and what fails)");
+    if refused != 401 {
+        bail!("/status answered {refused} without its token");
+    }
     println!(
-        "\n   $ curl -s http://127.0.0.1:{port}/status   (the secrets, as `vigil status --output json` gives them)"
+        "\n   $ curl -s -H \"Authorization: Bearer $(cat status-token)\" http://127.0.0.1:{port}/status   (the secrets, as `vigil status --output json` gives them)"
     );
-    let (_, status) = get(port, "/status")?;
+    let (_, status) = get_as(port, "/status", Some(STATUS_TOKEN))?;
     let status: serde_json::Value = serde_json::from_str(&status).context("/status is not JSON")?;
     for secret in status["secrets"].as_array().into_iter().flatten() {
         println!(
