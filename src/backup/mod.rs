@@ -944,11 +944,25 @@ impl DumpSaga<'_> {
 
     async fn verify(&self, data: &DumpData) -> Result<(), StepError> {
         let id = &data.backup_id;
+        // A verification a crash or a pause left done (its record is appended before the
+        // catalog says verified) is adopted, not repeated: a store failing for a moment on the
+        // repeat must not unwind the saga and delete a backup already proven.
+        if let Some(entry) = catalog::get(self.backups.ctx.db, id).await?
+            && entry.status == Status::Verified
+            && entry.manifest_sha256.is_some()
+            && entry.manifest_sha256 == data.manifest_sha256
+        {
+            tracing::info!(backup = %id, "adopting the verification an interrupted run recorded");
+            return Ok(());
+        }
         // The saga's own store and key service: verifying must not connect them again.
         let verified = match self.backups.recorded(id).await {
             Ok((entry, manifest)) => self.backups.verify_with(&entry, &manifest, self.connected).await,
             Err(err) => Err(err),
         };
+        if verified.is_ok() {
+            crate::state::pause_point("backup.dump:verified").await;
+        }
         match verified {
             Ok(_) => Ok(()),
             Err(BackupError::Store(err)) if err.is_transient() => Err(StepError::Transient(err.to_string())),

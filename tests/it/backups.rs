@@ -553,6 +553,46 @@ async fn a_killed_backup_resumes_to_a_verified_backup() {
     setup.vigil(&["evidence", "verify"]).assert_code(0);
 }
 
+/// Killed after its verification was recorded and before the saga said so: the resumed saga
+/// adopts that verification instead of repeating it (one `backup.verified` record), so a store
+/// failing for a moment on a repeat could never unwind it and delete a proven backup.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+#[ignore = "needs services: cargo xtask test"]
+async fn a_verification_a_kill_left_recorded_is_adopted_not_repeated() {
+    let setup = Setup::new().await;
+    let database = postgres_database(&setup.services, 1).await;
+    let mut schedule = setup.target("postgres", &setup.services.postgres, &database);
+    schedule.push_str(&setup.set("v", &database, "local", "local"));
+    setup.write_schedule(&schedule);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["-v", "backup", "run", "v"])
+        .current_dir(setup.path())
+        .env("VIGIL_PAUSE", "backup.dump:verified:60000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 && !line.contains("failpoint: pausing") {
+        line.clear();
+    }
+    assert!(line.contains("backup.dump:verified"), "the run never reached its pause: {line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = setup.vigil(&["-v", "--output", "json", "backup", "resume"]);
+    resumed.assert_code(0);
+    let report = resumed.json();
+    assert_eq!(report[0]["ended"]["outcome"], "done", "{report}");
+    assert!(resumed.stderr().contains("adopting the verification"), "{}", resumed.stderr());
+    let id = report[0]["backup_id"].as_str().unwrap();
+    let verified = setup.vigil(&["--output", "json", "evidence", "list", "--kind", "backup.verified"]).json();
+    let for_this: Vec<_> =
+        verified.as_array().unwrap().iter().filter(|r| r["details"].as_str().unwrap().contains(id)).collect();
+    assert_eq!(for_this.len(), 1, "verified once, not again: {verified}");
+    assert_eq!(setup.entry(id)["status"], "verified");
+}
+
 /// Ctrl-C while the write step is in flight: the dump finishes and is recorded as written,
 /// verification does not start, vigil exits 130, and `backup resume` verifies it.
 #[cfg(feature = "failpoints")]
