@@ -43,6 +43,10 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub(super) async fn run(&self, global: &GlobalArgs, cancel: &CancellationToken) -> anyhow::Result<Exit> {
+        // SIGHUP's default action ends a process: taken over before the configuration is read
+        // and the state store opened, so a reload sent to a daemon still starting is not its
+        // end (the daemon listens for the next ones itself).
+        let _starting = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let plan = load_plan(global)?;
         let db = Db::open(&plan.evidence.store).await?;
         let ledger = open_ledger(&plan, &db).await?;

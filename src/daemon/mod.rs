@@ -159,6 +159,9 @@ pub async fn run(
     cancel: CancellationToken,
     options: Options,
 ) -> Result<Summary, DaemonError> {
+    // Listened for before anything else, by every replica: SIGHUP's default action ends a
+    // process, and a standby that never led (or a daemon still starting) must reload, not die.
+    let mut hangup = hangup_signal();
     let size = crate::evidence::size(&db).await?;
     let plan = Arc::new(plan);
     let (alerts, outbox) = Alerts::new(db.clone(), clock.clone());
@@ -189,9 +192,6 @@ pub async fn run(
     };
     let holder = format!("{}:{}", hostname(), std::process::id());
     let mut summary = Summary::default();
-    // Listened for from the start, by every replica: SIGHUP's default action ends a process,
-    // and a standby that never led must reload, not die.
-    let mut hangup = hangup_signal();
     // Every replica works the queue, the leader included, until the scheduling side ends.
     let working = cancel.child_token();
     let schedule = async {
