@@ -78,6 +78,33 @@ pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
+/// [`create_private`] after removing what is at `path` (a file an interrupted write left, or a
+/// link itself, never what it points to).
+pub fn create_private_anew(path: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    create_private(path)
+}
+
+/// Where a file is written before it is renamed to `path`: a hidden name beside it.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial"))
+}
+
+/// Writes `bytes` to a new 0600 file at [`partial_path`] and renames it to `path`, replacing
+/// whatever is there (a link itself, never its target): a reader never sees half a file.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let partial = partial_path(path);
+    let mut file = create_private_anew(&partial)?;
+    file.write_all(bytes)?;
+    drop(file);
+    std::fs::rename(&partial, path)
+}
+
 /// Reads a file that holds a secret, refusing it when group or others may read it: a secret
 /// others can read is no longer one, and quietly using it would hide that. The error says
 /// which mode was found (`PermissionDenied`, with the mode in its message).

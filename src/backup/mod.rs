@@ -638,7 +638,7 @@ impl<'a> Backups<'a> {
                         return Err(err);
                     }
                     if let Some(connected) = &connected
-                        && let Err(err) = delete_objects(connected, &object).await
+                        && let Err(err) = delete_companions(connected, &object).await
                     {
                         tracing::warn!(%err, backup = %entry.id, "the pruned backup's dump is deleted, but its globals or manifest are left over");
                     }
@@ -717,6 +717,11 @@ fn stored_object(entry: &Entry) -> String {
 /// Deletes a dump object, its globals and its manifest (each absent one is fine).
 async fn delete_objects(connected: &Connected, object: &str) -> Result<(), BackupError> {
     connected.store.delete(object).await?;
+    delete_companions(connected, object).await
+}
+
+/// Deletes the globals and the manifest beside a dump object (each absent one is fine).
+async fn delete_companions(connected: &Connected, object: &str) -> Result<(), BackupError> {
     connected.store.delete(&Globals::object_key(object)).await?;
     connected.store.delete(&manifest_key(object)).await?;
     Ok(())
@@ -944,19 +949,19 @@ impl DumpSaga<'_> {
 
     async fn verify(&self, data: &DumpData) -> Result<(), StepError> {
         let id = &data.backup_id;
-        // A verification a crash or a pause left done (its record is appended before the
-        // catalog says verified) is adopted, not repeated: a store failing for a moment on the
-        // repeat must not unwind the saga and delete a backup already proven.
-        if let Some(entry) = catalog::get(self.backups.ctx.db, id).await?
-            && entry.status == Status::Verified
-            && entry.manifest_sha256.is_some()
-            && entry.manifest_sha256 == data.manifest_sha256
-        {
-            tracing::info!(backup = %id, "adopting the verification an interrupted run recorded");
-            return Ok(());
-        }
-        // The saga's own store and key service: verifying must not connect them again.
+        // The saga's own store and key service: verifying must not connect them again. A
+        // verification a crash or a pause left done (its record is appended before the catalog
+        // says verified) is adopted, not repeated: a store failing for a moment on the repeat
+        // must not unwind the saga and delete a backup already proven.
         let verified = match self.backups.recorded(id).await {
+            Ok((entry, _))
+                if entry.status == Status::Verified
+                    && entry.manifest_sha256.is_some()
+                    && entry.manifest_sha256 == data.manifest_sha256 =>
+            {
+                tracing::info!(backup = %id, "adopting the verification an interrupted run recorded");
+                return Ok(());
+            }
             Ok((entry, manifest)) => self.backups.verify_with(&entry, &manifest, self.connected).await,
             Err(err) => Err(err),
         };

@@ -107,25 +107,24 @@ impl ScratchDb {
     /// nothing when no such role exists, whose login then fails on its own.
     pub async fn grant_connect(&self, user: &str) -> Result<(), EngineError> {
         let what = format!("let {user} connect to scratch database {}", self.name);
-        let mut conn = self.connect_pg(&self.server, &self.admin, &[], &what).await?;
+        let (database, role) = (super::postgres::quote_ident(&self.name), super::postgres::quote_ident(user));
+        self.if_role_exists(user, &what, &format!("GRANT CONNECT ON DATABASE {database} TO {role}")).await
+    }
+
+    /// Runs `statement` on the server as the admin if role `role` exists, and nothing otherwise.
+    async fn if_role_exists(&self, role: &str, what: &str, statement: &str) -> Result<(), EngineError> {
+        let mut conn = self.connect_pg(&self.server, &self.admin, &[], what).await?;
         let found = sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1")
-            .bind(user)
+            .bind(role)
             .fetch_optional(&mut conn)
             .await;
         let done = match found {
-            Ok(Some(_)) => {
-                let grant = format!(
-                    "GRANT CONNECT ON DATABASE {} TO {}",
-                    super::postgres::quote_ident(&self.name),
-                    super::postgres::quote_ident(user)
-                );
-                sqlx::raw_sql(sqlx::AssertSqlSafe(grant)).execute(&mut conn).await.map(drop)
-            }
+            Ok(Some(_)) => sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned())).execute(&mut conn).await.map(drop),
             Ok(None) => Ok(()),
             Err(err) => Err(err),
         };
         let _ = conn.close().await;
-        done.map_err(|err| EngineError::from_sqlx(&what, &self.admin.username, err))
+        done.map_err(|err| EngineError::from_sqlx(what, &self.admin.username, err))
     }
 
     /// Makes `role` the drill's checking role and returns its credential, with a password made
@@ -154,23 +153,10 @@ impl ScratchDb {
     /// read: it then holds no privilege anywhere. Idempotent.
     pub async fn drop_checker(&self, role: &str) -> Result<(), EngineError> {
         let what = format!("drop the checking role {role}");
-        let mut conn = self.connect_pg(&self.server, &self.admin, &[], &what).await?;
         // Looked up first: DROP ROLE IF EXISTS asks for CREATEROLE even when there is nothing
         // to drop, and a drill that never made its role must still roll back.
-        let found = sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1")
-            .bind(role)
-            .fetch_optional(&mut conn)
-            .await;
-        let done = match found {
-            Ok(Some(_)) => {
-                let statement = format!("DROP ROLE IF EXISTS {}", super::postgres::quote_ident(role));
-                sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.map(drop)
-            }
-            Ok(None) => Ok(()),
-            Err(err) => Err(err),
-        };
-        let _ = conn.close().await;
-        done.map_err(|err| EngineError::from_sqlx(&what, &self.admin.username, err))
+        let statement = format!("DROP ROLE IF EXISTS {}", super::postgres::quote_ident(role));
+        self.if_role_exists(role, &what, &statement).await
     }
 
     /// Drops the database if it exists, ending its sessions. Idempotent.

@@ -486,30 +486,10 @@ fn private_folder(path: &Path, parents: bool) -> Result<(), ExportError> {
     Ok(())
 }
 
-/// A new 0600 file at `path` (`secret::create_private`: never an existing file, never through a
-/// link), after removing what an interrupted export left there.
+/// A new 0600 file at `path`, after removing what an interrupted export left there
+/// (`secret::create_private_anew`).
 fn create_private_file(path: &Path) -> Result<std::fs::File, ExportError> {
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(write_err(path)(err)),
-        _ => {}
-    }
-    crate::secret::create_private(path).map_err(write_err(path))
-}
-
-/// Where a file is written before it is renamed to `path`: a hidden name beside it.
-fn partial_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial"))
-}
-
-/// Writes `bytes` to a new 0600 file and renames it to `path`, replacing whatever is there (a
-/// link itself, never its target).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let partial = partial_path(path);
-    let mut file = create_private_file(&partial)?;
-    file.write_all(bytes).map_err(write_err(&partial))?;
-    drop(file);
-    std::fs::rename(&partial, path).map_err(write_err(path))
+    crate::secret::create_private_anew(path).map_err(write_err(path))
 }
 
 /// Writes the report's files of the formats asked for loose in `out`, for reading
@@ -526,7 +506,7 @@ fn write_loose<'a>(
         let (Some(name), Some(format)) = (path.strip_prefix("report/"), Format::of(path)) else { continue };
         let target = out.join(name);
         if loose.contains(&format) {
-            write_private(&target, bytes)?;
+            crate::secret::replace_private(&target, bytes).map_err(write_err(&target))?;
             written.push(target);
         } else if format == Format::Csv && !csv_folder {
             continue;
@@ -555,7 +535,7 @@ struct Members<'a> {
 
 /// Packs the bundle at `bundle` (through a temporary name) and removes the staged records.
 fn pack(bundle: &Path, members: &Members<'_>, records_path: &Path, records_bytes: u64) -> Result<(), ExportError> {
-    let partial = partial_path(bundle);
+    let partial = crate::secret::partial_path(bundle);
     let file = create_private_file(&partial)?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
     let fail = write_err(&partial);
