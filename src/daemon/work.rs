@@ -391,7 +391,7 @@ impl Session {
 /// comes finish their step (up to `shutdown_grace`) and are put back.
 ///
 /// Runs end with their session: when it fails, its runs are cancelled and no new session claims
-/// anything until they have stopped (or, after the lease, been dropped), since the leader puts
+/// anything until they have stopped (or, after `shutdown_grace`, been dropped), since the leader puts
 /// their rows back for another replica to resume.
 pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToken, worker: &str) {
     let db = &shared.db;
@@ -428,7 +428,10 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
                     "the work session failed: its runs are stopped, and nothing is claimed until they have"
                 );
                 orphaned.extend(std::mem::take(&mut running));
-                orphaned_until = tokio::time::Instant::now() + lease::LEASE;
+                // As long as a SIGTERM gives the steps in flight (at least the lease): their
+                // writes are refused already, and a run that ends removes what it wrote.
+                let grace = shared.plan().daemon.shutdown_grace.to_std().max(lease::LEASE);
+                orphaned_until = tokio::time::Instant::now() + grace;
             }
         }};
     }
@@ -489,7 +492,7 @@ pub async fn work(shared: &Arc<Shared>, ledger: &Ledger, stop: &CancellationToke
                 tracing::warn!(job = %item.job, run = %item.id, "a run of the failed session stopped; whoever claims it next resumes it");
             }
             () = tokio::time::sleep_until(orphaned_until), if !orphaned.is_empty() => {
-                tracing::warn!(runs = orphaned.len(), "runs of the failed session did not stop within the lease; dropped, to be resumed by whoever claims them next");
+                tracing::warn!(runs = orphaned.len(), "runs of the failed session did not stop within shutdown_grace; dropped, to be resumed by whoever claims them next");
                 orphaned = FuturesUnordered::new();
             }
             () = stop.cancelled(), if !stopping => {}
